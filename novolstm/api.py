@@ -1,0 +1,138 @@
+"""The backend-neutral entry points: generate, load and run cells by spec and backend name."""
+
+from __future__ import annotations
+
+import functools
+import linecache
+import os
+import sys
+import types
+from typing import Any
+
+import numpy as np
+
+from .codegen import plan
+from .spec_loader import load_spec
+from .spec_model import Spec
+from .validate import prepare_call
+
+SpecLike = "str | os.PathLike | Spec"
+
+
+def backends() -> list[str]:
+    """Names of the backends novolstm can generate code for (installed or not).
+
+    >>> "numpy" in backends()
+    True
+    """
+    from novolstm.backends import EMITTERS
+
+    return sorted(EMITTERS)
+
+
+def generate_source(spec: SpecLike, backend: str = "numpy") -> str:
+    """The standalone source module of ``spec`` for ``backend``: readable, importing only its framework.
+
+    >>> src = generate_source("lstm", backend="numpy")
+    >>> "Generated, do not edit" in src and "import numpy as np" in src
+    True
+    """
+    spec = load_spec(spec)
+    return _generate(spec, backend)
+
+
+@functools.lru_cache(maxsize=64)
+def _generate(spec: Spec, backend: str) -> str:
+    from novolstm.backends import emitter
+
+    return emitter(backend).generate(plan(spec))
+
+
+@functools.lru_cache(maxsize=64)
+def _load(spec: Spec, backend: str) -> types.ModuleType:
+    source = _generate(spec, backend)
+    name = f"novolstm.generated.{backend}.{spec.name}_{spec.hash[:12]}"
+    filename = f"<novolstm generated {backend} {spec.name} {spec.hash[:12]}>"
+    # Registered with linecache so tracebacks and inspect show the generated lines.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    module = types.ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module  # dataclasses, pickle-free serializers and inspect look modules up here
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
+def load_generated(spec: SpecLike, backend: str = "numpy") -> types.ModuleType:
+    """The generated module of ``spec`` for ``backend``, compiled once and cached.
+
+    >>> load_generated("gru").STATE_NAMES
+    ('h',)
+    """
+    from novolstm.backends import emitter
+
+    __import__(emitter(backend).FRAMEWORK)  # a requested backend that cannot load fails here, loudly
+    return _load(load_spec(spec), backend)
+
+
+def get_cell(backend: str = "numpy", spec: SpecLike = "novolstm"):
+    """The cell class native to ``backend``, generated from ``spec``.
+
+    numpy: a trainable class; torch: an ``nn.Module``; keras: a layer for
+    ``keras.layers.RNN``; jax: pure functions with a Flax module.
+
+    >>> Cell = get_cell("numpy", spec="lstm")
+    >>> cell = Cell(input_size=3, units=2)
+    >>> h, c = cell(np.zeros((1, 3)))
+    >>> h.shape
+    (1, 2)
+    """
+    return load_generated(spec, backend).Cell
+
+
+def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtype: Any = "float64") -> dict[str, np.ndarray]:
+    """Canonical parameters drawn by the spec's initializers; the same numbers for every backend.
+
+    >>> p = init_params("lstm", input_size=3, units=2, seed=0)
+    >>> p["W_i"].shape, p["b_f"].tolist()
+    ((3, 2), [1.0, 1.0])
+    """
+    from .init import init_from_table
+
+    spec = load_spec(spec)
+    spec.parameter_shapes(input_size, units)  # validates the sizes
+    table = {p.name: (p.shape, p.init.name, dict(p.init.args)) for p in spec.params}
+    return init_from_table(table, input_size, units, seed, dtype)
+
+
+def run(
+    spec: SpecLike,
+    params: dict,
+    x,
+    state=None,
+    backend: str = "numpy",
+    mask=None,
+    lengths=None,
+    dtype: Any = None,
+):
+    """Run ``spec`` over a batch of sequences on ``backend``; NumPy in, NumPy out.
+
+    Args:
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        params: canonical parameters (name -> array), see :meth:`Spec.parameter_shapes`.
+        x: inputs (batch, time, input); float32 or float64.
+        state: initial state tuple in ``spec.state_names`` order, zeros if None.
+        mask: bool (batch, time), True on real steps; or ``lengths`` (batch,) for
+            right-padded batches. A masked step keeps the state and outputs zeros.
+        dtype: compute dtype; defaults to the dtype of ``x``.
+
+    Returns:
+        ``(outputs (batch, time, units), final_state tuple)`` as NumPy arrays.
+
+    Raises:
+        ValueError: on a shape mismatch, an empty sequence or non-finite inputs.
+    """
+    spec = load_spec(spec)
+    call = prepare_call(spec, params, x, state, mask, lengths, dtype)
+    module = load_generated(spec, backend)
+    outputs, final = module.run_numpy(call.params, call.x, call.state, call.mask)
+    return np.asarray(outputs), tuple(np.asarray(s) for s in final)

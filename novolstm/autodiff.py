@@ -1,0 +1,161 @@
+"""Reverse-mode differentiation of IR graphs: each forward op has a VJP rule written in IR ops.
+
+:func:`differentiate` turns a forward graph into a backward graph. Its leaves are
+``seed`` nodes (the adjoints arriving at the forward outputs) and ``saved`` nodes
+(forward values the backward pass reads, under the forward node's own name). Its
+outputs are ``grad:<name>`` for every forward leaf that receives an adjoint, and for
+every ``linear`` node (the adjoint of its output, from which the emitter forms the
+weight gradient as one GEMM over all timesteps rather than one per step).
+
+Example:
+    >>> import novolstm
+    >>> from novolstm.passes import build_program
+    >>> back = differentiate(build_program(novolstm.load_spec("lstm")).step)
+    >>> sorted(back.outputs)
+    ['grad:L5', 'grad:L6', 'grad:c', 'grad:h']
+"""
+
+from __future__ import annotations
+
+from .ir import Graph, NameAllocator, Node, check_graph
+
+#: Backward-only ops: name -> what it computes (arguments in order).
+BACKWARD_OPS = {
+    "sigmoid_grad": "g * y * (1 - y)",
+    "tanh_grad": "g * (1 - y * y)",
+    "relu_grad": "g where y > 0, else 0",
+    "softmax_grad": "y * (g - sum_units(g * y))",
+    "rsqrt_eps_grad": "-0.5 * g * y ** 3",
+    "mean_units_grad": "g / units, broadcast to the shape of a",
+    "linear_t": "g @ concat(weights).T",
+    "sum_units": "sum over the units axis, keeping it",
+    "sum_batch": "sum over every axis but the units axis",
+    "concat": "blocks placed side by side, zeros where none is given",
+}
+
+_ACTIVATION_GRAD = {"sigmoid": "sigmoid_grad", "tanh": "tanh_grad", "relu": "relu_grad", "softmax": "softmax_grad"}
+
+
+def differentiate(forward: Graph) -> Graph:
+    return check_graph(_Differentiator(forward).run(), "differentiate")
+
+
+class _Differentiator:
+    def __init__(self, forward: Graph):
+        self.fwd = forward
+        self.names = NameAllocator(n.name for n in forward.nodes)
+        self.nodes: list[Node] = []
+        self.saved: dict[str, Node] = {}
+        self.contribs: dict[str, list[str]] = {}
+        self.slices: dict[str, list[tuple[int, int, str]]] = {}
+
+    # -- building blocks
+
+    def emit(self, op, args, width, batched=True, attrs=()) -> str:
+        name = self.names("d")
+        self.nodes.append(Node(name, op, tuple(args), tuple(attrs), width, batched))
+        return name
+
+    def read(self, name: str) -> str:
+        """A forward value, as a leaf of the backward graph."""
+        if name not in self.saved:
+            n = self.fwd[name]
+            self.saved[name] = n if n.op == "const" else Node(name, "saved", (), (("of", n.op),), n.width, n.batched)
+        return name
+
+    def add_contrib(self, target: str, grad: str):
+        t = self.fwd[target]
+        if t.op == "const":
+            return
+        g = self.node(grad)
+        if not t.batched and g.batched:
+            grad = self.emit("sum_batch", [grad], t.width, batched=False)
+        elif t.width == "S" and g.width != "S":
+            grad = self.emit("sum_units", [grad], "S")
+        self.contribs.setdefault(target, []).append(grad)
+
+    def node(self, name: str) -> Node:
+        for n in reversed(self.nodes):
+            if n.name == name:
+                return n
+        return self.saved.get(name) or self.fwd[name]
+
+    def adjoint(self, name: str) -> str | None:
+        """Sum of everything that flowed into ``name``; None when nothing did."""
+        parts = list(self.contribs.pop(name, []))
+        n = self.fwd[name]
+        if name in self.slices:
+            pieces = sorted(self.slices.pop(name))
+            if [(a, b) for a, b, _ in pieces] == [(0, n.width)]:
+                parts.append(pieces[0][2])
+            else:
+                blocks = tuple((a, b) for a, b, _ in pieces)
+                parts.append(self.emit("concat", [p for _, _, p in pieces], n.width, attrs=(("blocks", blocks),)))
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        return self.emit("add", parts, n.width, batched=n.batched or any(self.node(p).batched for p in parts))
+
+    # -- the pass
+
+    def run(self) -> Graph:
+        seeds: dict[str, list[str]] = {}
+        for role, name in self.fwd.outputs.items():
+            seed = self.names("seed_")
+            self.nodes.append(Node(seed, "seed", (), (("role", role),), self.fwd[name].width))
+            seeds.setdefault(name, []).append(seed)
+        for name, ss in seeds.items():
+            self.contribs.setdefault(name, []).extend(ss)
+
+        outputs: dict[str, str] = {}
+        for n in reversed(self.fwd.nodes):
+            g = self.adjoint(n.name)
+            if g is None:
+                continue
+            if n.op in ("input", "state", "hoisted", "param"):
+                outputs[f"grad:{n.name}"] = g
+                continue
+            if n.op == "linear":
+                outputs[f"grad:{n.name}"] = g
+            self.vjp(n, g)
+        # Leaves go first so that every node is defined before it is read.
+        graph = Graph(list(self.saved.values()) + self.nodes, outputs)
+        return graph
+
+    def vjp(self, n: Node, g: str):
+        a = n.args
+        if n.op == "add":
+            for arg in a:
+                self.add_contrib(arg, g)
+        elif n.op == "sub":
+            self.add_contrib(a[0], g)
+            self.add_contrib(a[1], self.emit("neg", [g], self.node(g).width))
+        elif n.op == "neg":
+            self.add_contrib(a[0], self.emit("neg", [g], self.node(g).width))
+        elif n.op == "mul":
+            for mine, other in ((a[0], a[1]), (a[1], a[0])):
+                if self.fwd[mine].op != "const":
+                    width = _wider(self.node(g).width, self.fwd[other].width)
+                    self.add_contrib(mine, self.emit("mul", [g, self.read(other)], width))
+        elif n.op in _ACTIVATION_GRAD:
+            self.add_contrib(a[0], self.emit(_ACTIVATION_GRAD[n.op], [g, self.read(n.name)], n.width))
+        elif n.op == "rsqrt_eps":
+            self.add_contrib(a[0], self.emit("rsqrt_eps_grad", [g, self.read(n.name)], "S"))
+        elif n.op == "mean_units":
+            self.add_contrib(a[0], self.emit("mean_units_grad", [g, self.read(a[0])], self.fwd[a[0]].width))
+        elif n.op == "linear":
+            attrs = (("weights", n.attr("weights")), ("linear", n.name))
+            self.add_contrib(a[0], self.emit("linear_t", [g], self.fwd[a[0]].width, attrs=attrs))
+        elif n.op == "slice":
+            self.slices.setdefault(a[0], []).append((n.attr("start"), n.attr("stop"), g))
+        else:  # pragma: no cover - the lowering produces no other op
+            raise NotImplementedError(f"no VJP rule for {n.op!r}")
+
+
+def _wider(a, b):
+    """Width of an elementwise product of widths a and b (a per-row statistic broadcasts)."""
+    for w in (a, b):
+        if isinstance(w, int) and w > 0:
+            return w
+    return a if a == "S" or b == "S" else a

@@ -1,0 +1,154 @@
+"""The expression language of cell specs: parsed with a whitelist, never evaluated.
+
+An expression is built from declared names, numeric literals, ``+ - * @``, unary
+minus and calls of the functions in :data:`FUNCTIONS`. Python's ``ast`` module
+parses the text in ``eval`` mode; every node type outside the whitelist is
+rejected, so a spec cannot reach attributes, subscripts, keywords, lambdas or
+any other Python construct, and nothing is ever executed.
+
+Example:
+    >>> parse_expression("sigmoid(x @ W_i + h @ U_i + b_i)")
+    Call(fn='sigmoid', args=(Binary(op='+', left=Binary(op='+', left=Binary(op='@', left=Name(id='x'), right=Name(id='W_i')), right=Binary(op='@', left=Name(id='h'), right=Name(id='U_i'))), right=Name(id='b_i')),))
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from dataclasses import dataclass
+from typing import Union
+
+#: Functions a spec may call, with their number of arguments.
+FUNCTIONS = {
+    "sigmoid": 1,
+    "tanh": 1,
+    "softmax": 1,
+    "layer_norm": 3,
+    "relu": 1,
+}
+
+#: A name in a spec: an ASCII identifier, so it can never inject text into generated source.
+IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+MAX_EXPRESSION_LENGTH = 2000
+MAX_DEPTH = 64
+
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.MatMult: "@"}
+
+
+@dataclass(frozen=True)
+class Name:
+    id: str
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str
+    left: "Expr"
+    right: "Expr"
+
+
+@dataclass(frozen=True)
+class Neg:
+    arg: "Expr"
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: str
+    args: tuple
+
+
+Expr = Union[Name, Const, Binary, Neg, Call]
+
+
+class ExpressionError(ValueError):
+    """The text is not an expression of the spec language."""
+
+
+def parse_expression(text: str) -> Expr:
+    """Parse ``text`` into an :data:`Expr` tree, rejecting everything off the whitelist."""
+    if not isinstance(text, str):
+        raise ExpressionError(f"expected an expression string, got {type(text).__name__}")
+    if len(text) > MAX_EXPRESSION_LENGTH:
+        raise ExpressionError(f"expression longer than {MAX_EXPRESSION_LENGTH} characters")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(f"not a valid expression: {exc.msg}") from None
+    return _convert(tree.body, 0)
+
+
+def _convert(node: ast.AST, depth: int) -> Expr:
+    if depth > MAX_DEPTH:
+        raise ExpressionError(f"expression nested deeper than {MAX_DEPTH}")
+    if isinstance(node, ast.Name):
+        if not IDENTIFIER.match(node.id):
+            raise ExpressionError(f"name {node.id!r} is not a plain ASCII identifier")
+        return Name(node.id)
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ExpressionError(f"only numeric literals are allowed, got {value!r}")
+        if not math.isfinite(value):
+            raise ExpressionError(f"literal {value!r} is not finite")
+        return Const(float(value))
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return Binary(_BINARY[type(node.op)], _convert(node.left, depth + 1), _convert(node.right, depth + 1))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return Neg(_convert(node.operand, depth + 1))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.UAdd):
+        return _convert(node.operand, depth + 1)
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+            shown = node.func.id if isinstance(node.func, ast.Name) else type(node.func).__name__
+            raise ExpressionError(f"unknown function {shown!r}; expected one of {sorted(FUNCTIONS)}")
+        if node.keywords:
+            raise ExpressionError(f"{node.func.id}() takes no keyword arguments")
+        arity = FUNCTIONS[node.func.id]
+        if len(node.args) != arity:
+            raise ExpressionError(f"{node.func.id}() takes {arity} argument(s), got {len(node.args)}")
+        return Call(node.func.id, tuple(_convert(a, depth + 1) for a in node.args))
+    raise ExpressionError(f"{type(node).__name__} is not allowed in a spec expression")
+
+
+def names_in(expr: Expr) -> set[str]:
+    """All names an expression reads."""
+    if isinstance(expr, Name):
+        return {expr.id}
+    if isinstance(expr, Binary):
+        return names_in(expr.left) | names_in(expr.right)
+    if isinstance(expr, Neg):
+        return names_in(expr.arg)
+    if isinstance(expr, Call):
+        return set().union(*(names_in(a) for a in expr.args))
+    return set()
+
+
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "@": 3}
+
+
+def format_expression(expr: Expr, parent: int = 0) -> str:
+    """Write an expression back as text that parses to the same tree.
+
+    >>> format_expression(parse_expression("f * c + (i * g)"))
+    'f * c + i * g'
+    """
+    if isinstance(expr, Name):
+        return expr.id
+    if isinstance(expr, Const):
+        return repr(expr.value)
+    if isinstance(expr, Neg):
+        return "-" + format_expression(expr.arg, 4)
+    if isinstance(expr, Call):
+        return f"{expr.fn}({', '.join(format_expression(a) for a in expr.args)})"
+    prec = _PRECEDENCE[expr.op]
+    # Left-associative: the right operand needs parentheses at equal precedence.
+    text = f"{format_expression(expr.left, prec)} {expr.op} {format_expression(expr.right, prec + 1)}"
+    return f"({text})" if prec < parent else text

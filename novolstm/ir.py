@@ -1,0 +1,261 @@
+"""A small SSA IR for one step of a recurrent cell, and the lowering from a spec.
+
+Values are batched rows (leading batch axes, then a trailing width) or unbatched
+parameter vectors and numeric constants. A width is a number of ``units`` blocks
+(an ``int``), ``"I"`` for the input, or ``"S"`` for a per-row statistic (width one).
+
+Forward ops:
+    input, state, hoisted, param, const   leaves
+    linear    operand @ concat(weights) + concat(biases); attrs weights, biases
+    slice     blocks [start, stop) of a multi-block value
+    add (n-ary), sub, mul, neg, sigmoid, tanh, relu, softmax
+    mean_units, rsqrt_eps                 LayerNorm statistics (keep the units axis)
+Backward-only ops (see :mod:`novolstm.autodiff`):
+    linear_t, sum_units, sum_batch, mean_units_grad, relu_mask, concat
+
+Example:
+    >>> import novolstm
+    >>> graph = lower(novolstm.load_spec("lstm"))
+    >>> [n.name for n in graph.nodes if n.op == "sigmoid"]
+    ['i', 'f', 'o']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable
+
+from .expr import Binary, Call, Const, Expr, Name, Neg
+from .spec_model import Spec
+
+Width = Any  # int (blocks of units), "I" or "S"
+
+ELEMENTWISE_UNARY = ("neg", "sigmoid", "tanh", "relu")
+LEAVES = ("input", "state", "hoisted", "param", "const")
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    op: str
+    args: tuple[str, ...] = ()
+    attrs: tuple[tuple[str, Any], ...] = ()
+    width: Width = 1
+    batched: bool = True
+
+    def attr(self, key: str, default: Any = None) -> Any:
+        return dict(self.attrs).get(key, default)
+
+
+@dataclass
+class Graph:
+    """Nodes in evaluation order and the named outputs (role -> node name)."""
+
+    nodes: list[Node]
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._index = {n.name: n for n in self.nodes}
+
+    def __getitem__(self, name: str) -> Node:
+        return self._index[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._index
+
+    def users(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        for n in self.nodes:
+            for a in n.args:
+                out[a].append(n.name)
+        return out
+
+    def ops(self) -> set[str]:
+        return {n.op for n in self.nodes}
+
+
+class NameAllocator:
+    """Fresh SSA names that never collide with the spec's own names."""
+
+    def __init__(self, taken: Iterable[str]):
+        self.taken = set(taken)
+        self.counter = 0
+
+    def __call__(self, base: str = "t") -> str:
+        while True:
+            self.counter += 1
+            name = f"{base}{self.counter}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+    def claim(self, name: str) -> str:
+        if name in self.taken:
+            return self(name + "_")
+        self.taken.add(name)
+        return name
+
+
+class IRError(AssertionError):
+    """An IR invariant broke between passes: a bug in novolstm, never in a spec."""
+
+
+def check_graph(graph: Graph, where: str) -> Graph:
+    """Check names, definition order and widths; raise :class:`IRError` naming the pass."""
+    seen: dict[str, Node] = {}
+    for n in graph.nodes:
+        if n.name in seen:
+            raise IRError(f"after {where}: {n.name!r} defined twice")
+        for a in n.args:
+            if a not in seen:
+                raise IRError(f"after {where}: {n.name!r} reads {a!r} before it is defined")
+        args = [seen[a] for a in n.args]
+        expected = _expected_width(n, args)
+        if expected is not None and expected != n.width:
+            raise IRError(f"after {where}: {n.name!r} ({n.op}) has width {n.width!r}, expected {expected!r}")
+        seen[n.name] = n
+    for role, name in graph.outputs.items():
+        if name not in seen:
+            raise IRError(f"after {where}: output {role!r} names unknown node {name!r}")
+    return graph
+
+
+def _expected_width(n: Node, args: list[Node]):
+    if n.op == "linear":
+        return len(n.attr("weights"))
+    if n.op == "slice":
+        return n.attr("stop") - n.attr("start")
+    if n.op in ("mean_units", "rsqrt_eps", "sum_units"):
+        return "S"
+    if n.op in ("add", "sub", "mul"):
+        widths = {a.width for a in args if a.batched and a.width != "S"} | {a.width for a in args if not a.batched and a.op != "const"}
+        return widths.pop() if len(widths) == 1 else ("S" if not widths else None)
+    if n.op in ELEMENTWISE_UNARY + ("softmax",):
+        return args[0].width
+    return None
+
+
+# ---------------------------------------------------------------- lowering
+
+
+def lower(spec: Spec) -> Graph:
+    """Lower a spec's equations to one step graph (nothing fused or hoisted yet)."""
+    return _Lowering(spec).run()
+
+
+class _Lowering:
+    def __init__(self, spec: Spec):
+        self.spec = spec
+        self.nodes: list[Node] = []
+        self.new_name = NameAllocator([spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)])
+        self.env: dict[str, str] = {}  # spec name -> node name
+        self.consts: dict[float, str] = {}
+
+    def emit(self, op: str, args=(), attrs=(), width: Width = 1, batched: bool = True, name: str | None = None) -> str:
+        name = name or self.new_name()
+        self.nodes.append(Node(name, op, tuple(args), tuple(attrs), width, batched))
+        return name
+
+    def run(self) -> Graph:
+        spec = self.spec
+        self.env[spec.input] = self.emit("input", width="I", name=spec.input)
+        for s in spec.state_names:
+            self.env[s] = self.emit("state", name=s)
+        for p in spec.params:
+            if len(p.shape) == 1:  # matrices appear only inside linear nodes
+                self.env[p.name] = self.emit("param", attrs=(("shape", p.shape),), batched=False, name=p.name)
+        for name, expr in spec.equations:
+            self.env[name] = self.expr(expr, name)
+        outputs = {f"state:{s}": self.env[nxt] for s, nxt in spec.state}
+        outputs["output"] = self.env[spec.output]
+        used = _live(self.nodes, outputs.values())
+        nodes = [n for n in self.nodes if n.name in used or n.op in ("input", "state")]
+        return check_graph(Graph(nodes, outputs), "lowering")
+
+    def kind(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    def expr(self, e: Expr, target: str | None = None) -> str:
+        if isinstance(e, Name):
+            return self.env[e.id]
+        if isinstance(e, Const):
+            if e.value not in self.consts:
+                self.consts[e.value] = self.emit("const", attrs=(("value", e.value),), width=0, batched=False)
+            return self.consts[e.value]
+        if isinstance(e, Binary) and e.op == "+":
+            terms = [self.term(t) for t in _flatten_sum(e)]
+            return self.emit("add", terms, width=1, batched=self.any_batched(terms), name=target)
+        if isinstance(e, Binary) and e.op == "@":
+            return self.term(e, target)
+        if isinstance(e, Binary):
+            op = {"-": "sub", "*": "mul"}[e.op]
+            args = [self.expr(e.left), self.expr(e.right)]
+            return self.emit(op, args, width=self.elementwise_width(args), batched=self.any_batched(args), name=target)
+        if isinstance(e, Neg):
+            arg = self.expr(e.arg)
+            return self.emit("neg", [arg], width=self.kind(arg).width, batched=self.kind(arg).batched, name=target)
+        assert isinstance(e, Call)
+        if e.fn == "layer_norm":
+            return self.layer_norm(*e.args, target=target)
+        return self.emit(e.fn, [self.expr(e.args[0])], name=target)
+
+    def term(self, e: Expr, target: str | None = None) -> str:
+        if isinstance(e, Binary) and e.op == "@":
+            operand = self.expr(e.left)
+            return self.emit("linear", [operand], (("weights", (e.right.id,)), ("biases", (None,))), width=1, name=target)
+        return self.expr(e)
+
+    def layer_norm(self, z: Expr, gamma: Name, beta: Name, target: str | None) -> str:
+        # Lowered to primitives so every backend computes the same statistics, in the same
+        # order, with the spec's epsilon: mean, centred values, population variance, scale.
+        eps = self.spec.numerics.layer_norm_epsilon
+        z = self.expr(z)
+        mean = self.emit("mean_units", [z], width="S")
+        centred = self.emit("sub", [z, mean])
+        var = self.emit("mean_units", [self.emit("mul", [centred, centred])], width="S")
+        inv_std = self.emit("rsqrt_eps", [var], (("eps", eps),), width="S")
+        normed = self.emit("mul", [centred, inv_std])
+        scaled = self.emit("mul", [normed, self.env[gamma.id]])
+        return self.emit("add", [scaled, self.env[beta.id]], name=target)
+
+    def any_batched(self, args) -> bool:
+        return any(self.kind(a).batched for a in args)
+
+    def elementwise_width(self, args) -> Width:
+        return 1 if any(self.kind(a).op != "const" for a in args) else 0
+
+
+def _flatten_sum(e: Expr) -> list[Expr]:
+    if isinstance(e, Binary) and e.op == "+":
+        return _flatten_sum(e.left) + _flatten_sum(e.right)
+    return [e]
+
+
+def _live(nodes: list[Node], roots: Iterable[str]) -> set[str]:
+    index = {n.name: n for n in nodes}
+    live, stack = set(), list(roots)
+    while stack:
+        name = stack.pop()
+        if name not in live:
+            live.add(name)
+            stack.extend(index[name].args)
+    return live
+
+
+def prune(graph: Graph, keep_ops: tuple[str, ...] = ("input", "state")) -> Graph:
+    """Drop nodes no output depends on."""
+    live = _live(graph.nodes, graph.outputs.values())
+    return Graph([n for n in graph.nodes if n.name in live or n.op in keep_ops], dict(graph.outputs))
+
+
+def rewrite(graph: Graph, replacements: dict[str, str]) -> Graph:
+    """Redirect every use of a node to another node (transitively), then prune."""
+
+    def resolve(name: str) -> str:
+        while name in replacements:
+            name = replacements[name]
+        return name
+
+    nodes = [replace(n, args=tuple(resolve(a) for a in n.args)) for n in graph.nodes]
+    outputs = {role: resolve(name) for role, name in graph.outputs.items()}
+    return prune(Graph(nodes, outputs))

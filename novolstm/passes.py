@@ -1,0 +1,202 @@
+"""Optimization passes over the step graph, and the split into prologue and step.
+
+The passes, in order (each followed by :func:`~novolstm.ir.check_graph`):
+
+1. ``split_invariant_sums``: in a sum, gather the terms that do not depend on the
+   state into a sub-sum of their own, so it can leave the time loop.
+2. ``fold_biases``: ``x @ W + b`` becomes one linear node carrying its bias.
+3. ``fuse_linears``: all projections of the same operand become one matmul against
+   the concatenated weights. Where gates add a projection of the input to a
+   projection of the state, both fused matrices put those gates first, in the same
+   order, so one addition serves all of them.
+4. ``hoist``: every value that does not depend on the state is computed once for
+   all timesteps, before the loop (for the input projection: one GEMM).
+
+Example:
+    >>> import novolstm
+    >>> program = build_program(novolstm.load_spec("lstm"))
+    >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
+    ['linear']
+    >>> [(n.op, n.attr("weights")) for n in program.step.nodes if n.op == "linear"]
+    [('linear', ('U_i', 'U_f', 'U_g', 'U_o'))]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .ir import Graph, NameAllocator, Node, check_graph, lower, prune, rewrite
+from .spec_model import Spec
+
+
+@dataclass(frozen=True)
+class Program:
+    """A lowered, optimized cell: what the emitters turn into source.
+
+    ``prologue`` runs once over all timesteps (its values carry extra leading axes);
+    ``step`` runs once per timestep and reads the prologue's values named in
+    ``hoisted`` at that timestep.
+    """
+
+    spec: Spec
+    prologue: Graph
+    step: Graph
+    hoisted: tuple[str, ...]
+
+    def linear_nodes(self) -> list[Node]:
+        """Every linear node of prologue and step: one fused weight matrix each."""
+        return [n for g in (self.prologue, self.step) for n in g.nodes if n.op == "linear"]
+
+
+def build_program(spec: Spec) -> Program:
+    graph = lower(spec)
+    names = NameAllocator(n.name for n in graph.nodes)
+    names.taken.update(spec.param_names)
+    graph = check_graph(split_invariant_sums(graph, names), "split_invariant_sums")
+    graph = check_graph(fold_biases(graph), "fold_biases")
+    graph = check_graph(fuse_linears(graph, names), "fuse_linears")
+    prologue, step, hoisted = hoist(graph)
+    check_graph(prologue, "hoist (prologue)")
+    check_graph(step, "hoist (step)")
+    return Program(spec, prologue, step, hoisted)
+
+
+def invariant_names(graph: Graph) -> set[str]:
+    """Nodes whose value does not depend on the state (the same at every timestep given x_t)."""
+    out = set()
+    for n in graph.nodes:
+        if n.op in ("input", "param", "const") or (n.op not in ("state", "hoisted") and all(a in out for a in n.args)):
+            out.add(n.name)
+    return out
+
+
+def split_invariant_sums(graph: Graph, names: NameAllocator) -> Graph:
+    inv = invariant_names(graph)
+    nodes = []
+    for n in graph.nodes:
+        fixed = [a for a in n.args if a in inv]
+        moving = [a for a in n.args if a not in inv]
+        if n.op == "add" and moving and len(fixed) > 1:
+            sub = Node(names("s"), "add", tuple(fixed), width=n.width, batched=any(graph[a].batched for a in fixed))
+            nodes.append(sub)
+            n = replace(n, args=tuple(moving) + (sub.name,))
+        nodes.append(n)
+    return Graph(nodes, dict(graph.outputs))
+
+
+def fold_biases(graph: Graph) -> Graph:
+    users = graph.users()
+    nodes = {n.name: n for n in graph.nodes}
+    alias: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op != "add" or len(n.args) != 2:
+            continue
+        for lin, bias in (n.args, n.args[::-1]):
+            L, b = nodes[lin], nodes[bias]
+            if L.op == "linear" and users[lin] == [n.name] and b.op == "param" and L.attr("biases") == (None,):
+                nodes[lin] = replace(L, attrs=(("weights", L.attr("weights")), ("biases", (bias,))))
+                alias[n.name] = lin
+                break
+    return rewrite(Graph(list(nodes.values()), dict(graph.outputs)), alias)
+
+
+def fuse_linears(graph: Graph, names: NameAllocator) -> Graph:
+    inv = invariant_names(graph)
+    linears = [n for n in graph.nodes if n.op == "linear"]
+    groups: dict[str, list[Node]] = {}
+    for L in linears:
+        groups.setdefault(L.args[0], []).append(L)
+
+    # Pairs: sums holding one projection of an invariant operand and one of a moving operand.
+    pairs_by_group: dict[tuple[str, str], list[tuple[Node, Node, Node]]] = {}
+    for n in graph.nodes:
+        if n.op != "add":
+            continue
+        lins = [graph[a] for a in n.args if graph[a].op == "linear"]
+        fixed = [L for L in lins if L.args[0] in inv]
+        moving = [L for L in lins if L.args[0] not in inv]
+        if len(fixed) == 1 and len(moving) == 1:
+            key = (fixed[0].args[0], moving[0].args[0])
+            pairs_by_group.setdefault(key, []).append((n, fixed[0], moving[0]))
+    pairs = max(pairs_by_group.values(), key=len, default=[])
+    if len(pairs) < 2:
+        pairs = []  # one pair gains nothing over two slices
+
+    # Block order inside each fused matrix: paired projections first, in the same order.
+    order: dict[str, list[Node]] = {}
+    for operand, members in groups.items():
+        paired = [p[1] if p[1].args[0] == operand else p[2] for p in pairs if operand in (p[1].args[0], p[2].args[0])]
+        order[operand] = paired + [L for L in members if L not in paired]
+
+    fused: dict[str, Node] = {}
+    for operand, members in order.items():
+        if len(members) > 1:
+            weights = tuple(w for L in members for w in L.attr("weights"))
+            biases = tuple(b for L in members for b in L.attr("biases"))
+            fused[operand] = Node(names("L"), "linear", (operand,), (("weights", weights), ("biases", biases)), len(weights))
+
+    block = {L.name: (operand, k) for operand, members in order.items() for k, L in enumerate(members)}
+    pair_sum = None
+    if pairs:
+        pair_adds = {p[0].name: p for p in pairs}
+    else:
+        pair_adds = {}
+
+    out: list[Node] = []
+    emitted_fused: set[str] = set()
+    alias: dict[str, str] = {}
+
+    def fused_slice(source: Node, start: int, stop: int, name: str | None = None) -> str:
+        if (start, stop) == (0, source.width):
+            return source.name
+        node = Node(name or names("v"), "slice", (source.name,), (("start", start), ("stop", stop)), stop - start)
+        out.append(node)
+        return node.name
+
+    for n in graph.nodes:
+        if n.op == "linear" and n.args[0] in fused:
+            F = fused[n.args[0]]
+            if F.name not in emitted_fused:
+                out.append(F)
+                emitted_fused.add(F.name)
+            _, k = block[n.name]
+            fused_slice(F, k, k + 1, name=n.name)
+            continue
+        if n.name in pair_adds:
+            _, lx, lh = pair_adds[n.name]
+            if pair_sum is None:
+                P = len(pairs)
+                fx, fh = fused.get(lx.args[0], lx), fused.get(lh.args[0], lh)
+                pair_sum = Node(names("z"), "add", (fused_slice(fx, 0, P), fused_slice(fh, 0, P)), width=P)
+                out.append(pair_sum)
+            k = block[lx.name][1]
+            piece = fused_slice(pair_sum, k, k + 1)
+            rest = tuple(a for a in n.args if a not in (lx.name, lh.name))
+            if rest:
+                out.append(replace(n, args=(piece,) + rest))
+            else:
+                alias[n.name] = piece
+            continue
+        out.append(n)
+    return rewrite(Graph(out, dict(graph.outputs)), alias)
+
+
+def hoist(graph: Graph) -> tuple[Graph, Graph, tuple[str, ...]]:
+    """Split into a prologue (state-independent values, all timesteps at once) and a step."""
+    inv = invariant_names(graph)
+    step_reads = {a for n in graph.nodes if n.name not in inv for a in n.args}
+    step_reads |= set(graph.outputs.values())
+    hoisted = tuple(
+        n.name for n in graph.nodes if n.name in inv and n.name in step_reads and n.op not in ("param", "const", "input")
+    )
+    prologue = prune(
+        Graph([n for n in graph.nodes if n.name in inv], {f"hoisted:{h}": h for h in hoisted}), keep_ops=("input",)
+    )
+    step_nodes = []
+    for n in graph.nodes:
+        if n.name in hoisted:
+            step_nodes.append(Node(n.name, "hoisted", width=n.width))
+        elif n.name not in inv or (n.op in ("param", "const") and n.name in step_reads):
+            step_nodes.append(n)
+    step = prune(Graph(step_nodes, dict(graph.outputs)))
+    return prologue, step, hoisted
