@@ -1,0 +1,70 @@
+"""Shared fixtures: which backends are under test, and the Hypothesis profiles.
+
+NOVOLSTM_BACKENDS (comma-separated, default "numpy") names the backends this run
+must test. A named backend whose framework cannot be imported fails every test that
+uses it; it is never skipped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+import novolstm
+
+settings.register_profile("dev", max_examples=25, deadline=None)
+# JIT compilation makes first calls slow, so no deadline; bounded examples keep CI short.
+settings.register_profile(
+    "ci", max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def requested_backends() -> list[str]:
+    names = [b.strip() for b in os.environ.get("NOVOLSTM_BACKENDS", "numpy").split(",") if b.strip()]
+    unknown = sorted(set(names) - set(novolstm.backends()))
+    if unknown:
+        raise pytest.UsageError(f"NOVOLSTM_BACKENDS names unknown backends {unknown}; known: {novolstm.backends()}")
+    return names
+
+
+def pytest_report_header(config):
+    return f"novolstm backends under test: {', '.join(requested_backends())} (set NOVOLSTM_BACKENDS to change)"
+
+
+def pytest_ignore_collect(collection_path, config):
+    # tests/test_<backend>_*.py import their framework at module level: they are
+    # collected exactly when that backend is requested (and then fail if it cannot load).
+    name = collection_path.name
+    for backend in novolstm.backends():
+        if name.startswith(f"test_{backend}_") and backend not in requested_backends():
+            return True
+    return None
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", requested_backends(), scope="session")
+
+
+@pytest.fixture(scope="session")
+def backend(request):
+    """A requested backend whose framework is importable; failing to import fails the test."""
+    from novolstm.backends import emitter
+
+    name = request.param
+    try:
+        importlib.import_module(emitter(name).FRAMEWORK)
+    except ImportError as exc:  # requested but missing: a failure, not a skip
+        pytest.fail(f"backend {name!r} was requested (NOVOLSTM_BACKENDS) but cannot load: {exc}")
+    return name
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261123)
