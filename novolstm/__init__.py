@@ -19,7 +19,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import backends, generate_source, get_cell, init_params, load_generated, run
+from .api import generate_source, get_cell, init_params, list_backends, load_generated, run
 from .errors import SpecError
 from .spec_loader import list_specs, load_spec, loads_spec
 from .spec_model import Spec
@@ -27,7 +27,7 @@ from .spec_model import Spec
 __all__ = [
     "Spec",
     "SpecError",
-    "backends",
+    "list_backends",
     "generate_source",
     "get_cell",
     "init_params",

@@ -19,10 +19,10 @@ from .validate import prepare_call
 SpecLike = "str | os.PathLike | Spec"
 
 
-def backends() -> list[str]:
+def list_backends() -> list[str]:
     """Names of the backends novolstm can generate code for (installed or not).
 
-    >>> "numpy" in backends()
+    >>> "numpy" in list_backends()
     True
     """
     from novolstm.backends import EMITTERS

@@ -27,9 +27,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 def requested_backends() -> list[str]:
     names = [b.strip() for b in os.environ.get("NOVOLSTM_BACKENDS", "numpy").split(",") if b.strip()]
-    unknown = sorted(set(names) - set(novolstm.backends()))
+    unknown = sorted(set(names) - set(novolstm.list_backends()))
     if unknown:
-        raise pytest.UsageError(f"NOVOLSTM_BACKENDS names unknown backends {unknown}; known: {novolstm.backends()}")
+        raise pytest.UsageError(f"NOVOLSTM_BACKENDS names unknown backends {unknown}; known: {novolstm.list_backends()}")
     return names
 
 
@@ -41,7 +41,7 @@ def pytest_ignore_collect(collection_path, config):
     # tests/test_<backend>_*.py import their framework at module level: they are
     # collected exactly when that backend is requested (and then fail if it cannot load).
     name = collection_path.name
-    for backend in novolstm.backends():
+    for backend in novolstm.list_backends():
         if name.startswith(f"test_{backend}_") and backend not in requested_backends():
             return True
     return None
