@@ -19,7 +19,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import generate_source, get_cell, init_params, list_backends, load_generated, run
+from .api import generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
 from .errors import SpecError
 from .spec_loader import list_specs, load_spec, loads_spec
 from .spec_model import Spec
@@ -30,6 +30,7 @@ __all__ = [
     "list_backends",
     "generate_source",
     "get_cell",
+    "get_layer",
     "init_params",
     "list_specs",
     "load_generated",

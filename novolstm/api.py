@@ -89,6 +89,17 @@ def get_cell(backend: str = "numpy", spec: SpecLike = "novolstm"):
     return load_generated(spec, backend).Cell
 
 
+def get_layer(backend: str = "numpy", spec: SpecLike = "novolstm"):
+    """The sequence layer native to ``backend`` (for torch, ``nn.LSTM``'s conventions), generated from ``spec``.
+
+    Backends without a sequence layer of their own raise ``AttributeError``.
+    """
+    module = load_generated(spec, backend)
+    if not hasattr(module, "Layer"):
+        raise AttributeError(f"the {backend} backend has no sequence layer; use get_cell({backend!r}, ...)")
+    return module.Layer
+
+
 def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtype: Any = "float64") -> dict[str, np.ndarray]:
     """Canonical parameters drawn by the spec's initializers; the same numbers for every backend.
 
