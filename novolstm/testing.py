@@ -5,7 +5,8 @@ backends.
 
 Example:
     >>> import numpy as np
-    >>> assert_close(np.float32([1.0, 2.0]), np.float64([1.0, 2.0000001]), what="outputs")
+    >>> assert_close(np.float32([1.0, 2.0]), np.float64([1.0, 2.0000001]), what="outputs") < 1e-6
+    True
     >>> assert_close(np.zeros((2, 3)), np.zeros((3, 2)), what="outputs")
     Traceback (most recent call last):
     ...
