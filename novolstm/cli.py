@@ -4,6 +4,8 @@
     novolstm show SPEC                    equations and parameter table
     novolstm generate SPEC --backend B    the generated source (``-o FILE`` to write it)
     novolstm check                        every cell on every installed backend vs the reference
+    novolstm conformance SPEC ...         check an implementation: --callable MODULE:FUNCTION,
+                                          --results FILE.npz, or --export DIR for the golden inputs
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ def main(argv=None) -> int:
     chk = sub.add_parser("check", help="compare every cell on every installed backend with the reference")
     chk.add_argument("--cell", action="append", help="only this cell (repeatable)")
     chk.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    conf = sub.add_parser("conformance", help="check an implementation of a spec against it")
+    conf.add_argument("spec")
+    how = conf.add_mutually_exclusive_group(required=True)
+    how.add_argument("--callable", help="MODULE:FUNCTION taking (params, x, state, mask), returning (outputs, final_state)")
+    how.add_argument("--results", help="an .npz of <case>.outputs and <case>.state.<name> computed on the golden vectors")
+    how.add_argument("--export", metavar="DIR", help="write the golden vectors (inputs and expected results) to DIR")
+    conf.add_argument("--dtype", default="float64", help="the dtype the implementation computes in (sets the tolerance)")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -92,7 +101,43 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"list": _list, "show": _show, "generate": _generate, "check": _check}
+def _conformance(args) -> int:
+    import importlib
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import conformance
+    from .spec_loader import load_spec
+
+    spec = load_spec(args.spec)
+    if args.export:
+        folder = Path(args.export)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays, meta = {}, {"spec": spec.name, "spec_hash": spec.hash, "state_names": list(spec.state_names), "cases": {}}
+        for g in conformance.golden_cases(spec):
+            meta["cases"][g.name] = {"description": g.description}
+            arrays.update({f"{g.name}.x": g.case.x, f"{g.name}.mask": g.case.mask, f"{g.name}.outputs": g.outputs})
+            arrays.update({f"{g.name}.param.{k}": v for k, v in g.case.params.items()})
+            for name, s0, s1 in zip(spec.state_names, g.case.state, g.state):
+                arrays.update({f"{g.name}.state0.{name}": s0, f"{g.name}.state.{name}": s1})
+        np.savez_compressed(folder / f"{spec.name}.npz", **arrays)
+        (folder / f"{spec.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+        print(f"wrote {folder / (spec.name + '.npz')} and {spec.name}.json")
+        return 0
+    if args.callable:
+        module_name, _, function = args.callable.partition(":")
+        fn = getattr(importlib.import_module(module_name), function)
+        report = conformance.check(fn, spec, dtype=args.dtype)
+    else:
+        with np.load(args.results, allow_pickle=False) as data:
+            report = conformance.check_results(spec, {k: data[k] for k in data.files}, dtype=args.dtype)
+    print(report.format())
+    return 0 if report.passed else 1
+
+
+COMMANDS = {"list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
