@@ -434,7 +434,6 @@ class Sequence(torch.autograd.Function):
         n = len(STATE_NAMES)
         need = ctx.needs_input_grad
         g_x, g_state, g_params = backward(params, ctx.tape, g_ys, g_final, need_input=need[0])
-        del ctx.tape
         g_state = tuple(g if need[3 + k] else None for k, g in enumerate(g_state))
         g_params = tuple(g_params[p] if need[3 + n + k] else None for k, p in enumerate(PARAM_NAMES))
         return (g_x, None, None) + g_state + g_params
@@ -516,7 +515,8 @@ def _mask_from_lengths(lengths, B, T, device):
     lengths = torch.as_tensor(lengths)
     if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
         raise ValueError(f"lengths: expected integers of shape ({B},), got {tuple(lengths.shape)} {lengths.dtype}")
-    if bool((lengths < 0).any()) or bool((lengths > T).any()):
+    # A value check reads the tensor: eager only, so that compiled graphs do not break here.
+    if not torch.compiler.is_compiling() and (bool((lengths < 0).any()) or bool((lengths > T).any())):
         raise ValueError(f"lengths: expected values in [0, {T}], got {lengths.tolist()}")
     return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
 
@@ -717,13 +717,14 @@ class Layer(nn.Module):
         ref = getattr(first, PARAM_NAMES[0])
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input: expected a torch.Tensor or PackedSequence, got {type(x).__name__}")
-        unbatched = x.dim() == 2
         layout = "(batch, time, input_size)" if batch_first else "(time, batch, input_size)"
+        expected = f"{layout} or (time, input_size) with input_size={self.input_size}"
+        _check_tensor("input", x, x.dim() if x.dim() in (2, 3) else 3, ref, expected=expected, last=self.input_size)
+        unbatched = x.dim() == 2
         if unbatched:
             x = x.unsqueeze(1)
         elif batch_first:
             x = x.transpose(0, 1)
-        _check_tensor("input", x, 3, ref, expected=f"{layout} or (time, input_size) with input_size={self.input_size}", last=self.input_size)
         T, B = x.shape[0], x.shape[1]
         if mask is not None and lengths is not None:
             raise ValueError("give mask or lengths, not both")
