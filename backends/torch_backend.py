@@ -112,16 +112,27 @@ def fused_adds(graph: Graph, keep: set[str]) -> dict[str, tuple[str, list[str]]]
     return out
 
 
-def render_fused(graph: Graph, keep: set[str] = frozenset(), only: set[str] | None = None, skip: set[str] = frozenset()) -> list[str]:
+def render_fused(
+    graph: Graph, keep: set[str] = frozenset(), only: set[str] | None = None, skip: set[str] = frozenset(), outs: dict | None = None
+) -> list[str]:
     """:func:`render` with projections folded into the sums that read them (see :func:`fused_adds`).
 
-    ``only`` / ``skip`` select which nodes to render (the fusion is decided on the whole graph).
+    ``only`` / ``skip`` select which nodes to render (the fusion is decided on the whole graph);
+    ``outs`` maps a concat node to the buffer it writes into (``torch.cat(..., out=...)``).
     """
+    outs = outs or {}
     fused = fused_adds(graph, set(keep))
     absorbed = {lin for lin, _ in fused.values()}
+    blocks = block_slices(graph)
     lines = []
     for n in graph.nodes:
         if n.op in _LEAVES or n.name in absorbed or n.name in skip or (only is not None and n.name not in only):
+            continue
+        if n.op == "slice" and n.args[0] in blocks:
+            source, names = n.args[0], blocks[n.args[0]]
+            if n.name == next(x for x in names if x is not None):  # the first: one call for all blocks
+                targets = ", ".join(var(x) if x else "_" for x in names)
+                lines.append(f"{targets}, = {var(source)}.unflatten(-1, ({len(names)}, H)).unbind(-2)")
             continue
         if n.name in fused:
             lin, others = fused[n.name]
@@ -129,11 +140,41 @@ def render_fused(graph: Graph, keep: set[str] = frozenset(), only: set[str] | No
             call = OPS[L.op](L, [var(a) for a in L.args])
             lines.append(f"{var(n.name)} = {call[:-1]}, acc={' + '.join(var(o) for o in others)})")
         else:
-            lines.append(f"{var(n.name)} = {OPS[n.op](n, [var(a) for a in n.args])}")
+            code = OPS[n.op](n, [var(a) for a in n.args])
+            if n.name in outs:
+                assert n.op == "concat", n
+                code = f"{code[:-1]}, out={outs[n.name]})"
+            lines.append(f"{var(n.name)} = {code}")
     return lines
 
 
 _LEAVES = ("input", "state", "hoisted", "param", "saved", "seed")
+
+
+def block_slices(graph: Graph) -> dict[str, list]:
+    """Values cut into single blocks of units by two or more slices: source -> slice per block (or None).
+
+    One view and one unbind replace the slices (one call instead of one per gate).
+    """
+    slices: dict[str, list] = {}
+    for n in graph.nodes:
+        if n.op == "slice":
+            slices.setdefault(n.args[0], []).append(n)
+    out = {}
+    for source, nodes in slices.items():
+        width = graph[source].width
+        starts = [s.attr("start") for s in nodes]
+        if (
+            isinstance(width, int)
+            and len(nodes) > 1
+            and all(s.attr("stop") - s.attr("start") == 1 for s in nodes)
+            and len(set(starts)) == len(starts)
+        ):
+            names = [None] * width
+            for s in nodes:
+                names[s.attr("start")] = s.name
+            out[source] = names
+    return out
 
 
 def _live(graph: Graph, roots) -> set[str]:
@@ -216,12 +257,9 @@ def _softmax(z):
     return torch.softmax(z, dim=-1)
 
 
-def _sigmoid_backward(g, y):
-    return g * y * (1.0 - y)
-
-
-def _tanh_backward(g, y):
-    return g * (1.0 - y * y)
+# g * y * (1 - y) and g * (1 - y * y) in one kernel each (the ops autograd itself uses).
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.default
+_tanh_backward = torch.ops.aten.tanh_backward.default
 
 
 def _gemm_blas(a, w, wt, b=None, acc=None):
@@ -241,6 +279,15 @@ def _gemm_blas(a, w, wt, b=None, acc=None):
     return out if len(lead) == 1 else out.reshape(lead + (w.shape[-1],))
 
 
+def _no_pack(w, rows):
+    return w
+
+
+def _pack_onednn(w, rows):
+    # Reordered once per call into oneDNN's blocked layout, then read by every timestep.
+    return _ONEDNN_PACK(w, rows) if _ONEDNN_PACK is not None else w
+
+
 def _probe_onednn():
     # oneDNN's inner product: the GEMM nn.LSTM itself uses on CPU, measured 1.4x to 2.4x
     # faster than the BLAS torch.mm calls on some CPUs. A private op: used only when it
@@ -257,6 +304,15 @@ def _probe_onednn():
 
 
 _ONEDNN_LINEAR = _probe_onednn()
+_ONEDNN_PACK = None
+if _ONEDNN_LINEAR is not None:
+    try:
+        _w = torch.tensor([[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+        _a = torch.tensor([[1.0, 2.0]])
+        if torch.equal(_ONEDNN_LINEAR(_a, torch.ops.mkldnn._reorder_linear_weight(_w, 1), None, "none", [], ""), _a @ _w.t()):
+            _ONEDNN_PACK = torch.ops.mkldnn._reorder_linear_weight
+    except (AttributeError, RuntimeError):
+        pass
 
 
 def _gemm_onednn(a, w, wt, b=None, acc=None):
@@ -271,9 +327,10 @@ def _gemm_onednn(a, w, wt, b=None, acc=None):
 
 
 def gemm_for(x):
-    """The GEMM helper for tensors like x: oneDNN for float32 on CPU in eager mode, else BLAS.
+    """(gemm, pack, wgrad) for tensors like x: oneDNN for float32 on CPU in eager mode, else BLAS.
 
-    Compiled, exported and traced graphs always take the plain torch.mm / addmm path.
+    pack(w, rows) prepares a weight that many GEMMs of ``rows`` rows will read (the time
+    loop's). Compiled, exported and traced graphs always take the plain torch.mm / addmm path.
     """
     if (
         _ONEDNN_LINEAR is not None
@@ -282,13 +339,41 @@ def gemm_for(x):
         and not torch.compiler.is_compiling()
         and not torch.jit.is_tracing()
     ):
-        return _gemm_onednn
-    return _gemm_blas
+        return _gemm_onednn, _pack_onednn, _weight_grads_onednn
+    return _gemm_blas, _no_pack, _weight_grads_blas
 
 
-def _weight_grad(a, g):
-    """a^T g summed over every leading axis (time and batch): one GEMM for all timesteps."""
-    return torch.mm(a.reshape(-1, a.shape[-1]).t(), g.reshape(-1, g.shape[-1]))
+def _weight_grad_operand(g, operands, bias):
+    """Rows over every leading axis (time and batch); a column of ones for the bias gradient."""
+    g = g.reshape(-1, g.shape[-1])
+    cols = [a.reshape(-1, a.shape[-1]) for a in operands]
+    if bias:
+        cols.append(g.new_ones((g.shape[0], 1)))
+    return g, cols, (cols[0] if len(cols) == 1 else torch.cat(cols, dim=1))
+
+
+def _weight_grads_blas(g, *operands, bias=False):
+    """[a^T g for each operand] (+ g's column sums if bias): ONE GEMM over all timesteps.
+
+    Projections that receive the same gradient (an LSTM's input and recurrent ones) share it.
+    """
+    g, cols, a = _weight_grad_operand(g, operands, bias)
+    out = torch.mm(a.t(), g)
+    return _split_rows(out, cols, bias)
+
+
+def _weight_grads_onednn(g, *operands, bias=False):
+    g, cols, a = _weight_grad_operand(g, operands, bias)
+    # oneDNN reads both operands with time and batch along the contiguous axis.
+    out = _ONEDNN_LINEAR(a.t().contiguous(), g.t().contiguous(), None, "none", [], "")
+    return _split_rows(out, cols, bias)
+
+
+def _split_rows(out, cols, bias):
+    parts = list(out.split([c.shape[1] for c in cols], dim=0))
+    if bias:
+        parts[-1] = parts[-1][0]
+    return parts
 
 
 def fuse(params):
@@ -324,8 +409,8 @@ def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
         (outputs (time, batch, units), final state tuple, tape or None)
     """
     H = params[$units_param].shape[-1]
-    T = x.shape[0]
-    gemm = gemm_for(x)
+    T, B = x.shape[0], x.shape[1]
+    gemm, pack, wgrad = gemm_for(x)
     fused = fuse(params)
     $load_fused
     $load_params
@@ -370,9 +455,9 @@ def backward(params, tape, g_outputs=None, g_state=None, need_input=True):
     H = params[$units_param].shape[-1]
     v_$input, ms, reverse = tape["x"], tape["ms"], tape["reverse"]
     T, B = v_$input.shape[0], v_$input.shape[1]
-    gemm = gemm_for(v_$input)
+    gemm, pack, wgrad = gemm_for(v_$input)
     fused = fuse(params)
-    $load_fused
+    $load_fused_backward
     $load_params
     zeros = v_$input.new_zeros((B, H))
     g_ys = None if g_outputs is None else g_outputs.unbind(0)
@@ -390,8 +475,6 @@ def backward(params, tape, g_outputs=None, g_state=None, need_input=True):
         $store_grads
         $carry
     $stack_grads
-    # Weight gradients of the step's projections: one GEMM over all timesteps, not one per step.
-    $step_weight_grads
     # The prologue, backwards, over all timesteps at once.
     $load_prologue_tape
     $prologue_seeds
@@ -401,6 +484,8 @@ def backward(params, tape, g_outputs=None, g_state=None, need_input=True):
     else:
         $no_input = None
     $prologue_grads
+    # Weight gradients: one GEMM over all timesteps per gradient, after the loop, not one per step.
+    $weight_grads
     grads = {
         $param_grads
     }
@@ -410,16 +495,17 @@ def backward(params, tape, g_outputs=None, g_state=None, need_input=True):
 class Sequence(torch.autograd.Function):
     """The differentiable sequence op: forward above, and the generated backward.
 
-    apply(x, mask, reverse, *state, *params): x (time, batch, input), mask bool
-    (time, batch, 1) or None, state tensors in STATE_NAMES order, parameters in
+    apply(x, mask, reverse, grad_enabled, *state, *params): x (time, batch, input), mask
+    bool (time, batch, 1) or None, grad_enabled torch.is_grad_enabled() at the call (inside
+    forward it is always off), state tensors in STATE_NAMES order, parameters in
     PARAM_NAMES order. Returns (outputs, *final_state).
     """
 
     @staticmethod
-    def forward(ctx, x, mask, reverse, *tensors):
+    def forward(ctx, x, mask, reverse, grad_enabled, *tensors):
         n = len(STATE_NAMES)
         params = dict(zip(PARAM_NAMES, tensors[n:]))
-        keep = any(ctx.needs_input_grad)
+        keep = grad_enabled and any(ctx.needs_input_grad)  # under no_grad, no tape
         ys, final, tape = forward(params, x, tensors[:n], mask, keep_tape=keep, reverse=reverse)
         if keep:
             ctx.save_for_backward(*tensors[n:])
@@ -434,9 +520,9 @@ class Sequence(torch.autograd.Function):
         n = len(STATE_NAMES)
         need = ctx.needs_input_grad
         g_x, g_state, g_params = backward(params, ctx.tape, g_ys, g_final, need_input=need[0])
-        g_state = tuple(g if need[3 + k] else None for k, g in enumerate(g_state))
-        g_params = tuple(g_params[p] if need[3 + n + k] else None for k, p in enumerate(PARAM_NAMES))
-        return (g_x, None, None) + g_state + g_params
+        g_state = tuple(g if need[4 + k] else None for k, g in enumerate(g_state))
+        g_params = tuple(g_params[p] if need[4 + n + k] else None for k, p in enumerate(PARAM_NAMES))
+        return (g_x, None, None, None) + g_state + g_params
 
 
 def sequence(params, x, state=None, mask=None, reverse=False):
@@ -458,7 +544,7 @@ def sequence(params, x, state=None, mask=None, reverse=False):
     B, T = x.shape[0], x.shape[1]
     state = _initial_state(state, B, ref)
     mask = _check_mask(mask, B, T, ref.device)
-    outs = Sequence.apply(x.transpose(0, 1), mask, reverse, *state, *tensors)
+    outs = Sequence.apply(x.transpose(0, 1), mask, reverse, torch.is_grad_enabled(), *state, *tensors)
     return outs[0].transpose(0, 1), tuple(outs[1:])
 
 
@@ -624,7 +710,7 @@ class Cell(nn.Module):
                 state = tuple(s[None] for s in ((state,) if isinstance(state, torch.Tensor) else state))
         _check_tensor("x", x, 2, ref, expected=f"(batch, {self.input_size}) or ({self.input_size},)", last=self.input_size)
         state = _initial_state(state, x.shape[0], ref)
-        outs = Sequence.apply(x[None], None, False, *state, *params.values())
+        outs = Sequence.apply(x[None], None, False, torch.is_grad_enabled(), *state, *params.values())
         new = tuple(s[0] for s in outs[1:]) if unbatched else tuple(outs[1:])
         return new if len(new) > 1 else new[0]
 
@@ -743,7 +829,7 @@ class Layer(nn.Module):
             for d, suffix in enumerate(("", "_reverse")[: self.num_directions]):
                 cell = self.cells[f"l{layer}{suffix}"]
                 row = layer * self.num_directions + d
-                result = Sequence.apply(x, mask, d == 1, *(s[row] for s in states), *cell.params().values())
+                result = Sequence.apply(x, mask, d == 1, torch.is_grad_enabled(), *(s[row] for s in states), *cell.params().values())
                 outs.append(result[0])
                 finals.append(result[1:])
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
@@ -816,6 +902,7 @@ def generate(plan: LoopPlan) -> str:
     # Gradients flowing out of each step: per-timestep lists, stacked once after the loop.
     # One list per distinct value (an LSTM's hoisted and recurrent projections share theirs).
     lists: dict[str, str] = {}  # step backward value -> list name
+    buffers: dict[str, str] = {}  # ... or, for a concatenation, the slot of a preallocated buffer
     stacked: dict[str, str] = {}  # gseq_/glin_ name -> list holding it
     store = []
     for role, name in back.outputs.items():
@@ -828,15 +915,34 @@ def generate(plan: LoopPlan) -> str:
             continue
         if name not in lists:
             lists[name] = f"gl_{name}"
-            store.append(f"gl_{name}[t] = {var(name)}")
+            if back[name].op == "concat":  # written in place into its slot of a (T, B, width) buffer
+                buffers[name] = f"gl_{name}[t]"
+            else:
+                store.append(f"gl_{name}[t] = {var(name)}")
         stacked[key] = lists[name]
+    # A vector parameter's gradient sums a batched value over the batch at every step: keep
+    # the batched values instead and sum over time and batch at once after the loop.
+    users = back.users()
+    deferred: dict[str, str] = {}  # vector parameter -> the batched value its gradient sums
     for target, value in [(r.split(":", 1)[1], n) for r, n in back.outputs.items()]:
-        if target in plan.vector_params:
+        if target not in plan.vector_params:
+            continue
+        node = back[value]
+        if node.op == "sum_batch" and users[value] == [] and back[node.args[0]].batched and users[node.args[0]] == [value]:
+            deferred[target] = node.args[0]
+            store.append(f"gv_{target}[t] = {var(node.args[0])}")
+        else:
             store.append(f"gp_{target} = gp_{target} + {var(value)}")
+    skip_step = {back.outputs[f"grad:{p}"] for p in deferred}
 
-    init_grads = [f"{name} = [None] * T" for name in lists.values()]
-    init_grads += [f"gp_{p} = zeros.new_zeros(H)" for p in plan.vector_params]
-    stack_grads = [f"{name} = torch.stack({name})" for name in lists.values()]
+    init_grads = [
+        f"{lists[name]} = zeros.new_empty((T, B, {units_offset(back[name].width)}))" if name in buffers else f"{lists[name]} = [None] * T"
+        for name in lists
+    ]
+    init_grads += [f"gv_{p} = [None] * T" for p in deferred]
+    init_grads += [f"gp_{p} = zeros.new_zeros(H)" for p in plan.vector_params if p not in deferred]
+    stack_grads = [f"{lists[name]} = torch.stack({lists[name]})" for name in lists if name not in buffers]
+    stack_grads += [f"gp_{p} = torch.stack(gv_{p}).sum(dim=(0, 1))" for p in deferred]
     for h in program.hoisted:
         key = f"gseq_{h}"
         if key in stacked:
@@ -850,12 +956,22 @@ def generate(plan: LoopPlan) -> str:
         through = var(grad) if grad else "zeros"
         carry.append(f"g_{s} = {through} if ms is None else {through} + torch.where(m, 0.0, g_{s})")
 
-    step_wgrads = []
+    # Weight gradients, grouped by the gradient they read: one GEMM per group.
+    groups: dict[str, list] = {}  # gradient expression -> [(linear, operand expression)]
     for L in step_linears:
-        g = stacked[f"glin_{L.name}"]
-        step_wgrads.append(f"gw_{L.name} = _weight_grad(torch.stack(tp_{L.operand}), {g})")
-        if L.has_bias:
-            step_wgrads.append(f"gb_{L.name} = {g}.reshape(-1, {g}.shape[-1]).sum(dim=0)")
+        groups.setdefault(stacked[f"glin_{L.name}"], []).append((L, f"torch.stack(tp_{L.operand})"))
+    for L in pro_linears:
+        g = pro_back[pro_back.outputs[f"grad:{L.name}"]]
+        role = g.attr("role", "") if g.op == "seed" else ""
+        key = stacked.get(f"gseq_{role.split(':', 1)[1]}", var(g.name)) if role.startswith("hoisted:") else var(g.name)
+        groups.setdefault(key, []).append((L, var(L.operand)))
+    weight_grads = []
+    for g, members in groups.items():
+        biased = [L for L, _ in members if L.has_bias]
+        targets = [f"gw_{L.name}" for L, _ in members] + ([f"gb_{biased[0].name}"] if biased else [])
+        operands = ", ".join(op for _, op in members)
+        weight_grads.append(f"{', '.join(targets)}, = wgrad({g}, {operands}{', bias=True' if biased else ''})")
+        weight_grads += [f"gb_{L.name} = gb_{biased[0].name}" for L in biased[1:]]
 
     # The prologue backward, split: what only the input gradient needs runs under need_input.
     g_input_name = pro_back.outputs[f"grad:{spec.input}"]
@@ -865,11 +981,6 @@ def generate(plan: LoopPlan) -> str:
     input_part = render_fused(pro_back, only=only_input)
 
     pro_grads = []
-    for L in pro_linears:
-        g = var(pro_back.outputs[f"grad:{L.name}"])
-        pro_grads.append(f"gw_{L.name} = _weight_grad({var(L.operand)}, {g})")
-        if L.has_bias:
-            pro_grads.append(f"gb_{L.name} = {g}.reshape(-1, {g}.shape[-1]).sum(dim=0)")
     for p in plan.vector_params:
         if f"grad:{p}" in pro_back.outputs:
             pro_grads.append(f"gp_{p} = gp_{p} + {var(pro_back.outputs[f'grad:{p}'])}")
@@ -883,6 +994,16 @@ def generate(plan: LoopPlan) -> str:
     next_vars = [var(step.outputs[f"state:{s}"]) for s in states]
     tape = [n for n in plan.step_tape]
     keep_step = set(tape)
+
+    def load_fused(packed):
+        # The step's weights are read by every timestep: packed once per call (forward reads
+        # wt_, the backward pass w_; pack is the identity unless a GEMM library wants it).
+        lines = []
+        for L in plan.linears:
+            for k in (f"w_{L.name}", f"wt_{L.name}") + ((f"b_{L.name}",) if L.has_bias else ()):
+                pack = L.in_step and k.startswith(packed)
+                lines.append(f'{k} = pack(fused["{k}"], B)' if pack else f'{k} = fused["{k}"]')
+        return lines
 
     if len(states) > 1:
         state_call, layer_state = f"the tuple ({', '.join(states)})", f"the tuple ({', '.join(states)})"
@@ -909,12 +1030,8 @@ def generate(plan: LoopPlan) -> str:
         fusion=plan.fusion_entries(lambda xs: f"torch.cat([{', '.join(xs)}], dim=-1)", lambda ref: f"{ref}.new_zeros({ref}.shape[-1])"),
         input_param=repr(input_param),
         units_param=repr(units_param),
-        load_fused=[
-            f'{k} = fused["{k}"]'
-            for L in plan.linears
-            for k in (f"w_{L.name}", f"wt_{L.name}", f"b_{L.name}")
-            if k[0] == "w" or L.has_bias
-        ],
+        load_fused=load_fused("wt_"),
+        load_fused_backward=load_fused("w_"),
         load_params=[f'{var(p)} = params["{p}"]' for p in plan.vector_params],
         input=spec.input,
         prologue=render_fused(program.prologue, keep=set(plan.prologue_tape) | set(program.hoisted)),
@@ -936,17 +1053,17 @@ def generate(plan: LoopPlan) -> str:
         load_tape=[f"{var(n)} = tp_{n}[t]" for n in tape],
         load_seeds=[f"{var(name)} = {seed_source(role)}" for role, name in seeds.items()],
         mask_seeds=[f"{var(name)} = torch.where(m, {var(name)}, 0.0)" for name in seeds.values()],
-        step_backward=render_fused(back),
+        step_backward=render_fused(back, skip=skip_step, outs=buffers),
         store_grads=store or ["pass"],
         carry=carry,
         stack_grads=stack_grads,
-        step_weight_grads=step_wgrads or ["pass"],
+        weight_grads=weight_grads,
         load_prologue_tape=[f"{var(n)} = tape['prologue:{n}']" for n in plan.prologue_tape],
         prologue_seeds=[f"{var(name)} = gseq_{role.split(':', 1)[1]}" for role, name in pro_seeds.items()],
         prologue_backward=body,
         prologue_input=input_part or ["pass"],
         no_input=var(g_input_name),
-        prologue_grads=pro_grads,
+        prologue_grads=pro_grads or ["pass"],
         param_grads=param_grads,
         g_input=var(g_input_name),
         g_initial_state=", ".join(f"g_{s}" for s in states) + ",",

@@ -217,13 +217,19 @@ def test_unused_outputs_send_no_gradient(rng):
         assert_close(p[name].grad.numpy(), want_params[name], what=f"grad {name}")
 
 
-def test_weight_gradients_are_formed_after_the_loop():
-    # The step projections' weight gradients: one GEMM after the time loop, none inside it.
-    source = novolstm.generate_source("novolstm", "torch")
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_gradients_are_formed_after_the_loop(cell):
+    # Weight gradients: GEMMs after the time loop, none inside it; an LSTM-family cell's
+    # input and recurrent projections read the same gradient and share ONE GEMM.
+    source = novolstm.generate_source(cell, "torch")
     backward = source.split("def backward(", 1)[1].split("\nclass Sequence", 1)[0]
-    loop, after = backward.split("    for t in", 1)[1].split("\n    gl_", 1)
-    assert "_weight_grad" not in loop
-    assert after.count("_weight_grad(torch.stack(") == 1
+    lines = backward.splitlines()
+    loop = next(k for k, line in enumerate(lines) if line.startswith("    for t in"))
+    end = next(k for k in range(loop + 1, len(lines)) if not lines[k].startswith("        "))
+    calls = [k for k, line in enumerate(lines) if "wgrad(" in line and "=" in line]
+    assert calls and all(k > end for k in calls)
+    # the softmax branch of novolstm_reference and the GRU's split biases read their own gradients
+    assert len(calls) == (2 if cell in ("gru", "novolstm_reference") else 1)
 
 
 def test_init_params_match_novolstm():
