@@ -25,7 +25,7 @@ import inspect
 
 from novolstm import init as _init
 from novolstm.codegen import LoopPlan, render, units_offset, var
-from novolstm.ir import Graph
+from novolstm.ir import Graph, rewrite
 from novolstm.template import fill
 
 NAME = "torch"
@@ -112,6 +112,32 @@ def fused_adds(graph: Graph, keep: set[str]) -> dict[str, tuple[str, list[str]]]
     return out
 
 
+def fused_products(graph: Graph, keep: set[str], skip: set[str]) -> dict[str, tuple[str, str]]:
+    """Sums of two terms, one a product read nowhere else: add node -> (mul node, other term).
+
+    ``x + a * b`` becomes one torch.addcmul call instead of two. ``keep``: values that must
+    exist under their own name (the product cannot be one); ``skip``: sums rendered otherwise.
+    """
+    users = graph.users()
+    out = {}
+    for n in graph.nodes:
+        if n.op != "add" or len(n.args) != 2 or n.name in skip:
+            continue
+        for mul, other in (n.args, n.args[::-1]):
+            m = graph[mul]
+            if (
+                m.op == "mul"
+                and users[mul] == [n.name]
+                and mul not in keep
+                and mul not in graph.outputs.values()
+                and graph[other].op != "const"
+                and all(graph[a].op != "const" for a in m.args)
+            ):
+                out[n.name] = (mul, other)
+                break
+    return out
+
+
 def render_fused(
     graph: Graph, keep: set[str] = frozenset(), only: set[str] | None = None, skip: set[str] = frozenset(), outs: dict | None = None
 ) -> list[str]:
@@ -123,6 +149,8 @@ def render_fused(
     outs = outs or {}
     fused = fused_adds(graph, set(keep))
     absorbed = {lin for lin, _ in fused.values()}
+    products = fused_products(graph, keep=set(keep) | absorbed, skip=set(fused))
+    absorbed |= {mul for mul, _ in products.values()}
     blocks = block_slices(graph)
     lines = []
     for n in graph.nodes:
@@ -133,6 +161,11 @@ def render_fused(
             if n.name == next(x for x in names if x is not None):  # the first: one call for all blocks
                 targets = ", ".join(var(x) if x else "_" for x in names)
                 lines.append(f"{targets}, = {var(source)}.unflatten(-1, ({len(names)}, H)).unbind(-2)")
+            continue
+        if n.name in products:
+            mul, other = products[n.name]
+            a, b = graph[mul].args
+            lines.append(f"{var(n.name)} = torch.addcmul({var(other)}, {var(a)}, {var(b)})")
             continue
         if n.name in fused:
             lin, others = fused[n.name]
@@ -149,6 +182,27 @@ def render_fused(
 
 
 _LEAVES = ("input", "state", "hoisted", "param", "saved", "seed")
+
+
+def cse(graph: Graph) -> Graph:
+    """Common subexpressions merged: a node computing what an earlier one computes reads it instead.
+
+    (The VJP of ``z * z`` contributes ``g * z`` twice; once is enough.) Leaves never merge.
+    """
+    seen: dict[tuple, str] = {}
+    same: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op in _LEAVES or n.op == "const":
+            continue
+        args = tuple(same.get(a, a) for a in n.args)
+        if n.op in ("add", "mul") and len(args) == 2:  # exactly commutative in IEEE arithmetic
+            args = tuple(sorted(args))
+        key = (n.op, args, n.attrs)
+        if key in seen:
+            same[n.name] = seen[key]
+        else:
+            seen[key] = n.name
+    return rewrite(graph, same) if same else graph
 
 
 def block_slices(graph: Graph) -> dict[str, list]:
@@ -886,8 +940,8 @@ def run_numpy(params, x, state=None, mask=None):
 
 def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, plan.program
-    step, back = program.step, plan.step_backward
-    pro_back = plan.prologue_backward
+    step, back = program.step, cse(plan.step_backward)
+    pro_back = cse(plan.prologue_backward)
     states = spec.state_names
     seeds = {n.attr("role"): n.name for n in back.nodes if n.op == "seed"}
     pro_seeds = {n.attr("role"): n.name for n in pro_back.nodes if n.op == "seed"}
@@ -928,7 +982,7 @@ def generate(plan: LoopPlan) -> str:
         if target not in plan.vector_params:
             continue
         node = back[value]
-        if node.op == "sum_batch" and users[value] == [] and back[node.args[0]].batched and users[node.args[0]] == [value]:
+        if node.op == "sum_batch" and users[value] == [] and back[node.args[0]].batched:
             deferred[target] = node.args[0]
             store.append(f"gv_{target}[t] = {var(node.args[0])}")
         else:
