@@ -254,3 +254,38 @@ def test_doctests_of_emitter_and_generated_module():
     for mod in (torch_backend, novolstm.load_generated("novolstm", "torch")):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_extreme_preactivations_stay_finite(cell, rng):
+    # Large weights saturate every gate: sigmoid, tanh and softmax must neither overflow nor warn.
+    params, x, state, mask = problem(cell, rng, scale=30.0)
+    x = 100.0 * x
+    expected, expected_state = reference.run(cell, params, x, state, mask=mask)
+    for dtype in ("float64", "float32"):
+        ys, final = run_torch(cell, params, x, state, mask, TORCH_DTYPES[dtype])
+        assert np.isfinite(ys).all() and all(np.isfinite(f).all() for f in final)
+        if dtype == "float64":
+            assert_close(ys, expected, tolerance("float64", x.shape[1]), what=f"{cell} saturated outputs")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_matches_reference_without_tf32(cell, rng):
+    params, x, state, mask = problem(cell, rng)
+    expected, expected_state = reference.run(cell, params, x, state, mask=mask)
+    m = module(cell)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # TF32 moves float32 by ~1e-3
+    try:
+        for dtype in ("float64", "float32"):
+            t = TORCH_DTYPES[dtype]
+            p = {k: v.cuda() for k, v in tensors(params, t, requires_grad=True).items()}
+            ys, final = m.sequence(p, torch.tensor(x, dtype=t).cuda(), tuple(torch.tensor(s, dtype=t).cuda() for s in state), torch.tensor(mask).cuda())
+            tol = tolerance(dtype, x.shape[1])
+            assert_close(ys.detach().cpu().double().numpy().astype(dtype), expected, tol, what=f"{cell} cuda {dtype}")
+            ys.sum().backward()
+            assert all(v.grad is not None and v.grad.is_cuda for v in p.values())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
