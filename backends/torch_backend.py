@@ -417,9 +417,12 @@ def _weight_grads_blas(g, *operands, bias=False):
 
 
 def _weight_grads_onednn(g, *operands, bias=False):
-    g, cols, a = _weight_grad_operand(g, operands, bias)
-    # oneDNN reads both operands with time and batch along the contiguous axis.
-    out = _ONEDNN_LINEAR(a.t().contiguous(), g.t().contiguous(), None, "none", [], "")
+    g = g.reshape(-1, g.shape[-1])
+    cols = [a.reshape(-1, a.shape[-1]) for a in operands] + ([g.new_ones((g.shape[0], 1))] if bias else [])
+    # oneDNN reads both operands with time and batch along the contiguous axis: the operands
+    # are transposed while they are joined (one copy), the gradient once.
+    a_t = torch.cat([c.t() for c in cols], dim=0) if len(cols) > 1 else cols[0].t().contiguous()
+    out = _ONEDNN_LINEAR(a_t, g.t().contiguous(), None, "none", [], "")
     return _split_rows(out, cols, bias)
 
 
