@@ -20,11 +20,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
+from .checkpoint import CheckpointError, load, save
 from .errors import SpecError
 from .spec_loader import list_specs, load_spec, loads_spec
 from .spec_model import Spec
 
 __all__ = [
+    "CheckpointError",
     "Spec",
     "SpecError",
     "list_backends",
@@ -33,11 +35,13 @@ __all__ = [
     "get_layer",
     "init_params",
     "list_specs",
+    "load",
     "load_generated",
     "load_spec",
     "loads_spec",
     "reference",
     "run",
+    "save",
 ]
 
 
