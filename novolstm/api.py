@@ -118,13 +118,13 @@ def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtyp
 def run(
     spec: SpecLike,
     params: dict,
-    x,
-    state=None,
+    x: np.ndarray,
+    state: tuple | None = None,
     backend: str = "numpy",
-    mask=None,
-    lengths=None,
+    mask: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
     dtype: Any = None,
-):
+) -> tuple[np.ndarray, tuple]:
     """Run ``spec`` over a batch of sequences on ``backend``; NumPy in, NumPy out.
 
     Args:
@@ -137,7 +137,7 @@ def run(
         dtype: compute dtype; defaults to the dtype of ``x``.
 
     Returns:
-        ``(outputs (batch, time, units), final_state tuple)`` as NumPy arrays.
+        ``(outputs, final_state)``: outputs (batch, time, units) and the final state tuple, as NumPy arrays.
 
     Raises:
         ValueError: on a shape mismatch, an empty sequence or non-finite inputs.
