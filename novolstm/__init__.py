@@ -19,7 +19,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
+from .api import export_onnx, generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
 from .checkpoint import CheckpointError, load, save
 from .errors import SpecError
 from .spec_loader import list_specs, load_spec, loads_spec
@@ -29,6 +29,7 @@ __all__ = [
     "CheckpointError",
     "Spec",
     "SpecError",
+    "export_onnx",
     "list_backends",
     "generate_source",
     "get_cell",
