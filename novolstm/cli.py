@@ -4,6 +4,7 @@
     novolstm show SPEC                    equations and parameter table
     novolstm generate SPEC --backend B    the generated source (``-o FILE`` to write it)
     novolstm check                        every cell on every installed backend vs the reference
+    novolstm bench                        speed against native LSTMs, ratios side by side
     novolstm compare                      train cells on the same tasks; learning curves and a table
     novolstm conformance SPEC ...         check an implementation: --callable MODULE:FUNCTION,
                                           --results FILE.npz, or --export DIR for the golden inputs
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import SpecError
 
@@ -46,6 +48,12 @@ def main(argv=None) -> int:
     cmp.add_argument("--units", type=int, default=32)
     cmp.add_argument("--backend", default="numpy")
     cmp.add_argument("--out", default="compare-results", help="folder for results.md, results.json, curves.png")
+    bench = sub.add_parser("bench", help="benchmark generated cells against native LSTMs, side by side")
+    bench.add_argument("--backends", nargs="+", help="default: every backend installed here")
+    bench.add_argument("--shapes", nargs="+", default=["typical"], help="smoke, latency, typical, throughput")
+    bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the harness, measures nothing")
+    bench.add_argument("--out", default="bench-results", help="folder for results.json, results.md, ratios.png")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -169,7 +177,20 @@ def _compare(args) -> int:
     return 0
 
 
-COMMANDS = {"compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
+def _bench(args) -> int:
+    from .bench import available_backends
+    from .bench.harness import codegen_seconds, import_seconds, run, write
+
+    backends = args.backends or available_backends()
+    shapes, repeats = (["smoke"], 1) if args.smoke else (args.shapes, args.repeats)
+    results = run(backends, shapes, repeats)
+    extras = {"import novolstm (s)": f"{import_seconds():.3f}", "get_cell code generation, numpy (s)": f"{codegen_seconds():.4f}"}
+    write(results, extras, args.out)
+    print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+COMMANDS = {"bench": _bench, "compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

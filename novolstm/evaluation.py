@@ -24,12 +24,12 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .api import init_params, load_generated
+from .progress import progress_bar
 from .spec_loader import load_spec
 
 
@@ -195,19 +195,6 @@ def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 
     return Result(spec.name, task.name, seed, backend, curve, _score(task, prediction, task.y_test), task.metric, task.baseline)
 
 
-def _progress_bar(label: str, total: int, quiet: bool):
-    def show(done, loss):
-        if quiet:
-            return
-        filled = int(30 * done / total)
-        sys.stderr.write(f"\r{label:<32} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} loss {loss:.4f}")
-        if done == total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
-
-
 def compare(cells, tasks, seeds=(0, 1, 2), backend: str = "numpy", steps: int = 300, length=30,
             units: int = 32, quiet: bool = False) -> list[Result]:
     """Every cell on every task (at every length) for every seed, with the same data, budget and optimizer."""
@@ -223,7 +210,8 @@ def compare(cells, tasks, seeds=(0, 1, 2), backend: str = "numpy", steps: int = 
                 task = Task(name, *[getattr(task, f) for f in Task.__dataclass_fields__ if f != "name"])
                 for cell in cells:
                     label = f"{name} seed {seed} {load_spec(cell).name}"
-                    results.append(train(cell, task, seed, backend, steps, units, progress=_progress_bar(label, steps, quiet)))
+                    bar = progress_bar(label, steps, quiet)
+                    results.append(train(cell, task, seed, backend, steps, units, progress=lambda k, loss: bar(k, f"loss {loss:.4f}")))
     return results
 
 
