@@ -12,7 +12,7 @@ import argparse
 import numpy as np
 
 import novolstm
-from novolstm.benchmark import compare, ratio_table
+from novolstm.bench.timing import compare, ratio_table
 
 
 class PerExampleLSTMCell:

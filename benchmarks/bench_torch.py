@@ -2,7 +2,7 @@
 and units; forward (under torch.no_grad) and forward+backward (the parameters train; the
 input, like data, needs no gradient; loss = output.sum()).
 
-Interleaved repeats after warm-up, medians (novolstm.benchmark.compare), ratios side by
+Interleaved repeats after warm-up, medians (novolstm.bench.timing.compare), ratios side by
 side. Targets: lstm spec / nn.LSTM <= 1.0; novolstm / lstm spec <= 1.3. Not a test: the
 machines here are shared and noisy, so only ratios measured in one run mean anything.
 
@@ -16,7 +16,7 @@ import argparse
 import torch
 
 import novolstm
-from novolstm.benchmark import compare, ratio_table
+from novolstm.bench.timing import compare, ratio_table
 
 
 class WithoutOneDNN(torch.nn.Module):

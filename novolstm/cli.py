@@ -4,6 +4,8 @@
     novolstm show SPEC                    equations and parameter table
     novolstm generate SPEC --backend B    the generated source (``-o FILE`` to write it)
     novolstm check                        every cell on every installed backend vs the reference
+    novolstm bench                        speed against native LSTMs, ratios side by side
+    novolstm compare                      train cells on the same tasks; learning curves and a table
     novolstm conformance SPEC ...         check an implementation: --callable MODULE:FUNCTION,
                                           --results FILE.npz, or --export DIR for the golden inputs
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import SpecError
 
@@ -36,6 +39,21 @@ def main(argv=None) -> int:
     how.add_argument("--results", help="an .npz of <case>.outputs and <case>.state.<name> computed on the golden vectors")
     how.add_argument("--export", metavar="DIR", help="write the golden vectors (inputs and expected results) to DIR")
     conf.add_argument("--dtype", default="float64", help="the dtype the implementation computes in (sets the tolerance)")
+    cmp = sub.add_parser("compare", help="train cells on the same tasks and budget over seeds; table and plot")
+    cmp.add_argument("--cells", nargs="+", default=["lstm", "novolstm", "novolstm_reference", "gru"], help="built-in names or spec paths")
+    cmp.add_argument("--tasks", nargs="+", default=["adding", "copy", "digits"])
+    cmp.add_argument("--lengths", nargs="+", type=int, default=[20, 50], help="sequence lengths of adding and copy")
+    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    cmp.add_argument("--steps", type=int, default=300, help="training steps (batch 32) per run")
+    cmp.add_argument("--units", type=int, default=32)
+    cmp.add_argument("--backend", default="numpy")
+    cmp.add_argument("--out", default="compare-results", help="folder for results.md, results.json, curves.png")
+    bench = sub.add_parser("bench", help="benchmark generated cells against native LSTMs, side by side")
+    bench.add_argument("--backends", nargs="+", help="default: every backend installed here")
+    bench.add_argument("--shapes", nargs="+", default=["typical"], help="smoke, latency, typical, throughput")
+    bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the harness, measures nothing")
+    bench.add_argument("--out", default="bench-results", help="folder for results.json, results.md, ratios.png")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -137,7 +155,42 @@ def _conformance(args) -> int:
     return 0 if report.passed else 1
 
 
-COMMANDS = {"list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
+def _compare(args) -> int:
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .evaluation import compare, plot_curves, results_table
+
+    results = compare(args.cells, args.tasks, args.seeds, args.backend, args.steps, args.lengths, args.units)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = results_table(results)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
+    try:
+        plot_curves(results, out / "curves.png")
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'novolstm[eval]')", file=sys.stderr)
+    print(table)
+    print(f"\nwrote {out}/results.md, results.json" + (", curves.png" if (out / "curves.png").exists() else ""))
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import available_backends
+    from .bench.harness import codegen_seconds, import_seconds, run, write
+
+    backends = args.backends or available_backends()
+    shapes, repeats = (["smoke"], 1) if args.smoke else (args.shapes, args.repeats)
+    results = run(backends, shapes, repeats)
+    extras = {"import novolstm (s)": f"{import_seconds():.3f}", "get_cell code generation, numpy (s)": f"{codegen_seconds():.4f}"}
+    write(results, extras, args.out)
+    print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+COMMANDS = {"bench": _bench, "compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
