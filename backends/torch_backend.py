@@ -836,7 +836,10 @@ class Layer(nn.Module):
             cell.reset_parameters(seed + k)
 
     def load_canonical(self, params):
-        """params: cell key ("l0", "l0_reverse", ...) -> canonical dict; every cell must be given."""
+        """params: cell key ("l0", "l0_reverse", ...) -> canonical dict, every cell given (the layout of
+        novolstm.save / novolstm.load); a single-cell layer also takes one flat canonical dict."""
+        if len(self.cells) == 1 and params and set(params) <= set(PARAM_NAMES):
+            params = {"l0": params}
         if set(params) != set(self.cells):
             raise ValueError(f"params: expected cell keys {sorted(self.cells)}, got {sorted(params)}")
         for key, cell in self.cells.items():

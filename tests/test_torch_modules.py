@@ -367,3 +367,19 @@ def test_torch_compile_matches_eager(rng):
     (out2.sum() + c2.sum()).backward()
     for got, want in zip([x.grad] + [p.grad for p in layer.parameters()], eager):
         assert_close(got.numpy(), want.numpy(), tolerance("float64", 3, kind="gradients"), what="compiled gradients")
+
+
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+def test_canonical_checkpoint_round_trip(num_layers, bidirectional, tmp_path, rng):
+    # Layer.export_canonical -> novolstm.save -> novolstm.load -> Layer.load_canonical, exactly.
+    from novolstm.checkpoint import load, save
+
+    layer = Layer("novolstm")(3, 4, num_layers=num_layers, bidirectional=bidirectional, dtype=torch.float64)
+    randomize(layer, rng)
+    exported = layer.export_canonical()
+    single = num_layers == 1 and not bidirectional
+    save(exported["l0"] if single else exported, tmp_path / "layer.safetensors", spec="novolstm", layers=num_layers, bidirectional=bidirectional)
+    params, info = load(tmp_path / "layer.safetensors", spec="novolstm")
+    fresh = Layer("novolstm")(3, 4, num_layers=num_layers, bidirectional=bidirectional, dtype=torch.float64, seed=5)
+    fresh.load_canonical(params)
+    assert all(torch.equal(a, b) for a, b in zip(layer.state_dict().values(), fresh.state_dict().values()))
