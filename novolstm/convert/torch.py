@@ -29,6 +29,8 @@ Cells (nn.LSTMCell / nn.GRUCell keys without a suffix) convert to one canonical 
 
 Example:
     >>> import numpy as np
+
+from novolstm.convert import ConversionError  # one error type for every converter
     >>> rng = np.random.default_rng(0)
     >>> sd = {"weight_ih_l0": rng.normal(size=(8, 3)), "weight_hh_l0": rng.normal(size=(8, 2)),
     ...       "bias_ih_l0": rng.normal(size=8), "bias_hh_l0": rng.normal(size=8)}
@@ -62,10 +64,6 @@ LAYOUTS = {
 }
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(?:_l(\d+)(_reverse)?)?$")
-
-
-class ConversionError(ValueError):
-    """The state dict cannot be represented in the canonical layout (or the other way)."""
 
 
 def _array(value) -> np.ndarray:
