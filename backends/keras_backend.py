@@ -253,7 +253,7 @@ class Cell(keras.layers.Layer):
         """The canonical parameters as NumPy arrays (name -> array), in the variables' dtype."""
         if not self.built:
             raise ValueError(f"{SPEC_NAME} Cell: not built yet, so it has no weights; call it or load_params first")
-        return {name: np.array(ops.convert_to_numpy(getattr(self, name).value)) for name in PARAM_TABLE}
+        return {name: np.array(getattr(self, name).numpy()) for name in PARAM_TABLE}
 
     @classmethod
     def from_params(cls, params, **kwargs):
