@@ -27,6 +27,7 @@ import inspect
 
 from novolstm import init as _init
 from novolstm.codegen import LoopPlan, render, units_offset, var
+from novolstm.ir import Graph
 from novolstm.template import fill
 
 NAME = "keras"
@@ -51,7 +52,9 @@ OPS = {
     "sigmoid": lambda n, a: f"ops.sigmoid({a[0]})",
     "tanh": lambda n, a: f"ops.tanh({a[0]})",
     "relu": lambda n, a: f"ops.relu({a[0]})",
-    "softmax": lambda n, a: f"_softmax({a[0]})",
+    # Over the units axis. Every backend's kernel subtracts the row maximum (tf.nn.softmax,
+    # jax.nn.softmax, torch.softmax), and one fused op has a cheap gradient in a while loop.
+    "softmax": lambda n, a: f"ops.softmax({a[0]}, axis=-1)",
     "mean_units": lambda n, a: f"ops.mean({a[0]}, axis=-1, keepdims=True)",
     "rsqrt_eps": lambda n, a: f"ops.rsqrt({a[0]} + {n.attr('eps')!r})",
 }
@@ -92,12 +95,6 @@ def _linear(a, w, b=None):
     # One GEMM over every leading axis (batch, or batch and time).
     out = ops.matmul(a, w)
     return out if b is None else out + b
-
-
-def _softmax(z):
-    # Over the units axis, max-subtracted so exp cannot overflow.
-    e = ops.exp(z - ops.max(z, axis=-1, keepdims=True))
-    return e / ops.sum(e, axis=-1, keepdims=True)
 
 
 def fuse(params):
@@ -275,11 +272,12 @@ class _HoistedStep:
         self.units, self.params, self.fused = cell.units, params, fused
 
     def call(self, inputs, states):
-        H, hoisted, at = self.units, [], 0
-        for width in HOISTED_WIDTHS:
-            hoisted.append(inputs if len(HOISTED_WIDTHS) == 1 else inputs[..., at * H:(at + width) * H])
-            at += width
-        output, new_state = step(self.params, self.fused, tuple(hoisted), tuple(states), H)
+        H = self.units
+        hoisted = (inputs,)
+        if len(HOISTED_WIDTHS) > 1:
+            cuts = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS) - 1)]
+            hoisted = tuple(ops.split(inputs, cuts, axis=-1))
+        output, new_state = step(self.params, self.fused, hoisted, tuple(states), H)
         return output, list(new_state)
 
     __call__ = call
@@ -391,6 +389,39 @@ def run_numpy(params, x, state=None, mask=None):
 '''
 
 
+def _render(graph) -> list[str]:
+    """:func:`codegen.render`, except that the slices of one value become one ``ops.split``.
+
+    A split's gradient is one concatenation; separate slices would each scatter into
+    a zero tensor of the full width and then be summed, which costs a third of the
+    backward pass of an LSTM step on TensorFlow.
+    """
+    groups: dict[str, list] = {}
+    for n in graph.nodes:
+        if n.op == "slice":
+            groups.setdefault(n.args[0], []).append(n)
+    splits = {}
+    for source, members in groups.items():
+        spans = sorted((m.attr("start"), m.attr("stop")) for m in members)
+        if len(members) < 2 or any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            continue  # one slice, or overlapping ones: plain slicing
+        cuts = sorted({p for span in spans for p in span} - {0, graph[source].width})
+        pieces = list(zip([0] + cuts, cuts + [graph[source].width]))
+        names = {(m.attr("start"), m.attr("stop")): var(m.name) for m in members}
+        targets = ", ".join(names.get(piece, "_") for piece in pieces)
+        line = f"{targets} = ops.split({var(source)}, [{', '.join(units_offset(c) for c in cuts)}], axis=-1)"
+        splits[members[0].name] = line
+        splits.update({m.name: None for m in members[1:]})
+    lines = []
+    for n in graph.nodes:
+        if n.name in splits:
+            if splits[n.name]:
+                lines.append(splits[n.name])
+        else:
+            lines.extend(render(Graph([n], {}), OPS))
+    return lines
+
+
 def _graph_reads(graph, plan):
     """Load lines for the fused matrices and vector parameters a graph reads."""
     names = {n.name for n in graph.nodes if n.op == "linear"}
@@ -433,12 +464,12 @@ def generate(plan: LoopPlan) -> str:
         input_param=repr(input_param),
         units_param=repr(units_param),
         load_prologue=_graph_reads(program.prologue, plan) or ["pass"],
-        prologue=render(program.prologue, OPS),
+        prologue=_render(program.prologue),
         hoisted_vars="".join(f"{var(h)}, " for h in program.hoisted).rstrip(" "),
         load_step=_graph_reads(step, plan),
         unpack_hoisted="".join(f"{var(h)}, " for h in program.hoisted).rstrip(" ") or "()",
         unpack_state=", ".join(var(s) for s in states) + ",",
-        step=render(step, OPS),
+        step=_render(step),
         output=var(step.outputs["output"]),
         next_state="".join(f"{var(step.outputs[f'state:{s}'])}, " for s in states).rstrip(" "),
     )
