@@ -250,7 +250,7 @@ class Cell(keras.layers.Layer):
         """The canonical parameters as NumPy arrays (name -> array), in the variables' dtype."""
         if not self.built:
             raise ValueError(f"{SPEC_NAME} Cell: not built yet, so it has no weights; call it or load_params first")
-        return {name: np.array(getattr(self, name).numpy()) for name in PARAM_TABLE}
+        return {name: np.array(ops.convert_to_numpy(ops.copy(getattr(self, name)))) for name in PARAM_TABLE}
 
     @classmethod
     def from_params(cls, params, **kwargs):
@@ -262,23 +262,31 @@ class Cell(keras.layers.Layer):
 class _HoistedStep:
     """What keras.layers.RNN loops over inside :class:`Layer`: the step graph alone.
 
-    It reads the prologue's values at each timestep (computed for all timesteps
-    before the loop) and the fused matrices built once per call.
+    Its input at each timestep holds the prologue's values (computed for all
+    timesteps before the loop) side by side, then, for a masked call, the mask as
+    one more column. It applies novolstm's masking rule itself: a masked step keeps
+    the state and outputs zeros, and one more state carries the last real output.
     """
 
-    def __init__(self, cell, params, fused):
-        self.state_size = cell.state_size
-        self.output_size = cell.output_size
-        self.units, self.params, self.fused = cell.units, params, fused
+    def __init__(self, cell, params, fused, masked):
+        H = cell.units
+        self.units, self.params, self.fused, self.masked = H, params, fused, masked
+        self.state_size = list(cell.state_size) + ([H] if masked else [])
+        self.output_size = H
+        ends = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS))]
+        self.cuts = ends if masked else ends[:-1]
 
     def call(self, inputs, states):
-        H = self.units
-        hoisted = (inputs,)
-        if len(HOISTED_WIDTHS) > 1:
-            cuts = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS) - 1)]
-            hoisted = tuple(ops.split(inputs, cuts, axis=-1))
-        output, new_state = step(self.params, self.fused, hoisted, tuple(states), H)
-        return output, list(new_state)
+        pieces = ops.split(inputs, self.cuts, axis=-1) if self.cuts else [inputs]
+        states = tuple(states)
+        if not self.masked:
+            output, new_state = step(self.params, self.fused, tuple(pieces), states, self.units)
+            return output, list(new_state)
+        real = pieces[-1] > 0.5  # (batch, 1): the mask column, 1.0 on real steps
+        state, last = states[:-1], states[-1]
+        output, new_state = step(self.params, self.fused, tuple(pieces[:-1]), state, self.units)
+        new_state = [ops.where(real, new, old) for new, old in zip(new_state, state)]
+        return ops.where(real, output, ops.zeros_like(output)), new_state + [ops.where(real, output, last)]
 
     __call__ = call
 
@@ -330,7 +338,6 @@ class Layer(keras.layers.RNN):
             go_backwards=go_backwards,
             stateful=stateful,
             unroll=unroll,
-            zero_output_for_mask=return_sequences,
             **kwargs,
         )
         self.input_spec = keras.layers.InputSpec(ndim=3)
@@ -349,18 +356,25 @@ class Layer(keras.layers.RNN):
         params = cell.tensors()
         fused = fuse(params)
         hoisted = prologue(params, fused, sequences, cell.units)  # all timesteps at once
-        hoisted = hoisted[0] if len(hoisted) == 1 else ops.concatenate(hoisted, axis=-1)
-        # keras.layers.RNN's own loop (the backend's rnn: tf.while_loop, lax.scan, ...) over the step.
-        # Zeros on masked steps when the sequence is returned; otherwise, the last real output.
+        initial_state = list(initial_state)
+        if mask is not None:
+            # The mask travels as one more input column and the step applies the rule itself:
+            # Keras' backends mask differently (JAX's unrolled loop repeats the previous output).
+            hoisted += (ops.expand_dims(ops.cast(mask, hoisted[0].dtype), -1),)
+            initial_state.append(ops.zeros_like(initial_state[0]))  # the last real output
+        inputs = hoisted[0] if len(hoisted) == 1 else ops.concatenate(hoisted, axis=-1)
+        # keras.layers.RNN's own loop over the step: the backend's rnn (tf.while_loop, lax.scan, ...).
         loop = keras.layers.RNN(
-            _HoistedStep(cell, params, fused),
+            _HoistedStep(cell, params, fused, masked=mask is not None),
             return_sequences=self.return_sequences,
             go_backwards=self.go_backwards,
             stateful=self.stateful,
             unroll=self.unroll,
-            zero_output_for_mask=self.return_sequences,
         )
-        return loop.inner_loop(hoisted, list(initial_state), mask, training)
+        last_output, outputs, states = loop.inner_loop(inputs, initial_state, None, training)
+        if mask is not None:
+            last_output, states = states[-1], states[:-1]
+        return last_output, outputs, list(states)
 
     def get_config(self):
         config = super().get_config()

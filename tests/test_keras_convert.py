@@ -19,7 +19,19 @@ from novolstm.convert import keras as convert
 from novolstm.testing import assert_close, random_params, tolerance
 
 B, T, I, H = 3, 6, 4, 5
-F64 = tolerance("float64", steps=T)
+
+
+# Keras 3.15 computes some ops in float32 on its JAX and torch backends even for float64
+# inputs (ops.tanh and ops.mean on JAX, ops.matmul and ops.mean on torch; fixed upstream
+# by keras-team/keras#23225, not in 3.15.1). There a float64 run is held to float32's tolerance.
+FLOAT64_EXACT = keras.backend.backend() == "tensorflow"
+
+
+def tol(dtype, steps=1, kind="outputs"):
+    if np.dtype(dtype) == np.float64 and not FLOAT64_EXACT:
+        dtype = "float32"
+    return tolerance(dtype, steps=steps, kind=kind)
+F64 = tol("float64", steps=T)
 
 
 def np_(x):
@@ -138,7 +150,7 @@ def test_lstm_float32_port_into_the_generated_layer(rng):
     layer = novolstm.get_layer("keras", "lstm")(H, return_sequences=True)
     layer.build((B, T, I))
     layer.cell.load_params(convert.lstm_to_canonical(native.get_weights()))
-    assert_close(np_(layer(x)), np_(native(x)).astype("float64"), tolerance("float32", steps=T), "float32 port")
+    assert_close(np_(layer(x)), np_(native(x)).astype("float64"), tol("float32", steps=T), "float32 port")
 
 
 def test_gru_spec_with_weights_from_keras_gru_matches_it(rng):

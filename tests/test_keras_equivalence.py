@@ -21,6 +21,18 @@ SPECS = novolstm.list_specs()
 B, T, I, H = 3, 7, 4, 5
 
 
+# Keras 3.15 computes some ops in float32 on its JAX and torch backends even for float64
+# inputs (ops.tanh and ops.mean on JAX, ops.matmul and ops.mean on torch; fixed upstream
+# by keras-team/keras#23225, not in 3.15.1). There a float64 run is held to float32's tolerance.
+FLOAT64_EXACT = keras.backend.backend() == "tensorflow"
+
+
+def tol(dtype, steps=1, kind="outputs"):
+    if np.dtype(dtype) == np.float64 and not FLOAT64_EXACT:
+        dtype = "float32"
+    return tolerance(dtype, steps=steps, kind=kind)
+
+
 def make_case(name, rng, masked=True, scale=0.5):
     spec = novolstm.load_spec(name)
     params = random_params(spec, I, H, rng, scale=scale)
@@ -44,7 +56,7 @@ def cast(tree, dtype):
 def check(actual, expected, dtype, what, kind="outputs"):
     actual = np.asarray(actual)
     assert actual.dtype == np.dtype(dtype), f"{what}: dtype {actual.dtype}, expected {dtype}"
-    return assert_close(actual, expected, tolerance(dtype, steps=T, kind=kind), what)
+    return assert_close(actual, expected, tol(dtype, steps=T, kind=kind), what)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -122,7 +134,7 @@ def test_unroll_equals_the_loop(rng):
         layer.cell.load_params(params)
         results.append([keras.ops.convert_to_numpy(a) for a in layer(x, initial_state=list(state), mask=mask)])
     for a, b in zip(*results):
-        assert_close(a, b, tolerance("float64"), "unrolled vs loop")
+        assert_close(a, b, tol("float64"), "unrolled vs loop")
 
 
 def test_large_logits_do_not_overflow(rng):
@@ -147,14 +159,14 @@ def value_and_grads(layer, inputs, state, mask, g_out, g_state):
     so that every backend differentiates with respect to plain tensors.
     """
     names = [v.name for v in layer.trainable_variables]
-    values = [np.array(v.numpy()) for v in layer.trainable_variables]
+    values = [np.array(keras.ops.convert_to_numpy(keras.ops.copy(v))) for v in layer.trainable_variables]
     backend = keras.backend.backend()
 
     def loss(x, s, vs):
-        (y, *fin), _ = layer.stateless_call(vs, [], x, initial_state=list(s), mask=mask)
-        total = keras.ops.sum(y * g_out)
+        (y, *fin), _ = layer.stateless_call(vs, [], x, initial_state=list(s), mask=keras.ops.convert_to_tensor(mask))
+        total = keras.ops.sum(y * keras.ops.convert_to_tensor(g_out))
         for f, g in zip(fin, g_state):
-            total = total + keras.ops.sum(f * g)
+            total = total + keras.ops.sum(f * keras.ops.convert_to_tensor(g))
         return total
 
     if backend == "tensorflow":
@@ -204,10 +216,10 @@ def test_gradients_match_numpy_backward(name, entry, rng):
     layer.build((B, T, I))
     gx, gs, gp = value_and_grads(layer, x, state, mask, g_out, g_state)
 
-    tol = tolerance("float64", steps=T, kind="gradients")
-    assert_close(gx, ref_gx, tol, "d/dx")
+    gtol = tol("float64", steps=T, kind="gradients")
+    assert_close(gx, ref_gx, gtol, "d/dx")
     for a, b in zip(gs, ref_gs):
-        assert_close(a, b, tol, "d/d(initial state)")
+        assert_close(a, b, gtol, "d/d(initial state)")
     assert sorted(gp) == sorted(ref_gp), "every canonical parameter must receive a gradient"
     for n in ref_gp:
-        assert_close(gp[n], ref_gp[n], tol, f"d/d{n}")
+        assert_close(gp[n], ref_gp[n], gtol, f"d/d{n}")

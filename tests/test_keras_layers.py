@@ -14,7 +14,19 @@ import novolstm
 from novolstm.testing import assert_close, random_params, tolerance
 
 B, T, I, H = 3, 6, 4, 5
-F64 = tolerance("float64", steps=T)
+
+
+# Keras 3.15 computes some ops in float32 on its JAX and torch backends even for float64
+# inputs (ops.tanh and ops.mean on JAX, ops.matmul and ops.mean on torch; fixed upstream
+# by keras-team/keras#23225, not in 3.15.1). There a float64 run is held to float32's tolerance.
+FLOAT64_EXACT = keras.backend.backend() == "tensorflow"
+
+
+def tol(dtype, steps=1, kind="outputs"):
+    if np.dtype(dtype) == np.float64 and not FLOAT64_EXACT:
+        dtype = "float32"
+    return tolerance(dtype, steps=steps, kind=kind)
+F64 = tol("float64", steps=T)
 
 
 def np_(x):
@@ -251,8 +263,8 @@ def test_compiled_predict_equals_eager(jit_compile, rng):
     model.compile(jit_compile=jit_compile)
     compiled = model.predict(x, verbose=0, batch_size=8)
     ref_y, _ = novolstm.reference.run(name, params, x.astype("float64"))
-    assert_close(compiled, ref_y, tolerance("float32", steps=T), "compiled outputs vs reference")
-    assert_close(compiled, np_(model(x)), tolerance("float32", steps=T), "compiled vs eager")
+    assert_close(compiled, ref_y, tol("float32", steps=T), "compiled outputs vs reference")
+    assert_close(compiled, np_(model(x)), tol("float32", steps=T), "compiled vs eager")
 
 
 # ---------------------------------------------------------------- the seeds' models
