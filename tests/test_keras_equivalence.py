@@ -223,3 +223,49 @@ def test_gradients_match_numpy_backward(name, entry, rng):
     assert sorted(gp) == sorted(ref_gp), "every canonical parameter must receive a gradient"
     for n in ref_gp:
         assert_close(gp[n], ref_gp[n], gtol, f"d/d{n}")
+
+
+# ---------------------------------------------------------------- properties and docs
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(
+    name=st.sampled_from(SPECS),
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 5),
+    input_size=st.integers(1, 4),
+    units=st.integers(1, 4),
+    go_backwards=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_layer_matches_reference_for_any_sizes_and_masks(name, batch, steps, input_size, units, go_backwards, seed):
+    rng = np.random.default_rng(seed)
+    spec = novolstm.load_spec(name)
+    params = random_params(spec, input_size, units, rng)
+    x = rng.normal(size=(batch, steps, input_size))
+    state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
+    mask = rng.random((batch, steps)) < 0.7
+    layer = novolstm.get_layer("keras", name)(units, go_backwards=go_backwards, return_sequences=True, return_state=True, dtype="float64")
+    layer.cell.load_params(params)
+    y, *final = layer(x, initial_state=list(state), mask=mask)
+    flip = (lambda a: a[:, ::-1]) if go_backwards else (lambda a: a)
+    ref_y, ref_state = novolstm.reference.run(name, params, flip(x), state, mask=flip(mask))
+    assert_close(keras.ops.convert_to_numpy(y), ref_y, tol("float64", steps=steps), "outputs")
+    for s, r in zip(final, ref_state):
+        assert_close(keras.ops.convert_to_numpy(s), r, tol("float64", steps=steps), "final state")
+
+
+def test_generated_docstring_examples_run():
+    import doctest
+
+    for name in SPECS:
+        module = novolstm.load_generated(name, "keras")
+        finder = doctest.DocTestFinder(exclude_empty=True)
+        runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        for test in finder.find(module, module.__name__, globs=dict(module.__dict__)):
+            runner.run(test)
+        failed, attempted = runner.summarize(verbose=False)
+        assert attempted >= 2 and failed == 0, f"{name}: {failed} of {attempted} examples failed"
