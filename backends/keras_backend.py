@@ -52,9 +52,7 @@ OPS = {
     "sigmoid": lambda n, a: f"ops.sigmoid({a[0]})",
     "tanh": lambda n, a: f"ops.tanh({a[0]})",
     "relu": lambda n, a: f"ops.relu({a[0]})",
-    # Over the units axis. Every backend's kernel subtracts the row maximum (tf.nn.softmax,
-    # jax.nn.softmax, torch.softmax), and one fused op has a cheap gradient in a while loop.
-    "softmax": lambda n, a: f"ops.softmax({a[0]}, axis=-1)",
+    "softmax": lambda n, a: f"_softmax({a[0]})",
     "mean_units": lambda n, a: f"ops.mean({a[0]}, axis=-1, keepdims=True)",
     "rsqrt_eps": lambda n, a: f"ops.rsqrt({a[0]} + {n.attr('eps')!r})",
 }
@@ -95,6 +93,14 @@ def _linear(a, w, b=None):
     # One GEMM over every leading axis (batch, or batch and time).
     out = ops.matmul(a, w)
     return out if b is None else out + b
+
+
+def _softmax(z):
+    # Over the units axis. Every backend's kernel subtracts the row maximum (tf.nn.softmax,
+    # jax.nn.softmax, torch.softmax), and one fused op has a cheap gradient in a while loop.
+    if z.shape[-1] == 1:
+        return ops.ones_like(z)  # exactly softmax of one unit (gradient 0), which ops.softmax warns about
+    return ops.softmax(z, axis=-1)
 
 
 def fuse(params):
