@@ -8,8 +8,9 @@ per process, from ``KERAS_BACKEND``). It defines:
   ``keras.layers.LSTMCell``; its variables carry the canonical names (``W_i``,
   ``U_i``, ``b_i``, ...) and the fused matrices are built inside ``call``.
 - ``Layer``: a ``keras.layers.RNN`` over that cell (``novolstm.get_layer("keras")``)
-  that computes every projection of the input once for all timesteps (one GEMM)
-  and fuses the weights once per call, then loops over the step graph only.
+  that fuses the weights once per call rather than once per step; with
+  ``hoist_input=True`` it also computes every projection of the input once for all
+  timesteps (one GEMM) and loops over the step graph only.
 - ``run_numpy``: the backend-neutral entry of :func:`novolstm.run`.
 
 Keras differentiates the forward graphs itself: no backward pass is generated.
@@ -265,34 +266,35 @@ class Cell(keras.layers.Layer):
         return cls(units, **kwargs).load_params(params)
 
 
-class _HoistedStep:
-    """What keras.layers.RNN loops over inside :class:`Layer`: the step graph alone.
+class _Step:
+    """What keras.layers.RNN loops over inside :class:`Layer`.
 
-    Its input at each timestep holds the prologue's values (computed for all
-    timesteps before the loop) side by side, then, for a masked call, the mask as
-    one more column. It applies novolstm's masking rule itself: a masked step keeps
-    the state and outputs zeros, and one more state carries the last real output.
+    Its input at each timestep is x_t, or with ``hoisted`` the prologue's values
+    (computed for all timesteps before the loop) side by side; then, for a masked
+    call, the mask as one more column. The fused matrices come built once per call.
+    It applies novolstm's masking rule itself: a masked step keeps the state and
+    outputs zeros, and one more state carries the last real output.
     """
 
-    def __init__(self, cell, params, fused, masked):
+    def __init__(self, cell, params, fused, hoisted, masked):
         H = cell.units
-        self.units, self.params, self.fused, self.masked = H, params, fused, masked
+        self.units, self.params, self.fused, self.hoisted, self.masked = H, params, fused, hoisted, masked
         self.state_size = list(cell.state_size) + ([H] if masked else [])
         self.output_size = H
-        ends = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS))]
+        ends = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS))] if hoisted else [cell.input_size]
         self.cuts = ends if masked else ends[:-1]
 
     def call(self, inputs, states):
         pieces = ops.split(inputs, self.cuts, axis=-1) if self.cuts else [inputs]
+        real = pieces.pop() > 0.5 if self.masked else None  # (batch, 1): the mask column, 1.0 on real steps
+        values = tuple(pieces) if self.hoisted else prologue(self.params, self.fused, pieces[0], self.units)
         states = tuple(states)
+        state = states[:-1] if self.masked else states
+        output, new_state = step(self.params, self.fused, values, state, self.units)
         if not self.masked:
-            output, new_state = step(self.params, self.fused, tuple(pieces), states, self.units)
             return output, list(new_state)
-        real = pieces[-1] > 0.5  # (batch, 1): the mask column, 1.0 on real steps
-        state, last = states[:-1], states[-1]
-        output, new_state = step(self.params, self.fused, tuple(pieces[:-1]), state, self.units)
         new_state = [ops.where(real, new, old) for new, old in zip(new_state, state)]
-        return ops.where(real, output, ops.zeros_like(output)), new_state + [ops.where(real, output, last)]
+        return ops.where(real, output, ops.zeros_like(output)), new_state + [ops.where(real, output, states[-1])]
 
     __call__ = call
 
@@ -302,14 +304,18 @@ class Layer(keras.layers.RNN):
     """$title over whole sequences, as keras.layers.LSTM is to keras.layers.LSTMCell.
 
     A keras.layers.RNN of :class:`Cell` (``layer.cell``: variables, load_params,
-    export_params) that runs the state-independent part of the step, above all the
-    input projection, once over all timesteps, and builds the fused matrices once
-    per call rather than once per step. Masked steps keep the state and output
-    zeros; with ``return_sequences=False`` the output is that of each sequence's
-    last real step, as in Keras.
+    export_params) that builds the fused matrices once per call rather than once
+    per step. Masked steps keep the state and output zeros; with
+    ``return_sequences=False`` the output is that of each sequence's last real
+    step, as in Keras.
 
     Args:
         units, seed: as :class:`Cell`.
+        hoist_input: compute the state-independent part of the step (above all the
+            input projection) for all timesteps as one GEMM before the loop, rather
+            than inside each step. Measured slower on CPU with every Keras backend
+            (the (batch, time, k * units) intermediate costs more memory traffic than
+            the per-step matmuls it replaces), so off by default.
         return_sequences, return_state, go_backwards, stateful, unroll: as keras.layers.RNN.
 
     Example:
@@ -322,6 +328,7 @@ class Layer(keras.layers.RNN):
         self,
         units,
         seed=None,
+        hoist_input=False,
         return_sequences=False,
         return_state=False,
         go_backwards=False,
@@ -346,6 +353,7 @@ class Layer(keras.layers.RNN):
             unroll=unroll,
             **kwargs,
         )
+        self.hoist_input = bool(hoist_input)
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
     @property
@@ -360,18 +368,18 @@ class Layer(keras.layers.RNN):
             raise ValueError(f"{SPEC_NAME} Layer: built for input_size {cell.input_size}, got inputs of shape {tuple(sequences.shape)}")
         cell.check_state(sequences[:, 0], initial_state)
         params = cell.tensors()
-        fused = fuse(params)
-        hoisted = prologue(params, fused, sequences, cell.units)  # all timesteps at once
+        fused = fuse(params)  # once per call, not once per step
+        columns = prologue(params, fused, sequences, cell.units) if self.hoist_input else (sequences,)
         initial_state = list(initial_state)
         if mask is not None:
             # The mask travels as one more input column and the step applies the rule itself:
             # Keras' backends mask differently (JAX's unrolled loop repeats the previous output).
-            hoisted += (ops.expand_dims(ops.cast(mask, hoisted[0].dtype), -1),)
+            columns += (ops.expand_dims(ops.cast(mask, columns[0].dtype), -1),)
             initial_state.append(ops.zeros_like(initial_state[0]))  # the last real output
-        inputs = hoisted[0] if len(hoisted) == 1 else ops.concatenate(hoisted, axis=-1)
+        inputs = columns[0] if len(columns) == 1 else ops.concatenate(columns, axis=-1)
         # keras.layers.RNN's own loop over the step: the backend's rnn (tf.while_loop, lax.scan, ...).
         loop = keras.layers.RNN(
-            _HoistedStep(cell, params, fused, masked=mask is not None),
+            _Step(cell, params, fused, hoisted=self.hoist_input, masked=mask is not None),
             return_sequences=self.return_sequences,
             go_backwards=self.go_backwards,
             stateful=self.stateful,
@@ -385,7 +393,7 @@ class Layer(keras.layers.RNN):
     def get_config(self):
         config = super().get_config()
         del config["cell"], config["zero_output_for_mask"]
-        return {**config, "units": self.cell.units, "seed": self.cell.seed, "spec_hash": SPEC_HASH}
+        return {**config, "units": self.cell.units, "seed": self.cell.seed, "hoist_input": self.hoist_input, "spec_hash": SPEC_HASH}
 
     @classmethod
     def from_config(cls, config):

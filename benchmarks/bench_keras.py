@@ -46,8 +46,6 @@ def variants():
 
 
 def compiled(layer, mode, jit):
-    import tensorflow as tf
-
     if mode == "forward":
 
         def fn(x):
@@ -70,10 +68,13 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-jit", action="store_true", help="skip the jit_compile=True runs")
     parser.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
+    parser.add_argument("--threads", type=int, default=0, help="TensorFlow intra- and inter-op threads (0: its default)")
     args = parser.parse_args(argv)
+    if args.threads:  # fewer threads: less scheduling noise on a shared machine
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("bench_keras.py times tf.function paths: run it with KERAS_BACKEND=tensorflow")
-    import tensorflow as tf
 
     x = tf.constant(np.random.default_rng(0).normal(size=(BATCH, STEPS, INPUTS)).astype("float32"))
     chosen = {k: v for k, v in variants().items() if not args.only or k in args.only.split(",")}
@@ -96,7 +97,8 @@ def main(argv=None):
             times[key].append(time.perf_counter() - start)
     med = {key: statistics.median(ts) * 1e3 for key, ts in times.items()}
 
-    print(f"Keras {keras.__version__} on TensorFlow {tf.__version__}; float32, batch {BATCH}, {STEPS} steps, "
+    threads = f"{args.threads} thread(s)" if args.threads else "default threads"
+    print(f"Keras {keras.__version__} on TensorFlow {tf.__version__} ({threads}); float32, batch {BATCH}, {STEPS} steps, "
           f"{INPUTS} -> {UNITS}; median of {args.repeats} interleaved repeats (ms)")
     header = f"{'variant':22s}" + "".join(f"{m + (' jit' if j else ''):>24s}" for m in ("forward", "forward+backward") for j in jits)
     print(header)

@@ -99,12 +99,13 @@ def test_layer_and_cell_one_step_agree(name, rng):
         check(keras.ops.convert_to_numpy(s), r, "float64", "state")
 
 
+@pytest.mark.parametrize("hoist_input", [False, True])
 @pytest.mark.parametrize("name", ["novolstm", "gru"])
-def test_go_backwards_is_the_reference_on_the_reversed_sequence(name, rng):
+def test_go_backwards_is_the_reference_on_the_reversed_sequence(name, hoist_input, rng):
     params, x, state, mask = make_case(name, rng, masked=True)
     ref_y, ref_state = novolstm.reference.run(name, params, x[:, ::-1], state, mask=mask[:, ::-1])
     Layer = novolstm.get_layer("keras", name)
-    layer = Layer(H, go_backwards=True, return_sequences=True, return_state=True, dtype="float64")
+    layer = Layer(H, hoist_input=hoist_input, go_backwards=True, return_sequences=True, return_state=True, dtype="float64")
     layer.cell.load_params(params)
     y, *final = layer(x, initial_state=list(state), mask=mask)
     check(keras.ops.convert_to_numpy(y), ref_y, "float64", "outputs (in processing order, as Keras returns them)")
@@ -125,12 +126,13 @@ def test_last_output_is_that_of_the_last_real_step(name, rng):
     check(keras.ops.convert_to_numpy(rnn(x, initial_state=list(state), mask=mask)), last_real, "float64", "RNN(Cell) last output")
 
 
-def test_unroll_equals_the_loop(rng):
+@pytest.mark.parametrize("hoist_input", [False, True])
+def test_unroll_equals_the_loop(hoist_input, rng):
     params, x, state, mask = make_case("novolstm", rng, masked=True)
     Layer = novolstm.get_layer("keras", "novolstm")
     results = []
     for unroll in (False, True):
-        layer = Layer(H, unroll=unroll, return_sequences=True, return_state=True, dtype="float64")
+        layer = Layer(H, hoist_input=hoist_input, unroll=unroll, return_sequences=True, return_state=True, dtype="float64")
         layer.cell.load_params(params)
         results.append([keras.ops.convert_to_numpy(a) for a in layer(x, initial_state=list(state), mask=mask)])
     for a, b in zip(*results):
@@ -197,7 +199,7 @@ def value_and_grads(layer, inputs, state, mask, g_out, g_state):
     return to_np(gx), [to_np(g) for g in gs], {n: to_np(g) for n, g in zip(names, gv)}
 
 
-@pytest.mark.parametrize("entry", ["Layer", "RNN(Cell)"])
+@pytest.mark.parametrize("entry", ["Layer", "Layer(hoist_input)", "RNN(Cell)"])
 @pytest.mark.parametrize("name", SPECS)
 def test_gradients_match_numpy_backward(name, entry, rng):
     params, x, state, mask = make_case(name, rng, masked=True)
@@ -207,8 +209,10 @@ def test_gradients_match_numpy_backward(name, entry, rng):
     _, _, tape = numpy_module.forward(params, x, state, mask, keep_tape=True)
     ref_gx, ref_gs, ref_gp = numpy_module.backward(params, tape, g_out, g_state)
 
-    if entry == "Layer":
-        layer = novolstm.get_layer("keras", name)(H, return_sequences=True, return_state=True, dtype="float64")
+    if entry.startswith("Layer"):
+        layer = novolstm.get_layer("keras", name)(
+            H, hoist_input=entry == "Layer(hoist_input)", return_sequences=True, return_state=True, dtype="float64"
+        )
         layer.cell.load_params(params)
     else:
         cell = novolstm.get_cell("keras", name)(H, dtype="float64").load_params(params)
@@ -239,16 +243,19 @@ from hypothesis import strategies as st  # noqa: E402
     input_size=st.integers(1, 4),
     units=st.integers(1, 4),
     go_backwards=st.booleans(),
+    hoist_input=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_layer_matches_reference_for_any_sizes_and_masks(name, batch, steps, input_size, units, go_backwards, seed):
+def test_layer_matches_reference_for_any_sizes_and_masks(name, batch, steps, input_size, units, go_backwards, hoist_input, seed):
     rng = np.random.default_rng(seed)
     spec = novolstm.load_spec(name)
     params = random_params(spec, input_size, units, rng)
     x = rng.normal(size=(batch, steps, input_size))
     state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
     mask = rng.random((batch, steps)) < 0.7
-    layer = novolstm.get_layer("keras", name)(units, go_backwards=go_backwards, return_sequences=True, return_state=True, dtype="float64")
+    layer = novolstm.get_layer("keras", name)(
+        units, hoist_input=hoist_input, go_backwards=go_backwards, return_sequences=True, return_state=True, dtype="float64"
+    )
     layer.cell.load_params(params)
     y, *final = layer(x, initial_state=list(state), mask=mask)
     flip = (lambda a: a[:, ::-1]) if go_backwards else (lambda a: a)

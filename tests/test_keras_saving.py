@@ -29,9 +29,9 @@ def test_cell_and_layer_configs_round_trip(rng):
     assert {"units": H, "seed": 4, "spec_hash": Cell.spec_hash}.items() <= config.items()
     assert Cell.from_config(config).get_config() == config
 
-    layer = Layer(H, seed=2, return_sequences=True, go_backwards=True, dtype="float64")
+    layer = Layer(H, seed=2, hoist_input=True, return_sequences=True, go_backwards=True, dtype="float64")
     config = layer.get_config()
-    assert config["units"] == H and config["go_backwards"] and "cell" not in config
+    assert config["units"] == H and config["go_backwards"] and config["hoist_input"] and "cell" not in config
     clone = Layer.from_config(config)
     assert clone.get_config() == config
     x = rng.normal(size=(2, 3, I))
@@ -87,6 +87,7 @@ def build_models(rng):
     return {
         "rnn_cell.keras": keras.Sequential([keras.Input((6, I)), keras.layers.RNN(Cell("novolstm", H)), keras.layers.Dense(2)]),
         "layer.keras": keras.Sequential([keras.Input((6, I)), Layer("gru", H, return_sequences=True)]),
+        "hoisted.keras": keras.Sequential([keras.Input((6, I)), Layer("novolstm_reference", H, hoist_input=True)]),
         "bidirectional.keras": keras.Sequential(
             [keras.Input((6, I)), keras.layers.Bidirectional(Layer("lstm", H, return_sequences=True))]
         ),
