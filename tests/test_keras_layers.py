@@ -337,3 +337,25 @@ def test_seed_002_shaped_model_learns_a_synthetic_task(entry):
     loss = history.history["loss"]
     assert loss[-1] < 0.6 * loss[0], f"the loss must fall: {loss}"
     assert history.history["accuracy"][-1] > 0.8
+
+
+@pytest.mark.parametrize("name", novolstm.list_specs())
+def test_generated_source_imports_only_keras_and_numpy(name):
+    import ast
+
+    source = novolstm.generate_source(name, backend="keras")
+    assert "Generated, do not edit" in source and novolstm.load_spec(name).hash in source
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0])
+    assert imported == {"keras", "numpy", "zlib"}, imported
+    # The code (not its comments) names no framework, never asks Keras which backend runs,
+    # and uses no framework LayerNorm.
+    names = {n.id for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)}
+    attributes = {n.attr for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Attribute)}
+    assert not names & {"tf", "tensorflow", "jax", "jnp", "torch"}, names
+    assert not attributes & {"LayerNormalization", "layer_normalization", "hard_sigmoid"}, attributes
+    assert "backend.backend(" not in source and "config.backend(" not in source
