@@ -17,6 +17,7 @@ EMITTERS = {
     "numpy": "numpy_backend",
     "onnx": "onnx_backend",
     "torch": "torch_backend",
+    "keras": "keras_backend",
 }
 
 
