@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 
 from novolstm import init as _init
-from novolstm.codegen import LoopPlan, render, units_offset, var
+from novolstm.codegen import LoopPlan, docstring_text, render, units_offset, var
 from novolstm.template import fill
 
 NAME = "numpy"
@@ -365,7 +365,7 @@ def generate(plan: LoopPlan) -> str:
     return fill(
         TEMPLATE,
         header=plan.header(NAME),
-        description=spec.description,
+        description=docstring_text(spec.description),
         title=f"The {spec.name!r} cell",
         state_doc=", ".join(states),
         spec_name=repr(spec.name),

@@ -26,6 +26,17 @@ def units_offset(blocks: int) -> str:
     return "0" if blocks == 0 else "H" if blocks == 1 else f"{blocks} * H"
 
 
+def docstring_text(text: str) -> str:
+    r'''Free text from a spec, made safe inside a triple-quoted docstring of generated code.
+
+    A spec is data: its description must never end the docstring and inject code.
+
+    >>> print(docstring_text('ends """ here'))
+    ends \"\"\" here
+    '''
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def var(name: str) -> str:
     """The variable holding an IR value in generated code (``v_`` keeps spec names apart from template names)."""
     return f"v_{name}"

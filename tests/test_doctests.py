@@ -1,0 +1,31 @@
+"""Docstring examples are tests: every module of the installed package runs its own."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import novolstm
+
+MODULES = sorted(
+    m.name
+    for m in pkgutil.walk_packages(novolstm.__path__, "novolstm.")
+    # __main__ runs the CLI on import; framework emitters run their examples in their own envs.
+    if m.name != "novolstm.__main__"
+    and (not m.name.endswith("_backend") or m.name.endswith("numpy_backend"))
+)
+
+
+@pytest.mark.parametrize("name", ["novolstm"] + MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_generated_module_examples():
+    result = doctest.testmod(novolstm.load_generated("novolstm", "numpy"), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

@@ -1,0 +1,79 @@
+"""The IR: what the passes produce, and the checks between them."""
+
+from __future__ import annotations
+
+import pytest
+
+import novolstm
+from novolstm.autodiff import differentiate
+from novolstm.ir import Graph, IRError, Node, check_graph, lower
+from novolstm.passes import build_program
+
+
+def linears(graph):
+    return [(n.args[0], n.attr("weights"), n.attr("biases")) for n in graph.nodes if n.op == "linear"]
+
+
+def test_lstm_is_one_input_gemm_one_recurrent_matmul_and_one_add():
+    program = build_program(novolstm.load_spec("lstm"))
+    assert linears(program.prologue) == [("x", ("W_i", "W_f", "W_g", "W_o"), ("b_i", "b_f", "b_g", "b_o"))]
+    assert linears(program.step) == [("h", ("U_i", "U_f", "U_g", "U_o"), (None,) * 4)]
+    adds = [n for n in program.step.nodes if n.op == "add" and n.width == 4]
+    assert len(adds) == 1  # all four gates' x and h projections summed by one addition
+
+
+def test_novolstm_fuses_its_softmax_branch_too():
+    program = build_program(novolstm.load_spec("novolstm"))
+    (_, weights, _), = linears(program.prologue)
+    assert set(weights) == {"W_i", "W_s", "W_f", "W_g", "W_o"}
+    (_, recurrent, _), = linears(program.step)
+    assert [w.replace("U", "W") for w in recurrent] == list(weights)  # the same block order on both sides
+
+
+def test_state_independent_branches_leave_the_loop():
+    program = build_program(novolstm.load_spec("novolstm_reference"))
+    assert "softmax" in program.prologue.ops()
+    assert "softmax" not in program.step.ops()
+
+
+def test_gru_keeps_its_recurrent_bias_apart():
+    program = build_program(novolstm.load_spec("gru"))
+    (_, _, x_biases), = linears(program.prologue)
+    (_, _, h_biases), = linears(program.step)
+    assert x_biases == ("b_r", "b_z", "b_n")
+    assert h_biases == (None, None, "b_hn")  # inside r * (h @ U_n + b_hn): never merged with b_n
+
+
+@pytest.mark.parametrize("cell", novolstm.list_specs())
+def test_every_pass_leaves_a_valid_graph(cell):
+    program = build_program(novolstm.load_spec(cell))
+    for graph in (program.prologue, program.step, differentiate(program.step), differentiate(program.prologue)):
+        check_graph(graph, "test")
+    assert all(f"hoisted:{h}" in program.prologue.outputs for h in program.hoisted)
+    assert {n.name for n in program.step.nodes if n.op == "hoisted"} == set(program.hoisted)
+
+
+def test_layer_norm_lowers_to_pinned_primitives():
+    graph = lower(novolstm.load_spec("novolstm"))
+    (rsqrt,) = [n for n in graph.nodes if n.op == "rsqrt_eps"]
+    assert rsqrt.attr("eps") == 1e-3
+    assert sum(n.op == "mean_units" for n in graph.nodes) == 2  # mean, then population variance
+
+
+def test_check_graph_names_the_broken_invariant():
+    with pytest.raises(IRError, match="after demo: 'b' reads 'a' before it is defined"):
+        check_graph(Graph([Node("b", "neg", ("a",)), Node("a", "state")]), "demo")
+    with pytest.raises(IRError, match="defined twice"):
+        check_graph(Graph([Node("a", "state"), Node("a", "state")]), "demo")
+    with pytest.raises(IRError, match="width 1, expected 2"):
+        check_graph(Graph([Node("a", "state", width=2), Node("b", "slice", ("a",), (("start", 0), ("stop", 2)))]), "demo")
+    with pytest.raises(IRError, match="output 'y' names unknown node"):
+        check_graph(Graph([Node("a", "state")], {"y": "zz"}), "demo")
+
+
+def test_backward_graph_exports_one_gradient_per_fused_matrix():
+    program = build_program(novolstm.load_spec("novolstm"))
+    back = differentiate(program.step)
+    step_linear = next(n.name for n in program.step.nodes if n.op == "linear")
+    assert f"grad:{step_linear}" in back.outputs
+    assert {"grad:h", "grad:c", "grad:gamma_i", "grad:beta_i"} <= set(back.outputs)
