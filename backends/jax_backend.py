@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 
 from novolstm import init as _init
-from novolstm.codegen import LoopPlan, render, units_offset, var
+from novolstm.codegen import LoopPlan, docstring_text, render, units_offset, var
 from novolstm.template import fill
 
 NAME = "jax"
@@ -578,7 +578,7 @@ def generate(plan: LoopPlan) -> str:
     return fill(
         TEMPLATE,
         header=plan.header(NAME),
-        description=spec.description,
+        description=docstring_text(spec.description),
         title=title,
         state_doc=", ".join(states),
         state_count=len(states),
