@@ -19,10 +19,10 @@ nnx's ``GRUCell`` has no recurrent bias inside the reset product, so a canonical
 converts to it only when ``b_hn`` is zero; otherwise the conversion refuses.
 
 Trees are nested mappings of arrays: a linen ``variables`` dict (with or without its
-``"params"`` level) or ``nnx.state(cell, nnx.Param)`` (or its ``to_pure_dict()``).
+``"params"`` level) or ``nnx.state(cell, nnx.Param)`` (or ``nnx.to_pure_dict`` of it).
 To load canonical weights into Flax: ``{"params": from_canonical(p, "linen_lstm")}``
 for linen; for nnx, ``state = nnx.state(cell, nnx.Param)``,
-``state.replace_by_pure_dict(from_canonical(p, "nnx_lstm"))``, ``nnx.update(cell, state)``.
+``nnx.replace_by_pure_dict(state, from_canonical(p, "nnx_lstm"))``, ``nnx.update(cell, state)``.
 
 Example:
     >>> import numpy as np
