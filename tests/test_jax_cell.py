@@ -305,3 +305,15 @@ def test_emitter_examples():
 
     result = doctest.testmod(jax_backend)
     assert result.failed == 0 and result.attempted > 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_reads_one_hoisted_array_per_gate_and_one_recurrent_matmul(cell):
+    from novolstm.passes import build_program, split_blocks
+
+    program = split_blocks(build_program(novolstm.load_spec(cell)))
+    step_linears = [n for n in program.step.nodes if n.op == "linear"]
+    assert len(step_linears) == 1  # the recurrent projection stays one fused matmul
+    assert [n.op for n in program.prologue.nodes].count("linear") == 1  # so does the input projection
+    assert all(program.step[h].width == 1 for h in program.hoisted)  # one (time, batch, units) array per gate
+

@@ -164,3 +164,19 @@ def test_step_gradient_matches_the_sequence_of_one_step():
         g2 = jax.grad(lambda p: m.sequence(p, x[:, None], h)[0].sum())(params)
         for name in params:
             np.testing.assert_allclose(np.asarray(g1[name]), np.asarray(g2[name]), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", ["novolstm", "gru"])
+def test_remat_changes_the_schedule_not_the_gradients(cell):
+    m = novolstm.load_generated(cell, "jax")
+    rng = np.random.default_rng(5)
+    with x64("float64"):
+        params = {k: jnp.asarray(v) for k, v in random_params(cell, 3, 4, rng).items()}
+        x = jnp.asarray(rng.normal(size=(2, 7, 3)))
+        mask = jnp.asarray(rng.random((2, 7)) < 0.7)
+        grads = [
+            jax.jit(jax.grad(lambda p, x: m.sequence(p, x, mask=mask, remat=r)[0].sum(), argnums=(0, 1)))(params, x)
+            for r in (True, False)
+        ]
+        for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
