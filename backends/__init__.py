@@ -16,6 +16,8 @@ from types import ModuleType
 EMITTERS = {
     "numpy": "numpy_backend",
     "jax": "jax_backend",
+    "onnx": "onnx_backend",
+    "torch": "torch_backend",
 }
 
 

@@ -298,6 +298,13 @@ def run_numpy(params, x, state=None, mask=None):
     """The backend-neutral entry of novolstm.run: NumPy arrays in and out."""
     outputs, final, _ = forward(params, x, state, mask)
     return outputs, final
+
+
+def vjp_numpy(params, x, state=None, mask=None):
+    """Backend-neutral gradients: ``(outputs, final_state, vjp)`` with
+    ``vjp(g_outputs, g_state) -> (g_x, g_state0, g_params)``, NumPy arrays in and out."""
+    outputs, final, tape = forward(params, x, state, mask, keep_tape=True)
+    return outputs, final, lambda g_outputs=None, g_state=None: backward(params, tape, g_outputs, g_state)
 '''
 
 

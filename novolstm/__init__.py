@@ -1,7 +1,8 @@
 """novolstm: recurrent cells generated from one declarative spec for NumPy, PyTorch, Keras 3 and JAX.
 
-Importing this package imports no deep-learning framework: a backend imports its
-framework when it is asked for.
+Importing this package imports no deep-learning framework, and not even NumPy: each
+public name loads its module on first use, so ``import novolstm`` stays fast and a
+backend imports its framework only when it is asked for.
 
 Example:
     >>> import numpy as np
@@ -17,34 +18,54 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .api import generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
-from .errors import SpecError
-from .spec_loader import list_specs, load_spec, loads_spec
-from .spec_model import Spec
+#: public name -> the module (under novolstm) that defines it
+_EXPORTS = {
+    "CheckpointError": "checkpoint",
+    "Spec": "spec_model",
+    "SpecError": "errors",
+    "export_onnx": "api",
+    "generate_source": "api",
+    "get_cell": "api",
+    "get_layer": "api",
+    "init_params": "api",
+    "list_backends": "api",
+    "list_specs": "spec_loader",
+    "load": "checkpoint",
+    "load_generated": "api",
+    "load_spec": "spec_loader",
+    "loads_spec": "spec_loader",
+    "run": "api",
+    "save": "checkpoint",
+}
+_MODULES = ("reference", "testing", "conformance", "golden", "evaluation", "convert")
 
-__all__ = [
-    "Spec",
-    "SpecError",
-    "list_backends",
-    "generate_source",
-    "get_cell",
-    "get_layer",
-    "init_params",
-    "list_specs",
-    "load_generated",
-    "load_spec",
-    "loads_spec",
-    "reference",
-    "run",
-]
+__all__ = sorted(_EXPORTS) + list(_MODULES)
 
 
 def __getattr__(name: str):
-    # The oracle loads on first use, keeping `import novolstm` light.
-    if name == "reference":
-        import importlib
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"novolstm.{_EXPORTS[name]}"), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"novolstm.{name}")
+    else:
+        raise AttributeError(f"module 'novolstm' has no attribute {name!r}")
+    globals()[name] = value  # resolve once
+    return value
 
-        return importlib.import_module("novolstm.reference")
-    raise AttributeError(f"module 'novolstm' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and documentation tools, which do not run __getattr__
+    from . import conformance, convert, evaluation, golden, reference, testing
+    from .api import export_onnx, generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
+    from .checkpoint import CheckpointError, load, save
+    from .errors import SpecError
+    from .spec_loader import list_specs, load_spec, loads_spec
+    from .spec_model import Spec

@@ -118,13 +118,13 @@ def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtyp
 def run(
     spec: SpecLike,
     params: dict,
-    x,
-    state=None,
+    x: np.ndarray,
+    state: tuple | None = None,
     backend: str = "numpy",
-    mask=None,
-    lengths=None,
+    mask: np.ndarray | None = None,
+    lengths: np.ndarray | None = None,
     dtype: Any = None,
-):
+) -> tuple[np.ndarray, tuple]:
     """Run ``spec`` over a batch of sequences on ``backend``; NumPy in, NumPy out.
 
     Args:
@@ -137,7 +137,7 @@ def run(
         dtype: compute dtype; defaults to the dtype of ``x``.
 
     Returns:
-        ``(outputs (batch, time, units), final_state tuple)`` as NumPy arrays.
+        ``(outputs, final_state)``: outputs (batch, time, units) and the final state tuple, as NumPy arrays.
 
     Raises:
         ValueError: on a shape mismatch, an empty sequence or non-finite inputs.
@@ -147,3 +147,26 @@ def run(
     module = load_generated(spec, backend)
     outputs, final = module.run_numpy(call.params, call.x, call.state, call.mask)
     return np.asarray(outputs), tuple(np.asarray(s) for s in final)
+
+
+def export_onnx(spec: SpecLike, params: dict, path=None, dtype: Any = "float32", native_lstm: bool = True):
+    """An ONNX model of ``spec`` with ``params`` (canonical names); written to ``path`` if given.
+
+    The standard LSTM (and the peephole LSTM) export as the native ONNX ``LSTM``
+    operator when ``native_lstm``; every cell exports as a ``Scan`` over its step graph.
+    The model's inputs and outputs are documented in the generated module
+    (``novolstm generate SPEC --backend onnx``) and in :func:`novolstm.convert.onnx.lstm_operator_model`.
+    """
+    spec = load_spec(spec)
+    builtin = {name: load_spec(name).hash for name in ("lstm", "peephole_lstm")}
+    if native_lstm and spec.hash in builtin.values():
+        from .convert.onnx import lstm_operator_model
+
+        input_size = np.shape(params["W_i"])[0]
+        model = lstm_operator_model([params], input_size, dtype)
+    else:
+        model = load_generated(spec, "onnx").build_model({k: np.asarray(v, dtype) for k, v in params.items()}, dtype)
+    if path is not None:
+        with open(path, "wb") as fh:
+            fh.write(model.SerializeToString())
+    return model

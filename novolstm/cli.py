@@ -4,12 +4,17 @@
     novolstm show SPEC                    equations and parameter table
     novolstm generate SPEC --backend B    the generated source (``-o FILE`` to write it)
     novolstm check                        every cell on every installed backend vs the reference
+    novolstm bench                        speed against native LSTMs, ratios side by side
+    novolstm compare                      train cells on the same tasks; learning curves and a table
+    novolstm conformance SPEC ...         check an implementation: --callable MODULE:FUNCTION,
+                                          --results FILE.npz, or --export DIR for the golden inputs
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import SpecError
 
@@ -27,6 +32,28 @@ def main(argv=None) -> int:
     chk = sub.add_parser("check", help="compare every cell on every installed backend with the reference")
     chk.add_argument("--cell", action="append", help="only this cell (repeatable)")
     chk.add_argument("--backend", action="append", help="only this backend (repeatable)")
+    conf = sub.add_parser("conformance", help="check an implementation of a spec against it")
+    conf.add_argument("spec")
+    how = conf.add_mutually_exclusive_group(required=True)
+    how.add_argument("--callable", help="MODULE:FUNCTION taking (params, x, state, mask), returning (outputs, final_state)")
+    how.add_argument("--results", help="an .npz of <case>.outputs and <case>.state.<name> computed on the golden vectors")
+    how.add_argument("--export", metavar="DIR", help="write the golden vectors (inputs and expected results) to DIR")
+    conf.add_argument("--dtype", default="float64", help="the dtype the implementation computes in (sets the tolerance)")
+    cmp = sub.add_parser("compare", help="train cells on the same tasks and budget over seeds; table and plot")
+    cmp.add_argument("--cells", nargs="+", default=["lstm", "novolstm", "novolstm_reference", "gru"], help="built-in names or spec paths")
+    cmp.add_argument("--tasks", nargs="+", default=["adding", "copy", "digits"])
+    cmp.add_argument("--lengths", nargs="+", type=int, default=[20, 50], help="sequence lengths of adding and copy")
+    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    cmp.add_argument("--steps", type=int, default=300, help="training steps (batch 32) per run")
+    cmp.add_argument("--units", type=int, default=32)
+    cmp.add_argument("--backend", default="numpy")
+    cmp.add_argument("--out", default="compare-results", help="folder for results.md, results.json, curves.png")
+    bench = sub.add_parser("bench", help="benchmark generated cells against native LSTMs, side by side")
+    bench.add_argument("--backends", nargs="+", help="default: every backend installed here")
+    bench.add_argument("--shapes", nargs="+", default=["typical"], help="smoke, latency, typical, throughput")
+    bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the harness, measures nothing")
+    bench.add_argument("--out", default="bench-results", help="folder for results.json, results.md, ratios.png")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -92,7 +119,78 @@ def _check(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"list": _list, "show": _show, "generate": _generate, "check": _check}
+def _conformance(args) -> int:
+    import importlib
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from . import conformance
+    from .spec_loader import load_spec
+
+    spec = load_spec(args.spec)
+    if args.export:
+        folder = Path(args.export)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays, meta = {}, {"spec": spec.name, "spec_hash": spec.hash, "state_names": list(spec.state_names), "cases": {}}
+        for g in conformance.golden_cases(spec):
+            meta["cases"][g.name] = {"description": g.description}
+            arrays.update({f"{g.name}.x": g.case.x, f"{g.name}.mask": g.case.mask, f"{g.name}.outputs": g.outputs})
+            arrays.update({f"{g.name}.param.{k}": v for k, v in g.case.params.items()})
+            for name, s0, s1 in zip(spec.state_names, g.case.state, g.state):
+                arrays.update({f"{g.name}.state0.{name}": s0, f"{g.name}.state.{name}": s1})
+        np.savez_compressed(folder / f"{spec.name}.npz", **arrays)
+        (folder / f"{spec.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+        print(f"wrote {folder / (spec.name + '.npz')} and {spec.name}.json")
+        return 0
+    if args.callable:
+        module_name, _, function = args.callable.partition(":")
+        fn = getattr(importlib.import_module(module_name), function)
+        report = conformance.check(fn, spec, dtype=args.dtype)
+    else:
+        with np.load(args.results, allow_pickle=False) as data:
+            report = conformance.check_results(spec, {k: data[k] for k in data.files}, dtype=args.dtype)
+    print(report.format())
+    return 0 if report.passed else 1
+
+
+def _compare(args) -> int:
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .evaluation import compare, plot_curves, results_table
+
+    results = compare(args.cells, args.tasks, args.seeds, args.backend, args.steps, args.lengths, args.units)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = results_table(results)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
+    try:
+        plot_curves(results, out / "curves.png")
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'novolstm[eval]')", file=sys.stderr)
+    print(table)
+    print(f"\nwrote {out}/results.md, results.json" + (", curves.png" if (out / "curves.png").exists() else ""))
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import available_backends
+    from .bench.harness import codegen_seconds, import_seconds, run, write
+
+    backends = args.backends or available_backends()
+    shapes, repeats = (["smoke"], 1) if args.smoke else (args.shapes, args.repeats)
+    results = run(backends, shapes, repeats)
+    extras = {"import novolstm (s)": f"{import_seconds():.3f}", "get_cell code generation, numpy (s)": f"{codegen_seconds():.4f}"}
+    write(results, extras, args.out)
+    print((Path(args.out) / "results.md").read_text())
+    return 0
+
+
+COMMANDS = {"bench": _bench, "compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -9,7 +9,9 @@ The passes, in order (each followed by :func:`~novolstm.ir.check_graph`):
    the concatenated weights. Where gates add a projection of the input to a
    projection of the state, both fused matrices put those gates first, in the same
    order, so one addition serves all of them.
-4. ``hoist``: every value that does not depend on the state is computed once for
+4. ``batch_activations``: one elementwise activation over adjacent blocks of a fused
+   value instead of one per block (the LSTM's i, f and o gates: one sigmoid).
+5. ``hoist``: every value that does not depend on the state is computed once for
    all timesteps, before the loop (for the input projection: one GEMM).
 
 Example:
@@ -18,7 +20,7 @@ Example:
     >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
     ['linear']
     >>> [(n.op, n.attr("weights")) for n in program.step.nodes if n.op == "linear"]
-    [('linear', ('U_i', 'U_f', 'U_g', 'U_o'))]
+    [('linear', ('U_i', 'U_f', 'U_o', 'U_g'))]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def build_program(spec: Spec) -> Program:
     graph = check_graph(split_invariant_sums(graph, names), "split_invariant_sums")
     graph = check_graph(fold_biases(graph), "fold_biases")
     graph = check_graph(fuse_linears(graph, names), "fuse_linears")
+    graph = check_graph(batch_activations(graph, names), "batch_activations")
     prologue, step, hoisted = hoist(graph)
     check_graph(prologue, "hoist (prologue)")
     check_graph(step, "hoist (step)")
@@ -121,6 +124,12 @@ def fuse_linears(graph: Graph, names: NameAllocator) -> Graph:
     pairs = max(pairs_by_group.values(), key=len, default=[])
     if len(pairs) < 2:
         pairs = []  # one pair gains nothing over two slices
+    # Gates that apply the same activation to their sum sit side by side, so that
+    # batch_activations can apply it once to all of them.
+    users = graph.users()
+    consumer = {p[0].name: graph[users[p[0].name][0]].op if len(users[p[0].name]) == 1 else "" for p in pairs}
+    rank = {op: k for k, op in enumerate(dict.fromkeys(consumer[p[0].name] for p in pairs))}
+    pairs.sort(key=lambda p: rank[consumer[p[0].name]])
 
     # Block order inside each fused matrix: paired projections first, in the same order.
     order: dict[str, list[Node]] = {}
@@ -179,6 +188,53 @@ def fuse_linears(graph: Graph, names: NameAllocator) -> Graph:
             continue
         out.append(n)
     return rewrite(Graph(out, dict(graph.outputs)), alias)
+
+
+def batch_activations(graph: Graph, names: NameAllocator) -> Graph:
+    """Apply an elementwise activation once to a run of adjacent one-block slices."""
+    users = graph.users()
+    # (source, op) -> [(block, slice node, activation node)] for slices read only by that activation
+    runs: dict[tuple[str, str], list[tuple[int, Node, Node]]] = {}
+    for n in graph.nodes:
+        if n.op == "slice" and n.width == 1 and len(users[n.name]) == 1:
+            act = graph[users[n.name][0]]
+            if act.op in ("sigmoid", "tanh", "relu"):
+                runs.setdefault((n.args[0], act.op), []).append((n.attr("start"), n, act))
+    replaced: dict[str, list[Node]] = {}  # activation name -> nodes that take its place
+    for (source, op), members in runs.items():
+        members.sort(key=lambda m: m[0])
+        groups, current = [], [members[0]]
+        for m in members[1:]:
+            if m[0] == current[-1][0] + 1:
+                current.append(m)
+            else:
+                groups.append(current)
+                current = [m]
+        groups.append(current)
+        for group in groups:
+            if len(group) < 2:
+                continue
+            start, stop = group[0][0], group[-1][0] + 1
+            nodes = []
+            if (start, stop) == (0, graph[source].width):
+                block = source
+            else:
+                block = names("v")
+                nodes.append(Node(block, "slice", (source,), (("start", start), ("stop", stop)), stop - start))
+            fused = Node(names("a"), op, (block,), width=stop - start)
+            nodes.append(fused)
+            first = min(group, key=lambda m: graph.nodes.index(m[2]))[2].name
+            replaced[first] = nodes + replaced.get(first, [])
+            for k, _, act in group:
+                piece = Node(act.name, "slice", (fused.name,), (("start", k - start), ("stop", k - start + 1)), 1)
+                replaced.setdefault(act.name, []).append(piece)
+    out: list[Node] = []
+    for n in graph.nodes:
+        if n.name in replaced:
+            out.extend(replaced[n.name])
+        else:
+            out.append(n)
+    return prune(Graph(out, dict(graph.outputs)))
 
 
 def hoist(graph: Graph) -> tuple[Graph, Graph, tuple[str, ...]]:

@@ -144,15 +144,19 @@ def _pre(p, gate, x, h):
     return x @ p["W_" + gate] + h @ p["U_" + gate] + p["b_" + gate]
 
 
-def _lstm(p, x, state):
-    h, c = state
-    i = sigmoid(_pre(p, "i", x, h))
+def _lstm_update(p, x, h, c, i):
+    """The standard LSTM around a given input gate ``i``: forget, candidate, output, update."""
     f = sigmoid(_pre(p, "f", x, h))
     g = np.tanh(_pre(p, "g", x, h))
     o = sigmoid(_pre(p, "o", x, h))
     c_new = f * c + i * g
     h_new = o * np.tanh(c_new)
     return (h_new, c_new), h_new
+
+
+def _lstm(p, x, state):
+    h, c = state
+    return _lstm_update(p, x, h, c, sigmoid(_pre(p, "i", x, h)))
 
 
 def _novolstm(p, x, state):
@@ -160,12 +164,7 @@ def _novolstm(p, x, state):
     i_sig = sigmoid(_pre(p, "i", x, h))
     selector = softmax(_pre(p, "s", x, h))
     i = layer_norm(i_sig, p["gamma_i"], p["beta_i"], _NOVO_LN_EPS) * selector
-    f = sigmoid(_pre(p, "f", x, h))
-    g = np.tanh(_pre(p, "g", x, h))
-    o = sigmoid(_pre(p, "o", x, h))
-    c_new = f * c + i * g
-    h_new = o * np.tanh(c_new)
-    return (h_new, c_new), h_new
+    return _lstm_update(p, x, h, c, i)
 
 
 def _novolstm_reference(p, x, state):
@@ -173,12 +172,7 @@ def _novolstm_reference(p, x, state):
     i_sig = sigmoid(_pre(p, "i", x, h))
     selector = softmax(x @ p["W_s"] + p["b_s"])  # no recurrent term
     i = layer_norm(i_sig * selector, p["gamma_i"], p["beta_i"], _NOVO_LN_EPS)
-    f = sigmoid(_pre(p, "f", x, h))
-    g = np.tanh(_pre(p, "g", x, h))
-    o = sigmoid(_pre(p, "o", x, h))
-    c_new = f * c + i * g
-    h_new = o * np.tanh(c_new)
-    return (h_new, c_new), h_new
+    return _lstm_update(p, x, h, c, i)
 
 
 def _gru(p, x, state):

@@ -198,6 +198,7 @@ def test_cli_list_show_check(capsys):
     assert "no built-in spec" in capsys.readouterr().err
 
 
-def test_python_dash_m_runs_the_cli():
-    result = subprocess.run([sys.executable, "-m", "novolstm", "list"], capture_output=True, text=True)
+def test_python_dash_m_runs_the_cli(tmp_path):
+    # From outside the checkout: `-m` puts the working directory first on sys.path.
+    result = subprocess.run([sys.executable, "-m", "novolstm", "list"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "lstm" in result.stdout

@@ -37,3 +37,20 @@ def test_import_novolstm_loads_no_framework(tmp_path):
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == [], f"`import novolstm` imported {loaded}"
+
+
+LAZY_PROBE = """
+import sys
+import novolstm
+assert "numpy" not in sys.modules, "import novolstm loaded numpy"
+novolstm.list_specs()  # spec handling needs no numpy either
+assert "numpy" not in sys.modules, "list_specs loaded numpy"
+novolstm.run  # the first use of a numeric name loads it
+assert "numpy" in sys.modules
+print("ok")
+"""
+
+
+def test_public_names_load_lazily(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", LAZY_PROBE], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

@@ -16,10 +16,12 @@ def linears(graph):
 
 def test_lstm_is_one_input_gemm_one_recurrent_matmul_and_one_add():
     program = build_program(novolstm.load_spec("lstm"))
-    assert linears(program.prologue) == [("x", ("W_i", "W_f", "W_g", "W_o"), ("b_i", "b_f", "b_g", "b_o"))]
-    assert linears(program.step) == [("h", ("U_i", "U_f", "U_g", "U_o"), (None,) * 4)]
+    assert linears(program.prologue) == [("x", ("W_i", "W_f", "W_o", "W_g"), ("b_i", "b_f", "b_o", "b_g"))]
+    assert linears(program.step) == [("h", ("U_i", "U_f", "U_o", "U_g"), (None,) * 4)]
     adds = [n for n in program.step.nodes if n.op == "add" and n.width == 4]
     assert len(adds) == 1  # all four gates' x and h projections summed by one addition
+    sigmoids = [n for n in program.step.nodes if n.op == "sigmoid"]
+    assert [n.width for n in sigmoids] == [3]  # i, f and o: one sigmoid over three adjacent blocks
 
 
 def test_novolstm_fuses_its_softmax_branch_too():

@@ -1,0 +1,45 @@
+"""The benchmark harness: every backend's generated cells against its framework's own LSTM.
+
+One adapter module per backend (``novolstm.bench.<backend>``) yields candidates: a
+name, a forward callable and a forward+backward callable, built for one shape. The
+harness measures them interleaved (A, B, A, B) with warm-up and medians, so drift
+on a shared machine affects all alike, and reports ratios side by side. Nothing here
+is a pass/fail test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from typing import Callable
+
+#: name -> (batch, steps, units); inputs equal units
+SHAPES = {
+    "smoke": (2, 5, 8),
+    "latency": (1, 1000, 64),
+    "typical": (32, 100, 128),
+    "throughput": (128, 200, 512),
+}
+
+#: backend -> adapter module under novolstm.bench
+ADAPTERS = {"numpy": "numpy_adapter", "torch": "torch_adapter"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # e.g. "lstm spec", "novolstm spec", "native LSTM"
+    forward: Callable[[], object]
+    forward_backward: Callable[[], object] | None  # None where there is no backward pass to time
+
+
+def adapter(backend: str):
+    if backend not in ADAPTERS:
+        raise ValueError(f"no benchmark adapter for backend {backend!r}; expected one of {sorted(ADAPTERS)}")
+    return importlib.import_module(f"{__name__}.{ADAPTERS[backend]}")
+
+
+def available_backends() -> list[str]:
+    from novolstm.backends import emitter
+
+    return [b for b in ADAPTERS if importlib.util.find_spec(emitter(b).FRAMEWORK) is not None]

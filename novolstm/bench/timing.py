@@ -1,0 +1,42 @@
+"""Side-by-side timing: interleaved repeats, warm-up, medians, ratios.
+
+These machines are shared and noisy, so nothing here is a pass/fail test: callers
+compare ratios of candidates measured in the same run, interleaved A, B, A, B so
+that drift affects all of them alike.
+
+Example:
+    >>> times = compare({"sum": lambda: sum(range(1000)), "loop": lambda: [i for i in range(1000)]}, repeats=3)
+    >>> sorted(times)
+    ['loop', 'sum']
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+
+def compare(candidates: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each candidate, measured interleaved."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def ratio_table(times: dict[str, float], pairs: list[tuple[str, str, float | None]]) -> str:
+    """Rows ``numerator / denominator = ratio (target)`` for the given pairs."""
+    lines = [f"{name:<40} {1e3 * t:9.2f} ms" for name, t in times.items()]
+    lines.append("")
+    for num, den, goal in pairs:
+        ratio = times[num] / times[den]
+        verdict = "" if goal is None else f"  target <= {goal}: {'met' if ratio <= goal else 'MISSED'}"
+        lines.append(f"{num} / {den} = {ratio:.3f}{verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,190 @@
+"""Canonical checkpoints: safetensors files of canonical parameters, with metadata.
+
+The file is plain safetensors (an 8-byte little-endian header length, a JSON header,
+raw little-endian tensor bytes), readable by the ``safetensors`` library and by any
+language; no pickle is involved anywhere. The metadata names the spec (name, hash,
+version), the canonical layout version, the dtype, and the layer structure. A
+single cell stores canonical names (``W_i``); a stacked or bidirectional layer
+stores ``l<k>.W_i`` and ``l<k>_reverse.W_i``.
+
+Loading checks everything and names what is wrong: a truncated or corrupt file, a
+wrong spec hash, missing or extra tensors, a wrong shape or dtype. Nothing is cast
+or dropped.
+
+Example:
+    >>> import tempfile, os, novolstm
+    >>> params = novolstm.init_params("lstm", 3, 4)
+    >>> path = os.path.join(tempfile.mkdtemp(), "cell.safetensors")
+    >>> save(params, path, spec="lstm")
+    >>> loaded, info = load(path)
+    >>> info["spec"], sorted(loaded) == sorted(params)
+    ('lstm', True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+import numpy as np
+
+from .spec_loader import load_spec
+
+LAYOUT_VERSION = "1"
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+_CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+MAX_HEADER_BYTES = 100_000_000
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt, or does not match what it claims or what was asked for."""
+
+
+def _layer_keys(layers: int, bidirectional: bool) -> list[str]:
+    return [f"l{k}{suffix}" for k in range(layers) for suffix in (("", "_reverse") if bidirectional else ("",))]
+
+
+def save(params: dict, path, spec, layers: int = 1, bidirectional: bool = False) -> None:
+    """Write canonical ``params`` (a flat dict, or one dict per ``l<k>[_reverse]``) to ``path``."""
+    spec = load_spec(spec)
+    flat = _flatten(params, spec, layers, bidirectional)
+    dtypes = {np.asarray(v).dtype for v in flat.values()}
+    if len(dtypes) != 1:
+        raise CheckpointError(f"parameters mix dtypes {sorted(map(str, dtypes))}; cast them to one dtype first")
+    dtype = dtypes.pop()
+    if dtype not in _CODES:
+        raise CheckpointError(f"dtype {dtype} cannot be stored; expected one of {sorted(map(str, _CODES))}")
+    header: dict = {
+        "__metadata__": {
+            "format": "novolstm-canonical",
+            "layout_version": LAYOUT_VERSION,
+            "spec": spec.name,
+            "spec_hash": spec.hash,
+            "spec_version": str(spec.spec_version),
+            "dtype": str(dtype),
+            "layers": str(layers),
+            "bidirectional": str(bool(bidirectional)).lower(),
+            "state_names": ",".join(spec.state_names),
+        }
+    }
+    offset, blobs = 0, []
+    for name in sorted(flat):
+        data = np.ascontiguousarray(flat[name], dtype=dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": _CODES[dtype], "shape": list(np.shape(flat[name])), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as safetensors writers do
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        for blob in blobs:
+            fh.write(blob)
+
+
+def load(path, spec=None) -> tuple[dict, dict]:
+    """Read a checkpoint: ``(params, metadata)``; params nested per layer when the file has several.
+
+    With ``spec`` given, the file must have been written for exactly that spec (same hash).
+    """
+    header, data = _read(path)
+    meta = header.pop("__metadata__", None)
+    if not isinstance(meta, dict) or meta.get("format") != "novolstm-canonical":
+        raise CheckpointError(f"{path}: not a novolstm checkpoint (no novolstm metadata in the safetensors header)")
+    if meta.get("layout_version") != LAYOUT_VERSION:
+        raise CheckpointError(f"{path}: canonical layout version {meta.get('layout_version')!r}; this novolstm reads {LAYOUT_VERSION!r}")
+    stored = load_spec(meta["spec"]) if spec is None else load_spec(spec)
+    if meta.get("spec_hash") != stored.hash:
+        raise CheckpointError(
+            f"{path}: written for spec {meta.get('spec')!r} with hash {str(meta.get('spec_hash'))[:12]}..., "
+            f"but the spec here ({stored.name!r}) has hash {stored.hash[:12]}...; the cells differ"
+        )
+    tensors = {}
+    for name, entry in header.items():
+        tensors[name] = _tensor(path, name, entry, data)
+    dtypes = {str(t.dtype) for t in tensors.values()}
+    if dtypes != {meta.get("dtype")}:
+        raise CheckpointError(f"{path}: metadata says dtype {meta.get('dtype')}, tensors have {sorted(dtypes)}")
+    layers, bidirectional = int(meta.get("layers", "1")), meta.get("bidirectional") == "true"
+    expected = set(_flatten_names(stored, layers, bidirectional))
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise CheckpointError(f"{path}: missing tensors {missing}, unexpected tensors {extra} for spec {stored.name!r}")
+    params = _unflatten(tensors, layers, bidirectional)
+    for group in ([params] if layers == 1 and not bidirectional else params.values()):
+        _check_shapes(path, stored, group)
+    return params, meta
+
+
+def _flatten_names(spec, layers, bidirectional):
+    if layers == 1 and not bidirectional:
+        return list(spec.param_names)
+    return [f"{key}.{p}" for key in _layer_keys(layers, bidirectional) for p in spec.param_names]
+
+
+def _flatten(params, spec, layers, bidirectional):
+    if layers == 1 and not bidirectional:
+        flat = dict(params)
+    else:
+        keys = _layer_keys(layers, bidirectional)
+        if sorted(params) != sorted(keys):
+            raise CheckpointError(f"expected one parameter dict per {keys}, got {sorted(params)}")
+        flat = {f"{k}.{name}": v for k in keys for name, v in params[k].items()}
+    expected = set(_flatten_names(spec, layers, bidirectional))
+    if set(flat) != expected:
+        raise CheckpointError(f"missing {sorted(expected - set(flat))}, unexpected {sorted(set(flat) - expected)} for spec {spec.name!r}")
+    for group in ([params] if layers == 1 and not bidirectional else params.values()):
+        _check_shapes("params", spec, group)
+    return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def _unflatten(tensors, layers, bidirectional):
+    if layers == 1 and not bidirectional:
+        return tensors
+    out: dict = {k: {} for k in _layer_keys(layers, bidirectional)}
+    for name, value in tensors.items():
+        key, _, param = name.partition(".")
+        out[key][param] = value
+    return out
+
+
+def _check_shapes(where, spec, group):
+    first = spec.params[0]
+    units = np.shape(group[first.name])[-1]
+    input_size = next(np.shape(group[p.name])[0] for p in spec.params if p.shape[0] == "input")
+    for name, shape in spec.parameter_shapes(input_size, units).items():
+        if np.shape(group[name]) != shape:
+            raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(np.shape(group[name]))}, expected {shape} (input {input_size}, units {units})")
+
+
+def _read(path):
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path}: truncated: {size} bytes, too short for a safetensors header")
+        (length,) = struct.unpack("<Q", raw)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{path}: corrupt or truncated: header claims {length} bytes, file has {size - 8} after the length")
+        try:
+            header = json.loads(fh.read(length).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: corrupt header: {exc}") from None
+        data = fh.read()
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt header: expected a JSON object")
+    return header, data
+
+
+def _tensor(path, name, entry, data):
+    try:
+        dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+        shape = tuple(int(d) for d in entry["shape"])
+        begin, end = (int(o) for o in entry["data_offsets"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: tensor {name!r}: malformed entry {entry!r}") from None
+    if not 0 <= begin <= end <= len(data):
+        raise CheckpointError(f"{path}: tensor {name!r}: bytes {begin}..{end} lie outside the {len(data)} data bytes (truncated?)")
+    if end - begin != int(np.prod(shape)) * dtype.itemsize:
+        raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {dtype.name}")
+    return np.frombuffer(data, dtype, offset=begin, count=int(np.prod(shape))).reshape(shape).astype(dtype.newbyteorder("="))

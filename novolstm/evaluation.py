@@ -1,0 +1,250 @@
+"""Train cells on the same tasks with the same budget over several seeds, and compare.
+
+The NovoLSTM design document advises regular comparisons with the standard LSTM;
+this module makes them a command (``novolstm compare``). Every cell trains through
+its backend's generated code: the backend-neutral hook ``vjp_numpy`` gives outputs
+and gradients, a linear readout and the loss live in NumPy, and Adam updates the
+canonical parameters. So the same loop serves every backend and every spec.
+
+Tasks:
+    adding: the adding problem (Hochreiter & Schmidhuber 1997): two channels, random
+        values and a marker on two steps; regress the sum of the two marked values.
+        Predicting the mean scores MSE 0.167.
+    copy: the copy-memory task: remember 5 symbols of 8, wait through blanks, then
+        recall them after a delimiter. Guessing scores cross-entropy log(8) = 2.08
+        on the recall steps.
+    digits: scikit-learn's 8x8 handwritten digits, read row by row (8 steps of 8
+        pixels); classify into 10 classes. Ships with scikit-learn: no download.
+
+Example:
+    >>> results = compare(["lstm"], ["adding"], seeds=[0], steps=3, length=5, units=4, quiet=True)
+    >>> results[0].cell, results[0].task, len(results[0].curve)
+    ('lstm', 'adding T=5', 3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .api import init_params, load_generated
+from .progress import progress_bar
+from .spec_loader import load_spec
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    inputs: int
+    outputs: int
+    kind: str  # "regression" (last step), "sequence" (classify every recall step) or "classification" (last step)
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    baseline: float
+    metric: str
+
+
+def adding_task(length: int, rng, train: int = 2000, test: int = 500) -> Task:
+    def make(n):
+        x = np.zeros((n, length, 2))
+        x[:, :, 0] = rng.random((n, length))
+        first = rng.integers(0, max(1, length // 2), n)
+        second = rng.integers(length // 2, length, n)
+        x[np.arange(n), first, 1] = 1.0
+        x[np.arange(n), second, 1] = 1.0
+        return x, (x[:, :, 0] * x[:, :, 1]).sum(axis=1, keepdims=True)
+
+    (xa, ya), (xb, yb) = make(train), make(test)
+    return Task("adding", 2, 1, "regression", xa, ya, xb, yb, float(np.var(yb)), "test MSE")
+
+
+def copy_task(length: int, rng, symbols: int = 8, remember: int = 5, train: int = 2000, test: int = 500) -> Task:
+    blank, delimiter = symbols, symbols + 1
+    total = remember + length + remember + 1
+
+    def make(n):
+        seq = rng.integers(0, symbols, (n, remember))
+        tokens = np.full((n, total), blank)
+        tokens[:, :remember] = seq
+        tokens[:, remember + length] = delimiter
+        target = np.full((n, total), -1)  # -1: no loss on this step
+        target[:, -remember:] = seq
+        return np.eye(symbols + 2)[tokens], target
+
+    (xa, ya), (xb, yb) = make(train), make(test)
+    return Task("copy", symbols + 2, symbols, "sequence", xa, ya, xb, yb, float(np.log(symbols)), "test cross-entropy on recall steps")
+
+
+def digits_task(rng) -> Task:
+    from sklearn.datasets import load_digits  # ships its data: no download at run time
+
+    data = load_digits()
+    x = data.images / 16.0
+    order = rng.permutation(len(x))
+    x, y = x[order], data.target[order]
+    cut = int(0.8 * len(x))
+    return Task("digits", 8, 10, "classification", x[:cut], y[:cut], x[cut:], y[cut:], 0.1, "test accuracy")
+
+
+TASKS = {"adding": adding_task, "copy": copy_task, "digits": lambda length, rng: digits_task(rng)}
+
+
+@dataclass
+class Result:
+    cell: str
+    task: str
+    seed: int
+    backend: str
+    curve: list  # training loss per step
+    score: float  # the task's metric on its test set
+    metric: str
+    baseline: float
+
+
+class _Adam:
+    def __init__(self, params, lr):
+        self.lr, self.t = lr, 0
+        self.m = {k: np.zeros_like(v) for k, v in params.items()}
+        self.v = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def step(self, params, grads):
+        self.t += 1
+        for k, g in grads.items():
+            g = np.clip(g, -1.0, 1.0)  # the long tasks have exploding gradients early on
+            self.m[k] = 0.9 * self.m[k] + 0.1 * g
+            self.v[k] = 0.999 * self.v[k] + 0.001 * g * g
+            m_hat = self.m[k] / (1 - 0.9**self.t)
+            v_hat = self.v[k] / (1 - 0.999**self.t)
+            params[k] = params[k] - self.lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+
+
+def _head(task: Task, outputs, readout, y):
+    """Loss, its gradient with respect to the cell outputs and the readout, and predictions."""
+    W, b = readout["readout_W"], readout["readout_b"]
+    if task.kind == "sequence":
+        logits = outputs @ W + b
+        valid = y >= 0
+        z = logits - logits.max(-1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        count = max(1, valid.sum())
+        loss = -np.log(p[valid, y[valid]] + 1e-12).sum() / count
+        g_logits = p.copy()
+        g_logits[valid, y[valid]] -= 1
+        g_logits *= valid[..., None] / count
+        g_out = g_logits @ W.T
+        grads = {"readout_W": outputs.reshape(-1, outputs.shape[-1]).T @ g_logits.reshape(-1, W.shape[1]),
+                 "readout_b": g_logits.reshape(-1, W.shape[1]).sum(0)}
+        return loss, g_out, grads, logits
+    last = outputs[:, -1]
+    pred = last @ W + b
+    g_out = np.zeros_like(outputs)
+    if task.kind == "regression":
+        err = pred - y
+        loss = float((err**2).mean())
+        g_pred = 2 * err / err.size
+    else:
+        z = pred - pred.max(-1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        loss = float(-np.log(p[np.arange(len(y)), y] + 1e-12).mean())
+        g_pred = p.copy()
+        g_pred[np.arange(len(y)), y] -= 1
+        g_pred /= len(y)
+    g_out[:, -1] = g_pred @ W.T
+    return loss, g_out, {"readout_W": last.T @ g_pred, "readout_b": g_pred.sum(0)}, pred
+
+
+def _score(task: Task, prediction, y) -> float:
+    if task.kind == "regression":
+        return float(((prediction - y) ** 2).mean())
+    if task.kind == "classification":
+        return float((prediction.argmax(-1) == y).mean())
+    valid = y >= 0
+    z = prediction - prediction.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return float(-logp[valid, y[valid]].mean())
+
+
+def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 300, units: int = 32,
+          batch: int = 32, lr: float = 1e-2, progress=None) -> Result:
+    """Train ``cell`` with a linear readout on ``task``; return its curve and test score."""
+    spec = load_spec(cell)
+    module = load_generated(spec, backend)
+    rng = np.random.default_rng(seed)
+    params = init_params(spec, task.inputs, units, seed=seed)
+    params["readout_W"] = rng.normal(scale=1 / np.sqrt(units), size=(units, task.outputs))
+    params["readout_b"] = np.zeros(task.outputs)
+    adam = _Adam(params, lr)
+    cell_names = spec.param_names
+    curve = []
+    for step in range(steps):
+        idx = rng.integers(0, len(task.x_train), batch)
+        x, y = task.x_train[idx], task.y_train[idx]
+        outputs, _, vjp = module.vjp_numpy({k: params[k] for k in cell_names}, x)
+        loss, g_out, grads, _ = _head(task, np.asarray(outputs), params, y)
+        _, _, g_cell = vjp(g_out, None)
+        grads.update({k: np.asarray(v) for k, v in g_cell.items()})
+        adam.step(params, grads)
+        curve.append(loss)
+        if progress:
+            progress(step + 1, loss)
+    outputs, _ = module.run_numpy({k: params[k] for k in cell_names}, task.x_test)
+    _, _, _, prediction = _head(task, np.asarray(outputs), params, task.y_test)
+    return Result(spec.name, task.name, seed, backend, curve, _score(task, prediction, task.y_test), task.metric, task.baseline)
+
+
+def compare(cells, tasks, seeds=(0, 1, 2), backend: str = "numpy", steps: int = 300, length=30,
+            units: int = 32, quiet: bool = False) -> list[Result]:
+    """Every cell on every task (at every length) for every seed, with the same data, budget and optimizer."""
+    lengths = [length] if isinstance(length, int) else list(length)
+    results = []
+    for task_name in tasks:
+        if task_name not in TASKS:
+            raise ValueError(f"unknown task {task_name!r}; expected one of {sorted(TASKS)}")
+        for n in lengths if task_name != "digits" else [8]:
+            for seed in seeds:
+                task = TASKS[task_name](n, np.random.default_rng([seed, 99]))
+                name = task.name if task_name == "digits" else f"{task.name} T={n}"
+                task = Task(name, *[getattr(task, f) for f in Task.__dataclass_fields__ if f != "name"])
+                for cell in cells:
+                    label = f"{name} seed {seed} {load_spec(cell).name}"
+                    bar = progress_bar(label, steps, quiet)
+                    results.append(train(cell, task, seed, backend, steps, units, progress=lambda k, loss: bar(k, f"loss {loss:.4f}")))
+    return results
+
+
+def results_table(results: list[Result]) -> str:
+    """Markdown: mean and spread of each cell's score per task, with the task's baseline."""
+    lines = ["| task | metric | baseline | cell | score (mean ± std over seeds) | seeds |", "|---|---|---|---|---|---|"]
+    keys = dict.fromkeys((r.task, r.cell) for r in results)
+    for task, cell in keys:
+        rs = [r for r in results if r.task == task and r.cell == cell]
+        scores = np.array([r.score for r in rs])
+        lines.append(f"| {task} | {rs[0].metric} | {rs[0].baseline:.3f} | {cell} | {scores.mean():.4f} ± {scores.std():.4f} | {len(rs)} |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: list[Result], path) -> None:
+    """Learning curves (mean over seeds) per task, one line per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r.task for r in results))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for cell in dict.fromkeys(r.cell for r in results if r.task == task):
+            curves = np.array([r.curve for r in results if r.task == task and r.cell == cell])
+            smooth = np.convolve(curves.mean(0), np.ones(10) / 10, mode="valid") if curves.shape[1] >= 10 else curves.mean(0)
+            ax.plot(smooth, label=cell)
+        ax.set_title(task)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training loss")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
