@@ -342,12 +342,41 @@ def bidirectional(params, x, state=None, mask=None, lengths=None, *, merge="conc
 _jit_sequence = jax.jit(sequence, static_argnames=("reverse", "unroll", "time_major", "remat"))
 
 
+def _precision(x):
+    # float64 inputs run with jax_enable_x64, scoped to the call.
+    return _enable_x64(True) if np.asarray(x).dtype == np.float64 else contextlib.nullcontext()
+
+
 def run_numpy(params, x, state=None, mask=None):
     """The backend-neutral entry of novolstm.run: NumPy arrays in and out, in the dtype of x."""
-    x = np.asarray(x)
-    with _enable_x64(True) if x.dtype == np.float64 else contextlib.nullcontext():
+    with _precision(x):
         outputs, final = _jit_sequence(params, x, state, mask)
         return np.asarray(outputs), tuple(np.asarray(s) for s in final)
+
+
+@jax.jit
+def _jit_pullback(params, x, state, mask, g_outputs, g_state):
+    _, pullback = jax.vjp(lambda p, x, s: sequence(p, x, s, mask), params, x, state)
+    return pullback((g_outputs, g_state))
+
+
+def vjp_numpy(params, x, state=None, mask=None):
+    """Backend-neutral gradients: ``(outputs, final_state, vjp)`` with
+    ``vjp(g_outputs, g_state) -> (g_x, g_state0, g_params)``, NumPy arrays in and out."""
+    x = np.asarray(x)
+    units = _sizes(params)[1]
+    if state is None:
+        state = tuple(np.zeros((x.shape[0], units), x.dtype) for _ in STATE_NAMES)
+    outputs, final = run_numpy(params, x, state, mask)
+
+    def vjp(g_outputs=None, g_state=None):
+        g_outputs = np.zeros_like(outputs) if g_outputs is None else np.asarray(g_outputs, x.dtype)
+        g_state = tuple(np.zeros_like(s) for s in final) if g_state is None else tuple(np.asarray(g, x.dtype) for g in g_state)
+        with _precision(x):
+            g_params, g_x, g_state0 = _jit_pullback(params, x, tuple(state), mask, g_outputs, g_state)
+            return np.asarray(g_x), tuple(np.asarray(g) for g in g_state0), {k: np.asarray(v) for k, v in g_params.items()}
+
+    return outputs, final, vjp
 
 
 # ---------------------------------------------------------------- Cell

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .ir import Graph, NameAllocator, Node, check_graph, lower, prune, rewrite
+from .ir import ELEMENTWISE_UNARY, Graph, NameAllocator, Node, check_graph, lower, prune, rewrite
 from .spec_model import Spec
 
 
@@ -261,10 +261,12 @@ def hoist(graph: Graph) -> tuple[Graph, Graph, tuple[str, ...]]:
 def split_blocks(program: Program) -> Program:
     """Optional pass: give the step each gate's block of a fused value as an array of its own.
 
-    Where a multi-block sum is read only through slices (``z = x @ W + h @ U``, then one
-    slice per gate), the slices move onto the summands, so each gate adds its own blocks;
-    and a slice of a hoisted value becomes a hoisted value itself, cut once for all
-    timesteps in the prologue. The matmuls stay fused. For compilers that handle
+    Where a multi-block sum (or an activation of one) is read only through slices
+    (``z = x @ W + h @ U``, then one slice per gate), the slices move onto the summands,
+    so each gate adds and activates its own blocks; and a slice of a hoisted value
+    becomes a hoisted value itself, cut once for all timesteps in the prologue. The
+    matmuls stay fused. This undoes ``batch_activations``, which suits the other
+    direction: an elementwise compiler fuses the activations anyway. For compilers that handle
     contiguous per-gate arrays better than slices of a wide one read inside a loop (XLA
     on CPU reads a (time, batch, k*units) scan input slice by slice about 1.5x slower).
 
@@ -281,39 +283,47 @@ def split_blocks(program: Program) -> Program:
     index = {n.name: n for n in step.nodes}
     out: list[Node] = []
     made: dict[tuple[str, int, int], str] = {}
+    alias: dict[str, str] = {}
 
-    def block(name: str, start: int, stop: int) -> str:
+    def distributable(name: str) -> bool:
+        # An elementwise node read only through slices (directly, or through other such
+        # nodes) can be computed block by block instead. Users are those of the input graph.
+        node = index[name]
+        if not isinstance(node.width, int) or node.width < 2:
+            return False
+        if node.op == "add":
+            same = all(index[a].batched and index[a].width == node.width for a in node.args)
+        else:
+            same = node.op in ELEMENTWISE_UNARY
+        return same and all(step[u].op == "slice" or distributable(u) for u in users.get(name, ()))
+
+    def block(name: str, start: int, stop: int, called: str | None = None) -> str:
         node = index[name]
         if (start, stop) == (0, node.width):
             return name
         if node.op == "slice":  # a slice of a slice: one slice of the source
-            return block(node.args[0], node.attr("start") + start, node.attr("start") + stop)
+            return block(node.args[0], node.attr("start") + start, node.attr("start") + stop, called)
         key = (name, start, stop)
         if key not in made:
-            piece = Node(names("b"), "slice", (name,), (("start", start), ("stop", stop)), stop - start)
+            new_name = called or names("b")  # a gate keeps its spec name (i, f, o) where it has one
+            if distributable(name):
+                piece = replace(node, name=new_name, args=tuple(block(a, start, stop) for a in node.args), width=stop - start)
+            else:
+                piece = Node(new_name, "slice", (name,), (("start", start), ("stop", stop)), stop - start)
             out.append(piece)
             index[piece.name] = piece
             made[key] = piece.name
         return made[key]
 
-    def distributable(node: Node) -> bool:
-        return (
-            node.op == "add"
-            and isinstance(node.width, int)
-            and node.width > 1
-            and all(index[a].batched and index[a].width == node.width for a in node.args)
-            and all(step[u].op == "slice" for u in users[node.name])
-        )
-
     for n in step.nodes:
-        source = index[n.args[0]] if n.op == "slice" else None
-        if source is not None and distributable(source):
-            start, stop = n.attr("start"), n.attr("stop")
-            pieces = tuple(block(a, start, stop) for a in source.args)
-            n = Node(n.name, "add", pieces, width=stop - start)
-            index[n.name] = n
+        source = n.args[0] if n.op == "slice" else None
+        if source is not None and (distributable(source) or step[source].op == "slice"):
+            target = block(source, n.attr("start"), n.attr("stop"), called=n.name)
+            if target != n.name:
+                alias[n.name] = target
+            continue
         out.append(n)
-    step = prune(Graph(out, dict(step.outputs)))
+    step = rewrite(Graph(out, dict(step.outputs)), alias)
 
     # Slices of hoisted values: cut once in the prologue, read per gate in the step.
     hoisted = list(program.hoisted)
@@ -324,7 +334,7 @@ def split_blocks(program: Program) -> Program:
     for n in step.nodes:
         if n.op == "slice" and step[n.args[0]].op == "hoisted":
             source, start, stop = pro_index[n.args[0]], n.attr("start"), n.attr("stop")
-            if source.op == "slice":
+            while source.op == "slice":
                 source, start, stop = pro_index[source.args[0]], source.attr("start") + start, source.attr("start") + stop
             cut = Node(n.name, "slice", (source.name,), (("start", start), ("stop", stop)), stop - start)
             pro_nodes.append(cut)

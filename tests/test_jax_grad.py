@@ -180,3 +180,23 @@ def test_remat_changes_the_schedule_not_the_gradients(cell):
         ]
         for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_vjp_numpy_hook_matches_the_numpy_backend(dtype):
+    rng = np.random.default_rng(6)
+    params = random_params("novolstm", 3, 4, rng)
+    x = rng.normal(size=(2, 5, 3))
+    mask = rng.random((2, 5)) < 0.8
+    g_out = rng.normal(size=(2, 5, 4))
+    want = novolstm.load_generated("novolstm", "numpy").vjp_numpy(params, x, None, mask)[2](g_out, None)
+    cast = {k: v.astype(dtype) for k, v in params.items()}
+    outputs, _, vjp = novolstm.load_generated("novolstm", "jax").vjp_numpy(cast, x.astype(dtype), None, mask)
+    assert outputs.dtype == np.dtype(dtype)
+    got = vjp(g_out.astype(dtype), None)
+    tol = tolerance(dtype, 5, kind="gradients")
+    assert_close(got[0], want[0], tol, what="d/dx")
+    for a, b in zip(got[1], want[1]):
+        assert_close(a, b, tol, what="d/dstate0")
+    for k in want[2]:
+        assert_close(got[2][k], want[2][k], tol, what=f"d/d{k}")
