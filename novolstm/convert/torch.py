@@ -29,8 +29,6 @@ Cells (nn.LSTMCell / nn.GRUCell keys without a suffix) convert to one canonical 
 
 Example:
     >>> import numpy as np
-
-from novolstm.convert import ConversionError  # one error type for every converter
     >>> rng = np.random.default_rng(0)
     >>> sd = {"weight_ih_l0": rng.normal(size=(8, 3)), "weight_hh_l0": rng.normal(size=(8, 2)),
     ...       "bias_ih_l0": rng.normal(size=8), "bias_hh_l0": rng.normal(size=8)}
@@ -49,6 +47,8 @@ from __future__ import annotations
 import re
 
 import numpy as np
+
+from novolstm.convert import ConversionError  # one error type for every converter
 
 #: spec name -> torch's gate order, and which canonical bias each (bias_ih, bias_hh) block feeds.
 LAYOUTS = {
