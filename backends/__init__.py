@@ -15,7 +15,9 @@ from types import ModuleType
 #: backend name -> module under ``novolstm.backends``
 EMITTERS = {
     "numpy": "numpy_backend",
+    "jax": "jax_backend",
     "onnx": "onnx_backend",
+    "torch": "torch_backend",
     "keras": "keras_backend",
 }
 
