@@ -40,6 +40,8 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from . import ConversionError  # the hub's one error type
+
 __all__ = [
     "lstm_to_canonical",
     "lstm_from_canonical",
@@ -64,10 +66,6 @@ ORIGINAL_NOVOLSTM_NAMES = {
     "w_o": "W_o", "u_o": "U_o", "b_o": "b_o",
     "gamma": "gamma_i", "beta": "beta_i",
 }  # fmt: skip
-
-
-class ConversionError(ValueError):
-    """Weights that the target layout cannot represent, or that are not what they claim to be."""
 
 
 # ---------------------------------------------------------------- helpers
