@@ -18,6 +18,7 @@ EMITTERS = {
     "jax": "jax_backend",
     "onnx": "onnx_backend",
     "torch": "torch_backend",
+    "keras": "keras_backend",
 }
 
 

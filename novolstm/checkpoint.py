@@ -55,31 +55,18 @@ def save(params: dict, path, spec, layers: int = 1, bidirectional: bool = False)
     dtype = dtypes.pop()
     if dtype not in _CODES:
         raise CheckpointError(f"dtype {dtype} cannot be stored; expected one of {sorted(map(str, _CODES))}")
-    header: dict = {
-        "__metadata__": {
-            "format": "novolstm-canonical",
-            "layout_version": LAYOUT_VERSION,
-            "spec": spec.name,
-            "spec_hash": spec.hash,
-            "spec_version": str(spec.spec_version),
-            "dtype": str(dtype),
-            "layers": str(layers),
-            "bidirectional": str(bool(bidirectional)).lower(),
-            "state_names": ",".join(spec.state_names),
-        }
+    metadata = {
+        "format": "novolstm-canonical",
+        "layout_version": LAYOUT_VERSION,
+        "spec": spec.name,
+        "spec_hash": spec.hash,
+        "spec_version": str(spec.spec_version),
+        "dtype": str(dtype),
+        "layers": str(layers),
+        "bidirectional": str(bool(bidirectional)).lower(),
+        "state_names": ",".join(spec.state_names),
     }
-    offset, blobs = 0, []
-    for name in sorted(flat):
-        data = np.ascontiguousarray(flat[name], dtype=dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _CODES[dtype], "shape": list(np.shape(flat[name])), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as safetensors writers do
-    with open(path, "wb") as fh:
-        fh.write(struct.pack("<Q", len(text)) + text)
-        for blob in blobs:
-            fh.write(blob)
+    write_safetensors(path, flat, metadata, dtype)
 
 
 def load(path, spec=None) -> tuple[dict, dict]:
@@ -188,3 +175,30 @@ def _tensor(path, name, entry, data):
     if end - begin != int(np.prod(shape)) * dtype.itemsize:
         raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {dtype.name}")
     return np.frombuffer(data, dtype, offset=begin, count=int(np.prod(shape))).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_safetensors(path, tensors: dict, metadata: dict | None = None, dtype=None) -> None:
+    """Write arrays (one dtype) as a plain safetensors file, with string metadata."""
+    header: dict = {"__metadata__": dict(metadata or {})}
+    offset, blobs = 0, []
+    for name in sorted(tensors):
+        value = np.asarray(tensors[name], dtype)
+        if value.dtype not in _CODES:
+            raise CheckpointError(f"tensor {name!r}: dtype {value.dtype} cannot be stored; expected one of {sorted(map(str, _CODES))}")
+        data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": _CODES[value.dtype], "shape": list(value.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # align the data to 8 bytes, as safetensors writers do
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(text)) + text)
+        for blob in blobs:
+            fh.write(blob)
+
+
+def read_safetensors(path) -> tuple[dict, dict]:
+    """``(tensors, metadata)`` of any safetensors file, every entry checked against the data."""
+    header, data = _read(path)
+    meta = header.pop("__metadata__", None) or {}
+    return {name: _tensor(path, name, entry, data) for name, entry in header.items()}, meta

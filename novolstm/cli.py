@@ -54,10 +54,16 @@ def main(argv=None) -> int:
     bench.add_argument("--repeats", type=int, default=7)
     bench.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the harness, measures nothing")
     bench.add_argument("--out", default="bench-results", help="folder for results.json, results.md, ratios.png")
+    cnv = sub.add_parser("convert", help="convert weights between framework layouts through the canonical one")
+    cnv.add_argument("source")
+    cnv.add_argument("-o", "--output", required=True)
+    cnv.add_argument("--from", dest="src_format", required=True, help="canonical, torch, onnx, ...")
+    cnv.add_argument("--to", dest="dst_format", required=True)
+    cnv.add_argument("--spec", default="lstm", help="the cell the weights are for (lstm, gru, ...)")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, ValueError, ImportError) as exc:
+    except (SpecError, ValueError, ImportError, OSError) as exc:
         print(f"novolstm {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -190,7 +196,16 @@ def _bench(args) -> int:
     return 0
 
 
-COMMANDS = {"bench": _bench, "compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
+def _convert(args) -> int:
+    from .convert.files import convert
+
+    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec)
+    shapes = {k: v["W_" + next(n[2:] for n in v if n.startswith("W_"))].shape for k, v in layers.items()}
+    print(f"{args.source} ({args.src_format}) -> {args.output} ({args.dst_format}): spec {args.spec}, cells {shapes}")
+    return 0
+
+
+COMMANDS = {"bench": _bench, "convert": _convert, "compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

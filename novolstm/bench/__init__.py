@@ -23,7 +23,7 @@ SHAPES = {
 }
 
 #: backend -> adapter module under novolstm.bench
-ADAPTERS = {"numpy": "numpy_adapter", "torch": "torch_adapter", "jax": "jax_adapter"}
+ADAPTERS = {"numpy": "numpy_adapter", "torch": "torch_adapter", "keras": "keras_adapter", "jax": "jax_adapter"}
 
 
 @dataclass(frozen=True)

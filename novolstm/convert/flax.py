@@ -42,6 +42,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from novolstm.convert import ConversionError  # one error type for every converter
+
 __all__ = ["LAYOUTS", "carry_to_state", "from_canonical", "state_to_carry", "to_canonical"]
 
 _LSTM_GATES = ("i", "f", "g", "o")  # Flax's gate order and suffixes: ii/hi, if/hf, ig/hg, io/ho
@@ -64,7 +66,7 @@ _CANONICAL_NAMES = {
 
 def _check_layout(layout: str) -> str:
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown Flax layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+        raise ConversionError(f"unknown Flax layout {layout!r}; expected one of {sorted(LAYOUTS)}")
     return LAYOUTS[layout]
 
 
@@ -88,25 +90,25 @@ def _plain(tree, path: str = "") -> dict:
 def _expect_keys(tree: dict, keys, where: str) -> None:
     missing, extra = sorted(set(keys) - set(tree)), sorted(set(tree) - set(keys))
     if missing or extra:
-        raise ValueError(f"{where}: missing {missing}, unexpected {extra}; expected exactly {sorted(keys)}")
+        raise ConversionError(f"{where}: missing {missing}, unexpected {extra}; expected exactly {sorted(keys)}")
 
 
 def _dense(tree: dict, name: str, bias: bool) -> dict:
     if name not in tree or not isinstance(tree[name], dict):
-        raise ValueError(f"Flax tree: expected a dense layer {name!r} with a kernel")
+        raise ConversionError(f"Flax tree: expected a dense layer {name!r} with a kernel")
     _expect_keys(tree[name], ("kernel", "bias") if bias else ("kernel",), f"Flax tree {name!r}")
     return tree[name]
 
 
 def _shape(a: np.ndarray, shape: tuple, what: str) -> np.ndarray:
     if a.shape != shape:
-        raise ValueError(f"{what}: expected shape {shape}, got {a.shape}")
+        raise ConversionError(f"{what}: expected shape {shape}, got {a.shape}")
     return a
 
 
 def _blocks(a: np.ndarray, count: int, what: str) -> list[np.ndarray]:
     if a.shape[-1] % count:
-        raise ValueError(f"{what}: the last axis ({a.shape[-1]}) is not {count} gates wide")
+        raise ConversionError(f"{what}: the last axis ({a.shape[-1]}) is not {count} gates wide")
     return np.split(a, count, axis=-1)
 
 
@@ -168,7 +170,7 @@ def from_canonical(params: Mapping, layout: str) -> dict:
     names = _CANONICAL_NAMES[spec]
     missing, extra = sorted(set(names) - set(p)), sorted(set(p) - set(names))
     if missing or extra:
-        raise ValueError(
+        raise ConversionError(
             f"canonical parameters for Flax {layout!r} (spec {spec!r}): missing {missing}, unexpected {extra}; "
             f"Flax has no cell for other specs"
         )
@@ -192,7 +194,7 @@ def from_canonical(params: Mapping, layout: str) -> dict:
         return tree
     # nnx_gru
     if np.any(p["b_hn"] != 0):
-        raise ValueError(
+        raise ConversionError(
             "nnx GRUCell has no bias inside the reset product (b_hn); this GRU has a nonzero b_hn, "
             "which cannot merge with b_n. Use the linen GRUCell layout, or keep the canonical form."
         )
@@ -204,7 +206,7 @@ def _check_canonical(spec: str, p: dict) -> None:
     gates = _LSTM_GATES if spec == "lstm" else _GRU_GATES
     first = p[f"W_{gates[0]}"]
     if first.ndim != 2:
-        raise ValueError(f"W_{gates[0]}: expected a matrix (input, units), got shape {first.shape}")
+        raise ConversionError(f"W_{gates[0]}: expected a matrix (input, units), got shape {first.shape}")
     input_size, units = first.shape
     for g in gates:
         _shape(p[f"W_{g}"], (input_size, units), f"W_{g} (kernel of the input side)")

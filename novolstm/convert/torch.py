@@ -48,6 +48,8 @@ import re
 
 import numpy as np
 
+from novolstm.convert import ConversionError  # one error type for every converter
+
 #: spec name -> torch's gate order, and which canonical bias each (bias_ih, bias_hh) block feeds.
 LAYOUTS = {
     "lstm": {
@@ -62,10 +64,6 @@ LAYOUTS = {
 }
 
 _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(?:_l(\d+)(_reverse)?)?$")
-
-
-class ConversionError(ValueError):
-    """The state dict cannot be represented in the canonical layout (or the other way)."""
 
 
 def _array(value) -> np.ndarray:

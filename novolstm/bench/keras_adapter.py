@@ -1,0 +1,85 @@
+"""Keras candidates: the generated sequence layers against keras.layers.LSTM, on the Keras
+backend this process runs (KERAS_BACKEND), each compiled the way that backend compiles:
+tf.function on TensorFlow (no XLA, Keras' own default on CPU), jax.jit on JAX, eager on torch.
+Forward+backward is the gradient of sum(outputs) with respect to the inputs and every weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from novolstm.api import get_layer
+from novolstm.bench import Candidate
+
+CELLS = ("lstm", "novolstm", "novolstm_reference")
+
+
+def _compile(layer, x):
+    """(forward, forward_backward) callables that return only when the work is done."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function
+        def forward():
+            return layer(x)
+
+        @tf.function
+        def forward_backward():
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(layer(x))
+            return tape.gradient(loss, [x] + layer.trainable_variables)
+
+        return (lambda: forward().numpy()), (lambda: [g.numpy() for g in forward_backward()])
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        others = [v.value for v in layer.non_trainable_variables]
+
+        def apply(weights, inputs):
+            return layer.stateless_call(weights, others, inputs)[0]
+
+        fwd = jax.jit(apply)
+        grad = jax.jit(jax.grad(lambda w, inputs: apply(w, inputs).sum(), argnums=(0, 1)))
+        return (lambda: fwd(trainable, x).block_until_ready()), (lambda: jax.block_until_ready(grad(trainable, x)))
+    if backend == "torch":
+        import torch
+
+        def forward():
+            with torch.no_grad():
+                return layer(x)
+
+        def forward_backward():
+            inputs = x.detach().requires_grad_(True)
+            layer(inputs).sum().backward()
+            return inputs.grad
+
+        return forward, forward_backward
+    raise ValueError(f"no benchmark path for Keras backend {backend!r}")
+
+
+def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
+    import keras
+
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(batch, steps, units)).astype(dtype))
+    for cell in CELLS:
+        layer = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype)
+        layer(x)  # build
+        yield Candidate(f"{cell} spec", *_compile(layer, x))
+    native = keras.layers.LSTM(units, return_sequences=True, dtype=dtype)
+    native(x)
+    yield Candidate("native: keras.layers.LSTM", *_compile(native, x))
+
+
+def matmul(batch: int, steps: int, units: int, dtype: str = "float32"):
+    """A plain GEMM with the LSTM forward's matmul FLOPs, for the GFLOP/s fraction."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    a = keras.ops.convert_to_tensor(rng.normal(size=(batch * steps, 2 * units)).astype(dtype))
+    w = keras.ops.convert_to_tensor(rng.normal(size=(2 * units, 4 * units)).astype(dtype))
+    return lambda: keras.ops.convert_to_numpy(keras.ops.matmul(a, w))

@@ -1,0 +1,116 @@
+"""Weight files in every supported format, read to and written from canonical parameters.
+
+The canonical form here is always per layer: ``{"l0": {...}, "l0_reverse": {...},
+"l1": ...}``, one canonical dict per cell of a (possibly stacked, possibly
+bidirectional) layer. A file format is a pair of functions in :data:`FORMATS`.
+
+Formats:
+    canonical: novolstm's safetensors checkpoint (:mod:`novolstm.checkpoint`).
+    torch: a torch state dict saved as safetensors
+        (``safetensors.torch.save_file(module.state_dict(), path)``): nn.LSTM,
+        nn.LSTMCell, nn.GRU, nn.GRUCell. No pickle, so no ``.pt`` files.
+    onnx: an ONNX model with an ``LSTM`` node (one layer; forward or bidirectional).
+"""
+
+from __future__ import annotations
+
+import re
+
+from novolstm.convert import ConversionError
+
+LAYER_KEY = re.compile(r"^l(\d+)(_reverse)?$")
+
+
+def layered(params: dict) -> dict:
+    """One canonical dict -> ``{"l0": it}``; a per-layer dict is returned as it is."""
+    if params and all(isinstance(v, dict) for v in params.values()):
+        return params
+    return {"l0": params}
+
+
+def structure(layers: dict) -> tuple[int, bool]:
+    """(number of layers, bidirectional) of a per-layer dict, checking the keys are complete."""
+    keys = sorted(layers)
+    count = 1 + max(int(LAYER_KEY.match(k).group(1)) for k in keys if LAYER_KEY.match(k)) if keys else 0
+    bidirectional = any(k.endswith("_reverse") for k in keys)
+    expected = {f"l{n}{s}" for n in range(count) for s in (("", "_reverse") if bidirectional else ("",))}
+    if set(keys) != expected:
+        raise ConversionError(f"layer keys {keys}: expected {sorted(expected)}")
+    return count, bidirectional
+
+
+def _read_canonical(path, cell):
+    from novolstm.checkpoint import load
+
+    params, meta = load(path, spec=cell)
+    return layered(params)
+
+
+def _write_canonical(layers, path, cell):
+    from novolstm.checkpoint import save
+
+    count, bidirectional = structure(layers)
+    save(layers["l0"] if (count, bidirectional) == (1, False) else layers, path, spec=cell, layers=count, bidirectional=bidirectional)
+
+
+def _read_torch(path, cell):
+    from novolstm.checkpoint import read_safetensors
+    from novolstm.convert.torch import from_torch
+
+    tensors, _ = read_safetensors(path)
+    return layered(from_torch(tensors, cell=cell))
+
+
+def _write_torch(layers, path, cell):
+    from novolstm.checkpoint import write_safetensors
+    from novolstm.convert.torch import to_torch
+
+    write_safetensors(path, to_torch(layers, cell=cell), {"format": "pt"})
+
+
+def _read_onnx(path, cell):
+    from novolstm.convert.onnx import import_lstm_node
+
+    directions = import_lstm_node(path)
+    if cell not in ("lstm", "peephole_lstm"):
+        raise ConversionError(f"an ONNX LSTM node holds an lstm or peephole_lstm, not {cell!r}")
+    return dict(zip(("l0", "l0_reverse"), directions))
+
+
+def _write_onnx(layers, path, cell):
+    from novolstm.convert.onnx import lstm_operator_model
+
+    count, bidirectional = structure(layers)
+    if count != 1:
+        raise ConversionError(f"the ONNX LSTM operator holds one layer; these weights have {count} (export each layer, or use novolstm.export_onnx)")
+    directions = [layers["l0"]] + ([layers["l0_reverse"]] if bidirectional else [])
+    model = lstm_operator_model(directions, input_size=directions[0]["W_i"].shape[0])
+    with open(path, "wb") as fh:
+        fh.write(model.SerializeToString())
+
+
+#: format name -> (read(path, cell) -> per-layer canonical, write(per-layer canonical, path, cell))
+FORMATS = {
+    "canonical": (_read_canonical, _write_canonical),
+    "torch": (_read_torch, _write_torch),
+    "onnx": (_read_onnx, _write_onnx),
+}
+
+
+def read(path, fmt: str, cell: str) -> dict:
+    if fmt not in FORMATS:
+        raise ConversionError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
+    return FORMATS[fmt][0](path, cell)
+
+
+def write(layers: dict, path, fmt: str, cell: str) -> None:
+    if fmt not in FORMATS:
+        raise ConversionError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
+    FORMATS[fmt][1](layered(layers), path, cell)
+
+
+def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str) -> dict:
+    """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``; return the canonical weights."""
+    layers = read(source, src_fmt, cell)
+    write(layers, destination, dst_fmt, cell)
+    return layers

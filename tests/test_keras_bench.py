@@ -1,0 +1,18 @@
+"""The benchmark harness's Keras adapter in smoke mode: it runs on the active Keras
+backend and reports its ratios. No timing is asserted (speed lives in benchmarks)."""
+
+from __future__ import annotations
+
+import json
+
+from novolstm.cli import main
+
+
+def test_keras_adapter_smoke(tmp_path, capsys):
+    assert main(["bench", "--smoke", "--backends", "keras", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    names = {r["candidate"] for r in data["rows"]}
+    assert {"lstm spec", "novolstm spec", "novolstm_reference spec", "native: keras.layers.LSTM"} <= names
+    assert all(r["forward_backward_s"] for r in data["rows"])
+    assert any(q["denominator"] == "native: keras.layers.LSTM" for q in data["ratios"])
+    assert "| keras | smoke" in capsys.readouterr().out
