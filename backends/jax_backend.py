@@ -47,6 +47,27 @@ OPS = {
 }
 
 
+def _render(graph) -> list[str]:
+    """codegen.render, except that a value read through two or more one-block slices is
+    cut once with jnp.split: its transpose is one concatenate, where separate slices
+    transpose to a zero-padded full-width sum each (8% of a CPU forward+backward)."""
+    users = graph.users()
+    split = {}
+    for n in graph.nodes:
+        blocks = [graph[u] for u in users[n.name] if graph[u].op == "slice" and graph[u].width == 1]
+        if isinstance(n.width, int) and n.width > 1 and len(blocks) >= 2:
+            split[n.name] = n.width
+    lines = []
+    for n in graph.nodes:
+        if n.op == "slice" and n.args[0] in split and n.width == 1:
+            lines.append(f"{var(n.name)} = {var(n.args[0])}_blocks[{n.attr('start')}]")
+        elif n.op not in ("input", "state", "hoisted", "param"):
+            lines.extend(render(type(graph)([n]), OPS, leaves=()))
+        if n.name in split:
+            lines.append(f"{var(n.name)}_blocks = jnp.split({var(n.name)}, {split[n.name]}, axis=-1)")
+    return lines
+
+
 TEMPLATE = '''\
 """$header
 
@@ -282,26 +303,29 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
             raise ValueError(f"mask: expected a bool array of shape {(batch, steps)} (batch, time), got {mask.shape} {mask.dtype}")
         mask = mask.T[..., None]  # (time, batch, 1), broadcasting over the units
 
-    w = fuse(params, dtype)
-    hoisted = prologue(w, xs, units)
+    hoisted = prologue(fuse(params, dtype), xs, units)
+
+    def one_step(carry, hoisted_t):
+        # The step's fused matrices are concatenated inside the loop body: XLA hoists that out
+        # of the forward loop, and the backward loop then accumulates one gradient per
+        # canonical matrix (units x units) instead of one for the fused matrix, which is
+        # 1.15x faster on CPU.
+        return cell_step(fuse(params, dtype), carry, hoisted_t)
 
     if mask is None:
-        def body(carry, hoisted_t):
-            return cell_step(w, carry, hoisted_t)
-
-        inputs = hoisted
+        body, inputs = one_step, hoisted
     else:
         def body(carry, inputs):
             hoisted_t, m = inputs
-            new, y = cell_step(w, carry, hoisted_t)
+            new, y = one_step(carry, hoisted_t)
             new = tuple(jnp.where(m, n, old) for n, old in zip(new, carry))  # a masked step carries the state
             return new, jnp.where(m, y, jnp.zeros_like(y))  # and outputs exactly zero
 
         inputs = (hoisted, mask)
     if remat:
         # The backward pass recomputes each step's elementwise math from the saved matmul
-        # results instead of reading a dozen stacked intermediates: less memory traffic,
-        # 1.4x faster forward+backward on CPU. prevent_cse=False: scan already keeps steps apart.
+        # results instead of reading a dozen stacked intermediates: less memory traffic.
+        # prevent_cse=False: scan already keeps the steps apart.
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable, prevent_cse=False)
     final, ys = jax.lax.scan(body, state, inputs, reverse=reverse, unroll=unroll)
     if unbatched:
@@ -631,13 +655,13 @@ def generate(plan: LoopPlan) -> str:
         fusion=fusion,
         input=spec.input,
         prologue_load=loads(prologue) or ["pass"],
-        prologue=render(prologue, OPS),
+        prologue=_render(prologue),
         prologue_out=tuple_of([var(h) for h in hoisted]),
         unpack_state=", ".join(var(s) for s in states) + ",",
         unpack_hoisted=f"({', '.join(var(h) for h in hoisted)},) = hoisted" if hoisted else "del hoisted  # nothing to read",
         step_load=loads(step),
         first_state=var(states[0]),
-        step=render(step, OPS),
+        step=_render(step),
         new_state=tuple_of([var(step.outputs[f"state:{s}"]) for s in states]),
         output=var(step.outputs["output"]),
     )
