@@ -14,10 +14,7 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-
-from novolstm import init as _init
-from novolstm.codegen import LoopPlan, docstring_text, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
 from novolstm.passes import split_blocks
 from novolstm.template import fill
 
@@ -31,13 +28,8 @@ def _linear(n, a):
 
 
 OPS = {
-    "const": lambda n, a: repr(n.attr("value")),
+    **ARRAY_OPS,
     "linear": _linear,
-    "slice": lambda n, a: f"{a[0]}[..., {units_offset(n.attr('start'))}:{units_offset(n.attr('stop'))}]",
-    "add": lambda n, a: " + ".join(a),
-    "sub": lambda n, a: f"{a[0]} - {a[1]}",
-    "mul": lambda n, a: f"{a[0]} * {a[1]}",
-    "neg": lambda n, a: f"-{a[0]}",
     "sigmoid": lambda n, a: f"jax.nn.sigmoid({a[0]})",
     "tanh": lambda n, a: f"jnp.tanh({a[0]})",
     "relu": lambda n, a: f"jnp.maximum({a[0]}, 0.0)",
@@ -651,7 +643,7 @@ def generate(plan: LoopPlan) -> str:
         param_table=repr(table),
         input_param=repr(input_param),
         units_param=repr(units_param),
-        init_source=inspect.getsource(_init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip(),
+        init_source=init_source(),
         fusion=fusion,
         input=spec.input,
         prologue_load=loads(prologue) or ["pass"],

@@ -24,10 +24,7 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-
-from novolstm import init as _init
-from novolstm.codegen import LoopPlan, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
 from novolstm.ir import Graph
 from novolstm.template import fill
 
@@ -41,13 +38,8 @@ def _linear(n, a):
 
 
 OPS = {
-    "const": lambda n, a: repr(n.attr("value")),
+    **ARRAY_OPS,
     "linear": _linear,
-    "slice": lambda n, a: f"{a[0]}[..., {units_offset(n.attr('start'))}:{units_offset(n.attr('stop'))}]",
-    "add": lambda n, a: " + ".join(a),
-    "sub": lambda n, a: f"{a[0]} - {a[1]}",
-    "mul": lambda n, a: f"{a[0]} * {a[1]}",
-    "neg": lambda n, a: f"-{a[0]}",
     # The exact logistic; each backend's kernel is overflow-free (tf.sigmoid, jax.nn.sigmoid, torch.sigmoid).
     # Not ops.hard_sigmoid: Keras 3's is relu6(x + 3) / 6, Keras 2's was clip(0.2 x + 0.5, 0, 1).
     "sigmoid": lambda n, a: f"ops.sigmoid({a[0]})",
@@ -476,7 +468,7 @@ def generate(plan: LoopPlan) -> str:
     return fill(
         TEMPLATE,
         header=plan.header(NAME),
-        description=spec.description,
+        description=docstring_text(spec.description),
         title=f"The {spec.name!r} cell",
         state_doc=", ".join(states),
         spec_name=repr(spec.name),
@@ -484,7 +476,7 @@ def generate(plan: LoopPlan) -> str:
         state_names=repr(states),
         param_table=repr(table),
         hoisted_widths=repr(widths),
-        init_source=inspect.getsource(_init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip(),
+        init_source=init_source(),
         fusion=plan.fusion_entries(
             lambda xs: f"ops.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"ops.zeros(({ref}.shape[-1],), {ref}.dtype)"
         ),

@@ -10,10 +10,7 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-
-from novolstm import init as _init
-from novolstm.codegen import LoopPlan, docstring_text, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
 from novolstm.template import fill
 
 NAME = "numpy"
@@ -38,13 +35,8 @@ def _concat(n, a):
 
 
 OPS = {
-    "const": lambda n, a: repr(n.attr("value")),
+    **ARRAY_OPS,
     "linear": _linear,
-    "slice": lambda n, a: f"{a[0]}[..., {units_offset(n.attr('start'))}:{units_offset(n.attr('stop'))}]",
-    "add": lambda n, a: " + ".join(a),
-    "sub": lambda n, a: f"{a[0]} - {a[1]}",
-    "mul": lambda n, a: f"{a[0]} * {a[1]}",
-    "neg": lambda n, a: f"-{a[0]}",
     "sigmoid": lambda n, a: f"_sigmoid({a[0]})",
     "tanh": lambda n, a: f"np.tanh({a[0]})",
     "relu": lambda n, a: f"np.maximum({a[0]}, 0.0)",
@@ -379,7 +371,7 @@ def generate(plan: LoopPlan) -> str:
         spec_hash=repr(spec.hash),
         state_names=repr(states),
         param_table=repr(table),
-        init_source=inspect.getsource(_init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip(),
+        init_source=init_source(),
         fusion=plan.fusion_entries(lambda xs: f"np.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"np.zeros({ref}.shape[-1], {ref}.dtype)"),
         input_param=repr(input_param),
         units_param=repr(units_param),

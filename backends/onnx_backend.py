@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from novolstm.codegen import LoopPlan, docstring_text, render, var
+from novolstm.codegen import LoopPlan, docstring_text, init_source, render, var
 from novolstm.template import fill
 
 NAME = "onnx"
@@ -178,9 +178,6 @@ def generate(plan: LoopPlan) -> str:
     step = program.step
     hoisted = program.hoisted
     table = {p.name: (p.shape, p.init.name, dict(p.init.args)) for p in spec.params}
-    from novolstm import init as _init
-    import inspect
-
     # Each state enters the body as s_<name>; each hoisted value per step as s_<hoisted>.
     body_inputs = [f"{var(s)} = body.input('s_{s}', ['batch', H])" for s in states]
     body_inputs += [f"{var(h)} = body.input('s_{h}', ['batch', {step[h].width} * H])" for h in hoisted]
@@ -196,7 +193,7 @@ def generate(plan: LoopPlan) -> str:
         spec_hash=repr(spec.hash),
         state_names=repr(states),
         param_table=repr(table),
-        init_source=inspect.getsource(_init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip(),
+        init_source=init_source(),
         fusion=plan.fusion_entries(lambda xs: f"np.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"np.zeros({ref}.shape[-1], {ref}.dtype)"),
         units_param=repr(spec.params[0].name),
         input_param=repr(next(p.name for p in spec.params if p.shape[0] == "input")),

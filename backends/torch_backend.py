@@ -21,10 +21,7 @@ Example:
 
 from __future__ import annotations
 
-import inspect
-
-from novolstm import init as _init
-from novolstm.codegen import LoopPlan, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
 from novolstm.ir import Graph, rewrite
 from novolstm.template import fill
 
@@ -57,13 +54,8 @@ def _concat(n, a):
 
 
 OPS = {
-    "const": lambda n, a: repr(n.attr("value")),
+    **ARRAY_OPS,
     "linear": _gemm,
-    "slice": lambda n, a: f"{a[0]}[..., {units_offset(n.attr('start'))}:{units_offset(n.attr('stop'))}]",
-    "add": lambda n, a: " + ".join(a),
-    "sub": lambda n, a: f"{a[0]} - {a[1]}",
-    "mul": lambda n, a: f"{a[0]} * {a[1]}",
-    "neg": lambda n, a: f"-{a[0]}",
     "sigmoid": lambda n, a: f"torch.sigmoid({a[0]})",
     "tanh": lambda n, a: f"torch.tanh({a[0]})",
     "relu": lambda n, a: f"torch.relu({a[0]})",
@@ -1073,7 +1065,7 @@ def generate(plan: LoopPlan) -> str:
     return fill(
         TEMPLATE,
         header=plan.header(NAME),
-        description=spec.description,
+        description=docstring_text(spec.description),
         title=f"The {spec.name!r} cell",
         state_doc=", ".join(states),
         param_doc=", ".join(spec.param_names),
@@ -1086,7 +1078,7 @@ def generate(plan: LoopPlan) -> str:
         param_names=repr(tuple(spec.param_names)),
         param_table=repr(table),
         bias_names=repr(bias_names),
-        init_source=inspect.getsource(_init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip(),
+        init_source=init_source(),
         fusion=plan.fusion_entries(lambda xs: f"torch.cat([{', '.join(xs)}], dim=-1)", lambda ref: f"{ref}.new_zeros({ref}.shape[-1])"),
         input_param=repr(input_param),
         units_param=repr(units_param),

@@ -9,6 +9,7 @@ pass must keep, where each gradient goes.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,25 @@ from .passes import Program, build_program
 from .spec_model import Spec
 
 OpTable = dict[str, Callable[[Node, list[str]], str]]
+
+#: The entries every Python-array emitter shares (operators on arrays); an emitter's
+#: table is ``{**ARRAY_OPS, ...}`` plus the framework's own functions.
+ARRAY_OPS: OpTable = {
+    "const": lambda n, a: repr(n.attr("value")),
+    "slice": lambda n, a: f"{a[0]}[..., {units_offset(n.attr('start'))}:{units_offset(n.attr('stop'))}]",
+    "add": lambda n, a: " + ".join(a),
+    "sub": lambda n, a: f"{a[0]} - {a[1]}",
+    "mul": lambda n, a: f"{a[0]} * {a[1]}",
+    "neg": lambda n, a: f"-{a[0]}",
+}
+
+
+def init_source() -> str:
+    """The body of :mod:`novolstm.init` (after its NumPy import), embedded in generated modules
+    so they draw the same initial weights without importing novolstm."""
+    from . import init
+
+    return inspect.getsource(init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip()
 
 
 def units_offset(blocks: int) -> str:

@@ -172,3 +172,15 @@ def test_expression_round_trip_keeps_precedence():
     for text in ["a - (b - c)", "(a + b) * c", "-(a * b) @ W", "a * b + c * d", "(1 - z) * n + z * h"]:
         tree = parse_expression(text)
         assert parse_expression(format_expression(tree)) == tree
+
+
+@pytest.mark.parametrize("emitter_name", novolstm.list_backends())
+def test_no_emitter_lets_the_description_out_of_its_docstring(emitter_name):
+    """Generation needs no framework, so every emitter is checked here, installed or not."""
+    import ast
+
+    payload = '"""\nimport os\nos.system("touch pwned")\n"""\\'
+    spec = loads_spec(LSTM_TEXT.replace('description = "', "description = " + json.dumps(payload)[:-1], 1))
+    tree = ast.parse(novolstm.generate_source(spec, emitter_name))
+    assert payload in ast.get_docstring(tree, clean=False)
+    assert not any(isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) for node in tree.body)
