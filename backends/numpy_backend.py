@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, concat_op, docstring_text, init_source, render, units_offset, var
 from novolstm.template import fill
 
 NAME = "numpy"
@@ -20,18 +20,6 @@ FRAMEWORK = "numpy"
 def _linear(n, a):
     bias = f", b_{n.name}" if any(n.attr("biases")) else ""
     return f"_linear({a[0]}, w_{n.name}{bias})"
-
-
-def _concat(n, a):
-    parts, at, args = [], 0, iter(a)
-    for start, stop in n.attr("blocks"):
-        if start > at:
-            parts.append(f"np.zeros({a[0]}.shape[:-1] + ({units_offset(start - at)},), {a[0]}.dtype)")
-        parts.append(next(args))
-        at = stop
-    if at < n.width:
-        parts.append(f"np.zeros({a[0]}.shape[:-1] + ({units_offset(n.width - at)},), {a[0]}.dtype)")
-    return f"np.concatenate([{', '.join(parts)}], axis=-1)"
 
 
 OPS = {
@@ -53,7 +41,7 @@ OPS = {
     "linear_t": lambda n, a: f"_linear({a[0]}, w_{n.attr('linear')}.T)",
     "sum_units": lambda n, a: f"{a[0]}.sum(axis=-1, keepdims=True)",
     "sum_batch": lambda n, a: f"{a[0]}.reshape(-1, {a[0]}.shape[-1]).sum(axis=0)",
-    "concat": _concat,
+    "concat": concat_op('np.zeros({like}.shape[:-1] + ({width},), {like}.dtype)', 'np.concatenate([{parts}], axis=-1)'),
 }
 
 

@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, concat_op, docstring_text, init_source, render, units_offset, var
 from novolstm.ir import Graph, rewrite
 from novolstm.template import fill
 
@@ -39,18 +39,6 @@ def _gemm_t(n, a):
     # The transposed projection of the backward pass: g @ w.T (w.T's transpose is w itself).
     L = n.attr("linear")
     return f"gemm({a[0]}, wt_{L}, w_{L}, None)"
-
-
-def _concat(n, a):
-    parts, at, args = [], 0, iter(a)
-    for start, stop in n.attr("blocks"):
-        if start > at:
-            parts.append(f"{a[0]}.new_zeros({a[0]}.shape[:-1] + ({units_offset(start - at)},))")
-        parts.append(next(args))
-        at = stop
-    if at < n.width:
-        parts.append(f"{a[0]}.new_zeros({a[0]}.shape[:-1] + ({units_offset(n.width - at)},))")
-    return f"torch.cat([{', '.join(parts)}], dim=-1)"
 
 
 OPS = {
@@ -72,7 +60,7 @@ OPS = {
     "linear_t": _gemm_t,
     "sum_units": lambda n, a: f"_sum_units({a[0]})",
     "sum_batch": lambda n, a: f"{a[0]}.reshape(-1, {a[0]}.shape[-1]).sum(dim=0)",
-    "concat": _concat,
+    "concat": concat_op('{like}.new_zeros({like}.shape[:-1] + ({width},))', 'torch.cat([{parts}], dim=-1)'),
 }
 
 

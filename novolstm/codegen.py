@@ -33,6 +33,27 @@ ARRAY_OPS: OpTable = {
 }
 
 
+def concat_op(zeros: str, cat: str) -> Callable[[Node, list[str]], str]:
+    """The ``concat`` entry of an op table: blocks side by side, zeros where no block is given.
+
+    ``zeros`` is formatted with ``like`` (an argument, for shape and dtype) and ``width``;
+    ``cat`` with ``parts``, the comma-separated pieces.
+    """
+
+    def op(n: Node, a: list[str]) -> str:
+        parts, at, args = [], 0, iter(a)
+        for start, stop in n.attr("blocks"):
+            if start > at:
+                parts.append(zeros.format(like=a[0], width=units_offset(start - at)))
+            parts.append(next(args))
+            at = stop
+        if at < n.width:
+            parts.append(zeros.format(like=a[0], width=units_offset(n.width - at)))
+        return cat.format(parts=", ".join(parts))
+
+    return op
+
+
 def init_source() -> str:
     """The body of :mod:`novolstm.init` (after its NumPy import), embedded in generated modules
     so they draw the same initial weights without importing novolstm."""
