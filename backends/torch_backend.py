@@ -912,15 +912,37 @@ def _repack(x, lengths, like):
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
-def run_numpy(params, x, state=None, mask=None):
-    """The backend-neutral entry of novolstm.run: NumPy arrays in, NumPy arrays out."""
+def _tensors_from_numpy(params, x, state, mask):
     x = torch.from_numpy(np.ascontiguousarray(x))
     params = {name: torch.from_numpy(np.ascontiguousarray(params[name])).to(x.dtype) for name in PARAM_NAMES}
     state = tuple(torch.zeros(x.shape[0], params[$units_param].shape[-1], dtype=x.dtype) for _ in STATE_NAMES) if state is None else tuple(torch.from_numpy(np.ascontiguousarray(s)) for s in state)
     mask = None if mask is None else torch.from_numpy(np.asarray(mask)).t().unsqueeze(-1)
+    return params, x.transpose(0, 1), state, mask
+
+
+def run_numpy(params, x, state=None, mask=None):
+    """The backend-neutral entry of novolstm.run: NumPy arrays in, NumPy arrays out."""
     with torch.no_grad():
-        ys, final, _ = forward(params, x.transpose(0, 1), state, mask)
+        ys, final, _ = forward(*_tensors_from_numpy(params, x, state, mask))
     return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final)
+
+
+def vjp_numpy(params, x, state=None, mask=None):
+    """Backend-neutral gradients through the generated backward pass: ``(outputs, final_state, vjp)``
+    with ``vjp(g_outputs, g_state) -> (g_x, g_state0, g_params)``, NumPy arrays in and out."""
+    params, x, state, mask = _tensors_from_numpy(params, x, state, mask)
+    with torch.no_grad():
+        ys, final, tape = forward(params, x, state, mask, keep_tape=True)
+
+    def vjp(g_outputs=None, g_state=None):
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(x.dtype)  # noqa: E731
+        with torch.no_grad():
+            g_ys = None if g_outputs is None else as_tensor(g_outputs).transpose(0, 1)
+            g_final = None if g_state is None else tuple(None if g is None else as_tensor(g) for g in g_state)
+            g_x, g_state0, g_params = backward(params, tape, g_ys, g_final)
+        return g_x.transpose(0, 1).numpy(), tuple(g.numpy() for g in g_state0), {k: v.numpy() for k, v in g_params.items()}
+
+    return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final), vjp
 '''
 
 

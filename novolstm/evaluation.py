@@ -172,6 +172,9 @@ def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 
     """Train ``cell`` with a linear readout on ``task``; return its curve and test score."""
     spec = load_spec(cell)
     module = load_generated(spec, backend)
+    if not hasattr(module, "vjp_numpy"):
+        raise ValueError(f"the {backend} backend has no backend-neutral gradient hook (vjp_numpy) to train with; "
+                         "compare trains on numpy, torch or jax")
     rng = np.random.default_rng(seed)
     params = init_params(spec, task.inputs, units, seed=seed)
     params["readout_W"] = rng.normal(scale=1 / np.sqrt(units), size=(units, task.outputs))
