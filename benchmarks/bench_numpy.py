@@ -12,41 +12,8 @@ import argparse
 import numpy as np
 
 import novolstm
+from novolstm.bench.numpy_adapter import PerExampleLSTMCell
 from novolstm.bench.timing import compare, ratio_table
-
-
-class PerExampleLSTMCell:
-    """The textbook cell: weights (H, I + H) per gate, one example as a column vector."""
-
-    def __init__(self, params, dtype):
-        cat = lambda g: np.concatenate([params[f"W_{g}"], params[f"U_{g}"]], axis=0).T.astype(dtype)  # noqa: E731
-        self.Wf, self.Wi, self.Wo, self.Wc = cat("f"), cat("i"), cat("o"), cat("g")
-        col = lambda g: params[f"b_{g}"].astype(dtype)[:, None]  # noqa: E731
-        self.bf, self.bi, self.bo, self.bc = col("f"), col("i"), col("o"), col("g")
-
-    @staticmethod
-    def sigmoid(z):
-        return 1.0 / (1.0 + np.exp(-z))
-
-    def forward(self, x, prev_h, prev_c):
-        mixed = np.vstack((x, prev_h))
-        f = self.sigmoid(np.dot(self.Wf, mixed) + self.bf)
-        i = self.sigmoid(np.dot(self.Wi, mixed) + self.bi)
-        o = self.sigmoid(np.dot(self.Wo, mixed) + self.bo)
-        c_tilde = np.tanh(np.dot(self.Wc, mixed) + self.bc)
-        c = f * prev_c + i * c_tilde
-        h = o * np.tanh(c)
-        return h, c
-
-    def sequence(self, xs):
-        outputs = np.empty((xs.shape[0], xs.shape[1], self.Wf.shape[0]), xs.dtype)
-        for b in range(xs.shape[0]):
-            h = np.zeros((self.Wf.shape[0], 1), xs.dtype)
-            c = np.zeros_like(h)
-            for t in range(xs.shape[1]):
-                h, c = self.forward(xs[b, t][:, None], h, c)
-                outputs[b, t] = h[:, 0]
-        return outputs
 
 
 def main(argv=None):
