@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from novolstm.codegen import ARRAY_OPS, LoopPlan, concat_op, docstring_text, init_source, render, units_offset, var
-from novolstm.ir import Graph, rewrite
+from novolstm.ir import Graph, live_names, rewrite
 from novolstm.template import fill
 
 NAME = "torch"
@@ -209,16 +209,6 @@ def block_slices(graph: Graph) -> dict[str, list]:
                 names[s.attr("start")] = s.name
             out[source] = names
     return out
-
-
-def _live(graph: Graph, roots) -> set[str]:
-    live, stack = set(), list(roots)
-    while stack:
-        name = stack.pop()
-        if name not in live:
-            live.add(name)
-            stack.extend(graph[name].args)
-    return live
 
 
 TEMPLATE = '''\
@@ -1038,7 +1028,7 @@ def generate(plan: LoopPlan) -> str:
     # The prologue backward, split: what only the input gradient needs runs under need_input.
     g_input_name = pro_back.outputs[f"grad:{spec.input}"]
     other_roots = [n for r, n in pro_back.outputs.items() if r != f"grad:{spec.input}"]
-    only_input = _live(pro_back, [g_input_name]) - _live(pro_back, other_roots)
+    only_input = live_names(pro_back.nodes, [g_input_name]) - live_names(pro_back.nodes, other_roots)
     body = render_fused(pro_back, skip=only_input)
     input_part = render_fused(pro_back, only=only_input)
 

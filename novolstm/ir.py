@@ -168,7 +168,7 @@ class _Lowering:
             self.env[name] = self.expr(expr, name)
         outputs = {f"state:{s}": self.env[nxt] for s, nxt in spec.state}
         outputs["output"] = self.env[spec.output]
-        used = _live(self.nodes, outputs.values())
+        used = live_names(self.nodes, outputs.values())
         nodes = [n for n in self.nodes if n.name in used or n.op in ("input", "state")]
         return check_graph(Graph(nodes, outputs), "lowering")
 
@@ -231,7 +231,8 @@ def _flatten_sum(e: Expr) -> list[Expr]:
     return [e]
 
 
-def _live(nodes: list[Node], roots: Iterable[str]) -> set[str]:
+def live_names(nodes: list[Node], roots: Iterable[str]) -> set[str]:
+    """Names of the nodes ``roots`` depend on, themselves included."""
     index = {n.name: n for n in nodes}
     live, stack = set(), list(roots)
     while stack:
@@ -244,7 +245,7 @@ def _live(nodes: list[Node], roots: Iterable[str]) -> set[str]:
 
 def prune(graph: Graph, keep_ops: tuple[str, ...] = ("input", "state")) -> Graph:
     """Drop nodes no output depends on."""
-    live = _live(graph.nodes, graph.outputs.values())
+    live = live_names(graph.nodes, graph.outputs.values())
     return Graph([n for n in graph.nodes if n.name in live or n.op in keep_ops], dict(graph.outputs))
 
 

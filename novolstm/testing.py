@@ -40,6 +40,33 @@ TOLERANCES = {
     "float16": Tolerance(atol=1e-2, rtol=1e-2),
 }
 
+#: Where a framework computes below the precision it is asked for:
+#: (backend, KERAS_BACKEND) -> (the dtype it really computes in, why).
+PRECISION_LIMITS = {
+    ("keras", "jax"): ("float32", "Keras 3.15 runs ops.tanh and ops.mean in float32 on JAX for float64 inputs (keras-team/keras#23225)"),
+    ("keras", "torch"): ("float32", "Keras 3.15 runs ops.matmul and ops.mean in float32 on torch for float64 inputs (keras-team/keras#23225)"),
+}
+
+
+def precision_limit(backend: str, keras_backend: str | None = None):
+    """``(dtype, reason)`` where ``backend`` computes below what it is asked for, else None.
+
+    >>> precision_limit("keras", keras_backend="jax")[0]
+    'float32'
+    >>> precision_limit("torch") is None
+    True
+    """
+    import os
+
+    return PRECISION_LIMITS.get((backend, keras_backend or os.environ.get("KERAS_BACKEND", "tensorflow")))
+
+
+def computes_in(backend: str, dtype, keras_backend: str | None = None) -> str:
+    """The dtype whose tolerance applies to ``backend`` asked to compute in ``dtype``."""
+    limit = precision_limit(backend, keras_backend)
+    return limit[0] if limit and np.dtype(dtype) == np.float64 else np.dtype(dtype).name
+
+
 #: Rounding error grows with the number of recurrent steps it passes through; beyond
 #: this many steps the tolerance grows with the square root of the length.
 STEPS_BEFORE_GROWTH = 16

@@ -15,6 +15,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import novolstm
+from novolstm.testing import computes_in as _computes_in
+from novolstm.testing import precision_limit
 
 settings.register_profile("dev", max_examples=25, deadline=None)
 # JIT compilation makes first calls slow, so no deadline; bounded examples keep CI short.
@@ -23,18 +25,6 @@ settings.register_profile(
 )
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-
-#: Where a framework computes below the precision it is asked for: (backend, KERAS_BACKEND)
-#: -> (the dtype it really computes in, why). Tests then hold it to that dtype's tolerance.
-PRECISION_LIMITS = {
-    ("keras", "jax"): ("float32", "Keras 3.15 runs ops.tanh and ops.mean in float32 on JAX for float64 inputs (keras-team/keras#23225)"),
-    ("keras", "torch"): ("float32", "Keras 3.15 runs ops.matmul and ops.mean in float32 on torch for float64 inputs (keras-team/keras#23225)"),
-}
-
-
-def precision_limit(backend: str):
-    return PRECISION_LIMITS.get((backend, os.environ.get("KERAS_BACKEND", "tensorflow")))
 
 
 def requested_backends() -> list[str]:
@@ -90,5 +80,4 @@ def rng():
 @pytest.fixture(scope="session")
 def computes_in(backend):
     """``computes_in(dtype)``: the dtype whose tolerance applies to ``backend`` asked for ``dtype``."""
-    limit = precision_limit(backend)
-    return lambda dtype: limit[0] if limit and dtype == "float64" else dtype
+    return lambda dtype: _computes_in(backend, dtype)

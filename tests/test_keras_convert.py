@@ -16,21 +16,14 @@ from keras import ops
 
 import novolstm
 from novolstm.convert import keras as convert
-from novolstm.testing import assert_close, random_params, tolerance
+from novolstm.testing import assert_close, computes_in, random_params, tolerance
 
 B, T, I, H = 3, 6, 4, 5
 
 
-# Keras 3.15 computes some ops in float32 on its JAX and torch backends even for float64
-# inputs (ops.tanh and ops.mean on JAX, ops.matmul and ops.mean on torch; fixed upstream
-# by keras-team/keras#23225, not in 3.15.1). There a float64 run is held to float32's tolerance.
-FLOAT64_EXACT = keras.backend.backend() == "tensorflow"
-
-
 def tol(dtype, steps=1, kind="outputs"):
-    if np.dtype(dtype) == np.float64 and not FLOAT64_EXACT:
-        dtype = "float32"
-    return tolerance(dtype, steps=steps, kind=kind)
+    # novolstm.testing.PRECISION_LIMITS: Keras on JAX and torch holds float64 to float32's tolerance.
+    return tolerance(computes_in("keras", dtype, keras.backend.backend()), steps=steps, kind=kind)
 F64 = tol("float64", steps=T)
 
 
