@@ -48,6 +48,10 @@ def pytest_ignore_collect(collection_path, config):
     # tests/test_<backend>_*.py import their framework at module level: they are
     # collected exactly when that backend is requested (and then fail if it cannot load).
     name = collection_path.name
+    # tests/test_all_*.py cross frameworks (pairwise comparisons, ports between every pair):
+    # collected exactly when every backend is requested, as in tox's "all" env.
+    if name.startswith("test_all_") and set(requested_backends()) != set(novolstm.list_backends()):
+        return True
     for backend in novolstm.list_backends():
         if name.startswith(f"test_{backend}_") and backend not in requested_backends():
             return True
