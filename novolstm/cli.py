@@ -57,9 +57,11 @@ def main(argv=None) -> int:
     cnv = sub.add_parser("convert", help="convert weights between framework layouts through the canonical one")
     cnv.add_argument("source")
     cnv.add_argument("-o", "--output", required=True)
-    cnv.add_argument("--from", dest="src_format", required=True, help="canonical, torch, onnx, ...")
+    cnv.add_argument("--from", dest="src_format", required=True, help="canonical, torch, onnx, keras, flax")
     cnv.add_argument("--to", dest="dst_format", required=True)
     cnv.add_argument("--spec", default="lstm", help="the cell the weights are for (lstm, gru, ...)")
+    cnv.add_argument("--from-layout", help="flax: the source cell's layout (default: detected from the file)")
+    cnv.add_argument("--layout", help="flax: the written cell's layout (linen_lstm, nnx_lstm, nnx_optimized_lstm, linen_gru, nnx_gru)")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -199,7 +201,7 @@ def _bench(args) -> int:
 def _convert(args) -> int:
     from .convert.files import convert
 
-    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec)
+    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec, args.from_layout, args.layout)
     shapes = {k: v["W_" + next(n[2:] for n in v if n.startswith("W_"))].shape for k, v in layers.items()}
     print(f"{args.source} ({args.src_format}) -> {args.output} ({args.dst_format}): spec {args.spec}, cells {shapes}")
     return 0
