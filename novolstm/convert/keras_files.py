@@ -50,7 +50,10 @@ _GROUP = re.compile(r"^(lstm|gru|bidirectional)(?:_(\d+))?$")
 
 
 def _snake(class_name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+    # Keras' own naming (keras.src.utils.naming.to_snake_case): "LSTM" -> "lstm", "InputLayer" -> "input_layer"
+    name = re.sub(r"\W+", "", class_name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _datasets(group) -> list[str]:
