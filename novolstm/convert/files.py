@@ -141,11 +141,13 @@ def _options(fmt: str, layout):
 
 
 def read(path, fmt: str, cell: str, layout: str | None = None) -> dict:
-    return FORMATS[fmt][0](path, cell, **_options(fmt, layout))
+    options = _options(fmt, layout)
+    return FORMATS[fmt][0](path, cell, **options)
 
 
 def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None) -> None:
-    FORMATS[fmt][1](layered(layers), path, cell, **_options(fmt, layout))
+    options = _options(fmt, layout)
+    FORMATS[fmt][1](layered(layers), path, cell, **options)
 
 
 def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None) -> dict:
