@@ -6,6 +6,7 @@
     novolstm check                        every cell on every installed backend vs the reference
     novolstm bench                        speed against native LSTMs, ratios side by side
     novolstm compare                      train cells on the same tasks; learning curves and a table
+    novolstm verify-port A B              port weights between two frameworks' layers and compare them
     novolstm conformance SPEC ...         check an implementation: --callable MODULE:FUNCTION,
                                           --results FILE.npz, or --export DIR for the golden inputs
 """
@@ -57,9 +58,21 @@ def main(argv=None) -> int:
     cnv = sub.add_parser("convert", help="convert weights between framework layouts through the canonical one")
     cnv.add_argument("source")
     cnv.add_argument("-o", "--output", required=True)
-    cnv.add_argument("--from", dest="src_format", required=True, help="canonical, torch, onnx, ...")
+    cnv.add_argument("--from", dest="src_format", required=True, help="canonical, torch, onnx, keras, flax")
     cnv.add_argument("--to", dest="dst_format", required=True)
     cnv.add_argument("--spec", default="lstm", help="the cell the weights are for (lstm, gru, ...)")
+    cnv.add_argument("--from-layout", help="flax: the source cell's layout (default: detected from the file)")
+    cnv.add_argument("--layout", help="flax: the written cell's layout (linen_lstm, nnx_lstm, nnx_optimized_lstm, linen_gru, nnx_gru)")
+    ver = sub.add_parser("verify-port", help="port weights from framework A to B and compare both layers, step by step")
+    ver.add_argument("source", help="torch, keras, flax, flax-lstmcell, onnx, numpy, reference")
+    ver.add_argument("target")
+    ver.add_argument("--spec", default="lstm", help="lstm or gru")
+    ver.add_argument("--steps", type=int, default=64)
+    ver.add_argument("--seed", type=int, default=0)
+    ver.add_argument("--weights", help="a real weight file instead of probe weights (needs --format)")
+    ver.add_argument("--format", help="the format of --weights: canonical, torch, onnx, keras, flax")
+    ver.add_argument("--layout", help="flax: the layout of --weights (default: detected)")
+    ver.add_argument("--ported", help="a file in the target's format, ported from --weights by another tool: check it")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -199,13 +212,22 @@ def _bench(args) -> int:
 def _convert(args) -> int:
     from .convert.files import convert
 
-    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec)
+    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec, args.from_layout, args.layout)
     shapes = {k: v["W_" + next(n[2:] for n in v if n.startswith("W_"))].shape for k, v in layers.items()}
     print(f"{args.source} ({args.src_format}) -> {args.output} ({args.dst_format}): spec {args.spec}, cells {shapes}")
     return 0
 
 
-COMMANDS = {"bench": _bench, "convert": _convert, "compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
+def _verify_port(args) -> int:
+    from .convert.verify import verify_port
+
+    report = verify_port(args.source, args.target, args.spec, steps=args.steps, seed=args.seed, weights=args.weights,
+                         weights_format=args.format, layout=args.layout, ported=args.ported)
+    print(report.format())
+    return 0 if report.passed else 1
+
+
+COMMANDS = {"verify-port": _verify_port, "bench": _bench, "convert": _convert, "compare": _compare, "list": _list, "show": _show, "generate": _generate, "check": _check, "conformance": _conformance}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -10,6 +10,11 @@ Formats:
         (``safetensors.torch.save_file(module.state_dict(), path)``): nn.LSTM,
         nn.LSTMCell, nn.GRU, nn.GRUCell. No pickle, so no ``.pt`` files.
     onnx: an ONNX model with an ``LSTM`` node (one layer; forward or bidirectional).
+    keras: a Keras 3 ``.weights.h5`` (``model.save_weights``) or ``.keras`` archive of
+        LSTM / GRU / Bidirectional layers (:mod:`novolstm.convert.keras_files`).
+    flax: ``flax.serialization.to_bytes`` of a linen or nnx cell's parameters, the
+        ``layout`` option naming (or, reading, detected as) the cell
+        (:mod:`novolstm.convert.flax_files`).
 """
 
 from __future__ import annotations
@@ -89,28 +94,64 @@ def _write_onnx(layers, path, cell):
         fh.write(model.SerializeToString())
 
 
+def _read_keras(path, cell):
+    from novolstm.convert.keras_files import read_keras
+
+    return read_keras(path, cell)
+
+
+def _write_keras(layers, path, cell):
+    from novolstm.convert.keras_files import write_keras
+
+    write_keras(layers, path, cell)
+
+
+def _read_flax(path, cell, layout=None):
+    from novolstm.convert.flax_files import read_flax
+
+    return read_flax(path, cell, layout)
+
+
+def _write_flax(layers, path, cell, layout=None):
+    from novolstm.convert.flax_files import write_flax
+
+    write_flax(layers, path, cell, layout)
+
+
 #: format name -> (read(path, cell) -> per-layer canonical, write(per-layer canonical, path, cell))
 FORMATS = {
     "canonical": (_read_canonical, _write_canonical),
     "torch": (_read_torch, _write_torch),
     "onnx": (_read_onnx, _write_onnx),
+    "keras": (_read_keras, _write_keras),
+    "flax": (_read_flax, _write_flax),
 }
+#: formats whose reader and writer take a ``layout`` (which of the framework's cells)
+LAYOUT_FORMATS = ("flax",)
 
 
-def read(path, fmt: str, cell: str) -> dict:
+def _options(fmt: str, layout):
     if fmt not in FORMATS:
         raise ConversionError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
-    return FORMATS[fmt][0](path, cell)
+    if layout is None:
+        return {}
+    if fmt not in LAYOUT_FORMATS:
+        raise ConversionError(f"a layout ({layout!r}) applies to the formats {list(LAYOUT_FORMATS)}, not {fmt!r}")
+    return {"layout": layout}
 
 
-def write(layers: dict, path, fmt: str, cell: str) -> None:
-    if fmt not in FORMATS:
-        raise ConversionError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}")
-    FORMATS[fmt][1](layered(layers), path, cell)
+def read(path, fmt: str, cell: str, layout: str | None = None) -> dict:
+    options = _options(fmt, layout)
+    return FORMATS[fmt][0](path, cell, **options)
 
 
-def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str) -> dict:
+def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None) -> None:
+    options = _options(fmt, layout)
+    FORMATS[fmt][1](layered(layers), path, cell, **options)
+
+
+def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None) -> dict:
     """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``; return the canonical weights."""
-    layers = read(source, src_fmt, cell)
-    write(layers, destination, dst_fmt, cell)
+    layers = read(source, src_fmt, cell, src_layout)
+    write(layers, destination, dst_fmt, cell, dst_layout)
     return layers

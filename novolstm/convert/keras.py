@@ -50,6 +50,7 @@ __all__ = [
     "novolstm_original_to_canonical",
     "novolstm_original_from_canonical",
     "ORIGINAL_NOVOLSTM_NAMES",
+    "check_layer_config",
 ]
 
 #: Keras' LSTM gate blocks, in kernel order, as canonical gate names.
@@ -131,14 +132,60 @@ def _check_canonical(params: Mapping, names: Iterable[str], spec: str):
     return arrays
 
 
+# ---------------------------------------------------------------- layer configs
+
+#: spec -> the config values a Keras layer must have to compute it (weights alone cannot say)
+REQUIRED_CONFIG = {
+    "lstm": {"activation": "tanh", "recurrent_activation": "sigmoid", "go_backwards": False},
+    "gru": {"activation": "tanh", "recurrent_activation": "sigmoid", "go_backwards": False, "reset_after": True},
+}
+
+
+def _activation_name(value) -> str:
+    # get_config() gives "tanh"; a saved config may give {"class_name": "function", "config": "tanh", ...}
+    if isinstance(value, Mapping):
+        value = value.get("config", value.get("class_name"))
+    return str(value)
+
+
+def check_layer_config(config: Mapping, cell: str) -> None:
+    """Refuse a Keras LSTM/GRU layer config (``layer.get_config()``) that spec ``cell`` does not compute.
+
+    Weights do not record activations. ``recurrent_activation="hard_sigmoid"`` is refused
+    in particular: Keras 3's is relu6(z + 3) / 6, Keras 2's was clip(0.2 z + 0.5, 0, 1),
+    and neither is the sigmoid of the canonical ``lstm`` and ``gru``. ``use_bias`` and
+    ``unit_forget_bias`` (an initializer) need no check: a missing bias converts to zeros.
+
+    >>> check_layer_config({"activation": "tanh", "recurrent_activation": "hard_sigmoid"}, "lstm")
+    Traceback (most recent call last):
+    ...
+    novolstm.convert.ConversionError: Keras layer config: recurrent_activation is 'hard_sigmoid', but spec 'lstm' computes 'sigmoid' (Keras 3's hard_sigmoid ...
+    """
+    if cell not in REQUIRED_CONFIG:
+        raise ConversionError(f"Keras layers compute {sorted(REQUIRED_CONFIG)}, not {cell!r}")
+    for key, wanted in REQUIRED_CONFIG[cell].items():
+        if key not in config:
+            continue  # an absent key has Keras' default, which is the wanted value
+        got = _activation_name(config[key]) if key.endswith("activation") else config[key]
+        if got != wanted:
+            extra = ""
+            if got == "hard_sigmoid":
+                extra = (" (Keras 3's hard_sigmoid is relu6(z+3)/6, Keras 2's clip(0.2z+0.5, 0, 1); no built-in spec "
+                         "computes either, and mapping them to sigmoid would change every output)")
+            raise ConversionError(f"Keras layer config: {key} is {got!r}, but spec {cell!r} computes {wanted!r}{extra}")
+
+
 # ---------------------------------------------------------------- LSTM
 
 
-def lstm_to_canonical(weights) -> dict[str, np.ndarray]:
+def lstm_to_canonical(weights, config: Mapping | None = None) -> dict[str, np.ndarray]:
     """``keras.layers.LSTM(...).get_weights()`` (or a dict by name) -> ``lstm`` parameters.
 
-    ``use_bias=False`` layers (two arrays) get zero biases.
+    ``use_bias=False`` layers (two arrays) get zero biases. Pass the layer's
+    ``get_config()`` as ``config`` to have it checked (:func:`check_layer_config`).
     """
+    if config is not None:
+        check_layer_config(config, "lstm")
     kernel, recurrent, bias = _kernels(weights, "Keras LSTM weights", bias_ndim=1)
     units = _units(kernel, recurrent, 4, "Keras LSTM weights")
     if bias is None:
@@ -161,8 +208,13 @@ def lstm_from_canonical(params: Mapping) -> list[np.ndarray]:
 # ---------------------------------------------------------------- GRU
 
 
-def gru_to_canonical(weights) -> dict[str, np.ndarray]:
-    """``keras.layers.GRU(reset_after=True).get_weights()`` (or a dict by name) -> ``gru`` parameters."""
+def gru_to_canonical(weights, config: Mapping | None = None) -> dict[str, np.ndarray]:
+    """``keras.layers.GRU(reset_after=True).get_weights()`` (or a dict by name) -> ``gru`` parameters.
+
+    ``config``: the layer's ``get_config()``, checked by :func:`check_layer_config`.
+    """
+    if config is not None:
+        check_layer_config(config, "gru")
     kernel, recurrent, bias = _kernels(weights, "Keras GRU weights", bias_ndim=None)  # (3H,) gets its own message
     units = _units(kernel, recurrent, 3, "Keras GRU weights")
     if bias is None:
