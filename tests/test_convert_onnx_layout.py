@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import novolstm
+from novolstm.convert import ConversionError
 from novolstm.convert.onnx import from_onnx_lstm, to_onnx_lstm
 from novolstm.testing import random_params
 
@@ -41,7 +42,7 @@ def test_two_onnx_biases_add():
 
 
 def test_bad_shapes_are_refused():
-    with pytest.raises(ValueError, match=r"expected W \(directions, 4H, input\)"):
+    with pytest.raises(ConversionError, match=r"expected W \(directions, 4H, input\)"):
         from_onnx_lstm(np.zeros((1, 7, 3)), np.zeros((1, 7, 1)))
-    with pytest.raises(ValueError, match=r"B: expected shape \(1, 16\)"):
+    with pytest.raises(ConversionError, match=r"B: expected shape \(1, 16\)"):
         from_onnx_lstm(np.zeros((1, 8, 3)), np.zeros((1, 8, 2)), np.zeros((1, 8)))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from novolstm.convert import ConversionError
+
 GATES = ("i", "o", "f", "g")  # ONNX's i, o, f, c; canonical calls the candidate g
 PEEPHOLES = ("i", "o", "f")
 
@@ -36,7 +38,7 @@ def to_onnx_lstm(directions: list[dict]) -> dict[str, np.ndarray]:
     if has_peepholes == {True}:
         out["P"] = np.stack([np.concatenate([p[f"p_{g}"] for g in PEEPHOLES]) for p in directions])
     elif len(has_peepholes) > 1:
-        raise ValueError("directions mix peephole and plain LSTM parameters")
+        raise ConversionError("directions mix peephole and plain LSTM parameters")
     return out
 
 
@@ -48,14 +50,14 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
     """
     W, R = np.asarray(W), np.asarray(R)
     if W.ndim != 3 or R.ndim != 3 or W.shape[1] % 4 or R.shape[1:] != (W.shape[1], W.shape[1] // 4) or R.shape[0] != W.shape[0]:
-        raise ValueError(f"expected W (directions, 4H, input) and R (directions, 4H, H), got {W.shape} and {R.shape}")
+        raise ConversionError(f"expected W (directions, 4H, input) and R (directions, 4H, H), got {W.shape} and {R.shape}")
     dirs, four_h, _ = W.shape
     H = four_h // 4
     B = np.zeros((dirs, 8 * H), W.dtype) if B is None else np.asarray(B)
     if B.shape != (dirs, 8 * H):
-        raise ValueError(f"B: expected shape ({dirs}, {8 * H}), got {B.shape}")
+        raise ConversionError(f"B: expected shape ({dirs}, {8 * H}), got {B.shape}")
     if P is not None and np.shape(P) != (dirs, 3 * H):
-        raise ValueError(f"P: expected shape ({dirs}, {3 * H}), got {np.shape(P)}")
+        raise ConversionError(f"P: expected shape ({dirs}, {3 * H}), got {np.shape(P)}")
     out = []
     for d in range(dirs):
         p = {}
@@ -127,13 +129,13 @@ def import_lstm_node(model, node_index: int = 0) -> list[dict]:
         model = onnx.load(model)
     nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
     if len(nodes) <= node_index:
-        raise ValueError(f"the model has {len(nodes)} LSTM node(s); asked for number {node_index}")
+        raise ConversionError(f"the model has {len(nodes)} LSTM node(s); asked for number {node_index}")
     node = nodes[node_index]
     for attr in node.attribute:
         if attr.name == "activations" and [a.decode() for a in attr.strings] not in ([], ["Sigmoid", "Tanh", "Tanh"] * (len(attr.strings) // 3)):
-            raise ValueError(f"LSTM node {node.name!r} uses activations {[a.decode() for a in attr.strings]}: no canonical spec computes them")
+            raise ConversionError(f"LSTM node {node.name!r} uses activations {[a.decode() for a in attr.strings]}: no canonical spec computes them")
         if attr.name in ("clip", "input_forget") and (attr.f or attr.i):
-            raise ValueError(f"LSTM node {node.name!r} sets {attr.name!r}: no canonical spec computes it")
+            raise ConversionError(f"LSTM node {node.name!r} sets {attr.name!r}: no canonical spec computes it")
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     inputs = list(node.input) + [""] * (8 - len(node.input))
 
@@ -142,7 +144,7 @@ def import_lstm_node(model, node_index: int = 0) -> list[dict]:
         if not name:
             return None
         if name not in inits:
-            raise ValueError(f"LSTM input {name!r} is not an initializer: weights computed at run time cannot be imported")
+            raise ConversionError(f"LSTM input {name!r} is not an initializer: weights computed at run time cannot be imported")
         return inits[name]
 
     return from_onnx_lstm(tensor(1), tensor(2), tensor(3), tensor(7))
