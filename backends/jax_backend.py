@@ -34,8 +34,7 @@ OPS = {
     "tanh": lambda n, a: f"jnp.tanh({a[0]})",
     "relu": lambda n, a: f"jnp.maximum({a[0]}, 0.0)",
     "softmax": lambda n, a: f"_softmax({a[0]})",
-    "mean_units": lambda n, a: f"_mean_units({a[0]})",
-    "rsqrt_eps": lambda n, a: f"1.0 / jnp.sqrt({a[0]} + {n.attr('eps')!r})",
+    "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
 }
 
 
@@ -109,6 +108,13 @@ def _accumulator(a):
 
 def _mean_units(a):
     return jnp.mean(a, axis=-1, keepdims=True, dtype=_accumulator(a)).astype(a.dtype)
+
+
+def _normalize_units(z, eps):
+    # LayerNorm without its affine part: population variance of the centred values (two
+    # passes, never E[z^2] - E[z]^2), epsilon inside the square root.
+    c = z - _mean_units(z)
+    return c * (1.0 / jnp.sqrt(_mean_units(c * c) + eps))
 
 
 def _softmax(z):

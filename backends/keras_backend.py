@@ -46,8 +46,7 @@ OPS = {
     "tanh": lambda n, a: f"ops.tanh({a[0]})",
     "relu": lambda n, a: f"ops.relu({a[0]})",
     "softmax": lambda n, a: f"_softmax({a[0]})",
-    "mean_units": lambda n, a: f"ops.mean({a[0]}, axis=-1, keepdims=True)",
-    "rsqrt_eps": lambda n, a: f"ops.rsqrt({a[0]} + {n.attr('eps')!r})",
+    "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
 }
 
 
@@ -86,6 +85,13 @@ def _linear(a, w, b=None):
     # One GEMM over every leading axis (batch, or batch and time).
     out = ops.matmul(a, w)
     return out if b is None else out + b
+
+
+def _normalize_units(z, eps):
+    # LayerNorm without its affine part: population variance of the centred values (two
+    # passes, never E[z^2] - E[z]^2), epsilon inside the square root.
+    c = z - ops.mean(z, axis=-1, keepdims=True)
+    return c * ops.rsqrt(ops.mean(c * c, axis=-1, keepdims=True) + eps)
 
 
 def _softmax(z):

@@ -29,15 +29,13 @@ OPS = {
     "tanh": lambda n, a: f"np.tanh({a[0]})",
     "relu": lambda n, a: f"np.maximum({a[0]}, 0.0)",
     "softmax": lambda n, a: f"_softmax({a[0]})",
-    "mean_units": lambda n, a: f"{a[0]}.mean(axis=-1, keepdims=True)",
-    "rsqrt_eps": lambda n, a: f"1.0 / np.sqrt({a[0]} + {n.attr('eps')!r})",
+    "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
     # backward-only ops
     "sigmoid_grad": lambda n, a: f"{a[0]} * {a[1]} * (1.0 - {a[1]})",
     "tanh_grad": lambda n, a: f"{a[0]} * (1.0 - {a[1]} * {a[1]})",
     "relu_grad": lambda n, a: f"{a[0]} * ({a[1]} > 0.0)",
     "softmax_grad": lambda n, a: f"{a[1]} * ({a[0]} - ({a[0]} * {a[1]}).sum(axis=-1, keepdims=True))",
-    "rsqrt_eps_grad": lambda n, a: f"-0.5 * {a[0]} * {a[1]} ** 3",
-    "mean_units_grad": lambda n, a: f"np.broadcast_to({a[0]} / H, {a[1]}.shape)",
+    "normalize_units_grad": lambda n, a: f"_normalize_units_grad({', '.join(a)}, {n.attr('eps')!r})",
     "linear_t": lambda n, a: f"_linear({a[0]}, w_{n.attr('linear')}.T)",
     "sum_units": lambda n, a: f"{a[0]}.sum(axis=-1, keepdims=True)",
     "sum_batch": lambda n, a: f"{a[0]}.reshape(-1, {a[0]}.shape[-1]).sum(axis=0)",
@@ -71,6 +69,21 @@ def _sigmoid(z):
 def _softmax(z):
     e = np.exp(z - z.max(axis=-1, keepdims=True))  # max-subtracted, so exp cannot overflow
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _normalize_units(z, eps):
+    # LayerNorm without its affine part: population variance of the centred values (two
+    # passes, never E[z^2] - E[z]^2), epsilon inside the square root.
+    c = z - z.mean(axis=-1, keepdims=True)
+    return c * (1.0 / np.sqrt((c * c).mean(axis=-1, keepdims=True) + eps))
+
+
+def _normalize_units_grad(g, y, z, eps):
+    # The VJP of _normalize_units at z, whose output was y: (g - mean g - y mean(g y)) / std.
+    # The standard deviation is recomputed from z (one reduction) rather than kept per step.
+    c = z - z.mean(axis=-1, keepdims=True)
+    inv_std = 1.0 / np.sqrt((c * c).mean(axis=-1, keepdims=True) + eps)
+    return inv_std * (g - g.mean(axis=-1, keepdims=True) - y * (g * y).mean(axis=-1, keepdims=True))
 
 
 def _linear(a, w, b=None):

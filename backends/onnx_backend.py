@@ -32,8 +32,7 @@ OPS = {
     "tanh": lambda n, a: f"g.op('Tanh', [{a[0]}])",
     "relu": lambda n, a: f"g.op('Relu', [{a[0]}])",
     "softmax": lambda n, a: f"g.op('Softmax', [{a[0]}], axis=-1)",
-    "mean_units": lambda n, a: f"g.op('ReduceMean', [{a[0]}, g.last_axis()], keepdims=1)",
-    "rsqrt_eps": lambda n, a: f"g.op('Reciprocal', [g.op('Sqrt', [g.op('Add', [{a[0]}, g.const({n.attr('eps')!r})])])])",
+    "normalize_units": lambda n, a: f"g.normalize_units({a[0]}, {n.attr('eps')!r})",
 }
 
 TEMPLATE = '''\
@@ -106,6 +105,13 @@ class _Graph:
     def linear(self, a, w, b=None):
         out = self.op("MatMul", [a, w])
         return out if b is None else self.op("Add", [out, b])
+
+    def normalize_units(self, a, eps):
+        # LayerNorm without its affine part, as primitives: population variance of the
+        # centred values, epsilon inside the square root.
+        c = self.op("Sub", [a, self.op("ReduceMean", [a, self.last_axis()], keepdims=1)])
+        var = self.op("ReduceMean", [self.op("Mul", [c, c]), self.last_axis()], keepdims=1)
+        return self.op("Div", [c, self.op("Sqrt", [self.op("Add", [var, self.const(eps)])])])
 
     def slice(self, a, start, stop):
         return self.op("Slice", [a, self.const([start], np.int64), self.const([stop], np.int64), self.last_axis()])

@@ -25,8 +25,7 @@ BACKWARD_OPS = {
     "tanh_grad": "g * (1 - y * y)",
     "relu_grad": "g where y > 0, else 0",
     "softmax_grad": "y * (g - sum_units(g * y))",
-    "rsqrt_eps_grad": "-0.5 * g * y ** 3",
-    "mean_units_grad": "g / units, broadcast to the shape of a",
+    "normalize_units_grad": "(g - mean(g) - y * mean(g * y)) / sqrt(var(z) + eps), args g, y, z",
     "linear_t": "g @ concat(weights).T",
     "sum_units": "sum over the units axis, keeping it",
     "sum_batch": "sum over every axis but the units axis",
@@ -140,10 +139,11 @@ class _Differentiator:
                     self.add_contrib(mine, self.emit("mul", [g, self.read(other)], width))
         elif n.op in _ACTIVATION_GRAD:
             self.add_contrib(a[0], self.emit(_ACTIVATION_GRAD[n.op], [g, self.read(n.name)], n.width))
-        elif n.op == "rsqrt_eps":
-            self.add_contrib(a[0], self.emit("rsqrt_eps_grad", [g, self.read(n.name)], "S"))
-        elif n.op == "mean_units":
-            self.add_contrib(a[0], self.emit("mean_units_grad", [g, self.read(a[0])], self.fwd[a[0]].width))
+        elif n.op == "normalize_units":
+            # Reads the input as well as the output: the backward recomputes the inverse
+            # standard deviation (one reduction) rather than keeping it on the tape.
+            args = [g, self.read(n.name), self.read(a[0])]
+            self.add_contrib(a[0], self.emit("normalize_units_grad", args, n.width, attrs=n.attrs))
         elif n.op == "linear":
             attrs = (("weights", n.attr("weights")), ("linear", n.name))
             self.add_contrib(a[0], self.emit("linear_t", [g], self.fwd[a[0]].width, attrs=attrs))

@@ -55,11 +55,12 @@ def test_every_pass_leaves_a_valid_graph(cell):
     assert {n.name for n in program.step.nodes if n.op == "hoisted"} == set(program.hoisted)
 
 
-def test_layer_norm_lowers_to_pinned_primitives():
+def test_layer_norm_lowers_to_one_normalize_op_with_the_pinned_epsilon():
     graph = lower(novolstm.load_spec("novolstm"))
-    (rsqrt,) = [n for n in graph.nodes if n.op == "rsqrt_eps"]
-    assert rsqrt.attr("eps") == 1e-3
-    assert sum(n.op == "mean_units" for n in graph.nodes) == 2  # mean, then population variance
+    (norm,) = [n for n in graph.nodes if n.op == "normalize_units"]
+    assert norm.attr("eps") == 1e-3
+    (back,) = [n for n in differentiate(graph).nodes if n.op == "normalize_units_grad"]
+    assert back.attr("eps") == 1e-3
 
 
 def test_check_graph_names_the_broken_invariant():
