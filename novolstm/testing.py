@@ -260,8 +260,11 @@ def check_against_reference(cell: str, run, case: Case, dtype="float64", compute
     """
     from . import reference
 
-    expected, expected_state = reference.run(cell, case.params, case.x, case.state, mask=case.mask)
     c = case.cast(dtype)
+    # The reference runs on the inputs as the implementation receives them (rounded to dtype):
+    # how far rounding the inputs moves the exact answer is the problem's conditioning, not
+    # the implementation's error (at saturating weights in float32 it alone can exceed the table).
+    expected, expected_state = reference.run(cell, c.params, c.x, c.state, mask=c.mask)
     outputs, state = run(c.params, c.x, c.state, c.mask)
     tol = tolerance(computes_in or dtype, case.steps)
     worst = assert_close(np.asarray(outputs), expected, tol, what=f"{cell} outputs")

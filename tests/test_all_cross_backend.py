@@ -78,8 +78,9 @@ def forward_deviations(cell: str, case: Case, dtype: str):
     """Outputs and final state of every backend through ``novolstm.run``, against the reference and pairwise."""
     spec = novolstm.load_spec(cell)
     labels = ["outputs", *(f"final {name}" for name in spec.state_names)]
-    want, want_state = reference.run(cell, case.params, case.x, case.state, **case.masking)
     c = case.cast(dtype)
+    # The reference on the inputs as every backend receives them (as check_against_reference does).
+    want, want_state = reference.run(cell, c.params, c.x, c.state, **case.masking)
     results = {}
     for backend in BACKENDS:
         outputs, state = novolstm.run(spec, c.params, c.x, c.state, backend=backend, **case.masking)
@@ -109,8 +110,9 @@ def gradient_deviations(cell: str, case: Case, dtype: str, seed: int):
             *((f"d/d{name}", g_params[name]) for name in spec.param_names),
         ]
 
-    anchor = [array for _, array in gradients("numpy", case)]  # float64: see the module docstring
     c = case.cast(dtype)
+    # float64 (see the module docstring), on the inputs as every backend receives them.
+    anchor = [array for _, array in gradients("numpy", c.cast("float64"))]
     results = {backend: gradients(backend, c) for backend in gradient_backends(cell)}
     return compare(results, anchor, dtype, case.steps, "gradients", f"{cell} gradients")
 
