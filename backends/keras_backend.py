@@ -1,6 +1,7 @@
 """The Keras 3 emitter: a cell for ``keras.layers.RNN`` and a sequence layer, in ``keras.ops`` only.
 
-The generated module imports ``keras`` and ``numpy`` and nothing else, so the same
+The generated module imports ``keras`` and ``numpy`` and nothing else at module level (only
+``vjp_numpy`` imports the framework Keras runs on, for its autodiff), so the same
 source runs on Keras' TensorFlow, JAX and PyTorch backends (Keras fixes its backend
 per process, from ``KERAS_BACKEND``). It defines:
 
@@ -12,13 +13,15 @@ per process, from ``KERAS_BACKEND``). It defines:
   ``hoist_input=True`` it also computes every projection of the input once for all
   timesteps (one GEMM) and loops over the step graph only.
 - ``run_numpy``: the backend-neutral entry of :func:`novolstm.run`.
+- ``vjp_numpy``: the backend-neutral gradient hook (as the NumPy, torch and JAX
+  modules have), through the autodiff of the backend Keras runs on.
 
 Keras differentiates the forward graphs itself: no backward pass is generated.
 
 Example:
     >>> import novolstm
     >>> source = novolstm.generate_source("lstm", backend="keras")
-    >>> "from keras import ops" in source and "import tensorflow" not in source
+    >>> "from keras import ops" in source and "\nimport tensorflow" not in source  # none at module level
     True
 """
 
@@ -274,12 +277,12 @@ class _Step:
     outputs zeros, and one more state carries the last real output.
     """
 
-    def __init__(self, cell, params, fused, hoisted, masked):
-        H = cell.units
+    def __init__(self, units, input_size, params, fused, hoisted, masked):
+        H = units
         self.units, self.params, self.fused, self.hoisted, self.masked = H, params, fused, hoisted, masked
-        self.state_size = list(cell.state_size) + ([H] if masked else [])
+        self.state_size = [H] * len(STATE_NAMES) + ([H] if masked else [])
         self.output_size = H
-        ends = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS))] if hoisted else [cell.input_size]
+        ends = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS))] if hoisted else [input_size]
         self.cuts = ends if masked else ends[:-1]
 
     def call(self, inputs, states):
@@ -365,28 +368,18 @@ class Layer(keras.layers.RNN):
         if sequences.shape[-1] is not None and sequences.shape[-1] != cell.input_size:
             raise ValueError(f"{SPEC_NAME} Layer: built for input_size {cell.input_size}, got inputs of shape {tuple(sequences.shape)}")
         cell.check_state(sequences[:, 0], initial_state)
-        params = cell.tensors()
-        fused = fuse(params)  # once per call, not once per step
-        columns = prologue(params, fused, sequences, cell.units) if self.hoist_input else (sequences,)
-        initial_state = list(initial_state)
-        if mask is not None:
-            # The mask travels as one more input column and the step applies the rule itself:
-            # Keras' backends mask differently (JAX's unrolled loop repeats the previous output).
-            columns += (ops.expand_dims(ops.cast(mask, columns[0].dtype), -1),)
-            initial_state.append(ops.zeros_like(initial_state[0]))  # the last real output
-        inputs = columns[0] if len(columns) == 1 else ops.concatenate(columns, axis=-1)
-        # keras.layers.RNN's own loop over the step: the backend's rnn (tf.while_loop, lax.scan, ...).
-        loop = keras.layers.RNN(
-            _Step(cell, params, fused, hoisted=self.hoist_input, masked=mask is not None),
+        return _loop(
+            cell.tensors(),
+            sequences,
+            initial_state,
+            mask,
+            hoist_input=self.hoist_input,
+            training=training,
             return_sequences=self.return_sequences,
             go_backwards=self.go_backwards,
             stateful=self.stateful,
             unroll=self.unroll,
         )
-        last_output, outputs, states = loop.inner_loop(inputs, initial_state, None, training)
-        if mask is not None:
-            last_output, states = states[-1], states[:-1]
-        return last_output, outputs, list(states)
 
     def get_config(self):
         config = super().get_config()
@@ -396,6 +389,30 @@ class Layer(keras.layers.RNN):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _loop(params, sequences, initial_state, mask, hoist_input=False, training=False, **rnn_options):
+    """``(last_output, outputs, final_state)`` of the cell with ``params`` (canonical name -> tensor)
+    over ``sequences`` (batch, time, input): a function of tensors only, so Keras' backend can
+    differentiate it with respect to the parameters as well as the inputs and initial state.
+    ``rnn_options``: return_sequences, go_backwards, stateful, unroll, as keras.layers.RNN."""
+    units = int(params[$units_param].shape[-1])
+    fused = fuse(params)  # once per call, not once per step
+    columns = prologue(params, fused, sequences, units) if hoist_input else (sequences,)
+    initial_state = list(initial_state)
+    if mask is not None:
+        # The mask travels as one more input column and the step applies the rule itself:
+        # Keras' backends mask differently (JAX's unrolled loop repeats the previous output).
+        columns += (ops.expand_dims(ops.cast(mask, columns[0].dtype), -1),)
+        initial_state.append(ops.zeros_like(initial_state[0]))  # the last real output
+    inputs = columns[0] if len(columns) == 1 else ops.concatenate(columns, axis=-1)
+    # keras.layers.RNN's own loop over the step: the backend's rnn (tf.while_loop, lax.scan, ...).
+    input_size = int(params[$input_param].shape[PARAM_TABLE[$input_param][0].index("input")])
+    loop = keras.layers.RNN(_Step(units, input_size, params, fused, hoisted=hoist_input, masked=mask is not None), **rnn_options)
+    last_output, outputs, states = loop.inner_loop(inputs, initial_state, None, training)
+    if mask is not None:
+        last_output, states = states[-1], states[:-1]
+    return last_output, outputs, list(states)
 
 
 def run_numpy(params, x, state=None, mask=None):
@@ -412,6 +429,85 @@ def run_numpy(params, x, state=None, mask=None):
         kwargs["mask"] = ops.convert_to_tensor(np.asarray(mask, bool))
     outputs, *final = layer(ops.convert_to_tensor(x), **kwargs)
     return ops.convert_to_numpy(outputs), tuple(ops.convert_to_numpy(s) for s in final)
+
+
+def _with_pullback(function, primals):
+    """``(function(*primals), pullback)``, where ``pullback(cotangents)`` gives the gradient of
+    ``sum(outputs * cotangents)`` with respect to every tensor in ``primals`` (same structure).
+
+    Keras 3 has no backend-neutral gradient API, so this asks the autodiff of the backend
+    Keras runs on (``keras.backend.backend()``, fixed per process by KERAS_BACKEND). It
+    imports that framework, which Keras has already imported; the cell itself stays in keras.ops.
+    """
+    flatten, pack = keras.tree.flatten, keras.tree.pack_sequence_as
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        flat = flatten(primals)
+        with tf.GradientTape(persistent=True) as tape:  # persistent: the pullback may be called again
+            tape.watch(flat)
+            outputs = function(*primals)
+
+        def pullback(cotangents):
+            grads = tape.gradient(
+                flatten(outputs), flat, output_gradients=flatten(cotangents), unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return pack(primals, grads)
+
+        return outputs, pullback
+    if backend == "jax":
+        import jax
+
+        outputs, jax_pullback = jax.vjp(function, *primals)
+        return outputs, lambda cotangents: jax_pullback(cotangents)
+    if backend == "torch":
+        import torch
+
+        flat = [t.detach().requires_grad_(True) for t in flatten(primals)]
+        with torch.enable_grad():
+            outputs = function(*pack(primals, flat))
+
+        def pullback(cotangents):
+            grads = torch.autograd.grad(flatten(outputs), flat, flatten(cotangents), retain_graph=True, allow_unused=True)
+            # A tensor the outputs do not depend on (a fully masked batch) has gradient zero.
+            return pack(primals, [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)])
+
+        return pack(outputs, [t.detach() for t in flatten(outputs)]), pullback
+    raise NotImplementedError(f"gradients on Keras' {backend!r} backend: expected tensorflow, jax or torch")
+
+
+def vjp_numpy(params, x, state=None, mask=None):
+    """Backend-neutral gradients through Keras' backend autodiff: ``(outputs, final_state, vjp)``
+    with ``vjp(g_outputs, g_state) -> (g_x, g_state0, g_params)``, NumPy arrays in and out, in x's dtype.
+
+    The same loop as :class:`Layer` (and :func:`run_numpy`), as a function of tensors, differentiated
+    with respect to the inputs, the initial state and every canonical parameter."""
+    x = np.asarray(x)
+    dtype = x.dtype.name
+    units = int(np.shape(params[$units_param])[-1])
+    _check_params(params, x.shape[-1], units)
+    tensor = lambda a: ops.convert_to_tensor(np.asarray(a, dtype))  # noqa: E731
+    state = tuple(np.zeros((x.shape[0], units), dtype) for _ in STATE_NAMES) if state is None else tuple(state)
+    mask_tensor = None if mask is None else ops.convert_to_tensor(np.asarray(mask, bool))
+
+    def sequence(params, x, state):
+        _, outputs, final = _loop(params, x, state, mask_tensor, return_sequences=True)
+        return outputs, tuple(final)
+
+    primals = ({name: tensor(params[name]) for name in PARAM_TABLE}, tensor(x), tuple(tensor(s) for s in state))
+    (outputs, final), pullback = _with_pullback(sequence, primals)
+    to_numpy = lambda t: np.asarray(ops.convert_to_numpy(t), dtype)  # noqa: E731
+
+    def vjp(g_outputs=None, g_state=None):
+        # Cotangents in the dtype of the values they weigh (Keras may compute below x's dtype).
+        like = lambda g, t: ops.zeros_like(t) if g is None else ops.cast(tensor(g), t.dtype)  # noqa: E731
+        g_final = (None,) * len(final) if g_state is None else tuple(g_state)
+        cotangents = (like(g_outputs, outputs), tuple(like(g, t) for g, t in zip(g_final, final)))
+        g_params, g_x, g_state0 = pullback(cotangents)
+        return to_numpy(g_x), tuple(to_numpy(g) for g in g_state0), {k: to_numpy(v) for k, v in g_params.items()}
+
+    return to_numpy(outputs), tuple(to_numpy(s) for s in final), vjp
 '''
 
 

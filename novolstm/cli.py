@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     cmp.add_argument("--steps", type=int, default=300, help="training steps (batch 32) per run")
     cmp.add_argument("--units", type=int, default=32)
-    cmp.add_argument("--backend", default="numpy")
+    cmp.add_argument("--backend", default="numpy", help="numpy, torch, jax or keras (any backend with gradients)")
     cmp.add_argument("--out", default="compare-results", help="folder for results.md, results.json, curves.png")
     bench = sub.add_parser("bench", help="benchmark generated cells against native LSTMs, side by side")
     bench.add_argument("--backends", nargs="+", help="default: every backend installed here")

@@ -3,8 +3,10 @@
 The NovoLSTM design document advises regular comparisons with the standard LSTM;
 this module makes them a command (``novolstm compare``). Every cell trains through
 its backend's generated code: the backend-neutral hook ``vjp_numpy`` gives outputs
-and gradients, a linear readout and the loss live in NumPy, and Adam updates the
-canonical parameters. So the same loop serves every backend and every spec.
+and gradients (the NumPy and torch backends' generated backward passes, JAX's autodiff,
+or on Keras the autodiff of the backend Keras runs on), a linear readout and the loss
+live in NumPy, and Adam updates the canonical parameters. So the same loop serves every
+backend (numpy, torch, jax, keras; not onnx, an inference runtime) and every spec.
 
 Tasks:
     adding: the adding problem (Hochreiter & Schmidhuber 1997): two channels, random
@@ -174,7 +176,7 @@ def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 
     module = load_generated(spec, backend)
     if not hasattr(module, "vjp_numpy"):
         raise ValueError(f"the {backend} backend has no backend-neutral gradient hook (vjp_numpy) to train with; "
-                         "compare trains on numpy, torch or jax")
+                         "compare trains on numpy, torch, jax or keras")
     rng = np.random.default_rng(seed)
     params = init_params(spec, task.inputs, units, seed=seed)
     params["readout_W"] = rng.normal(scale=1 / np.sqrt(units), size=(units, task.outputs))
