@@ -139,7 +139,7 @@ def test_other_builtin_cells_are_not_the_standard_lstm(name):
         {'g = "tanh(': 'g = "sigmoid('},  # one activation changed
         {'h_next = "o * tanh(c_next)"': 'h_next = "o * relu(c_next)"'},
         {'c_next = "f * c + i * g"': 'c_next = "i * c + f * g"'},  # gates swapped
-        {'i = "sigmoid(x @ W_i + h @ U_i + b_i)"': 'i = "sigmoid(x @ W_i + h @ U_i + b_f)"'},  # a parameter swapped
+        {"h @ U_i + b_i": "h @ U_i + b_f", "h @ U_f + b_f": "h @ U_f + b_i"},  # two biases swapped
         {'output = "h_next"': 'output = "c_next"'},
         {'h = "h_next"\nc = "c_next"': 'c = "c_next"\nh = "h_next"'},  # state order differs from nn.LSTM's (h, c)
     ],
