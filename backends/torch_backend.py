@@ -226,6 +226,8 @@ Contents:
     Cell             nn.Module with nn.LSTMCell conventions
     Layer            nn.Module with nn.LSTM conventions (layers, directions, dropout, packing)
     run_numpy        NumPy in, NumPy out (novolstm.run)
+
+$fused_doc
 """
 
 import zlib
@@ -661,6 +663,11 @@ def _mask_from_lengths(lengths, B, T, device):
     return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
 
 
+# ---------------------------------------------------------------- torch's fused LSTM kernel
+
+$fused_source
+
+
 # ---------------------------------------------------------------- modules
 
 
@@ -799,9 +806,14 @@ class Layer(nn.Module):
 
     def __init__(
         self, input_size, units, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, device=None, dtype=None, seed=0,
+        bidirectional=False, device=None, dtype=None, seed=0, fused=None,
     ):
         super().__init__()
+        if fused not in (None, True, False):
+            raise ValueError(f"fused: expected None (auto), True or False, got {fused!r}")
+        if fused and not FUSED_KERNEL:
+            raise ValueError(f"fused=True: {_NOT_STANDARD}")
+        self.fused = fused
         if int(num_layers) < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if not 0.0 <= float(dropout) <= 1.0:
@@ -823,7 +835,7 @@ class Layer(nn.Module):
 
     def extra_repr(self):
         extra = [f"{self.input_size}, {self.units}", f"spec={SPEC_NAME!r}"]
-        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False), ("fused", None)):
             if getattr(self, key) != default:
                 extra.append(f"{key}={getattr(self, key)}")
         return ", ".join(extra)
@@ -878,6 +890,40 @@ class Layer(nn.Module):
         mask = _check_mask(mask, B, T, x.device)
         states = self._initial_states(hx, B, unbatched, ref)
 
+        why = "fused=False" if self.fused is False else _fused_unavailable(x, mask)
+        if why is None:
+            x, final = self._fused_forward(x, states)
+        elif self.fused:
+            raise RuntimeError(f"fused=True, but the fused kernel cannot run this call: {why}")
+        else:
+            x, final = self._loop_forward(x, states, mask)
+
+        if packed:
+            output = _repack(x, lengths, input)
+        elif unbatched:
+            output = x[:, 0]
+            final = tuple(s[:, 0] for s in final)
+        else:
+            output = x.transpose(0, 1) if batch_first else x
+        return output, (final if len(final) > 1 else final[0])
+
+    def _fused_forward(self, x, states):
+        """torch's own fused LSTM kernel (what nn.LSTM runs), time-major, with torch autograd.
+
+        The flat weights are concatenated from the canonical parameters inside forward,
+        so gradients reach W_i, U_i, b_i, ... themselves.
+        """
+        flat = []
+        for layer in range(self.num_layers):
+            for suffix in ("", "_reverse")[: self.num_directions]:
+                flat.extend(_flat_weights(self.cells[f"l{layer}{suffix}"].params(), self.bias))
+        out, *final = torch._VF.lstm(
+            x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional, False
+        )
+        return out, tuple(final)
+
+    def _loop_forward(self, x, states, mask):
+        """The generated loop and backward pass: every cell, every call."""
         finals = []
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0.0 and self.training:
@@ -890,16 +936,7 @@ class Layer(nn.Module):
                 outs.append(result[0])
                 finals.append(result[1:])
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
-        final = tuple(torch.stack([f[k] for f in finals]) for k in range(len(STATE_NAMES)))
-
-        if packed:
-            output = _repack(x, lengths, input)
-        elif unbatched:
-            output = x[:, 0]
-            final = tuple(s[:, 0] for s in final)
-        else:
-            output = x.transpose(0, 1) if batch_first else x
-        return output, (final if len(final) > 1 else final[0])
+        return x, tuple(torch.stack([f[k] for f in finals]) for k in range(len(STATE_NAMES)))
 
     def _initial_states(self, hx, B, unbatched, ref):
         rows = self.num_layers * self.num_directions
@@ -961,6 +998,69 @@ def vjp_numpy(params, x, state=None, mask=None):
 
     return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final), vjp
 '''
+
+
+FUSED_DOC_STANDARD = """\
+Layer runs torch's own fused LSTM kernel (torch._VF.lstm, what nn.LSTM runs: oneDNN on
+CPU, cuDNN on GPU) with torch autograd for its backward, because this spec computes
+exactly the standard LSTM (novolstm.ir.computes_standard_lstm): whenever no mask,
+lengths or PackedSequence is given, the dtype is float32 or float64, and the call is not
+being traced or exported (torch.jit.trace, torch.onnx.export). Every other call runs the
+generated loop and backward pass. Layer(..., fused=False) always runs the generated
+loop; fused=True raises rather than fall back."""
+
+FUSED_DOC_OTHER = """\
+Layer always runs the generated loop: this spec is not the standard LSTM, so torch's
+fused LSTM kernel does not compute it (Layer(..., fused=True) raises)."""
+
+FUSED_SOURCE_STANDARD = '''\
+#: This spec computes exactly the standard LSTM: Layer may run torch's fused kernel.
+FUSED_KERNEL = True
+_NOT_STANDARD = None
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _fused_unavailable(x, mask):
+    """None when torch's fused LSTM kernel can run this call, else why it cannot."""
+    if mask is not None:
+        return "masks, lengths and PackedSequence inputs run the generated loop"
+    if x.dtype not in _FUSED_DTYPES:
+        return f"dtype {x.dtype}: the fused path runs float32 and float64 only"
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return "traced and exported graphs keep the generated loop"
+    return None
+
+
+def _flat_weights(params, bias):
+    """One cell's weights in nn.LSTM's flat layout, concatenated from the canonical parameters.
+
+    weight_ih (4 units, input) and weight_hh (4 units, units), gates in torch's order
+    i, f, g, o; with bias, bias_ih holds the canonical biases and bias_hh is zero (this
+    spec has one bias per gate). Built inside forward, so autograd reaches the canonical
+    parameters.
+    """
+    gates = ("i", "f", "g", "o")
+    flat = [
+        torch.cat([params[f"W_{k}"].t() for k in gates]),
+        torch.cat([params[f"U_{k}"].t() for k in gates]),
+    ]
+    if bias:
+        b = torch.cat([params[f"b_{k}"] for k in gates])
+        flat += [b, torch.zeros_like(b)]
+    return flat'''
+
+FUSED_SOURCE_OTHER = '''\
+#: This spec is not the standard LSTM: Layer always runs the generated loop.
+FUSED_KERNEL = False
+_NOT_STANDARD = f"spec {SPEC_NAME!r} does not compute the standard LSTM, so torch's fused LSTM kernel cannot run it"
+
+
+def _fused_unavailable(x, mask):
+    return _NOT_STANDARD
+
+
+def _flat_weights(params, bias):
+    raise RuntimeError(_NOT_STANDARD)'''
 
 
 def generate(plan: LoopPlan) -> str:
@@ -1092,6 +1192,8 @@ def generate(plan: LoopPlan) -> str:
     return fill(
         TEMPLATE,
         header=plan.header(NAME),
+        fused_doc=FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_OTHER,
+        fused_source=FUSED_SOURCE_STANDARD if plan.standard_lstm else FUSED_SOURCE_OTHER,
         description=docstring_text(spec.description),
         title=f"The {spec.name!r} cell",
         state_doc=", ".join(states),

@@ -157,9 +157,13 @@ def export_onnx(spec: SpecLike, params: dict, path=None, dtype: Any = "float32",
     The model's inputs and outputs are documented in the generated module
     (``novolstm generate SPEC --backend onnx``) and in :func:`novolstm.convert.onnx.lstm_operator_model`.
     """
+    from .ir import computes_standard_lstm
+
     spec = load_spec(spec)
-    builtin = {name: load_spec(name).hash for name in ("lstm", "peephole_lstm")}
-    if native_lstm and spec.hash in builtin.values():
+    # The standard LSTM is recognised by what it computes; the peephole LSTM still by its
+    # content hash (no structural matcher for it yet).
+    native = computes_standard_lstm(spec) or spec.hash == load_spec("peephole_lstm").hash
+    if native_lstm and native:
         from .convert.onnx import lstm_operator_model
 
         input_size = np.shape(params["W_i"])[0]

@@ -15,7 +15,7 @@ from typing import Callable
 
 from . import __version__
 from .autodiff import differentiate
-from .ir import Graph, Node
+from .ir import Graph, Node, computes_standard_lstm
 from .passes import Program, build_program
 from .spec_model import Spec
 
@@ -125,6 +125,12 @@ class LoopPlan:
     @property
     def spec(self) -> Spec:
         return self.program.spec
+
+    @property
+    def standard_lstm(self) -> bool:
+        """Whether the cell computes exactly the standard LSTM (see :func:`novolstm.ir.computes_standard_lstm`):
+        an emitter may then hand it to a framework's own fused LSTM kernel."""
+        return computes_standard_lstm(self.spec)
 
     def header(self, backend: str) -> str:
         spec = self.spec

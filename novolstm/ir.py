@@ -19,11 +19,15 @@ Example:
     >>> graph = lower(novolstm.load_spec("lstm"))
     >>> [n.name for n in graph.nodes if n.op == "sigmoid"]
     ['i', 'f', 'o']
+    >>> computes_standard_lstm(novolstm.load_spec("lstm")), computes_standard_lstm(novolstm.load_spec("gru"))
+    (True, False)
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any, Iterable
 
 from .expr import Binary, Call, Const, Expr, Name, Neg
@@ -259,3 +263,65 @@ def rewrite(graph: Graph, replacements: dict[str, str]) -> Graph:
     nodes = [replace(n, args=tuple(resolve(a) for a in n.args)) for n in graph.nodes]
     outputs = {role: resolve(name) for role, name in graph.outputs.items()}
     return prune(Graph(nodes, outputs))
+
+
+# ---------------------------------------------------------------- structural matching
+
+#: Ops whose result does not depend on the order of their arguments.
+COMMUTATIVE = ("add", "mul")
+
+
+def fingerprint(spec: Spec) -> str:
+    """A digest of what ``spec`` computes, independent of how it is written.
+
+    Two specs share a fingerprint when their lowered step graphs are the same
+    computation: intermediate names, description, equation order and the order of terms
+    in sums and products do not enter it; parameter names and shapes, the input, the
+    states (by position in ``spec.state_names``), constants, op attributes (such as a
+    LayerNorm epsilon) and which value is the output do. Initializers do not (they
+    change the starting point, not the function).
+    """
+    graph = lower(spec)
+    states = {s: k for k, s in enumerate(spec.state_names)}
+    shapes = {p.name: tuple(p.shape) for p in spec.params}
+    ids: dict[str, str] = {}
+    for n in graph.nodes:  # evaluation order: every argument already has its id
+        if n.op == "input":
+            key = "input"
+        elif n.op == "state":
+            key = f"state{states[n.name]}"
+        elif n.op == "param":
+            key = f"param {n.name} {shapes[n.name]}"
+        else:
+            args = [ids[a] for a in n.args]
+            if n.op in COMMUTATIVE:
+                args.sort()
+            attrs = dict(n.attrs)
+            if n.op == "linear":  # a matrix enters by name and declared shape
+                attrs["weights"] = tuple((w, shapes[w]) for w in attrs["weights"])
+            key = f"{n.op} {sorted(attrs.items())!r} ({', '.join(args)})"
+        ids[n.name] = hashlib.sha256(key.encode()).hexdigest()
+    outputs = []
+    for role, name in graph.outputs.items():
+        if role.startswith("state:"):  # the next value of a state, named by the state's position
+            role = f"state:{states[role.split(':', 1)[1]]}"
+        outputs.append((role, ids[name]))
+    return hashlib.sha256(repr(sorted(outputs)).encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def _standard_lstm_fingerprint() -> str:
+    from .spec_loader import load_spec
+
+    return fingerprint(load_spec("lstm"))
+
+
+def computes_standard_lstm(spec: Spec) -> bool:
+    """Whether ``spec`` computes exactly the standard LSTM, with its canonical parameter names.
+
+    True when the spec's :func:`fingerprint` equals the built-in ``lstm`` spec's:
+    i, f, o = sigmoid, g = tanh of ``x @ W_k + h @ U_k + b_k``, ``c' = f * c + i * g``,
+    ``h' = o * tanh(c')``, states ``(h, c)`` in that order, output ``h'``. Emitters use
+    it to hand such a spec to a framework's own fused LSTM kernel.
+    """
+    return fingerprint(spec) == _standard_lstm_fingerprint()

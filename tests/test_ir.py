@@ -80,3 +80,72 @@ def test_backward_graph_exports_one_gradient_per_fused_matrix():
     step_linear = next(n.name for n in program.step.nodes if n.op == "linear")
     assert f"grad:{step_linear}" in back.outputs
     assert {"grad:h", "grad:c", "grad:gamma_i", "grad:beta_i"} <= set(back.outputs)
+
+
+# ---------------------------------------------------------------- structural matching
+
+
+def _lstm_text(**changes):
+    """spec/lstm.toml's text with substrings replaced (old -> new, applied in order)."""
+
+    text = _builtin_path("lstm").read_text()
+    for old, new in changes.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+def _builtin_path(name):
+    import pathlib
+
+    return pathlib.Path(__file__).resolve().parents[1] / "spec" / f"{name}.toml"
+
+
+def _lstm_rewritten():
+    """The standard LSTM written differently: other intermediate names, description, equation
+    order, term order in sums and products, and an extra unused equation."""
+    head = _builtin_path("lstm").read_text().split("[equations]")[0]
+    head = head.replace('name = "lstm"', 'name = "my_lstm"').replace("The standard LSTM (Hochreiter", "Mine (Hochreiter")
+    head = head.replace('h = "h_next"\nc = "c_next"', 'h = "hidden"\nc = "cell"')
+    return head + """[equations]
+forget = "sigmoid(h @ U_f + b_f + x @ W_f)"
+cand = "tanh(x @ W_g + h @ U_g + b_g)"
+inp = "sigmoid(x @ W_i + h @ U_i + b_i)"
+cell = "inp * cand + c * forget"
+outgate = "sigmoid(b_o + x @ W_o + h @ U_o)"
+hidden = "tanh(cell) * outgate"
+"""
+
+
+def test_a_rewritten_standard_lstm_is_recognised():
+    from novolstm.ir import computes_standard_lstm, fingerprint
+
+    spec = novolstm.loads_spec(_lstm_rewritten().replace('output = "h_next"', 'output = "hidden"'))
+    assert spec.hash != novolstm.load_spec("lstm").hash
+    assert computes_standard_lstm(spec)
+    assert fingerprint(spec) == fingerprint(novolstm.load_spec("lstm"))
+
+
+@pytest.mark.parametrize("name", ["peephole_lstm", "novolstm", "novolstm_reference", "gru"])
+def test_other_builtin_cells_are_not_the_standard_lstm(name):
+    from novolstm.ir import computes_standard_lstm
+
+    assert not computes_standard_lstm(novolstm.load_spec(name))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {'g = "tanh(': 'g = "sigmoid('},  # one activation changed
+        {'h_next = "o * tanh(c_next)"': 'h_next = "o * relu(c_next)"'},
+        {'c_next = "f * c + i * g"': 'c_next = "i * c + f * g"'},  # gates swapped
+        {"h @ U_i + b_i": "h @ U_i + b_f", "h @ U_f + b_f": "h @ U_f + b_i"},  # two biases swapped
+        {'output = "h_next"': 'output = "c_next"'},
+        {'h = "h_next"\nc = "c_next"': 'c = "c_next"\nh = "h_next"'},  # state order differs from nn.LSTM's (h, c)
+    ],
+)
+def test_a_changed_lstm_is_not_the_standard_lstm(changes):
+    from novolstm.ir import computes_standard_lstm
+
+    spec = novolstm.loads_spec(_lstm_text(**changes))
+    assert not computes_standard_lstm(spec)
