@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from novolstm.cli import main
 
 
@@ -25,3 +27,22 @@ def test_bench_smoke_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "| numpy | smoke" in captured.out and "numpy bfloat16: NumPy has no bfloat16" in captured.out
     assert "numpy bfloat16 skipped" in captured.err
     assert "get_cell code generation, numpy (s)" in data["extras"]
+
+
+def test_a_candidate_that_cannot_compile_here_is_shown_with_its_reason():
+    from novolstm.bench import Candidate
+    from novolstm.bench.harness import _first_calls, markdown
+
+    def no_compiler():
+        raise RuntimeError("InductorError: no working C++ compiler found\nlong traceback")
+
+    cands, first = _first_calls([Candidate("ok", lambda: 1, None), Candidate("x, torch.compile", no_compiler, None,
+                                                                            jit="torch.compile", may_fail=True)], quiet=True)
+    assert list(first) == ["ok"] and cands[1].skipped == "RuntimeError: InductorError: no working C++ compiler found"
+    row = {"backend": "torch", "shape": "smoke", "dtype": "float32", "candidate": cands[1].name, "batch": 2, "steps": 5,
+           "units": 8, "forward_s": None, "forward_backward_s": None, "skipped": cands[1].skipped}
+    table = markdown({"dtypes": ["float32"], "repeats": 1, "rows": [row], "ratios": []}, {})
+    assert "| x, torch.compile | skipped: RuntimeError: InductorError: no working C++ compiler found |" in table
+    # A candidate not marked may_fail that raises is a bug, and the error propagates.
+    with pytest.raises(RuntimeError):
+        _first_calls([Candidate("bug", no_compiler, None)], quiet=True)
