@@ -6,9 +6,9 @@
 #
 #   benchmarks/run_all.sh [--repeats N] [--python PYTHON] [BACKEND ...]
 #
-# --repeats  interleaved repeats per candidate (default 3). The whole run takes about
-#            75 minutes on the project's 2-core machine at 3 repeats (see
-#            docs/benchmarks.md); each repeat adds roughly a tenth, compiling does not repeat.
+# --repeats  interleaved repeats per candidate (default 3). At 3 the whole run took an
+#            estimated 80 minutes on the project's busy 2-core machine (67 at 1); each
+#            further repeat adds about 6.5 minutes (docs/benchmarks.md says where it goes).
 # --python   the interpreter with novolstm and the frameworks installed (default: python3)
 # BACKEND    numpy torch jax keras (default: all four)
 #
