@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     bench.add_argument("--backends", nargs="+", help="default: every backend installed here")
     bench.add_argument("--shapes", nargs="+", default=["typical"], help="smoke, latency, typical, throughput")
     bench.add_argument("--repeats", type=int, default=7)
+    bench.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
+                       help="one or more; a backend without a dtype says so and skips it")
     bench.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the harness, measures nothing")
     bench.add_argument("--out", default="bench-results", help="folder for results.json, results.md, ratios.png")
     cnv = sub.add_parser("convert", help="convert weights between framework layouts through the canonical one")
@@ -202,8 +204,9 @@ def _bench(args) -> int:
 
     backends = args.backends or available_backends()
     shapes, repeats = (["smoke"], 1) if args.smoke else (args.shapes, args.repeats)
-    results = run(backends, shapes, repeats)
-    extras = {"import novolstm (s)": f"{import_seconds():.3f}", "get_cell code generation, numpy (s)": f"{codegen_seconds():.4f}"}
+    results = run(backends, shapes, repeats, args.dtype)
+    extras = {"import novolstm (s)": f"{import_seconds():.3f}"}
+    extras |= {f"get_cell code generation, {b} (s)": f"{codegen_seconds(b):.4f}" for b in dict.fromkeys(["numpy", *backends])}
     write(results, extras, args.out)
     print((Path(args.out) / "results.md").read_text())
     return 0

@@ -5,15 +5,44 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from novolstm.cli import main
 
 
 def test_bench_smoke_writes_json_markdown_and_plot(tmp_path, capsys):
-    assert main(["bench", "--smoke", "--backends", "numpy", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--smoke", "--backends", "numpy", "--dtype", "float32", "bfloat16", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     names = {r["candidate"] for r in data["rows"]}
     assert {"lstm spec", "novolstm spec", "novolstm_reference spec", "native: per-example cell (seed 001)"} <= names
     assert any(q["numerator"] == "lstm spec" and q["denominator"].startswith("native") for q in data["ratios"])
     assert "import novolstm (s)" in data["extras"]
     assert (tmp_path / "ratios.png").stat().st_size > 0
-    assert "| numpy | smoke" in capsys.readouterr().out
+    trained = [r for r in data["rows"] if r["forward_backward_s"]]
+    assert all("peak_rss_bytes_forward_backward" in r and r["framework_peak_bytes_forward_backward"] > 0 for r in trained)
+    # NumPy has no bfloat16: said in the results, not silently left out.
+    assert [(s["backend"], s["dtype"]) for s in data["skipped"]] == [("numpy", "bfloat16")]
+    assert {r["dtype"] for r in data["rows"]} == {"float32"}
+    captured = capsys.readouterr()
+    assert "| numpy | smoke" in captured.out and "numpy bfloat16: NumPy has no bfloat16" in captured.out
+    assert "numpy bfloat16 skipped" in captured.err
+    assert "get_cell code generation, numpy (s)" in data["extras"]
+
+
+def test_a_candidate_that_cannot_compile_here_is_shown_with_its_reason():
+    from novolstm.bench import Candidate
+    from novolstm.bench.harness import _first_calls, markdown
+
+    def no_compiler():
+        raise RuntimeError("InductorError: no working C++ compiler found\nlong traceback")
+
+    cands, first = _first_calls([Candidate("ok", lambda: 1, None), Candidate("x, torch.compile", no_compiler, None,
+                                                                            jit="torch.compile", may_fail=True)], quiet=True)
+    assert list(first) == ["ok"] and cands[1].skipped == "RuntimeError: InductorError: no working C++ compiler found"
+    row = {"backend": "torch", "shape": "smoke", "dtype": "float32", "candidate": cands[1].name, "batch": 2, "steps": 5,
+           "units": 8, "forward_s": None, "forward_backward_s": None, "skipped": cands[1].skipped}
+    table = markdown({"dtypes": ["float32"], "repeats": 1, "rows": [row], "ratios": []}, {})
+    assert "| x, torch.compile | skipped: RuntimeError: InductorError: no working C++ compiler found |" in table
+    # A candidate not marked may_fail that raises is a bug, and the error propagates.
+    with pytest.raises(RuntimeError):
+        _first_calls([Candidate("bug", no_compiler, None)], quiet=True)

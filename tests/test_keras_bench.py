@@ -9,10 +9,14 @@ from novolstm.cli import main
 
 
 def test_keras_adapter_smoke(tmp_path, capsys):
-    assert main(["bench", "--smoke", "--backends", "keras", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--smoke", "--backends", "keras", "--dtype", "float32", "bfloat16", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     names = {r["candidate"] for r in data["rows"]}
     assert {"lstm spec", "novolstm spec", "novolstm_reference spec", "native: keras.layers.LSTM"} <= names
     assert all(r["forward_backward_s"] for r in data["rows"])
     assert any(q["denominator"] == "native: keras.layers.LSTM" for q in data["ratios"])
-    assert "| keras | smoke" in capsys.readouterr().out
+    assert {r["dtype"] for r in data["rows"]} == {"float32", "bfloat16"}
+    assert all("peak_rss_bytes_forward_backward" in r for r in data["rows"])
+    # tf.function or jax.jit report their compile time; Keras on torch runs eagerly.
+    assert all(("compile_forward_s" in r) == (r.get("jit") is not None) for r in data["rows"])
+    assert "| keras | smoke (2x5x8) | bfloat16 |" in capsys.readouterr().out

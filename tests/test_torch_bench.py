@@ -13,4 +13,22 @@ def test_bench_smoke_torch(tmp_path, capsys):
     names = {r["candidate"] for r in data["rows"]}
     assert {"lstm spec", "novolstm spec", "novolstm_reference spec", "native: torch.nn.LSTM"} <= names
     assert any(q["numerator"] == "lstm spec" and q["denominator"] == "native: torch.nn.LSTM" for q in data["ratios"])
+    # torch.compile of the generated layers: compile time and compiled speed, or the reason
+    # it could not run here in place of them, never silently absent.
+    for cell in ("lstm", "novolstm"):
+        row = next(r for r in data["rows"] if r["candidate"] == f"{cell} spec, torch.compile")
+        assert row.get("skipped") or (row["jit"] == "torch.compile" and row["compile_forward_backward_s"] >= 0)
+    assert all("peak_rss_bytes_forward_backward" in r for r in data["rows"] if not r.get("skipped"))
     assert "| torch | smoke" in capsys.readouterr().out
+
+
+def test_torch_builds_every_candidate_in_bfloat16():
+    import torch
+
+    from novolstm.bench.torch_adapter import candidates
+
+    for c in candidates(batch=2, steps=3, units=4, dtype="bfloat16"):
+        if "torch.compile" in c.name:
+            continue  # the same layers, compiled; compiling again here would cost a minute
+        out = c.forward()
+        assert (out[0] if isinstance(out, tuple) else out).dtype == torch.bfloat16, c.name

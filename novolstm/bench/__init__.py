@@ -26,11 +26,26 @@ SHAPES = {
 ADAPTERS = {"numpy": "numpy_adapter", "torch": "torch_adapter", "keras": "keras_adapter", "jax": "jax_adapter"}
 
 
+#: the dtypes the harness knows; each adapter lists those it runs in its own DTYPES
+DTYPES = ("float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class Candidate:
     name: str  # e.g. "lstm spec", "novolstm spec", "native LSTM"
-    forward: Callable[[], object]
+    forward: Callable[[], object] | None  # None only for a skipped candidate
     forward_backward: Callable[[], object] | None  # None where there is no backward pass to time
+    #: how the callables are compiled ("jax.jit", "tf.function", "torch.compile"): the harness
+    #: reports the first call minus the steady state as compile time
+    jit: str | None = None
+    #: the framework's own peak-memory figure for forward+backward, in bytes (XLA's compiled
+    #: memory analysis, NumPy's tracemalloc), where it has one
+    framework_peak_bytes: Callable[[], int] | None = None
+    #: True where failing on first call is a finding about this machine, not a bug
+    #: (torch.compile needs a working C++ toolchain): the table shows the reason
+    may_fail: bool = False
+    #: why this candidate does not run here; shown in the table in place of its times
+    skipped: str | None = None
 
 
 def adapter(backend: str):

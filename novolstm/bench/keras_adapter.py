@@ -2,6 +2,9 @@
 backend this process runs (KERAS_BACKEND), each compiled the way that backend compiles:
 tf.function on TensorFlow (no XLA, Keras' own default on CPU), jax.jit on JAX, eager on torch.
 Forward+backward is the gradient of sum(outputs) with respect to the inputs and every weight.
+The harness reports the compile time (tf.function's trace, or jax.jit's compile) as the
+first call minus the steady state. Float32 and bfloat16: each layer (native included)
+is built with that dtype as its Keras dtype policy, inputs cast to it.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ from novolstm.api import get_layer
 from novolstm.bench import Candidate
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
+DTYPES = ("float32", "bfloat16")
 
 
-def _compile(layer, x):
-    """(forward, forward_backward) callables that return only when the work is done."""
+def _compile(layer, x) -> dict:
+    """The Candidate fields: forward and forward_backward callables that return only when
+    the work is done, and how they were compiled."""
     import keras
 
     backend = keras.backend.backend()
@@ -33,9 +38,12 @@ def _compile(layer, x):
                 loss = tf.reduce_sum(layer(x))
             return tape.gradient(loss, [x] + layer.trainable_variables)
 
-        return (lambda: forward().numpy()), (lambda: [g.numpy() for g in forward_backward()])
+        return dict(forward=lambda: forward().numpy(), forward_backward=lambda: [g.numpy() for g in forward_backward()],
+                    jit="tf.function")
     if backend == "jax":
         import jax
+
+        from novolstm.bench.jax_adapter import compiled_bytes
 
         trainable = [v.value for v in layer.trainable_variables]
         others = [v.value for v in layer.non_trainable_variables]
@@ -45,7 +53,8 @@ def _compile(layer, x):
 
         fwd = jax.jit(apply)
         grad = jax.jit(jax.grad(lambda w, inputs: apply(w, inputs).sum(), argnums=(0, 1)))
-        return (lambda: fwd(trainable, x).block_until_ready()), (lambda: jax.block_until_ready(grad(trainable, x)))
+        return dict(forward=lambda: fwd(trainable, x).block_until_ready(), forward_backward=lambda: jax.block_until_ready(grad(trainable, x)),
+                    jit="jax.jit", framework_peak_bytes=lambda: compiled_bytes(grad, trainable, x))
     if backend == "torch":
         import torch
 
@@ -58,21 +67,27 @@ def _compile(layer, x):
             layer(inputs).sum().backward()
             return inputs.grad
 
-        return forward, forward_backward
+        return dict(forward=forward, forward_backward=forward_backward)
     raise ValueError(f"no benchmark path for Keras backend {backend!r}")
 
 
 def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     import keras
 
-    x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(batch, steps, units)).astype(dtype))
+    # Drawn in float32 and cast: NumPy itself has no bfloat16.
+    x = keras.ops.cast(np.random.default_rng(0).normal(size=(batch, steps, units)).astype("float32"), dtype)
     for cell in CELLS:
         layer = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype)
         layer(x)  # build
-        yield Candidate(f"{cell} spec", *_compile(layer, x))
-    native = keras.layers.LSTM(units, return_sequences=True, dtype=dtype)
+        yield Candidate(f"{cell} spec", **_compile(layer, x))
+    # TensorFlow's QR (behind the orthogonal recurrent initializer) has no bfloat16: the
+    # native layer is initialized in float32 and its weights copied into the dtype's layer.
+    twin = keras.layers.LSTM(units, return_sequences=True, dtype="float32")
+    twin(keras.ops.cast(x, "float32"))
+    native = keras.layers.LSTM(units, return_sequences=True, dtype=dtype, recurrent_initializer="zeros")
     native(x)
-    yield Candidate("native: keras.layers.LSTM", *_compile(native, x))
+    native.set_weights(twin.get_weights())
+    yield Candidate("native: keras.layers.LSTM", **_compile(native, x))
 
 
 def matmul(batch: int, steps: int, units: int, dtype: str = "float32"):
@@ -80,6 +95,6 @@ def matmul(batch: int, steps: int, units: int, dtype: str = "float32"):
     import keras
 
     rng = np.random.default_rng(0)
-    a = keras.ops.convert_to_tensor(rng.normal(size=(batch * steps, 2 * units)).astype(dtype))
-    w = keras.ops.convert_to_tensor(rng.normal(size=(2 * units, 4 * units)).astype(dtype))
+    a = keras.ops.cast(rng.normal(size=(batch * steps, 2 * units)).astype("float32"), dtype)
+    w = keras.ops.cast(rng.normal(size=(2 * units, 4 * units)).astype("float32"), dtype)
     return lambda: keras.ops.convert_to_numpy(keras.ops.matmul(a, w))

@@ -6,8 +6,11 @@ import numpy as np
 
 from novolstm.api import init_params, load_generated
 from novolstm.bench import Candidate
+from novolstm.bench.memory import peak_traced_bytes
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
+DTYPES = ("float32",)
+DTYPE_NOTES = {"bfloat16": "NumPy has no bfloat16 dtype, so the NumPy backend has no bfloat16 cells (it runs float32 and float64)"}
 TARGETS = {
     ("lstm spec", "native", "forward"): 0.2,
     ("novolstm spec", "lstm spec", "forward"): 1.3,
@@ -60,7 +63,9 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
             _, _, tape = module.forward(params, x, keep_tape=True)
             return module.backward(params, tape, g)
 
-        yield Candidate(f"{cell} spec", lambda module=module, params=params: module.forward(params, x), fwd_bwd)
+        # NumPy reports its buffers to tracemalloc: its own, exact peak next to the RSS one.
+        yield Candidate(f"{cell} spec", lambda module=module, params=params: module.forward(params, x), fwd_bwd,
+                        framework_peak_bytes=lambda fwd_bwd=fwd_bwd: peak_traced_bytes(fwd_bwd))
     textbook = PerExampleLSTMCell(init_params("lstm", units, units, seed=0), dtype)
     yield Candidate("native: per-example cell (seed 001)", lambda: textbook.sequence(x), None)
 
@@ -71,4 +76,3 @@ def matmul(batch: int, steps: int, units: int, dtype: str = "float32"):
     a = rng.normal(size=(batch * steps, 2 * units)).astype(dtype)
     w = rng.normal(size=(2 * units, 4 * units)).astype(dtype)
     return lambda: a @ w
-TRACEMALLOC_SEES_BUFFERS = True  # NumPy reports its buffers to tracemalloc

@@ -4,6 +4,14 @@ Forward runs under torch.no_grad(); forward+backward trains the parameters with
 loss = output.sum() (the input, like data, needs no gradient). Inputs are time-major,
 as nn.LSTM's default. ``nn.LSTM, oneDNN off`` is context: the same module on ATen's
 op-by-op path instead of oneDNN's fused LSTM kernel.
+
+``torch.compile`` candidates compile the generated ``lstm`` and ``novolstm`` layers
+(Inductor, which on CPU needs a C++ compiler); the harness reports their compile time
+(first call minus steady state) and their compiled speed. Dynamo unrolls the Python time
+loop, so compile time grows with the number of steps: measured here at batch 32, 100
+steps, 128 units, 12 s forward and 99 s forward+backward (and slower than eager at that
+shape). Above ``COMPILE_MAX_STEPS`` they are skipped with that reason in the table.
+Every candidate, native included, is built in the requested dtype (float32, bfloat16).
 """
 
 from __future__ import annotations
@@ -12,6 +20,11 @@ from novolstm.api import get_layer
 from novolstm.bench import Candidate
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
+COMPILED = ("lstm", "novolstm")
+DTYPES = ("float32", "bfloat16")
+#: torch.compile unrolls the time loop: compile time grows with the steps (about 2 minutes
+#: for both modes of one cell at 100 steps here), so the 200- and 1000-step shapes skip it
+COMPILE_MAX_STEPS = 100
 
 
 def _modes(module, x):
@@ -38,12 +51,23 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(steps, batch, units, generator=gen, dtype=torch_dtype)
     native = torch.nn.LSTM(units, units, dtype=torch_dtype)
+    layers = {}
     for cell in CELLS:
-        layer = get_layer("torch", spec=cell)(units, units, dtype=torch_dtype)
+        layer = layers[cell] = get_layer("torch", spec=cell)(units, units, dtype=torch_dtype)
         if cell == "lstm":  # the same function as the native baseline
             layer.load_canonical(from_torch(native.state_dict(), cell="lstm"))
         yield Candidate(f"{cell} spec", *_modes(layer, x))
     yield Candidate("native: torch.nn.LSTM", *_modes(native, x))
+    for cell in COMPILED:
+        name = f"{cell} spec, torch.compile"
+        if steps > COMPILE_MAX_STEPS:
+            yield Candidate(name, None, None, skipped=f"{steps} steps: torch.compile unrolls the time loop, "
+                            f"compiling for many minutes (run only up to {COMPILE_MAX_STEPS} steps)")
+            continue
+        # A copy, so the eager candidate above keeps running uncompiled.
+        copy = get_layer("torch", spec=cell)(units, units, dtype=torch_dtype)
+        copy.load_state_dict(layers[cell].state_dict())
+        yield Candidate(name, *_modes(torch.compile(copy), x), jit="torch.compile", may_fail=True)
 
     class OneDNNOff(torch.nn.Module):
         def forward(self, x):
