@@ -1004,7 +1004,8 @@ FUSED_DOC_STANDARD = """\
 Layer runs torch's own fused LSTM kernel (torch._VF.lstm, what nn.LSTM runs: oneDNN on
 CPU, cuDNN on GPU) with torch autograd for its backward, because this spec computes
 exactly the standard LSTM (novolstm.ir.computes_standard_lstm): whenever no mask,
-lengths or PackedSequence is given, the dtype is float32 or float64, and the call is not
+lengths or PackedSequence is given, the dtype is float32, float64 or bfloat16 (the
+kernel keeps its gate arithmetic in float32), and the call is not
 being traced or exported (torch.jit.trace, torch.onnx.export). Every other call runs the
 generated loop and backward pass. Layer(..., fused=False) always runs the generated
 loop; fused=True raises rather than fall back."""
@@ -1017,7 +1018,8 @@ FUSED_SOURCE_STANDARD = '''\
 #: This spec computes exactly the standard LSTM: Layer may run torch's fused kernel.
 FUSED_KERNEL = True
 _NOT_STANDARD = None
-_FUSED_DTYPES = (torch.float32, torch.float64)
+# float16: oneDNN has no float16 LSTM on CPU; the generated loop runs it everywhere.
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def _fused_unavailable(x, mask):
@@ -1025,7 +1027,7 @@ def _fused_unavailable(x, mask):
     if mask is not None:
         return "masks, lengths and PackedSequence inputs run the generated loop"
     if x.dtype not in _FUSED_DTYPES:
-        return f"dtype {x.dtype}: the fused path runs float32 and float64 only"
+        return f"dtype {x.dtype}: the fused path runs float32, float64 and bfloat16"
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return "traced and exported graphs keep the generated loop"
     return None

@@ -12,7 +12,7 @@ import torch
 import novolstm
 from novolstm import reference
 from novolstm.convert.torch import from_torch, to_torch
-from novolstm.testing import assert_close, random_params, tolerance
+from novolstm.testing import assert_close, pairwise_tolerance, random_params, tolerance
 
 LSTM_LAYER = novolstm.get_layer("torch", spec="lstm")
 
@@ -130,11 +130,33 @@ def test_fused_runs_exactly_where_it_can(rng):
     strict = LSTM_LAYER(3, 4, batch_first=True, fused=True)
     with pytest.raises(RuntimeError, match="fused=True.*mask"):
         strict(x, mask=mask)
-    half = LSTM_LAYER(3, 4, dtype=torch.bfloat16)
-    assert not ran_fused(half(torch.ones(5, 2, 3, dtype=torch.bfloat16, requires_grad=True))[0]), "bfloat16: the generated loop"
+    half = LSTM_LAYER(3, 4, dtype=torch.float16)
+    assert not ran_fused(half(torch.ones(5, 2, 3, dtype=torch.float16, requires_grad=True))[0]), "float16: the generated loop"
     assert "fused=False" in repr(LSTM_LAYER(3, 4, fused=False))
     with pytest.raises(ValueError, match="fused"):
         LSTM_LAYER(3, 4, fused="yes")
+
+
+def test_bfloat16_fused_matches_reference_and_the_generated_loop(rng):
+    """bfloat16 runs the fused kernel: outputs within the bfloat16 tier of the reference, and
+    gradients within the pairwise bfloat16 tolerance of the generated loop's."""
+    layer, params = randomized(rng, torch.bfloat16, batch_first=True)
+    loop = LSTM_LAYER(3, 4, dtype=torch.bfloat16, batch_first=True, fused=False)
+    loop.load_state_dict(layer.state_dict())
+    T = 7
+    x = rng.normal(size=(2, T, 3))
+    state = (rng.normal(size=(1, 2, 4)), rng.normal(size=(1, 2, 4)))
+    g_out = rng.normal(size=(2, T, 4))
+    fused, looped = run_with_grads(layer, x, state, g_out), run_with_grads(loop, x, state, g_out)
+    assert ran_fused(fused[0]) and not ran_fused(looped[0])
+    as_f64 = {k: v.astype(np.float64) for k, v in layer.export_canonical()["l0"].items()}  # the rounded weights
+    rounded = lambda a: torch.tensor(a, dtype=torch.bfloat16).double().numpy()  # noqa: E731
+    y_ref, _ = reference.run("lstm", as_f64, rounded(x), (rounded(state[0][0]), rounded(state[1][0])))
+    assert_close(fused[0].detach().double().numpy(), y_ref, tolerance("bfloat16", T), what="bfloat16 fused outputs")
+    gtol = pairwise_tolerance("bfloat16", "bfloat16", T, kind="gradients")
+    assert_close(fused[2], looped[2], gtol, what="bfloat16 grad x, fused vs loop")
+    for name, value in looped[4].items():
+        assert_close(fused[4][name], value, gtol, what=f"bfloat16 grad {name}, fused vs loop")
 
 
 def test_only_the_standard_lstm_offers_the_fused_kernel():
