@@ -515,6 +515,20 @@ def _make_nnx_cell():
             """The parameters as a dict of canonical names to arrays (what the pure functions take)."""
             return {name: getattr(self, name)[...] for name in PARAM_TABLE}
 
+        def export_canonical(self):
+            """The parameters as NumPy arrays under canonical names (novolstm.save_module)."""
+            return {name: np.asarray(value) for name, value in self.canonical_params().items()}
+
+        def load_canonical(self, params):
+            """Set the parameters from canonical ones, cast to param_dtype; returns the cell."""
+            if set(params) != set(PARAM_TABLE):
+                raise ValueError(f"params: expected names {sorted(PARAM_TABLE)}, got {sorted(params)}")
+            if _sizes(params) != (self.in_features, self.hidden_features):
+                raise ValueError(f"params: expected input size {self.in_features} and {self.hidden_features} units, got {_sizes(params)}")
+            for name in PARAM_TABLE:
+                setattr(self, name, nnx.Param(jnp.asarray(params[name]).astype(self.param_dtype)))
+            return self
+
         def _cast(self, x, carry):
             if self.dtype is None:
                 return x, carry

@@ -260,6 +260,15 @@ class Cell(keras.layers.Layer):
             raise ValueError(f"{SPEC_NAME} Cell: not built yet, so it has no weights; call it or load_params first")
         return {name: np.array(ops.convert_to_numpy(ops.copy(getattr(self, name)))) for name in PARAM_TABLE}
 
+    # The names every backend's cells and layers share (novolstm.save_module, novolstm.load_into).
+    def load_canonical(self, params):
+        """As :meth:`load_params`."""
+        return self.load_params(params)
+
+    def export_canonical(self):
+        """As :meth:`export_params`."""
+        return self.export_params()
+
     @classmethod
     def from_params(cls, params, **kwargs):
         """A built cell holding ``params`` (canonical names); ``units`` comes from their shapes."""
@@ -360,6 +369,15 @@ class Layer(keras.layers.RNN):
     @property
     def units(self):
         return self.cell.units
+
+    def load_canonical(self, params):
+        """Set the cell's variables from canonical parameters (see Cell.load_params); returns the layer."""
+        self.cell.load_params(params)
+        return self
+
+    def export_canonical(self):
+        """The cell's canonical parameters as NumPy arrays."""
+        return self.cell.export_params()
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
         if isinstance(mask, (list, tuple)):

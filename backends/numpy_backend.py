@@ -244,15 +244,22 @@ class Cell:
         self.input_size, self.units, self.dtype = input_size, units, np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype: expected float32 or float64, got {self.dtype}")
-        if params is None:
-            params = init_params(input_size, units, seed, self.dtype)
-        expected = {name: tuple({"input": input_size, "units": units}[d] for d in dims) for name, (dims, _, _) in PARAM_TABLE.items()}
+        self.load_canonical(init_params(input_size, units, seed, self.dtype) if params is None else params)
+
+    def load_canonical(self, params):
+        """Set the parameters from canonical ones (names and shapes checked, copied in the cell's dtype); returns the cell."""
+        expected = {name: tuple({"input": self.input_size, "units": self.units}[d] for d in dims) for name, (dims, _, _) in PARAM_TABLE.items()}
         if set(params) != set(expected):
             raise ValueError(f"params: expected names {sorted(expected)}, got {sorted(params)}")
         for name, shape in expected.items():
             if np.shape(params[name]) != shape:
                 raise ValueError(f"params[{name!r}]: expected shape {shape}, got {np.shape(params[name])}")
         self.params = {name: np.array(params[name], dtype=self.dtype) for name in expected}
+        return self
+
+    def export_canonical(self):
+        """The parameters under canonical names (copies)."""
+        return {name: value.copy() for name, value in self.params.items()}
 
     def __call__(self, x, state=None):
         """One step, as torch.nn.LSTMCell: x (batch, input) or (input,) -> the new state."""

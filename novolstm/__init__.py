@@ -37,10 +37,12 @@ _EXPORTS = {
     "list_specs": "spec_loader",
     "load": "checkpoint",
     "load_generated": "api",
+    "load_into": "checkpoint",
     "load_spec": "spec_loader",
     "loads_spec": "spec_loader",
     "run": "api",
     "save": "checkpoint",
+    "save_module": "checkpoint",
 }
 _MODULES = ("reference", "testing", "conformance", "golden", "evaluation", "convert")
 
@@ -65,7 +67,7 @@ def __dir__():
 if TYPE_CHECKING:  # for type checkers and documentation tools, which do not run __getattr__
     from . import conformance, convert, evaluation, golden, reference, testing
     from .api import export_onnx, generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
-    from .checkpoint import CheckpointError, load, save
+    from .checkpoint import CheckpointError, load, load_into, save, save_module
     from .errors import SpecError
     from .spec_loader import list_specs, load_spec, loads_spec
     from .spec_model import Spec

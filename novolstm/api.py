@@ -59,6 +59,7 @@ def _load(spec: Spec, backend: str) -> types.ModuleType:
     module.__file__ = filename
     sys.modules[name] = module  # dataclasses, pickle-free serializers and inspect look modules up here
     exec(compile(source, filename, "exec"), module.__dict__)
+    module.SPEC = spec  # the spec itself, for specs loaded from a path (checkpoint.save_module)
     return module
 
 

@@ -69,6 +69,59 @@ def save(params: dict, path, spec, layers: int = 1, bidirectional: bool = False)
     write_safetensors(path, flat, metadata, dtype)
 
 
+def save_module(module, path, spec=None) -> None:
+    """Write the weights of a cell or layer novolstm generated, on any backend, as a checkpoint.
+
+    ``module``: a torch ``Cell`` or ``Layer`` (stacked, bidirectional), a Keras ``Cell`` or
+    ``Layer``, a Flax ``NNXCell``, a NumPy ``Cell``: every one has ``export_canonical()`` and
+    ``load_canonical(params)``. ``spec`` defaults to the spec the module was generated from.
+
+    Example:
+        >>> import tempfile, os, novolstm
+        >>> cell = novolstm.get_cell("numpy", "novolstm")(input_size=3, units=4, seed=1)
+        >>> path = os.path.join(tempfile.mkdtemp(), "cell.safetensors")
+        >>> save_module(cell, path)
+        >>> other = load_into(novolstm.get_cell("numpy", "novolstm")(input_size=3, units=4, seed=2), path)
+        >>> all((other.params[k] == cell.params[k]).all() for k in cell.params)
+        True
+    """
+    from .convert.files import layered, structure
+
+    spec = module_spec(module, spec)
+    layers = layered(module.export_canonical())
+    count, bidirectional = structure(layers)
+    single = (count, bidirectional) == (1, False)
+    save(layers["l0"] if single else layers, path, spec=spec, layers=count, bidirectional=bidirectional)
+
+
+def load_into(module, path, spec=None):
+    """Load a checkpoint into a generated cell or layer (see :func:`save_module`); returns it.
+
+    The file must be for the module's spec (same hash) and structure; the module checks names and
+    shapes as its ``load_canonical`` does.
+    """
+    params, _ = load(path, spec=module_spec(module, spec))
+    return module.load_canonical(params)
+
+
+def module_spec(module, spec=None):
+    """The Spec a generated cell or layer computes: ``spec`` if given (checked against the
+    module's spec hash), else the one it was generated from."""
+    import sys
+
+    generated = sys.modules.get(type(module).__module__)
+    digest = getattr(generated, "SPEC_HASH", None)
+    if digest is None or not hasattr(module, "export_canonical"):
+        raise TypeError(f"{type(module).__name__}: expected a cell or layer novolstm generated (with export_canonical)")
+    resolved = load_spec(spec if spec is not None else getattr(generated, "SPEC", None) or generated.SPEC_NAME)
+    if resolved.hash != digest:
+        raise CheckpointError(
+            f"{type(module).__name__} was generated from spec {generated.SPEC_NAME!r} sha256 {digest[:12]}, "
+            f"but spec {resolved.name!r} has sha256 {resolved.hash[:12]}: pass the spec it was generated from"
+        )
+    return resolved
+
+
 def load(path, spec=None) -> tuple[dict, dict]:
     """Read a checkpoint: ``(params, metadata)``; params nested per layer when the file has several.
 

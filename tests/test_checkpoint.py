@@ -123,3 +123,29 @@ def test_no_pickle_anywhere_in_the_package():
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "import pickle" not in text and "allow_pickle=True" not in text, path
+
+
+def test_save_module_and_load_into_a_numpy_cell(tmp_path):
+    Cell = novolstm.get_cell("numpy", "novolstm")
+    cell = Cell(input_size=3, units=4, seed=1)
+    path = tmp_path / "cell.safetensors"
+    novolstm.save_module(cell, path)
+    assert novolstm.load(path)[1]["spec"] == "novolstm"
+    other = novolstm.load_into(Cell(input_size=3, units=4, seed=2), path)
+    x = RNG.normal(size=(2, 5, 3))
+    np.testing.assert_array_equal(other.sequence(x)[0], cell.sequence(x)[0])
+    with pytest.raises(CheckpointError, match="hash"):
+        novolstm.load_into(novolstm.get_cell("numpy", "lstm")(input_size=3, units=4), path)
+    with pytest.raises(ValueError, match="expected shape"):
+        novolstm.load_into(Cell(input_size=3, units=5), path)
+    with pytest.raises(TypeError, match="a cell or layer novolstm generated"):
+        novolstm.save_module(object(), tmp_path / "nothing.safetensors")
+
+
+def test_save_module_of_a_user_spec_loaded_from_a_path(tmp_path):
+    spec = pathlib.Path(__file__).resolve().parents[1] / "docs" / "examples" / "cifg.toml"
+    Cell = novolstm.get_cell("numpy", str(spec))
+    cell = Cell(input_size=2, units=3, seed=4)
+    novolstm.save_module(cell, tmp_path / "cifg.safetensors")
+    other = novolstm.load_into(Cell(input_size=2, units=3, seed=5), tmp_path / "cifg.safetensors")
+    assert all((other.params[k] == v).all() for k, v in cell.params.items())

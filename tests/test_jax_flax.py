@@ -221,3 +221,15 @@ def test_flax_nnx_cell_weights_run_the_same_on_the_spec(layout):
     assert_close(np.asarray(outputs), expected, what=f"Flax {layout} outputs")
     for got, want in zip(convert.carry_to_state(carry, layout), expected_state):
         assert_close(np.asarray(got), want, what=f"Flax {layout} final carry")
+
+
+def test_save_module_and_load_into_an_nnx_cell(tmp_path):
+    m = module("novolstm")
+    cell = m.NNXCell(3, 4, seed=1)
+    path = tmp_path / "cell.safetensors"
+    novolstm.save_module(cell, path)
+    other = novolstm.load_into(m.NNXCell(3, 4, seed=2), path)
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 5, 3)), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(nnx.RNN(other)(x)), np.asarray(nnx.RNN(cell)(x)))
+    with pytest.raises(ValueError, match="expected input size"):
+        novolstm.load_into(m.NNXCell(3, 5, seed=2), path)

@@ -383,3 +383,20 @@ def test_canonical_checkpoint_round_trip(num_layers, bidirectional, tmp_path, rn
     fresh = Layer("novolstm")(3, 4, num_layers=num_layers, bidirectional=bidirectional, dtype=torch.float64, seed=5)
     fresh.load_canonical(params)
     assert all(torch.equal(a, b) for a, b in zip(layer.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_save_module_and_load_into_a_stacked_bidirectional_layer(tmp_path):
+    Layer = novolstm.get_layer("torch", spec="novolstm")
+    layer = Layer(3, 4, num_layers=2, bidirectional=True, seed=1)
+    path = tmp_path / "layer.safetensors"
+    novolstm.save_module(layer, path)
+    assert novolstm.load(path)[1]["layers"] == "2"
+    other = novolstm.load_into(Layer(3, 4, num_layers=2, bidirectional=True, seed=2), path)
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(other(x)[0], layer(x)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cell keys"):
+        novolstm.load_into(Layer(3, 4, num_layers=1, seed=2), path)
+    cell = novolstm.get_cell("torch", spec="novolstm")(3, 4, seed=3)
+    novolstm.save_module(cell, tmp_path / "cell.safetensors")
+    single = novolstm.load_into(Layer(3, 4, seed=4), tmp_path / "cell.safetensors")  # a one-cell layer takes a cell's file
+    torch.testing.assert_close(single.cells["l0"].W_i, cell.W_i, rtol=0, atol=0)
