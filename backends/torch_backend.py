@@ -814,6 +814,7 @@ class Layer(nn.Module):
         if fused and not FUSED_KERNEL:
             raise ValueError(f"fused=True: {_NOT_STANDARD}")
         self.fused = fused
+        self._flat_cache = None  # (parameter versions, flat weights) for inference; see _fused_forward
         if int(num_layers) < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if not 0.0 <= float(dropout) <= 1.0:
@@ -911,12 +912,21 @@ class Layer(nn.Module):
         """torch's own fused LSTM kernel (what nn.LSTM runs), time-major, with torch autograd.
 
         The flat weights are concatenated from the canonical parameters inside forward,
-        so gradients reach W_i, U_i, b_i, ... themselves.
+        so gradients reach W_i, U_i, b_i, ... themselves. Without autograd (inference) they
+        are kept between calls until a parameter changes: every in-place update (an
+        optimizer step, load_state_dict, load_canonical) moves its version counter, and
+        .to() or a new Parameter moves its storage.
         """
-        flat = []
-        for layer in range(self.num_layers):
-            for suffix in ("", "_reverse")[: self.num_directions]:
-                flat.extend(_flat_weights(self.cells[f"l{layer}{suffix}"].params(), self.bias))
+        cells = [self.cells[f"l{layer}{suffix}"].params() for layer in range(self.num_layers) for suffix in ("", "_reverse")[: self.num_directions]]
+        tensors = [p for params in cells for p in params.values()]
+        key = None
+        if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(p.requires_grad for p in tensors)):
+            key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in tensors)
+        if key is not None and self._flat_cache is not None and self._flat_cache[0] == key:
+            flat = self._flat_cache[1]
+        else:
+            flat = [w for params in cells for w in _flat_weights(params, self.bias)]
+            self._flat_cache = None if key is None else (key, flat)
         out, *final = torch._VF.lstm(
             x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional, False
         )

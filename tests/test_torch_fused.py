@@ -159,6 +159,28 @@ def test_bfloat16_fused_matches_reference_and_the_generated_loop(rng):
         assert_close(fused[4][name], value, gtol, what=f"bfloat16 grad {name}, fused vs loop")
 
 
+def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
+    layer, _ = randomized(rng, torch.float32)
+    x = torch.tensor(rng.normal(size=(5, 2, 3)), dtype=torch.float32)
+    with torch.no_grad():
+        first = layer(x)[0]
+        kept = layer._flat_cache[1]
+        assert torch.equal(layer(x)[0], first) and layer._flat_cache[1] is kept
+        layer.cells["l0"].W_f.add_(0.5)  # an in-place update, as an optimizer step makes
+        changed = layer(x)[0]
+    assert layer._flat_cache[1] is not kept and not torch.equal(changed, first)
+    loop = LSTM_LAYER(3, 4, fused=False)
+    loop.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert_close(changed.numpy(), loop(x)[0].numpy(), tolerance("float32", 5), what="after the update, vs the loop")
+    layer.load_canonical(novolstm.init_params("lstm", 3, 4, seed=9))
+    with torch.no_grad():
+        assert not torch.equal(layer(x)[0], changed), "load_canonical invalidates the kept weights"
+    out = layer(x)[0]  # with autograd: built afresh, so gradients reach the parameters
+    out.sum().backward()
+    assert layer.cells["l0"].W_i.grad is not None
+
+
 def test_only_the_standard_lstm_offers_the_fused_kernel():
     for cell in ("gru", "peephole_lstm", "novolstm"):
         with pytest.raises(ValueError, match="not compute the standard LSTM"):
