@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from novolstm.convert import ConversionError
+from novolstm.convert import LOSSY_FORMS, ConversionError, drop
 
 LAYER_KEY = re.compile(r"^l(\d+)(_reverse)?$")
 
@@ -145,13 +145,30 @@ def read(path, fmt: str, cell: str, layout: str | None = None) -> dict:
     return FORMATS[fmt][0](path, cell, **options)
 
 
-def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None) -> None:
+#: format -> the specs its layouts hold (canonical holds every spec)
+HOLDS = {"torch": ("lstm", "gru"), "onnx": ("lstm", "peephole_lstm"), "keras": ("lstm", "gru"), "flax": ("lstm", "gru")}
+
+
+def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None, lossy: bool = False) -> None:
+    """Write per-layer canonical weights of spec ``cell`` in ``fmt``.
+
+    A format without a layout for ``cell`` but with one for its reduced form (a peephole
+    LSTM into torch: an LSTM without peepholes) takes the weights when the extra
+    parameters are zero, or when ``lossy`` asks to drop them (see :func:`novolstm.convert.drop`).
+    """
     options = _options(fmt, layout)
-    FORMATS[fmt][1](layered(layers), path, cell, **options)
+    layers = layered(layers)
+    holds = HOLDS.get(fmt, (cell,))
+    if cell not in holds and LOSSY_FORMS.get(cell, (None,))[0] in holds:
+        target, extra = LOSSY_FORMS[cell]
+        why = f"the {fmt} format holds {list(holds)}, not {cell!r}: writing {target!r}"
+        layers = {key: drop(params, extra, lossy, why) for key, params in layers.items()}
+        cell = target
+    FORMATS[fmt][1](layers, path, cell, **options)
 
 
-def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None) -> dict:
+def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None, lossy: bool = False) -> dict:
     """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``; return the canonical weights."""
     layers = read(source, src_fmt, cell, src_layout)
-    write(layers, destination, dst_fmt, cell, dst_layout)
+    write(layers, destination, dst_fmt, cell, dst_layout, lossy)
     return layers

@@ -42,7 +42,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from novolstm.convert import ConversionError  # one error type for every converter
+from novolstm.convert import ConversionError, drop  # one error type for every converter
 
 __all__ = ["LAYOUTS", "carry_to_state", "from_canonical", "state_to_carry", "to_canonical"]
 
@@ -159,11 +159,12 @@ def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
     return {name: out[name] for name in _CANONICAL_NAMES[spec]}
 
 
-def from_canonical(params: Mapping, layout: str) -> dict:
+def from_canonical(params: Mapping, layout: str, lossy: bool = False) -> dict:
     """The Flax parameter tree (nested dicts of NumPy arrays, the parameters' dtype) of ``layout``.
 
     For linen, wrap it as ``{"params": tree}``. Raises ``ValueError`` on names other than
-    the spec's, on inconsistent shapes, and where Flax cannot hold the parameters.
+    the spec's, on inconsistent shapes, and where Flax cannot hold the parameters (a nonzero
+    ``b_hn`` in the nnx GRUCell layout, which ``lossy=True`` drops with a warning).
     """
     spec = _check_layout(layout)
     p = {name: np.asarray(value) for name, value in params.items()}
@@ -193,11 +194,8 @@ def from_canonical(params: Mapping, layout: str) -> dict:
         tree["hn"]["bias"] = p["b_hn"]
         return tree
     # nnx_gru
-    if np.any(p["b_hn"] != 0):
-        raise ConversionError(
-            "nnx GRUCell has no bias inside the reset product (b_hn); this GRU has a nonzero b_hn, "
-            "which cannot merge with b_n. Use the linen GRUCell layout, or keep the canonical form."
-        )
+    p = drop(p, ["b_hn"], lossy, "nnx GRUCell has no bias inside the reset product (b_hn), which cannot merge with b_n "
+             "(the linen GRUCell layout holds it)")
     cat = lambda prefix: np.concatenate([p[f"{prefix}_{g}"] for g in _GRU_GATES], axis=-1)  # noqa: E731
     return {"dense_i": {"kernel": cat("W"), "bias": cat("b")}, "dense_h": {"kernel": cat("U")}}
 

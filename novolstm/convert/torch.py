@@ -48,7 +48,7 @@ import re
 
 import numpy as np
 
-from novolstm.convert import ConversionError  # one error type for every converter
+from novolstm.convert import ConversionError, drop  # one error type for every converter
 
 #: spec name -> torch's gate order, and which canonical bias each (bias_ih, bias_hh) block feeds.
 LAYOUTS = {
@@ -141,7 +141,7 @@ def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dic
     return out
 
 
-def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str) -> dict[str, np.ndarray]:
+def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str, lossy: bool = False) -> dict[str, np.ndarray]:
     layout = _layout(cell)
     gates = layout["gates"]
     expected = {f"{kind}_{g}" for g in gates for kind in ("W", "U")} | {n for names in layout["biases"] for n in names}
@@ -166,8 +166,8 @@ def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str) -> di
     if bias:
         out["bias_ih"] = np.concatenate(b_ih).astype(dtype)
         out["bias_hh"] = np.concatenate(b_hh).astype(dtype)
-    elif any(b.any() for b in b_ih + b_hh):
-        raise ConversionError(f"{where}: bias=False cannot hold nonzero canonical biases; they would be dropped")
+    else:
+        drop(arrays, [n for names in layout["biases"] for n in names], lossy, f"{where}: bias=False holds no biases")
     return out
 
 
@@ -193,7 +193,7 @@ def from_torch(state_dict, cell: str = "lstm", prefix: str = ""):
     return {key: _cell_from_torch(groups[key], cell, key) for key in sorted(groups, key=_order)}
 
 
-def to_torch(params, cell: str = "lstm", bias: bool = True, dtype=None) -> dict[str, np.ndarray]:
+def to_torch(params, cell: str = "lstm", bias: bool = True, dtype=None, lossy: bool = False) -> dict[str, np.ndarray]:
     """Canonical parameters -> a torch state dict of NumPy arrays (load with ``torch.from_numpy``).
 
     Args:
@@ -203,6 +203,7 @@ def to_torch(params, cell: str = "lstm", bias: bool = True, dtype=None) -> dict[
         cell: "lstm" or "gru".
         bias: False for a torch module built with ``bias=False`` (refuses nonzero biases).
         dtype: output dtype; the parameters' own by default.
+        lossy: with ``bias=False``, drop nonzero biases (warning) instead of refusing.
     """
     if params and all(isinstance(v, dict) for v in params.values()):
         for key in params:
@@ -212,10 +213,10 @@ def to_torch(params, cell: str = "lstm", bias: bool = True, dtype=None) -> dict[
         for key in sorted(params, key=_order):
             layer, _, reverse = key[1:].partition("_")
             suffix = f"_l{layer}" + ("_reverse" if reverse else "")
-            for name, value in _cell_to_torch(params[key], cell, bias, dtype, key).items():
+            for name, value in _cell_to_torch(params[key], cell, bias, dtype, key, lossy).items():
                 out[name + suffix] = value
         return out
-    return _cell_to_torch(params, cell, bias, dtype, "cell")
+    return _cell_to_torch(params, cell, bias, dtype, "cell", lossy)
 
 
 def _order(key: str):
