@@ -128,11 +128,6 @@ def _softmax(z):
 $init_source
 
 
-def init_params(input_size, units, seed=0, dtype="float64"):
-    """Canonical parameters as NumPy arrays, drawn as novolstm.init_params draws them."""
-    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
-
-
 def _draw_glorot_uniform(key, shape, dtype, args):
     limit = np.sqrt(6.0 / (shape[0] + shape[-1]))
     return jax.random.uniform(key, shape, dtype, -limit, limit)

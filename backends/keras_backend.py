@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, linear_call, render, units_offset, var
 from novolstm.ir import Graph
 from novolstm.template import fill
 
@@ -35,14 +35,9 @@ NAME = "keras"
 FRAMEWORK = "keras"
 
 
-def _linear(n, a):
-    bias = f", b_{n.name}" if any(n.attr("biases")) else ""
-    return f"_linear({a[0]}, w_{n.name}{bias})"
-
-
 OPS = {
     **ARRAY_OPS,
-    "linear": _linear,
+    "linear": linear_call,
     # The exact logistic; each backend's kernel is overflow-free (tf.sigmoid, jax.nn.sigmoid, torch.sigmoid).
     # Not ops.hard_sigmoid: Keras 3's is relu6(x + 3) / 6, Keras 2's was clip(0.2 x + 0.5, 0, 1).
     "sigmoid": lambda n, a: f"ops.sigmoid({a[0]})",
@@ -77,11 +72,6 @@ HOISTED_WIDTHS = $hoisted_widths
 
 
 $init_source
-
-
-def init_params(input_size, units, seed=0, dtype="float64"):
-    """Canonical parameters drawn as novolstm.init_params draws them."""
-    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
 
 
 def _linear(a, w, b=None):

@@ -10,21 +10,16 @@ Example:
 
 from __future__ import annotations
 
-from novolstm.codegen import ARRAY_OPS, LoopPlan, concat_op, docstring_text, init_source, render, units_offset, var
+from novolstm.codegen import ARRAY_OPS, LoopPlan, concat_op, docstring_text, init_source, linear_call, render, units_offset, var
 from novolstm.template import fill
 
 NAME = "numpy"
 FRAMEWORK = "numpy"
 
 
-def _linear(n, a):
-    bias = f", b_{n.name}" if any(n.attr("biases")) else ""
-    return f"_linear({a[0]}, w_{n.name}{bias})"
-
-
 OPS = {
     **ARRAY_OPS,
-    "linear": _linear,
+    "linear": linear_call,
     "sigmoid": lambda n, a: f"_sigmoid({a[0]})",
     "tanh": lambda n, a: f"np.tanh({a[0]})",
     "relu": lambda n, a: f"np.maximum({a[0]}, 0.0)",
@@ -95,11 +90,6 @@ def _linear(a, w, b=None):
 
 
 $init_source
-
-
-def init_params(input_size, units, seed=0, dtype="float64"):
-    """Canonical parameters drawn as novolstm.init_params draws them."""
-    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
 
 
 def fuse(params):

@@ -62,11 +62,6 @@ OPSET = $opset
 $init_source
 
 
-def init_params(input_size, units, seed=0, dtype="float64"):
-    """Canonical parameters drawn as novolstm.init_params draws them."""
-    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
-
-
 def fuse(params):
     """The fused matrices, concatenated from canonical parameters."""
     return {

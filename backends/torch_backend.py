@@ -250,11 +250,6 @@ BIAS_NAMES = $bias_names
 $init_source
 
 
-def init_params(input_size, units, seed=0, dtype="float64"):
-    """Canonical parameters drawn as novolstm.init_params draws them (NumPy arrays)."""
-    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
-
-
 # ---------------------------------------------------------------- kernels
 
 _HALF = (torch.float16, torch.bfloat16)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import sys
 
 import numpy as np
 
@@ -107,8 +108,6 @@ def load_into(module, path, spec=None):
 def module_spec(module, spec=None):
     """The Spec a generated cell or layer computes: ``spec`` if given (checked against the
     module's spec hash), else the one it was generated from."""
-    import sys
-
     generated = sys.modules.get(type(module).__module__)
     digest = getattr(generated, "SPEC_HASH", None)
     if digest is None or not hasattr(module, "export_canonical"):

@@ -54,12 +54,27 @@ def concat_op(zeros: str, cat: str) -> Callable[[Node, list[str]], str]:
     return op
 
 
+#: every generated module's ``init_params``, over its own ``PARAM_TABLE``
+_INIT_PARAMS = '''
+
+def init_params(input_size, units, seed=0, dtype="float64"):
+    """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
+    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)'''
+
+
 def init_source() -> str:
-    """The body of :mod:`novolstm.init` (after its NumPy import), embedded in generated modules
-    so they draw the same initial weights without importing novolstm."""
+    """The body of :mod:`novolstm.init` (after its NumPy import) and ``init_params``, embedded in
+    generated modules (which define ``PARAM_TABLE``) so they draw the same initial weights
+    without importing novolstm."""
     from . import init
 
-    return inspect.getsource(init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip()
+    return inspect.getsource(init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip() + "\n" + _INIT_PARAMS
+
+
+def linear_call(n, a) -> str:
+    """An OPS entry for ``linear``: ``_linear(x, w_<L>[, b_<L>])``, for generated modules that define ``_linear``."""
+    bias = f", b_{n.name}" if any(n.attr("biases")) else ""
+    return f"_linear({a[0]}, w_{n.name}{bias})"
 
 
 def units_offset(blocks: int) -> str:

@@ -159,10 +159,10 @@ def _compare(spec: Spec, golden: GoldenCase, outputs, final, dtype, diagnose) ->
         return CaseResult(golden.name, golden.description, False, float("inf"), tol.atol, [], f"wrong shapes: {shapes}")
     out64 = outputs.astype(np.float64)
     error = np.abs(out64 - expected)
-    bound = tol.atol + tol.rtol * np.abs(expected)
+    bound = tol.bound(expected)
     step_errors = [float(e) for e in error.max(axis=(0, 2))] if error.size else []
     bad = error > bound
-    state_bad = [np.abs(f.astype(np.float64) - e) > tol.atol + tol.rtol * np.abs(e) for f, e in zip(final, golden.state)]
+    state_bad = [np.abs(f.astype(np.float64) - e) > tol.bound(e) for f, e in zip(final, golden.state)]
     deviation = max([float(np.nan_to_num(error, nan=np.inf).max())] + [float(np.nan_to_num(np.abs(f.astype(np.float64) - e), nan=np.inf).max()) for f, e in zip(final, golden.state)])
     passed = not bad.any() and not any(b.any() for b in state_bad) and np.isfinite(out64).all()
     result = CaseResult(golden.name, golden.description, bool(passed), deviation, tol.atol, step_errors)

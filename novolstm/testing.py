@@ -30,6 +30,10 @@ class Tolerance:
     def scaled(self, factor: float) -> "Tolerance":
         return Tolerance(self.atol * factor, self.rtol * factor)
 
+    def bound(self, expected) -> np.ndarray:
+        """The largest deviation allowed at each element of ``expected``."""
+        return self.atol + self.rtol * np.abs(np.asarray(expected, np.float64))
+
 
 #: One table for every comparison with the float64 reference, keyed by the dtype the
 #: implementation under test computes in. See docs/numerics.md for the measurements.
@@ -127,7 +131,7 @@ def assert_close(actual, expected, tol: Tolerance | None = None, what: str = "va
     if not np.isfinite(a).all():
         raise AssertionError(f"{what}: non-finite values where the expected ones are finite")
     error = np.abs(a - e)
-    bound = tol.atol + tol.rtol * np.abs(e)
+    bound = tol.bound(e)
     if (error > bound).any():
         index = np.unravel_index(np.argmax(error - bound), error.shape)
         raise AssertionError(
