@@ -65,7 +65,9 @@ def main(argv=None) -> int:
     cnv.add_argument("--spec", default="lstm", help="the cell the weights are for (lstm, gru, ...)")
     cnv.add_argument("--from-layout", help="flax: the source cell's layout (default: detected from the file)")
     cnv.add_argument("--lossy", action="store_true", help="drop parameters the target layout cannot hold (peepholes into torch, Keras or Flax), with a warning naming them; refused otherwise")
-    cnv.add_argument("--layout", help="flax: the written cell's layout (linen_lstm, nnx_lstm, nnx_optimized_lstm, linen_gru, nnx_gru)")
+    cnv.add_argument("--layout", help="flax: the written cell's layout (linen_lstm, nnx_lstm, nnx_optimized_lstm, linen_gru, nnx_gru); "
+                     "torch: bias (default) or no_bias, for a module built with bias=False")
+    cnv.add_argument("--prefix", help="torch: the recurrent layer's keys in a whole model's state dict, e.g. 'encoder.rnn.'")
     ver = sub.add_parser("verify-port", help="port weights from framework A to B and compare both layers, step by step")
     ver.add_argument("source", help="torch, keras, flax, flax-lstmcell, onnx, numpy, reference")
     ver.add_argument("target")
@@ -216,7 +218,8 @@ def _bench(args) -> int:
 def _convert(args) -> int:
     from .convert.files import convert
 
-    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec, args.from_layout, args.layout, args.lossy)
+    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec, args.from_layout, args.layout, args.lossy,
+                     prefix=args.prefix)
     shapes = {k: v["W_" + next(n[2:] for n in v if n.startswith("W_"))].shape for k, v in layers.items()}
     print(f"{args.source} ({args.src_format}) -> {args.output} ({args.dst_format}): spec {args.spec}, cells {shapes}")
     return 0

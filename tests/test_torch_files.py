@@ -44,8 +44,8 @@ def test_torch_to_onnx_to_canonical(tmp_path):
 
 def test_refusals_name_the_problem(tmp_path, capsys):
     layers = read_two_layers(tmp_path)
-    with pytest.raises(ConversionError, match="holds one layer"):
-        write(layers, tmp_path / "x.onnx", "onnx", "lstm")
+    with pytest.raises(ConversionError, match="holds the specs \\['lstm', 'peephole_lstm'\\], not 'gru'.*novolstm.export_onnx"):
+        write(layers, tmp_path / "x.onnx", "onnx", "gru")
     with pytest.raises(ConversionError, match="unknown format 'tflite'"):
         write(layers, tmp_path / "x", "tflite", "lstm")
     assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "y"), "--from", "torch", "--to", "canonical"]) == 2

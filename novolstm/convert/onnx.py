@@ -73,43 +73,96 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
     return out
 
 
-def lstm_operator_model(directions: list[dict], input_size: int, dtype="float32", opset: int = 18):
+def lstm_operator_model(directions: list[dict], input_size: int | None = None, dtype="float32", opset: int = 18, direction: str | None = None):
     """An ONNX model holding one native ``LSTM`` node with these weights, batch-first at its boundary.
 
     Inputs ``x`` (batch, time, input), ``h0`` and ``c0`` (batch, directions, units),
     ``sequence_lens`` (batch,) int32; outputs ``outputs`` (batch, time, directions,
     units), ``h`` and ``c`` (batch, directions, units). Only the standard and the
     peephole LSTM exist as this operator; any other cell exports as a Scan graph.
+    ``direction``: "forward" or "reverse" for one direction (default "forward"),
+    "bidirectional" for two.
+    """
+    direction = direction or ("bidirectional" if len(directions) == 2 else "forward")
+    return lstm_stack_model([(direction, directions)], dtype, opset)
+
+
+#: the ONNX LSTM direction attribute -> how many weight sets it takes
+DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
+
+
+def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset: int = 18):
+    """An ONNX model of stacked ``LSTM`` nodes, one per ``(direction, [weights per direction])``.
+
+    Batch-first at its boundary, as :func:`lstm_operator_model`: ``h0``, ``c0``, ``h`` and
+    ``c`` are (batch, layers * directions, units), layer by layer as torch orders them;
+    ``outputs`` (batch, time, directions, units) are the last layer's. Layer ``k + 1`` reads
+    layer ``k``'s outputs with both directions concatenated, as torch and Keras stack them.
     """
     import onnx
     from onnx import helper, numpy_helper
 
-    tensors = {k: np.asarray(v, dtype) for k, v in to_onnx_lstm(directions).items()}
-    dirs, units = len(directions), tensors["R"].shape[-1]
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    names = ["x_tm", "W", "R", "B", "sequence_lens", "h0_tm", "c0_tm"] + (["P"] if "P" in tensors else [])
-    # onnxruntime runs only the time-major layout (layout=0): transpose around the node,
-    # keeping the model's own inputs and outputs batch-first.
+    input_size = np.shape(stack[0][1][0]["W_i"])[0]
+    units = np.shape(stack[0][1][0]["U_i"])[0]
+    dirs = DIRECTIONS[stack[0][0]]
+    total = sum(DIRECTIONS[d] for d, _ in stack)
     nodes = [
+        # onnxruntime runs only the time-major layout (layout=0): transpose around the nodes,
+        # keeping the model's own inputs and outputs batch-first.
         helper.make_node("Transpose", ["x"], ["x_tm"], perm=[1, 0, 2]),
         helper.make_node("Transpose", ["h0"], ["h0_tm"], perm=[1, 0, 2]),
         helper.make_node("Transpose", ["c0"], ["c0_tm"], perm=[1, 0, 2]),
-        helper.make_node("LSTM", names, ["y_tm", "h_tm", "c_tm"], hidden_size=units,
-                         direction="bidirectional" if dirs == 2 else "forward"),
-        helper.make_node("Transpose", ["y_tm"], ["outputs"], perm=[2, 0, 1, 3]),
-        helper.make_node("Transpose", ["h_tm"], ["h"], perm=[1, 0, 2]),
-        helper.make_node("Transpose", ["c_tm"], ["c"], perm=[1, 0, 2]),
+    ]
+    initializers, states_h, states_c, x, first = [], [], [], "x_tm", 0
+    for k, (direction, directions) in enumerate(stack):
+        if DIRECTIONS.get(direction) != len(directions):
+            raise ConversionError(f"layer {k}: direction {direction!r} takes {DIRECTIONS.get(direction)} weight set(s), got {len(directions)}")
+        tensors = {name: np.asarray(v, dtype) for name, v in to_onnx_lstm(directions).items()}
+        suffix = "" if len(stack) == 1 else f"_l{k}"
+        names = {name: f"{name}{suffix}" for name in tensors}
+        initializers += [numpy_helper.from_array(tensors[name], names[name]) for name in ("W", "R", "B", "P") if name in tensors]
+        d = DIRECTIONS[direction]
+        if len(stack) == 1:
+            h0, c0 = "h0_tm", "c0_tm"
+        else:
+            bounds = [f"bounds{suffix}_begin", f"bounds{suffix}_end"]
+            initializers += [numpy_helper.from_array(np.array([first], np.int64), bounds[0]),
+                             numpy_helper.from_array(np.array([first + d], np.int64), bounds[1])]
+            h0, c0 = f"h0{suffix}", f"c0{suffix}"
+            nodes += [helper.make_node("Slice", ["h0_tm", *bounds], [h0]), helper.make_node("Slice", ["c0_tm", *bounds], [c0])]
+        first += d
+        inputs = [x, names["W"], names["R"], names["B"], "sequence_lens", h0, c0] + ([names["P"]] if "P" in names else [])
+        y, yh, yc = f"y_tm{suffix}", f"h_tm{suffix}", f"c_tm{suffix}"
+        nodes.append(helper.make_node("LSTM", inputs, [y, yh, yc], hidden_size=units, direction=direction, name=f"lstm{suffix}"))
+        states_h.append(yh)
+        states_c.append(yc)
+        if k + 1 < len(stack):  # (time, dirs, batch, units) -> (time, batch, dirs * units)
+            nodes.append(helper.make_node("Transpose", [y], [f"{y}_t"], perm=[0, 2, 1, 3]))
+            initializers.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"shape{suffix}"))
+            nodes.append(helper.make_node("Reshape", [f"{y}_t", f"shape{suffix}"], [f"x{suffix}_next"]))
+            x = f"x{suffix}_next"
+        dirs = d
+    if len(stack) == 1:
+        h_all, c_all = states_h[0], states_c[0]
+    else:
+        h_all, c_all = "h_all", "c_all"
+        nodes += [helper.make_node("Concat", states_h, [h_all], axis=0), helper.make_node("Concat", states_c, [c_all], axis=0)]
+    nodes += [
+        helper.make_node("Transpose", [y], ["outputs"], perm=[2, 0, 1, 3]),
+        helper.make_node("Transpose", [h_all], ["h"], perm=[1, 0, 2]),
+        helper.make_node("Transpose", [c_all], ["c"], perm=[1, 0, 2]),
     ]
     graph = helper.make_graph(
         nodes, "lstm",
         [helper.make_tensor_value_info("x", elem, ["batch", "time", input_size]),
          helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["batch"]),
-         helper.make_tensor_value_info("h0", elem, ["batch", dirs, units]),
-         helper.make_tensor_value_info("c0", elem, ["batch", dirs, units])],
+         helper.make_tensor_value_info("h0", elem, ["batch", total, units]),
+         helper.make_tensor_value_info("c0", elem, ["batch", total, units])],
         [helper.make_tensor_value_info("outputs", elem, ["batch", "time", dirs, units]),
-         helper.make_tensor_value_info("h", elem, ["batch", dirs, units]),
-         helper.make_tensor_value_info("c", elem, ["batch", dirs, units])],
-        [numpy_helper.from_array(tensors[k], k) for k in ("W", "R", "B", "P") if k in tensors],
+         helper.make_tensor_value_info("h", elem, ["batch", total, units]),
+         helper.make_tensor_value_info("c", elem, ["batch", total, units])],
+        initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="novolstm")
     model.ir_version = min(model.ir_version, 10)
@@ -117,34 +170,168 @@ def lstm_operator_model(directions: list[dict], input_size: int, dtype="float32"
     return model
 
 
-def import_lstm_node(model, node_index: int = 0) -> list[dict]:
-    """Canonical parameters (one dict per direction) from the ``node_index``-th ``LSTM`` node of an ONNX model.
+#: an ONNX model file may be at most this large (protobuf's own limit)
+MAX_MODEL_BYTES = 2**31 - 1
+#: the LSTM attributes novolstm reads; any other attribute is refused by name
+_ATTRIBUTES = {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "input_forget", "layout"}
+#: ops that only move or reshape data: between two LSTM nodes of a stack nothing else may stand
+_SHAPE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Flatten"}
 
-    ``model`` is a ``ModelProto`` or a path. The weights must be initializers.
-    """
+
+def _load_model(model):
+    """A ModelProto from a path or a ModelProto, with no external data read (a path in a model is never followed)."""
     import onnx
-    from onnx import numpy_helper
 
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(model)
+    if isinstance(model, onnx.ModelProto):
+        return model
+    from novolstm.convert.safe_io import read_bytes
+
+    data = read_bytes(model, MAX_MODEL_BYTES, ConversionError, "ONNX model")
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise ConversionError(f"{model}: not an ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def _subgraph_ops(graph, depth: int = 0) -> set:
+    """Op types inside the control-flow subgraphs (Loop, Scan, If bodies) of ``graph``."""
+    from onnx import AttributeProto
+
+    if depth > 32:
+        raise ConversionError("ONNX subgraphs nested more than 32 deep")
+    ops = set()
+    for node in graph.node:
+        for attr in node.attribute:
+            subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
+            for sub in subgraphs:
+                ops |= {n.op_type for n in sub.node} | _subgraph_ops(sub, depth + 1)
+    return ops
+
+
+def _constants(model) -> dict:
+    """Initializers and Constant nodes' values by name; external data (a path) refused."""
+    from onnx import TensorProto, numpy_helper
+
+    def array(tensor, what):
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+            raise ConversionError(f"{what} {tensor.name!r} keeps its data in an external file; novolstm reads only what the model file holds")
+        return tensor
+
+    out = {t.name: array(t, "initializer") for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and len(node.output) == 1:
+            value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+            if value is not None:
+                out[node.output[0]] = array(value, "Constant")
+    return out, numpy_helper
+
+
+def _check_attributes(node, dirs: int, units: int) -> str:
+    """The node's direction, after refusing every attribute no canonical spec computes."""
+    from onnx import helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    where = f"LSTM node {node.name!r}"
+    unknown = sorted(set(attrs) - _ATTRIBUTES)
+    if unknown:
+        raise ConversionError(f"{where}: unknown attributes {unknown}")
+    direction = attrs.get("direction", b"forward")
+    direction = direction.decode() if isinstance(direction, bytes) else str(direction)
+    if direction not in DIRECTIONS:
+        raise ConversionError(f"{where}: direction {direction!r}; expected one of {sorted(DIRECTIONS)}")
+    if DIRECTIONS[direction] != dirs:
+        raise ConversionError(f"{where}: direction {direction!r} takes {DIRECTIONS[direction]} weight set(s), W has {dirs}")
+    activations = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [])]
+    if activations and activations != ["Sigmoid", "Tanh", "Tanh"] * dirs:
+        raise ConversionError(f"{where} uses activations {activations}: no canonical spec computes them")
+    for name in ("activation_alpha", "activation_beta"):
+        if attrs.get(name):
+            raise ConversionError(f"{where} sets {name} {list(attrs[name])}: Sigmoid and Tanh take none; no canonical spec computes it")
+    if "clip" in attrs:
+        raise ConversionError(f"{where} sets 'clip' ({attrs['clip']}): no canonical spec clips its cell input")
+    if attrs.get("input_forget"):
+        raise ConversionError(f"{where} sets 'input_forget' (coupled input and forget gates): no canonical spec computes it")
+    if "hidden_size" in attrs and attrs["hidden_size"] != units:
+        raise ConversionError(f"{where}: hidden_size {attrs['hidden_size']}, but R holds {units} units")
+    if attrs.get("layout", 0) not in (0, 1):
+        raise ConversionError(f"{where}: layout {attrs['layout']}; expected 0 or 1")
+    return direction
+
+
+def _fed_by(model, node, previous) -> bool:
+    """Whether ``node``'s input X is ``previous``'s output Y, through ops that only move data."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    name, seen = node.input[0], 0
+    while seen < 64:
+        producer = producers.get(name)
+        if producer is None:
+            return False
+        if producer is previous:
+            return list(producer.output).index(name) == 0
+        if producer.op_type not in _SHAPE_OPS:
+            return False
+        name, seen = producer.input[0], seen + 1
+    return False
+
+
+def import_lstm_layers(model) -> dict:
+    """Every ``LSTM`` node of an ONNX model as per-layer canonical parameters, every node checked first.
+
+    Nodes stack in graph order, each fed by the one before (what ``torch.onnx.export`` writes
+    for ``num_layers > 1``). Returns ``{"l0": ..., "l0_reverse": ..., "l1": ...}``; a
+    ``direction="reverse"`` layer is ``l<k>_reverse`` alone. Refused by name: activations,
+    clipping, coupled gates, attributes novolstm does not know, GRU or RNN nodes, LSTM nodes
+    inside control flow, nodes that do not feed each other, weights computed at run time or
+    kept in external files.
+    """
+    model = _load_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    nested = _subgraph_ops(model.graph)
+    if ({"GRU", "RNN"} & (ops | nested)):
+        raise ConversionError(f"the model has {sorted({'GRU', 'RNN'} & (ops | nested))} nodes; novolstm reads the ONNX LSTM operator")
+    if "LSTM" in nested:
+        raise ConversionError("the model has LSTM nodes inside control flow (Loop, Scan, If): not a stack of layers novolstm can read")
     nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
-    if len(nodes) <= node_index:
-        raise ConversionError(f"the model has {len(nodes)} LSTM node(s); asked for number {node_index}")
-    node = nodes[node_index]
-    for attr in node.attribute:
-        if attr.name == "activations" and [a.decode() for a in attr.strings] not in ([], ["Sigmoid", "Tanh", "Tanh"] * (len(attr.strings) // 3)):
-            raise ConversionError(f"LSTM node {node.name!r} uses activations {[a.decode() for a in attr.strings]}: no canonical spec computes them")
-        if attr.name in ("clip", "input_forget") and (attr.f or attr.i):
-            raise ConversionError(f"LSTM node {node.name!r} sets {attr.name!r}: no canonical spec computes it")
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    inputs = list(node.input) + [""] * (8 - len(node.input))
+    if not nodes:
+        raise ConversionError("the model has no LSTM node")
+    constants, numpy_helper = _constants(model)
+    layers, directions = {}, set()
+    for k, node in enumerate(nodes):
+        inputs = list(node.input) + [""] * (8 - len(node.input))
 
-    def tensor(position):
-        name = inputs[position]
-        if not name:
-            return None
-        if name not in inits:
-            raise ConversionError(f"LSTM input {name!r} is not an initializer: weights computed at run time cannot be imported")
-        return inits[name]
+        def tensor(position, node=node, inputs=inputs):
+            name = inputs[position]
+            if not name:
+                return None
+            if name not in constants:
+                raise ConversionError(f"LSTM node {node.name!r}: input {name!r} is not an initializer: weights computed at run time cannot be imported")
+            return numpy_helper.to_array(constants[name])
 
-    return from_onnx_lstm(tensor(1), tensor(2), tensor(3), tensor(7))
+        W, R, B, P = tensor(1), tensor(2), tensor(3), tensor(7)
+        cells = from_onnx_lstm(W, R, B, P)
+        direction = _check_attributes(node, len(cells), np.shape(R)[-1])
+        if k and not _fed_by(model, node, nodes[k - 1]):
+            raise ConversionError(
+                f"LSTM node {k} ({node.name!r}) does not take its input from LSTM node {k - 1}'s outputs through "
+                "transposes and reshapes only: not a stack of layers novolstm can read"
+            )
+        directions.add(direction)
+        if direction == "reverse":
+            layers[f"l{k}_reverse"] = cells[0]
+        else:
+            layers.update(zip((f"l{k}", f"l{k}_reverse"), cells))
+    if len(directions) > 1:
+        raise ConversionError(f"the LSTM nodes mix directions {sorted(directions)}; a stack is all forward, all reverse or all bidirectional")
+    return layers
+
+
+def import_lstm_node(model, node_index: int = 0) -> list[dict]:
+    """Canonical parameters (one dict per direction) of the ``node_index``-th ``LSTM`` node of an ONNX model.
+
+    ``model`` is a ``ModelProto`` or a path. Every node is checked as by :func:`import_lstm_layers`.
+    """
+    layers = import_lstm_layers(model)
+    count = len({key.split("_")[0] for key in layers})
+    if node_index >= count:
+        raise ConversionError(f"the model has {count} LSTM node(s); asked for number {node_index}")
+    return [layers[key] for key in (f"l{node_index}", f"l{node_index}_reverse") if key in layers]
