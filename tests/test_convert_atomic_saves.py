@@ -92,7 +92,7 @@ def test_a_killed_save_leaves_the_previous_file_and_its_temporary_is_swept(tmp_p
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 30
         while not leftovers(tmp_path) and time.monotonic() < deadline:
-            pass
+            time.sleep(0.001)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
