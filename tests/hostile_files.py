@@ -325,16 +325,32 @@ def _set(attribute, value, k=0):
     return edit
 
 
-def _external(model):
-    from onnx import TensorProto
+def _external(location, length=96):
+    def edit(model):
+        from onnx import TensorProto
 
-    tensor = next(t for t in model.graph.initializer if t.name == "W")
-    tensor.ClearField("raw_data")
-    tensor.ClearField("float_data")
-    tensor.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", "/etc/hostname"), ("offset", "0"), ("length", "96")):
-        entry = tensor.external_data.add()
-        entry.key, entry.value = key, value
+        tensor = next(t for t in model.graph.initializer if t.name == "W")
+        tensor.ClearField("raw_data")
+        tensor.ClearField("float_data")
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", "0"), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+
+    return edit
+
+
+def _external_beside(kind):
+    """A model whose external data file beside it is a link to a secret, or too short."""
+    def build(folder):
+        secret = _secret(folder)
+        if kind == "link":
+            os.symlink(secret, os.path.join(folder, "m.onnx.data"))
+            return _onnx_model(folder, _external("m.onnx.data"))
+        write(folder, "m.onnx.data", b"\0" * 40)
+        return _onnx_model(folder, _external("m.onnx.data"))
+
+    return build
 
 
 def _computed_weights(model):
@@ -391,8 +407,14 @@ ONNX_CASES = [
          "ConversionError", "unknown attributes \\['peephole_scale'\\]", needs=("onnx",)),
     Case("ONNX: hidden_size disagrees with R", lambda d: _onnx_model(d, _set("hidden_size", 4)), reader("onnx"),
          "ConversionError", "hidden_size 4, but R holds 3", needs=("onnx",)),
-    Case("ONNX: weights in an external file (/etc/hostname)", lambda d: _onnx_model(d, _external), reader("onnx"),
-         "ConversionError", "external file", needs=("onnx",)),
+    Case("ONNX: external data at an absolute path (/etc/hostname)", lambda d: _onnx_model(d, _external("/etc/hostname")),
+         reader("onnx"), "ConversionError", "never from another folder", needs=("onnx",)),
+    Case("ONNX: external data in the parent folder", lambda d: _onnx_model(d, _external("../secret.bin")), reader("onnx"),
+         "ConversionError", "never from another folder", needs=("onnx",)),
+    Case("ONNX: external data file beside the model that is a symlink", _external_beside("link"), reader("onnx"),
+         "ConversionError", "not a regular file \\(a link\\?\\)", needs=("onnx",)),
+    Case("ONNX: external data shorter than the tensor", _external_beside("short"), reader("onnx"), "ConversionError",
+         "do not hold its 96 bytes", needs=("onnx",)),
     Case("ONNX: weights computed at run time", lambda d: _onnx_model(d, _computed_weights), reader("onnx"), "ConversionError",
          "not an initializer", needs=("onnx",)),
     Case("ONNX: a GRU node next to the LSTM", lambda d: _onnx_model(d, _gru_node), reader("onnx"), "ConversionError",

@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from novolstm.convert import ConversionError
@@ -65,7 +67,8 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
             rows = slice(k * H, (k + 1) * H)
             p[f"W_{g}"] = W[d, rows].T.copy()
             p[f"U_{g}"] = R[d, rows].T.copy()
-            p[f"b_{g}"] = B[d, rows] + B[d, 4 * H + k * H : 4 * H + (k + 1) * H]
+            # summed in float64 and rounded once, as torch's two biases are (convert.torch)
+            p[f"b_{g}"] = (B[d, rows].astype(np.float64) + B[d, 4 * H + k * H : 4 * H + (k + 1) * H]).astype(B.dtype)
         if P is not None:
             for k, g in enumerate(PEEPHOLES):
                 p[f"p_{g}"] = np.asarray(P)[d, k * H : (k + 1) * H].copy()
@@ -208,22 +211,71 @@ def _subgraph_ops(graph, depth: int = 0) -> set:
     return ops
 
 
-def _constants(model) -> dict:
-    """Initializers and Constant nodes' values by name; external data (a path) refused."""
+def _constants(model, folder=None):
+    """Initializers and Constant nodes' values by name, as NumPy arrays (read on demand).
+
+    External data (what ``torch.onnx.export(dynamo=True)`` writes next to the model,
+    ``m.onnx.data``) is read only from a plain file beside the model: a bare file name, no
+    directory, no link, its offset and length inside the file and equal to the tensor's size.
+    """
     from onnx import TensorProto, numpy_helper
 
-    def array(tensor, what):
-        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
-            raise ConversionError(f"{what} {tensor.name!r} keeps its data in an external file; novolstm reads only what the model file holds")
-        return tensor
-
-    out = {t.name: array(t, "initializer") for t in model.graph.initializer}
+    tensors = {t.name: t for t in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and len(node.output) == 1:
             value = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
             if value is not None:
-                out[node.output[0]] = array(value, "Constant")
-    return out, numpy_helper
+                tensors[node.output[0]] = value
+
+    def array(name):
+        tensor = tensors[name]
+        if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+            tensor = _with_external_data(tensor, folder)
+        return numpy_helper.to_array(tensor)
+
+    return tensors, array
+
+
+def _with_external_data(tensor, folder):
+    """A copy of ``tensor`` holding its external bytes, read as :func:`_constants` allows."""
+    import math
+    import stat
+
+    from onnx import TensorProto, helper
+
+    where = f"initializer {tensor.name!r}"
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    if folder is None:
+        raise ConversionError(f"{where} keeps its data in an external file; pass the model's path, not a ModelProto")
+    if not location or os.path.basename(location) != location or location in (".", "..") or "\\" in location:
+        raise ConversionError(f"{where} keeps its data in an external file {location!r}; novolstm reads external data only from a "
+                              "file beside the model (a bare file name), never from another folder")
+    path = os.path.join(folder, location)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise ConversionError(f"{where}: its external data file {location!r} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConversionError(f"{where}: its external data file {location!r} is not a regular file (a link?); novolstm follows no links")
+    try:
+        offset, length = int(info.get("offset", "0")), int(info["length"])
+    except (KeyError, ValueError):
+        raise ConversionError(f"{where}: external data without a whole-number offset and length") from None
+    itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    expected = math.prod(tensor.dims) * itemsize
+    if length != expected or offset < 0 or offset + length > st.st_size:
+        raise ConversionError(f"{where}: external bytes {offset}..{offset + length} of {location!r} ({st.st_size} bytes) do not hold "
+                              f"its {expected} bytes")
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read(length)
+    copy = TensorProto()
+    copy.CopyFrom(tensor)
+    copy.ClearField("external_data")
+    copy.data_location = TensorProto.DEFAULT
+    copy.raw_data = data
+    return copy
 
 
 def _check_attributes(node, dirs: int, units: int) -> str:
@@ -284,6 +336,7 @@ def import_lstm_layers(model) -> dict:
     inside control flow, nodes that do not feed each other, weights computed at run time or
     kept in external files.
     """
+    folder = None if not isinstance(model, (str, os.PathLike)) else os.path.dirname(os.path.abspath(model))
     model = _load_model(model)
     ops = {n.op_type for n in model.graph.node}
     nested = _subgraph_ops(model.graph)
@@ -294,7 +347,7 @@ def import_lstm_layers(model) -> dict:
     nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
     if not nodes:
         raise ConversionError("the model has no LSTM node")
-    constants, numpy_helper = _constants(model)
+    constants, array = _constants(model, folder)
     layers, directions = {}, set()
     for k, node in enumerate(nodes):
         inputs = list(node.input) + [""] * (8 - len(node.input))
@@ -305,7 +358,7 @@ def import_lstm_layers(model) -> dict:
                 return None
             if name not in constants:
                 raise ConversionError(f"LSTM node {node.name!r}: input {name!r} is not an initializer: weights computed at run time cannot be imported")
-            return numpy_helper.to_array(constants[name])
+            return array(name)
 
         W, R, B, P = tensor(1), tensor(2), tensor(3), tensor(7)
         cells = from_onnx_lstm(W, R, B, P)
