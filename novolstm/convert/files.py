@@ -66,6 +66,8 @@ def structure(layers: dict, reverse_only_ok: bool = False) -> tuple[int, bool]:
             )
         forward, reverse = reverse, set()
     count = len(forward)
+    if reverse and reverse != forward and forward == set(range(count)):
+        raise ConversionError(f"layer keys {keys[:10]}: some layers are bidirectional and some are not; a stack is one or the other")
     if forward != set(range(count)) or (reverse and reverse != forward):
         expected = [f"l{n}{s}" for n in range(count) for s in (("", "_reverse") if reverse else ("",))]
         raise ConversionError(f"layer keys {keys[:10]}: expected {expected[:10]}")
