@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     ver.add_argument("--format", help="the format of --weights: canonical, torch, onnx, keras, flax")
     ver.add_argument("--layout", help="flax: the layout of --weights (default: detected)")
     ver.add_argument("--ported", help="a file in the target's format, ported from --weights by another tool: check it")
+    ver.add_argument("--prefix", help="torch --weights: the recurrent layer's keys in a whole model's state dict, e.g. 'encoder.rnn.'")
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command](args)
@@ -229,7 +230,7 @@ def _verify_port(args) -> int:
     from .convert.verify import verify_port
 
     report = verify_port(args.source, args.target, args.spec, steps=args.steps, seed=args.seed, weights=args.weights,
-                         weights_format=args.format, layout=args.layout, ported=args.ported)
+                         weights_format=args.format, layout=args.layout, ported=args.ported, prefix=args.prefix)
     print(report.format())
     return 0 if report.passed else 1
 

@@ -513,6 +513,12 @@ def _compressed(f, folder):
     f.create_dataset("layers/lstm/cell/vars/2", data=np.zeros(2**22, np.float32), chunks=(2**18,), compression="gzip")
 
 
+def _deep_groups(f, folder):
+    group = f
+    for _ in range(200):
+        group = group.create_group("g")
+
+
 def _integers(f, folder):
     del f["layers/lstm/cell/vars/2"]
     f["layers/lstm/cell/vars/2"] = np.arange(12, dtype=np.int32)
@@ -596,6 +602,8 @@ KERAS_CASES = [
          "declares 2147483648 bytes but stores 0", needs=("h5py",)),
     Case("Keras .weights.h5: a 16 MiB gzip-compressed dataset", _edit_h5(_compressed), reader("keras"), "ConversionError",
          "declares 16777216 bytes but stores", needs=("h5py",)),
+    Case("Keras .weights.h5: groups nested 200 deep", _edit_h5(_deep_groups), reader("keras"), "ConversionError",
+         "nested more than 32 deep", needs=("h5py",)),
     Case("Keras .weights.h5: integer weights", _edit_h5(_integers), reader("keras"), "ConversionError",
          "expected floating-point weights", needs=("h5py",)),
     Case("Keras .weights.h5: not HDF5", lambda d: write(d, "x.weights.h5", b"\0" * 100), reader("keras"), "ConversionError",

@@ -87,7 +87,7 @@ def test_a_killed_save_leaves_the_previous_file_and_its_temporary_is_swept(tmp_p
     save to that path."""
     path = tmp_path / "c.safetensors"
     novolstm.save(params(1, KILLED_UNITS), path, spec="lstm")
-    for attempt in range(2):
+    for _ in range(2):
         proc = subprocess.Popen([sys.executable, "-c", _SAVER.format(units=KILLED_UNITS), str(path), "2"], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 30

@@ -90,7 +90,7 @@ def test_a_whole_model_state_dict_with_prefix_on_the_cli(tmp_path, suffix, capsy
         safetensors.torch.save_file(model.state_dict(), str(path))
         prefix = "encoder.rnn."
     assert main(["convert", str(path), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical"]) == 2
-    assert f"pass one as prefix" in capsys.readouterr().err
+    assert "pass one as prefix" in capsys.readouterr().err
     assert main(["convert", str(path), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical", "--prefix", prefix]) == 0
     assert main(["convert", str(tmp_path / "c.safetensors"), "-o", str(tmp_path / "r.safetensors"), "--from", "canonical", "--to", "torch"]) == 0
     again = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)

@@ -36,7 +36,6 @@ accepts (``Bidirectional(LSTM(...))`` per layer for a bidirectional stack).
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 
@@ -142,8 +141,8 @@ MAX_CONFIG_DEPTH = 64
 H5_OVERHEAD, H5_OVERHEAD_PER_LAYER = 1 << 20, 64 << 10
 #: the weights member's limit when the config does not give every layer's sizes
 MAX_UNDECLARED_WEIGHTS = 256 << 20
-#: at most this many objects (groups, datasets) in a weights file
-MAX_H5_OBJECTS = 100_000
+#: at most this many objects (groups, datasets) in a weights file, nested at most this deep
+MAX_H5_OBJECTS, MAX_H5_DEPTH = 100_000, 32
 
 
 def read_keras(path, cell: str) -> dict:
@@ -279,8 +278,10 @@ def _check_hdf5(f, path) -> None:
 
     count = 0
 
-    def walk(group, where):
+    def walk(group, where, depth=0):
         nonlocal count
+        if depth > MAX_H5_DEPTH:
+            raise ConversionError(f"{path}: groups nested more than {MAX_H5_DEPTH} deep at {where}; not a Keras weights file")
         for name in group:
             count += 1
             if count > MAX_H5_OBJECTS:
@@ -295,7 +296,7 @@ def _check_hdf5(f, path) -> None:
                 raise ConversionError(f"{path}: {here} is a {type(link).__name__}; novolstm follows no links")
             obj = group[name]
             if isinstance(obj, h5py.Group):
-                walk(obj, here)
+                walk(obj, here, depth + 1)
             elif isinstance(obj, h5py.Dataset):
                 _check_dataset(obj, here, path)
 

@@ -79,14 +79,15 @@ def _violations(actual, expected, tol) -> float:
 
 def verify_port(source: str, target: str, cell: str = "lstm", steps: int = 64, batch: int = 3, input_size: int = 5,
                 units: int = 8, seed: int = 0, weights=None, weights_format: str | None = None, layout: str | None = None,
-                ported=None) -> PortReport:
+                ported=None, prefix: str | None = None) -> PortReport:
     """Port weights from framework ``source`` to ``target`` (names in :data:`novolstm.convert.native.NATIVES`) and compare.
 
     ``weights``/``weights_format`` (and ``layout`` for flax): a real weight file
     instead of the probe weights; it is converted to ``source``'s format first.
     ``ported``: a file in ``target``'s format that some other tool ported from
     ``weights``; ``target`` loads it instead of novolstm's own conversion, so the
-    report says whether that port is right.
+    report says whether that port is right. ``prefix`` (torch ``weights``): the recurrent
+    layer's keys in a whole model's state dict.
     """
     from novolstm.convert import files, native as natives
     from novolstm.testing import tolerance
@@ -99,7 +100,7 @@ def verify_port(source: str, target: str, cell: str = "lstm", steps: int = 64, b
             if weights_format is None:
                 raise ConversionError("--weights needs --format (canonical, torch, onnx, keras, flax)")
             path = f"{folder}/source{a.suffix}"
-            layers = files.convert(weights, path, weights_format, a.format, cell, src_layout=layout)
+            layers = files.convert(weights, path, weights_format, a.format, cell, src_layout=layout, prefix=prefix)
             input_size, units = natives.shapes(layers)
             layer_a = a.load(path, cell, input_size, units)
             canonical = layers["l0"]
