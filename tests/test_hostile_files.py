@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+import novolstm
+
 
 def load_corpus():
     """tests/hostile_files.py, loaded once by path (the tests folder is no package)."""
@@ -52,3 +54,29 @@ def test_the_corpus_covers_every_reader():
     for what in ("checkpoint", "torch safetensors", "torch.save", "ONNX", "Keras .weights.h5", "Keras .keras", "Keras 2", "Flax"):
         assert what in names, what
     assert len(corpus.ALL_CASES) == len({c.name for c in corpus.ALL_CASES})
+
+
+CLI = [c for c in CASES if c.read is corpus.load_checkpoint][:8]
+
+
+@pytest.mark.parametrize("case", CLI, ids=[c.name for c in CLI])
+def test_the_cli_refuses_in_one_line_with_exit_2(case, tmp_path, capsys):
+    from novolstm.cli import main
+
+    path = case.build(str(tmp_path))
+    assert main(["convert", path, "-o", str(tmp_path / "out.safetensors"), "--from", "canonical", "--to", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("novolstm convert: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("spec", ["novolstm", "novolstm_reference", "gru"])
+def test_spec_to_the_onnx_operator_refuses_cells_it_cannot_express(spec, tmp_path, capsys):
+    from novolstm.cli import main
+
+    novolstm.save(novolstm.init_params(spec, 2, 3, seed=0), tmp_path / "c.safetensors", spec=spec)
+    args = ["convert", str(tmp_path / "c.safetensors"), "-o", str(tmp_path / "m.onnx"), "--from", "canonical", "--to", "onnx", "--spec", spec]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"not {spec!r}" in err and "novolstm.export_onnx" in err and err.count("\n") == 1
+    assert not (tmp_path / "m.onnx").exists()
