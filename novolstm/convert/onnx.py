@@ -126,7 +126,12 @@ def import_lstm_node(model, node_index: int = 0) -> list[dict]:
     from onnx import numpy_helper
 
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(model)
+        from google.protobuf.message import DecodeError
+
+        try:
+            model = onnx.load(model)
+        except DecodeError as exc:
+            raise ConversionError(f"{model}: not an ONNX model ({exc})") from None
     nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
     if len(nodes) <= node_index:
         raise ConversionError(f"the model has {len(nodes)} LSTM node(s); asked for number {node_index}")
