@@ -42,6 +42,7 @@ def test_ratios_one_facet_per_mode_and_dtype_on_a_log_axis_centred_on_1(bench_re
         low, high = ax.get_xlim()
         assert low < 1 < high and np.isclose(np.log(low), -np.log(high))  # centred on 1 in log space
         assert low < 0.8 and high > 3.0  # every ratio fits
+    for ax in axes[::2]:  # the rows are shared: labelled once, in the left column
         labels = [t.get_text() for t in ax.get_yticklabels()]
         assert labels == ["lstm / torch.nn.LSTM", "novolstm / lstm", "novolstm_reference / lstm"]
         assert list(ax.get_yticks()) == [2, 1, 0]  # the first pair on top
