@@ -22,8 +22,9 @@ SpecLike = "str | os.PathLike | Spec"
 def list_backends() -> list[str]:
     """Names of the backends novolstm can generate code for (installed or not).
 
-    >>> "numpy" in list_backends()
-    True
+    Examples:
+        >>> "numpy" in list_backends()
+        True
     """
     from novolstm.backends import EMITTERS
 
@@ -33,9 +34,10 @@ def list_backends() -> list[str]:
 def generate_source(spec: SpecLike, backend: str = "numpy") -> str:
     """The standalone source module of ``spec`` for ``backend``: readable, importing only its framework.
 
-    >>> src = generate_source("lstm", backend="numpy")
-    >>> "Generated, do not edit" in src and "import numpy as np" in src
-    True
+    Examples:
+        >>> src = generate_source("lstm", backend="numpy")
+        >>> "Generated, do not edit" in src and "import numpy as np" in src
+        True
     """
     spec = load_spec(spec)
     return _generate(spec, backend)
@@ -66,8 +68,9 @@ def _load(spec: Spec, backend: str) -> types.ModuleType:
 def load_generated(spec: SpecLike, backend: str = "numpy") -> types.ModuleType:
     """The generated module of ``spec`` for ``backend``, compiled once and cached.
 
-    >>> load_generated("gru").STATE_NAMES
-    ('h',)
+    Examples:
+        >>> load_generated("gru").STATE_NAMES
+        ('h',)
     """
     from novolstm.backends import emitter
 
@@ -81,11 +84,12 @@ def get_cell(backend: str = "numpy", spec: SpecLike = "novolstm"):
     numpy: a trainable class; torch: an ``nn.Module``; keras: a layer for
     ``keras.layers.RNN``; jax: pure functions with a Flax module.
 
-    >>> Cell = get_cell("numpy", spec="lstm")
-    >>> cell = Cell(input_size=3, units=2)
-    >>> h, c = cell(np.zeros((1, 3)))
-    >>> h.shape
-    (1, 2)
+    Examples:
+        >>> Cell = get_cell("numpy", spec="lstm")
+        >>> cell = Cell(input_size=3, units=2)
+        >>> h, c = cell(np.zeros((1, 3)))
+        >>> h.shape
+        (1, 2)
     """
     return load_generated(spec, backend).Cell
 
@@ -104,9 +108,10 @@ def get_layer(backend: str = "numpy", spec: SpecLike = "novolstm"):
 def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtype: Any = "float64") -> dict[str, np.ndarray]:
     """Canonical parameters drawn by the spec's initializers; the same numbers for every backend.
 
-    >>> p = init_params("lstm", input_size=3, units=2, seed=0)
-    >>> p["W_i"].shape, p["b_f"].tolist()
-    ((3, 2), [1.0, 1.0])
+    Examples:
+        >>> p = init_params("lstm", input_size=3, units=2, seed=0)
+        >>> p["W_i"].shape, p["b_f"].tolist()
+        ((3, 2), [1.0, 1.0])
     """
     from .init import init_from_table
 
@@ -130,7 +135,7 @@ def run(
 
     Args:
         spec: a built-in name, a path to a spec file, or a loaded spec.
-        params: canonical parameters (name -> array), see :meth:`Spec.parameter_shapes`.
+        params: canonical parameters (name -> array), see ``Spec.parameter_shapes``.
         x: inputs (batch, time, input); float32 or float64.
         state: initial state tuple in ``spec.state_names`` order, zeros if None.
         mask: bool (batch, time), True on real steps; or ``lengths`` (batch,) for
@@ -156,7 +161,7 @@ def export_onnx(spec: SpecLike, params: dict, path=None, dtype: Any = "float32",
     The standard LSTM (and the peephole LSTM) export as the native ONNX ``LSTM``
     operator when ``native_lstm``; every cell exports as a ``Scan`` over its step graph.
     The model's inputs and outputs are documented in the generated module
-    (``novolstm generate SPEC --backend onnx``) and in :func:`novolstm.convert.onnx.lstm_operator_model`.
+    (``novolstm generate SPEC --backend onnx``) and in ``novolstm.convert.onnx.lstm_operator_model``.
     """
     from .ir import computes_standard_lstm
 

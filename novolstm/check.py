@@ -40,7 +40,7 @@ def installed_backends() -> list[str]:
 
 
 def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, steps=16, input_size=8, units=8, seed=0):
-    """Yield one :class:`CheckRow` per cell, backend and dtype."""
+    """Yield one ``CheckRow`` per cell, backend and dtype."""
     from . import reference
 
     rng = np.random.default_rng(seed)

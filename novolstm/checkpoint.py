@@ -11,7 +11,7 @@ Loading checks everything and names what is wrong: a truncated or corrupt file, 
 wrong spec hash, missing or extra tensors, a wrong shape or dtype. Nothing is cast
 or dropped.
 
-Example:
+Examples:
     >>> import tempfile, os, novolstm
     >>> params = novolstm.init_params("lstm", 3, 4)
     >>> path = os.path.join(tempfile.mkdtemp(), "cell.safetensors")
@@ -77,7 +77,7 @@ def save_module(module, path, spec=None) -> None:
     ``Layer``, a Flax ``NNXCell``, a NumPy ``Cell``: every one has ``export_canonical()`` and
     ``load_canonical(params)``. ``spec`` defaults to the spec the module was generated from.
 
-    Example:
+    Examples:
         >>> import tempfile, os, novolstm
         >>> cell = novolstm.get_cell("numpy", "novolstm")(input_size=3, units=4, seed=1)
         >>> path = os.path.join(tempfile.mkdtemp(), "cell.safetensors")
@@ -96,7 +96,7 @@ def save_module(module, path, spec=None) -> None:
 
 
 def load_into(module, path, spec=None):
-    """Load a checkpoint into a generated cell or layer (see :func:`save_module`); returns it.
+    """Load a checkpoint into a generated cell or layer (see ``save_module``); returns it.
 
     The file must be for the module's spec (same hash) and structure; the module checks names and
     shapes as its ``load_canonical`` does.

@@ -63,7 +63,7 @@ def init_params(input_size, units, seed=0, dtype="float64"):
 
 
 def init_source() -> str:
-    """The body of :mod:`novolstm.init` (after its NumPy import) and ``init_params``, embedded in
+    """The body of ``novolstm.init`` (after its NumPy import) and ``init_params``, embedded in
     generated modules (which define ``PARAM_TABLE``) so they draw the same initial weights
     without importing novolstm."""
     from . import init
@@ -87,8 +87,9 @@ def docstring_text(text: str) -> str:
 
     A spec is data: its description must never end the docstring and inject code.
 
-    >>> print(docstring_text('ends """ here'))
-    ends \"\"\" here
+    Examples:
+        >>> print(docstring_text('ends """ here'))
+        ends \"\"\" here
     '''
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -127,7 +128,7 @@ class LinearInfo:
 
 @dataclass(frozen=True)
 class LoopPlan:
-    """Everything a loop template needs, derived once from a :class:`Program`."""
+    """Everything a loop template needs, derived once from a ``Program``."""
 
     program: Program
     step_backward: Graph
@@ -143,7 +144,7 @@ class LoopPlan:
 
     @property
     def standard_lstm(self) -> bool:
-        """Whether the cell computes exactly the standard LSTM (see :func:`novolstm.ir.computes_standard_lstm`):
+        """Whether the cell computes exactly the standard LSTM (see ``novolstm.ir.computes_standard_lstm``):
         an emitter may then hand it to a framework's own fused LSTM kernel."""
         return computes_standard_lstm(self.spec)
 

@@ -4,8 +4,8 @@ error growth, and a diagnosis of what went wrong.
 An implementation is a callable ``fn(params, x, state, mask) -> (outputs, final_state)``
 taking canonical float parameters, inputs (batch, time, input), the initial state
 tuple and a bool mask (batch, time), returning arrays NumPy can read. Implementations
-outside Python run the golden vectors (:mod:`novolstm.golden`) and hand back their
-results as an ``.npz`` (see :func:`check_results`).
+outside Python run the golden vectors (``novolstm.golden``) and hand back their
+results as an ``.npz`` (see ``check_results``).
 
 When a case fails, the report names the first step and quantity that diverge and
 tries the mistakes porting code makes most (two gates swapped, another framework's
@@ -13,7 +13,7 @@ LayerNorm epsilon, a dropped bias, a missing recurrent term, the other NovoLSTM
 variant, softmax over the wrong axis, a hard sigmoid, the state tuple reordered):
 each one that reproduces the implementation's outputs is listed.
 
-Example:
+Examples:
     >>> import novolstm
     >>> spec = novolstm.load_spec("lstm")
     >>> report = check(lambda p, x, s, m: novolstm.run(spec, p, x, s, mask=m), spec)

@@ -18,7 +18,7 @@ Tasks:
     digits: scikit-learn's 8x8 handwritten digits, read row by row (8 steps of 8
         pixels); classify into 10 classes. Ships with scikit-learn: no download.
 
-Example:
+Examples:
     >>> results = compare(["lstm"], ["adding"], seeds=[0], steps=3, length=5, units=4, quiet=True)
     >>> results[0].cell, results[0].task, len(results[0].curve)
     ('lstm', 'adding T=5', 3)

@@ -21,7 +21,7 @@ DIMENSIONS = ("input", "units")
 
 @dataclass(frozen=True)
 class Init:
-    """A parameter initializer: a name from :data:`novolstm.init.INITIALIZERS` and its arguments."""
+    """A parameter initializer: a name from ``novolstm.init.INITIALIZERS`` and its arguments."""
 
     name: str
     args: tuple[tuple[str, float], ...] = ()
@@ -47,7 +47,7 @@ class Numerics:
 class Spec:
     """A validated cell spec.
 
-    Example:
+    Examples:
         >>> import novolstm
         >>> spec = novolstm.load_spec("lstm")
         >>> spec.state_names
@@ -87,7 +87,7 @@ class Spec:
         return {p.name: tuple(sizes[d] for d in p.shape) for p in self.params}
 
     def to_dict(self) -> dict:
-        """Plain data that :func:`novolstm.spec_loader.parse_spec` reads back to an equal spec."""
+        """Plain data that ``novolstm.spec_loader.parse_spec`` reads back to an equal spec."""
         out: dict = {
             "spec_version": self.spec_version,
             "name": self.name,
@@ -111,7 +111,7 @@ class Spec:
         return out
 
     def dumps(self) -> str:
-        """The spec as TOML text (canonical form; its SHA-256 is :attr:`hash`)."""
+        """The spec as TOML text (canonical form; its SHA-256 is ``hash``)."""
         return dump_toml(self.to_dict())
 
     @property

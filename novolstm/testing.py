@@ -3,7 +3,7 @@
 Use them to test your own implementation of a spec the way novolstm tests its
 backends.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> assert_close(np.float32([1.0, 2.0]), np.float64([1.0, 2.0000001]), what="outputs") < 1e-6
     True
@@ -55,10 +55,11 @@ PRECISION_LIMITS = {
 def precision_limit(backend: str, keras_backend: str | None = None):
     """``(dtype, reason)`` where ``backend`` computes below what it is asked for, else None.
 
-    >>> precision_limit("keras", keras_backend="jax")[0]
-    'float32'
-    >>> precision_limit("torch") is None
-    True
+    Examples:
+        >>> precision_limit("keras", keras_backend="jax")[0]
+        'float32'
+        >>> precision_limit("torch") is None
+        True
     """
     import os
 
@@ -81,10 +82,11 @@ def tolerance(dtype, steps: int = 1, kind: str = "outputs") -> Tolerance:
 
     ``kind="gradients"`` widens it tenfold: a gradient sums over every step and row.
 
-    >>> tolerance("float64").atol
-    1e-12
-    >>> tolerance("float32", steps=64).atol > tolerance("float32", steps=8).atol
-    True
+    Examples:
+        >>> tolerance("float64").atol
+        1e-12
+        >>> tolerance("float32", steps=64).atol > tolerance("float32", steps=8).atol
+        True
     """
     name = np.dtype(dtype).name if str(dtype) != "bfloat16" else "bfloat16"
     if name not in TOLERANCES:
@@ -97,18 +99,19 @@ def pairwise_tolerance(dtype_a, dtype_b, steps: int = 1, kind: str = "outputs") 
     """The tolerance between two implementations that each pass against the float64 reference.
 
     ``dtype_a`` and ``dtype_b`` are the dtypes each side really computes in (see
-    :func:`computes_in`). No new numbers: if ``|a - r| <= A_a + R_a |r|`` and
+    ``computes_in``). No new numbers: if ``|a - r| <= A_a + R_a |r|`` and
     ``|b - r| <= A_b + R_b |r|``, then by the triangle inequality, and with
     ``|r| <= (|b| + A_b) / (1 - R_b)``, ``|a - b| <= A + R |b|`` for ``R = (R_a + R_b) / (1 - R_b)``
     and ``A = A_a + A_b + R A_b``: the sum of the two table entries, to first order. Use it with
-    ``b`` as the expected side of :func:`assert_close`. Pairs agree far more closely in practice
+    ``b`` as the expected side of ``assert_close``. Pairs agree far more closely in practice
     (docs/numerics.md has the measured worst pairwise deviations).
 
-    >>> t = pairwise_tolerance("float32", "float64")
-    >>> round(t.atol, 9), round(t.rtol, 6)
-    (2e-05, 0.0002)
-    >>> pairwise_tolerance("float32", "float32").atol > tolerance("float32").atol
-    True
+    Examples:
+        >>> t = pairwise_tolerance("float32", "float64")
+        >>> round(t.atol, 9), round(t.rtol, 6)
+        (2e-05, 0.0002)
+        >>> pairwise_tolerance("float32", "float32").atol > tolerance("float32").atol
+        True
     """
     a, b = tolerance(dtype_a, steps, kind), tolerance(dtype_b, steps, kind)
     rtol = (a.rtol + b.rtol) / (1.0 - b.rtol)
@@ -146,10 +149,11 @@ def random_params(spec, input_size: int, units: int, rng, scale: float = 0.5) ->
 
     Constant or shared weights would hide a gate-order bug; these never do.
 
-    >>> import novolstm
-    >>> p = random_params(novolstm.load_spec("lstm"), 3, 2, np.random.default_rng(0))
-    >>> bool((p["W_i"] != p["W_f"]).all())
-    True
+    Examples:
+        >>> import novolstm
+        >>> p = random_params(novolstm.load_spec("lstm"), 3, 2, np.random.default_rng(0))
+        >>> bool((p["W_i"] != p["W_f"]).all())
+        True
     """
     from .spec_loader import load_spec
 
@@ -163,7 +167,7 @@ class Case:
 
     ``lengths`` (batch,), where the case was drawn as a right-padded batch: then ``mask``
     is the mask those lengths mean, so code that takes only a mask runs the same case, and
-    :attr:`masking` gives what :func:`novolstm.run` and the reference take.
+    ``masking`` gives what ``novolstm.run`` and the reference take.
     """
 
     params: dict
@@ -208,14 +212,14 @@ def cases(
     min_steps: int = 1,
     min_size: int = 1,
 ):
-    """A Hypothesis strategy of :class:`Case` for ``spec``.
+    """A Hypothesis strategy of ``Case`` for ``spec``.
 
     Shapes start at 1 (one unit is an edge case of LayerNorm and softmax with a defined
     answer); weights are distinct per gate, at scales from tiny (the LayerNorm's epsilon
     dominates its input's variance) to saturating; the initial state is zeros or random;
     the batch is unmasked, masked at random, or right-padded to lengths in [0, steps]
     (a length of 0 is a row that never steps). For long sequences, raise ``min_steps``
-    and ``max_steps`` (the tolerance grows with the length: :func:`tolerance`).
+    and ``max_steps`` (the tolerance grows with the length: ``tolerance``).
     ``min_size`` is the least batch, input size and units: Hypothesis tries the smallest
     case first, so a property that runs one or two examples can raise it above 1.
     The arrays come from a NumPy generator seeded by Hypothesis, so examples shrink
@@ -256,11 +260,12 @@ def check_against_reference(cell: str, run, case: Case, dtype="float64", compute
     ``computes_in`` names the precision the implementation really computes in, where a
     framework is known to fall below ``dtype``; its tolerance applies. Default: ``dtype``.
 
-    >>> import novolstm
-    >>> spec = novolstm.load_spec("gru")
-    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
-    >>> check_against_reference("gru", lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
-    True
+    Examples:
+        >>> import novolstm
+        >>> spec = novolstm.load_spec("gru")
+        >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
+        >>> check_against_reference("gru", lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
+        True
     """
     from . import reference
 

@@ -225,7 +225,6 @@ def plot(results: dict, path, machine: str | None = None):
     import math
 
     from matplotlib.figure import Figure
-
     from matplotlib.ticker import FixedLocator, NullLocator
 
     ratios = results["ratios"]

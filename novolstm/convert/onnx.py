@@ -5,7 +5,7 @@ ONNX stacks the gates in the order i, o, f, c: ``W`` (directions, 4H, input),
 and optionally the peepholes ``P`` (directions, 3H) in the order i, o, f. Its
 output gate sees the new cell state, as the ``peephole_lstm`` spec does.
 
-Example:
+Examples:
     >>> import novolstm
     >>> p = novolstm.init_params("lstm", 3, 2, seed=0)
     >>> onnx = to_onnx_lstm([p])
@@ -46,7 +46,7 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
     """ONNX tensors -> one canonical dict per direction (``peephole_lstm`` when ``P`` is given).
 
     The two ONNX biases of each gate add: exact for the LSTM, where both enter the
-    same sum. Round trips through :func:`to_onnx_lstm` are exact.
+    same sum. Round trips through ``to_onnx_lstm`` are exact.
     """
     W, R = np.asarray(W), np.asarray(R)
     if W.ndim != 3 or R.ndim != 3 or W.shape[1] % 4 or R.shape[1:] != (W.shape[1], W.shape[1] // 4) or R.shape[0] != W.shape[0]:

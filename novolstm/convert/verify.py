@@ -7,9 +7,11 @@ that file to B's format; B's framework loads it. Both run the same input from th
 same non-zero initial state over ``steps`` steps, and so does the float64
 reference. The report gives the error between A and B per step (how it grows with
 the recurrence), each side's deviation from the reference, and a verdict against
-:func:`novolstm.testing.tolerance` for the dtype they compute in and the length.
+``novolstm.testing.tolerance`` for the dtype they compute in and the length.
 
-Example (NumPy only):
+Examples:
+    NumPy only:
+
     >>> report = verify_port("numpy", "reference", steps=8)
     >>> report.passed, report.table()[0][0]
     (True, 1)
@@ -80,7 +82,7 @@ def _violations(actual, expected, tol) -> float:
 def verify_port(source: str, target: str, cell: str = "lstm", steps: int = 64, batch: int = 3, input_size: int = 5,
                 units: int = 8, seed: int = 0, weights=None, weights_format: str | None = None, layout: str | None = None,
                 ported=None) -> PortReport:
-    """Port weights from framework ``source`` to ``target`` (names in :data:`novolstm.convert.native.NATIVES`) and compare.
+    """Port weights from framework ``source`` to ``target`` (names in ``novolstm.convert.native.NATIVES``) and compare.
 
     ``weights``/``weights_format`` (and ``layout`` for flax): a real weight file
     instead of the probe weights; it is converted to ``source``'s format first.
