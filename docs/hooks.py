@@ -43,6 +43,7 @@ API_PAGES = {
 }
 
 # Generated docstrings may cite other objects as Sphinx roles; the site shows them as code.
+# (The templates in backends/ should say Examples: and drop the roles; until then, _for_the_site.)
 _ROLE = re.compile(r"(?::py)?:(?:class|func|meth|data|attr|mod|exc|obj):`~?([^`]+)`")
 
 
@@ -84,10 +85,17 @@ def _api_module(backend: str) -> str:
     return f"novolstm_{backend}"
 
 
+def _for_the_site(source: str) -> str:
+    """Generated source as the API pages render it: Sphinx roles as code, and ``Example:``
+    headers as the ``Examples:`` section griffe renders as code (else ``>>>`` reads as quotes)."""
+    source = _ROLE.sub(lambda m: f"``{m.group(1)}``", source)
+    return re.sub(r"^(\s*)Example:$", r"\1Examples:", source, flags=re.M)
+
+
 def _write_api_modules() -> None:
     API_MODULES.mkdir(exist_ok=True)
     for backend in API_PAGES:
-        source = _ROLE.sub(lambda m: f"``{m.group(1)}``", novolstm.generate_source(API_SPEC, backend))
+        source = _for_the_site(novolstm.generate_source(API_SPEC, backend))
         path = API_MODULES / f"{_api_module(backend)}.py"
         if not path.exists() or path.read_text() != source:
             path.write_text(source)

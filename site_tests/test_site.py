@@ -41,8 +41,9 @@ BROKEN_IMAGES = """() => Array.from(document.images)
     .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"))"""
 LINKS = """() => Array.from(document.querySelectorAll("a[href]")).map(a => a.href)"""
 IDS = """() => Array.from(document.querySelectorAll("[id]")).map(e => e.id)"""
+# Markdown reads a >>> prompt outside an Examples: section as three nested blockquotes.
 PROMPTS_IN_BLOCKQUOTES = """() => Array.from(document.querySelectorAll("article blockquote"))
-    .filter(b => b.innerText.includes(">>>")).length"""
+    .filter(b => b.innerText.includes(">>>") || b.querySelector("blockquote")).length"""
 
 
 def _site() -> Path:
