@@ -214,6 +214,9 @@ def main(argv=None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"\nnovolstm {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (UsageError, *USER_ERRORS) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"novolstm {args.command}: error: {message}", file=sys.stderr)
@@ -303,7 +306,12 @@ def _check(args) -> int:
     from .progress import progress_bar
     from .spec_loader import list_specs
 
-    backends = args.backend or installed_backends()
+    installed = installed_backends()
+    missing = [b for b in args.backend or [] if b not in installed]
+    if missing:
+        raise UsageError(f"backend {missing[0]!r} needs its framework, which is not installed here "
+                         f"(pip install '.[{missing[0] if missing[0] != 'keras' else 'tensorflow'}]'); installed: {', '.join(installed)}")
+    backends = args.backend or installed
     cells, dtypes = args.cell or list_specs(), ("float64", "float32")
     show = progress_bar("novolstm check", len(cells) * len(backends) * len(dtypes))
     show(0)
@@ -335,6 +343,8 @@ def _load_callable(text: str):
         raise UsageError(f"--callable: cannot import module {module_name!r}: {exc}") from None
     except SyntaxError as exc:
         raise UsageError(f"--callable: module {module_name!r} is not valid Python: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed at import: their error, said in one line
+        raise UsageError(f"--callable: importing module {module_name!r} raised {type(exc).__name__}: {exc}") from None
     finally:
         sys.path.remove(os.getcwd())
     fn = getattr(module, function, None)

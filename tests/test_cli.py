@@ -120,9 +120,10 @@ def implementations(tmp_path, monkeypatch):
     (tmp_path / "correct_port.py").write_text(CORRECT)
     (tmp_path / "wrong_port.py").write_text(WRONG)
     (tmp_path / "broken_port.py").write_text("def run(:\n")
+    (tmp_path / "crashing_port.py").write_text("raise RuntimeError('no GPU here')\n")
     monkeypatch.chdir(tmp_path)  # --callable finds modules in the working directory, as python -m does
     yield tmp_path
-    for name in ("correct_port", "wrong_port", "broken_port"):
+    for name in ("correct_port", "wrong_port", "broken_port", "crashing_port"):
         sys.modules.pop(name, None)
 
 
@@ -180,6 +181,7 @@ def _user_errors(folder: Path) -> list[list[str]]:
         ["generate", "lstm", "-o", str(folder / "no-such-folder" / "cell.py")],
         ["conformance", "lstm", "--callable", "nocolon"], ["conformance", "lstm", "--callable", "no_such_module_xyz:run"],
         ["conformance", "lstm", "--callable", "os:no_such_function"], ["conformance", "lstm", "--callable", "broken_port:run"],
+        ["conformance", "lstm", "--callable", "crashing_port:run"],
         ["conformance", "lstm", "--callable", ":run"], ["conformance", "lstm", "--dtype", "int8", "--callable", "os:getcwd"],
         ["conformance", "lstm", "--results", f["garbage"]], ["conformance", "lstm", "--results", f["npy"]],
         ["conformance", "lstm", "--results", f["toml"]], ["conformance", "lstm", "--results", missing],
@@ -201,6 +203,17 @@ def test_user_errors_are_one_line_and_exit_2(implementations, capsys):
         command = argv[0] if argv and argv[0] in COMMANDS else ""
         line = _one_error_line(captured.err, command) if command else captured.err.strip()
         assert "error:" in line and "Traceback" not in captured.err, argv
+
+
+def test_check_names_a_backend_whose_framework_is_missing(capsys):
+    from novolstm.check import installed_backends
+
+    missing = [b for b in novolstm.list_backends() if b not in installed_backends()]
+    if not missing:
+        pytest.skip("every backend's framework is installed in this environment")
+    assert main(["check", "--backend", missing[0], "--cell", "lstm"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "check")
+    assert f"backend {missing[0]!r} needs its framework" in line and "pip install" in line
 
 
 def test_no_traceback_from_the_installed_command(implementations):
