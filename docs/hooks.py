@@ -3,7 +3,7 @@
 - reference/specs.md: every built-in cell's equations and parameter table, and the JSON Schema.
 - reference/cli.md: every command's --help.
 - generated/<cell>.md: the source each backend's emitter generates for that cell.
-- api/<backend>.md: the API of each backend's generated classes (Cell, Layer, ...), rendered by
+- api/backends.md, api/<backend>.md: the API of each backend's generated classes (Cell, Layer, ...), rendered by
   mkdocstrings from the module novolstm generates for the built-in ``novolstm`` spec. The modules
   are written to API_MODULES, which mkdocs.yml puts on mkdocstrings' search path.
 
@@ -120,7 +120,7 @@ def _api_pages() -> dict[str, str]:
                      "      docstring_options: {warn_missing_types: false, warn_unknown_params: false, warnings: false}", ""]
         pages[f"api/{backend}.md"] = "\n".join(body)
         index.append(f"- [{backend}]({backend}.md): {what}")
-    pages["api/index.md"] = "\n".join(index) + "\n"
+    pages["api/backends.md"] = "\n".join(index) + "\n"
     return pages
 
 

@@ -8,7 +8,8 @@ Every page is served over HTTP and loaded; the test fails when a page does not l
 raises a script error, when its text (code excluded) shows a literal Sphinx role, RST
 double backquotes or an RST directive, when a doctest prompt sits in a blockquote
 (an example outside an Examples: section), when an image does not load, or when an
-internal link or anchor leads nowhere. The pages visited are written to
+internal link or anchor leads nowhere, when a page is outside the navigation or two
+navigation entries lead to the same page. The pages visited are written to
 NOVOLSTM_SITE/../visited-pages.txt.
 """
 
@@ -41,6 +42,8 @@ BROKEN_IMAGES = """() => Array.from(document.images)
     .filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src"))"""
 LINKS = """() => Array.from(document.querySelectorAll("a[href]")).map(a => a.href)"""
 IDS = """() => Array.from(document.querySelectorAll("[id]")).map(e => e.id)"""
+NAV = """() => Array.from(document.querySelectorAll(".md-nav--primary a.md-nav__link[href]"))
+    .map(a => [a.innerText.trim(), a.href])"""
 # Markdown reads a >>> prompt outside an Examples: section as three nested blockquotes.
 PROMPTS_IN_BLOCKQUOTES = """() => Array.from(document.querySelectorAll("article blockquote"))
     .filter(b => b.innerText.includes(">>>") || b.querySelector("blockquote")).length"""
@@ -132,10 +135,30 @@ def test_every_page_reads_well_in_a_browser(server, browser):
         problems += [f"{path}: request failed: {f}" for f in failed]
         ids[urllib.parse.urljoin(root, path)] = set(page.evaluate(IDS))
         links[path] = {href for href in page.evaluate(LINKS) if href.startswith(root)}
+        if path == "":
+            navigation = page.evaluate(NAV)
     page.close()
     problems += _broken_links(root, links, ids)
+    problems += _navigation_problems(root, navigation, pages)
     (site.parent / "visited-pages.txt").write_text("\n".join("/" + p for p in pages) + "\n")
     assert not problems, f"{len(problems)} problems on {len(pages)} pages:\n" + "\n".join(problems)
+
+
+def _navigation_problems(root: str, navigation: list, pages: list[str]) -> list[str]:
+    """Every page in the navigation, each entry its own page (two sources cannot share a URL)."""
+    problems, seen = [], {}
+    for title, href in navigation:
+        if "#" in href:  # the current page's table of contents, folded into the navigation
+            continue
+        target = href
+        if target in seen and seen[target] != title:
+            problems.append(f"navigation: {title!r} and {seen[target]!r} lead to the same page {target[len(root) - 1:]}")
+        seen.setdefault(target, title)
+    if not seen:
+        return ["navigation: the home page shows no navigation links"]
+    listed = {href[len(root):] for href in seen}
+    problems += [f"/{p}: a page outside the navigation" for p in pages if p not in listed and p != "404.html"]
+    return problems
 
 
 def _broken_links(root: str, links: dict[str, set], ids: dict[str, set]) -> list[str]:
