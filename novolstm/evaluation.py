@@ -171,7 +171,26 @@ def _score(task: Task, prediction, y) -> float:
 
 def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 300, units: int = 32,
           batch: int = 32, lr: float = 1e-2, progress=None) -> Result:
-    """Train ``cell`` with a linear readout on ``task``; return its curve and test score."""
+    """Train ``cell`` with a linear readout on ``task`` (Adam, gradients clipped to [-1, 1]).
+
+    Args:
+        cell: a built-in name, a path to a spec file, or a loaded spec.
+        task: the task (``TASKS[name](length, rng)``).
+        seed: the seed of the initial weights and the batches.
+        backend: the backend whose generated code runs forward and backward (numpy, torch,
+            jax or keras).
+        steps: training steps.
+        units: the state size.
+        batch: examples per step.
+        lr: Adam's learning rate.
+        progress: called as ``progress(step, loss)`` after every step, if given.
+
+    Returns:
+        A ``Result``: the training loss per step and the task's metric on its test set.
+
+    Raises:
+        ValueError: a backend without the gradient hook (onnx).
+    """
     spec = load_spec(cell)
     module = load_generated(spec, backend)
     if not hasattr(module, "vjp_numpy"):
@@ -202,7 +221,24 @@ def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 
 
 def compare(cells, tasks, seeds=(0, 1, 2), backend: str = "numpy", steps: int = 300, length=30,
             units: int = 32, quiet: bool = False) -> list[Result]:
-    """Every cell on every task (at every length) for every seed, with the same data, budget and optimizer."""
+    """Every cell on every task (at every length) for every seed, with the same data, budget and optimizer.
+
+    Args:
+        cells: spec names or paths.
+        tasks: names in ``TASKS`` (adding, copy, digits).
+        seeds: one run per seed; a seed fixes the data and the initial weights.
+        backend: the backend that trains.
+        steps: training steps per run.
+        length: the sequence length of adding and copy, or a list of them (digits has 8 rows).
+        units: the state size of every cell.
+        quiet: no progress bar on standard error.
+
+    Returns:
+        One ``Result`` per task, length, seed and cell.
+
+    Raises:
+        ValueError: an unknown task.
+    """
     lengths = [length] if isinstance(length, int) else list(length)
     results = []
     for task_name in tasks:

@@ -72,6 +72,17 @@ def list_specs() -> list[str]:
 def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
     """A built-in name, a path to a spec file, or a loaded spec -> a validated ``Spec``.
 
+    Args:
+        spec: a built-in name (``list_specs()``), the path of a ``.toml`` spec, or a ``Spec``
+            (returned as it is).
+
+    Returns:
+        The validated ``Spec``.
+
+    Raises:
+        SpecError: an unknown name, or a file that is not a valid spec; the message names
+            the file, the key and what was expected.
+
     Examples:
         >>> load_spec("novolstm").name
         'novolstm'
@@ -97,7 +108,18 @@ def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
 
 
 def loads_spec(text: "str | bytes", source: str = "<string>") -> Spec:
-    """Parse TOML text into a validated spec."""
+    """Parse TOML text into a validated spec.
+
+    Args:
+        text: the spec as TOML.
+        source: the name error messages give the text.
+
+    Returns:
+        The validated ``Spec``.
+
+    Raises:
+        SpecError: text that is not a valid spec.
+    """
     if isinstance(text, str):
         text = text.encode()
     if len(text) > MAX_SPEC_BYTES:

@@ -168,7 +168,26 @@ def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None, lo
 
 
 def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None, lossy: bool = False) -> dict:
-    """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``; return the canonical weights."""
+    """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``, through the canonical layout.
+
+    Args:
+        source: the weight file to read.
+        destination: the weight file to write.
+        src_fmt: the format of ``source``, one of ``FORMATS``.
+        dst_fmt: the format to write, one of ``FORMATS``.
+        cell: the spec the weights are for (``lstm``, ``gru``, ...).
+        src_layout: flax only: the source cell's layout (default: detected from the file).
+        dst_layout: flax only: the written cell's layout.
+        lossy: drop what the target cannot hold (with a ``LossyConversionWarning``)
+            instead of refusing.
+
+    Returns:
+        The canonical weights, one dict per layer and direction (``l0``, ``l0_reverse``, ...).
+
+    Raises:
+        ConversionError: a file of the wrong kind, weights the target cannot hold, or an
+            unknown format or layout.
+    """
     layers = read(source, src_fmt, cell, src_layout)
     write(layers, destination, dst_fmt, cell, dst_layout, lossy)
     return layers
