@@ -53,7 +53,15 @@ PRECISION_LIMITS = {
 
 
 def precision_limit(backend: str, keras_backend: str | None = None):
-    """``(dtype, reason)`` where ``backend`` computes below what it is asked for, else None.
+    """Where a framework is known to compute below the precision it is asked for.
+
+    Args:
+        backend: a backend name.
+        keras_backend: for keras, the backend Keras runs on (``KERAS_BACKEND``).
+
+    Returns:
+        ``(dtype, reason)``: the dtype it really computes in and why; None where it keeps
+        the precision it is asked for.
 
     Examples:
         >>> precision_limit("keras", keras_backend="jax")[0]
@@ -67,7 +75,16 @@ def precision_limit(backend: str, keras_backend: str | None = None):
 
 
 def computes_in(backend: str, dtype, keras_backend: str | None = None) -> str:
-    """The dtype whose tolerance applies to ``backend`` asked to compute in ``dtype``."""
+    """The dtype whose tolerance applies to ``backend`` asked to compute in ``dtype``.
+
+    Args:
+        backend: a backend name.
+        dtype: the dtype it is asked to compute in.
+        keras_backend: for keras, the backend Keras runs on.
+
+    Returns:
+        The dtype's name: ``dtype`` itself, or the lower precision ``precision_limit`` names.
+    """
     limit = precision_limit(backend, keras_backend)
     return limit[0] if limit and np.dtype(dtype) == np.float64 else np.dtype(dtype).name
 
@@ -80,7 +97,17 @@ STEPS_BEFORE_GROWTH = 16
 def tolerance(dtype, steps: int = 1, kind: str = "outputs") -> Tolerance:
     """The tolerance for a result computed in ``dtype`` over ``steps`` time steps.
 
-    ``kind="gradients"`` widens it tenfold: a gradient sums over every step and row.
+    Args:
+        dtype: the dtype the result was computed in (float64, float32, float16, bfloat16).
+        steps: the recurrent steps it passed through; beyond ``STEPS_BEFORE_GROWTH`` the
+            tolerance grows with the square root of the length.
+        kind: "outputs", or "gradients" (ten times wider: a gradient sums over every step and row).
+
+    Returns:
+        A ``Tolerance`` (``atol``, ``rtol``).
+
+    Raises:
+        KeyError: a dtype the table has no entry for.
 
     Examples:
         >>> tolerance("float64").atol
@@ -98,13 +125,21 @@ def tolerance(dtype, steps: int = 1, kind: str = "outputs") -> Tolerance:
 def pairwise_tolerance(dtype_a, dtype_b, steps: int = 1, kind: str = "outputs") -> Tolerance:
     """The tolerance between two implementations that each pass against the float64 reference.
 
-    ``dtype_a`` and ``dtype_b`` are the dtypes each side really computes in (see
-    ``computes_in``). No new numbers: if ``|a - r| <= A_a + R_a |r|`` and
+    No new numbers: if ``|a - r| <= A_a + R_a |r|`` and
     ``|b - r| <= A_b + R_b |r|``, then by the triangle inequality, and with
     ``|r| <= (|b| + A_b) / (1 - R_b)``, ``|a - b| <= A + R |b|`` for ``R = (R_a + R_b) / (1 - R_b)``
     and ``A = A_a + A_b + R A_b``: the sum of the two table entries, to first order. Use it with
     ``b`` as the expected side of ``assert_close``. Pairs agree far more closely in practice
     (docs/numerics.md has the measured worst pairwise deviations).
+
+    Args:
+        dtype_a: the dtype one side really computes in (see ``computes_in``).
+        dtype_b: the dtype the other side really computes in.
+        steps: the recurrent steps, as for ``tolerance``.
+        kind: "outputs" or "gradients", as for ``tolerance``.
+
+    Returns:
+        A ``Tolerance`` for ``|a - b|`` with ``b`` as the expected side.
 
     Examples:
         >>> t = pairwise_tolerance("float32", "float64")
@@ -119,9 +154,19 @@ def pairwise_tolerance(dtype_a, dtype_b, steps: int = 1, kind: str = "outputs") 
 
 
 def assert_close(actual, expected, tol: Tolerance | None = None, what: str = "value") -> float:
-    """Assert ``actual`` matches ``expected``: shape first, then values; return the max deviation.
+    """Assert ``actual`` matches ``expected``: shape first, then values.
 
-    ``tol`` defaults to the table entry for ``actual``'s dtype. NaN anywhere fails.
+    Args:
+        actual: the array under test.
+        expected: the array it must match.
+        tol: the tolerance; default: the table entry for ``actual``'s dtype.
+        what: the name the failure message gives the array.
+
+    Returns:
+        The largest absolute deviation.
+
+    Raises:
+        AssertionError: another shape, a value beyond the tolerance, or NaN anywhere.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
@@ -148,6 +193,16 @@ def random_params(spec, input_size: int, units: int, rng, scale: float = 0.5) ->
     """Distinct random float64 weights for every parameter of ``spec``.
 
     Constant or shared weights would hide a gate-order bug; these never do.
+
+    Args:
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        input_size: features per timestep.
+        units: the state size.
+        rng: a NumPy ``Generator``.
+        scale: the standard deviation of the weights.
+
+    Returns:
+        Canonical name -> float64 array.
 
     Examples:
         >>> import novolstm
@@ -220,10 +275,22 @@ def cases(
     the batch is unmasked, masked at random, or right-padded to lengths in [0, steps]
     (a length of 0 is a row that never steps). For long sequences, raise ``min_steps``
     and ``max_steps`` (the tolerance grows with the length: ``tolerance``).
-    ``min_size`` is the least batch, input size and units: Hypothesis tries the smallest
-    case first, so a property that runs one or two examples can raise it above 1.
     The arrays come from a NumPy generator seeded by Hypothesis, so examples shrink
     by shape, scale and seed.
+
+    Args:
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        max_batch: the largest batch.
+        max_steps: the longest sequence.
+        max_input: the largest input size.
+        max_units: the largest state size.
+        scales: the weight scales drawn from.
+        min_steps: the shortest sequence.
+        min_size: the least batch, input size and units: Hypothesis tries the smallest
+            case first, so a property that runs one or two examples can raise it above 1.
+
+    Returns:
+        A Hypothesis strategy of ``Case``.
     """
     from hypothesis import strategies as st
 
@@ -257,8 +324,19 @@ def check_against_reference(cell: str, run, case: Case, dtype="float64", compute
     """Run ``run(params, x, state, mask) -> (outputs, final_state)`` on ``case`` in ``dtype``
     and assert it matches the float64 reference for ``cell``; return the max deviation.
 
-    ``computes_in`` names the precision the implementation really computes in, where a
-    framework is known to fall below ``dtype``; its tolerance applies. Default: ``dtype``.
+    Args:
+        cell: a built-in spec name (the reference implements it).
+        run: the implementation under test.
+        case: the weights, inputs, initial state and mask.
+        dtype: the dtype the case is cast to.
+        computes_in: the precision the implementation really computes in, where a framework
+            is known to fall below ``dtype``; its tolerance applies. Default: ``dtype``.
+
+    Returns:
+        The largest deviation from the reference.
+
+    Raises:
+        AssertionError: outputs or final state beyond the tolerance.
 
     Examples:
         >>> import novolstm
