@@ -234,8 +234,12 @@ def plot(results: dict, path, machine: str | None = None):
     pairs = list(dict.fromkeys((q["numerator"], q["denominator"]) for q in ratios))
     # Symmetric in log space around 1, wide enough for every ratio and target.
     reach = max([abs(math.log10(v)) for q in ratios for v in (q["ratio"], q["target"]) if v > 0] + [math.log10(1.5)])
-    low, high = 10 ** (-1.35 * reach), 10 ** (1.35 * reach)
-    ticks = [2.0**k for k in range(-8, 9) if low <= 2.0**k <= high]
+    low, high = 10 ** (-1.45 * reach), 10 ** (1.45 * reach)
+    powers = [k for k in range(-12, 13) if low <= 2.0**k <= high]
+    every = -(-len(powers) // 7)  # at most about seven labels, 1 always among them
+    ticks = [2.0**k for k in powers if k % every == 0]
+    if len(ticks) < 3:  # a narrow range: finer ticks than the powers of two
+        ticks = [t for t in (0.5, 0.67, 0.8, 1, 1.25, 1.5, 2) if low <= t <= high]
     fig = Figure(figsize=(9, 0.8 + len(dtypes) * (0.6 + 0.4 * len(pairs))), dpi=100, layout="constrained")
     axes = fig.subplots(len(dtypes), max(1, len(modes)), squeeze=False, sharex=True, sharey=True)
     ys = list(range(len(pairs)))[::-1]
@@ -249,15 +253,18 @@ def plot(results: dict, path, machine: str | None = None):
                 continue
             ax.barh(y, q["ratio"] - 1, left=1, height=0.6, color="tab:green" if q["ratio"] <= q["target"] else "tab:red")
             ax.plot([q["target"]] * 2, [y - 0.42, y + 0.42], color="black", linewidth=2)
+            # The value sits at the bar's end, beyond the target tick where that is near, so neither hides it.
             right = q["ratio"] >= 1
-            ax.annotate(f"{q['ratio']:.2f}", (q["ratio"], y), xytext=(4 if right else -4, 0), textcoords="offset points",
+            near = abs(math.log(q["target"] / q["ratio"])) < math.log(1.25)
+            at = (max if right else min)(q["ratio"], q["target"]) if near else q["ratio"]
+            ax.annotate(f"{q['ratio']:.2f}", (at, y), xytext=(5 if right else -5, 0), textcoords="offset points",
                         ha="left" if right else "right", va="center", fontsize=9)
         ax.axvline(1, color="grey", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xlim(low, high)
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=8)
+        ax.set_xticks(ticks, [f"{t:g}" if t >= 0.1 else f"1/{round(1 / t)}" for t in ticks], fontsize=8)
         ax.set_yticks(ys, [f"{_short(n)} / {_short(d)}" for n, d in pairs], fontsize=9)
         ax.set_ylim(-0.6, len(pairs) - 0.4)
         ax.set_title(f"{mode}, {dtype}", fontsize=10)
