@@ -401,8 +401,11 @@ def _conformance(args) -> int:
 def _compare(args) -> int:
     from dataclasses import asdict
 
+    from .api import load_generated
     from .evaluation import compare, plot_curves, results_table
 
+    for cell in args.cells:  # up front: a bad spec or a missing framework, before any training
+        load_generated(cell, args.backend)
     results = compare(args.cells, args.tasks, args.seeds, args.backend, args.steps, args.lengths, args.units)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -422,7 +425,11 @@ def _bench(args) -> int:
     from .bench import available_backends
     from .bench.harness import codegen_seconds, import_seconds, run, write
 
-    backends = args.backends or available_backends()
+    installed = available_backends()
+    missing = [b for b in args.backends or [] if b not in installed]
+    if missing:
+        raise UsageError(f"backend {missing[0]!r} needs its framework, which is not installed here; installed: {', '.join(installed)}")
+    backends = args.backends or installed
     shapes, repeats = (["smoke"], 1) if args.smoke else (args.shapes, args.repeats)
     results = run(backends, shapes, repeats, args.dtype)
     extras = {"import novolstm (s)": f"{import_seconds():.3f}"}

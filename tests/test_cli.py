@@ -174,7 +174,8 @@ def _user_errors(folder: Path) -> list[list[str]]:
     return [
         ["check", "--steps", "0"], ["check", "--cell", "nope"], ["check", "--backend", "fortran"],
         ["compare", "--lengths", "-3"], ["compare", "--steps", "0"], ["compare", "--seeds", "-1"], ["compare", "--units", "x"],
-        ["compare", "--tasks", "chess"], ["bench", "--repeats", "0"], ["bench", "--shapes", "huge"], ["bench", "--dtype", "int4"],
+        ["compare", "--tasks", "chess"], ["compare", "--cells", "lstm", f["garbage"], "--steps", "1"],
+        ["compare", "--cells", "lstm", "no_such_cell", "--steps", "1"], ["bench", "--repeats", "0"], ["bench", "--shapes", "huge"], ["bench", "--dtype", "int4"],
         ["verify-port", "torch", "abacus"], ["verify-port", "numpy", "reference", "--steps", "0"],
         ["show", "nope"], ["show", f["garbage"]], ["show", f["npz"]], ["show", f["text"]], ["show", str(folder)],
         ["generate", f["npy"]], ["generate", "lstm", "--backend", "cobol"],
@@ -214,6 +215,11 @@ def test_check_names_a_backend_whose_framework_is_missing(capsys):
     assert main(["check", "--backend", missing[0], "--cell", "lstm"]) == 2
     line = _one_error_line(capsys.readouterr().err, "check")
     assert f"backend {missing[0]!r} needs its framework" in line and "pip install" in line
+    from novolstm.bench import ADAPTERS
+
+    for backend in (b for b in missing if b in ADAPTERS):
+        assert main(["bench", "--smoke", "--backends", backend]) == 2
+        assert f"backend {backend!r} needs its framework" in _one_error_line(capsys.readouterr().err, "bench")
 
 
 def test_no_traceback_from_the_installed_command(implementations):
