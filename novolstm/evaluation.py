@@ -271,7 +271,7 @@ def results_table(results: list[Result]) -> str:
 _LOSS = {"regression": "training MSE", "sequence": "training cross-entropy (recall)", "classification": "training cross-entropy"}
 
 
-def plot_curves(results: list[Result], path, columns: int = 3):
+def plot_curves(results: list[Result], path, columns: int = 2):
     """Learning curves as a grid, one panel per task, and a legend panel.
 
     Each cell's training loss is drawn as the mean over seeds (smoothed over 10 steps) with a
@@ -289,7 +289,8 @@ def plot_curves(results: list[Result], path, columns: int = 3):
     colors = dict(zip(cells, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey"] * 4))
     columns = min(columns, len(tasks) + 1)
     rows = -(-(len(tasks) + 1) // columns)
-    fig = Figure(figsize=(3.1 * columns, 2.7 * rows + 0.5), dpi=100, layout="constrained")
+    # About the docs' page width at 100 dpi, so the text keeps its size there.
+    fig = Figure(figsize=(3.6 * columns, 2.6 * rows + 0.6), dpi=100, layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         runs = [r for r in results if r.task == task]
@@ -318,23 +319,23 @@ def plot_curves(results: list[Result], path, columns: int = 3):
         else:
             ax.set_ylim(0, 1.15 * max(chance, *(float(np.max(r.curve[min(10, len(r.curve)) - 1:])) for r in runs)))
         for k, (cell, text) in enumerate(written):
-            ax.text(0.97, 0.8 - 0.09 * k, text, transform=ax.transAxes, ha="right", va="top", fontsize=7, color=colors[cell])
+            ax.text(0.97, 0.8 - 0.09 * k, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color=colors[cell])
         if written:
-            ax.text(0.97, 0.8 - 0.09 * len(written), runs[0].metric, transform=ax.transAxes, ha="right", va="top", fontsize=7)
+            ax.text(0.97, 0.8 - 0.09 * len(written), runs[0].metric, transform=ax.transAxes, ha="right", va="top", fontsize=8)
         ax.set_title(task, fontsize=10)
-        ax.set_xlabel("training step", fontsize=8)
-        ax.set_ylabel(_LOSS[kind], fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_xlabel("training step", fontsize=9)
+        ax.set_ylabel(_LOSS[kind], fontsize=9)
+        ax.tick_params(labelsize=8)
     legend = axes.flat[len(tasks)]
     legend.axis("off")
     handles = [Line2D([], [], color=colors[c], linewidth=2, label=c) for c in cells]
     handles += [Line2D([], [], color="black", linestyle="--", label="chance (guessing)"),
                 Line2D([], [], color="grey", marker="D", linestyle="none", label="test score, ± std over seeds")]
-    legend.legend(handles=handles, loc="center", fontsize=8, frameon=False)
+    legend.legend(handles=handles, loc="center", fontsize=9, frameon=False)
     for ax in axes.flat[len(tasks) + 1:]:
         ax.set_visible(False)
     seeds = len({r.seed for r in results})
-    fig.suptitle(f"Training loss, mean over {seeds} seed{'s' if seeds > 1 else ''} (band: lowest to highest seed); "
-                 "right of each panel: the test score of the results table", fontsize=9)
+    fig.suptitle(f"Training loss, mean over {seeds} seed{'s' if seeds > 1 else ''} (band: lowest to highest seed);\n"
+                 "right of each panel: the test score of the results table", fontsize=10)
     fig.savefig(path)
     return fig

@@ -216,6 +216,11 @@ def _short(name: str) -> str:
     return name.replace("native: ", "").replace(" spec", "")
 
 
+def _pair_label(numerator: str, denominator: str) -> str:
+    label = f"{_short(numerator)} / {_short(denominator)}"
+    return label if len(label) <= 26 else f"{_short(numerator)}\n/ {_short(denominator)}"
+
+
 def plot(results: dict, path, machine: str | None = None):
     """Ratios as horizontal bars: one facet per mode (columns) and dtype (rows), a log axis centred
     on 1, the target marked on every row, a title naming the backend, shape and machine.
@@ -234,13 +239,14 @@ def plot(results: dict, path, machine: str | None = None):
     pairs = list(dict.fromkeys((q["numerator"], q["denominator"]) for q in ratios))
     # Symmetric in log space around 1, wide enough for every ratio and target.
     reach = max([abs(math.log10(v)) for q in ratios for v in (q["ratio"], q["target"]) if v > 0] + [math.log10(1.5)])
-    low, high = 10 ** (-1.45 * reach), 10 ** (1.45 * reach)
+    low, high = 10 ** (-1.6 * reach), 10 ** (1.6 * reach)
     powers = [k for k in range(-12, 13) if low <= 2.0**k <= high]
-    every = -(-len(powers) // 7)  # at most about seven labels, 1 always among them
+    every = -(-len(powers) // 5)  # at most about five labels, 1 always among them
     ticks = [2.0**k for k in powers if k % every == 0]
     if len(ticks) < 3:  # a narrow range: finer ticks than the powers of two
         ticks = [t for t in (0.5, 0.67, 0.8, 1, 1.25, 1.5, 2) if low <= t <= high]
-    fig = Figure(figsize=(9, 0.8 + len(dtypes) * (0.6 + 0.4 * len(pairs))), dpi=100, layout="constrained")
+    # About the docs' page width at 100 dpi, so the text keeps its size there.
+    fig = Figure(figsize=(7.2, 0.9 + len(dtypes) * (0.6 + 0.38 * len(pairs))), dpi=100, layout="constrained")
     axes = fig.subplots(len(dtypes), max(1, len(modes)), squeeze=False, sharex=True, sharey=True)
     ys = list(range(len(pairs)))[::-1]
     for (row, dtype), (col, mode) in ((r, c) for r in enumerate(dtypes) for c in enumerate(modes)):
@@ -265,15 +271,14 @@ def plot(results: dict, path, machine: str | None = None):
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(ticks, [f"{t:g}" if t >= 0.1 else f"1/{round(1 / t)}" for t in ticks], fontsize=8)
-        ax.set_yticks(ys, [f"{_short(n)} / {_short(d)}" for n, d in pairs], fontsize=9)
+        ax.set_yticks(ys, [_pair_label(n, d) for n, d in pairs], fontsize=9)
         ax.set_ylim(-0.6, len(pairs) - 0.4)
         ax.set_title(f"{mode}, {dtype}", fontsize=10)
-        if row == len(dtypes) - 1:
-            ax.set_xlabel("time ratio (log scale; < 1 is faster)", fontsize=9)
     first = ratios[0] if ratios else {"backend": "?", "shape": "?"}
     dims = next((f" ({r['batch']}x{r['steps']}x{r['units']})" for r in results.get("rows", []) if r.get("shape") == first["shape"]), "")
     fig.suptitle(f"{first['backend']}, {first['shape']} shape{dims} on {machine or results.get('machine') or this_machine()}\n"
-                 "bar: measured ratio (green: target met, red: missed); black tick: target", fontsize=10)
+                 "bar: time ratio, < 1 faster (green: target met, red: missed); black tick: target", fontsize=10)
+    fig.supxlabel("time ratio (log scale)", fontsize=9)
     fig.savefig(path)
     return fig
 
