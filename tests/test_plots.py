@@ -57,6 +57,12 @@ def test_ratios_one_facet_per_mode_and_dtype_on_a_log_axis_centred_on_1(bench_re
     assert colors[0.8][1] > colors[0.8][0] and colors[3.0][0] > colors[3.0][1]  # green met, red missed
 
 
+def test_ratios_without_any_ratio_say_so(tmp_path):
+    fig = plot({"ratios": [], "rows": []}, tmp_path / "ratios.png")
+    assert (tmp_path / "ratios.png").stat().st_size > 0
+    assert not fig.get_axes() and "no ratios measured" in fig.texts[0].get_text()
+
+
 def _curves(tmp_path) -> list[Result]:
     rng = np.random.default_rng(0)
     rows = []

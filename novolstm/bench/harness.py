@@ -233,6 +233,11 @@ def plot(results: dict, path, machine: str | None = None):
     from matplotlib.ticker import FixedLocator, NullLocator
 
     ratios = results["ratios"]
+    if not ratios:  # every candidate skipped: say so rather than draw empty axes
+        fig = Figure(figsize=(7.2, 1.2), dpi=100)
+        fig.text(0.5, 0.5, "no ratios measured (see the table for why)", ha="center", va="center", fontsize=10)
+        fig.savefig(path)
+        return fig
     modes = [m for m in ("forward", "forward+backward") if any(q["mode"] == m for q in ratios)]
     dtypes = list(dict.fromkeys(q.get("dtype", "float32") for q in ratios))
     # One row per numerator / denominator pair, the same rows in every facet, so a pair reads across.
