@@ -82,7 +82,18 @@ class Spec:
         raise KeyError(name)
 
     def parameter_shapes(self, input_size: int, units: int) -> dict[str, tuple[int, ...]]:
-        """Concrete shape of every canonical parameter, in declaration order."""
+        """Concrete shape of every canonical parameter, in declaration order.
+
+        Args:
+            input_size: features per timestep.
+            units: the state size.
+
+        Returns:
+            Canonical name -> shape.
+
+        Raises:
+            ValueError: a size that is not a positive int.
+        """
         sizes = {"input": _positive(input_size, "input_size"), "units": _positive(units, "units")}
         return {p.name: tuple(sizes[d] for d in p.shape) for p in self.params}
 

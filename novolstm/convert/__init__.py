@@ -29,6 +29,18 @@ LOSSY_FORMS = {"peephole_lstm": ("lstm", ("p_i", "p_f", "p_o"))}
 def drop(params, names, lossy: bool, why: str) -> dict:
     """``params`` without ``names``: refused when one of them is nonzero, unless ``lossy``.
 
+    Args:
+        params: canonical name -> array.
+        names: the parameters the target layout cannot hold.
+        lossy: drop nonzero ones too, with a ``LossyConversionWarning`` naming them.
+        why: what the target lacks, for the message.
+
+    Returns:
+        ``params`` without ``names``.
+
+    Raises:
+        ConversionError: a nonzero parameter among ``names`` and not ``lossy``.
+
     Examples:
         >>> drop({"W": np.ones(2), "p": np.zeros(2)}, ["p"], lossy=False, why="no peepholes").keys()
         dict_keys(['W'])
