@@ -232,6 +232,12 @@ def test_no_traceback_from_the_installed_command(implementations):
         done = subprocess.run([sys.executable, "-m", "novolstm", *argv], capture_output=True, text=True, timeout=120, env=env)
         assert done.returncode == 2, (argv, done.stderr)
         _one_error_line(done.stderr, argv[0])
+    script = Path(sys.executable).with_name("novolstm")  # the console script pip installed beside python
+    if script.exists():
+        done = subprocess.run([str(script), "verify-port", "numpy", "reference", "--steps", "-1"], capture_output=True,
+                              text=True, timeout=120, env=env)
+        assert done.returncode == 2
+        _one_error_line(done.stderr, "verify-port")
     wrong = subprocess.run([sys.executable, "-m", "novolstm", "conformance", "lstm", "--callable", "wrong_port:run"],
                            capture_output=True, text=True, timeout=120, env=env)
     assert wrong.returncode == 1 and "DOES NOT CONFORM" in wrong.stdout and "Traceback" not in wrong.stderr
