@@ -9,6 +9,8 @@ pass must keep, where each gradient goes.
 
 from __future__ import annotations
 
+import ast
+import importlib.resources
 import inspect
 from dataclasses import dataclass
 from typing import Callable
@@ -69,6 +71,31 @@ def init_source() -> str:
     from . import init
 
     return inspect.getsource(init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip() + "\n" + _INIT_PARAMS
+
+
+#: The lines that open and close a runtime module's stand-in block (see inline_runtime).
+SPEC_BLOCK = ("# --- spec: generated modules replace this block", "# --- end of spec block")
+
+
+def inline_runtime(package: str, docstring: str, spec_block: str) -> str:
+    """The source of a generated module: ``docstring``, then the backend's runtime module inlined.
+
+    ``package`` is a backend package (``novolstm.backends.torch``) whose ``runtime.py`` is real,
+    importable code; it holds one block of stand-ins for what depends on the spec (its
+    constants and the generated step functions), between the two lines of ``SPEC_BLOCK``.
+    The generated module is the runtime's text after its docstring, with that block
+    replaced by ``spec_block``, so it stays standalone: it imports only the framework. The
+    runtime file is read as text, never imported (that would import the framework).
+    """
+    text = importlib.resources.files(package).joinpath("runtime.py").read_text(encoding="utf-8")
+    first = ast.parse(text).body[0]
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)):
+        raise ValueError(f"{package}.runtime: expected a module docstring")
+    body = text.split("\n")[first.end_lineno :]
+    start = next(k for k, line in enumerate(body) if line.startswith(SPEC_BLOCK[0]))
+    stop = next(k for k, line in enumerate(body) if line.startswith(SPEC_BLOCK[1]))
+    lines = [f'"""{docstring}\n"""', *body[:start], spec_block.strip("\n"), *body[stop + 1 :]]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def linear_call(n, a) -> str:
@@ -146,6 +173,42 @@ class LoopPlan:
         """Whether the cell computes exactly the standard LSTM (see :func:`novolstm.ir.computes_standard_lstm`):
         an emitter may then hand it to a framework's own fused LSTM kernel."""
         return computes_standard_lstm(self.spec)
+
+    @property
+    def param_table(self) -> dict[str, tuple[tuple[str, ...], str, dict]]:
+        """Parameter name -> (symbolic shape, initializer name, initializer args): what
+        ``init_from_table`` draws from, and what generated modules carry as ``PARAM_TABLE``."""
+        return {p.name: (tuple(p.shape), p.init.name, dict(p.init.args)) for p in self.spec.params}
+
+    @property
+    def input_param(self) -> str:
+        """A parameter shaped (input, ...): its first axis gives the input size."""
+        return next(p.name for p in self.spec.params if p.shape[0] == "input")
+
+    @property
+    def units_param(self) -> str:
+        """A parameter whose last axis gives the number of units."""
+        return self.spec.params[0].name
+
+    @property
+    def bias_names(self) -> tuple[str, ...]:
+        """Parameters that enter only as a projection's bias (what ``bias=False`` leaves out)."""
+        return tuple(dict.fromkeys(b for L in self.linears for b in L.biases if b))
+
+    def constants(self, **extra: object) -> str:
+        """The spec constants every generated module defines, as source lines (``NAME = repr``)."""
+        values = {
+            "SPEC_NAME": self.spec.name,
+            "SPEC_HASH": self.spec.hash,
+            "STATE_NAMES": tuple(self.spec.state_names),
+            "PARAM_NAMES": tuple(self.spec.param_names),
+            "PARAM_TABLE": self.param_table,
+            "INPUT_PARAM": self.input_param,
+            "UNITS_PARAM": self.units_param,
+            "BIAS_NAMES": self.bias_names,
+            **extra,
+        }
+        return "\n".join(f"{name} = {value!r}" for name, value in values.items())
 
     def header(self, backend: str) -> str:
         spec = self.spec
