@@ -12,8 +12,9 @@ from __future__ import annotations
 import ast
 import importlib.resources
 import inspect
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import __version__
 from .autodiff import differentiate
@@ -27,7 +28,7 @@ OpTable = dict[str, Callable[[Node, list[str]], str]]
 #: table is ``{**ARRAY_OPS, ...}`` plus the framework's own functions.
 ARRAY_OPS: OpTable = {
     "const": lambda n, a: repr(n.attr("value")),
-    "slice": lambda n, a: f"{a[0]}[..., {units_offset(n.attr('start'))}:{units_offset(n.attr('stop'))}]",
+    "slice": lambda n, a: f"{a[0]}[..., {slice_bounds(units_offset(n.attr('start')), units_offset(n.attr('stop')))}]",
     "add": lambda n, a: " + ".join(a),
     "sub": lambda n, a: f"{a[0]} - {a[1]}",
     "mul": lambda n, a: f"{a[0]} * {a[1]}",
@@ -98,6 +99,71 @@ def inline_runtime(package: str, docstring: str, spec_block: str) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+#: The line length of generated code (the package's ruff setting).
+LINE_LENGTH = 120
+
+
+class Code(str):
+    """Source text that :func:`literal` writes as it is (an expression, not a string)."""
+
+
+def literal(value: object, column: int = 0, indent: int = 0) -> str:
+    """``value`` (str, number, bool, None, tuple, list, dict) as formatted source: double quotes, and
+    a collection that does not fit on the line from ``column`` one item per line, as ruff formats it.
+
+    >>> literal({"W": (("input", "units"), "zeros", {})})
+    '{"W": (("input", "units"), "zeros", {})}'
+    >>> print(literal(("a",) * 3, column=115))
+    (
+        "a",
+        "a",
+        "a",
+    )
+    """
+    if isinstance(value, Code):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, dict):
+        items = [(literal(k), v) for k, v in value.items()]
+        inline = "{" + ", ".join(f"{k}: {literal(v)}" for k, v in items) + "}"
+        if column + len(inline) <= LINE_LENGTH:
+            return inline
+        pad = " " * (indent + 4)
+        rows = [f"{pad}{k}: {literal(v, indent + 4 + len(k) + 2, indent + 4)}," for k, v in items]
+        return "{\n" + "\n".join(rows) + "\n" + " " * indent + "}"
+    if isinstance(value, (tuple, list)):
+        open_, close = ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        parts = [literal(v) for v in value]
+        inline = open_ + ", ".join(parts) + ("," if len(parts) == 1 and open_ == "(" else "") + close
+        if column + len(inline) <= LINE_LENGTH:
+            return inline
+        pad = " " * (indent + 4)
+        rows = [f"{pad}{literal(v, indent + 4, indent + 4)}," for v in value]
+        return open_ + "\n" + "\n".join(rows) + "\n" + " " * indent + close
+    return repr(value)
+
+
+def targets(names: list[str]) -> str:
+    """Assignment targets unpacking a sequence of ``len(names)`` values: ``a, b`` or ``(a,)``."""
+    return f"({names[0]},)" if len(names) == 1 else ", ".join(names)
+
+
+def tuple_of(names: list[str]) -> str:
+    """A tuple expression of ``names``: ``(a, b)``, ``(a,)`` or ``()``."""
+    return f"({names[0]},)" if len(names) == 1 else "(" + ", ".join(names) + ")"
+
+
+def assign(names: list[str], values: list[str]) -> str:
+    """``a, b = x, y`` (or ``a = x`` for one name)."""
+    return f"{', '.join(names)} = {', '.join(values)}"
+
+
+def slice_bounds(start: str, stop: str) -> str:
+    """``start:stop`` spaced as ruff formats it (``H : 2 * H`` where a bound is an expression)."""
+    return f"{start} : {stop}" if " " in start + stop else f"{start}:{stop}"
+
+
 def linear_call(n, a) -> str:
     """An OPS entry for ``linear``: ``_linear(x, w_<L>[, b_<L>])``, for generated modules that define ``_linear``."""
     bias = f", b_{n.name}" if any(n.attr("biases")) else ""
@@ -120,12 +186,41 @@ def docstring_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_, ()]*=(?!=)(.*)$")
+
+
+def names_read(lines: list[str]) -> set[str]:
+    """The identifiers that source ``lines`` read (an assignment's targets are not read).
+
+    >>> sorted(names_read(["a = b + c", "f(d)"]))
+    ['b', 'c', 'd', 'f']
+    """
+    out: set[str] = set()
+    for line in lines:
+        match = _ASSIGNMENT.match(line)
+        out.update(_IDENTIFIER.findall(match.group(1) if match else line))
+    return out
+
+
+def used_loads(loads: list[str], *bodies: list[str]) -> list[str]:
+    """The lines ``name = ...`` of ``loads`` whose name some line of ``bodies`` reads: no unused locals.
+
+    >>> used_loads(["w = p['w']", "b = p['b']"], ["y = x @ w"])
+    ["w = p['w']"]
+    """
+    read = names_read([line for body in bodies for line in body])
+    return [line for line in loads if line.split("=", 1)[0].strip() in read]
+
+
 def var(name: str) -> str:
     """The variable holding an IR value in generated code (``v_`` keeps spec names apart from template names)."""
     return f"v_{name}"
 
 
-def render(graph: Graph, ops: OpTable, leaves: tuple[str, ...] = ("input", "state", "hoisted", "param", "saved", "seed")) -> list[str]:
+def render(
+    graph: Graph, ops: OpTable, leaves: tuple[str, ...] = ("input", "state", "hoisted", "param", "saved", "seed")
+) -> list[str]:
     """One ``v_name = <snippet>`` line per non-leaf node, in order."""
     lines = []
     for n in graph.nodes:
@@ -208,7 +303,7 @@ class LoopPlan:
             "BIAS_NAMES": self.bias_names,
             **extra,
         }
-        return "\n".join(f"{name} = {value!r}" for name, value in values.items())
+        return "\n".join(f"{name} = {literal(value, len(name) + 3)}" for name, value in values.items())
 
     def header(self, backend: str) -> str:
         spec = self.spec
@@ -217,16 +312,30 @@ class LoopPlan:
             f"(sha256 {spec.hash}). Generated, do not edit: change the spec and generate again."
         )
 
-    def fusion_entries(self, concat: Callable[[list[str]], str], zeros: Callable[[str], str]) -> list[str]:
-        """``"w_L": <expr>,`` lines of the ``fuse`` function's dict, in any framework's spelling."""
-        lines = []
+    def fusion_entries(
+        self, concat: Callable[[list[str]], str], zeros: Callable[[str], str], indent: int = 8
+    ) -> list[str]:
+        """``"w_L": <expr>,`` lines of the ``fuse`` function's dict, in any framework's spelling.
+
+        ``concat(parts)`` is ``<function>([<parts>], <axis keyword>)``; ``indent``: the column of the entries.
+        """
+        lines: list[str] = []
+
+        def entry(key: str, parts: list[str]) -> None:
+            line = f'"{key}": {parts[0] if len(parts) == 1 else concat(parts)},'
+            if indent + len(line) <= LINE_LENGTH:
+                lines.append(line)
+                return
+            # One part per line, as ruff formats a call whose list does not fit.
+            head, tail = concat(["\0"]).split("[\0]")
+            lines.extend([f'"{key}": {head}', "    [", *(f"        {p}," for p in parts), "    ],"])
+            lines.extend([f"    {tail.lstrip(', ').rstrip(')')},", "),"])
+
         for L in self.linears:
-            ws = [f'params["{w}"]' for w in L.weights]
-            lines.append(f'"w_{L.name}": {ws[0] if len(ws) == 1 else concat(ws)},')
+            entry(f"w_{L.name}", [f'params["{w}"]' for w in L.weights])
             if L.has_bias:
                 ref = f'params["{L.weights[0]}"]'
-                bs = [f'params["{b}"]' if b else zeros(ref) for b in L.biases]
-                lines.append(f'"b_{L.name}": {bs[0] if len(bs) == 1 else concat(bs)},')
+                entry(f"b_{L.name}", [f'params["{b}"]' if b else zeros(ref) for b in L.biases])
         return lines
 
     def param_grad_pieces(self) -> dict[str, list[str]]:
@@ -247,7 +356,7 @@ class LoopPlan:
 
 
 def _block(array: str, k: int, count: int) -> str:
-    return array if count == 1 else f"{array}[..., {units_offset(k)}:{units_offset(k + 1)}]"
+    return array if count == 1 else f"{array}[..., {slice_bounds(units_offset(k), units_offset(k + 1))}]"
 
 
 def plan(spec: Spec) -> LoopPlan:
@@ -265,7 +374,7 @@ def plan(spec: Spec) -> LoopPlan:
         if L.in_step and L.operand not in step_tape:
             step_tape.append(L.operand)
     prologue_tape = tuple(n.name for n in pro_back.nodes if n.op == "saved" and n.attr("of") not in ("param", "input"))
-    vector_params = tuple(
-        n.name for n in program.prologue.nodes + program.step.nodes if n.op == "param"
+    vector_params = tuple(n.name for n in program.prologue.nodes + program.step.nodes if n.op == "param")
+    return LoopPlan(
+        program, step_back, pro_back, linears, tuple(step_tape), prologue_tape, tuple(dict.fromkeys(vector_params))
     )
-    return LoopPlan(program, step_back, pro_back, linears, tuple(step_tape), prologue_tape, tuple(dict.fromkeys(vector_params)))

@@ -13,13 +13,18 @@ from __future__ import annotations
 from novolstm.codegen import (
     ARRAY_OPS,
     LoopPlan,
+    assign,
     concat_op,
     docstring_text,
     init_source,
     inline_runtime,
     linear_call,
+    literal,
     render,
+    targets,
+    tuple_of,
     units_offset,
+    used_loads,
     var,
 )
 from novolstm.template import fill
@@ -45,7 +50,7 @@ OPS = {
     "linear_t": lambda n, a: f"_linear({a[0]}, w_{n.attr('linear')}.T)",
     "sum_units": lambda n, a: f"{a[0]}.sum(axis=-1, keepdims=True)",
     "sum_batch": lambda n, a: f"{a[0]}.reshape(-1, {a[0]}.shape[-1]).sum(axis=0)",
-    "concat": concat_op('np.zeros({like}.shape[:-1] + ({width},), {like}.dtype)', 'np.concatenate([{parts}], axis=-1)'),
+    "concat": concat_op("np.zeros({like}.shape[:-1] + ({width},), {like}.dtype)", "np.concatenate([{parts}], axis=-1)"),
 }
 
 
@@ -93,7 +98,9 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
     $unpack_state = state
     ms = None if mask is None else np.swapaxes(np.asarray(mask), 0, 1)[..., None]
     ys = np.empty((T, B, H), dtype=x.dtype)
-    tape = {name: [] for name in $step_tape} if keep_tape else None
+    # the step values the backward pass reads
+    step_tape = $step_tape
+    tape = {name: [] for name in step_tape} if keep_tape else None
     for t in range(T):
         $load_hoisted
         $step
@@ -108,7 +115,7 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
             ys[t] = np.where(m, $output, 0.0)
     if keep_tape:
         tape.update(kept, x=v_$input, ms=ms)
-    return np.swapaxes(ys, 0, 1), ($final_state), tape
+    return np.swapaxes(ys, 0, 1), $final_state, tape
 
 
 def backward(params, tape, g_outputs=None, g_state=None):
@@ -123,8 +130,8 @@ def backward(params, tape, g_outputs=None, g_state=None):
     """
     H = params[UNITS_PARAM].shape[-1]
     fused = fuse(params)
-    $load_fused
-    $load_params
+    $load_fused_backward
+    $load_params_backward
     v_$input, ms = tape["x"], tape["ms"]
     T, B = v_$input.shape[0], v_$input.shape[1]
     dtype = v_$input.dtype
@@ -151,16 +158,16 @@ def backward(params, tape, g_outputs=None, g_state=None):
     grads = {
         $param_grads
     }
-    return np.swapaxes($g_input, 0, 1), ($g_initial_state), grads
+    return np.swapaxes($g_input, 0, 1), $g_initial_state, grads
 '''
 
 #: The generated module's docstring.
-DOCSTRING = '''\
+DOCSTRING = """\
 $header
 
 $description
 
-State: $state_doc. Parameters use the canonical names of novolstm.'''
+State: $state_doc. Parameters use the canonical names of novolstm."""
 
 
 def generate(plan: LoopPlan) -> str:
@@ -198,7 +205,7 @@ def generate(plan: LoopPlan) -> str:
     step_wgrads = []
     for L in step_linears:
         width = units_offset(len(L.weights))
-        operand = f"np.stack(tape[{var(L.operand)!r}])"
+        operand = f'np.stack(tape["{var(L.operand)}"])'
         step_wgrads.append(f"gw_{L.name} = {operand}.reshape(T * B, -1).T @ glin_{L.name}.reshape(T * B, {width})")
         if L.has_bias:
             step_wgrads.append(f"gb_{L.name} = glin_{L.name}.reshape(T * B, {width}).sum(axis=0)")
@@ -215,11 +222,18 @@ def generate(plan: LoopPlan) -> str:
         if f"grad:{p}" in pro_back.outputs:
             pro_grads.append(f"gp_{p} = gp_{p} + {var(pro_back.outputs[f'grad:{p}'])}")
 
-    param_grads = [
-        f'"{p}": {" + ".join(pieces)},' for p, pieces in plan.param_grad_pieces().items()
-    ]
-    state_vars = ", ".join(var(s) for s in states) + ","
+    param_grads = [f'"{p}": {" + ".join(pieces)},' for p, pieces in plan.param_grad_pieces().items()]
+    state_vars = [var(s) for s in states]
     next_vars = [var(step.outputs[f"state:{s}"]) for s in states]
+    g_states = [f"g_{s}" for s in states]
+    forward_lines = render(program.prologue, OPS) + render(step, OPS)
+    step_backward, pro_backward = render(back, OPS), render(pro_back, OPS)
+    backward_lines = step_backward + pro_backward + step_wgrads + pro_grads
+    load_fused = [
+        f'{k} = fused["{k}"]' for L in plan.linears for k in (f"w_{L.name}", f"b_{L.name}") if k[0] == "w" or L.has_bias
+    ]
+    load_params = [f'{var(p)} = params["{p}"]' for p in plan.vector_params]
+    load_tape = [f'{var(n)} = tape["{var(n)}"][t]' for n in plan.step_tape]
 
     docstring = fill(
         DOCSTRING, header=plan.header(NAME), description=docstring_text(spec.description), state_doc=", ".join(states)
@@ -228,37 +242,42 @@ def generate(plan: LoopPlan) -> str:
         SPEC_BLOCK,
         constants=plan.constants(),
         init_source=init_source(),
-        fusion=plan.fusion_entries(lambda xs: f"np.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"np.zeros({ref}.shape[-1], {ref}.dtype)"),
-        load_fused=[f'{k} = fused["{k}"]' for L in plan.linears for k in (f"w_{L.name}", f"b_{L.name}") if k[0] == "w" or L.has_bias],
-        load_params=[f'{var(p)} = params["{p}"]' for p in plan.vector_params],
+        fusion=plan.fusion_entries(
+            lambda xs: f"np.concatenate([{', '.join(xs)}], axis=-1)",
+            lambda ref: f"np.zeros({ref}.shape[-1], {ref}.dtype)",
+        ),
+        load_fused=used_loads(load_fused, forward_lines),
+        load_params=used_loads(load_params, forward_lines),
+        load_fused_backward=used_loads(load_fused, backward_lines),
+        load_params_backward=used_loads(load_params, backward_lines),
         input=spec.input,
         prologue=render(program.prologue, OPS),
         keep_hoisted=[f"seq_{h} = {var(h)}" for h in program.hoisted],
-        unpack_state=state_vars,
-        step_tape=repr(tuple(var(n) for n in plan.step_tape)),
+        unpack_state=targets(state_vars),
+        step_tape=literal(tuple(var(n) for n in plan.step_tape), column=16, indent=4),
         load_hoisted=[f"{var(h)} = seq_{h}[t]" for h in program.hoisted],
         step=render(step, OPS),
-        tape_append=[f"tape[{var(n)!r}].append({var(n)})" for n in plan.step_tape] or ["pass"],
-        advance=f"{state_vars} = {', '.join(next_vars)},",
-        advance_masked=f"{state_vars} = {', '.join(f'np.where(m, {nv}, {var(s)})' for s, nv in zip(states, next_vars))},",
+        tape_append=[f'tape["{var(n)}"].append({var(n)})' for n in plan.step_tape] or ["pass"],
+        advance=assign(state_vars, next_vars),
+        advance_masked=assign(state_vars, [f"np.where(m, {nv}, {sv})" for sv, nv in zip(state_vars, next_vars)]),
         output=var(step.outputs["output"]),
-        prologue_tape=", ".join(f"'prologue:{n}': {var(n)}" for n in plan.prologue_tape),
-        final_state=state_vars,
-        unpack_g_state=", ".join(f"g_{s}" for s in states) + ",",
+        prologue_tape=", ".join(f'"prologue:{n}": {var(n)}' for n in plan.prologue_tape),
+        final_state=tuple_of(state_vars),
+        unpack_g_state=targets(g_states),
         init_grads=init_grads,
-        load_tape=[f"{var(n)} = tape[{var(n)!r}][t]" for n in plan.step_tape],
+        load_tape=used_loads(load_tape, step_backward),
         load_seeds=[f"{var(name)} = {seed_source(role)}" for role, name in seeds.items()],
         mask_seeds=[f"{var(name)} = np.where(m, {var(name)}, 0.0)" for name in seeds.values()],
-        step_backward=render(back, OPS),
+        step_backward=step_backward,
         store_grads=store or ["pass"],
         carry=carry,
         step_weight_grads=step_wgrads,
-        load_prologue_tape=[f"{var(n)} = tape['prologue:{n}']" for n in plan.prologue_tape],
+        load_prologue_tape=[f'{var(n)} = tape["prologue:{n}"]' for n in plan.prologue_tape],
         prologue_seeds=[f"{var(name)} = gseq_{role.split(':', 1)[1]}" for role, name in pro_seeds.items()],
-        prologue_backward=render(pro_back, OPS),
+        prologue_backward=pro_backward,
         prologue_grads=pro_grads,
         param_grads=param_grads,
         g_input=var(pro_back.outputs[f"grad:{spec.input}"]),
-        g_initial_state=", ".join(f"g_{s}" for s in states) + ",",
+        g_initial_state=tuple_of(g_states),
     )
     return inline_runtime(__package__, docstring, block)

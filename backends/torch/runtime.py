@@ -1,0 +1,779 @@
+"""The PyTorch runtime: what every generated torch module holds besides its spec's own code.
+
+Generated modules inline this file (see ``novolstm.codegen.inline_runtime``): the block
+of stand-ins below is replaced by the spec's constants, ``init_params`` and the generated
+``fuse``, ``forward`` and ``backward``; everything else is this code, verbatim.
+
+Contents of a generated module:
+    init_params      canonical parameters as NumPy arrays, the same numbers on every backend
+    forward          the sequence, time-major, no autograd (returns a tape for backward)
+    backward         the generated backward pass through time
+    Sequence         torch.autograd.Function joining the two
+    sequence         functional, differentiable: canonical params dict -> (outputs, final state)
+    Cell             nn.Module with nn.LSTMCell conventions
+    Layer            nn.Module with nn.LSTM conventions (layers, directions, dropout, packing)
+    run_numpy        NumPy in, NumPy out (novolstm.run)
+"""
+
+import zlib  # noqa: F401 - read by the initializers that generated modules inline here
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+# --- spec: generated modules replace this block with the spec's constants and functions
+from novolstm.init import init_from_table
+
+SPEC_NAME = "stand-in"
+SPEC_HASH = ""
+STATE_NAMES: tuple[str, ...] = ("h",)
+PARAM_NAMES: tuple[str, ...] = ()
+PARAM_TABLE: dict = {}
+INPUT_PARAM = "W"
+UNITS_PARAM = "W"
+#: Parameters that enter only as a projection's bias: what bias=False leaves out.
+BIAS_NAMES: tuple[str, ...] = ()
+#: Whether the spec computes exactly the standard LSTM, so that Layer may run torch's fused kernel.
+FUSED_KERNEL = False
+
+
+def init_params(input_size, units, seed=0, dtype="float64"):
+    """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
+    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
+
+
+def fuse(params):
+    raise NotImplementedError("generated per spec")
+
+
+def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
+    raise NotImplementedError("generated per spec")
+
+
+def backward(params, tape, g_outputs=None, g_state=None, need_input=True):
+    raise NotImplementedError("generated per spec")
+
+
+# --- end of spec block
+
+
+# ---------------------------------------------------------------- kernels
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _mean_units(z):
+    # LayerNorm statistics accumulate in float32 when the cell computes in half precision.
+    if z.dtype in _HALF:
+        return z.mean(dim=-1, keepdim=True, dtype=torch.float32).to(z.dtype)
+    return z.mean(dim=-1, keepdim=True)
+
+
+def _sum_units(z):
+    if z.dtype in _HALF:
+        return z.sum(dim=-1, keepdim=True, dtype=torch.float32).to(z.dtype)
+    return z.sum(dim=-1, keepdim=True)
+
+
+def _softmax(z):
+    # torch.softmax subtracts the row maximum before exp, so it cannot overflow; over the
+    # units axis; the sum accumulates in float32 when the cell computes in half precision.
+    if z.dtype in _HALF:
+        return torch.softmax(z, dim=-1, dtype=torch.float32).to(z.dtype)
+    return torch.softmax(z, dim=-1)
+
+
+def _normalize_units(z, eps):
+    """LayerNorm without its affine part: (z - mean) / sqrt(population variance + eps).
+
+    Two passes, as the spec pins it: the variance of the centred values. Not torch's
+    LayerNorm kernel: it accumulates the variance Welford-style, which in float32 moved a
+    chaotic 12-step case found by the reference tests 5x further from the float64
+    reference (4.8e-5 against 9.5e-6), past the float32 tolerance.
+    """
+    c = z - _mean_units(z)
+    return c * torch.rsqrt(_mean_units(c * c) + eps)
+
+
+def _normalize_units_grad(g, y, z, eps):
+    """The VJP of _normalize_units at z (output y): (g - mean g - y mean(g y)) / std.
+
+    The statistics are recomputed from z (one kernel) rather than kept on the tape; in
+    float32 and float64 the gradient is torch's own LayerNorm backward kernel (2 kernels
+    where the primitives' VJPs took 15).
+    """
+    if z.dtype in _HALF:
+        c = z - _mean_units(z)
+        return torch.rsqrt(_mean_units(c * c) + eps) * (g - _mean_units(g) - y * _mean_units(g * y))
+    _, mean, rstd = torch.native_layer_norm(z, z.shape[-1:], None, None, eps)
+    return _LAYER_NORM_BACKWARD(g, z, z.shape[-1:], mean, rstd, None, None, [True, False, False])[0]
+
+
+_LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
+
+
+# g * y * (1 - y) and g * (1 - y * y) in one kernel each (the ops autograd itself uses).
+_sigmoid_backward = torch.ops.aten.sigmoid_backward.default
+_tanh_backward = torch.ops.aten.tanh_backward.default
+
+
+def _gemm_blas(a, w, wt, b=None, acc=None):
+    """a @ w (+ b) (+ acc) over every leading axis of a: one GEMM. w is (K, N); wt is not read."""
+    lead = a.shape[:-1]
+    if a.dim() != 2:
+        a = a.reshape(-1, a.shape[-1])
+        acc = None if acc is None else acc.reshape(-1, acc.shape[-1])
+    if acc is not None:
+        out = torch.addmm(acc, a, w)
+        if b is not None:
+            out = out + b
+    elif b is not None:
+        out = torch.addmm(b, a, w)
+    else:
+        out = torch.mm(a, w)
+    return out if len(lead) == 1 else out.reshape(lead + (w.shape[-1],))
+
+
+def _no_pack(w, rows):
+    return w
+
+
+def _pack_onednn(w, rows):
+    # Reordered once per call into oneDNN's blocked layout, then read by every timestep.
+    return _ONEDNN_PACK(w, rows) if _ONEDNN_PACK is not None else w
+
+
+def _probe_onednn():
+    # oneDNN's inner product: the GEMM nn.LSTM itself uses on CPU, measured 1.4x to 2.4x
+    # faster than the BLAS torch.mm calls on some CPUs. A private op: used only when it
+    # exists and answers a probe exactly, else every GEMM goes through torch.mm / addmm.
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        op = torch.ops.mkldnn._linear_pointwise
+        a = torch.tensor([[1.0, 2.0]])
+        out = op(a, torch.tensor([[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]]), torch.tensor([1.0, 0.0, 0.5]), "none", [], "")
+        return op if torch.equal(out, torch.tensor([[12.0, 17.0, 23.5]])) else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _probe_onednn()
+_ONEDNN_PACK = None
+if _ONEDNN_LINEAR is not None:
+    try:
+        _w = torch.tensor([[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
+        _a = torch.tensor([[1.0, 2.0]])
+        if torch.equal(
+            _ONEDNN_LINEAR(_a, torch.ops.mkldnn._reorder_linear_weight(_w, 1), None, "none", [], ""), _a @ _w.t()
+        ):
+            _ONEDNN_PACK = torch.ops.mkldnn._reorder_linear_weight
+    except (AttributeError, RuntimeError):
+        pass
+
+
+def _gemm_onednn(a, w, wt, b=None, acc=None):
+    """As _gemm_blas, through oneDNN; wt (N, K) is w's contiguous transpose."""
+    lead = a.shape[:-1]
+    if a.dim() != 2:
+        a = a.reshape(-1, a.shape[-1])
+    out = _ONEDNN_LINEAR(a, wt, b, "none", [], "")
+    if acc is not None:
+        out = out.add_(acc if acc.dim() == 2 else acc.reshape(out.shape))
+    return out if len(lead) == 1 else out.reshape(lead + (wt.shape[0],))
+
+
+def gemm_for(x):
+    """(gemm, pack, wgrad) for tensors like x: oneDNN for float32 on CPU in eager mode, else BLAS.
+
+    pack(w, rows) prepares a weight that many GEMMs of ``rows`` rows will read (the time
+    loop's). Compiled, exported and traced graphs always take the plain torch.mm / addmm path.
+    """
+    if (
+        _ONEDNN_LINEAR is not None
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    ):
+        return _gemm_onednn, _pack_onednn, _weight_grads_onednn
+    return _gemm_blas, _no_pack, _weight_grads_blas
+
+
+def _weight_grad_operand(g, operands, bias):
+    """Rows over every leading axis (time and batch); a column of ones for the bias gradient."""
+    g = g.reshape(-1, g.shape[-1])
+    cols = [a.reshape(-1, a.shape[-1]) for a in operands]
+    if bias:
+        cols.append(g.new_ones((g.shape[0], 1)))
+    return g, cols, (cols[0] if len(cols) == 1 else torch.cat(cols, dim=1))
+
+
+def _weight_grads_blas(g, *operands, bias=False):
+    """[a^T g for each operand] (+ g's column sums if bias): ONE GEMM over all timesteps.
+
+    Projections that receive the same gradient (an LSTM's input and recurrent ones) share it.
+    """
+    g, cols, a = _weight_grad_operand(g, operands, bias)
+    out = torch.mm(a.t(), g)
+    return _split_rows(out, cols, bias)
+
+
+def _weight_grads_onednn(g, *operands, bias=False):
+    g = g.reshape(-1, g.shape[-1])
+    cols = [a.reshape(-1, a.shape[-1]) for a in operands] + ([g.new_ones((g.shape[0], 1))] if bias else [])
+    # oneDNN reads both operands with time and batch along the contiguous axis: the operands
+    # are transposed while they are joined (one copy), the gradient once.
+    a_t = torch.cat([c.t() for c in cols], dim=0) if len(cols) > 1 else cols[0].t().contiguous()
+    out = _ONEDNN_LINEAR(a_t, g.t().contiguous(), None, "none", [], "")
+    return _split_rows(out, cols, bias)
+
+
+def _split_rows(out, cols, bias):
+    parts = list(out.split([c.shape[1] for c in cols], dim=0))
+    if bias:
+        parts[-1] = parts[-1][0]
+    return parts
+
+
+class Sequence(torch.autograd.Function):
+    """The differentiable sequence op: forward above, and the generated backward.
+
+    apply(x, mask, reverse, grad_enabled, *state, *params): x (time, batch, input), mask
+    bool (time, batch, 1) or None, grad_enabled torch.is_grad_enabled() at the call (inside
+    forward it is always off), state tensors in STATE_NAMES order, parameters in
+    PARAM_NAMES order. Returns (outputs, *final_state).
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, reverse, grad_enabled, *tensors):
+        n = len(STATE_NAMES)
+        params = dict(zip(PARAM_NAMES, tensors[n:]))
+        keep = grad_enabled and any(ctx.needs_input_grad)  # under no_grad, no tape
+        ys, final, tape = forward(params, x, tensors[:n], mask, keep_tape=keep, reverse=reverse)
+        if keep:
+            ctx.save_for_backward(*tensors[n:])
+            ctx.tape = tape
+        ctx.set_materialize_grads(False)  # unused outputs send None, not zeros to multiply
+        return (ys,) + tuple(final)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_ys, *g_final):
+        params = dict(zip(PARAM_NAMES, ctx.saved_tensors))
+        n = len(STATE_NAMES)
+        need = ctx.needs_input_grad
+        g_x, g_state, g_params = backward(params, ctx.tape, g_ys, g_final, need_input=need[0])
+        g_state = tuple(g if need[4 + k] else None for k, g in enumerate(g_state))
+        g_params = tuple(g_params[p] if need[4 + n + k] else None for k, p in enumerate(PARAM_NAMES))
+        return (g_x, None, None, None) + g_state + g_params
+
+
+def sequence(params, x, state=None, mask=None, reverse=False):
+    """Differentiable run over a batch-first sequence with canonical parameters.
+
+    Args:
+        params: canonical name -> tensor (all of PARAM_NAMES, one dtype and device).
+        x: (batch, time, input).
+        state: tuple of (batch, units) tensors in STATE_NAMES order, zeros if None.
+        mask: bool (batch, time), True on real steps, or None.
+        reverse: run from the last timestep to the first.
+
+    Returns:
+        (outputs (batch, time, units), final state tuple)
+    """
+    tensors = [params[p] for p in PARAM_NAMES]
+    ref = tensors[0]
+    _check_tensor("x", x, 3, ref, expected=f"(batch, time, {_input_size(params)})", last=_input_size(params))
+    B, T = x.shape[0], x.shape[1]
+    state = _initial_state(state, B, ref)
+    mask = _check_mask(mask, B, T, ref.device)
+    outs = Sequence.apply(x.transpose(0, 1), mask, reverse, torch.is_grad_enabled(), *state, *tensors)
+    return outs[0].transpose(0, 1), tuple(outs[1:])
+
+
+# ---------------------------------------------------------------- checks
+
+
+def _input_size(params):
+    return params[INPUT_PARAM].shape[0]
+
+
+def _describe(t):
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def _check_tensor(what, t, ndim, ref, expected, last=None):
+    """Shape, dtype and device of an input against the parameters', before any arithmetic."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what}: expected a torch.Tensor of shape {expected}, got {type(t).__name__}")
+    if t.dim() != ndim or (last is not None and t.shape[-1] != last) or 0 in t.shape:
+        raise ValueError(f"{what}: expected shape {expected}, got {tuple(t.shape)}")
+    if t.dtype != ref.dtype:
+        raise TypeError(
+            f"{what}: expected dtype {ref.dtype} (the parameters' dtype), got {t.dtype}; convert with .to()"
+        )
+    if t.device != ref.device:
+        raise ValueError(f"{what}: expected device {ref.device} (the parameters' device), got {t.device}")
+
+
+def _initial_state(state, B, ref):
+    H = ref.shape[-1]
+    if state is None:
+        return tuple(ref.new_zeros((B, H)) for _ in STATE_NAMES)
+    state = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+    if len(state) != len(STATE_NAMES):
+        raise ValueError(f"state: expected {len(STATE_NAMES)} tensors {STATE_NAMES}, got {len(state)}")
+    for name, s in zip(STATE_NAMES, state):
+        _check_tensor(f"state {name}", s, 2, ref, expected=f"({B}, {H})")
+        if tuple(s.shape) != (B, H):
+            raise ValueError(f"state {name}: expected shape ({B}, {H}), got {tuple(s.shape)}")
+    return state
+
+
+def _check_mask(mask, B, T, device):
+    """bool (batch, time) -> (time, batch, 1), or None."""
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (B, T):
+        got = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask: expected a bool tensor of shape (batch, time) = ({B}, {T}), got {got}")
+    if mask.device != device:
+        raise ValueError(f"mask: expected device {device}, got {mask.device}")
+    return mask.t().unsqueeze(-1)
+
+
+def _mask_from_lengths(lengths, B, T, device):
+    lengths = torch.as_tensor(lengths)
+    if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths: expected integers of shape ({B},), got {tuple(lengths.shape)} {lengths.dtype}")
+    # A value check reads the tensor: eager only, so that compiled graphs do not break here.
+    if not torch.compiler.is_compiling() and (bool((lengths < 0).any()) or bool((lengths > T).any())):
+        raise ValueError(f"lengths: expected values in [0, {T}], got {lengths.tolist()}")
+    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+# ---------------------------------------------------------------- torch's fused LSTM kernel
+
+_NOT_STANDARD = (
+    None
+    if FUSED_KERNEL
+    else f"spec {SPEC_NAME!r} does not compute the standard LSTM, so torch's fused LSTM kernel cannot run it"
+)
+# float16: oneDNN has no float16 LSTM on CPU; the generated loop runs it everywhere.
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _fused_unavailable(x, mask):
+    """None when torch's fused LSTM kernel can run this call, else why it cannot."""
+    if _NOT_STANDARD is not None:
+        return _NOT_STANDARD
+    if mask is not None:
+        return "masks, lengths and PackedSequence inputs run the generated loop"
+    if x.dtype not in _FUSED_DTYPES:
+        return f"dtype {x.dtype}: the fused path runs float32, float64 and bfloat16"
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return "traced and exported graphs keep the generated loop"
+    return None
+
+
+def _flat_weights(params, bias):
+    """One cell's weights in nn.LSTM's flat layout, concatenated from the canonical parameters.
+
+    weight_ih (4 units, input) and weight_hh (4 units, units), gates in torch's order
+    i, f, g, o; with bias, bias_ih holds the canonical biases and bias_hh is zero (the
+    standard LSTM spec has one bias per gate). Built inside forward, so autograd reaches the canonical
+    parameters.
+    """
+    if _NOT_STANDARD is not None:
+        raise RuntimeError(_NOT_STANDARD)
+    gates = ("i", "f", "g", "o")
+    flat = [
+        torch.cat([params[f"W_{k}"].t() for k in gates]),
+        torch.cat([params[f"U_{k}"].t() for k in gates]),
+    ]
+    if bias:
+        b = torch.cat([params[f"b_{k}"] for k in gates])
+        flat += [b, torch.zeros_like(b)]
+    return flat
+
+
+# ---------------------------------------------------------------- modules
+
+
+def _to_numpy(t):
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds every bfloat16 exactly
+        t = t.float()
+    return t.numpy().copy()
+
+
+class Cell(nn.Module):
+    """The spec's cell (``SPEC_NAME``), with torch.nn.LSTMCell's conventions.
+
+    forward(x, state=None) -> the new state: x is (batch, input) or (input,); state
+    is the tensor of the one state, or the tuple in STATE_NAMES order (zeros if None). Parameters are registered under their canonical
+    names (PARAM_NAMES), so state_dict keys are those names.
+
+    Args:
+        input_size: features of x.
+        units: the state size (also available as hidden_size).
+        bias: False leaves out the projection biases (BIAS_NAMES), fixed at zero.
+        device, dtype: as for any nn.Module.
+        seed: the seed of the canonical initializers (see reset_parameters).
+
+    Example:
+        >>> cell = Cell(3, 4)
+        >>> new_state = cell(torch.ones(2, 3))
+        >>> sorted(cell.state_dict()) == sorted(n for n in PARAM_NAMES)
+        True
+    """
+
+    spec_name = SPEC_NAME
+    spec_hash = SPEC_HASH
+    state_names = STATE_NAMES
+
+    def __init__(self, input_size, units, bias=True, device=None, dtype=None, seed=0):
+        super().__init__()
+        if int(input_size) < 1 or int(units) < 1:
+            raise ValueError(f"input_size and units must be positive, got {input_size} and {units}")
+        self.input_size, self.units, self.bias = int(input_size), int(units), bool(bias)
+        factory = {"device": device, "dtype": dtype}
+        for name, (dims, _, _) in PARAM_TABLE.items():
+            shape = tuple({"input": self.input_size, "units": self.units}[d] for d in dims)
+            if name in BIAS_NAMES and not self.bias:
+                self.register_buffer(name, torch.zeros(shape, **factory), persistent=False)
+            else:
+                self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters(seed)
+
+    @property
+    def hidden_size(self):
+        return self.units
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.units}" + ("" if self.bias else ", bias=False") + f", spec={SPEC_NAME!r}"
+
+    def reset_parameters(self, seed=0):
+        """Draw every parameter from the spec's initializer: the same numbers as novolstm.init_params."""
+        values = init_params(self.input_size, self.units, seed)
+        with torch.no_grad():
+            for name in PARAM_NAMES:
+                if name in BIAS_NAMES and not self.bias:
+                    continue
+                target = getattr(self, name)
+                target.copy_(torch.from_numpy(values[name]).to(target.dtype))
+
+    def params(self):
+        """Canonical name -> tensor (the parameters themselves, not copies)."""
+        return {name: getattr(self, name) for name in PARAM_NAMES}
+
+    def load_canonical(self, params):
+        """Copy canonical parameters (NumPy arrays or tensors) into the cell; shapes must match exactly."""
+        expected = {name: tuple(getattr(self, name).shape) for name in PARAM_NAMES}
+        names = set(expected) - (set() if self.bias else set(BIAS_NAMES))
+        extra, missing = sorted(set(params) - set(expected)), sorted(names - set(params))
+        if extra or missing:
+            raise ValueError(f"params for {SPEC_NAME!r}: missing {missing}, unexpected {extra}")
+        with torch.no_grad():
+            for name in PARAM_NAMES:
+                if name not in params:
+                    continue
+                value = torch.as_tensor(
+                    np.asarray(params[name]) if not isinstance(params[name], torch.Tensor) else params[name]
+                )
+                if tuple(value.shape) != expected[name]:
+                    raise ValueError(f"params[{name!r}]: expected shape {expected[name]}, got {tuple(value.shape)}")
+                if name in BIAS_NAMES and not self.bias and bool(value.any()):
+                    raise ValueError(f"params[{name!r}]: this cell has bias=False; a nonzero bias cannot be dropped")
+                getattr(self, name).copy_(value)
+        return self
+
+    def export_canonical(self):
+        """Canonical name -> NumPy array, copies, in the parameters' dtype (bfloat16 as float32, exactly)."""
+        return {name: _to_numpy(getattr(self, name)) for name in PARAM_NAMES}
+
+    def forward(self, x, state=None):
+        params = self.params()
+        ref = params[PARAM_NAMES[0]]
+        unbatched = isinstance(x, torch.Tensor) and x.dim() == 1
+        if unbatched:
+            x = x[None]
+            if state is not None:
+                state = tuple(s[None] for s in ((state,) if isinstance(state, torch.Tensor) else state))
+        _check_tensor(
+            "x", x, 2, ref, expected=f"(batch, {self.input_size}) or ({self.input_size},)", last=self.input_size
+        )
+        state = _initial_state(state, x.shape[0], ref)
+        outs = Sequence.apply(x[None], None, False, torch.is_grad_enabled(), *state, *params.values())
+        new = tuple(s[0] for s in outs[1:]) if unbatched else tuple(outs[1:])
+        return new if len(new) > 1 else new[0]
+
+
+class Layer(nn.Module):
+    """The spec's cell over sequences, with torch.nn.LSTM's conventions.
+
+    forward(input, hx=None, *, lengths=None, mask=None) -> (output, final_state)
+
+    input: (time, batch, input_size), or (batch, time, input_size) with batch_first,
+    or (time, input_size) unbatched, or a PackedSequence. hx and final_state: the tensor of the one state, or the tuple in STATE_NAMES order,
+    with each tensor (num_layers * num_directions, batch, units), row layer *
+    num_directions + direction (zeros if hx is None). output: (time, batch,
+    num_directions * units) (batch first with batch_first), a PackedSequence for a
+    PackedSequence input.
+
+    Masking (one rule for every backend): mask is bool (batch, time) whatever the
+    layout, True on real steps; lengths (batch,) means mask[b, t] = t < lengths[b]. On a
+    masked step the state carries through unchanged and the output is exactly zero. The
+    reverse direction walks the time axis backwards under the same rule, so for
+    right-padded rows it starts at each row's last real step, as nn.LSTM does with a
+    PackedSequence.
+
+    Parameters: cells["l<k>"] (and cells["l<k>_reverse"] when bidirectional) are Cell
+    modules, so state_dict keys read cells.l0.W_i, cells.l0_reverse.W_i, ...
+    Cell k in that order draws its initial weights with seed + k.
+    """
+
+    spec_name = SPEC_NAME
+    spec_hash = SPEC_HASH
+    state_names = STATE_NAMES
+
+    def __init__(
+        self,
+        input_size,
+        units,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        device=None,
+        dtype=None,
+        seed=0,
+        fused=None,
+    ):
+        super().__init__()
+        if fused not in (None, True, False):
+            raise ValueError(f"fused: expected None (auto), True or False, got {fused!r}")
+        if fused and not FUSED_KERNEL:
+            raise ValueError(f"fused=True: {_NOT_STANDARD}")
+        self.fused = fused
+        self._flat_cache = None  # (parameter versions, flat weights) for inference; see _fused_forward
+        if int(num_layers) < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        if not 0.0 <= float(dropout) <= 1.0:
+            raise ValueError(f"dropout must lie in [0, 1], got {dropout}")
+        self.input_size, self.units, self.num_layers = int(input_size), int(units), int(num_layers)
+        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.num_directions = 2 if self.bidirectional else 1
+        cells = {}
+        for layer in range(self.num_layers):
+            size = self.input_size if layer == 0 else self.units * self.num_directions
+            for suffix in ("", "_reverse")[: self.num_directions]:
+                cells[f"l{layer}{suffix}"] = Cell(size, self.units, bias, device, dtype, seed=seed + len(cells))
+        self.cells = nn.ModuleDict(cells)
+
+    @property
+    def hidden_size(self):
+        return self.units
+
+    def extra_repr(self):
+        extra = [f"{self.input_size}, {self.units}", f"spec={SPEC_NAME!r}"]
+        for key, default in (
+            ("num_layers", 1),
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+            ("fused", None),
+        ):
+            if getattr(self, key) != default:
+                extra.append(f"{key}={getattr(self, key)}")
+        return ", ".join(extra)
+
+    def reset_parameters(self, seed=0):
+        for k, cell in enumerate(self.cells.values()):
+            cell.reset_parameters(seed + k)
+
+    def load_canonical(self, params):
+        """params: cell key ("l0", "l0_reverse", ...) -> canonical dict, every cell given (the layout of
+        novolstm.save / novolstm.load); a single-cell layer also takes one flat canonical dict."""
+        if len(self.cells) == 1 and params and set(params) <= set(PARAM_NAMES):
+            params = {"l0": params}
+        if set(params) != set(self.cells):
+            raise ValueError(f"params: expected cell keys {sorted(self.cells)}, got {sorted(params)}")
+        for key, cell in self.cells.items():
+            cell.load_canonical(params[key])
+        return self
+
+    def export_canonical(self):
+        """Cell key -> canonical dict of NumPy arrays."""
+        return {key: cell.export_canonical() for key, cell in self.cells.items()}
+
+    def forward(self, input, hx=None, *, lengths=None, mask=None):
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None or mask is not None:
+                raise ValueError("a PackedSequence carries its own lengths; do not pass lengths or mask")
+            x, lengths = pad_packed_sequence(input, batch_first=False)
+            batch_first = False
+        else:
+            x, batch_first = input, self.batch_first
+        first = self.cells["l0"]
+        ref = getattr(first, PARAM_NAMES[0])
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"input: expected a torch.Tensor or PackedSequence, got {type(x).__name__}")
+        layout = "(batch, time, input_size)" if batch_first else "(time, batch, input_size)"
+        expected = f"{layout} or (time, input_size) with input_size={self.input_size}"
+        _check_tensor("input", x, x.dim() if x.dim() in (2, 3) else 3, ref, expected=expected, last=self.input_size)
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1)
+        elif batch_first:
+            x = x.transpose(0, 1)
+        T, B = x.shape[0], x.shape[1]
+        if mask is not None and lengths is not None:
+            raise ValueError("give mask or lengths, not both")
+        if lengths is not None:
+            mask = _mask_from_lengths(lengths, B, T, x.device)
+        elif mask is not None and unbatched and isinstance(mask, torch.Tensor) and mask.dim() == 1:
+            mask = mask[None]
+        mask = _check_mask(mask, B, T, x.device)
+        states = self._initial_states(hx, B, unbatched, ref)
+
+        why = "fused=False" if self.fused is False else _fused_unavailable(x, mask)
+        if why is None:
+            x, final = self._fused_forward(x, states)
+        elif self.fused:
+            raise RuntimeError(f"fused=True, but the fused kernel cannot run this call: {why}")
+        else:
+            x, final = self._loop_forward(x, states, mask)
+
+        if packed:
+            output = _repack(x, lengths, input)
+        elif unbatched:
+            output = x[:, 0]
+            final = tuple(s[:, 0] for s in final)
+        else:
+            output = x.transpose(0, 1) if batch_first else x
+        return output, (final if len(final) > 1 else final[0])
+
+    def _fused_forward(self, x, states):
+        """torch's own fused LSTM kernel (what nn.LSTM runs), time-major, with torch autograd.
+
+        The flat weights are concatenated from the canonical parameters inside forward,
+        so gradients reach W_i, U_i, b_i, ... themselves. Without autograd (inference) they
+        are kept between calls until a parameter changes: every in-place update (an
+        optimizer step, load_state_dict, load_canonical) moves its version counter, and
+        .to() or a new Parameter moves its storage.
+        """
+        cells = [
+            self.cells[f"l{layer}{suffix}"].params()
+            for layer in range(self.num_layers)
+            for suffix in ("", "_reverse")[: self.num_directions]
+        ]
+        tensors = [p for params in cells for p in params.values()]
+        key = None
+        if not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in tensors)
+        ):
+            key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in tensors)
+        if key is not None and self._flat_cache is not None and self._flat_cache[0] == key:
+            flat = self._flat_cache[1]
+        else:
+            flat = [w for params in cells for w in _flat_weights(params, self.bias)]
+            self._flat_cache = None if key is None else (key, flat)
+        out, *final = torch._VF.lstm(
+            x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional, False
+        )
+        return out, tuple(final)
+
+    def _loop_forward(self, x, states, mask):
+        """The generated loop and backward pass: every cell, every call."""
+        finals = []
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0.0 and self.training:
+                x = nn.functional.dropout(x, self.dropout, training=True)
+            outs = []
+            for d, suffix in enumerate(("", "_reverse")[: self.num_directions]):
+                cell = self.cells[f"l{layer}{suffix}"]
+                row = layer * self.num_directions + d
+                result = Sequence.apply(
+                    x, mask, d == 1, torch.is_grad_enabled(), *(s[row] for s in states), *cell.params().values()
+                )
+                outs.append(result[0])
+                finals.append(result[1:])
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+        return x, tuple(torch.stack([f[k] for f in finals]) for k in range(len(STATE_NAMES)))
+
+    def _initial_states(self, hx, B, unbatched, ref):
+        rows = self.num_layers * self.num_directions
+        if hx is None:
+            return tuple(ref.new_zeros((rows, B, self.units)) for _ in STATE_NAMES)
+        hx = (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
+        if len(hx) != len(STATE_NAMES):
+            raise ValueError(f"hx: expected {len(STATE_NAMES)} tensors {STATE_NAMES}, got {len(hx)}")
+        shape = f"({rows}, {self.units})" if unbatched else f"({rows}, {B}, {self.units})"
+        out = []
+        for name, s in zip(STATE_NAMES, hx):
+            _check_tensor(f"hx {name}", s, 2 if unbatched else 3, ref, expected=shape)
+            if unbatched:
+                s = s.unsqueeze(1)
+            if tuple(s.shape) != (rows, B, self.units):
+                raise ValueError(
+                    f"hx {name}: expected shape {shape} (num_layers * num_directions, batch, units), got {tuple(s.shape) if not unbatched else tuple(s.shape[::2])}"
+                )
+            out.append(s)
+        return tuple(out)
+
+
+def _repack(x, lengths, like):
+    """Padded (time, batch, features) in the original batch order -> a PackedSequence shaped like ``like``."""
+    order = like.sorted_indices
+    if order is not None:
+        x, lengths = x.index_select(1, order), lengths.index_select(0, order.to(lengths.device))
+    data = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def _tensors_from_numpy(params, x, state, mask):
+    x = torch.from_numpy(np.ascontiguousarray(x))
+    params = {name: torch.from_numpy(np.ascontiguousarray(params[name])).to(x.dtype) for name in PARAM_NAMES}
+    if state is None:
+        state = tuple(torch.zeros(x.shape[0], params[UNITS_PARAM].shape[-1], dtype=x.dtype) for _ in STATE_NAMES)
+    else:
+        state = tuple(torch.from_numpy(np.ascontiguousarray(s)) for s in state)
+    mask = None if mask is None else torch.from_numpy(np.asarray(mask)).t().unsqueeze(-1)
+    return params, x.transpose(0, 1), state, mask
+
+
+def run_numpy(params, x, state=None, mask=None):
+    """The backend-neutral entry of novolstm.run: NumPy arrays in, NumPy arrays out."""
+    with torch.no_grad():
+        ys, final, _ = forward(*_tensors_from_numpy(params, x, state, mask))
+    return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final)
+
+
+def vjp_numpy(params, x, state=None, mask=None):
+    """Backend-neutral gradients through the generated backward pass: ``(outputs, final_state, vjp)``
+    with ``vjp(g_outputs, g_state) -> (g_x, g_state0, g_params)``, NumPy arrays in and out."""
+    params, x, state, mask = _tensors_from_numpy(params, x, state, mask)
+    with torch.no_grad():
+        ys, final, tape = forward(params, x, state, mask, keep_tape=True)
+
+    def vjp(g_outputs=None, g_state=None):
+        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(x.dtype)  # noqa: E731
+        with torch.no_grad():
+            g_ys = None if g_outputs is None else as_tensor(g_outputs).transpose(0, 1)
+            g_final = None if g_state is None else tuple(None if g is None else as_tensor(g) for g in g_state)
+            g_x, g_state0, g_params = backward(params, tape, g_ys, g_final)
+        return (
+            g_x.transpose(0, 1).numpy(),
+            tuple(g.numpy() for g in g_state0),
+            {k: v.numpy() for k, v in g_params.items()},
+        )
+
+    return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final), vjp
