@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import __version__
 from .autodiff import differentiate
 from .ir import Graph, Node, computes_standard_lstm
-from .passes import Program, build_program
+from .passes import LEAVES, Program, build_program, cse, split_slices
 from .spec_model import Spec
 
 OpTable = dict[str, Callable[[Node, list[str]], str]]
@@ -218,18 +218,37 @@ def var(name: str) -> str:
     return f"v_{name}"
 
 
-def render(
-    graph: Graph, ops: OpTable, leaves: tuple[str, ...] = ("input", "state", "hoisted", "param", "saved", "seed")
-) -> list[str]:
-    """One ``v_name = <snippet>`` line per non-leaf node, in order."""
-    lines = []
-    for n in graph.nodes:
-        if n.op in leaves:
-            continue
-        if n.op not in ops:
-            raise NotImplementedError(f"the emitter has no code for op {n.op!r}")
-        lines.append(f"{var(n.name)} = {ops[n.op](n, [var(a) for a in n.args])}")
-    return lines
+def render(graph: Graph, ops: OpTable, leaves: tuple[str, ...] = LEAVES) -> list[str]:
+    """One ``v_name = <snippet>`` line per non-leaf node, in order.
+
+    Slices of one value become one ``split`` (see ``passes.split_slices``) where the table
+    has a ``split`` entry: one line that unpacks the call into the pieces' names.
+    """
+    if "split" in ops:
+        graph = split_slices(graph)
+    return [line for n in graph.nodes if n.op not in leaves for line in render_node(n, ops)]
+
+
+def render_node(n: Node, ops: OpTable) -> list[str]:
+    """The source line of one node (none for a ``piece``: its ``split`` assigns it)."""
+    if n.op == "piece":
+        return []
+    if n.op not in ops:
+        raise NotImplementedError(f"the emitter has no code for op {n.op!r}")
+    code = ops[n.op](n, [var(a) for a in n.args])
+    if n.op == "split":
+        return [f"{targets([var(name) if name else '_' for _, _, name in n.attr('pieces')])} = {code}"]
+    return [f"{var(n.name)} = {code}"]
+
+
+def split_sizes(n: Node) -> str:
+    """A ``split`` node's piece widths as source: ``[3 * H, H]``."""
+    return "[" + ", ".join(units_offset(stop - start) for start, stop, _ in n.attr("pieces")) + "]"
+
+
+def split_cuts(n: Node) -> str:
+    """A ``split`` node's cut positions (where each piece after the first starts) as source: ``[3 * H]``."""
+    return "[" + ", ".join(units_offset(start) for start, _, _ in n.attr("pieces")[1:]) + "]"
 
 
 @dataclass(frozen=True)
@@ -361,8 +380,8 @@ def _block(array: str, k: int, count: int) -> str:
 
 def plan(spec: Spec) -> LoopPlan:
     program = build_program(spec)
-    step_back = differentiate(program.step)
-    pro_back = differentiate(program.prologue)
+    step_back = cse(differentiate(program.step))
+    pro_back = cse(differentiate(program.prologue))
     linears = tuple(
         LinearInfo(n.name, n.args[0], n.attr("weights"), n.attr("biases"), in_step)
         for graph, in_step in ((program.prologue, False), (program.step, True))

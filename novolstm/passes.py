@@ -350,3 +350,94 @@ def split_blocks(program: Program) -> Program:
     check_graph(prologue, "split_blocks (prologue)")
     check_graph(step, "split_blocks (step)")
     return Program(program.spec, prologue, step, hoisted)
+
+
+# ---------------------------------------------------------------- rewrites for emitters
+# Applied to the graphs an emitter renders (after differentiation): they change how a value
+# is spelled in source, never what it is.
+
+#: Nodes that are inputs of a graph rather than computations in it: never merged or split.
+LEAVES = ("input", "state", "hoisted", "param", "saved", "seed")
+
+
+def cse(graph: Graph) -> Graph:
+    """Common subexpressions merged: a node computing what an earlier one computes reads it instead.
+
+    (The VJP of ``z * z`` contributes ``g * z`` twice; once is enough.) Leaves never merge.
+
+    >>> g = Graph([Node("z", "input"), Node("a", "mul", ("z", "z")), Node("b", "mul", ("z", "z")),
+    ...            Node("c", "add", ("a", "b"))], {"out": "c"})
+    >>> [n.args for n in cse(g).nodes if n.op == "add"]
+    [('a', 'a')]
+    """
+    seen: dict[tuple, str] = {}
+    same: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op in LEAVES or n.op == "const":
+            continue
+        args = tuple(same.get(a, a) for a in n.args)
+        if n.op in ("add", "mul") and len(args) == 2:  # exactly commutative in IEEE arithmetic
+            args = tuple(sorted(args))
+        key = (n.op, args, n.attrs)
+        if key in seen:
+            same[n.name] = seen[key]
+        else:
+            seen[key] = n.name
+    return rewrite(graph, same) if same else graph
+
+
+def split_slices(graph: Graph) -> Graph:
+    """Two or more slices of one value that do not overlap become one ``split`` node.
+
+    The ``split`` node (named ``split_<value>``) takes the slices' place; its attribute
+    ``pieces`` lists ``(start, stop, name)`` in units blocks, covering the whole value (a
+    gap's name is None). Each slice stays as a ``piece`` node reading the split, so every
+    reader keeps its argument: an emitter renders the split as one call unpacked into the
+    pieces' names (``codegen.render``) and renders nothing for a piece. One call instead of
+    one per slice; its gradient, in frameworks that differentiate the source, is one
+    concatenation where separate slices would each scatter into zeros of the full width.
+
+    >>> import novolstm
+    >>> step = split_slices(build_program(novolstm.load_spec("lstm")).step)
+    >>> [(n.attr("pieces")) for n in step.nodes if n.op == "split"][0]
+    ((0, 3, 'v12'), (3, 4, 'v10'))
+    """
+    slices: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        if n.op == "slice":
+            slices.setdefault(n.args[0], []).append(n)
+    splits: dict[str, Node] = {}  # first slice of a group -> the split node
+    pieces: dict[str, Node] = {}  # slice -> its piece node
+    for source, members in slices.items():
+        width = graph[source].width
+        spans = sorted((m.attr("start"), m.attr("stop"), m.name) for m in members)
+        if (
+            len(members) < 2
+            or not isinstance(width, int)
+            or any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
+            or f"split_{source}" in graph
+        ):
+            continue
+        bounds, at = [], 0
+        for start, stop, name in spans:
+            if start > at:
+                bounds.append((at, start, None))
+            bounds.append((start, stop, name))
+            at = stop
+        if at < width:
+            bounds.append((at, width, None))
+        split = Node(f"split_{source}", "split", (source,), (("pieces", tuple(bounds)),), width, graph[source].batched)
+        splits[members[0].name] = split
+        for m in members:
+            pieces[m.name] = Node(m.name, "piece", (split.name,), m.attrs, m.width, m.batched)
+    if not splits:
+        return graph
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        if n.name in splits:
+            split = splits[n.name]
+            nodes.append(split)
+            nodes.extend(pieces[name] for _, _, name in split.attr("pieces") if name)
+        elif n.name not in pieces:
+            nodes.append(n)
+    return Graph(nodes, dict(graph.outputs))

@@ -35,12 +35,11 @@ from novolstm.codegen import (
     inline_runtime,
     linear_call,
     render,
+    split_cuts,
     targets,
     tuple_of,
-    units_offset,
     var,
 )
-from novolstm.ir import Graph
 from novolstm.template import fill
 
 NAME = "keras"
@@ -49,6 +48,9 @@ FRAMEWORK = "keras"
 
 OPS = {
     **ARRAY_OPS,
+    # One split: its gradient is one concatenation, where separate slices would each scatter
+    # into zeros of the full width and be summed (a third of an LSTM step's backward on TensorFlow).
+    "split": lambda n, a: f"ops.split({a[0]}, {split_cuts(n)}, axis=-1)",
     "linear": linear_call,
     # The exact logistic; each backend's kernel is overflow-free (tf.sigmoid, jax.nn.sigmoid, torch.sigmoid).
     # Not ops.hard_sigmoid: Keras 3's is relu6(x + 3) / 6, Keras 2's was clip(0.2 x + 0.5, 0, 1).
@@ -106,39 +108,6 @@ def step(params, fused, hoisted, state, H):
 '''
 
 
-def _render(graph) -> list[str]:
-    """:func:`codegen.render`, except that the slices of one value become one ``ops.split``.
-
-    A split's gradient is one concatenation; separate slices would each scatter into
-    a zero tensor of the full width and then be summed, which costs a third of the
-    backward pass of an LSTM step on TensorFlow.
-    """
-    groups: dict[str, list] = {}
-    for n in graph.nodes:
-        if n.op == "slice":
-            groups.setdefault(n.args[0], []).append(n)
-    splits = {}
-    for source, members in groups.items():
-        spans = sorted((m.attr("start"), m.attr("stop")) for m in members)
-        if len(members) < 2 or any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-            continue  # one slice, or overlapping ones: plain slicing
-        cuts = sorted({p for span in spans for p in span} - {0, graph[source].width})
-        pieces = list(zip([0] + cuts, cuts + [graph[source].width]))
-        names = {(m.attr("start"), m.attr("stop")): var(m.name) for m in members}
-        targets = ", ".join(names.get(piece, "_") for piece in pieces)
-        line = f"{targets} = ops.split({var(source)}, [{', '.join(units_offset(c) for c in cuts)}], axis=-1)"
-        splits[members[0].name] = line
-        splits.update({m.name: None for m in members[1:]})
-    lines = []
-    for n in graph.nodes:
-        if n.name in splits:
-            if splits[n.name]:
-                lines.append(splits[n.name])
-        else:
-            lines.extend(render(Graph([n], {}), OPS))
-    return lines
-
-
 def _graph_reads(graph, plan):
     """Load lines for the fused matrices and vector parameters a graph reads."""
     names = {n.name for n in graph.nodes if n.op == "linear"}
@@ -172,12 +141,12 @@ def generate(plan: LoopPlan) -> str:
         ),
         input=spec.input,
         load_prologue=_graph_reads(program.prologue, plan) or ["pass"],
-        prologue=_render(program.prologue),
+        prologue=render(program.prologue, OPS),
         hoisted_vars=tuple_of([var(h) for h in program.hoisted]),
         load_step=_graph_reads(step, plan),
         unpack_hoisted=targets([var(h) for h in program.hoisted]) if program.hoisted else "()",
         unpack_state=targets([var(s) for s in states]),
-        step=_render(step),
+        step=render(step, OPS),
         output=var(step.outputs["output"]),
         next_state=tuple_of([var(step.outputs[f"state:{s}"]) for s in states]),
     )

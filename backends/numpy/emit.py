@@ -21,6 +21,7 @@ from novolstm.codegen import (
     linear_call,
     literal,
     render,
+    split_cuts,
     targets,
     tuple_of,
     units_offset,
@@ -35,6 +36,7 @@ FRAMEWORK = "numpy"
 
 OPS = {
     **ARRAY_OPS,
+    "split": lambda n, a: f"np.split({a[0]}, {split_cuts(n)}, axis=-1)",
     "linear": linear_call,
     "sigmoid": lambda n, a: f"_sigmoid({a[0]})",
     "tanh": lambda n, a: f"np.tanh({a[0]})",

@@ -14,7 +14,16 @@ Example:
 
 from __future__ import annotations
 
-from novolstm.codegen import LoopPlan, docstring_text, init_source, inline_runtime, render, units_offset, var
+from novolstm.codegen import (
+    LoopPlan,
+    docstring_text,
+    init_source,
+    inline_runtime,
+    render,
+    split_sizes,
+    units_offset,
+    var,
+)
 from novolstm.template import fill
 
 NAME = "onnx"
@@ -23,6 +32,7 @@ FRAMEWORK = "onnxruntime"
 OPS = {
     "const": lambda n, a: f"g.const({n.attr('value')!r})",
     "linear": lambda n, a: f'g.linear({a[0]}, "w_{n.name}"' + (f', "b_{n.name}")' if any(n.attr("biases")) else ")"),
+    "split": lambda n, a: f"g.split({a[0]}, {split_sizes(n)})",
     "slice": lambda n, a: f"g.slice({a[0]}, {n.attr('start')} * H, {n.attr('stop')} * H)",
     "add": lambda n, a: f'g.op("Sum", [{", ".join(a)}])',
     "sub": lambda n, a: f'g.op("Sub", [{a[0]}, {a[1]}])',

@@ -82,6 +82,12 @@ class _Graph:
         var = self.op("ReduceMean", [self.op("Mul", [c, c]), self.last_axis()], keepdims=1)
         return self.op("Div", [c, self.op("Sqrt", [self.op("Add", [var, self.const(eps)])])])
 
+    def split(self, a, sizes):
+        """One Split of ``a``'s last axis into pieces of the given widths: their names."""
+        outs = [self.name() for _ in sizes]
+        self.nodes.append(helper.make_node("Split", [a, self.const(sizes, np.int64)], outs, axis=-1))
+        return outs
+
     def slice(self, a, start, stop):
         return self.op("Slice", [a, self.const([start], np.int64), self.const([stop], np.int64), self.last_axis()])
 

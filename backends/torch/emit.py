@@ -31,13 +31,16 @@ from novolstm.codegen import (
     init_source,
     inline_runtime,
     literal,
+    render_node,
+    split_sizes,
     targets,
     tuple_of,
     units_offset,
     used_loads,
     var,
 )
-from novolstm.ir import Graph, live_names, rewrite
+from novolstm.ir import Graph, live_names
+from novolstm.passes import LEAVES, split_slices
 from novolstm.template import fill
 
 NAME = "torch"
@@ -56,8 +59,17 @@ def _gemm_t(n, a):
     return f"gemm({a[0]}, wt_{L}, w_{L}, None)"
 
 
+def _split(n, a):
+    # Equal one-block pieces: one view and one unbind; else one split into views.
+    pieces = n.attr("pieces")
+    if all(stop - start == 1 for start, stop, _ in pieces):
+        return f"{a[0]}.unflatten(-1, ({len(pieces)}, H)).unbind(-2)"
+    return f"{a[0]}.split({split_sizes(n)}, dim=-1)"
+
+
 OPS = {
     **ARRAY_OPS,
+    "split": _split,
     "linear": _gemm,
     "sigmoid": lambda n, a: f"torch.sigmoid({a[0]})",
     "tanh": lambda n, a: f"torch.tanh({a[0]})",
@@ -144,20 +156,23 @@ def render_fused(
     ``outs`` maps a concat node to the buffer it writes into (``torch.cat(..., out=...)``).
     """
     outs = outs or {}
+    graph = split_slices(graph)
     fused = fused_adds(graph, set(keep))
     absorbed = {lin for lin, _ in fused.values()}
     products = fused_products(graph, keep=set(keep) | absorbed, skip=set(fused))
     absorbed |= {mul for mul, _ in products.values()}
-    blocks = block_slices(graph)
+
+    def selected(name: str) -> bool:
+        if graph[name].op == "split":  # rendered wherever one of its pieces is
+            return any(selected(piece) for _, _, piece in graph[name].attr("pieces") if piece)
+        return name not in skip and (only is None or name in only)
+
     lines = []
     for n in graph.nodes:
-        if n.op in _LEAVES or n.name in absorbed or n.name in skip or (only is not None and n.name not in only):
+        if n.op in LEAVES or n.name in absorbed or not selected(n.name):
             continue
-        if n.op == "slice" and n.args[0] in blocks:
-            source, names = n.args[0], blocks[n.args[0]]
-            if n.name == next(x for x in names if x is not None):  # the first: one call for all blocks
-                blocks_of = targets([var(x) if x else "_" for x in names])
-                lines.append(f"{blocks_of} = {var(source)}.unflatten(-1, ({len(names)}, H)).unbind(-2)")
+        if n.op in ("split", "piece"):
+            lines.extend(render_node(n, OPS))
             continue
         if n.name in products:
             mul, other = products[n.name]
@@ -176,56 +191,6 @@ def render_fused(
                 code = f"{code[:-1]}, out={outs[n.name]})"
             lines.append(f"{var(n.name)} = {code}")
     return lines
-
-
-_LEAVES = ("input", "state", "hoisted", "param", "saved", "seed")
-
-
-def cse(graph: Graph) -> Graph:
-    """Common subexpressions merged: a node computing what an earlier one computes reads it instead.
-
-    (The VJP of ``z * z`` contributes ``g * z`` twice; once is enough.) Leaves never merge.
-    """
-    seen: dict[tuple, str] = {}
-    same: dict[str, str] = {}
-    for n in graph.nodes:
-        if n.op in _LEAVES or n.op == "const":
-            continue
-        args = tuple(same.get(a, a) for a in n.args)
-        if n.op in ("add", "mul") and len(args) == 2:  # exactly commutative in IEEE arithmetic
-            args = tuple(sorted(args))
-        key = (n.op, args, n.attrs)
-        if key in seen:
-            same[n.name] = seen[key]
-        else:
-            seen[key] = n.name
-    return rewrite(graph, same) if same else graph
-
-
-def block_slices(graph: Graph) -> dict[str, list]:
-    """Values cut into single blocks of units by two or more slices: source -> slice per block (or None).
-
-    One view and one unbind replace the slices (one call instead of one per gate).
-    """
-    slices: dict[str, list] = {}
-    for n in graph.nodes:
-        if n.op == "slice":
-            slices.setdefault(n.args[0], []).append(n)
-    out = {}
-    for source, nodes in slices.items():
-        width = graph[source].width
-        starts = [s.attr("start") for s in nodes]
-        if (
-            isinstance(width, int)
-            and len(nodes) > 1
-            and all(s.attr("stop") - s.attr("start") == 1 for s in nodes)
-            and len(set(starts)) == len(starts)
-        ):
-            names = [None] * width
-            for s in nodes:
-                names[s.attr("start")] = s.name
-            out[source] = names
-    return out
 
 
 #: The generated module's docstring.
@@ -381,8 +346,8 @@ fused LSTM kernel does not compute it (Layer(..., fused=True) raises)."""
 
 def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, plan.program
-    step, back = program.step, cse(plan.step_backward)
-    pro_back = cse(plan.prologue_backward)
+    step, back = program.step, plan.step_backward
+    pro_back = plan.prologue_backward
     states = spec.state_names
     seeds = {n.attr("role"): n.name for n in back.nodes if n.op == "seed"}
     pro_seeds = {n.attr("role"): n.name for n in pro_back.nodes if n.op == "seed"}
