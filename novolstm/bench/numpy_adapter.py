@@ -10,7 +10,9 @@ from novolstm.bench.memory import peak_traced_bytes
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
 DTYPES = ("float32",)
-DTYPE_NOTES = {"bfloat16": "NumPy has no bfloat16 dtype, so the NumPy backend has no bfloat16 cells (it runs float32 and float64)"}
+DTYPE_NOTES = {
+    "bfloat16": "NumPy has no bfloat16 dtype, so the NumPy backend has no bfloat16 cells (it runs float32 and float64)"
+}
 TARGETS = {
     ("lstm spec", "native", "forward"): 0.2,
     ("novolstm spec", "lstm spec", "forward"): 1.3,
@@ -64,8 +66,12 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
             return module.backward(params, tape, g)
 
         # NumPy reports its buffers to tracemalloc: its own, exact peak next to the RSS one.
-        yield Candidate(f"{cell} spec", lambda module=module, params=params: module.forward(params, x), fwd_bwd,
-                        framework_peak_bytes=lambda fwd_bwd=fwd_bwd: peak_traced_bytes(fwd_bwd))
+        yield Candidate(
+            f"{cell} spec",
+            lambda module=module, params=params: module.forward(params, x),
+            fwd_bwd,
+            framework_peak_bytes=lambda fwd_bwd=fwd_bwd: peak_traced_bytes(fwd_bwd),
+        )
     textbook = PerExampleLSTMCell(init_params("lstm", units, units, seed=0), dtype)
     yield Candidate("native: per-example cell (seed 001)", lambda: textbook.sequence(x), None)
 
