@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from . import __version__
 from .autodiff import differentiate
 from .ir import Graph, Node, computes_standard_lstm
-from .passes import LEAVES, Program, build_program, cse, split_slices
+from .passes import LEAVES, Program, build_program, cse, readable_names, split_slices
 from .spec_model import Spec
 
 OpTable = dict[str, Callable[[Node, list[str]], str]]
@@ -218,27 +218,105 @@ def var(name: str) -> str:
     return f"v_{name}"
 
 
-def render(graph: Graph, ops: OpTable, leaves: tuple[str, ...] = LEAVES) -> list[str]:
+def render(
+    graph: Graph, ops: OpTable, leaves: tuple[str, ...] = LEAVES, comments: dict[str, str] | None = None
+) -> list[str]:
     """One ``v_name = <snippet>`` line per non-leaf node, in order.
 
     Slices of one value become one ``split`` (see ``passes.split_slices``) where the table
     has a ``split`` entry: one line that unpacks the call into the pieces' names.
+    ``comments``: node name -> what it computes (see :func:`expressions`), written with its line.
     """
     if "split" in ops:
         graph = split_slices(graph)
-    return [line for n in graph.nodes if n.op not in leaves for line in render_node(n, ops)]
+    return [line for n in graph.nodes if n.op not in leaves for line in render_node(n, ops, comments)]
 
 
-def render_node(n: Node, ops: OpTable) -> list[str]:
-    """The source line of one node (none for a ``piece``: its ``split`` assigns it)."""
+def render_node(n: Node, ops: OpTable, comments: dict[str, str] | None = None, code: str | None = None) -> list[str]:
+    """The source line of one node (none for a ``piece``: its ``split`` assigns it), with its comment.
+
+    ``code``: the right-hand side, where the caller renders it otherwise than ``ops`` does.
+    """
     if n.op == "piece":
         return []
-    if n.op not in ops:
-        raise NotImplementedError(f"the emitter has no code for op {n.op!r}")
-    code = ops[n.op](n, [var(a) for a in n.args])
+    if code is None:
+        if n.op not in ops:
+            raise NotImplementedError(f"the emitter has no code for op {n.op!r}")
+        code = ops[n.op](n, [var(a) for a in n.args])
     if n.op == "split":
-        return [f"{targets([var(name) if name else '_' for _, _, name in n.attr('pieces')])} = {code}"]
-    return [f"{var(n.name)} = {code}"]
+        pieces = [name for _, _, name in n.attr("pieces")]
+        line = f"{targets([var(name) if name else '_' for name in pieces])} = {code}"
+        what = "; ".join(f"{p} = {comments[p]}" for p in pieces if p and comments and p in comments)
+    else:
+        line = f"{var(n.name)} = {code}"
+        what = comments.get(n.name, "") if comments else ""
+    return with_comment(line, what)
+
+
+def with_comment(line: str, comment: str, indent: int = 8) -> list[str]:
+    """``line`` with ``comment`` after it, or on the line before where that would pass the line length
+    (``indent``: the column the line will sit at)."""
+    if not comment:
+        return [line]
+    if indent + len(line) + 4 + len(comment) <= LINE_LENGTH:
+        return [f"{line}  # {comment}"]
+    return [f"# {comment}", line]
+
+
+_UNARY_WORDS = {"normalize_units": "normalize"}
+
+
+def expressions(program: Program) -> dict[str, str]:
+    """Node name -> the spec expression it computes (``x @ W_i + b_i + h @ U_i``), in the spec's names:
+    what generated code writes beside each line of the prologue and the step.
+
+    A value the spec names (an input, a state, a parameter, an equation's result) appears by
+    its name inside others; a fused value of several blocks is the list of its blocks.
+
+    >>> import novolstm
+    >>> e = expressions(readable_names(build_program(novolstm.load_spec("lstm"))))
+    >>> e["c_next"], e["g"]
+    ('f * c + i * g', 'tanh(x @ W_g + b_g + h @ U_g)')
+    """
+    spec = program.spec
+    named = {spec.input, *spec.state_names, *spec.param_names, *(name for name, _ in spec.equations)}
+    nodes = {n.name: n for g in (program.prologue, program.step) for n in g.nodes if n.op != "hoisted"}
+
+    def block(name: str, k: int, inner: bool) -> tuple[str, int]:
+        # (text, precedence): 3 a name or a call, 2 a product, 1 a sum or difference.
+        n = nodes[name]
+        if (inner and name in named) or n.op in ("input", "state", "param"):
+            return name, 3
+        if n.op == "const":
+            return repr(n.attr("value")), 3
+        if n.op == "linear":
+            operand, prec = block(n.args[0], 0, True)
+            bias = n.attr("biases")[k]
+            text = f"{operand if prec == 3 else f'({operand})'} @ {n.attr('weights')[k]}"
+            return (text + f" + {bias}", 1) if bias else (text, 2)
+        if n.op == "slice":
+            return block(n.args[0], n.attr("start") + k, inner)
+        parts = [block(a, k if nodes[a].width == n.width else 0, True) for a in n.args]
+        if n.op == "add":
+            return " + ".join(text for text, _ in parts), 1
+        if n.op == "mul":
+            return " * ".join(text if prec >= 2 else f"({text})" for text, prec in parts), 2
+        if n.op == "sub":
+            (left, _), (right, prec) = parts
+            return f"{left} - {right if prec >= 2 else f'({right})'}", 1
+        if n.op == "neg":
+            text, prec = parts[0]
+            return f"-{text if prec == 3 else f'({text})'}", 2
+        return f"{_UNARY_WORDS.get(n.op, n.op)}({', '.join(text for text, _ in parts)})", 3
+
+    out = {}
+    for name, n in nodes.items():
+        if n.op in ("input", "state", "param", "const"):
+            continue
+        blocks = n.width if isinstance(n.width, int) else 1
+        texts = [block(name, k, False)[0] for k in range(blocks)]
+        out[name] = texts[0] if blocks == 1 else "[" + ", ".join(texts) + "]"
+    return out
 
 
 def split_sizes(n: Node) -> str:
@@ -287,6 +365,11 @@ class LoopPlan:
         """Whether the cell computes exactly the standard LSTM (see :func:`novolstm.ir.computes_standard_lstm`):
         an emitter may then hand it to a framework's own fused LSTM kernel."""
         return computes_standard_lstm(self.spec)
+
+    @property
+    def expressions(self) -> dict[str, str]:
+        """Node name -> the spec expression it computes, for the comments of generated lines."""
+        return expressions(self.program)
 
     @property
     def param_table(self) -> dict[str, tuple[tuple[str, ...], str, dict]]:
@@ -379,7 +462,7 @@ def _block(array: str, k: int, count: int) -> str:
 
 
 def plan(spec: Spec) -> LoopPlan:
-    program = build_program(spec)
+    program = readable_names(build_program(spec))
     step_back = cse(differentiate(program.step))
     pro_back = cse(differentiate(program.prologue))
     linears = tuple(

@@ -441,3 +441,103 @@ def split_slices(graph: Graph) -> Graph:
         elif n.name not in pieces:
             nodes.append(n)
     return Graph(nodes, dict(graph.outputs))
+
+
+#: How a temporary is named after the op that computes it (``i_norm``: the normalization inside ``i``).
+_OP_WORDS = {"add": "sum", "sub": "diff", "mul": "prod", "neg": "neg", "normalize_units": "norm", "const": "const"}
+
+
+def readable_names(program: Program) -> Program:
+    """Temporaries renamed after what they compute in the spec's terms, for generated code that
+    reads like the spec: nothing is computed differently.
+
+    Spec names (input, state, parameters, equation results) stay. A projection is ``z_<operand>``
+    (``z_x``, ``z_h``), their sum ``z_<gates>``, a slice of either or of their activation names its gates
+    by the projections' weights (``W_i`` -> ``i``: ``z_ifog``, ``z_ifo``, ``sigmoid_ifo``, ``z_g``); a product
+    of two named values is ``<a>_times_<b>`` and a function of one ``<function>_<value>``
+    (``tanh_c_next``); any other temporary is named after the spec value it leads to and its op
+    (``i_norm``).
+
+    >>> import novolstm
+    >>> step = readable_names(build_program(novolstm.load_spec("lstm"))).step
+    >>> [n.name for n in step.nodes if n.op != "param"]
+    ['h', 'c', 'z_x', 'z_h', 'z_ifog', 'z_ifo', 'sigmoid_ifo', 'i', 'f', 'z_g', 'g', 'o', 'f_times_c', 'i_times_g', 'c_next', 'tanh_c_next', 'h_next']
+    """
+    spec = program.spec
+    keep = {spec.input, *spec.state_names, *spec.param_names, *(name for name, _ in spec.equations)}
+    graphs = (program.prologue, program.step)
+    nodes = {n.name: n for g in graphs for n in g.nodes if n.op != "hoisted"}
+    users: dict[str, list[str]] = {}
+    for g in graphs:
+        for name, readers in g.users().items():
+            users.setdefault(name, []).extend(readers)
+    gates: dict[str, tuple[str, ...]] = {}  # projection-space values: one gate label per block
+    mapping: dict[str, str] = {}
+    taken = set(keep)
+
+    def label(weight: str) -> str:
+        return weight.split("_", 1)[1] if "_" in weight else weight
+
+    def joined(labels: tuple[str, ...]) -> str:
+        return "".join(labels) if all(len(x) == 1 for x in labels) else "_".join(labels)
+
+    def destination(name: str) -> str | None:
+        # The spec value a temporary leads to through readers that read nothing else of it.
+        seen = set()
+        while name not in keep and name not in seen:
+            seen.add(name)
+            readers = list(dict.fromkeys(users.get(name, [])))
+            if len(readers) != 1:
+                return None
+            name = readers[0]
+        return name if name in keep else None
+
+    def claim(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    def new(name: str) -> str:
+        return mapping.get(name, name)
+
+    order = [n for g in graphs for n in g.nodes if n.op != "hoisted"]
+    for n in order:
+        args = [nodes[a] if a in nodes else None for a in n.args]
+        if n.op == "linear":
+            gates[n.name] = tuple(label(w) for w in n.attr("weights"))
+        elif n.op == "add" and args and all(a is not None and a.name in gates for a in args):
+            gates[n.name] = gates[args[0].name]
+        elif n.op == "slice" and n.args[0] in gates:
+            gates[n.name] = gates[n.args[0]][n.attr("start") : n.attr("stop")]
+        elif n.op in ELEMENTWISE_UNARY and n.args and n.args[0] in gates:
+            gates[n.name] = gates[n.args[0]]
+        if n.name in keep or n.name in mapping:
+            continue
+        if n.op == "linear":
+            base = f"z_{new(n.args[0])}"
+        elif n.op == "add" and n.name in gates:
+            base = f"z_{joined(gates[n.name])}"
+        elif n.op == "slice" and n.name in gates:
+            source = nodes[n.args[0]]
+            prefix = {"add": "z", "linear": new(source.name)}.get(source.op, source.op)
+            base = f"{prefix}_{joined(gates[n.name])}"
+        elif n.op in ELEMENTWISE_UNARY and n.name in gates:
+            base = f"{n.op}_{joined(gates[n.name])}"
+        elif n.op == "mul" and len(n.args) == 2 and all(new(a) in keep or a in mapping for a in n.args):
+            base = f"{new(n.args[0])}_times_{new(n.args[1])}"
+        elif n.op in ELEMENTWISE_UNARY and n.args and (n.args[0] in keep):
+            base = f"{n.op}_{n.args[0]}"
+        else:
+            dest = destination(n.name)
+            base = f"{dest}_{_OP_WORDS.get(n.op, n.op)}" if dest else n.name
+        mapping[n.name] = claim(base)
+
+    def renamed(graph: Graph) -> Graph:
+        out = [replace(n, name=new(n.name), args=tuple(new(a) for a in n.args)) for n in graph.nodes]
+        roles = {role.replace(name, new(name)) if role.startswith("hoisted:") else role: new(name) for role, name in graph.outputs.items()}
+        return Graph(out, roles)
+
+    hoisted = tuple(new(h) for h in program.hoisted)
+    return Program(spec, renamed(program.prologue), renamed(program.step), hoisted)

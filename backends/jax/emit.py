@@ -18,6 +18,7 @@ from novolstm.codegen import (
     ARRAY_OPS,
     LoopPlan,
     docstring_text,
+    expressions,
     init_source,
     inline_runtime,
     render,
@@ -131,7 +132,8 @@ def generate(plan: LoopPlan) -> str:
                 lines.append(f'{var(n.name)} = w["{n.name}"]')
         return lines
 
-    step_lines = render(step, OPS)
+    comments = expressions(program)
+    step_lines = render(step, OPS, comments=comments)
     fusion = plan.fusion_entries(
         lambda xs: f"jnp.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"jnp.zeros({ref}.shape[-1], dtype)"
     )
@@ -146,7 +148,7 @@ def generate(plan: LoopPlan) -> str:
         fusion=fusion,
         input=spec.input,
         prologue_load=loads(prologue) or ["pass"],
-        prologue=render(prologue, OPS),
+        prologue=render(prologue, OPS, comments=comments),
         prologue_out=tuple_of([var(h) for h in hoisted]),
         unpack_state=targets([var(s) for s in states]),
         unpack_hoisted=f"{targets([var(h) for h in hoisted])} = hoisted"

@@ -228,7 +228,9 @@ def generate(plan: LoopPlan) -> str:
     state_vars = [var(s) for s in states]
     next_vars = [var(step.outputs[f"state:{s}"]) for s in states]
     g_states = [f"g_{s}" for s in states]
-    forward_lines = render(program.prologue, OPS) + render(step, OPS)
+    prologue_lines = render(program.prologue, OPS, comments=plan.expressions)
+    step_lines = render(step, OPS, comments=plan.expressions)
+    forward_lines = prologue_lines + step_lines
     step_backward, pro_backward = render(back, OPS), render(pro_back, OPS)
     backward_lines = step_backward + pro_backward + step_wgrads + pro_grads
     load_fused = [
@@ -253,12 +255,12 @@ def generate(plan: LoopPlan) -> str:
         load_fused_backward=used_loads(load_fused, backward_lines),
         load_params_backward=used_loads(load_params, backward_lines),
         input=spec.input,
-        prologue=render(program.prologue, OPS),
+        prologue=prologue_lines,
         keep_hoisted=[f"seq_{h} = {var(h)}" for h in program.hoisted],
         unpack_state=targets(state_vars),
         step_tape=literal(tuple(var(n) for n in plan.step_tape), column=16, indent=4),
         load_hoisted=[f"{var(h)} = seq_{h}[t]" for h in program.hoisted],
-        step=render(step, OPS),
+        step=step_lines,
         tape_append=[f'tape["{var(n)}"].append({var(n)})' for n in plan.step_tape] or ["pass"],
         advance=assign(state_vars, next_vars),
         advance_masked=assign(state_vars, [f"np.where(m, {nv}, {sv})" for sv, nv in zip(state_vars, next_vars)]),

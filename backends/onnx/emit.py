@@ -119,9 +119,9 @@ def generate(plan: LoopPlan) -> str:
         ),
         load_params=[f'{var(p)} = main.const(params["{p}"], name="p_{p}")' for p in plan.vector_params],
         input=spec.input,
-        prologue=render(program.prologue, OPS),
+        prologue=render(program.prologue, OPS, comments=plan.expressions),
         body_inputs=body_inputs,
-        step=render(step, OPS),
+        step=render(step, OPS, comments=plan.expressions),
         body_outputs=[f'body.op("Where", [m, {nv}, {var(s)}]),' for s, nv in zip(states, next_vars)]
         + [f'body.op("Where", [m, {var(step.outputs["output"])}, body.const(0.0)]),'],
         hoisted_seq=", ".join(var(h) for h in hoisted),

@@ -149,11 +149,13 @@ def render_fused(
     only: set[str] | None = None,
     skip: set[str] = frozenset(),
     outs: dict | None = None,
+    comments: dict[str, str] | None = None,
 ) -> list[str]:
     """:func:`render` with projections folded into the sums that read them (see :func:`fused_adds`).
 
     ``only`` / ``skip`` select which nodes to render (the fusion is decided on the whole graph);
-    ``outs`` maps a concat node to the buffer it writes into (``torch.cat(..., out=...)``).
+    ``outs`` maps a concat node to the buffer it writes into (``torch.cat(..., out=...)``);
+    ``comments``: node name -> the spec expression written with its line.
     """
     outs = outs or {}
     graph = split_slices(graph)
@@ -172,24 +174,23 @@ def render_fused(
         if n.op in LEAVES or n.name in absorbed or not selected(n.name):
             continue
         if n.op in ("split", "piece"):
-            lines.extend(render_node(n, OPS))
+            lines.extend(render_node(n, OPS, comments))
             continue
         if n.name in products:
             mul, other = products[n.name]
             a, b = graph[mul].args
-            lines.append(f"{var(n.name)} = torch.addcmul({var(other)}, {var(a)}, {var(b)})")
-            continue
-        if n.name in fused:
+            code = f"torch.addcmul({var(other)}, {var(a)}, {var(b)})"
+        elif n.name in fused:
             lin, others = fused[n.name]
             L = graph[lin]
             call = OPS[L.op](L, [var(a) for a in L.args])
-            lines.append(f"{var(n.name)} = {call[:-1]}, acc={' + '.join(var(o) for o in others)})")
+            code = f"{call[:-1]}, acc={' + '.join(var(o) for o in others)})"
         else:
             code = OPS[n.op](n, [var(a) for a in n.args])
             if n.name in outs:
                 assert n.op == "concat", n
                 code = f"{code[:-1]}, out={outs[n.name]})"
-            lines.append(f"{var(n.name)} = {code}")
+        lines.extend(render_node(n, OPS, comments, code=code))
     return lines
 
 
@@ -452,8 +453,10 @@ def generate(plan: LoopPlan) -> str:
     next_vars = [var(step.outputs[f"state:{s}"]) for s in states]
     g_states = [f"g_{s}" for s in states]
     tape = list(plan.step_tape)
-    prologue_lines = render_fused(program.prologue, keep=set(plan.prologue_tape) | set(program.hoisted))
-    step_lines = render_fused(step, keep=set(tape))
+    prologue_lines = render_fused(
+        program.prologue, keep=set(plan.prologue_tape) | set(program.hoisted), comments=plan.expressions
+    )
+    step_lines = render_fused(step, keep=set(tape), comments=plan.expressions)
     step_backward = render_fused(back, skip=skip_step, outs=buffers)
     load_tape = used_loads([f"{var(n)} = tp_{n}[t]" for n in tape], step_backward)
     backward_lines = step_backward + body + input_part + weight_grads + pro_grads + stack_grads + store
