@@ -329,6 +329,17 @@ def split_cuts(n: Node) -> str:
     return "[" + ", ".join(units_offset(start) for start, _, _ in n.attr("pieces")[1:]) + "]"
 
 
+def param_table(spec: Spec) -> dict[str, tuple[tuple[str, ...], str, dict]]:
+    """Parameter name -> (symbolic shape, initializer name, initializer args): what
+    ``novolstm.init.init_from_table`` draws from, and generated modules' ``PARAM_TABLE``.
+
+    >>> import novolstm
+    >>> param_table(novolstm.load_spec("lstm"))["b_f"]
+    (('units',), 'ones', {})
+    """
+    return {p.name: (tuple(p.shape), p.init.name, dict(p.init.args)) for p in spec.params}
+
+
 @dataclass(frozen=True)
 class LinearInfo:
     """One fused matrix: ``w_<name>`` (in_width, k*H) and optionally ``b_<name>`` (k*H,)."""
@@ -373,9 +384,8 @@ class LoopPlan:
 
     @property
     def param_table(self) -> dict[str, tuple[tuple[str, ...], str, dict]]:
-        """Parameter name -> (symbolic shape, initializer name, initializer args): what
-        ``init_from_table`` draws from, and what generated modules carry as ``PARAM_TABLE``."""
-        return {p.name: (tuple(p.shape), p.init.name, dict(p.init.args)) for p in self.spec.params}
+        """The spec's parameter table (see :func:`param_table`), as generated modules carry it."""
+        return param_table(self.spec)
 
     @property
     def input_param(self) -> str:

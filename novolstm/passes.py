@@ -333,10 +333,10 @@ def split_blocks(program: Program) -> Program:
     step_nodes = []
     for n in step.nodes:
         if n.op == "slice" and step[n.args[0]].op == "hoisted":
-            source, start, stop = pro_index[n.args[0]], n.attr("start"), n.attr("stop")
-            while source.op == "slice":
-                source, start, stop = pro_index[source.args[0]], source.attr("start") + start, source.attr("start") + stop
-            cut = Node(n.name, "slice", (source.name,), (("start", start), ("stop", stop)), stop - start)
+            origin, start, stop = pro_index[n.args[0]], n.attr("start"), n.attr("stop")
+            while origin.op == "slice":
+                origin, start, stop = pro_index[origin.args[0]], origin.attr("start") + start, origin.attr("start") + stop
+            cut = Node(n.name, "slice", (origin.name,), (("start", start), ("stop", stop)), stop - start)
             pro_nodes.append(cut)
             pro_index[cut.name] = cut
             pro_outputs[f"hoisted:{n.name}"] = n.name
@@ -345,11 +345,11 @@ def split_blocks(program: Program) -> Program:
         step_nodes.append(n)
     step = prune(Graph(step_nodes, dict(step.outputs)))
     live = {n.name for n in step.nodes if n.op == "hoisted"}
-    hoisted = tuple(h for h in hoisted if h in live)
-    prologue = prune(Graph(pro_nodes, {f"hoisted:{h}": h for h in hoisted}), keep_ops=("input",))
+    kept = tuple(h for h in hoisted if h in live)
+    prologue = prune(Graph(pro_nodes, {f"hoisted:{h}": h for h in kept}), keep_ops=("input",))
     check_graph(prologue, "split_blocks (prologue)")
     check_graph(step, "split_blocks (step)")
-    return Program(program.spec, prologue, step, hoisted)
+    return Program(program.spec, prologue, step, kept)
 
 
 # ---------------------------------------------------------------- rewrites for emitters
@@ -418,7 +418,8 @@ def split_slices(graph: Graph) -> Graph:
             or f"split_{source}" in graph
         ):
             continue
-        bounds, at = [], 0
+        bounds: list[tuple[int, int, str | None]] = []
+        at = 0
         for start, stop, name in spans:
             if start > at:
                 bounds.append((at, start, None))
@@ -504,11 +505,10 @@ def readable_names(program: Program) -> Program:
 
     order = [n for g in graphs for n in g.nodes if n.op != "hoisted"]
     for n in order:
-        args = [nodes[a] if a in nodes else None for a in n.args]
         if n.op == "linear":
             gates[n.name] = tuple(label(w) for w in n.attr("weights"))
-        elif n.op == "add" and args and all(a is not None and a.name in gates for a in args):
-            gates[n.name] = gates[args[0].name]
+        elif n.op == "add" and n.args and all(a in gates for a in n.args):
+            gates[n.name] = gates[n.args[0]]
         elif n.op == "slice" and n.args[0] in gates:
             gates[n.name] = gates[n.args[0]][n.attr("start") : n.attr("stop")]
         elif n.op in ELEMENTWISE_UNARY and n.args and n.args[0] in gates:

@@ -21,6 +21,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from novolstm.codegen import (
     ARRAY_OPS,
     Code,
@@ -145,9 +147,9 @@ def fused_products(graph: Graph, keep: set[str], skip: set[str]) -> dict[str, tu
 
 def render_fused(
     graph: Graph,
-    keep: set[str] = frozenset(),
-    only: set[str] | None = None,
-    skip: set[str] = frozenset(),
+    keep: AbstractSet[str] = frozenset(),
+    only: AbstractSet[str] | None = None,
+    skip: AbstractSet[str] = frozenset(),
     outs: dict | None = None,
     comments: dict[str, str] | None = None,
 ) -> list[str]:
@@ -429,11 +431,11 @@ def generate(plan: LoopPlan) -> str:
         key = stacked.get(f"gseq_{role.split(':', 1)[1]}", var(g.name)) if role.startswith("hoisted:") else var(g.name)
         groups.setdefault(key, []).append((L, var(L.operand)))
     weight_grads = []
-    for g, members in groups.items():
+    for grad, members in groups.items():
         biased = [L for L, _ in members if L.has_bias]
         grads = [f"gw_{L.name}" for L, _ in members] + ([f"gb_{biased[0].name}"] if biased else [])
         operands = ", ".join(op for _, op in members)
-        weight_grads.append(f"{targets(grads)} = wgrad({g}, {operands}{', bias=True' if biased else ''})")
+        weight_grads.append(f"{targets(grads)} = wgrad({grad}, {operands}{', bias=True' if biased else ''})")
         weight_grads += [f"gb_{L.name} = gb_{biased[0].name}" for L in biased[1:]]
 
     # The prologue backward, split: what only the input gradient needs runs under need_input.
