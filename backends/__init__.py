@@ -3,7 +3,7 @@
 Each package holds ``emit.py`` and ``runtime.py``. ``emit`` defines ``NAME``, ``FRAMEWORK`` (the import it needs), ``OPS`` (op ->
 code snippet), ``generate(plan) -> str`` (the standalone source) and
 ``run(module, params, x, state, mask)`` (the backend-neutral entry used by
-:func:`novolstm.run`). This registry is the one place that maps a backend name to
+``novolstm.run``). This registry is the one place that maps a backend name to
 its emitter; nothing else looks at the name.
 """
 

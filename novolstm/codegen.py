@@ -66,7 +66,7 @@ def init_params(input_size, units, seed=0, dtype="float64"):
 
 
 def init_source() -> str:
-    """The body of :mod:`novolstm.init` (after its NumPy import) and ``init_params``, embedded in
+    """The body of ``novolstm.init`` (after its NumPy import) and ``init_params``, embedded in
     generated modules (which define ``PARAM_TABLE``) so they draw the same initial weights
     without importing novolstm."""
     from . import init
@@ -104,7 +104,7 @@ LINE_LENGTH = 120
 
 
 class Code(str):
-    """Source text that :func:`literal` writes as it is (an expression, not a string)."""
+    """Source text that ``literal`` writes as it is (an expression, not a string)."""
 
 
 def literal(value: object, column: int = 0, indent: int = 0) -> str:
@@ -225,7 +225,7 @@ def render(
 
     Slices of one value become one ``split`` (see ``passes.split_slices``) where the table
     has a ``split`` entry: one line that unpacks the call into the pieces' names.
-    ``comments``: node name -> what it computes (see :func:`expressions`), written with its line.
+    ``comments``: node name -> what it computes (see ``expressions``), written with its line.
     """
     if "split" in ops:
         graph = split_slices(graph)
@@ -357,7 +357,7 @@ class LinearInfo:
 
 @dataclass(frozen=True)
 class LoopPlan:
-    """Everything a loop template needs, derived once from a :class:`Program`."""
+    """Everything a loop template needs, derived once from a ``Program``."""
 
     program: Program
     step_backward: Graph
@@ -373,7 +373,7 @@ class LoopPlan:
 
     @property
     def standard_lstm(self) -> bool:
-        """Whether the cell computes exactly the standard LSTM (see :func:`novolstm.ir.computes_standard_lstm`):
+        """Whether the cell computes exactly the standard LSTM (see ``novolstm.ir.computes_standard_lstm``):
         an emitter may then hand it to a framework's own fused LSTM kernel."""
         return computes_standard_lstm(self.spec)
 
@@ -384,7 +384,7 @@ class LoopPlan:
 
     @property
     def param_table(self) -> dict[str, tuple[tuple[str, ...], str, dict]]:
-        """The spec's parameter table (see :func:`param_table`), as generated modules carry it."""
+        """The spec's parameter table (see ``param_table``), as generated modules carry it."""
         return param_table(self.spec)
 
     @property

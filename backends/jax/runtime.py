@@ -154,7 +154,7 @@ def step(params, state, x):
     """One timestep: x (..., input) and a state tuple of (..., units) arrays (None: zeros) -> (new state, output).
 
     Runs in the dtype of x; the input projection is computed for this step only (use
-    :func:`sequence` over many steps: it hoists it out of the loop).
+    ``sequence`` over many steps: it hoists it out of the loop).
     """
     input_size, units = _sizes(params)
     x = jnp.asarray(x)
@@ -260,7 +260,7 @@ def bidirectional(
         state: (forward initial state, backward initial state), or None for zeros.
         merge: how the two outputs combine: "concat" (on the units axis), "sum",
             "mul", "ave", or None for the pair.
-        Others as :func:`sequence`.
+        Others as ``sequence``.
 
     Returns:
         (merged outputs, (forward final state, backward final state))
@@ -338,7 +338,7 @@ class Cell:
 
     Args:
         units: the number of units (the state width).
-        dtype: the dtype of parameters drawn by :meth:`init`.
+        dtype: the dtype of parameters drawn by ``init``.
 
     Example:
         >>> cell = Cell(4)
@@ -392,14 +392,14 @@ class Cell:
             raise ValueError(f"params have {units} units, this cell {self.units}")
 
     def step(self, params, state, x):
-        """One timestep -> (new state tuple, output); see the module function :func:`step`."""
+        """One timestep -> (new state tuple, output); see the module function ``step``."""
         self._check_units(params)
         return step(params, state, x)
 
     def sequence(
         self, params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True
     ):
-        """Run over a sequence -> (outputs, final state tuple); see the module function :func:`sequence`."""
+        """Run over a sequence -> (outputs, final state tuple); see the module function ``sequence``."""
         self._check_units(params)
         return sequence(
             params, x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major, remat=remat
@@ -408,7 +408,7 @@ class Cell:
     def bidirectional(
         self, params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False, remat=True
     ):
-        """Forward and backward passes with params (forward, backward); see :func:`bidirectional`."""
+        """Forward and backward passes with params (forward, backward); see ``bidirectional``."""
         for p in params:
             self._check_units(p)
         return bidirectional(

@@ -12,7 +12,7 @@ per process, from ``KERAS_BACKEND``). It defines:
   that fuses the weights once per call rather than once per step; with
   ``hoist_input=True`` it also computes every projection of the input once for all
   timesteps (one GEMM) and loops over the step graph only.
-- ``run_numpy``: the backend-neutral entry of :func:`novolstm.run`.
+- ``run_numpy``: the backend-neutral entry of ``novolstm.run``.
 - ``vjp_numpy``: the backend-neutral gradient hook (as the NumPy, torch and JAX
   modules have), through the autodiff of the backend Keras runs on.
 
@@ -98,7 +98,7 @@ def prologue(params, fused, v_$input, H):
 
 
 def step(params, fused, hoisted, state, H):
-    """One timestep: the values :func:`prologue` gave for this timestep, and the state -> (output, new state)."""
+    """One timestep: the values ``prologue`` gave for this timestep, and the state -> (output, new state)."""
     $load_step
     $unpack_hoisted = hoisted
     $unpack_state = state

@@ -104,7 +104,7 @@ class Cell(keras.layers.Layer):
 
     With ``keras.layers.RNN(cell, return_sequences=True)`` and a mask, pass
     ``zero_output_for_mask=True`` to get zeros on masked steps (novolstm's rule);
-    :class:`Layer` does it by itself.
+    ``Layer`` does it by itself.
 
     Example:
         >>> rnn = keras.layers.RNN(Cell(4, seed=0), return_sequences=True, return_state=True)
@@ -206,11 +206,11 @@ class Cell(keras.layers.Layer):
 
     # The names every backend's cells and layers share (novolstm.save_module, novolstm.load_into).
     def load_canonical(self, params):
-        """As :meth:`load_params`."""
+        """As ``load_params``."""
         return self.load_params(params)
 
     def export_canonical(self):
-        """As :meth:`export_params`."""
+        """As ``export_params``."""
         return self.export_params()
 
     @classmethod
@@ -221,7 +221,7 @@ class Cell(keras.layers.Layer):
 
 
 class _Step:
-    """What keras.layers.RNN loops over inside :class:`Layer`.
+    """What keras.layers.RNN loops over inside ``Layer``.
 
     Its input at each timestep is x_t, or with ``hoisted`` the prologue's values
     (computed for all timesteps before the loop) side by side; then, for a masked
@@ -257,14 +257,14 @@ class _Step:
 class Layer(keras.layers.RNN):
     """The spec's cell over whole sequences, as keras.layers.LSTM is to keras.layers.LSTMCell.
 
-    A keras.layers.RNN of :class:`Cell` (``layer.cell``: variables, load_params,
+    A keras.layers.RNN of ``Cell`` (``layer.cell``: variables, load_params,
     export_params) that builds the fused matrices once per call rather than once
     per step. Masked steps keep the state and output zeros; with
     ``return_sequences=False`` the output is that of each sequence's last real
     step, as in Keras.
 
     Args:
-        units, seed: as :class:`Cell`.
+        units, seed: as ``Cell``.
         hoist_input: compute the state-independent part of the step (above all the
             input projection) for all timesteps as one GEMM before the loop, rather
             than inside each step. Measured slower on CPU with every Keras backend
@@ -458,7 +458,7 @@ def vjp_numpy(params, x, state=None, mask=None):
     """Backend-neutral gradients through Keras' backend autodiff: ``(outputs, final_state, vjp)``
     with ``vjp(g_outputs, g_state) -> (g_x, g_state0, g_params)``, NumPy arrays in and out, in x's dtype.
 
-    The same loop as :class:`Layer` (and :func:`run_numpy`), as a function of tensors, differentiated
+    The same loop as ``Layer`` (and ``run_numpy``), as a function of tensors, differentiated
     with respect to the inputs, the initial state and every canonical parameter."""
     x = np.asarray(x)
     dtype = x.dtype.name

@@ -80,7 +80,7 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
         state: tuple of (batch, units) arrays in STATE_NAMES order; zeros if None.
         mask: bool (batch, time), True on real steps. A masked step keeps the
             state unchanged and outputs zeros.
-        keep_tape: keep what :func:`backward` needs.
+        keep_tape: keep what ``backward`` needs.
 
     Returns:
         (outputs (batch, time, units), final state tuple, tape or None)
@@ -121,7 +121,7 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
 
 
 def backward(params, tape, g_outputs=None, g_state=None):
-    """Backpropagation through time for a :func:`forward` run made with ``keep_tape=True``.
+    """Backpropagation through time for a ``forward`` run made with ``keep_tape=True``.
 
     Args:
         g_outputs: gradient of the loss with respect to the outputs (batch, time, units), or None.

@@ -2,7 +2,7 @@
 
 The prologue (the input projection of all timesteps: one MatMul) sits in the main
 graph; the step graph becomes the body of a ``Scan`` over time, one ONNX node per IR
-node. Any spec exports this way; :func:`novolstm.export_onnx` also offers the
+node. Any spec exports this way; ``novolstm.export_onnx`` also offers the
 standard LSTM as the native ONNX ``LSTM`` operator.
 
 Example:

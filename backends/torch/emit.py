@@ -153,7 +153,7 @@ def render_fused(
     outs: dict | None = None,
     comments: dict[str, str] | None = None,
 ) -> list[str]:
-    """:func:`render` with projections folded into the sums that read them (see :func:`fused_adds`).
+    """``render`` with projections folded into the sums that read them (see ``fused_adds``).
 
     ``only`` / ``skip`` select which nodes to render (the fusion is decided on the whole graph);
     ``outs`` maps a concat node to the buffer it writes into (``torch.cat(..., out=...)``);
