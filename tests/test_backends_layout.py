@@ -56,12 +56,16 @@ def test_generated_modules_import_only_their_framework(name, spec):
     assert "stand-in" not in source and SPEC_BLOCK[0] not in source
 
 
-def test_at_most_a_fifth_of_the_backends_lines_lie_inside_string_literals():
+def test_at_most_a_fifth_of_the_backends_lines_lie_inside_template_strings():
+    """Code kept as text (templates: multi-line strings that are not docstrings) is at most a
+    fifth of the lines under backends/ (it was 71% when the runtime lived in templates); with the
+    docstrings counted too, at most a quarter."""
     counter = _string_lines()
-    total = inside = 0
+    total = inside = docs = 0
     for path in counter.files([str(BACKENDS)]):
-        lines, strings, _ = counter.string_lines(path.read_text(encoding="utf-8"))
-        total, inside = total + lines, inside + strings
+        lines, strings, docstrings = counter.string_lines(path.read_text(encoding="utf-8"))
+        total, inside, docs = total + lines, inside + strings, docs + docstrings
+    assert (inside - docs) / total <= 0.2, f"{inside - docs} of {total} lines under backends/ lie inside templates"
     assert inside / total <= 0.25, f"{inside} of {total} lines under backends/ lie inside string literals"
 
 
