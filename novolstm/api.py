@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .codegen import plan
+from .codegen import param_table, plan
 from .spec_loader import load_spec
 from .spec_model import Spec
 from .validate import prepare_call
@@ -168,8 +168,7 @@ def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtyp
 
     spec = load_spec(spec)
     spec.parameter_shapes(input_size, units)  # validates the sizes
-    table = {p.name: (p.shape, p.init.name, dict(p.init.args)) for p in spec.params}
-    return init_from_table(table, input_size, units, seed, dtype)
+    return init_from_table(param_table(spec), input_size, units, seed, dtype)
 
 
 def run(

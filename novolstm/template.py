@@ -20,7 +20,7 @@ _PLACEHOLDER = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def fill(template: str, **values) -> str:
-    out = []
+    out: list[str] = []
     for line in template.split("\n"):
         stripped = line.strip()
         if stripped.startswith("$") and _PLACEHOLDER.fullmatch(stripped):

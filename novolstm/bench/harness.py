@@ -85,15 +85,25 @@ def _first_calls(cands, quiet: bool) -> tuple[list, dict]:
 def skipped_dtypes(ad, backend: str, dtypes) -> dict[str, str]:
     """dtype -> why this backend does not run it (the adapter's DTYPE_NOTES, or a plain line)."""
     notes = getattr(ad, "DTYPE_NOTES", {})
-    return {d: notes.get(d, f"{backend} has no {d} candidates") for d in dtypes if d not in getattr(ad, "DTYPES", ("float32",))}
+    return {
+        d: notes.get(d, f"{backend} has no {d} candidates")
+        for d in dtypes
+        if d not in getattr(ad, "DTYPES", ("float32",))
+    }
 
 
 def run(backends, shapes, repeats: int = 7, dtypes=("float32",), quiet: bool = False) -> dict:
     if isinstance(dtypes, str):
         dtypes = (dtypes,)
     no_rss = memory.unavailable_reason()
-    results: dict = {"dtypes": list(dtypes), "repeats": repeats, "rows": [], "ratios": [], "skipped": [],
-                     "peak_rss_note": no_rss or "peak RSS over the resident set before the call (Linux VmHWM)"}
+    results: dict = {
+        "dtypes": list(dtypes),
+        "repeats": repeats,
+        "rows": [],
+        "ratios": [],
+        "skipped": [],
+        "peak_rss_note": no_rss or "peak RSS over the resident set before the call (Linux VmHWM)",
+    }
     if no_rss and not quiet:
         print(f"novolstm bench: peak memory column left empty: {no_rss}", file=sys.stderr)
     for backend in backends:
@@ -116,15 +126,26 @@ def _measure(results: dict, ad, backend: str, shape_name: str, dtype: str, repea
     cands, first = _first_calls(list(ad.candidates(batch, steps, units, dtype)), quiet)
     live = [c for c in cands if not c.skipped]
     bar(1)
-    forward = compare({c.name: c.forward for c in live} | {"plain matmul": ad.matmul(batch, steps, units, dtype)}, repeats)
+    forward = compare(
+        {c.name: c.forward for c in live} | {"plain matmul": ad.matmul(batch, steps, units, dtype)}, repeats
+    )
     bar(2)
     both = compare({c.name: c.forward_backward for c in live if c.forward_backward}, repeats)
     bar(3)
     flops = 2 * batch * steps * (2 * units) * (4 * units)  # the LSTM forward's matmuls
     matmul_rate = flops / forward.pop("plain matmul")
     for c in cands:
-        row = {"backend": backend, "shape": shape_name, "dtype": dtype, "candidate": c.name, "batch": batch,
-               "steps": steps, "units": units, "forward_s": forward.get(c.name), "forward_backward_s": both.get(c.name)}
+        row = {
+            "backend": backend,
+            "shape": shape_name,
+            "dtype": dtype,
+            "candidate": c.name,
+            "batch": batch,
+            "steps": steps,
+            "units": units,
+            "forward_s": forward.get(c.name),
+            "forward_backward_s": both.get(c.name),
+        }
         if c.skipped:
             row["skipped"] = c.skipped
             results["rows"].append(row)
@@ -148,8 +169,18 @@ def _measure(results: dict, ad, backend: str, shape_name: str, dtype: str, repea
         den_name = native if den == "native" else den
         times = forward if mode == "forward" else both
         if den_name in names and num in names and num in times and den_name in times:
-            results["ratios"].append({"backend": backend, "shape": shape_name, "dtype": dtype, "mode": mode, "numerator": num,
-                                      "denominator": den_name, "ratio": times[num] / times[den_name], "target": goal})
+            results["ratios"].append(
+                {
+                    "backend": backend,
+                    "shape": shape_name,
+                    "dtype": dtype,
+                    "mode": mode,
+                    "numerator": num,
+                    "denominator": den_name,
+                    "ratio": times[num] / times[den_name],
+                    "target": goal,
+                }
+            )
     bar(5)
 
 
@@ -172,23 +203,36 @@ def markdown(results: dict, extras: dict) -> str:
     """Per backend, shape and dtype: times, GFLOP/s fraction, peak memory and compile time;
     then the ratios against their targets, what was skipped and why, and the extras."""
     dtypes = results.get("dtypes", [results.get("dtype", "float32")])
-    lines = [f"Medians of {results['repeats']} interleaved repeats, {', '.join(dtypes)}, one run on one machine.", "",
-             "| backend | shape | dtype | candidate | forward ms | forward+backward ms | GFLOP/s vs matmul "
-             "| peak RSS MB (fwd+bwd) | framework peak MB | compile s (fwd / fwd+bwd) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Medians of {results['repeats']} interleaved repeats, {', '.join(dtypes)}, one run on one machine.",
+        "",
+        "| backend | shape | dtype | candidate | forward ms | forward+backward ms | GFLOP/s vs matmul "
+        "| peak RSS MB (fwd+bwd) | framework peak MB | compile s (fwd / fwd+bwd) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["rows"]:
         shape = f"{r['shape']} ({r['batch']}x{r['steps']}x{r['units']})"
         if r.get("skipped"):
-            lines.append(f"| {r['backend']} | {shape} | {r.get('dtype', '')} | {r['candidate']} | skipped: {r['skipped'].replace('|', '/')} | | | | | |")
+            lines.append(
+                f"| {r['backend']} | {shape} | {r.get('dtype', '')} | {r['candidate']} | skipped: {r['skipped'].replace('|', '/')} | | | | | |"
+            )
             continue
         both = _ms(r["forward_backward_s"]) or "n/a"
         frac = f"{r['gflops_fraction_of_matmul']:.2f}" if "gflops_fraction_of_matmul" in r else ""
-        lines.append(f"| {r['backend']} | {shape} | {r.get('dtype', '')} | {r['candidate']} | {_ms(r['forward_s'])} | {both} | {frac} "
-                     f"| {_mb(r.get('peak_rss_bytes_forward_backward'))} | {_mb(r.get('framework_peak_bytes_forward_backward'))} | {_compile(r)} |")
-    lines += ["", "| backend | shape | dtype | mode | ratio | value | target | met |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['backend']} | {shape} | {r.get('dtype', '')} | {r['candidate']} | {_ms(r['forward_s'])} | {both} | {frac} "
+            f"| {_mb(r.get('peak_rss_bytes_forward_backward'))} | {_mb(r.get('framework_peak_bytes_forward_backward'))} | {_compile(r)} |"
+        )
+    lines += [
+        "",
+        "| backend | shape | dtype | mode | ratio | value | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for q in results["ratios"]:
-        lines.append(f"| {q['backend']} | {q['shape']} | {q.get('dtype', '')} | {q['mode']} | {q['numerator']} / {q['denominator']} "
-                     f"| {q['ratio']:.3f} | <= {q['target']} | {'yes' if q['ratio'] <= q['target'] else 'no'} |")
+        lines.append(
+            f"| {q['backend']} | {q['shape']} | {q.get('dtype', '')} | {q['mode']} | {q['numerator']} / {q['denominator']} "
+            f"| {q['ratio']:.3f} | <= {q['target']} | {'yes' if q['ratio'] <= q['target'] else 'no'} |"
+        )
     notes = [f"{s['backend']} {s['dtype']}: {s['reason']}" for s in results.get("skipped", [])]
     if "peak_rss_note" in results and not results["peak_rss_note"].startswith("peak RSS over"):
         notes.append(f"peak RSS: {results['peak_rss_note']}")
@@ -297,3 +341,24 @@ def write(results: dict, extras: dict, out) -> None:
         plot(results, out / "ratios.png")
     except ImportError:
         pass
+
+
+def main(backend: str, argv: list[str] | None = None, description: str | None = None) -> int:
+    """The benchmark scripts' entry (``benchmarks/bench_<backend>.py``): the harness for one backend.
+
+    Prints the markdown table; with ``--out`` also writes results.json, results.md and the plot
+    (as ``novolstm bench --backends <backend>`` does).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description or f"novolstm's {backend} benchmarks")
+    parser.add_argument("--shapes", nargs="+", default=["typical"], choices=sorted(SHAPES))
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats per candidate")
+    parser.add_argument("--dtype", nargs="+", default=["float32"], help="float32 and/or bfloat16")
+    parser.add_argument("--out", help="folder for results.json, results.md and ratios.png")
+    args = parser.parse_args(argv)
+    results = run([backend], args.shapes, args.repeats, tuple(args.dtype))
+    if args.out:
+        write(results, {}, args.out)
+    print(markdown(results, {}))
+    return 0

@@ -30,7 +30,7 @@ import gc
 import re
 import sys
 import tracemalloc
-from typing import Callable
+from collections.abc import Callable
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
