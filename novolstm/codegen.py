@@ -111,14 +111,15 @@ def literal(value: object, column: int = 0, indent: int = 0) -> str:
     """``value`` (str, number, bool, None, tuple, list, dict) as formatted source: double quotes, and
     a collection that does not fit on the line from ``column`` one item per line, as ruff formats it.
 
-    >>> literal({"W": (("input", "units"), "zeros", {})})
-    '{"W": (("input", "units"), "zeros", {})}'
-    >>> print(literal(("a",) * 3, column=115))
-    (
-        "a",
-        "a",
-        "a",
-    )
+    Examples:
+        >>> literal({"W": (("input", "units"), "zeros", {})})
+        '{"W": (("input", "units"), "zeros", {})}'
+        >>> print(literal(("a",) * 3, column=115))
+        (
+            "a",
+            "a",
+            "a",
+        )
     """
     if isinstance(value, Code):
         return str(value)

@@ -366,10 +366,11 @@ def cse(graph: Graph) -> Graph:
 
     (The VJP of ``z * z`` contributes ``g * z`` twice; once is enough.) Leaves never merge.
 
-    >>> g = Graph([Node("z", "input"), Node("a", "mul", ("z", "z")), Node("b", "mul", ("z", "z")),
-    ...            Node("c", "add", ("a", "b"))], {"out": "c"})
-    >>> [n.args for n in cse(g).nodes if n.op == "add"]
-    [('a', 'a')]
+    Examples:
+        >>> g = Graph([Node("z", "input"), Node("a", "mul", ("z", "z")), Node("b", "mul", ("z", "z")),
+        ...            Node("c", "add", ("a", "b"))], {"out": "c"})
+        >>> [n.args for n in cse(g).nodes if n.op == "add"]
+        [('a', 'a')]
     """
     seen: dict[tuple, str] = {}
     same: dict[str, str] = {}
