@@ -2,10 +2,10 @@
 
 The canonical form here is always per layer: ``{"l0": {...}, "l0_reverse": {...},
 "l1": ...}``, one canonical dict per cell of a (possibly stacked, possibly
-bidirectional) layer. A file format is a pair of functions in :data:`FORMATS`.
+bidirectional) layer. A file format is a pair of functions in ``FORMATS``.
 
 Formats:
-    canonical: novolstm's safetensors checkpoint (:mod:`novolstm.checkpoint`).
+    canonical: novolstm's safetensors checkpoint (``novolstm.checkpoint``).
     torch: a torch state dict saved as safetensors
         (``safetensors.torch.save_file(module.state_dict(), path)``), or a ``.pt`` /
         ``.pth`` file of ``torch.save(module.state_dict())`` read with
@@ -17,10 +17,10 @@ Formats:
         other (what ``torch.onnx.export`` writes for ``num_layers=2``), each forward,
         reverse or bidirectional.
     keras: a Keras 3 ``.weights.h5`` (``model.save_weights``) or ``.keras`` archive of
-        LSTM / GRU / Bidirectional layers (:mod:`novolstm.convert.keras_files`).
+        LSTM / GRU / Bidirectional layers (``novolstm.convert.keras_files``).
     flax: ``flax.serialization.to_bytes`` of a linen or nnx cell's parameters, the
         ``layout`` option naming (or, reading, detected as) the cell
-        (:mod:`novolstm.convert.flax_files`).
+        (``novolstm.convert.flax_files``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def structure(layers: dict, reverse_only_ok: bool = False) -> tuple[int, bool]:
     """(number of layers, bidirectional) of a per-layer dict, checking the keys are complete.
 
     Layers ``l0 .. l<n-1>``, each with ``l<k>_reverse`` when bidirectional. Layers that
-    are all ``l<k>_reverse`` alone run only backwards in time: refused (:class:`ReverseOnly`)
+    are all ``l<k>_reverse`` alone run only backwards in time: refused (``ReverseOnly``)
     unless ``reverse_only_ok``, and then reported as not bidirectional.
     """
     keys = sorted(layers)
@@ -127,8 +127,12 @@ def _read_torch(path, cell, layout=None, prefix=""):
     return layers
 
 
+#: torch's layouts: a module with biases (the default), or one built with ``bias=False``
+TORCH_LAYOUTS = ("bias", "no_bias")
+
+
 def _torch_bias(layout) -> bool:
-    if layout not in (None, "bias", "no_bias"):
+    if layout is not None and layout not in TORCH_LAYOUTS:
         raise ConversionError(f"torch layout {layout!r}: expected 'bias' (the default) or 'no_bias' (a module built with bias=False)")
     return layout != "no_bias"
 
@@ -256,7 +260,7 @@ def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None, lo
 
     A format without a layout for ``cell`` but with one for its reduced form (a peephole
     LSTM into torch: an LSTM without peepholes) takes the weights when the extra
-    parameters are zero, or when ``lossy`` asks to drop them (see :func:`novolstm.convert.drop`).
+    parameters are zero, or when ``lossy`` asks to drop them (see ``novolstm.convert.drop``).
     Any other spec the format cannot hold is refused by name; nothing is written.
     """
     options = _options(fmt, layout)
@@ -294,7 +298,29 @@ def _check_params(layers: dict, cell: str) -> None:
 
 def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None, lossy: bool = False,
             prefix: str | None = None) -> dict:
-    """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``; return the canonical weights."""
+    """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``, through the canonical layout.
+
+    Args:
+        source: the weight file to read.
+        destination: the weight file to write (atomically: a failed write leaves it as it was).
+        src_fmt: the format of ``source``, one of ``FORMATS``.
+        dst_fmt: the format to write, one of ``FORMATS``.
+        cell: the spec the weights are for (``lstm``, ``gru``, ...).
+        src_layout: flax: the source cell's layout (default: detected from the file);
+            torch: ``bias`` or ``no_bias``, checked against the file.
+        dst_layout: flax: the written cell's layout; torch: ``no_bias`` for a module built
+            with ``bias=False``.
+        lossy: drop what the target cannot hold (with a ``LossyConversionWarning``)
+            instead of refusing.
+        prefix: torch: read only the keys starting with it (a whole model's state dict).
+
+    Returns:
+        The canonical weights, one dict per layer and direction (``l0``, ``l0_reverse``, ...).
+
+    Raises:
+        ConversionError: a file of the wrong kind or a hostile one, weights the target cannot
+            hold, or an unknown format or layout.
+    """
     _options(dst_fmt, dst_layout)  # a bad target option fails before the source is read
     layers = read(source, src_fmt, cell, src_layout, prefix)
     write(layers, destination, dst_fmt, cell, dst_layout, lossy)

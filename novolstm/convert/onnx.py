@@ -5,7 +5,7 @@ ONNX stacks the gates in the order i, o, f, c: ``W`` (directions, 4H, input),
 and optionally the peepholes ``P`` (directions, 3H) in the order i, o, f. Its
 output gate sees the new cell state, as the ``peephole_lstm`` spec does.
 
-Example:
+Examples:
     >>> import novolstm
     >>> p = novolstm.init_params("lstm", 3, 2, seed=0)
     >>> onnx = to_onnx_lstm([p])
@@ -29,7 +29,15 @@ PEEPHOLES = ("i", "o", "f")
 
 
 def to_onnx_lstm(directions: list[dict]) -> dict[str, np.ndarray]:
-    """One canonical ``lstm`` or ``peephole_lstm`` dict per direction -> ``W``, ``R``, ``B`` (and ``P``)."""
+    """Canonical weights in the ONNX ``LSTM`` operator's layout (gates i, o, f, c).
+
+    Args:
+        directions: one canonical ``lstm`` or ``peephole_lstm`` dict per direction.
+
+    Returns:
+        ``W`` (directions, 4H, I), ``R`` (directions, 4H, H), ``B`` (directions, 8H), and
+        ``P`` (directions, 3H) for the peephole LSTM.
+    """
     out = {
         "W": np.stack([np.concatenate([p[f"W_{g}"].T for g in GATES]) for p in directions]),
         "R": np.stack([np.concatenate([p[f"U_{g}"].T for g in GATES]) for p in directions]),
@@ -45,10 +53,19 @@ def to_onnx_lstm(directions: list[dict]) -> dict[str, np.ndarray]:
 
 
 def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
-    """ONNX tensors -> one canonical dict per direction (``peephole_lstm`` when ``P`` is given).
+    """The ONNX ``LSTM`` operator's tensors as canonical weights.
 
     The two ONNX biases of each gate add: exact for the LSTM, where both enter the
-    same sum. Round trips through :func:`to_onnx_lstm` are exact.
+    same sum. Round trips through ``to_onnx_lstm`` are exact.
+
+    Args:
+        W: input weights (directions, 4H, I).
+        R: recurrent weights (directions, 4H, H).
+        B: biases (directions, 8H), or None for zeros.
+        P: peephole weights (directions, 3H), or None.
+
+    Returns:
+        One canonical dict per direction (``peephole_lstm`` when ``P`` is given).
     """
     W, R = np.asarray(W), np.asarray(R)
     if W.ndim != 3 or R.ndim != 3 or W.shape[1] % 4 or R.shape[1:] != (W.shape[1], W.shape[1] // 4) or R.shape[0] != W.shape[0]:
@@ -83,8 +100,17 @@ def lstm_operator_model(directions: list[dict], input_size: int | None = None, d
     ``sequence_lens`` (batch,) int32; outputs ``outputs`` (batch, time, directions,
     units), ``h`` and ``c`` (batch, directions, units). Only the standard and the
     peephole LSTM exist as this operator; any other cell exports as a Scan graph.
-    ``direction``: "forward" or "reverse" for one direction (default "forward"),
-    "bidirectional" for two.
+
+    Args:
+        directions: one canonical ``lstm`` or ``peephole_lstm`` dict per direction.
+        input_size: features per timestep (read from the weights; kept for callers that pass it).
+        dtype: the dtype the model computes in.
+        opset: the ONNX opset.
+        direction: "forward" or "reverse" for one direction (default "forward"),
+            "bidirectional" for two.
+
+    Returns:
+        The checked ``onnx.ModelProto``.
     """
     direction = direction or ("bidirectional" if len(directions) == 2 else "forward")
     return lstm_stack_model([(direction, directions)], dtype, opset)
@@ -97,10 +123,22 @@ DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset: int = 18):
     """An ONNX model of stacked ``LSTM`` nodes, one per ``(direction, [weights per direction])``.
 
-    Batch-first at its boundary, as :func:`lstm_operator_model`: ``h0``, ``c0``, ``h`` and
+    Batch-first at its boundary, as ``lstm_operator_model``: ``h0``, ``c0``, ``h`` and
     ``c`` are (batch, layers * directions, units), layer by layer as torch orders them;
     ``outputs`` (batch, time, directions, units) are the last layer's. Layer ``k + 1`` reads
     layer ``k``'s outputs with both directions concatenated, as torch and Keras stack them.
+
+    Args:
+        stack: per layer, the ONNX direction ("forward", "reverse", "bidirectional") and one
+            canonical ``lstm`` or ``peephole_lstm`` dict per direction.
+        dtype: the dtype the model computes in.
+        opset: the ONNX opset.
+
+    Returns:
+        The checked ``onnx.ModelProto``.
+
+    Raises:
+        ConversionError: a direction with the wrong number of weight sets.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -237,7 +275,7 @@ def _constants(model, folder=None):
 
 
 def _with_external_data(tensor, folder):
-    """A copy of ``tensor`` holding its external bytes, read as :func:`_constants` allows."""
+    """A copy of ``tensor`` holding its external bytes, read as ``_constants`` allows."""
     import math
     import stat
 
@@ -330,11 +368,20 @@ def import_lstm_layers(model) -> dict:
     """Every ``LSTM`` node of an ONNX model as per-layer canonical parameters, every node checked first.
 
     Nodes stack in graph order, each fed by the one before (what ``torch.onnx.export`` writes
-    for ``num_layers > 1``). Returns ``{"l0": ..., "l0_reverse": ..., "l1": ...}``; a
-    ``direction="reverse"`` layer is ``l<k>_reverse`` alone. Refused by name: activations,
-    clipping, coupled gates, attributes novolstm does not know, GRU or RNN nodes, LSTM nodes
-    inside control flow, nodes that do not feed each other, weights computed at run time or
-    kept in external files.
+    for ``num_layers > 1``).
+
+    Args:
+        model: a ``ModelProto`` or the path of an ``.onnx`` file (external data is read
+            only from a plain file beside it).
+
+    Returns:
+        ``{"l0": ..., "l0_reverse": ..., "l1": ...}``; a ``direction="reverse"`` layer is
+        ``l<k>_reverse`` alone.
+
+    Raises:
+        ConversionError: by name: activations, clipping, coupled gates, attributes novolstm
+            does not know, GRU or RNN nodes, LSTM nodes inside control flow, nodes that do not
+            feed each other, weights computed at run time or kept outside the model's folder.
     """
     folder = None if not isinstance(model, (str, os.PathLike)) else os.path.dirname(os.path.abspath(model))
     model = _load_model(model)
@@ -379,9 +426,18 @@ def import_lstm_layers(model) -> dict:
 
 
 def import_lstm_node(model, node_index: int = 0) -> list[dict]:
-    """Canonical parameters (one dict per direction) of the ``node_index``-th ``LSTM`` node of an ONNX model.
+    """Canonical parameters from an ``LSTM`` node of an ONNX model.
 
-    ``model`` is a ``ModelProto`` or a path. Every node is checked as by :func:`import_lstm_layers`.
+    Args:
+        model: a ``ModelProto`` or the path of an ``.onnx`` file.
+        node_index: which ``LSTM`` node, counted in graph order.
+
+    Returns:
+        One canonical dict per direction.
+
+    Raises:
+        ConversionError: a file that is not an ONNX model, fewer ``LSTM`` nodes, or anything
+            ``import_lstm_layers`` refuses (every node is checked).
     """
     layers = import_lstm_layers(model)
     count = len({key.split("_")[0] for key in layers})
