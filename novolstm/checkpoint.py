@@ -172,7 +172,9 @@ def load(path, spec=None) -> tuple[dict, dict]:
     if not isinstance(meta, dict) or meta.get("format") != "novolstm-canonical":
         raise CheckpointError(f"{path}: not a novolstm checkpoint (no novolstm metadata in the safetensors header)")
     if meta.get("layout_version") != LAYOUT_VERSION:
-        raise CheckpointError(f"{path}: canonical layout version {meta.get('layout_version')!r}; this novolstm reads {LAYOUT_VERSION!r}")
+        raise CheckpointError(
+            f"{path}: canonical layout version {meta.get('layout_version')!r}; this novolstm reads {LAYOUT_VERSION!r}"
+        )
     stored = _stored_spec(path, meta) if spec is None else load_spec(spec)
     if meta.get("spec_hash") != stored.hash:
         raise CheckpointError(
@@ -190,13 +192,15 @@ def load(path, spec=None) -> tuple[dict, dict]:
     expected = set(_flatten_names(stored, layers, bidirectional))
     missing, extra = sorted(expected - set(header)), sorted(set(header) - expected)
     if missing or extra:
-        raise CheckpointError(f"{path}: missing tensors {missing[:20]}, unexpected tensors {extra[:20]} for spec {stored.name!r}")
+        raise CheckpointError(
+            f"{path}: missing tensors {missing[:20]}, unexpected tensors {extra[:20]} for spec {stored.name!r}"
+        )
     tensors = _tensors(path, header, data)
     dtypes = {str(t.dtype) for t in tensors.values()}
     if dtypes != {meta.get("dtype")}:
         raise CheckpointError(f"{path}: metadata says dtype {meta.get('dtype')}, tensors have {sorted(dtypes)}")
     params = _unflatten(tensors, layers, bidirectional)
-    for group in ([params] if layers == 1 and not bidirectional else params.values()):
+    for group in [params] if layers == 1 and not bidirectional else params.values():
         _check_shapes(path, stored, group)
     return params, meta
 
@@ -231,7 +235,9 @@ def _stored_spec(path, meta: dict):
 
 def _structure(path, meta: dict) -> tuple[int, bool]:
     layers, bidirectional = meta.get("layers", "1"), meta.get("bidirectional", "false")
-    if not (isinstance(layers, str) and layers.isdigit() and layers.isascii() and len(layers) <= 6 and int(layers) >= 1):
+    if not (
+        isinstance(layers, str) and layers.isdigit() and layers.isascii() and len(layers) <= 6 and int(layers) >= 1
+    ):
         raise CheckpointError(f"{path}: metadata layers {str(layers)[:40]!r}: expected a positive whole number")
     if bidirectional not in ("true", "false"):
         raise CheckpointError(f"{path}: metadata bidirectional {str(bidirectional)[:40]!r}: expected 'true' or 'false'")
@@ -254,8 +260,10 @@ def _flatten(params, spec, layers, bidirectional):
         flat = {f"{k}.{name}": v for k in keys for name, v in params[k].items()}
     expected = set(_flatten_names(spec, layers, bidirectional))
     if set(flat) != expected:
-        raise CheckpointError(f"missing {sorted(expected - set(flat))}, unexpected {sorted(set(flat) - expected)} for spec {spec.name!r}")
-    for group in ([params] if layers == 1 and not bidirectional else params.values()):
+        raise CheckpointError(
+            f"missing {sorted(expected - set(flat))}, unexpected {sorted(set(flat) - expected)} for spec {spec.name!r}"
+        )
+    for group in [params] if layers == 1 and not bidirectional else params.values():
         _check_shapes("params", spec, group)
     return {k: np.asarray(v) for k, v in flat.items()}
 
@@ -276,7 +284,9 @@ def _check_shapes(where, spec, group):
     input_size = next(np.shape(group[p.name])[0] for p in spec.params if p.shape[0] == "input")
     for name, shape in spec.parameter_shapes(input_size, units).items():
         if np.shape(group[name]) != shape:
-            raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(np.shape(group[name]))}, expected {shape} (input {input_size}, units {units})")
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(np.shape(group[name]))}, expected {shape} (input {input_size}, units {units})"
+            )
 
 
 def _read(path):
@@ -288,7 +298,9 @@ def _read(path):
             raise CheckpointError(f"{path}: truncated: {size} bytes, too short for a safetensors header")
         (length,) = struct.unpack("<Q", raw)
         if length > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{path}: corrupt or truncated: header claims {length} bytes, file has {size - 8} after the length")
+            raise CheckpointError(
+                f"{path}: corrupt or truncated: header claims {length} bytes, file has {size - 8} after the length"
+            )
         header = loads_json(fh.read(length), f"{path}: header", CheckpointError, max_depth=MAX_HEADER_DEPTH)
         data = fh.read(size - 8 - length)
     if not isinstance(header, dict):
@@ -310,26 +322,40 @@ def _tensors(path, header: dict, data: bytes) -> dict:
         if name == "__metadata__":
             continue
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointError(f"{path}: tensor {name!r}: malformed entry {str(entry)[:200]}; expected dtype, shape and data_offsets")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: malformed entry {str(entry)[:200]}; expected dtype, shape and data_offsets"
+            )
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if not isinstance(dtype, str) or dtype not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r}: malformed entry: dtype {str(dtype)[:20]!r}; expected one of {sorted(_DTYPES)}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: malformed entry: dtype {str(dtype)[:20]!r}; expected one of {sorted(_DTYPES)}"
+            )
         if not isinstance(shape, list) or len(shape) > 8 or not all(_count(d) for d in shape):
-            raise CheckpointError(f"{path}: tensor {name!r}: malformed entry: shape {str(shape)[:40]}; expected a list of whole numbers")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: malformed entry: shape {str(shape)[:40]}; expected a list of whole numbers"
+            )
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(o) for o in offsets):
-            raise CheckpointError(f"{path}: tensor {name!r}: malformed entry: data_offsets {str(offsets)[:40]}; expected [begin, end]")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: malformed entry: data_offsets {str(offsets)[:40]}; expected [begin, end]"
+            )
         begin, end = offsets
         if not begin <= end <= len(data):
-            raise CheckpointError(f"{path}: tensor {name!r}: bytes {begin}..{end} lie outside the {len(data)} data bytes (truncated?)")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: bytes {begin}..{end} lie outside the {len(data)} data bytes (truncated?)"
+            )
         itemsize = np.dtype(_DTYPES[dtype]).itemsize
         if end - begin != math.prod(shape) * itemsize:
-            raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {tuple(shape)} of {np.dtype(_DTYPES[dtype]).name}")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {tuple(shape)} of {np.dtype(_DTYPES[dtype]).name}"
+            )
         spans.append((begin, end, name))
     position = 0
     for begin, end, name in sorted(spans):
         if begin != position:
             what = "overlap the tensor before it" if begin < position else f"leave bytes {position}..{begin} unclaimed"
-            raise CheckpointError(f"{path}: tensor {name!r}: bytes {begin}..{end} {what}; a safetensors data buffer holds each tensor once, in order")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: bytes {begin}..{end} {what}; a safetensors data buffer holds each tensor once, in order"
+            )
         position = end
     if position != len(data):
         raise CheckpointError(f"{path}: {len(data) - position} data bytes after the last tensor; the file is corrupt")
@@ -340,7 +366,9 @@ def _tensor(entry, data):
     dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
     shape = tuple(entry["shape"])
     begin = entry["data_offsets"][0]
-    return np.frombuffer(data, dtype, offset=begin, count=math.prod(shape)).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(data, dtype, offset=begin, count=math.prod(shape)).reshape(shape).astype(dtype.newbyteorder("="))
+    )
 
 
 def write_safetensors(path, tensors: dict, metadata: dict | None = None, dtype=None) -> None:
@@ -355,9 +383,15 @@ def safetensors_bytes(tensors: dict, metadata: dict | None = None, dtype=None) -
     for name in sorted(tensors):
         value = np.asarray(tensors[name], dtype)
         if value.dtype not in _CODES:
-            raise CheckpointError(f"tensor {name!r}: dtype {value.dtype} cannot be stored; expected one of {sorted(map(str, _CODES))}")
+            raise CheckpointError(
+                f"tensor {name!r}: dtype {value.dtype} cannot be stored; expected one of {sorted(map(str, _CODES))}"
+            )
         data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _CODES[value.dtype], "shape": list(value.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _CODES[value.dtype],
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     text = json.dumps(header, separators=(",", ":")).encode()

@@ -53,8 +53,8 @@ def structure(layers: dict, reverse_only_ok: bool = False) -> tuple[int, bool]:
     unless ``reverse_only_ok``, and then reported as not bidirectional.
     """
     keys = sorted(layers)
-    matches = [LAYER_KEY.match(k) for k in keys]
-    if not keys or not all(matches):
+    matches = [m for m in map(LAYER_KEY.match, keys) if m]
+    if not keys or len(matches) != len(keys):
         raise ConversionError(f"layer keys {keys[:10]}: expected 'l0', 'l0_reverse', 'l1', ...")
     forward = {int(m.group(1)) for m in matches if not m.group(2)}
     reverse = {int(m.group(1)) for m in matches if m.group(2)}
@@ -67,7 +67,9 @@ def structure(layers: dict, reverse_only_ok: bool = False) -> tuple[int, bool]:
         forward, reverse = reverse, set()
     count = len(forward)
     if reverse and reverse != forward and forward == set(range(count)):
-        raise ConversionError(f"layer keys {keys[:10]}: some layers are bidirectional and some are not; a stack is one or the other")
+        raise ConversionError(
+            f"layer keys {keys[:10]}: some layers are bidirectional and some are not; a stack is one or the other"
+        )
     if forward != set(range(count)) or (reverse and reverse != forward):
         expected = [f"l{n}{s}" for n in range(count) for s in (("", "_reverse") if reverse else ("",))]
         raise ConversionError(f"layer keys {keys[:10]}: expected {expected[:10]}")
@@ -77,14 +79,19 @@ def structure(layers: dict, reverse_only_ok: bool = False) -> tuple[int, bool]:
 
 def check_stack(layers: dict, count: int, bidirectional: bool) -> None:
     """Each layer takes as input what the one below outputs: its units, twice when bidirectional."""
+
     def sizes(params):
         first = next((k for k in sorted(params) if k.startswith("W_")), None)
         recurrent = next((k for k in sorted(params) if k.startswith("U_")), None)
         if first is None or recurrent is None or len(np.shape(params[first])) != 2:
-            raise ConversionError(f"a layer without an input kernel W_* and a recurrent kernel U_*: {sorted(params)[:10]}")
+            raise ConversionError(
+                f"a layer without an input kernel W_* and a recurrent kernel U_*: {sorted(params)[:10]}"
+            )
         return np.shape(params[first])[0], np.shape(params[recurrent])[-1]
 
-    keys = [k for n in range(count) for k in ([f"l{n}", f"l{n}_reverse"] if bidirectional else [f"l{n}"]) if k in layers]
+    keys = [
+        k for n in range(count) for k in ([f"l{n}", f"l{n}_reverse"] if bidirectional else [f"l{n}"]) if k in layers
+    ]
     keys = keys or sorted(layers)
     shapes = {k: sizes(layers[k]) for k in keys}
     for n in range(count):
@@ -112,7 +119,13 @@ def _write_canonical(layers, path, cell):
     from novolstm.checkpoint import save
 
     count, bidirectional = structure(layers)  # a reverse-only layer has no canonical checkpoint form
-    save(layers["l0"] if (count, bidirectional) == (1, False) else layers, path, spec=cell, layers=count, bidirectional=bidirectional)
+    save(
+        layers["l0"] if (count, bidirectional) == (1, False) else layers,
+        path,
+        spec=cell,
+        layers=count,
+        bidirectional=bidirectional,
+    )
 
 
 def _read_torch(path, cell, layout=None, prefix=""):
@@ -123,7 +136,9 @@ def _read_torch(path, cell, layout=None, prefix=""):
     if layout is not None:
         has_bias = any(k.startswith(prefix or "") and k[len(prefix or "") :].startswith("bias_") for k in state)
         if has_bias != _torch_bias(layout):
-            raise ConversionError(f"{path}: torch layout {layout!r}, but the state dict {'has' if has_bias else 'has no'} biases")
+            raise ConversionError(
+                f"{path}: torch layout {layout!r}, but the state dict {'has' if has_bias else 'has no'} biases"
+            )
     return layers
 
 
@@ -133,7 +148,9 @@ TORCH_LAYOUTS = ("bias", "no_bias")
 
 def _torch_bias(layout) -> bool:
     if layout is not None and layout not in TORCH_LAYOUTS:
-        raise ConversionError(f"torch layout {layout!r}: expected 'bias' (the default) or 'no_bias' (a module built with bias=False)")
+        raise ConversionError(
+            f"torch layout {layout!r}: expected 'bias' (the default) or 'no_bias' (a module built with bias=False)"
+        )
     return layout != "no_bias"
 
 
@@ -157,7 +174,12 @@ def _read_onnx(path, cell):
             if want_peepholes:  # no P input: the peepholes are zero, exactly
                 params.update({f"p_{g}": np.zeros_like(params["b_i"]) for g in ("i", "f", "o")})
             else:
-                layers[key] = drop(params, ["p_i", "p_f", "p_o"], False, "the ONNX LSTM node has peepholes (input P), which spec 'lstm' has not")
+                layers[key] = drop(
+                    params,
+                    ["p_i", "p_f", "p_o"],
+                    False,
+                    "the ONNX LSTM node has peepholes (input P), which spec 'lstm' has not",
+                )
     return layers
 
 
@@ -251,7 +273,7 @@ HOLDS = {"torch": ("lstm", "gru"), "onnx": ("lstm", "peephole_lstm"), "keras": (
 #: format -> where a spec it cannot hold can go instead
 ELSEWHERE = {
     "onnx": "novolstm.export_onnx(spec, params) exports any cell as a standard ONNX graph (a Scan); "
-            "the LSTM operator computes only lstm and peephole_lstm",
+    "the LSTM operator computes only lstm and peephole_lstm",
 }
 
 
@@ -296,8 +318,17 @@ def _check_params(layers: dict, cell: str) -> None:
                 raise ConversionError(f"{key}: {name} has shape {np.shape(params[name])}, expected {shape}")
 
 
-def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None, lossy: bool = False,
-            prefix: str | None = None) -> dict:
+def convert(
+    source,
+    destination,
+    src_fmt: str,
+    dst_fmt: str,
+    cell: str,
+    src_layout=None,
+    dst_layout=None,
+    lossy: bool = False,
+    prefix: str | None = None,
+) -> dict:
     """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``, through the canonical layout.
 
     Args:

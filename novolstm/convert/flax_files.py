@@ -56,7 +56,9 @@ def detect_layout(tree: dict, cell: str) -> str:
             return "nnx_gru"
     else:
         raise ConversionError(f"Flax has cells for the specs {sorted(DEFAULT_LAYOUT)}, not {cell!r}")
-    raise ConversionError(f"a Flax parameter tree with keys {sorted(keys)} is no Flax {cell} cell layout that novolstm knows")
+    raise ConversionError(
+        f"a Flax parameter tree with keys {sorted(keys)} is no Flax {cell} cell layout that novolstm knows"
+    )
 
 
 def read_flax(path, cell: str, layout: str | None = None) -> dict:
@@ -64,7 +66,6 @@ def read_flax(path, cell: str, layout: str | None = None) -> dict:
     from flax import serialization
 
     from novolstm.convert.flax import LAYOUTS, to_canonical
-
     from novolstm.convert.safe_io import read_bytes
 
     data = read_bytes(path, MAX_FILE_BYTES, ConversionError, "Flax parameter file")
@@ -96,7 +97,9 @@ def _check_tree(tree, path, depth: int = 0) -> None:
         if isinstance(value, dict):
             _check_tree(value, path, depth + 1)
         elif not isinstance(value, np.ndarray) or value.dtype.kind != "f":
-            raise ConversionError(f"{path}: {key!r} holds a {type(value).__name__} {getattr(value, 'dtype', '')}; expected floating-point arrays")
+            raise ConversionError(
+                f"{path}: {key!r} holds a {type(value).__name__} {getattr(value, 'dtype', '')}; expected floating-point arrays"
+            )
 
 
 def write_flax(layers: dict, path, cell: str, layout: str | None = None, lossy: bool = False) -> None:
@@ -107,7 +110,9 @@ def write_flax(layers: dict, path, cell: str, layout: str | None = None, lossy: 
     from novolstm.convert.flax import LAYOUTS, from_canonical
 
     if structure(layers) != (1, False):
-        raise ConversionError("a Flax file holds one cell; these weights are stacked or bidirectional (write each cell on its own)")
+        raise ConversionError(
+            "a Flax file holds one cell; these weights are stacked or bidirectional (write each cell on its own)"
+        )
     if cell not in DEFAULT_LAYOUT:
         raise ConversionError(f"Flax has cells for the specs {sorted(DEFAULT_LAYOUT)}, not {cell!r}")
     layout = layout or DEFAULT_LAYOUT[cell]

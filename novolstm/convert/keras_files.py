@@ -90,9 +90,9 @@ def _to_canonical(weights, cell: str, where: str, config=None) -> dict:
 
 def _layer(group, name: str, cell: str, config=None, class_name=None) -> dict:
     """One layer group -> {"": canonical} or {"": forward, "_reverse": backward}."""
-    kind = class_name or _GROUP.match(name).group(1)
+    kind = class_name or _group(name).group(1)
     if kind == "bidirectional":
-        inner = None if config is None else config.get("layer", {})
+        inner: dict = {} if config is None else config.get("layer", {})
         inner_kind = _snake(inner.get("class_name", "")) if inner else None
         merge_mode = "concat" if config is None else config.get("merge_mode", "concat")
         if merge_mode != "concat":
@@ -111,26 +111,47 @@ def _layer(group, name: str, cell: str, config=None, class_name=None) -> dict:
             if config is not None:
                 side_config = (config.get("backward_layer") or inner) if suffix else inner
                 side_config = dict(side_config.get("config", {}), go_backwards=False)  # the wrapper reverses
-            out[suffix] = _to_canonical(_cell_weights(group[side], f"layers/{name}/{side}"), cell, f"layers/{name}/{side}", side_config)
+            out[suffix] = _to_canonical(
+                _cell_weights(group[side], f"layers/{name}/{side}"), cell, f"layers/{name}/{side}", side_config
+            )
         return out
     if kind != LAYER_CLASS[cell]:
-        raise ConversionError(f"layers/{name}: a Keras {kind.upper()} layer holds no {cell!r} (expected {LAYER_CLASS[cell].upper()} layers)")
-    return {"": _to_canonical(_cell_weights(group, f"layers/{name}"), cell, f"layers/{name}", None if config is None else config.get("config", {}))}
+        raise ConversionError(
+            f"layers/{name}: a Keras {kind.upper()} layer holds no {cell!r} (expected {LAYER_CLASS[cell].upper()} layers)"
+        )
+    return {
+        "": _to_canonical(
+            _cell_weights(group, f"layers/{name}"),
+            cell,
+            f"layers/{name}",
+            None if config is None else config.get("config", {}),
+        )
+    }
 
 
 def _check_cell(cell: str) -> None:
     if cell not in LAYER_CLASS:
-        raise ConversionError(f"Keras files hold LSTM or GRU layers; spec {cell!r} has no Keras layer (expected one of {sorted(LAYER_CLASS)})")
+        raise ConversionError(
+            f"Keras files hold LSTM or GRU layers; spec {cell!r} has no Keras layer (expected one of {sorted(LAYER_CLASS)})"
+        )
 
 
 def _order_from_names(names: list[str], path) -> list[str]:
-    kinds = {_GROUP.match(n).group(1) == "bidirectional" for n in names}
+    kinds = {_group(n).group(1) == "bidirectional" for n in names}
     if len(kinds) > 1:
         raise ConversionError(
             f"{path}: the model mixes plain and Bidirectional recurrent layers; a .weights.h5 file does not record their "
             "order across classes: convert the .keras archive (model.save), whose config does"
         )
-    return sorted(names, key=lambda n: int(_GROUP.match(n).group(2) or -1))
+    return sorted(names, key=lambda n: int(_group(n).group(2) or -1))
+
+
+def _group(name: str) -> re.Match:
+    """The match of a recurrent layer's group name (``lstm_1``): the class, the number."""
+    m = _GROUP.match(name)
+    if m is None:
+        raise ConversionError(f"layers/{name}: not an LSTM, GRU or Bidirectional layer group")
+    return m
 
 
 #: config.json of a .keras archive may be at most this large
@@ -200,7 +221,9 @@ def read_keras(path, cell: str) -> dict:
             for suffix, params in _layer(layers[name], name, cell, layer_config, class_name).items():
                 out[f"l{k}{suffix}"] = params
     if len({f"l{k}_reverse" in out for k in range(len(ordered))}) > 1:
-        raise ConversionError(f"{path}: some layers are bidirectional and some are not; canonical stacks are one or the other")
+        raise ConversionError(
+            f"{path}: some layers are bidirectional and some are not; canonical stacks are one or the other"
+        )
     return out
 
 
@@ -216,10 +239,16 @@ def _read_archive(path) -> tuple[dict, io.BytesIO]:
         infos = {info.filename: info for info in archive.infolist()}
         if "config.json" not in infos or "model.weights.h5" not in infos:
             raise ConversionError(f"{path}: a zip without config.json and model.weights.h5 is not a .keras archive")
-        config = loads_json(_member(archive, infos["config.json"], MAX_CONFIG_BYTES, path), f"{path}: config.json",
-                            ConversionError, MAX_CONFIG_DEPTH)
+        config = loads_json(
+            _member(archive, infos["config.json"], MAX_CONFIG_BYTES, path),
+            f"{path}: config.json",
+            ConversionError,
+            MAX_CONFIG_DEPTH,
+        )
         if not isinstance(config, dict):
-            raise ConversionError(f"{path}: config.json holds a {type(config).__name__}, expected a model config object")
+            raise ConversionError(
+                f"{path}: config.json holds a {type(config).__name__}, expected a model config object"
+            )
         limit = _declared_weight_bytes(config)
         return config, io.BytesIO(_member(archive, infos["model.weights.h5"], limit, path))
 
@@ -253,22 +282,34 @@ def _declared_weight_bytes(config: dict) -> int:
             return MAX_UNDECLARED_WEIGHTS
         total += H5_OVERHEAD_PER_LAYER
         kind = _snake(str(entry.get("class_name", "")))
-        layer_config = entry.get("config") if isinstance(entry.get("config"), dict) else {}
+        layer_config: dict = entry["config"] if isinstance(entry.get("config"), dict) else {}
         directions = 1
         if kind == "bidirectional":
             directions = 2
-            inner = layer_config.get("layer") if isinstance(layer_config.get("layer"), dict) else {}
-            kind, layer_config = _snake(str(inner.get("class_name", ""))), inner.get("config") if isinstance(inner.get("config"), dict) else {}
+            inner: dict = layer_config["layer"] if isinstance(layer_config.get("layer"), dict) else {}
+            kind, layer_config = (
+                _snake(str(inner.get("class_name", ""))),
+                inner["config"] if isinstance(inner.get("config"), dict) else {},
+            )
         if kind not in ("lstm", "gru"):
             continue  # a weight-free layer, or one the reader refuses (before reading its weights) anyway
         units = layer_config.get("units")
-        shape = (entry.get("build_config") or {}).get("input_shape") if isinstance(entry.get("build_config"), dict) else None
+        shape = (
+            (entry.get("build_config") or {}).get("input_shape")
+            if isinstance(entry.get("build_config"), dict)
+            else None
+        )
         inputs = shape[-1] if isinstance(shape, list) and shape else None
-        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 20 for n in (units, inputs)):
+        if not (_size(units) and _size(inputs)):
             return MAX_UNDECLARED_WEIGHTS
+        assert isinstance(units, int) and isinstance(inputs, int)
         gates = 4 if kind == "lstm" else 3
         total += directions * 8 * gates * units * (inputs + units + 2)
     return total
+
+
+def _size(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 20
 
 
 def _check_hdf5(f, path) -> None:
@@ -281,7 +322,9 @@ def _check_hdf5(f, path) -> None:
     def walk(group, where, depth=0):
         nonlocal count
         if depth > MAX_H5_DEPTH:
-            raise ConversionError(f"{path}: groups nested more than {MAX_H5_DEPTH} deep at {where}; not a Keras weights file")
+            raise ConversionError(
+                f"{path}: groups nested more than {MAX_H5_DEPTH} deep at {where}; not a Keras weights file"
+            )
         for name in group:
             count += 1
             if count > MAX_H5_OBJECTS:
@@ -289,9 +332,13 @@ def _check_hdf5(f, path) -> None:
             link = group.get(name, getlink=True)
             here = f"{where}/{name}"
             if isinstance(link, h5py.ExternalLink):
-                raise ConversionError(f"{path}: {here} is an external link (to {link.filename}); novolstm reads only what the file holds")
+                raise ConversionError(
+                    f"{path}: {here} is an external link (to {link.filename}); novolstm reads only what the file holds"
+                )
             if isinstance(link, h5py.SoftLink):
-                raise ConversionError(f"{path}: {here} is a soft link (to {link.path}); Keras writes none, novolstm follows none")
+                raise ConversionError(
+                    f"{path}: {here} is a soft link (to {link.path}); Keras writes none, novolstm follows none"
+                )
             if not isinstance(link, h5py.HardLink):
                 raise ConversionError(f"{path}: {here} is a {type(link).__name__}; novolstm follows no links")
             obj = group[name]
@@ -305,10 +352,14 @@ def _check_hdf5(f, path) -> None:
 
 def _check_dataset(ds, where, path) -> None:
     if ds.external:
-        raise ConversionError(f"{path}: dataset {where} keeps its data in external files {[e[0] for e in ds.external][:3]}; "
-                              "novolstm reads only what the file holds")
+        raise ConversionError(
+            f"{path}: dataset {where} keeps its data in external files {[e[0] for e in ds.external][:3]}; "
+            "novolstm reads only what the file holds"
+        )
     if ds.is_virtual:
-        raise ConversionError(f"{path}: dataset {where} is virtual (its data lives in other files); novolstm reads only what the file holds")
+        raise ConversionError(
+            f"{path}: dataset {where} is virtual (its data lives in other files); novolstm reads only what the file holds"
+        )
     if ds.dtype.kind not in "fiub":
         raise ConversionError(f"{path}: dataset {where} has dtype {ds.dtype}; expected numbers")
     stored = ds.id.get_storage_size()
@@ -329,7 +380,7 @@ def _names(values) -> list[str]:
 def _before(version: str, wanted: tuple) -> bool:
     """Whether a Keras version string is older than ``wanted`` (unknown versions are not)."""
     m = re.match(r"^(\d+)\.(\d+)", version)
-    return bool(m) and (int(m.group(1)), int(m.group(2))) < wanted
+    return m is not None and (int(m.group(1)), int(m.group(2))) < wanted
 
 
 def _read_legacy(f, path, cell: str) -> dict:
@@ -379,8 +430,10 @@ def _read_legacy(f, path, cell: str) -> dict:
             pairs_by_layer.append((name, pairs))
     if not pairs_by_layer:
         raise ConversionError(f"{path}: no layer with weights in the file")
-    migration = ("Keras 2 .h5 files of LSTM, GRU and Bidirectional layers (and the original NovoLSTM code's) are read; "
-                 "for anything else, load the model in Keras and save the recurrent part with model.save('m.keras')")
+    migration = (
+        "Keras 2 .h5 files of LSTM, GRU and Bidirectional layers (and the original NovoLSTM code's) are read; "
+        "for anything else, load the model in Keras and save the recurrent part with model.save('m.keras')"
+    )
     if cell == "novolstm_reference":
         pairs = [pair for _, layer_pairs in pairs_by_layer for pair in layer_pairs]
         try:
@@ -397,7 +450,9 @@ def _read_legacy(f, path, cell: str) -> dict:
             role = parts[-1]
             cells = {p for p in parts if p in ("lstm_cell", "gru_cell")}
             if not _LEGACY_WEIGHT.match(role) or len(cells) != 1:
-                raise ConversionError(f"{path}: layer {name!r} holds {weight!r}, not an LSTM or GRU weight; {migration}")
+                raise ConversionError(
+                    f"{path}: layer {name!r} holds {weight!r}, not an LSTM or GRU weight; {migration}"
+                )
             found = cells.pop().split("_")[0]
             if found != LAYER_CLASS[cell]:
                 raise ConversionError(f"{path}: layer {name!r} is a Keras {found.upper()}, which holds no {cell!r}")
@@ -406,13 +461,15 @@ def _read_legacy(f, path, cell: str) -> dict:
                 side = ""
             sides.setdefault(side, {})[role] = array
         if kind not in (None, "lstm", "gru", "bidirectional"):
-            raise ConversionError(f"{path}: layer {name!r} is a {entry.get('class_name')}; {migration}")
+            raise ConversionError(f"{path}: layer {name!r} is a {(entry or {}).get('class_name')}; {migration}")
         bidirectional = "_reverse" in sides or kind == "bidirectional"
         config = None if entry is None else entry.get("config", {})
         if bidirectional:
             merge_mode = (config or {}).get("merge_mode", "concat")
             if merge_mode != "concat":
-                raise ConversionError(f"{path}: layer {name!r}: Bidirectional(merge_mode={merge_mode!r}); canonical bidirectional layers concatenate")
+                raise ConversionError(
+                    f"{path}: layer {name!r}: Bidirectional(merge_mode={merge_mode!r}); canonical bidirectional layers concatenate"
+                )
             inner = (config or {}).get("layer", {}).get("config") if config else None
             config = None if inner is None else dict(inner, go_backwards=False)
         for side, weights in sorted(sides.items()):
@@ -435,7 +492,9 @@ def _ordered_from_config(config: dict, layers, path) -> list:
         group = class_name if count == 0 else f"{class_name}_{count}"
         if class_name in ("lstm", "gru", "bidirectional"):
             if group not in layers:
-                raise ConversionError(f"{path}: config names a {entry.get('class_name')} layer, but model.weights.h5 has no group {group!r}")
+                raise ConversionError(
+                    f"{path}: config names a {entry.get('class_name')} layer, but model.weights.h5 has no group {group!r}"
+                )
             ordered.append((group, class_name, entry.get("config", {}) if class_name == "bidirectional" else entry))
         elif group in layers and _datasets(layers[group]):
             raise ConversionError(
@@ -455,7 +514,9 @@ def write_keras(layers: dict, path, cell: str) -> None:
 
     _check_cell(cell)
     if str(path).endswith(".keras"):
-        raise ConversionError(f"{path}: novolstm writes .weights.h5 files (weights only), not .keras archives (which need a model config)")
+        raise ConversionError(
+            f"{path}: novolstm writes .weights.h5 files (weights only), not .keras archives (which need a model config)"
+        )
     count, bidirectional = structure(layers)
     to_keras = layouts.lstm_from_canonical if cell == "lstm" else layouts.gru_from_canonical
     kind = LAYER_CLASS[cell]

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -212,7 +213,9 @@ def _foreign_onnx(session, path):
     x, x_perm = _net_permutation(model, "x", lstm.input[0])
     inputs = [i for i in session.get_inputs()]
     if x is None:
-        raise ConversionError(f"{path}: the LSTM node's input X does not come from a model input through transposes and reshapes only")
+        raise ConversionError(
+            f"{path}: the LSTM node's input X does not come from a model input through transposes and reshapes only"
+        )
     batch_first = (x_perm == [1, 0, 2]) != bool(node_layout)
     states, state_batch_first = [], []
     for position in (5, 6):
@@ -226,17 +229,29 @@ def _foreign_onnx(session, path):
         state_batch_first.append((perm == [1, 0, 2]) != bool(node_layout))
     others = sorted({i.name for i in inputs} - {x, *states})
     if others:
-        raise ConversionError(f"{path}: model inputs {others} are neither the sequence nor the initial state: cannot feed them")
+        raise ConversionError(
+            f"{path}: model inputs {others} are neither the sequence nor the initial state: cannot feed them"
+        )
     if len(set(state_batch_first)) > 1 or len(states) == 1:
-        raise ConversionError(f"{path}: the initial h and c come in different ways (one a model input, or in different layouts)")
+        raise ConversionError(
+            f"{path}: the initial h and c come in different ways (one a model input, or in different layouts)"
+        )
     shapes = {i.name: list(i.shape) for i in inputs}
     batch_axis = 0 if batch_first else 1
     sizes = {"batch": {shapes[x][batch_axis]}, "time": {shapes[x][1 - batch_axis]}}
     for name in states:
         sizes["batch"].add(shapes[name][0 if state_batch_first[0] else 1])
     fixed = tuple(next((d for d in sizes[k] if isinstance(d, int)), None) for k in ("batch", "time"))
-    return _OnnxLayer(session, path, x, tuple(states), batch_first, state_batch_first[0] if states else True,
-                      fixed if fixed != (None, None) else None, ours=False)
+    return _OnnxLayer(
+        session,
+        path,
+        x,
+        tuple(states),
+        batch_first,
+        state_batch_first[0] if states else True,
+        fixed if fixed != (None, None) else None,
+        ours=False,
+    )
 
 
 def _onnx_save(layer, path):
@@ -245,7 +260,12 @@ def _onnx_save(layer, path):
 
 def _onnx_run(layer, x, state):
     if layer.ours:
-        feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32), "h0": state[0][:, None], "c0": state[1][:, None]}
+        feeds = {
+            "x": x,
+            "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32),
+            "h0": state[0][:, None],
+            "c0": state[1][:, None],
+        }
         outputs, h, c = layer.session.run(["outputs", "h", "c"], feeds)
         return outputs[:, :, 0], (h[:, 0], c[:, 0])
     batch, steps, _ = x.shape
@@ -257,10 +277,17 @@ def _onnx_run(layer, x, state):
     if layer.batch_first:
         y = _as(results[0], {(batch, steps, units): None, (batch, steps, 1, units): 2}, "outputs", layer.path)
     else:
-        y = _as(results[0], {(steps, batch, units): None, (steps, 1, batch, units): 1, (steps, batch, 1, units): 2}, "outputs", layer.path)
+        y = _as(
+            results[0],
+            {(steps, batch, units): None, (steps, 1, batch, units): 1, (steps, batch, 1, units): 2},
+            "outputs",
+            layer.path,
+        )
         y = y.transpose(1, 0, 2)
-    finals = tuple(_as(r, {(1, batch, units): 0, (batch, 1, units): 1, (batch, units): None}, "final state", layer.path)
-                   for r in results[1 : 1 + len(state)])
+    finals = tuple(
+        _as(r, {(1, batch, units): 0, (batch, 1, units): 1, (batch, units): None}, "final state", layer.path)
+        for r in results[1 : 1 + len(state)]
+    )
     return np.ascontiguousarray(y), finals if finals else (y[:, -1],)
 
 
@@ -304,7 +331,9 @@ def _reference_run(layer, x, state):
     from novolstm import reference
 
     cell, params = layer
-    outputs, final = reference.run(cell, params, np.asarray(x, np.float64), tuple(np.asarray(s, np.float64) for s in state))
+    outputs, final = reference.run(
+        cell, params, np.asarray(x, np.float64), tuple(np.asarray(s, np.float64) for s in state)
+    )
     return np.asarray(outputs), tuple(np.asarray(s) for s in final)
 
 
@@ -314,11 +343,37 @@ NATIVES = {
     for n in (
         Native("torch", "torch", ".safetensors", ("lstm", "gru"), _torch_load, _torch_save, _torch_run),
         Native("keras", "keras", ".weights.h5", ("lstm", "gru"), _keras_load, _keras_save, _keras_run),
-        Native("flax", "flax", ".msgpack", ("lstm", "gru"), _flax_loader({"lstm": "OptimizedLSTMCell", "gru": "GRUCell"}), _flax_save, _flax_run),
-        Native("flax-lstmcell", "flax", ".msgpack", ("lstm",), _flax_loader({"lstm": "LSTMCell"}), _flax_save, _flax_run),
+        Native(
+            "flax",
+            "flax",
+            ".msgpack",
+            ("lstm", "gru"),
+            _flax_loader({"lstm": "OptimizedLSTMCell", "gru": "GRUCell"}),
+            _flax_save,
+            _flax_run,
+        ),
+        Native(
+            "flax-lstmcell", "flax", ".msgpack", ("lstm",), _flax_loader({"lstm": "LSTMCell"}), _flax_save, _flax_run
+        ),
         Native("onnx", "onnx", ".onnx", ("lstm",), _onnx_load, _onnx_save, _onnx_run),
-        Native("numpy", "canonical", ".safetensors", ("lstm", "gru"), _canonical_loader(np.float32), _canonical_save, _numpy_run),
-        Native("reference", "canonical", ".safetensors", ("lstm", "gru"), _canonical_loader(np.float64), _canonical_save, _reference_run),
+        Native(
+            "numpy",
+            "canonical",
+            ".safetensors",
+            ("lstm", "gru"),
+            _canonical_loader(np.float32),
+            _canonical_save,
+            _numpy_run,
+        ),
+        Native(
+            "reference",
+            "canonical",
+            ".safetensors",
+            ("lstm", "gru"),
+            _canonical_loader(np.float64),
+            _canonical_save,
+            _reference_run,
+        ),
     )
 }
 
@@ -341,7 +396,9 @@ def shapes(layers: dict) -> tuple[int, int]:
     from novolstm.convert.files import structure
 
     if structure(layers) != (1, False):
-        raise ConversionError("a port is checked on one unidirectional layer; these weights are stacked or bidirectional")
+        raise ConversionError(
+            "a port is checked on one unidirectional layer; these weights are stacked or bidirectional"
+        )
     first = next(k for k in sorted(layers["l0"]) if k.startswith("W_"))
     return layers["l0"][first].shape
 

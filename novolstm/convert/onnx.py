@@ -42,7 +42,12 @@ def to_onnx_lstm(directions: list[dict]) -> dict[str, np.ndarray]:
         "W": np.stack([np.concatenate([p[f"W_{g}"].T for g in GATES]) for p in directions]),
         "R": np.stack([np.concatenate([p[f"U_{g}"].T for g in GATES]) for p in directions]),
         # The recurrent half of B is zero: the canonical LSTM has one bias per gate.
-        "B": np.stack([np.concatenate([p[f"b_{g}"] for g in GATES] + [np.zeros_like(p[f"b_{g}"]) for g in GATES]) for p in directions]),
+        "B": np.stack(
+            [
+                np.concatenate([p[f"b_{g}"] for g in GATES] + [np.zeros_like(p[f"b_{g}"]) for g in GATES])
+                for p in directions
+            ]
+        ),
     }
     has_peepholes = {"p_i" in p for p in directions}
     if has_peepholes == {True}:
@@ -68,8 +73,16 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
         One canonical dict per direction (``peephole_lstm`` when ``P`` is given).
     """
     W, R = np.asarray(W), np.asarray(R)
-    if W.ndim != 3 or R.ndim != 3 or W.shape[1] % 4 or R.shape[1:] != (W.shape[1], W.shape[1] // 4) or R.shape[0] != W.shape[0]:
-        raise ConversionError(f"expected W (directions, 4H, input) and R (directions, 4H, H), got {W.shape} and {R.shape}")
+    if (
+        W.ndim != 3
+        or R.ndim != 3
+        or W.shape[1] % 4
+        or R.shape[1:] != (W.shape[1], W.shape[1] // 4)
+        or R.shape[0] != W.shape[0]
+    ):
+        raise ConversionError(
+            f"expected W (directions, 4H, input) and R (directions, 4H, H), got {W.shape} and {R.shape}"
+        )
     dirs, four_h, _ = W.shape
     H = four_h // 4
     B = np.zeros((dirs, 8 * H), W.dtype) if B is None else np.asarray(B)
@@ -93,7 +106,13 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
     return out
 
 
-def lstm_operator_model(directions: list[dict], input_size: int | None = None, dtype="float32", opset: int = 18, direction: str | None = None):
+def lstm_operator_model(
+    directions: list[dict],
+    input_size: int | None = None,
+    dtype="float32",
+    opset: int = 18,
+    direction: str | None = None,
+):
     """An ONNX model holding one native ``LSTM`` node with these weights, batch-first at its boundary.
 
     Inputs ``x`` (batch, time, input), ``h0`` and ``c0`` (batch, directions, units),
@@ -158,24 +177,37 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
     initializers, states_h, states_c, x, first = [], [], [], "x_tm", 0
     for k, (direction, directions) in enumerate(stack):
         if DIRECTIONS.get(direction) != len(directions):
-            raise ConversionError(f"layer {k}: direction {direction!r} takes {DIRECTIONS.get(direction)} weight set(s), got {len(directions)}")
+            raise ConversionError(
+                f"layer {k}: direction {direction!r} takes {DIRECTIONS.get(direction)} weight set(s), got {len(directions)}"
+            )
         tensors = {name: np.asarray(v, dtype) for name, v in to_onnx_lstm(directions).items()}
         suffix = "" if len(stack) == 1 else f"_l{k}"
         names = {name: f"{name}{suffix}" for name in tensors}
-        initializers += [numpy_helper.from_array(tensors[name], names[name]) for name in ("W", "R", "B", "P") if name in tensors]
+        initializers += [
+            numpy_helper.from_array(tensors[name], names[name]) for name in ("W", "R", "B", "P") if name in tensors
+        ]
         d = DIRECTIONS[direction]
         if len(stack) == 1:
             h0, c0 = "h0_tm", "c0_tm"
         else:
             bounds = [f"bounds{suffix}_begin", f"bounds{suffix}_end"]
-            initializers += [numpy_helper.from_array(np.array([first], np.int64), bounds[0]),
-                             numpy_helper.from_array(np.array([first + d], np.int64), bounds[1])]
+            initializers += [
+                numpy_helper.from_array(np.array([first], np.int64), bounds[0]),
+                numpy_helper.from_array(np.array([first + d], np.int64), bounds[1]),
+            ]
             h0, c0 = f"h0{suffix}", f"c0{suffix}"
-            nodes += [helper.make_node("Slice", ["h0_tm", *bounds], [h0]), helper.make_node("Slice", ["c0_tm", *bounds], [c0])]
+            nodes += [
+                helper.make_node("Slice", ["h0_tm", *bounds], [h0]),
+                helper.make_node("Slice", ["c0_tm", *bounds], [c0]),
+            ]
         first += d
-        inputs = [x, names["W"], names["R"], names["B"], "sequence_lens", h0, c0] + ([names["P"]] if "P" in names else [])
+        inputs = [x, names["W"], names["R"], names["B"], "sequence_lens", h0, c0] + (
+            [names["P"]] if "P" in names else []
+        )
         y, yh, yc = f"y_tm{suffix}", f"h_tm{suffix}", f"c_tm{suffix}"
-        nodes.append(helper.make_node("LSTM", inputs, [y, yh, yc], hidden_size=units, direction=direction, name=f"lstm{suffix}"))
+        nodes.append(
+            helper.make_node("LSTM", inputs, [y, yh, yc], hidden_size=units, direction=direction, name=f"lstm{suffix}")
+        )
         states_h.append(yh)
         states_c.append(yc)
         if k + 1 < len(stack):  # (time, dirs, batch, units) -> (time, batch, dirs * units)
@@ -188,21 +220,29 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
         h_all, c_all = states_h[0], states_c[0]
     else:
         h_all, c_all = "h_all", "c_all"
-        nodes += [helper.make_node("Concat", states_h, [h_all], axis=0), helper.make_node("Concat", states_c, [c_all], axis=0)]
+        nodes += [
+            helper.make_node("Concat", states_h, [h_all], axis=0),
+            helper.make_node("Concat", states_c, [c_all], axis=0),
+        ]
     nodes += [
         helper.make_node("Transpose", [y], ["outputs"], perm=[2, 0, 1, 3]),
         helper.make_node("Transpose", [h_all], ["h"], perm=[1, 0, 2]),
         helper.make_node("Transpose", [c_all], ["c"], perm=[1, 0, 2]),
     ]
     graph = helper.make_graph(
-        nodes, "lstm",
-        [helper.make_tensor_value_info("x", elem, ["batch", "time", input_size]),
-         helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["batch"]),
-         helper.make_tensor_value_info("h0", elem, ["batch", total, units]),
-         helper.make_tensor_value_info("c0", elem, ["batch", total, units])],
-        [helper.make_tensor_value_info("outputs", elem, ["batch", "time", dirs, units]),
-         helper.make_tensor_value_info("h", elem, ["batch", total, units]),
-         helper.make_tensor_value_info("c", elem, ["batch", total, units])],
+        nodes,
+        "lstm",
+        [
+            helper.make_tensor_value_info("x", elem, ["batch", "time", input_size]),
+            helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["batch"]),
+            helper.make_tensor_value_info("h0", elem, ["batch", total, units]),
+            helper.make_tensor_value_info("c0", elem, ["batch", total, units]),
+        ],
+        [
+            helper.make_tensor_value_info("outputs", elem, ["batch", "time", dirs, units]),
+            helper.make_tensor_value_info("h", elem, ["batch", total, units]),
+            helper.make_tensor_value_info("c", elem, ["batch", total, units]),
+        ],
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="novolstm")
@@ -214,7 +254,16 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
 #: an ONNX model file may be at most this large (protobuf's own limit)
 MAX_MODEL_BYTES = 2**31 - 1
 #: the LSTM attributes novolstm reads; any other attribute is refused by name
-_ATTRIBUTES = {"activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "input_forget", "layout"}
+_ATTRIBUTES = {
+    "activation_alpha",
+    "activation_beta",
+    "activations",
+    "clip",
+    "direction",
+    "hidden_size",
+    "input_forget",
+    "layout",
+}
 #: ops that only move or reshape data: between two LSTM nodes of a stack nothing else may stand
 _SHAPE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Flatten"}
 
@@ -243,7 +292,13 @@ def _subgraph_ops(graph, depth: int = 0) -> set:
     ops = set()
     for node in graph.node:
         for attr in node.attribute:
-            subgraphs = [attr.g] if attr.type == AttributeProto.GRAPH else list(attr.graphs) if attr.type == AttributeProto.GRAPHS else []
+            subgraphs = (
+                [attr.g]
+                if attr.type == AttributeProto.GRAPH
+                else list(attr.graphs)
+                if attr.type == AttributeProto.GRAPHS
+                else []
+            )
             for sub in subgraphs:
                 ops |= {n.op_type for n in sub.node} | _subgraph_ops(sub, depth + 1)
     return ops
@@ -287,15 +342,19 @@ def _with_external_data(tensor, folder):
     if folder is None:
         raise ConversionError(f"{where} keeps its data in an external file; pass the model's path, not a ModelProto")
     if not location or os.path.basename(location) != location or location in (".", "..") or "\\" in location:
-        raise ConversionError(f"{where} keeps its data in an external file {location!r}; novolstm reads external data only from a "
-                              "file beside the model (a bare file name), never from another folder")
+        raise ConversionError(
+            f"{where} keeps its data in an external file {location!r}; novolstm reads external data only from a "
+            "file beside the model (a bare file name), never from another folder"
+        )
     path = os.path.join(folder, location)
     try:
         st = os.lstat(path)
     except OSError as exc:
         raise ConversionError(f"{where}: its external data file {location!r} cannot be read ({exc.strerror})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise ConversionError(f"{where}: its external data file {location!r} is not a regular file (a link?); novolstm follows no links")
+        raise ConversionError(
+            f"{where}: its external data file {location!r} is not a regular file (a link?); novolstm follows no links"
+        )
     try:
         offset, length = int(info.get("offset", "0")), int(info["length"])
     except (KeyError, ValueError):
@@ -303,8 +362,10 @@ def _with_external_data(tensor, folder):
     itemsize = helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
     expected = math.prod(tensor.dims) * itemsize
     if length != expected or offset < 0 or offset + length > st.st_size:
-        raise ConversionError(f"{where}: external bytes {offset}..{offset + length} of {location!r} ({st.st_size} bytes) do not hold "
-                              f"its {expected} bytes")
+        raise ConversionError(
+            f"{where}: external bytes {offset}..{offset + length} of {location!r} ({st.st_size} bytes) do not hold "
+            f"its {expected} bytes"
+        )
     with open(path, "rb") as fh:
         fh.seek(offset)
         data = fh.read(length)
@@ -330,17 +391,23 @@ def _check_attributes(node, dirs: int, units: int) -> str:
     if direction not in DIRECTIONS:
         raise ConversionError(f"{where}: direction {direction!r}; expected one of {sorted(DIRECTIONS)}")
     if DIRECTIONS[direction] != dirs:
-        raise ConversionError(f"{where}: direction {direction!r} takes {DIRECTIONS[direction]} weight set(s), W has {dirs}")
+        raise ConversionError(
+            f"{where}: direction {direction!r} takes {DIRECTIONS[direction]} weight set(s), W has {dirs}"
+        )
     activations = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [])]
     if activations and activations != ["Sigmoid", "Tanh", "Tanh"] * dirs:
         raise ConversionError(f"{where} uses activations {activations}: no canonical spec computes them")
     for name in ("activation_alpha", "activation_beta"):
         if attrs.get(name):
-            raise ConversionError(f"{where} sets {name} {list(attrs[name])}: Sigmoid and Tanh take none; no canonical spec computes it")
+            raise ConversionError(
+                f"{where} sets {name} {list(attrs[name])}: Sigmoid and Tanh take none; no canonical spec computes it"
+            )
     if "clip" in attrs:
         raise ConversionError(f"{where} sets 'clip' ({attrs['clip']}): no canonical spec clips its cell input")
     if attrs.get("input_forget"):
-        raise ConversionError(f"{where} sets 'input_forget' (coupled input and forget gates): no canonical spec computes it")
+        raise ConversionError(
+            f"{where} sets 'input_forget' (coupled input and forget gates): no canonical spec computes it"
+        )
     if "hidden_size" in attrs and attrs["hidden_size"] != units:
         raise ConversionError(f"{where}: hidden_size {attrs['hidden_size']}, but R holds {units} units")
     if attrs.get("layout", 0) not in (0, 1):
@@ -387,10 +454,14 @@ def import_lstm_layers(model) -> dict:
     model = _load_model(model)
     ops = {n.op_type for n in model.graph.node}
     nested = _subgraph_ops(model.graph)
-    if ({"GRU", "RNN"} & (ops | nested)):
-        raise ConversionError(f"the model has {sorted({'GRU', 'RNN'} & (ops | nested))} nodes; novolstm reads the ONNX LSTM operator")
+    if {"GRU", "RNN"} & (ops | nested):
+        raise ConversionError(
+            f"the model has {sorted({'GRU', 'RNN'} & (ops | nested))} nodes; novolstm reads the ONNX LSTM operator"
+        )
     if "LSTM" in nested:
-        raise ConversionError("the model has LSTM nodes inside control flow (Loop, Scan, If): not a stack of layers novolstm can read")
+        raise ConversionError(
+            "the model has LSTM nodes inside control flow (Loop, Scan, If): not a stack of layers novolstm can read"
+        )
     nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
     if not nodes:
         raise ConversionError("the model has no LSTM node")
@@ -404,7 +475,9 @@ def import_lstm_layers(model) -> dict:
             if not name:
                 return None
             if name not in constants:
-                raise ConversionError(f"LSTM node {node.name!r}: input {name!r} is not an initializer: weights computed at run time cannot be imported")
+                raise ConversionError(
+                    f"LSTM node {node.name!r}: input {name!r} is not an initializer: weights computed at run time cannot be imported"
+                )
             return array(name)
 
         W, R, B, P = tensor(1), tensor(2), tensor(3), tensor(7)
@@ -421,7 +494,9 @@ def import_lstm_layers(model) -> dict:
         else:
             layers.update(zip((f"l{k}", f"l{k}_reverse"), cells))
     if len(directions) > 1:
-        raise ConversionError(f"the LSTM nodes mix directions {sorted(directions)}; a stack is all forward, all reverse or all bidirectional")
+        raise ConversionError(
+            f"the LSTM nodes mix directions {sorted(directions)}; a stack is all forward, all reverse or all bidirectional"
+        )
     return layers
 
 

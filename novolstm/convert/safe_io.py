@@ -56,8 +56,16 @@ def json_depth_ok(text: str, max_depth: int) -> bool:
     A linear scan before parsing: json.loads recurses once per level, so a few kilobytes
     of ``[`` would otherwise cost a RecursionError deep inside the parser.
 
-    >>> json_depth_ok('{"a": [1, {"b": "[[["}]}', 3), json_depth_ok('[[[[0]]]]', 3)
-    (True, False)
+    Args:
+        text: JSON text.
+        max_depth: the deepest nesting of objects and arrays allowed.
+
+    Returns:
+        True when no bracket outside a string opens deeper than ``max_depth``.
+
+    Examples:
+        >>> json_depth_ok('{"a": [1, {"b": "[[["}]}', 3), json_depth_ok('[[[[0]]]]', 3)
+        (True, False)
     """
     depth, in_string, escaped = 0, False, False
     for ch in text:

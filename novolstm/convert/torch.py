@@ -51,7 +51,7 @@ import numpy as np
 from novolstm.convert import ConversionError, drop  # one error type for every converter
 
 #: spec name -> torch's gate order, and which canonical bias each (bias_ih, bias_hh) block feeds.
-LAYOUTS = {
+LAYOUTS: dict[str, dict] = {
     "lstm": {
         "gates": ("i", "f", "g", "o"),
         # block k of (bias_ih, bias_hh) -> canonical names; one name means the two merge
@@ -119,13 +119,19 @@ def _prefixes(state_dict) -> list[str]:
 
 def _prefix_hint(state_dict) -> str:
     prefixes = [p for p in _prefixes(state_dict) if p]
-    return f"; the recurrent layers here are under {prefixes[:5]}: pass one as prefix (novolstm convert --prefix)" if prefixes else ""
+    return (
+        f"; the recurrent layers here are under {prefixes[:5]}: pass one as prefix (novolstm convert --prefix)"
+        if prefixes
+        else ""
+    )
 
 
 def _unexpected_keys(state_dict, prefix: str, unexpected: list) -> str:
     where = f"under prefix {prefix!r}" if prefix else "in the state dict"
-    return (f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} {where}: not torch LSTM/GRU parameters"
-            + _prefix_hint(state_dict))
+    return (
+        f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} {where}: not torch LSTM/GRU parameters"
+        + _prefix_hint(state_dict)
+    )
 
 
 def read_state_dict(path) -> dict:
@@ -165,11 +171,15 @@ def _torch_load(path, size: int) -> dict:
         with zipfile.ZipFile(path) as archive:
             declared = sum(info.file_size for info in archive.infolist())
         if declared > MAX_INFLATION * size + (1 << 20):
-            raise ConversionError(f"{path}: its archive members inflate to {declared} bytes from {size}: not a torch.save file")
+            raise ConversionError(
+                f"{path}: its archive members inflate to {declared} bytes from {size}: not a torch.save file"
+            )
     try:
         import torch
     except ImportError:
-        raise ConversionError(f"{path}: a torch.save file needs torch to read (pip install torch), or re-save it as safetensors") from None
+        raise ConversionError(
+            f"{path}: a torch.save file needs torch to read (pip install torch), or re-save it as safetensors"
+        ) from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for what weights_only refuses
@@ -179,7 +189,9 @@ def _torch_load(path, size: int) -> dict:
             "where you trust the file: torch.save(model.state_dict(), path), or safetensors.torch.save_file(model.state_dict(), path)"
         ) from None
     if hasattr(loaded, "state_dict") or not isinstance(loaded, dict):
-        raise ConversionError(f"{path}: holds a {type(loaded).__name__}, not a state dict; re-save it as torch.save(model.state_dict(), path)")
+        raise ConversionError(
+            f"{path}: holds a {type(loaded).__name__}, not a state dict; re-save it as torch.save(model.state_dict(), path)"
+        )
     return _flatten(loaded)
 
 
@@ -204,7 +216,13 @@ def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dic
             raise ConversionError(f"{where}: missing {required}")
     w_ih, w_hh = group["weight_ih"], group["weight_hh"]
     rows = w_hh.shape[0]
-    if rows % len(gates) or w_hh.ndim != 2 or w_ih.ndim != 2 or w_ih.shape[0] != rows or w_hh.shape[1] * len(gates) != rows:
+    if (
+        rows % len(gates)
+        or w_hh.ndim != 2
+        or w_ih.ndim != 2
+        or w_ih.shape[0] != rows
+        or w_hh.shape[1] * len(gates) != rows
+    ):
         raise ConversionError(
             f"{where}: weight_ih {w_ih.shape} and weight_hh {w_hh.shape} are not ({len(gates)}*H, I) and ({len(gates)}*H, H)"
         )
@@ -231,7 +249,9 @@ def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dic
     return out
 
 
-def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str, lossy: bool = False) -> dict[str, np.ndarray]:
+def _cell_to_torch(
+    params: dict, cell: str, bias: bool, dtype, where: str, lossy: bool = False
+) -> dict[str, np.ndarray]:
     layout = _layout(cell)
     gates = layout["gates"]
     expected = {f"{kind}_{g}" for g in gates for kind in ("W", "U")} | {n for names in layout["biases"] for n in names}
@@ -240,9 +260,9 @@ def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str, lossy
         raise ConversionError(f"{where}: canonical {cell!r} parameters: missing {missing}, unexpected {extra}")
     arrays = {k: _array(v) for k, v in params.items()}
     dtype = np.dtype(dtype) if dtype is not None else np.result_type(*arrays.values())
-    I, H = arrays[f"W_{gates[0]}"].shape
+    inputs, H = arrays[f"W_{gates[0]}"].shape
     for name, a in arrays.items():
-        shape = {"W": (I, H), "U": (H, H)}.get(name[0], (H,))
+        shape = {"W": (inputs, H), "U": (H, H)}.get(name[0], (H,))
         if a.shape != shape:
             raise ConversionError(f"{where}: {name} has shape {a.shape}, expected {shape}")
     b_ih, b_hh = [], []
