@@ -36,6 +36,9 @@ from .spec_loader import load_spec
 LAYOUT_VERSION = "1"
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 _CODES = {np.dtype(v): k for k, v in _DTYPES.items()}
+#: read only: bfloat16 (torch's bf16 state dicts) has no NumPy dtype; float32 holds every value exactly
+_READ_ONLY = {"BF16": np.uint16}
+_STORED = {**_DTYPES, **_READ_ONLY}
 MAX_HEADER_BYTES = 100_000_000  # as the safetensors library
 MAX_HEADER_DEPTH = 4  # object, tensor entry, shape list (and the metadata object)
 
@@ -326,9 +329,9 @@ def _tensors(path, header: dict, data: bytes) -> dict:
                 f"{path}: tensor {name!r}: malformed entry {str(entry)[:200]}; expected dtype, shape and data_offsets"
             )
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(dtype, str) or dtype not in _DTYPES:
+        if not isinstance(dtype, str) or dtype not in _STORED:
             raise CheckpointError(
-                f"{path}: tensor {name!r}: malformed entry: dtype {str(dtype)[:20]!r}; expected one of {sorted(_DTYPES)}"
+                f"{path}: tensor {name!r}: malformed entry: dtype {str(dtype)[:20]!r}; expected one of {sorted(_STORED)}"
             )
         if not isinstance(shape, list) or len(shape) > 8 or not all(_count(d) for d in shape):
             raise CheckpointError(
@@ -343,10 +346,10 @@ def _tensors(path, header: dict, data: bytes) -> dict:
             raise CheckpointError(
                 f"{path}: tensor {name!r}: bytes {begin}..{end} lie outside the {len(data)} data bytes (truncated?)"
             )
-        itemsize = np.dtype(_DTYPES[dtype]).itemsize
+        itemsize = np.dtype(_STORED[dtype]).itemsize
         if end - begin != math.prod(shape) * itemsize:
             raise CheckpointError(
-                f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {tuple(shape)} of {np.dtype(_DTYPES[dtype]).name}"
+                f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {tuple(shape)} of {dtype}"
             )
         spans.append((begin, end, name))
     position = 0
@@ -363,9 +366,12 @@ def _tensors(path, header: dict, data: bytes) -> dict:
 
 
 def _tensor(entry, data):
-    dtype = np.dtype(_DTYPES[entry["dtype"]]).newbyteorder("<")
+    dtype = np.dtype(_STORED[entry["dtype"]]).newbyteorder("<")
     shape = tuple(entry["shape"])
     begin = entry["data_offsets"][0]
+    if entry["dtype"] == "BF16":  # the upper half of a float32's bits
+        bits = np.frombuffer(data, dtype, offset=begin, count=math.prod(shape)).astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(shape)
     return (
         np.frombuffer(data, dtype, offset=begin, count=math.prod(shape)).reshape(shape).astype(dtype.newbyteorder("="))
     )

@@ -196,3 +196,24 @@ def test_verify_port_checks_a_model_torch_onnx_export_wrote(tmp_path, batch_firs
     onnx.save(model, str(tmp_path / "swapped.onnx"))
     assert main(args[:-1] + [str(tmp_path / "swapped.onnx")]) == 1
     assert capsys.readouterr().out.rstrip().endswith("FAIL")
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_bfloat16_state_dict_reads_exactly_as_float32(tmp_path, suffix):
+    module = torch.nn.LSTM(3, 4, batch_first=True).to(torch.bfloat16)
+    path = tmp_path / f"bf16{suffix}"
+    if suffix == ".pt":
+        torch.save(module.state_dict(), path)
+    else:
+        safetensors.torch.save_file(module.state_dict(), str(path))
+    layers = read(path, "torch", "lstm")
+    expected = read_state(module.float().state_dict())
+    for name, value in expected["l0"].items():
+        assert layers["l0"][name].dtype == np.float32
+        np.testing.assert_array_equal(layers["l0"][name], value, err_msg=name)
+
+
+def read_state(state_dict):
+    from novolstm.convert.torch import from_torch
+
+    return from_torch(state_dict, cell="lstm")
