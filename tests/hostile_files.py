@@ -232,8 +232,8 @@ CHECKPOINT_CASES = [
          "not a torch weight file"),
     Case("canonical to ONNX operator: spec novolstm", lambda d: checkpoint(d, spec="novolstm"),
          converter("canonical", "onnx", "novolstm"), "ConversionError", "not 'novolstm'.*novolstm.export_onnx"),
-    Case("canonical to ONNX operator: spec gru", lambda d: checkpoint(d, spec="gru"), converter("canonical", "onnx", "gru"),
-         "ConversionError", "not 'gru'.*novolstm.export_onnx"),
+    Case("canonical to ONNX operator: spec novolstm_reference", lambda d: checkpoint(d, spec="novolstm_reference"),
+         converter("canonical", "onnx", "novolstm_reference"), "ConversionError", "not 'novolstm_reference'.*novolstm.export_onnx"),
     Case("canonical to torch: spec novolstm_reference", lambda d: checkpoint(d, spec="novolstm_reference"),
          converter("canonical", "torch", "novolstm_reference"), "ConversionError", "holds the specs \\['lstm', 'gru'\\]"),
 ]
@@ -307,6 +307,20 @@ def _onnx_model(folder, edit=None, name="m.onnx", stack=(("forward", 1),), units
     with open(path, "wb") as fh:
         fh.write(model.SerializeToString())
     return path
+
+
+def _gru_model(folder, linear_before_reset):
+    from onnx import helper
+
+    from novolstm.convert.onnx import lstm_stack_model
+
+    params = novolstm.testing.random_params("gru", 2, 3, np.random.default_rng(1))
+    model = lstm_stack_model([("forward", [params])], op="GRU")
+    node = next(n for n in model.graph.node if n.op_type == "GRU")
+    kept = [a for a in node.attribute if a.name != "linear_before_reset"]
+    node.ClearField("attribute")
+    node.attribute.extend(kept + [helper.make_attribute("linear_before_reset", linear_before_reset)])
+    return write(folder, "g.onnx", model.SerializeToString())
 
 
 def _lstm_node(model, k=0):
@@ -419,6 +433,10 @@ ONNX_CASES = [
          "not an initializer", needs=("onnx",)),
     Case("ONNX: a GRU node next to the LSTM", lambda d: _onnx_model(d, _gru_node), reader("onnx"), "ConversionError",
          "\\['GRU'\\] nodes", needs=("onnx",)),
+    Case("ONNX: a GRU node with linear_before_reset=0 (another function)", lambda d: _gru_model(d, 0), reader("onnx", "gru"),
+         "ConversionError", "linear_before_reset=0 applies the reset gate before", needs=("onnx",)),
+    Case("ONNX: a GRU model read for spec lstm", lambda d: _gru_model(d, 1), reader("onnx", "lstm"), "ConversionError",
+         "\\['GRU'\\] nodes; novolstm reads it as a stack of LSTM operators", needs=("onnx",)),
     Case("ONNX: an LSTM node inside control flow", lambda d: _onnx_model(d, _lstm_in_loop), reader("onnx"), "ConversionError",
          "inside control flow", needs=("onnx",)),
     Case("ONNX: two LSTM nodes that do not feed each other",

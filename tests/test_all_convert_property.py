@@ -5,8 +5,8 @@ framework and run: every port computes what the source model itself computes.
 
 Sources and what they save: torch nn.LSTM / nn.GRU (safetensors or a torch.save .pt), Keras 3
 Sequential models (a .keras archive or .weights.h5), Flax linen nn.RNN (to_bytes; one cell: Flax has
-no stacked layers), ONNX models torch.onnx.export wrote (LSTM), novolstm canonical checkpoints.
-Targets: torch, Keras, Flax (one unidirectional cell), ONNX (LSTM), canonical (run by the float64
+no stacked layers), ONNX models torch.onnx.export wrote (LSTM and GRU nodes), novolstm canonical
+checkpoints. Targets: torch, Keras, Flax (one unidirectional cell), ONNX, canonical (run by the float64
 reference). Collected in the all-backends env; Hypothesis' ci profile bounds the examples.
 """
 
@@ -124,12 +124,13 @@ def flax_source(m: Model, rng, folder):
 
 
 def onnx_source(m: Model, rng, folder):
-    """nn.LSTM exported by torch.onnx.export, run in onnxruntime: the ONNX model's own outputs."""
+    """nn.LSTM or nn.GRU exported by torch.onnx.export, run in onnxruntime: the ONNX model's own outputs."""
     import onnxruntime
     import torch
 
     torch.manual_seed(int(rng.integers(1 << 30)))
-    module = torch.nn.LSTM(m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional, bias=m.bias, batch_first=True).eval()
+    module = getattr(torch.nn, m.cell.upper())(m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional,
+                                                 bias=m.bias, batch_first=True).eval()
     x = rng.normal(size=(BATCH, STEPS, m.input_size)).astype(np.float32)
     path = os.path.join(folder, "source.onnx")
     with warnings.catch_warnings():
@@ -200,7 +201,8 @@ def onnx_target(m: Model, path, x):
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     zeros = np.zeros((BATCH, m.layers * m.directions, m.units), np.float32)
-    y = session.run(["outputs"], {"x": x, "sequence_lens": np.full(BATCH, STEPS, np.int32), "h0": zeros, "c0": zeros})[0]
+    states = {"h0": zeros, "c0": zeros} if m.cell == "lstm" else {"h0": zeros}
+    y = session.run(["outputs"], {"x": x, "sequence_lens": np.full(BATCH, STEPS, np.int32), **states})[0]
     return y.reshape(BATCH, STEPS, -1)
 
 
@@ -213,7 +215,7 @@ TARGETS = {
     "torch": (".safetensors", lambda m: True, torch_target, lambda m: [] if m.bias else ["--layout", "no_bias"]),
     "keras": (".weights.h5", lambda m: True, keras_target, lambda m: []),
     "flax": (".msgpack", lambda m: m.layers == 1 and not m.bidirectional, flax_target, lambda m: []),
-    "onnx": (".onnx", lambda m: m.cell == "lstm", onnx_target, lambda m: []),
+    "onnx": (".onnx", lambda m: True, onnx_target, lambda m: []),
     "canonical": (".safetensors", lambda m: True, canonical_target, lambda m: []),
 }
 
@@ -257,7 +259,7 @@ def test_all_ports_from_flax(m, seed, tmp_path_factory):
 
 
 @SETTINGS
-@given(m=models(cells=("lstm",)), seed=st.integers(0, 2**16))
+@given(m=models(), seed=st.integers(0, 2**16))
 def test_all_ports_from_onnx_torch_exported(m, seed, tmp_path_factory):
     check_ports(m, onnx_source, tmp_path_factory, seed)
 
@@ -273,4 +275,4 @@ def test_all_ports_every_target_is_exercised(target):
     """Each target holds some model of the strategies, and refuses others by name where it must."""
     big = Model("gru", 3, True, False, 2, 3)
     assert TARGETS[target][1](Model("lstm", 1, False, True, 2, 3))
-    assert TARGETS[target][1](big) == (target in ("torch", "keras", "canonical"))
+    assert TARGETS[target][1](big) == (target in ("torch", "keras", "onnx", "canonical"))

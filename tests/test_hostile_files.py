@@ -70,7 +70,7 @@ def test_the_cli_refuses_in_one_line_with_exit_2(case, tmp_path, capsys):
     assert not (tmp_path / "out.safetensors").exists()
 
 
-@pytest.mark.parametrize("spec", ["novolstm", "novolstm_reference", "gru"])
+@pytest.mark.parametrize("spec", ["novolstm", "novolstm_reference"])
 def test_spec_to_the_onnx_operator_refuses_cells_it_cannot_express(spec, tmp_path, capsys):
     from novolstm.cli import main
 

@@ -12,67 +12,83 @@ import novolstm
 from novolstm.cli import main
 from novolstm.convert import files
 from novolstm.convert.files import ReverseOnly
-from novolstm.convert.onnx import import_lstm_layers, lstm_stack_model
+from novolstm.convert.onnx import lstm_stack_model
 from novolstm.testing import assert_close, random_params, tolerance
 
 RNG = np.random.default_rng(7)
 STEPS = 9
 
 
-def run(path_or_model, x, h0, c0):
+def run(path_or_model, x, *states):
     data = path_or_model if isinstance(path_or_model, (str, bytes)) else path_or_model.SerializeToString()
     session = onnxruntime.InferenceSession(data if isinstance(data, bytes) else str(data), providers=["CPUExecutionProvider"])
-    feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32), "h0": h0, "c0": c0}
+    feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32), **dict(zip(("h0", "c0"), states))}
     return session.run(None, feeds)
 
 
-def stack(directions: str, layers: int, inputs=3, units=4):
+def stack(directions: str, layers: int, inputs=3, units=4, cell="lstm"):
     count = 2 if directions == "bidirectional" else 1
     out, size = [], inputs
     for _ in range(layers):
-        out.append((directions, [{k: v.astype(np.float32) for k, v in random_params("lstm", size, units, RNG).items()} for _ in range(count)]))
+        out.append((directions, [{k: v.astype(np.float32) for k, v in random_params(cell, size, units, RNG).items()} for _ in range(count)]))
         size = units * count
     return out
 
 
-def reference(layers, x, h0, c0):
+def reference(layers, x, *states, cell="lstm"):
     """The float64 reference of a stack: each direction on its own, reverse ones on the reversed sequence."""
-    outputs, states_h, states_c, column = x, [], [], 0
+    outputs, finals, column = x, [[] for _ in states], 0
     for direction, weights in layers:
         parts = []
         for k, params in enumerate(weights):
             backwards = direction == "reverse" or k == 1
             seq = outputs[:, ::-1] if backwards else outputs
-            y, (h, c) = novolstm.reference.run("lstm", params, seq, (h0[:, column], c0[:, column]))
+            y, final = novolstm.reference.run(cell, params, seq, tuple(s[:, column] for s in states))
             parts.append(y[:, ::-1] if backwards else y)
-            states_h.append(h)
-            states_c.append(c)
+            for kept, value in zip(finals, final):
+                kept.append(value)
             column += 1
         outputs = np.concatenate(parts, axis=-1)
-    return outputs, np.stack(states_h, 1), np.stack(states_c, 1)
+    return (outputs, *(np.stack(f, 1) for f in finals))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("layers", [1, 3])
-def test_onnx_stacks_round_trip_exactly_and_run_as_the_reference(tmp_path, direction, layers):
-    model = stack(direction, layers)
-    built = lstm_stack_model(model)
+def test_onnx_stacks_round_trip_exactly_and_run_as_the_reference(tmp_path, direction, layers, cell):
+    model = stack(direction, layers, cell=cell)
+    built = lstm_stack_model(model, op=cell.upper())
     (tmp_path / "a.onnx").write_bytes(built.SerializeToString())
-    read = import_lstm_layers(str(tmp_path / "a.onnx"))
+    read = files.read(tmp_path / "a.onnx", "onnx", cell)
     expected_keys = {f"l{k}{s}" for k in range(layers) for s in ({"forward": [""], "reverse": ["_reverse"], "bidirectional": ["", "_reverse"]}[direction])}
     assert set(read) == expected_keys
-    files.convert(tmp_path / "a.onnx", tmp_path / "b.onnx", "onnx", "onnx", "lstm")
-    again = import_lstm_layers(str(tmp_path / "b.onnx"))
+    files.convert(tmp_path / "a.onnx", tmp_path / "b.onnx", "onnx", "onnx", cell)
+    again = files.read(tmp_path / "b.onnx", "onnx", cell)
     assert all(np.array_equal(again[k][n], read[k][n]) for k in read for n in read[k])
     total = sum(len(w) for _, w in model)
     x = RNG.normal(size=(2, STEPS, 3)).astype(np.float32)
-    h0, c0 = (0.5 * RNG.normal(size=(2, total, 4))).astype(np.float32), (0.5 * RNG.normal(size=(2, total, 4))).astype(np.float32)
-    y, h, c = run(str(tmp_path / "b.onnx"), x, h0, c0)
-    ref_y, ref_h, ref_c = reference(model, x.astype(np.float64), h0.astype(np.float64), c0.astype(np.float64))
+    states = [(0.5 * RNG.normal(size=(2, total, 4))).astype(np.float32) for _ in novolstm.load_spec(cell).state_names]
+    y, *finals = run(str(tmp_path / "b.onnx"), x, *states)
+    ref_y, *ref_finals = reference(model, x.astype(np.float64), *(s.astype(np.float64) for s in states), cell=cell)
     tol = tolerance("float32", STEPS * layers)
     assert_close(y.reshape(2, STEPS, -1), ref_y, tol, what="outputs")
-    assert_close(h, ref_h, tol, what="h")
-    assert_close(c, ref_c, tol, what="c")
+    for name, got, want in zip("hc", finals, ref_finals):
+        assert_close(got, want, tol, what=name)
+
+
+def test_a_gru_node_of_linear_before_reset_0_is_refused(tmp_path):
+    from onnx import helper
+
+    model = lstm_stack_model(stack("forward", 1, cell="gru"), op="GRU")
+    node = next(n for n in model.graph.node if n.op_type == "GRU")
+    kept = [a for a in node.attribute if a.name != "linear_before_reset"]
+    node.ClearField("attribute")
+    node.attribute.extend(kept + [helper.make_attribute("linear_before_reset", 0)])
+    (tmp_path / "g.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(files.ConversionError, match="linear_before_reset=0"):
+        files.read(tmp_path / "g.onnx", "onnx", "gru")
+    with pytest.raises(files.ConversionError, match="\\['GRU'\\] nodes"):
+        files.read(tmp_path / "g.onnx", "onnx", "lstm")
 
 
 def test_a_reverse_layer_is_not_read_as_a_forward_one(tmp_path):

@@ -45,8 +45,8 @@ def test_torch_to_onnx_to_canonical(tmp_path):
 
 def test_refusals_name_the_problem(tmp_path, capsys):
     layers = read_two_layers(tmp_path)
-    with pytest.raises(ConversionError, match="holds the specs \\['lstm', 'peephole_lstm'\\], not 'gru'.*novolstm.export_onnx"):
-        write(layers, tmp_path / "x.onnx", "onnx", "gru")
+    with pytest.raises(ConversionError, match="holds the specs \\['lstm', 'peephole_lstm', 'gru'\\], not 'novolstm'.*export_onnx"):
+        write(layers, tmp_path / "x.onnx", "onnx", "novolstm")
     with pytest.raises(ConversionError, match="unknown format 'tflite'"):
         write(layers, tmp_path / "x", "tflite", "lstm")
     assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "y"), "--from", "torch", "--to", "canonical"]) == 2
@@ -146,29 +146,32 @@ def onnx_export(module, args, path, dynamo, **options):
         torch.onnx.export(module, args, path, dynamo=dynamo, **options)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 @pytest.mark.parametrize("dynamo", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_torch_onnx_export_of_two_layers_reads_every_layer(tmp_path, dynamo, bidirectional):
-    """torch.onnx.export writes one LSTM node per layer; every one converts, exactly as the state dict does."""
+def test_torch_onnx_export_of_two_layers_reads_every_layer(tmp_path, dynamo, bidirectional, kind):
+    """torch.onnx.export writes one LSTM (GRU) node per layer; every one converts, exactly as the state dict does."""
     torch.manual_seed(3)
-    module = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True).eval()
+    cell = kind.lower()
+    module = getattr(torch.nn, kind)(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True).eval()
     x = torch.randn(2, 5, 3)
     onnx_export(module, (x,), str(tmp_path / "m.onnx"), dynamo, input_names=["x"],
                 **({} if dynamo else {"dynamic_axes": {"x": {0: "batch", 1: "time"}}}))
     safetensors.torch.save_file(module.state_dict(), str(tmp_path / "m.safetensors"))
-    from_onnx, from_state = read(tmp_path / "m.onnx", "onnx", "lstm"), read(tmp_path / "m.safetensors", "torch", "lstm")
+    from_onnx, from_state = read(tmp_path / "m.onnx", "onnx", cell), read(tmp_path / "m.safetensors", "torch", cell)
     assert sorted(from_onnx) == sorted(from_state) == sorted(f"l{k}{s}" for k in range(2) for s in (["", "_reverse"] if bidirectional else [""]))
     for key in from_state:
         for name in from_state[key]:
             np.testing.assert_array_equal(from_onnx[key][name], from_state[key][name], err_msg=f"{key} {name}")
     # and novolstm's own stacked ONNX model of them computes what the module computes
-    write(from_state, tmp_path / "ours.onnx", "onnx", "lstm")
+    write(from_state, tmp_path / "ours.onnx", "onnx", cell)
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(tmp_path / "ours.onnx"), providers=["CPUExecutionProvider"])
     states = 4 if bidirectional else 2
     zeros = np.zeros((2, states, 4), np.float32)
-    y = session.run(["outputs"], {"x": x.numpy(), "sequence_lens": np.full(2, 5, np.int32), "h0": zeros, "c0": zeros})[0]
+    feeds = {"x": x.numpy(), "sequence_lens": np.full(2, 5, np.int32), "h0": zeros, **({"c0": zeros} if kind == "LSTM" else {})}
+    y = session.run(["outputs"], feeds)[0]
     np.testing.assert_allclose(y.reshape(2, 5, -1), rnn_outputs(module, x), rtol=0, atol=1e-5)
 
 

@@ -13,9 +13,10 @@ Formats:
         nn.GRU, nn.GRUCell, alone or inside a whole model's state dict (``prefix`` picks
         them out). Layouts ``bias`` (default) and ``no_bias`` (a module built with
         ``bias=False``). Written as safetensors.
-    onnx: an ONNX model with ``LSTM`` nodes: one per layer, in the order they feed each
-        other (what ``torch.onnx.export`` writes for ``num_layers=2``), each forward,
-        reverse or bidirectional.
+    onnx: an ONNX model with ``LSTM`` nodes (``GRU`` nodes with ``linear_before_reset=1``
+        for the ``gru`` spec): one per layer, in the order they feed each other (what
+        ``torch.onnx.export`` writes for ``num_layers=2``), each forward, reverse or
+        bidirectional.
     keras: a Keras 3 ``.weights.h5`` (``model.save_weights``) or ``.keras`` archive of
         LSTM / GRU / Bidirectional layers (``novolstm.convert.keras_files``).
     flax: ``flax.serialization.to_bytes`` of a linen or nnx cell's parameters, the
@@ -163,10 +164,12 @@ def _write_torch(layers, path, cell, layout=None, lossy=False):
 
 
 def _read_onnx(path, cell):
-    from novolstm.convert.onnx import import_lstm_layers
+    from novolstm.convert.onnx import import_gru_layers, import_lstm_layers
 
-    if cell not in ("lstm", "peephole_lstm"):
-        raise ConversionError(f"an ONNX LSTM node holds an lstm or peephole_lstm, not {cell!r}")
+    if cell not in HOLDS["onnx"]:
+        raise ConversionError(f"an ONNX LSTM node holds an lstm or peephole_lstm, a GRU node a gru; not {cell!r}")
+    if cell == "gru":
+        return import_gru_layers(path)
     layers = import_lstm_layers(path)
     want_peepholes = cell == "peephole_lstm"
     for key, params in layers.items():
@@ -197,7 +200,7 @@ def _write_onnx(layers, path, cell):
             stack.append(("bidirectional", [layers[f"l{n}"], layers[f"l{n}_reverse"]]))
         else:
             stack.append(("forward", [layers[f"l{n}"]]))
-    model = lstm_stack_model(stack)
+    model = lstm_stack_model(stack, op="GRU" if cell == "gru" else "LSTM")
     atomic_write(path, model.SerializeToString())
 
 
@@ -269,11 +272,16 @@ def read(path, fmt: str, cell: str, layout: str | None = None, prefix: str | Non
 
 
 #: format -> the specs its layouts hold (canonical holds every spec)
-HOLDS = {"torch": ("lstm", "gru"), "onnx": ("lstm", "peephole_lstm"), "keras": ("lstm", "gru"), "flax": ("lstm", "gru")}
+HOLDS = {
+    "torch": ("lstm", "gru"),
+    "onnx": ("lstm", "peephole_lstm", "gru"),
+    "keras": ("lstm", "gru"),
+    "flax": ("lstm", "gru"),
+}
 #: format -> where a spec it cannot hold can go instead
 ELSEWHERE = {
     "onnx": "novolstm.export_onnx(spec, params) exports any cell as a standard ONNX graph (a Scan); "
-    "the LSTM operator computes only lstm and peephole_lstm",
+    "the LSTM and GRU operators compute only lstm, peephole_lstm and gru",
 }
 
 

@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +107,83 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
     return out
 
 
+GRU_GATES = ("z", "r", "n")  # ONNX's z, r, h; canonical calls the candidate n
+
+
+def to_onnx_gru(directions: list[dict]) -> dict[str, np.ndarray]:
+    """One canonical ``gru`` dict per direction -> the ONNX ``GRU`` operator's ``W``, ``R``, ``B``.
+
+    With ``linear_before_reset=1`` the ONNX GRU computes the canonical ``gru`` (torch's and
+    Keras' ``reset_after=True`` form): its recurrent candidate bias ``Rbh`` is ``b_hn``,
+    inside the reset product; the z and r biases sit in the input half.
+
+    Args:
+        directions: one canonical ``gru`` dict per direction.
+
+    Returns:
+        ``W`` (directions, 3H, input), ``R`` (directions, 3H, H), ``B`` (directions, 6H).
+    """
+    return {
+        "W": np.stack([np.concatenate([p[f"W_{g}"].T for g in GRU_GATES]) for p in directions]),
+        "R": np.stack([np.concatenate([p[f"U_{g}"].T for g in GRU_GATES]) for p in directions]),
+        "B": np.stack(
+            [
+                np.concatenate(
+                    [p["b_z"], p["b_r"], p["b_n"], np.zeros_like(p["b_z"]), np.zeros_like(p["b_r"]), p["b_hn"]]
+                )
+                for p in directions
+            ]
+        ),
+    }
+
+
+def from_onnx_gru(W, R, B=None) -> list[dict]:
+    """The ONNX ``GRU`` operator's tensors (``linear_before_reset=1``) -> one canonical ``gru`` dict per direction.
+
+    Args:
+        W: (directions, 3H, input), gates z, r, h.
+        R: (directions, 3H, H).
+        B: (directions, 6H) = [Wb; Rb], or None (zeros).
+
+    Returns:
+        One canonical ``gru`` dict per direction; the z and r biases of both halves summed
+        in float64 and rounded once; ``b_n`` the input candidate bias, ``b_hn`` the recurrent one.
+
+    Raises:
+        ConversionError: shapes that are no GRU's.
+    """
+    W, R = np.asarray(W), np.asarray(R)
+    if (
+        W.ndim != 3
+        or R.ndim != 3
+        or W.shape[1] % 3
+        or R.shape[1:] != (W.shape[1], W.shape[1] // 3)
+        or R.shape[0] != W.shape[0]
+    ):
+        raise ConversionError(
+            f"expected W (directions, 3H, input) and R (directions, 3H, H), got {W.shape} and {R.shape}"
+        )
+    dirs, three_h, _ = W.shape
+    H = three_h // 3
+    B = np.zeros((dirs, 6 * H), W.dtype) if B is None else np.asarray(B)
+    if B.shape != (dirs, 6 * H):
+        raise ConversionError(f"B: expected shape ({dirs}, {6 * H}), got {B.shape}")
+    out = []
+    for d in range(dirs):
+        p = {}
+        for k, g in enumerate(GRU_GATES):
+            rows = slice(k * H, (k + 1) * H)
+            p[f"W_{g}"] = W[d, rows].T.copy()
+            p[f"U_{g}"] = R[d, rows].T.copy()
+            recurrent = B[d, 3 * H + k * H : 3 * H + (k + 1) * H]
+            if g == "n":  # inside the reset product: kept apart
+                p["b_n"], p["b_hn"] = B[d, rows].copy(), recurrent.copy()
+            else:
+                p[f"b_{g}"] = (B[d, rows].astype(np.float64) + recurrent).astype(B.dtype)
+        out.append(p)
+    return out
+
+
 def lstm_operator_model(
     directions: list[dict],
     input_size: int | None = None,
@@ -139,8 +217,8 @@ def lstm_operator_model(
 DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
 
-def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset: int = 18):
-    """An ONNX model of stacked ``LSTM`` nodes, one per ``(direction, [weights per direction])``.
+def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset: int = 18, op: str = "LSTM"):
+    """An ONNX model of stacked ``LSTM`` (or ``GRU``) nodes, one per ``(direction, [weights per direction])``.
 
     Batch-first at its boundary, as ``lstm_operator_model``: ``h0``, ``c0``, ``h`` and
     ``c`` are (batch, layers * directions, units), layer by layer as torch orders them;
@@ -149,9 +227,11 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
 
     Args:
         stack: per layer, the ONNX direction ("forward", "reverse", "bidirectional") and one
-            canonical ``lstm`` or ``peephole_lstm`` dict per direction.
+            canonical ``lstm`` or ``peephole_lstm`` (``gru`` for the GRU) dict per direction.
         dtype: the dtype the model computes in.
         opset: the ONNX opset.
+        op: "LSTM", or "GRU" (``linear_before_reset=1``: the canonical ``gru``; the model
+            then has no ``c0`` input and no ``c`` output).
 
     Returns:
         The checked ``onnx.ModelProto``.
@@ -162,9 +242,11 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
     import onnx
     from onnx import helper, numpy_helper
 
+    lstm = op == "LSTM"
+    first_gate = "i" if lstm else "z"
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    input_size = np.shape(stack[0][1][0]["W_i"])[0]
-    units = np.shape(stack[0][1][0]["U_i"])[0]
+    input_size = np.shape(stack[0][1][0][f"W_{first_gate}"])[0]
+    units = np.shape(stack[0][1][0][f"U_{first_gate}"])[0]
     dirs = DIRECTIONS[stack[0][0]]
     total = sum(DIRECTIONS[d] for d, _ in stack)
     nodes = [
@@ -172,15 +254,16 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
         # keeping the model's own inputs and outputs batch-first.
         helper.make_node("Transpose", ["x"], ["x_tm"], perm=[1, 0, 2]),
         helper.make_node("Transpose", ["h0"], ["h0_tm"], perm=[1, 0, 2]),
-        helper.make_node("Transpose", ["c0"], ["c0_tm"], perm=[1, 0, 2]),
-    ]
+    ] + ([helper.make_node("Transpose", ["c0"], ["c0_tm"], perm=[1, 0, 2])] if lstm else [])
     initializers, states_h, states_c, x, first = [], [], [], "x_tm", 0
     for k, (direction, directions) in enumerate(stack):
         if DIRECTIONS.get(direction) != len(directions):
             raise ConversionError(
                 f"layer {k}: direction {direction!r} takes {DIRECTIONS.get(direction)} weight set(s), got {len(directions)}"
             )
-        tensors = {name: np.asarray(v, dtype) for name, v in to_onnx_lstm(directions).items()}
+        tensors = {
+            name: np.asarray(v, dtype) for name, v in (to_onnx_lstm if lstm else to_onnx_gru)(directions).items()
+        }
         suffix = "" if len(stack) == 1 else f"_l{k}"
         names = {name: f"{name}{suffix}" for name in tensors}
         initializers += [
@@ -196,17 +279,24 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
                 numpy_helper.from_array(np.array([first + d], np.int64), bounds[1]),
             ]
             h0, c0 = f"h0{suffix}", f"c0{suffix}"
-            nodes += [
-                helper.make_node("Slice", ["h0_tm", *bounds], [h0]),
-                helper.make_node("Slice", ["c0_tm", *bounds], [c0]),
-            ]
+            nodes.append(helper.make_node("Slice", ["h0_tm", *bounds], [h0]))
+            if lstm:
+                nodes.append(helper.make_node("Slice", ["c0_tm", *bounds], [c0]))
         first += d
-        inputs = [x, names["W"], names["R"], names["B"], "sequence_lens", h0, c0] + (
-            [names["P"]] if "P" in names else []
-        )
+        inputs = [x, names["W"], names["R"], names["B"], "sequence_lens", h0] + ([c0] if lstm else [])
+        inputs += [names["P"]] if "P" in names else []
         y, yh, yc = f"y_tm{suffix}", f"h_tm{suffix}", f"c_tm{suffix}"
+        options: dict[str, Any] = {} if lstm else {"linear_before_reset": 1}
         nodes.append(
-            helper.make_node("LSTM", inputs, [y, yh, yc], hidden_size=units, direction=direction, name=f"lstm{suffix}")
+            helper.make_node(
+                op,
+                inputs,
+                [y, yh] + ([yc] if lstm else []),
+                hidden_size=units,
+                direction=direction,
+                name=f"{op.lower()}{suffix}",
+                **options,
+            )
         )
         states_h.append(yh)
         states_c.append(yc)
@@ -220,29 +310,24 @@ def lstm_stack_model(stack: list[tuple[str, list[dict]]], dtype="float32", opset
         h_all, c_all = states_h[0], states_c[0]
     else:
         h_all, c_all = "h_all", "c_all"
-        nodes += [
-            helper.make_node("Concat", states_h, [h_all], axis=0),
-            helper.make_node("Concat", states_c, [c_all], axis=0),
-        ]
+        nodes.append(helper.make_node("Concat", states_h, [h_all], axis=0))
+        if lstm:
+            nodes.append(helper.make_node("Concat", states_c, [c_all], axis=0))
     nodes += [
         helper.make_node("Transpose", [y], ["outputs"], perm=[2, 0, 1, 3]),
         helper.make_node("Transpose", [h_all], ["h"], perm=[1, 0, 2]),
-        helper.make_node("Transpose", [c_all], ["c"], perm=[1, 0, 2]),
-    ]
+    ] + ([helper.make_node("Transpose", [c_all], ["c"], perm=[1, 0, 2])] if lstm else [])
+    states = ["h0", "c0"] if lstm else ["h0"]
     graph = helper.make_graph(
         nodes,
-        "lstm",
+        op.lower(),
         [
             helper.make_tensor_value_info("x", elem, ["batch", "time", input_size]),
             helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["batch"]),
-            helper.make_tensor_value_info("h0", elem, ["batch", total, units]),
-            helper.make_tensor_value_info("c0", elem, ["batch", total, units]),
-        ],
-        [
-            helper.make_tensor_value_info("outputs", elem, ["batch", "time", dirs, units]),
-            helper.make_tensor_value_info("h", elem, ["batch", total, units]),
-            helper.make_tensor_value_info("c", elem, ["batch", total, units]),
-        ],
+        ]
+        + [helper.make_tensor_value_info(name, elem, ["batch", total, units]) for name in states],
+        [helper.make_tensor_value_info("outputs", elem, ["batch", "time", dirs, units])]
+        + [helper.make_tensor_value_info(name[0], elem, ["batch", total, units]) for name in states],
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="novolstm")
@@ -264,6 +349,8 @@ _ATTRIBUTES = {
     "input_forget",
     "layout",
 }
+#: the GRU's: no input_forget; linear_before_reset, which must be 1 (the canonical gru)
+_GRU_ATTRIBUTES = (_ATTRIBUTES - {"input_forget"}) | {"linear_before_reset"}
 #: ops that only move or reshape data: between two LSTM nodes of a stack nothing else may stand
 _SHAPE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Flatten"}
 
@@ -382,8 +469,9 @@ def _check_attributes(node, dirs: int, units: int) -> str:
     from onnx import helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    where = f"LSTM node {node.name!r}"
-    unknown = sorted(set(attrs) - _ATTRIBUTES)
+    lstm = node.op_type == "LSTM"
+    where = f"{node.op_type} node {node.name!r}"
+    unknown = sorted(set(attrs) - (_ATTRIBUTES if lstm else _GRU_ATTRIBUTES))
     if unknown:
         raise ConversionError(f"{where}: unknown attributes {unknown}")
     direction = attrs.get("direction", b"forward")
@@ -395,7 +483,7 @@ def _check_attributes(node, dirs: int, units: int) -> str:
             f"{where}: direction {direction!r} takes {DIRECTIONS[direction]} weight set(s), W has {dirs}"
         )
     activations = [a.decode() if isinstance(a, bytes) else str(a) for a in attrs.get("activations", [])]
-    if activations and activations != ["Sigmoid", "Tanh", "Tanh"] * dirs:
+    if activations and activations != (["Sigmoid", "Tanh", "Tanh"] if lstm else ["Sigmoid", "Tanh"]) * dirs:
         raise ConversionError(f"{where} uses activations {activations}: no canonical spec computes them")
     for name in ("activation_alpha", "activation_beta"):
         if attrs.get(name):
@@ -407,6 +495,11 @@ def _check_attributes(node, dirs: int, units: int) -> str:
     if attrs.get("input_forget"):
         raise ConversionError(
             f"{where} sets 'input_forget' (coupled input and forget gates): no canonical spec computes it"
+        )
+    if not lstm and attrs.get("linear_before_reset", 0) != 1:
+        raise ConversionError(
+            f"{where}: linear_before_reset={attrs.get('linear_before_reset', 0)} applies the reset gate before the "
+            "recurrent matmul (Keras' reset_after=False); the canonical gru is the linear_before_reset=1 form"
         )
     if "hidden_size" in attrs and attrs["hidden_size"] != units:
         raise ConversionError(f"{where}: hidden_size {attrs['hidden_size']}, but R holds {units} units")
@@ -450,21 +543,40 @@ def import_lstm_layers(model) -> dict:
             does not know, GRU or RNN nodes, LSTM nodes inside control flow, nodes that do not
             feed each other, weights computed at run time or kept outside the model's folder.
     """
+    return import_layers(model, "LSTM")
+
+
+def import_gru_layers(model) -> dict:
+    """Every ``GRU`` node (``linear_before_reset=1``) of an ONNX model as per-layer canonical ``gru`` parameters.
+
+    Args:
+        model: a ``ModelProto`` or the path of an ``.onnx`` file.
+
+    Returns:
+        ``{"l0": ..., "l0_reverse": ..., "l1": ...}``, as ``import_lstm_layers``.
+
+    Raises:
+        ConversionError: as ``import_lstm_layers``, and ``linear_before_reset=0`` (another function).
+    """
+    return import_layers(model, "GRU")
+
+
+def import_layers(model, op: str) -> dict:
+    """Every ``op`` node ("LSTM" or "GRU") of an ONNX model as per-layer canonical parameters (see ``import_lstm_layers``)."""
     folder = None if not isinstance(model, (str, os.PathLike)) else os.path.dirname(os.path.abspath(model))
     model = _load_model(model)
     ops = {n.op_type for n in model.graph.node}
     nested = _subgraph_ops(model.graph)
-    if {"GRU", "RNN"} & (ops | nested):
+    others = ({"LSTM", "GRU", "RNN"} - {op}) & (ops | nested)
+    if others:
+        raise ConversionError(f"the model has {sorted(others)} nodes; novolstm reads it as a stack of {op} operators")
+    if op in nested:
         raise ConversionError(
-            f"the model has {sorted({'GRU', 'RNN'} & (ops | nested))} nodes; novolstm reads the ONNX LSTM operator"
+            f"the model has {op} nodes inside control flow (Loop, Scan, If): not a stack of layers novolstm can read"
         )
-    if "LSTM" in nested:
-        raise ConversionError(
-            "the model has LSTM nodes inside control flow (Loop, Scan, If): not a stack of layers novolstm can read"
-        )
-    nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
+    nodes = [n for n in model.graph.node if n.op_type == op]
     if not nodes:
-        raise ConversionError("the model has no LSTM node")
+        raise ConversionError(f"the model has no {op} node")
     constants, array = _constants(model, folder)
     layers, directions = {}, set()
     for k, node in enumerate(nodes):
@@ -476,16 +588,21 @@ def import_lstm_layers(model) -> dict:
                 return None
             if name not in constants:
                 raise ConversionError(
-                    f"LSTM node {node.name!r}: input {name!r} is not an initializer: weights computed at run time cannot be imported"
+                    f"{op} node {node.name!r}: input {name!r} is not an initializer: weights computed at run time "
+                    "cannot be imported"
                 )
             return array(name)
 
-        W, R, B, P = tensor(1), tensor(2), tensor(3), tensor(7)
-        cells = from_onnx_lstm(W, R, B, P)
-        direction = _check_attributes(node, len(cells), np.shape(R)[-1])
+        if op == "LSTM":
+            cells = from_onnx_lstm(tensor(1), tensor(2), tensor(3), tensor(7))
+        else:
+            cells = from_onnx_gru(tensor(1), tensor(2), tensor(3))
+        direction = _check_attributes(
+            node, len(cells), np.shape(cells[0][next(n for n in cells[0] if n.startswith("U_"))])[-1]
+        )
         if k and not _fed_by(model, node, nodes[k - 1]):
             raise ConversionError(
-                f"LSTM node {k} ({node.name!r}) does not take its input from LSTM node {k - 1}'s outputs through "
+                f"{op} node {k} ({node.name!r}) does not take its input from {op} node {k - 1}'s outputs through "
                 "transposes and reshapes only: not a stack of layers novolstm can read"
             )
         directions.add(direction)
@@ -495,7 +612,7 @@ def import_lstm_layers(model) -> dict:
             layers.update(zip((f"l{k}", f"l{k}_reverse"), cells))
     if len(directions) > 1:
         raise ConversionError(
-            f"the LSTM nodes mix directions {sorted(directions)}; a stack is all forward, all reverse or all bidirectional"
+            f"the {op} nodes mix directions {sorted(directions)}; a stack is all forward, all reverse or all bidirectional"
         )
     return layers
 
