@@ -168,7 +168,7 @@ class _OnnxLayer:
         return bool(self.states)
 
 
-_OURS = {"x", "sequence_lens", "h0", "c0"}
+_OURS = ({"x", "sequence_lens", "h0", "c0"}, {"x", "sequence_lens", "h0"})  # novolstm's LSTM and GRU models
 _MOVES = {"Identity", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Cast", "Expand"}
 
 
@@ -176,7 +176,7 @@ def _onnx_load(path, cell, input_size, units):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    if {i.name for i in session.get_inputs()} == _OURS:
+    if {i.name for i in session.get_inputs()} in _OURS:
         return _OnnxLayer(session, path)
     return _foreign_onnx(session, path)
 
@@ -208,7 +208,7 @@ def _foreign_onnx(session, path):
     import onnx
 
     model = onnx.load(path, load_external_data=False)
-    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    lstm = next(n for n in model.graph.node if n.op_type in ("LSTM", "GRU"))
     node_layout = next((a.i for a in lstm.attribute if a.name == "layout"), 0)
     x, x_perm = _net_permutation(model, "x", lstm.input[0])
     inputs = [i for i in session.get_inputs()]
@@ -232,7 +232,7 @@ def _foreign_onnx(session, path):
         raise ConversionError(
             f"{path}: model inputs {others} are neither the sequence nor the initial state: cannot feed them"
         )
-    if len(set(state_batch_first)) > 1 or len(states) == 1:
+    if len(set(state_batch_first)) > 1 or len(states) not in (0, 2 if lstm.op_type == "LSTM" else 1):
         raise ConversionError(
             f"{path}: the initial h and c come in different ways (one a model input, or in different layouts)"
         )
@@ -260,14 +260,10 @@ def _onnx_save(layer, path):
 
 def _onnx_run(layer, x, state):
     if layer.ours:
-        feeds = {
-            "x": x,
-            "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32),
-            "h0": state[0][:, None],
-            "c0": state[1][:, None],
-        }
-        outputs, h, c = layer.session.run(["outputs", "h", "c"], feeds)
-        return outputs[:, :, 0], (h[:, 0], c[:, 0])
+        feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32)}
+        feeds.update({name: s[:, None] for name, s in zip(("h0", "c0"), state)})
+        outputs, *finals = layer.session.run(["outputs", "h", "c"][: 1 + len(state)], feeds)
+        return outputs[:, :, 0], tuple(f[:, 0] for f in finals)
     batch, steps, _ = x.shape
     feeds = {layer.x: x if layer.batch_first else np.ascontiguousarray(x.transpose(1, 0, 2))}
     for name, s in zip(layer.states, state):
@@ -355,7 +351,7 @@ NATIVES = {
         Native(
             "flax-lstmcell", "flax", ".msgpack", ("lstm",), _flax_loader({"lstm": "LSTMCell"}), _flax_save, _flax_run
         ),
-        Native("onnx", "onnx", ".onnx", ("lstm",), _onnx_load, _onnx_save, _onnx_run),
+        Native("onnx", "onnx", ".onnx", ("lstm", "gru"), _onnx_load, _onnx_save, _onnx_run),
         Native(
             "numpy",
             "canonical",
