@@ -175,26 +175,29 @@ def test_torch_onnx_export_of_two_layers_reads_every_layer(tmp_path, dynamo, bid
     np.testing.assert_allclose(y.reshape(2, 5, -1), rnn_outputs(module, x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 @pytest.mark.parametrize("batch_first", [True, False])
-def test_verify_port_checks_a_model_torch_onnx_export_wrote(tmp_path, batch_first, capsys):
+def test_verify_port_checks_a_model_torch_onnx_export_wrote(tmp_path, batch_first, kind, capsys):
     torch.manual_seed(4)
-    module = torch.nn.LSTM(5, 8, batch_first=batch_first).eval()
+    module = getattr(torch.nn, kind)(5, 8, batch_first=batch_first).eval()
     safetensors.torch.save_file(module.state_dict(), str(tmp_path / "w.safetensors"))
     x = torch.randn(2, 7, 5) if batch_first else torch.randn(7, 2, 5)
     h0 = torch.zeros(1, 2, 8)
-    onnx_export(module, (x, (h0, h0)), str(tmp_path / "p.onnx"), False, input_names=["x", "h0", "c0"],
-                dynamic_axes={"x": {0: "a", 1: "b"}, "h0": {1: "batch"}, "c0": {1: "batch"}})
-    args = ["verify-port", "torch", "onnx", "--weights", str(tmp_path / "w.safetensors"), "--format", "torch", "--ported", str(tmp_path / "p.onnx")]
+    states, names = ((h0, h0), ["x", "h0", "c0"]) if kind == "LSTM" else (h0, ["x", "h0"])
+    onnx_export(module, (x, states), str(tmp_path / "p.onnx"), False, input_names=names,
+                dynamic_axes={"x": {0: "a", 1: "b"}, **{n: {1: "batch"} for n in names[1:]}})
+    args = ["verify-port", "torch", "onnx", "--spec", kind.lower(), "--weights", str(tmp_path / "w.safetensors"), "--format", "torch",
+            "--ported", str(tmp_path / "p.onnx")]
     assert main(args) == 0, capsys.readouterr()
     assert capsys.readouterr().out.rstrip().endswith("PASS")
     # the same export with two gates swapped in its weights: verify-port must fail it
     import onnx
 
     model = onnx.load(str(tmp_path / "p.onnx"))
-    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
-    weights = next(t for t in model.graph.initializer if t.name == lstm.input[1])
+    node = next(n for n in model.graph.node if n.op_type == kind)
+    weights = next(t for t in model.graph.initializer if t.name == node.input[1])
     array = onnx.numpy_helper.to_array(weights).copy()
-    array[:, :8], array[:, 16:24] = array[:, 16:24].copy(), array[:, :8].copy()  # i and f
+    array[:, :8], array[:, 8:16] = array[:, 8:16].copy(), array[:, :8].copy()  # the first two gates
     weights.CopyFrom(onnx.numpy_helper.from_array(array, weights.name))
     onnx.save(model, str(tmp_path / "swapped.onnx"))
     assert main(args[:-1] + [str(tmp_path / "swapped.onnx")]) == 1
