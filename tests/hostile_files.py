@@ -255,6 +255,13 @@ def _pickled_code(folder):
     return path
 
 
+def _legacy_pickle(folder):
+    """The pre-zip torch.save format: a bare pickle, here one whose first object runs os.system."""
+    import pickle
+
+    return write(folder, "legacy.pt", pickle.dumps(_Hostile(), protocol=2))
+
+
 def _pickled_module(folder):
     import torch
 
@@ -283,6 +290,8 @@ def _pt_bomb(folder):
 TORCH_CASES = [
     Case("torch.save file pickling code (os.system)", _pickled_code, reader("torch"), "ConversionError",
          "weights_only=True\\) refuses it.*never unpickles code.*torch.save\\(model.state_dict\\(\\), path\\)", needs=("torch",)),
+    Case("legacy (pre-zip) torch file: a bare pickle running os.system", _legacy_pickle, reader("torch"), "ConversionError",
+         "weights_only=True\\) refuses it.*never unpickles code", needs=("torch",)),
     Case("torch.save of a whole nn.Module", _pickled_module, reader("torch"), "ConversionError",
          "weights_only=True\\) refuses it.*Re-save", needs=("torch",)),
     Case("torch.save archive declaring a 2 GiB member", _pt_bomb, reader("torch"), "ConversionError", "inflate to", needs=("torch",)),
