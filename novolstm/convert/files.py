@@ -103,9 +103,16 @@ def check_stack(layers: dict, count: int, bidirectional: bool) -> None:
             below = [shapes[k] for k in (f"l{n - 1}", f"l{n - 1}_reverse") if k in shapes][0]
             wanted = below[1] * (2 if bidirectional else 1)
             if here[0][0] != wanted:
+                merged = bidirectional and here[0][0] == below[1]
                 raise ConversionError(
                     f"layer {n} takes inputs of size {here[0][0]}, but layer {n - 1} outputs {wanted}"
                     f"{' (both directions concatenated)' if bidirectional else ''}: not one stack"
+                    + (
+                        "; it reads the two directions merged otherwise (a Keras Bidirectional merge_mode 'sum', "
+                        "'ave' or 'mul'), which no canonical layout computes"
+                        if merged
+                        else ""
+                    )
                 )
 
 
