@@ -1,0 +1,171 @@
+// novolstm C++ runtime: the helpers every generated sequence kernel shares.
+//
+// Inlined verbatim at the top of each generated translation unit (one per spec), so
+// that a kernel's source is one file with no include path of its own. Every row
+// function works on one batch row of `n` contiguous elements; the generated code
+// calls them inside its loop over rows. The numerics are the ones docs/numerics.md
+// pins: overflow-free logistic, max-subtracted softmax over the units axis, LayerNorm
+// statistics in two passes with the population variance and the spec's epsilon.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/sum.h>
+#include <ATen/TensorOperators.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+namespace novolstm_rt {
+
+// A matrix of rows of `ld` elements apart (ld 0: one row read by every batch row).
+template <typename T>
+struct View {
+  T* p;
+  int64_t ld;
+  T* row(int64_t b) const { return p + b * ld; }
+};
+
+// The exact logistic, overflow-free for every finite input: exp only of non-positive numbers.
+template <typename T>
+inline T sigmoid(T x) {
+  if (x >= T(0)) {
+    return T(1) / (T(1) + std::exp(-x));
+  }
+  const T e = std::exp(x);
+  return e / (T(1) + e);
+}
+
+template <typename T>
+inline T row_sum(const T* a, int64_t n) {
+  T s = T(0);
+  for (int64_t j = 0; j < n; ++j) s += a[j];
+  return s;
+}
+
+template <typename T>
+inline T row_dot(const T* a, const T* b, int64_t n) {
+  T s = T(0);
+  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
+  return s;
+}
+
+// softmax over the row, the row maximum subtracted first: no overflow for finite input.
+template <typename T>
+inline void softmax_row(const T* a, T* o, int64_t n) {
+  T m = a[0];
+  for (int64_t j = 1; j < n; ++j) m = std::max(m, a[j]);
+  T s = T(0);
+  for (int64_t j = 0; j < n; ++j) {
+    o[j] = std::exp(a[j] - m);
+    s += o[j];
+  }
+  const T inv = T(1) / s;
+  for (int64_t j = 0; j < n; ++j) o[j] *= inv;
+}
+
+// y * (g - sum(g * y)): the softmax VJP at output y.
+template <typename T>
+inline void softmax_grad_row(const T* g, const T* y, T* o, int64_t n) {
+  const T s = row_dot(g, y, n);
+  for (int64_t j = 0; j < n; ++j) o[j] = y[j] * (g[j] - s);
+}
+
+// 1 / sqrt(population variance + eps), the variance of the centred values (two passes).
+template <typename T>
+inline T inverse_std(const T* z, int64_t n, double eps, T* mean_out) {
+  const T mean = row_sum(z, n) / T(n);
+  T var = T(0);
+  for (int64_t j = 0; j < n; ++j) {
+    const T c = z[j] - mean;
+    var += c * c;
+  }
+  var /= T(n);
+  *mean_out = mean;
+  return T(1) / std::sqrt(var + T(eps));
+}
+
+// (z - mean z) / sqrt(var z + eps): LayerNorm without its affine part.
+template <typename T>
+inline void normalize_row(const T* z, T* o, int64_t n, double eps) {
+  T mean;
+  const T r = inverse_std(z, n, eps, &mean);
+  for (int64_t j = 0; j < n; ++j) o[j] = (z[j] - mean) * r;
+}
+
+// (g - mean g - y mean(g y)) / sqrt(var z + eps): the VJP of normalize_row at z, output y.
+template <typename T>
+inline void normalize_grad_row(const T* g, const T* y, const T* z, T* o, int64_t n, double eps) {
+  T mean;
+  const T r = inverse_std(z, n, eps, &mean);
+  const T mg = row_sum(g, n) / T(n);
+  const T mgy = row_dot(g, y, n) / T(n);
+  for (int64_t j = 0; j < n; ++j) o[j] = (g[j] - mg - y[j] * mgy) * r;
+}
+
+// out[j] (+)= sum over rows of a[b, j] (a per-row statistic when cols_a is 1 and n > 1).
+template <typename T>
+inline void sum_rows(View<T> a, int64_t rows, int64_t n, bool statistic, T* out) {
+  for (int64_t j = 0; j < n; ++j) out[j] = T(0);
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* r = a.row(b);
+    if (statistic) {
+      for (int64_t j = 0; j < n; ++j) out[j] += r[0];
+    } else {
+      for (int64_t j = 0; j < n; ++j) out[j] += r[j];
+    }
+  }
+}
+
+// dst[b] = src[b] on rows whose mask is true (or every row without a mask), else
+// the row of `other` (zeros when other.p is null).
+template <typename T>
+inline void select_rows(View<T> dst, View<T> src, View<T> other, const bool* mask, int64_t rows, int64_t n) {
+  for (int64_t b = 0; b < rows; ++b) {
+    T* d = dst.row(b);
+    if (mask == nullptr || mask[b]) {
+      const T* s = src.row(b);
+      if (s != d) std::memcpy(d, s, sizeof(T) * n);
+    } else if (other.p != nullptr) {
+      const T* s = other.row(b);
+      if (s != d) std::memcpy(d, s, sizeof(T) * n);
+    } else {
+      std::memset(d, 0, sizeof(T) * n);
+    }
+  }
+}
+
+// a + (mask ? 0 : carried) per row: the state gradient through a step (masked rows pass it on).
+template <typename T>
+inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask, int64_t rows, int64_t n) {
+  for (int64_t b = 0; b < rows; ++b) {
+    T* d = dst.row(b);
+    const T* s = a.p == nullptr ? nullptr : a.row(b);
+    const bool through = mask != nullptr && !mask[b];
+    const T* c = carried.row(b);
+    for (int64_t j = 0; j < n; ++j) d[j] = (s == nullptr ? T(0) : s[j]) + (through ? c[j] : T(0));
+  }
+}
+
+// A contiguous (rows, n) tensor's view.
+template <typename T>
+inline View<T> view_of(const at::Tensor& t) {
+  return View<T>{t.data_ptr<T>(), t.dim() == 2 ? t.size(1) : 0};
+}
+
+// Work per parallel task: the loops over rows split only when a task has this many elements.
+constexpr int64_t kGrainElements = 32768;
+
+inline int64_t grain_rows(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, cols)); }
+
+}  // namespace novolstm_rt
