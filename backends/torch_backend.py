@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from novolstm.codegen import ARRAY_OPS, LoopPlan, concat_op, docstring_text, init_source, render, units_offset, var
-from novolstm.ir import Graph, live_names, rewrite
+from novolstm.ir import Graph, computes_standard_gru, live_names, rewrite
 from novolstm.template import fill
 
 NAME = "torch"
@@ -230,6 +230,7 @@ Contents:
 $fused_doc
 """
 
+import warnings
 import zlib
 
 import numpy as np
@@ -658,9 +659,48 @@ def _mask_from_lengths(lengths, B, T, device):
     return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
 
 
-# ---------------------------------------------------------------- torch's fused LSTM kernel
+# ---------------------------------------------------------------- torch's fused kernel
 
 $fused_source
+
+
+# ---------------------------------------------------------------- the compiled path
+
+#: The spec as canonical TOML: novolstm.backends.cpp builds the compiled kernel from it.
+SPEC_TOML = $spec_toml
+_COMPILED_DTYPES = (torch.float32, torch.float64)
+_COMPILED_WARNED = []
+
+
+def _compiled_op(x, required=False):
+    """The spec's compiled sequence kernel (novolstm.backends.cpp.torch_ext) for this call, or None.
+
+    It runs float32 and float64 on the CPU outside tracing and ONNX export, where novolstm
+    is installed and a C++ compiler builds it (once per spec, cached on disk). When it
+    cannot, Layer runs the generated loop (with one warning if the kernel could not be
+    built); with required (compiled=True) it raises instead.
+    """
+    why = None
+    if x.device.type != "cpu" or x.dtype not in _COMPILED_DTYPES:
+        why = f"it runs float32 and float64 on the CPU, not {x.dtype} on {x.device.type}"
+    elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        why = "traced and exported ONNX graphs keep the generated loop"
+    else:
+        try:
+            from novolstm.backends.cpp.torch_ext import CompiledUnavailable, compiled_sequence
+        except ImportError:
+            why = "novolstm (which builds it) is not installed"
+        else:
+            try:
+                return compiled_sequence(SPEC_TOML)
+            except CompiledUnavailable as e:
+                why = str(e)
+                if not required and not _COMPILED_WARNED:
+                    _COMPILED_WARNED.append(why)
+                    warnings.warn(f"novolstm: the compiled kernel is unavailable, running the generated loop: {why}", RuntimeWarning, stacklevel=4)
+    if required:
+        raise RuntimeError(f"compiled=True, but the compiled kernel cannot run this call: {why}")
+    return None
 
 
 # ---------------------------------------------------------------- modules
@@ -801,11 +841,14 @@ class Layer(nn.Module):
 
     def __init__(
         self, input_size, units, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, device=None, dtype=None, seed=0, fused=None,
+        bidirectional=False, device=None, dtype=None, seed=0, fused=None, compiled=None,
     ):
         super().__init__()
         if fused not in (None, True, False):
             raise ValueError(f"fused: expected None (auto), True or False, got {fused!r}")
+        if compiled not in (None, True, False):
+            raise ValueError(f"compiled: expected None (auto), True or False, got {compiled!r}")
+        self.compiled = compiled
         if fused and not FUSED_KERNEL:
             raise ValueError(f"fused=True: {_NOT_STANDARD}")
         self.fused = fused
@@ -831,7 +874,7 @@ class Layer(nn.Module):
 
     def extra_repr(self):
         extra = [f"{self.input_size}, {self.units}", f"spec={SPEC_NAME!r}"]
-        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False), ("fused", None)):
+        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False), ("fused", None), ("compiled", None)):
             if getattr(self, key) != default:
                 extra.append(f"{key}={getattr(self, key)}")
         return ", ".join(extra)
@@ -922,10 +965,7 @@ class Layer(nn.Module):
         else:
             flat = [w for params in cells for w in _flat_weights(params, self.bias)]
             self._flat_cache = None if key is None else (key, flat)
-        out, *final = torch._VF.lstm(
-            x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional, False
-        )
-        return out, tuple(final)
+        return _fused_kernel(x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
 
     def _loop_forward(self, x, states, mask):
         """The generated loop and backward pass: every cell, every call."""
@@ -937,11 +977,20 @@ class Layer(nn.Module):
             for d, suffix in enumerate(("", "_reverse")[: self.num_directions]):
                 cell = self.cells[f"l{layer}{suffix}"]
                 row = layer * self.num_directions + d
-                result = Sequence.apply(x, mask, d == 1, torch.is_grad_enabled(), *(s[row] for s in states), *cell.params().values())
+                result = self._sequence(x, mask, d == 1, tuple(s[row] for s in states), tuple(cell.params().values()))
                 outs.append(result[0])
                 finals.append(result[1:])
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return x, tuple(torch.stack([f[k] for f in finals]) for k in range(len(STATE_NAMES)))
+
+    def _sequence(self, x, mask, reverse, state, params):
+        """One cell over the sequence: (outputs, *final_state), through the compiled kernel where
+        it runs (see _compiled_op), else the generated loop."""
+        op = None if self.compiled is False else _compiled_op(x, required=bool(self.compiled))
+        if op is not None:
+            ys, final = op(x, None if mask is None else mask[..., 0], reverse, state, params)
+            return (ys, *final)
+        return Sequence.apply(x, mask, reverse, torch.is_grad_enabled(), *state, *params)
 
     def _initial_states(self, hx, B, unbatched, ref):
         rows = self.num_layers * self.num_directions
@@ -1016,8 +1065,8 @@ generated loop and backward pass. Layer(..., fused=False) always runs the genera
 loop; fused=True raises rather than fall back."""
 
 FUSED_DOC_OTHER = """\
-Layer always runs the generated loop: this spec is not the standard LSTM, so torch's
-fused LSTM kernel does not compute it (Layer(..., fused=True) raises)."""
+Layer never runs a torch fused kernel: this spec is neither the standard LSTM nor the GRU,
+which torch's fused kernels compute (Layer(..., fused=True) raises)."""
 
 FUSED_SOURCE_STANDARD = '''\
 #: This spec computes exactly the standard LSTM: Layer may run torch's fused kernel.
@@ -1054,12 +1103,69 @@ def _flat_weights(params, bias):
     if bias:
         b = torch.cat([params[f"b_{k}"] for k in gates])
         flat += [b, torch.zeros_like(b)]
-    return flat'''
+    return flat
+
+
+def _fused_kernel(x, states, flat, bias, num_layers, dropout, train, bidirectional):
+    out, *final = torch._VF.lstm(x, states, flat, bias, num_layers, dropout, train, bidirectional, False)
+    return out, tuple(final)'''
+
+FUSED_DOC_GRU = """\
+Layer runs torch's own fused GRU kernel (torch._VF.gru, what nn.GRU runs) with torch
+autograd for its backward, because this spec computes exactly the GRU as nn.GRU does
+(novolstm.ir.computes_standard_gru): whenever no mask, lengths or PackedSequence is
+given, the dtype is float32 or float64, and the call is not being traced or exported
+(torch.jit.trace, torch.onnx.export). Every other call runs the generated loop and
+backward pass. Layer(..., fused=False) always runs the generated loop; fused=True raises
+rather than fall back."""
+
+FUSED_SOURCE_GRU = '''\
+#: This spec computes exactly the GRU of nn.GRU: Layer may run torch's fused kernel.
+FUSED_KERNEL = True
+_NOT_STANDARD = None
+# bfloat16 and float16: the generated loop, which accumulates LayerNorm-free gates the same way everywhere.
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+def _fused_unavailable(x, mask):
+    """None when torch's fused GRU kernel can run this call, else why it cannot."""
+    if mask is not None:
+        return "masks, lengths and PackedSequence inputs run the generated loop"
+    if x.dtype not in _FUSED_DTYPES:
+        return f"dtype {x.dtype}: the fused path runs float32 and float64"
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return "traced and exported graphs keep the generated loop"
+    return None
+
+
+def _flat_weights(params, bias):
+    """One cell's weights in nn.GRU's flat layout, concatenated from the canonical parameters.
+
+    weight_ih (3 units, input) and weight_hh (3 units, units), gates in torch's order
+    r, z, n; with bias, bias_ih holds b_r, b_z, b_n and bias_hh zeros for r and z and
+    b_hn, the bias the reset gate multiplies. Built inside forward, so autograd reaches the
+    canonical parameters.
+    """
+    gates = ("r", "z", "n")
+    flat = [
+        torch.cat([params[f"W_{k}"].t() for k in gates]),
+        torch.cat([params[f"U_{k}"].t() for k in gates]),
+    ]
+    if bias:
+        b_hn = params["b_hn"]
+        zeros = torch.zeros_like(b_hn)
+        flat += [torch.cat([params[f"b_{k}"] for k in gates]), torch.cat([zeros, zeros, b_hn])]
+    return flat
+
+
+def _fused_kernel(x, states, flat, bias, num_layers, dropout, train, bidirectional):
+    out, h = torch._VF.gru(x, states[0], flat, bias, num_layers, dropout, train, bidirectional, False)
+    return out, (h,)'''
 
 FUSED_SOURCE_OTHER = '''\
 #: This spec is not the standard LSTM: Layer always runs the generated loop.
 FUSED_KERNEL = False
-_NOT_STANDARD = f"spec {SPEC_NAME!r} does not compute the standard LSTM, so torch's fused LSTM kernel cannot run it"
+_NOT_STANDARD = f"spec {SPEC_NAME!r} does not compute the standard LSTM or the GRU, so torch's fused kernels cannot run it"
 
 
 def _fused_unavailable(x, mask):
@@ -1067,11 +1173,16 @@ def _fused_unavailable(x, mask):
 
 
 def _flat_weights(params, bias):
+    raise RuntimeError(_NOT_STANDARD)
+
+
+def _fused_kernel(*args):
     raise RuntimeError(_NOT_STANDARD)'''
 
 
 def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, plan.program
+    standard_gru = computes_standard_gru(spec)
     step, back = program.step, cse(plan.step_backward)
     pro_back = cse(plan.prologue_backward)
     states = spec.state_names
@@ -1199,8 +1310,8 @@ def generate(plan: LoopPlan) -> str:
     return fill(
         TEMPLATE,
         header=plan.header(NAME),
-        fused_doc=FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_OTHER,
-        fused_source=FUSED_SOURCE_STANDARD if plan.standard_lstm else FUSED_SOURCE_OTHER,
+        fused_doc=FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_GRU if standard_gru else FUSED_DOC_OTHER,
+        fused_source=FUSED_SOURCE_STANDARD if plan.standard_lstm else FUSED_SOURCE_GRU if standard_gru else FUSED_SOURCE_OTHER,
         description=docstring_text(spec.description),
         title=f"The {spec.name!r} cell",
         state_doc=", ".join(states),
@@ -1210,6 +1321,7 @@ def generate(plan: LoopPlan) -> str:
         layer_state=layer_state,
         spec_name=repr(spec.name),
         spec_hash=repr(spec.hash),
+        spec_toml=repr(spec.dumps()),
         state_names=repr(states),
         param_names=repr(tuple(spec.param_names)),
         param_table=repr(table),

@@ -181,8 +181,9 @@ def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
     assert layer.cells["l0"].W_i.grad is not None
 
 
-def test_only_the_standard_lstm_offers_the_fused_kernel():
-    for cell in ("gru", "peephole_lstm", "novolstm"):
+def test_only_the_standard_lstm_and_gru_offer_the_fused_kernel():
+    assert novolstm.load_generated("gru", "torch").FUSED_KERNEL
+    for cell in ("peephole_lstm", "novolstm"):
         with pytest.raises(ValueError, match="not compute the standard LSTM"):
             novolstm.get_layer("torch", spec=cell)(3, 4, fused=True)
         assert not novolstm.load_generated(cell, "torch").FUSED_KERNEL

@@ -42,7 +42,7 @@ OPS: dict[str, Callable[[Node, list[str]], str]] = {
     "mul": lambda n, a: f"{a[0]} * {a[1]}",
     "neg": lambda n, a: f"-{a[0]}",
     "sigmoid": lambda n, a: f"rt::sigmoid({a[0]})",
-    "tanh": lambda n, a: f"std::tanh({a[0]})",
+    "tanh": lambda n, a: f"rt::tanh({a[0]})",
     "relu": lambda n, a: f"({a[0]} > T(0) ? {a[0]} : T(0))",
     "sigmoid_grad": lambda n, a: f"{a[0]} * {a[1]} * (T(1) - {a[1]})",
     "tanh_grad": lambda n, a: f"{a[0]} * (T(1) - {a[1]} * {a[1]})",
@@ -159,6 +159,7 @@ class GraphCode:
 
     def _render(self):
         g = self.g
+        slice_lines: dict[str, str] = {}
         for n in g.nodes:
             if n.op in LEAVES or n.name in self.skip:
                 if n.op in ("saved", "seed", "state", "hoisted", "input", "param") and n.name not in self.leaves:
@@ -166,11 +167,10 @@ class GraphCode:
                 continue
             if n.op == "slice":
                 src = n.args[0]
-                self.body.append(f"const rt::View<T> {self.v(n.name)}{{{self.view(src)}.p + {elems(n.attr('start'))}, {self.view(src)}.ld}};")
+                slice_lines[n.name] = f"const rt::View<T> {self.v(n.name)}{{{self.view(src)}.p + {elems(n.attr('start'))}, {self.view(src)}.ld}};"
                 base = self.tensor(src)
                 if base is not None and g[src].batched:
-                    self.alloc.append(f"at::Tensor {self.t(n.name)} = {base}.narrow(1, {elems(n.attr('start'))}, {elems(n.width)});")
-                    self.tensors[n.name] = self.t(n.name)
+                    self.tensors[n.name] = f"{base}.narrow(1, {elems(n.attr('start'))}, {elems(n.width)})"
                 continue
             rows = self.rows if n.batched else "1"
             if n.batched:
@@ -178,12 +178,21 @@ class GraphCode:
             else:
                 shape = f"{{{elems(n.width)}}}"
             self.alloc.append(f"at::Tensor {self.t(n.name)} = at::empty({shape}, opts);")
-            self.alloc.append(f"const rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
+            const = "" if n.op in GEMM_OPS else "const "  # a GEMM returns a new tensor each time
+            self.alloc.append(f"{const}rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
+            if n.op in GEMM_OPS:
+                key = n.name if n.op == "linear" else f"t_{n.attr('linear')}"
+                weight = f"w_{n.name}" if n.op == "linear" else f"w_{n.attr('linear')}.t()"
+                self.alloc.append(f"const rt::Linear<T> lin{self.prefix}_{key}({weight}, {rows});")
             self.tensors[n.name] = self.t(n.name)
-        # The body: views first (pure pointer arithmetic), then the work in graph order.
-        work: list[list[Node]] = []  # row loops (lists of nodes) and single nodes
+        # The body: work in graph order; the views a slice makes (pointer arithmetic) come
+        # just before the next piece of work, after the GEMM whose result they view.
+        work: list = []  # row loops (lists of nodes), single nodes and view lines
         for n in g.nodes:
-            if n.op in LEAVES or n.op == "slice" or n.name in self.skip:
+            if n.op in LEAVES or n.name in self.skip:
+                continue
+            if n.op == "slice":
+                work.append(slice_lines[n.name])
                 continue
             if n.batched and (n.op in OPS or n.op in ROW_OPS or n.op in ("sum_units", "concat")):
                 if work and isinstance(work[-1], list):
@@ -192,7 +201,13 @@ class GraphCode:
                     work.append([n])
             else:
                 work.append(n)
+        pending: list[str] = []
         for item in work:
+            if isinstance(item, str):
+                pending.append(item)
+                continue
+            self.body.extend(pending)
+            pending = []
             if isinstance(item, list):
                 self.body.extend(self._row_loop(item, self.rows))
             elif item.op in GEMM_OPS:
@@ -207,6 +222,7 @@ class GraphCode:
                 self.body.extend(self._row_loop([item], "1"))
             else:
                 raise Unsupported(f"op {item.op!r}")
+        self.body.extend(pending)
 
     def _row_loop(self, nodes: list[Node], rows: str) -> list[str]:
         inner = []
@@ -273,13 +289,11 @@ class GraphCode:
     def _gemm(self, n: Node) -> list[str]:
         lines, a = self.operand(n.args[0])
         if n.op == "linear":
-            bias = any(n.attr("biases"))
-            if bias:
-                lines.append(f"at::addmm_out({self.t(n.name)}, b_{n.name}, {a}, w_{n.name});")
-            else:
-                lines.append(f"at::mm_out({self.t(n.name)}, {a}, w_{n.name});")
+            bias = f", b_{n.name}" if any(n.attr("biases")) else ""
+            lines.append(f"{self.t(n.name)} = lin{self.prefix}_{n.name}({a}{bias});")
         else:
-            lines.append(f"at::mm_out({self.t(n.name)}, {a}, w_{n.attr('linear')}.t());")
+            lines.append(f"{self.t(n.name)} = lin{self.prefix}_t_{n.attr('linear')}({a});")
+        lines.append(f"{self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
         return lines
 
 

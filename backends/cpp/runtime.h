@@ -7,7 +7,10 @@
 // pins: overflow-free logistic, max-subtracted softmax over the units axis, LayerNorm
 // statistics in two passes with the population variance and the spec's epsilon.
 #include <ATen/Dispatch.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/cat.h>
@@ -36,15 +39,52 @@ struct View {
   T* row(int64_t b) const { return p + b * ld; }
 };
 
-// The exact logistic, overflow-free for every finite input: exp only of non-positive numbers.
+// exp(x) for x <= 0 (every exp the kernels take: of -|x|, -2|x| and x - max x). In float,
+// a branch-free range reduction x = n ln2 + r, |r| <= ln2 / 2, and the Taylor polynomial
+// of degree 7 (truncation below 1e-8 relative), so that the compiler vectorizes the loops
+// that call it; scalar libm expf kept the whole step at libm's pace. In double, std::exp.
+inline float exp_nonpositive(float x) {
+  const float c = x < -87.0f ? -87.0f : x;  // exp(-87) is the last normal float's order
+  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (c - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 in two parts
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 0]
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  const float y = p * scale;
+  return x == x ? y : x;  // NaN stays NaN
+}
+
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// The exact logistic, overflow-free for every finite input: exp only of -|x|.
 template <typename T>
 inline T sigmoid(T x) {
-  if (x >= T(0)) {
-    return T(1) / (T(1) + std::exp(-x));
-  }
-  const T e = std::exp(x);
-  return e / (T(1) + e);
+  const T e = exp_nonpositive(-std::fabs(x));
+  const T s = T(1) / (T(1) + e);
+  return x >= T(0) ? s : e * s;
 }
+
+// tanh from exp(-2|x|); near zero its odd Taylor polynomial (no cancellation in 1 - e).
+template <typename T>
+inline T tanh(T x) {
+  const T a = std::fabs(x);
+  const T e = exp_nonpositive(T(-2) * a);
+  const T far = (T(1) - e) / (T(1) + e);
+  const T a2 = a * a;
+  const T near = a * (T(1) + a2 * (T(-1.0 / 3.0) + a2 * (T(2.0 / 15.0) + a2 * T(-17.0 / 315.0))));
+  const T y = a < T(0.0625) ? near : far;
+  return std::copysign(y, x);
+}
+
+inline double tanh(double x) { return std::tanh(x); }
 
 template <typename T>
 inline T row_sum(const T* a, int64_t n) {
@@ -66,10 +106,8 @@ inline void softmax_row(const T* a, T* o, int64_t n) {
   T m = a[0];
   for (int64_t j = 1; j < n; ++j) m = std::max(m, a[j]);
   T s = T(0);
-  for (int64_t j = 0; j < n; ++j) {
-    o[j] = std::exp(a[j] - m);
-    s += o[j];
-  }
+  for (int64_t j = 0; j < n; ++j) o[j] = exp_nonpositive(a[j] - m);  // vectorized, apart from the sum
+  for (int64_t j = 0; j < n; ++j) s += o[j];
   const T inv = T(1) / s;
   for (int64_t j = 0; j < n; ++j) o[j] *= inv;
 }
@@ -162,6 +200,50 @@ template <typename T>
 inline View<T> view_of(const at::Tensor& t) {
   return View<T>{t.data_ptr<T>(), t.dim() == 2 ? t.size(1) : 0};
 }
+
+// oneDNN's inner product, the GEMM nn.LSTM itself runs on CPU: on some CPUs 1.5x to 2x
+// faster than the BLAS GEMM at::mm calls at the sizes of a step. Reached through the
+// dispatcher (torch's own mkldnn operators); absent from builds without oneDNN.
+inline const c10::OperatorHandle* onednn_op(const char* name) {
+  if (!at::hasMKLDNN()) return nullptr;
+  auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
+  return handle.has_value() ? new c10::OperatorHandle(*handle) : nullptr;  // kept for the process
+}
+
+inline const c10::OperatorHandle* onednn_linear_op() {
+  static const c10::OperatorHandle* op = onednn_op("mkldnn::_linear_pointwise");
+  return op;
+}
+
+inline const c10::OperatorHandle* onednn_reorder_op() {
+  static const c10::OperatorHandle* op = onednn_op("mkldnn::_reorder_linear_weight");
+  return op;
+}
+
+// a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: packed once into oneDNN's
+// layout (float32, where oneDNN is present), else through at::mm / at::addmm.
+template <typename T>
+struct Linear {
+  at::Tensor w;       // (K, N)
+  at::Tensor packed;  // oneDNN's layout of w^T (N, K); undefined on the BLAS path
+  Linear(const at::Tensor& w_, int64_t rows) : w(w_) {
+    if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
+      torch::jit::Stack stack{c10::IValue(w.t().contiguous()), c10::IValue(rows)};
+      onednn_reorder_op()->callBoxed(&stack);
+      packed = stack[0].toTensor();
+    }
+  }
+  at::Tensor operator()(const at::Tensor& a, const at::Tensor& bias = at::Tensor()) const {
+    if (packed.defined()) {
+      torch::jit::Stack stack{
+          c10::IValue(a.contiguous()), c10::IValue(packed), bias.defined() ? c10::IValue(bias) : c10::IValue(),
+          c10::IValue(std::string("none")), c10::IValue(c10::List<std::optional<c10::Scalar>>()), c10::IValue()};
+      onednn_linear_op()->callBoxed(&stack);
+      return stack[0].toTensor();
+    }
+    return bias.defined() ? at::addmm(bias, a, w) : at::mm(a, w);
+  }
+};
 
 // Work per parallel task: the loops over rows split only when a task has this many elements.
 constexpr int64_t kGrainElements = 32768;

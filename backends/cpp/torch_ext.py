@@ -37,8 +37,16 @@ from novolstm.spec_loader import loads_spec
 from .emit import Layout, Unsupported, elems_of, generate
 
 #: Compiler flags of every build (part of the cache key).
-CFLAGS = ("-O3", "-fopenmp", "-std=c++17")
+# -fno-trapping-math, -fno-math-errno: let the compiler vectorize selects and sqrt (no result changes;
+# no -ffast-math, which would reorder sums and drop NaN semantics).
+CFLAGS = ("-O3", "-fopenmp", "-std=c++17", "-fno-trapping-math", "-fno-math-errno")
 LDFLAGS = ("-fopenmp",)
+
+
+def _cpu_flags() -> tuple[str, ...]:
+    """Vector instructions for the CPU torch itself dispatches to (part of the cache key)."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return ("-mavx2", "-mfma") if capability in ("AVX2", "AVX512") else ()
 
 
 class CompiledUnavailable(RuntimeError):
@@ -84,7 +92,7 @@ def _build(spec_toml: str) -> "CompiledSequence":
         draft = generate(plan(spec), namespace="NAMESPACE")
     except Unsupported as e:
         raise CompiledUnavailable(f"spec {spec.name!r}: the C++ emitter does not compile {e}") from None
-    digest = hashlib.sha256("\n".join([draft.source, torch.__version__, *CFLAGS, *LDFLAGS]).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join([draft.source, torch.__version__, *CFLAGS, *_cpu_flags(), *LDFLAGS]).encode()).hexdigest()
     namespace = f"novolstm_{spec.name[:24]}_{digest[:16]}"
     namespace = "".join(c if c.isalnum() or c == "_" else "_" for c in namespace)
     kernel = generate(plan(spec), namespace=namespace)
@@ -161,7 +169,7 @@ def _compile(namespace: str, source: str) -> Path:
                 path = cpp_extension.load(
                     name=namespace,
                     sources=[str(cpp)],
-                    extra_cflags=list(CFLAGS),
+                    extra_cflags=[*CFLAGS, *_cpu_flags()],
                     extra_ldflags=list(LDFLAGS),
                     build_directory=str(build),
                     is_python_module=False,
