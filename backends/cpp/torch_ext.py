@@ -68,22 +68,30 @@ def cache_dir() -> Path:
 def compiled_sequence(spec_toml: str) -> "CompiledSequence":
     """The compiled sequence op of the spec whose canonical TOML is ``spec_toml``.
 
-    Built (or loaded from the cache) on the first call in a process, then kept.
+    Built (or loaded from the cache) on the first call in a process, then kept: later
+    calls are one dictionary lookup, which torch.compile traces through without a graph
+    break (the first call, which builds, runs outside any compiled region).
 
     Raises:
         CompiledUnavailable: no compiler, a failed build, or a spec the emitter does not compile.
     """
-    key = hashlib.sha256(spec_toml.encode()).hexdigest()
-    with _LOCK:
-        if key not in _LOADED:
-            try:
-                _LOADED[key] = _build(spec_toml)
-            except CompiledUnavailable as e:
-                _LOADED[key] = e
-        result = _LOADED[key]
+    result = _LOADED.get(spec_toml)
+    if result is None:
+        result = _load(spec_toml)
     if isinstance(result, CompiledUnavailable):
         raise result
     return result
+
+
+@torch.compiler.disable
+def _load(spec_toml: str) -> "CompiledSequence | CompiledUnavailable":
+    with _LOCK:
+        if spec_toml not in _LOADED:
+            try:
+                _LOADED[spec_toml] = _build(spec_toml)
+            except CompiledUnavailable as e:
+                _LOADED[spec_toml] = e
+        return _LOADED[spec_toml]
 
 
 def _build(spec_toml: str) -> "CompiledSequence":
