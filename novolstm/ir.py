@@ -326,7 +326,7 @@ def _standard_gru_fingerprint() -> str:
 def computes_standard_gru(spec: Spec) -> bool:
     """Whether ``spec`` computes exactly the GRU of ``torch.nn.GRU``, with its canonical parameter names.
 
-    True when the spec's :func:`fingerprint` equals the built-in ``gru`` spec's:
+    True when the spec's ``fingerprint`` equals the built-in ``gru`` spec's:
     r, z = sigmoid of ``x @ W_k + h @ U_k + b_k``, ``n = tanh(x @ W_n + b_n + r * (h @ U_n + b_hn))``,
     ``h' = (1 - z) * n + z * h``, state ``h``, output ``h'``. Emitters use it to hand such a
     spec to a framework's own fused GRU kernel.

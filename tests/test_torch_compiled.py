@@ -29,7 +29,9 @@ def layers(spec, case, dtype, **kwargs):
     input_size, units = case.x.shape[-1], next(iter(case.params.values())).shape[-1]
     out = []
     for compiled in (True, False):
-        layer = Layer(input_size, units, batch_first=True, dtype=DTYPES[dtype], fused=False, compiled=compiled, **kwargs)
+        layer = Layer(
+            input_size, units, batch_first=True, dtype=DTYPES[dtype], fused=False, compiled=compiled, **kwargs
+        )
         layer.load_canonical({key: case.params for key in layer.cells} if len(layer.cells) > 1 else case.params)
         out.append(layer)
     return out
@@ -44,7 +46,9 @@ def run_with_grads(layer, case, dtype, g_out, g_state):
     masking = {k: torch.tensor(v) for k, v in case.masking.items()}
     out, final = layer(x, hx if len(hx) > 1 else hx[0], **masking)
     final = final if isinstance(final, tuple) else (final,)
-    loss = (out * torch.tensor(g_out, dtype=out.dtype)).sum() + sum((f[0] * torch.tensor(g, dtype=f.dtype)).sum() for f, g in zip(final, g_state))
+    loss = (out * torch.tensor(g_out, dtype=out.dtype)).sum() + sum(
+        (f[0] * torch.tensor(g, dtype=f.dtype)).sum() for f, g in zip(final, g_state)
+    )
     names = [n for n, _ in layer.named_parameters()]
     grads = torch.autograd.grad(loss, [x, *hx, *layer.parameters()], allow_unused=True)
     as_np = lambda t: None if t is None else t.detach().double().numpy()  # noqa: E731
@@ -99,7 +103,9 @@ def test_compiled_stacked_bidirectional_matches_loop(spec, rng):
     Layer = novolstm.get_layer("torch", spec=spec)
     kwargs = dict(num_layers=2, bidirectional=True, dtype=torch.float64, fused=False)
     compiled, loop = Layer(3, 4, compiled=True, **kwargs), Layer(3, 4, compiled=False, **kwargs)
-    params = {key: novolstm.testing.random_params(spec, cell.input_size, 4, rng) for key, cell in compiled.cells.items()}
+    params = {
+        key: novolstm.testing.random_params(spec, cell.input_size, 4, rng) for key, cell in compiled.cells.items()
+    }
     compiled.load_canonical(params), loop.load_canonical(params)
     T, B = 7, 3
     x = rng.normal(size=(T, B, 3))
@@ -110,8 +116,13 @@ def test_compiled_stacked_bidirectional_matches_loop(spec, rng):
         out, final = layer(xt, mask=mask)
         final = final if isinstance(final, tuple) else (final,)
         (out.pow(2).sum() + sum(f.sum() for f in final)).backward()
-        results.append((out.detach(), [f.detach() for f in final], xt.grad, {n: p.grad for n, p in layer.named_parameters()}))
-    tol, gtol = pairwise_tolerance("float64", "float64", T), pairwise_tolerance("float64", "float64", T, kind="gradients")
+        results.append(
+            (out.detach(), [f.detach() for f in final], xt.grad, {n: p.grad for n, p in layer.named_parameters()})
+        )
+    tol, gtol = (
+        pairwise_tolerance("float64", "float64", T),
+        pairwise_tolerance("float64", "float64", T, kind="gradients"),
+    )
     assert_close(results[0][0].numpy(), results[1][0].numpy(), tol, what="outputs")
     for a, b in zip(results[0][1], results[1][1]):
         assert_close(a.numpy(), b.numpy(), tol, what="final state")
@@ -157,10 +168,14 @@ def test_torch_compile_fullgraph_and_export(rng):
     out.sum().backward()
     tol = pairwise_tolerance("float32", "float32", 6)
     assert_close(out.detach().numpy(), eager_out.detach().numpy(), tol, what="torch.compile outputs")
-    assert_close(layer.cells["l0"].W_i.grad.numpy(), eager_grad.numpy(), tol.scaled(10.0), what="torch.compile grad W_i")
+    assert_close(
+        layer.cells["l0"].W_i.grad.numpy(), eager_grad.numpy(), tol.scaled(10.0), what="torch.compile grad W_i"
+    )
     exported = torch.export.export(layer, (x.detach(),))
     assert any("novolstm_" in str(node.target) for node in exported.graph.nodes), "the kernel is one node of the graph"
-    assert_close(exported.module()(x.detach())[0].detach().numpy(), eager_out.detach().numpy(), tol, what="exported outputs")
+    assert_close(
+        exported.module()(x.detach())[0].detach().numpy(), eager_out.detach().numpy(), tol, what="exported outputs"
+    )
 
 
 def test_compiled_runs_where_it_can_and_says_why_not(rng):

@@ -61,7 +61,16 @@ def test_fused_gru_matches_nn_gru_and_the_generated_loop(num_layers, bidirection
     if not bias:
         params = {k: {n: (0 * v if n.startswith("b_") else v) for n, v in p.items()} for k, p in params.items()}
     layer.load_canonical(params)
-    loop = GRU_LAYER(3, 4, num_layers=num_layers, bidirectional=bidirectional, bias=bias, dtype=torch.float64, fused=False, compiled=False)
+    loop = GRU_LAYER(
+        3,
+        4,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        bias=bias,
+        dtype=torch.float64,
+        fused=False,
+        compiled=False,
+    )
     loop.load_state_dict(layer.state_dict())
     native = native_gru(params, num_layers, bidirectional, bias)
     T, rows = 6, num_layers * (2 if bidirectional else 1)
@@ -79,12 +88,32 @@ def test_fused_gru_matches_nn_gru_and_the_generated_loop(num_layers, bidirection
         suffix = f"_l{key[1:].split('_', 1)[0]}" + ("_reverse" if key.endswith("_reverse") else "")
         for j, k in enumerate("rzn"):
             rows_k = slice(4 * j, 4 * (j + 1))
-            assert_close(fused[4][f"cells.{key}.W_{k}"].numpy(), by_native[4][f"weight_ih{suffix}"][rows_k].T.numpy(), gtol, what=f"grad W_{k}")
-            assert_close(fused[4][f"cells.{key}.U_{k}"].numpy(), by_native[4][f"weight_hh{suffix}"][rows_k].T.numpy(), gtol, what=f"grad U_{k}")
+            assert_close(
+                fused[4][f"cells.{key}.W_{k}"].numpy(),
+                by_native[4][f"weight_ih{suffix}"][rows_k].T.numpy(),
+                gtol,
+                what=f"grad W_{k}",
+            )
+            assert_close(
+                fused[4][f"cells.{key}.U_{k}"].numpy(),
+                by_native[4][f"weight_hh{suffix}"][rows_k].T.numpy(),
+                gtol,
+                what=f"grad U_{k}",
+            )
             if bias:
-                assert_close(fused[4][f"cells.{key}.b_{k}"].numpy(), by_native[4][f"bias_ih{suffix}"][rows_k].numpy(), gtol, what=f"grad b_{k}")
+                assert_close(
+                    fused[4][f"cells.{key}.b_{k}"].numpy(),
+                    by_native[4][f"bias_ih{suffix}"][rows_k].numpy(),
+                    gtol,
+                    what=f"grad b_{k}",
+                )
         if bias:
-            assert_close(fused[4][f"cells.{key}.b_hn"].numpy(), by_native[4][f"bias_hh{suffix}"][8:].numpy(), gtol, what="grad b_hn")
+            assert_close(
+                fused[4][f"cells.{key}.b_hn"].numpy(),
+                by_native[4][f"bias_hh{suffix}"][8:].numpy(),
+                gtol,
+                what="grad b_hn",
+            )
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -122,18 +151,24 @@ def test_fused_gru_runs_exactly_where_it_can(rng):
     with pytest.raises(RuntimeError, match="fused=True.*mask"):
         GRU_LAYER(3, 4, batch_first=True, fused=True)(x, mask=mask)
     half = GRU_LAYER(3, 4, dtype=torch.bfloat16, compiled=False)
-    assert not ran_fused(half(torch.ones(5, 2, 3, dtype=torch.bfloat16, requires_grad=True))[0]), "bfloat16: the generated loop"
+    assert not ran_fused(half(torch.ones(5, 2, 3, dtype=torch.bfloat16, requires_grad=True))[0]), (
+        "bfloat16: the generated loop"
+    )
 
 
 def test_gru_is_recognised_by_what_it_computes():
     gru = novolstm.load_spec("gru")
     assert 'h_next = "(1.0 - z) * n + z * h"' in gru.dumps()  # the replacements below apply
     rewritten = novolstm.loads_spec(
-        gru.dumps().replace('name = "gru"', 'name = "my_gru"').replace('h_next = "(1.0 - z) * n + z * h"', 'h_next = "z * h + (1.0 - z) * n"')
+        gru.dumps()
+        .replace('name = "gru"', 'name = "my_gru"')
+        .replace('h_next = "(1.0 - z) * n + z * h"', 'h_next = "z * h + (1.0 - z) * n"')
     )
     assert computes_standard_gru(gru) and computes_standard_gru(rewritten)
     assert novolstm.load_generated(rewritten, "torch").FUSED_KERNEL
-    swapped = novolstm.loads_spec(gru.dumps().replace('h_next = "(1.0 - z) * n + z * h"', 'h_next = "z * n + (1.0 - z) * h"'))
+    swapped = novolstm.loads_spec(
+        gru.dumps().replace('h_next = "(1.0 - z) * n + z * h"', 'h_next = "z * n + (1.0 - z) * h"')
+    )
     assert not computes_standard_gru(swapped)
     assert not novolstm.load_generated(swapped, "torch").FUSED_KERNEL
     for other in ("lstm", "novolstm", "peephole_lstm"):

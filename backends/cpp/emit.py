@@ -1,12 +1,12 @@
 """The C++ emitter: one translation unit per spec running the whole sequence, forward and backward.
 
-The same :class:`~novolstm.codegen.LoopPlan` the Python emitters render is rendered here
+The same ``LoopPlan`` the Python emitters render is rendered here
 into C++ for PyTorch's CPU extension API (ATen): the prologue (the input projection of
 every timestep, one GEMM) before the loop, one recurrent GEMM per step through ATen
 (MKL / oneDNN), and the step's elementwise work fused into one loop over the batch rows,
 each row's values computed node after node while they sit in the cache. The backward
 pass runs the step's backward graph in reverse time and forms the weight gradients as
-one GEMM per projection after the loop. :mod:`runtime.h <novolstm.backends.cpp>` holds
+one GEMM per projection after the loop. ``runtime.h`` holds
 the row kernels (softmax, LayerNorm statistics, their VJPs) and is inlined at the top.
 
 The generated source defines two operators in a namespace of its own (``namespace``
@@ -25,9 +25,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable
 
 from novolstm.codegen import LoopPlan
 from novolstm.ir import Graph, Node, live_names
@@ -76,9 +76,9 @@ def elems(width) -> str:
     return f"{width} * H"
 
 
-def elems_of(width, H: int, I: int) -> int:
-    """:func:`elems` evaluated (for the fake tensors' shapes)."""
-    return I if width == "I" else 1 if width == "S" else width * H
+def elems_of(width, units: int, inputs: int) -> int:
+    """``elems`` evaluated (for the fake tensors' shapes)."""
+    return inputs if width == "I" else 1 if width == "S" else width * units
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,13 @@ class GraphCode:
     """
 
     def __init__(
-        self, graph: Graph, rows: str, prefix: str, leaves: dict[str, Leaf], skip: set[str] = frozenset(), tensors: dict[str, str] | None = None
+        self,
+        graph: Graph,
+        rows: str,
+        prefix: str,
+        leaves: dict[str, Leaf],
+        skip: set[str] = frozenset(),
+        tensors: dict[str, str] | None = None,
     ):
         self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
         self.alloc: list[str] = []
@@ -167,7 +173,9 @@ class GraphCode:
                 continue
             if n.op == "slice":
                 src = n.args[0]
-                slice_lines[n.name] = f"const rt::View<T> {self.v(n.name)}{{{self.view(src)}.p + {elems(n.attr('start'))}, {self.view(src)}.ld}};"
+                slice_lines[n.name] = (
+                    f"const rt::View<T> {self.v(n.name)}{{{self.view(src)}.p + {elems(n.attr('start'))}, {self.view(src)}.ld}};"
+                )
                 base = self.tensor(src)
                 if base is not None and g[src].batched:
                     self.tensors[n.name] = f"{base}.narrow(1, {elems(n.attr('start'))}, {elems(n.width)})"
@@ -248,7 +256,9 @@ class GraphCode:
                     raise Unsupported("concat of a broadcast value")
                 if start > at:
                     lines.append(f"std::fill(o + {elems(at) if at else '0'}, o + {elems(start)}, T(0));")
-                lines.append(f"std::memcpy(o + {elems(start) if start else '0'}, {self.view(a.name)}.row(b), sizeof(T) * {elems(stop - start)});")
+                lines.append(
+                    f"std::memcpy(o + {elems(start) if start else '0'}, {self.view(a.name)}.row(b), sizeof(T) * {elems(stop - start)});"
+                )
                 at = stop
             if at < n.width:
                 lines.append(f"std::fill(o + {elems(at)}, o + N, T(0));")
@@ -432,7 +442,9 @@ class _Emitter:
             rnode = prog.prologue[root]
             if rnode.op == "input" or not rnode.batched or not node.batched:
                 raise Unsupported("a hoisted value that is not a batched computed value")
-            hoisted_views.append(f"const rt::View<T> vh_{h}{{{pro.view(root)}.p + t * B * {pro.view(root)}.ld + {elems(off) if off else '0'}, {pro.view(root)}.ld}};")
+            hoisted_views.append(
+                f"const rt::View<T> vh_{h}{{{pro.view(root)}.p + t * B * {pro.view(root)}.ld + {elems(off) if off else '0'}, {pro.view(root)}.ld}};"
+            )
             leaves[h] = Leaf(f"vh_{h}")
         step = GraphCode(prog.step, "B", "s", leaves)
         out_name = prog.step.outputs["output"]
@@ -456,7 +468,7 @@ class _Emitter:
             *("  " + s for s in pro.body),
             "  // state: double buffers, swapped after each step",
         ]
-        for k, s in enumerate(states):
+        for k in range(len(states)):
             L += [
                 f"  at::Tensor sa_{k} = state[{k}].contiguous().clone(), sb_{k} = at::empty({{B, H}}, opts);",
                 f"  at::Tensor* cur_{k} = &sa_{k};",
@@ -465,18 +477,22 @@ class _Emitter:
         L.append("  at::Tensor ys = at::empty({Tn, B, H}, opts);")
         for e in self.entries:
             if e.per_step:
-                L.append(f"  at::Tensor tape_{e.name} = keep_tape ? at::empty({{Tn, B, {elems(e.width)}}}, opts) : at::empty({{0}}, opts);")
+                L.append(
+                    f"  at::Tensor tape_{e.name} = keep_tape ? at::empty({{Tn, B, {elems(e.width)}}}, opts) : at::empty({{0}}, opts);"
+                )
         L += [f"  {s}" for s in step.alloc]
         L += [
             "  for (int64_t s = 0; s < Tn; ++s) {",
             "    const int64_t t = reverse ? Tn - 1 - s : s;",
             "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
         ]
-        for k, s in enumerate(states):
+        for k in range(len(states)):
             L.append(f"    const rt::View<T> vs_{k} = rt::view_of<T>(*cur_{k});")
         L += ["    " + s for s in hoisted_views]
         L += ["    " + s for s in step.body]
-        L.append(f"    rt::select_rows(rt::View<T>{{ys.data_ptr<T>() + t * B * H, H}}, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, B, H);")
+        L.append(
+            f"    rt::select_rows(rt::View<T>{{ys.data_ptr<T>() + t * B * H, H}}, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, B, H);"
+        )
         L.append("    if (keep_tape) {")
         for e in self.entries:
             if e.per_step:
@@ -494,7 +510,9 @@ class _Emitter:
             if e.per_step:
                 results.append(f"tape_{e.name}")
             else:
-                results.append(f"keep_tape ? {pro.t(e.name[2:])}.view({{Tn, B, {elems(e.width)}}}) : at::empty({{0}}, opts)")
+                results.append(
+                    f"keep_tape ? {pro.t(e.name[2:])}.view({{Tn, B, {elems(e.width)}}}) : at::empty({{0}}, opts)"
+                )
         L.append(f"  return {tuple_type}({', '.join(results)});")
         L.append("}")
         L.append("")
@@ -519,7 +537,7 @@ class _Emitter:
         # step backward leaves
         leaves = self.param_leaves()
         seeds = {n.name: n.attr("role") for n in back.nodes if n.op == "seed"}
-        for name, role in seeds.items():
+        for name in seeds:
             leaves[name] = Leaf(f"vseed_{name}", f"seed_{name}")
         for n in back.nodes:
             if n.op == "saved" and n.attr("of") != "param":
@@ -561,7 +579,9 @@ class _Emitter:
                 if h not in gseq:
                     # nothing flows into this hoisted value (it is allocated as zeros)
                     gseq[h] = f"gzero_{h}"
-                    pro_seed_lines.append(f"at::Tensor gzero_{h} = at::zeros({{R, {elems(prog.step[h].width)}}}, opts);")
+                    pro_seed_lines.append(
+                        f"at::Tensor gzero_{h} = at::zeros({{R, {elems(prog.step[h].width)}}}, opts);"
+                    )
                 pro_leaves[n.name] = Leaf(f"rt::view_of<T>({gseq[h]})", gseq[h])
             elif n.op == "saved" and n.attr("of") != "param":
                 entry, off = self.pro_where[n.name]
@@ -570,7 +590,9 @@ class _Emitter:
         others = [v for r, v in pro_back.outputs.items() if r != f"grad:{spec.input}"]
         only_input = (live_names(pro_back.nodes, [g_input]) - live_names(pro_back.nodes, others)) if g_input else set()
         pro_all = GraphCode(pro_back, "R", "q", pro_leaves, skip=only_input)
-        pro_in = GraphCode(pro_back, "R", "q", pro_leaves, skip={n.name for n in pro_back.nodes} - only_input, tensors=pro_all.tensors)
+        pro_in = GraphCode(
+            pro_back, "R", "q", pro_leaves, skip={n.name for n in pro_back.nodes} - only_input, tensors=pro_all.tensors
+        )
 
         ns = len(states)
         tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + ns + len(spec.param_names))) + ">"
@@ -615,17 +637,25 @@ class _Emitter:
             width = elems(back[name].width)
             if role == "output":
                 src = "rt::View<T>{g_ys.data_ptr<T>() + t * B * H, H}"
-                L.append(f"    if (g_ys_in.has_value()) rt::select_rows(vseed_{name}, {src}, rt::View<T>{{nullptr, 0}}, m, B, {width});")
+                L.append(
+                    f"    if (g_ys_in.has_value()) rt::select_rows(vseed_{name}, {src}, rt::View<T>{{nullptr, 0}}, m, B, {width});"
+                )
             else:
                 k = states.index(role.split(":", 1)[1])
-                L.append(f"    rt::select_rows(vseed_{name}, rt::view_of<T>(*gcur_{k}), rt::View<T>{{nullptr, 0}}, m, B, {width});")
+                L.append(
+                    f"    rt::select_rows(vseed_{name}, rt::view_of<T>(*gcur_{k}), rt::View<T>{{nullptr, 0}}, m, B, {width});"
+                )
         L += ["    " + s for s in saved_views]
         L += ["    " + s for s in step.body]
         for value, tensor in stores.items():
             width = elems(back[value].width)
-            L.append(f"    rt::select_rows(rt::View<T>{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {width});")
+            L.append(
+                f"    rt::select_rows(rt::View<T>{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {width});"
+            )
         for p, value in accum:
-            L.append(f"    {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}")
+            L.append(
+                f"    {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}"
+            )
         for k, s in enumerate(states):
             grad = back.outputs.get(f"grad:{s}")
             src = step.view(grad) if grad else "rt::View<T>{nullptr, 0}"
@@ -654,7 +684,9 @@ class _Emitter:
         # weight gradients: one GEMM per projection over every timestep
         for Lin in plan.linears:
             if Lin.in_step and Lin.name not in glin or not Lin.in_step and f"grad:{Lin.name}" not in pro_back.outputs:
-                L.append(f"  const at::Tensor gw_{Lin.name} = at::zeros({{w_{Lin.name}.size(0), w_{Lin.name}.size(1)}}, opts);")
+                L.append(
+                    f"  const at::Tensor gw_{Lin.name} = at::zeros({{w_{Lin.name}.size(0), w_{Lin.name}.size(1)}}, opts);"
+                )
                 if Lin.has_bias:
                     L.append(f"  const at::Tensor gbias_{Lin.name} = at::zeros({{w_{Lin.name}.size(1)}}, opts);")
                 continue
@@ -691,9 +723,13 @@ class _Emitter:
         for L in self.plan.linears:
             k_all = len(L.weights)
             for k, w in enumerate(L.weights):
-                pieces[w].append(f"gw_{L.name}" if k_all == 1 else f"gw_{L.name}.narrow(1, {elems(k) if k else '0'}, H)")
+                pieces[w].append(
+                    f"gw_{L.name}" if k_all == 1 else f"gw_{L.name}.narrow(1, {elems(k) if k else '0'}, H)"
+                )
                 if L.biases[k]:
-                    pieces[L.biases[k]].append(f"gbias_{L.name}" if k_all == 1 else f"gbias_{L.name}.narrow(0, {elems(k) if k else '0'}, H)")
+                    pieces[L.biases[k]].append(
+                        f"gbias_{L.name}" if k_all == 1 else f"gbias_{L.name}.narrow(0, {elems(k) if k else '0'}, H)"
+                    )
         for name in self.plan.vector_params:
             pieces[name].append(f"gp_{name}")
         return pieces

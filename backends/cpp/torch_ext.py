@@ -1,7 +1,7 @@
 """The compiled sequence kernel of a spec as torch operators: built once, cached on disk.
 
-:func:`compiled_sequence` takes a spec's canonical TOML text (what a generated torch
-module carries as ``SPEC_TOML``), renders its C++ kernel (:mod:`novolstm.backends.cpp.emit`),
+``compiled_sequence`` takes a spec's canonical TOML text (what a generated torch
+module carries as ``SPEC_TOML``), renders its C++ kernel (``novolstm.backends.cpp.emit``),
 builds it with ``torch.utils.cpp_extension`` into a cache directory keyed by the
 kernel source, the torch version and the compiler flags (so one build serves float32
 and float64, and every process that asks again), and registers the operators'
@@ -9,7 +9,7 @@ fake (meta) functions and autograd formula, so that autograd, ``torch.compile``
 (one graph node, no graph break) and ``torch.export`` see them.
 
 Where no C++ compiler (or ninja) is present, or the spec uses a construct the
-emitter does not compile, :class:`CompiledUnavailable` says why; the caller falls back
+emitter does not compile, ``CompiledUnavailable`` says why; the caller falls back
 to the generated loop.
 
 The cache: ``$NOVOLSTM_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/novolstm`` (default
@@ -54,18 +54,20 @@ class CompiledUnavailable(RuntimeError):
 
 
 _LOCK = threading.Lock()
-_LOADED: dict[str, "CompiledSequence | CompiledUnavailable"] = {}
+_LOADED: dict[str, CompiledSequence | CompiledUnavailable] = {}
 
 
 def cache_dir() -> Path:
     """Where built kernels are kept (see the module docstring)."""
     root = os.environ.get("NOVOLSTM_CACHE_DIR")
     if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "novolstm")
+        root = os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "novolstm"
+        )
     return Path(root) / "torch-ext"
 
 
-def compiled_sequence(spec_toml: str) -> "CompiledSequence":
+def compiled_sequence(spec_toml: str) -> CompiledSequence:
     """The compiled sequence op of the spec whose canonical TOML is ``spec_toml``.
 
     Built (or loaded from the cache) on the first call in a process, then kept: later
@@ -84,7 +86,7 @@ def compiled_sequence(spec_toml: str) -> "CompiledSequence":
 
 
 @torch.compiler.disable
-def _load(spec_toml: str) -> "CompiledSequence | CompiledUnavailable":
+def _load(spec_toml: str) -> CompiledSequence | CompiledUnavailable:
     with _LOCK:
         if spec_toml not in _LOADED:
             try:
@@ -94,13 +96,15 @@ def _load(spec_toml: str) -> "CompiledSequence | CompiledUnavailable":
         return _LOADED[spec_toml]
 
 
-def _build(spec_toml: str) -> "CompiledSequence":
+def _build(spec_toml: str) -> CompiledSequence:
     spec = loads_spec(spec_toml)
     try:
         draft = generate(plan(spec), namespace="NAMESPACE")
     except Unsupported as e:
         raise CompiledUnavailable(f"spec {spec.name!r}: the C++ emitter does not compile {e}") from None
-    digest = hashlib.sha256("\n".join([draft.source, torch.__version__, *CFLAGS, *_cpu_flags(), *LDFLAGS]).encode()).hexdigest()
+    digest = hashlib.sha256(
+        "\n".join([draft.source, torch.__version__, *CFLAGS, *_cpu_flags(), *LDFLAGS]).encode()
+    ).hexdigest()
     namespace = f"novolstm_{spec.name[:24]}_{digest[:16]}"
     namespace = "".join(c if c.isalnum() or c == "_" else "_" for c in namespace)
     kernel = generate(plan(spec), namespace=namespace)
@@ -184,7 +188,9 @@ def _compile(namespace: str, source: str) -> Path:
                     verbose=False,
                 )
             except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
-                raise CompiledUnavailable(f"building the C++ kernel failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}") from e
+                raise CompiledUnavailable(
+                    f"building the C++ kernel failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}"
+                ) from e
         return Path(path) if path else library
 
 
@@ -218,11 +224,11 @@ def _register(layout: Layout):
 
     @torch.library.register_fake(f"{name}::forward")
     def _forward_fake(x, mask, reverse, keep_tape, state, params):
-        T, B, I = x.shape
+        steps, batch, inputs = x.shape
         H = units(params)
-        outs = [x.new_empty((T, B, H))] + [s.new_empty(s.shape) for s in state]
+        outs = [x.new_empty((steps, batch, H))] + [s.new_empty(s.shape) for s in state]
         for e in layout.tape:
-            outs.append(x.new_empty((T, B, elems_of(e.width, H, I))) if keep_tape else x.new_empty((0,)))
+            outs.append(x.new_empty((steps, batch, elems_of(e.width, H, inputs))) if keep_tape else x.new_empty((0,)))
         return tuple(outs)
 
     @torch.library.register_fake(f"{name}::backward")
@@ -239,7 +245,9 @@ def _register(layout: Layout):
 
     def backward(ctx, g_outputs, *g_rest):
         if not ctx.keep_tape:
-            raise RuntimeError("the compiled sequence ran without a tape (keep_tape=False); it cannot be differentiated")
+            raise RuntimeError(
+                "the compiled sequence ran without a tape (keep_tape=False); it cannot be differentiated"
+            )
         x, mask, *rest = ctx.saved_tensors
         state, params, tape = rest[:n], rest[n : n + ctx.params], rest[n + ctx.params :]
         g_final = [torch.zeros_like(s) if g is None else g for g, s in zip(g_rest[:n], state)]

@@ -369,7 +369,9 @@ _NOT_STANDARD = (
 )
 # float16: oneDNN has no float16 LSTM on CPU; the generated loop runs it everywhere (and
 # bfloat16 for the GRU, whose kernel does not keep its gate arithmetic in float32).
-_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16) if FUSED_CELL == "lstm" else (torch.float32, torch.float64)
+_FUSED_DTYPES = (
+    (torch.float32, torch.float64, torch.bfloat16) if FUSED_CELL == "lstm" else (torch.float32, torch.float64)
+)
 #: Canonical gate names in the fused kernel's order.
 _FUSED_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}.get(FUSED_CELL, ())
 
@@ -752,7 +754,9 @@ class Layer(nn.Module):
         else:
             flat = [w for params in cells for w in _flat_weights(params, self.bias)]
             self._flat_cache = None if key is None else (key, flat)
-        return _fused_kernel(x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        return _fused_kernel(
+            x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
+        )
 
     def _loop_forward(self, x, states, mask):
         """The generated loop and backward pass: every cell, every call."""
