@@ -513,6 +513,17 @@ class _Emitter:
                 results.append(
                     f"keep_tape ? {pro.t(e.name[2:])}.view({{Tn, B, {elems(e.width)}}}) : at::empty({{0}}, opts)"
                 )
+        # The prologue's buffers stay alive until the next call has made its own: freeing them
+        # first let the allocator hand the pages back, and the next call fault them in again
+        # (2,400 page faults a call at batch 32, 100 steps, 128 units, a third of the time).
+        kept = [
+            pro.tensors[n.name]
+            for n in prog.prologue.nodes
+            if n.name in pro.tensors and n.op not in LEAVES and "narrow" not in pro.tensors[n.name]
+        ]
+        if kept:
+            L.append("  static thread_local std::vector<at::Tensor> previous_prologue;")
+            L.append(f"  previous_prologue = {{{', '.join(kept)}}};")
         L.append(f"  return {tuple_type}({', '.join(results)});")
         L.append("}")
         L.append("")
