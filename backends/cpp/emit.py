@@ -715,7 +715,7 @@ class _Emitter:
                 width = prog.prologue[Lin.operand].width
                 base = "x2d" if entry == "x" else f"tp_{entry}"
                 operand = f"{base}.narrow(1, {elems(off) if off else '0'}, {elems(width)})"
-            L.append(f"  const at::Tensor gw_{Lin.name} = at::mm({operand}.t(), {g});")
+            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {g});")
             if Lin.has_bias:
                 L.append(f"  const at::Tensor gbias_{Lin.name} = {g}.sum(0);")
         results = ["g_x"] + [f"*gcur_{k}" for k in range(ns)]
