@@ -86,29 +86,54 @@ inline T tanh(T x) {
 
 inline double tanh(double x) { return std::tanh(x); }
 
-template <typename T>
-inline T row_sum(const T* a, int64_t n) {
+// Row reductions with independent partial sums in kLanes lanes: a single running sum is one
+// chain of dependent additions (its latency, not the vector units, sets the pace), and the
+// compiler may not reorder floating-point sums on its own. The lanes vectorize.
+constexpr int64_t kLanes = 16;
+
+template <typename T, typename Term>
+inline T lane_sum(int64_t n, Term term) {
+  T acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] += term(j + k);
+  }
   T s = T(0);
-  for (int64_t j = 0; j < n; ++j) s += a[j];
+  for (; j < n; ++j) s += term(j);
+  for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
   return s;
 }
 
 template <typename T>
+inline T row_sum(const T* a, int64_t n) {
+  return lane_sum<T>(n, [a](int64_t j) { return a[j]; });
+}
+
+template <typename T>
 inline T row_dot(const T* a, const T* b, int64_t n) {
-  T s = T(0);
-  for (int64_t j = 0; j < n; ++j) s += a[j] * b[j];
-  return s;
+  return lane_sum<T>(n, [a, b](int64_t j) { return a[j] * b[j]; });
+}
+
+template <typename T>
+inline T row_max(const T* a, int64_t n) {
+  T acc[kLanes];
+  for (int64_t k = 0; k < kLanes; ++k) acc[k] = a[0];
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t k = 0; k < kLanes; ++k) acc[k] = acc[k] < a[j + k] ? a[j + k] : acc[k];
+  }
+  T m = a[0];
+  for (; j < n; ++j) m = m < a[j] ? a[j] : m;
+  for (int64_t k = 0; k < kLanes; ++k) m = m < acc[k] ? acc[k] : m;
+  return m;
 }
 
 // softmax over the row, the row maximum subtracted first: no overflow for finite input.
 template <typename T>
 inline void softmax_row(const T* a, T* o, int64_t n) {
-  T m = a[0];
-  for (int64_t j = 1; j < n; ++j) m = std::max(m, a[j]);
-  T s = T(0);
-  for (int64_t j = 0; j < n; ++j) o[j] = exp_nonpositive(a[j] - m);  // vectorized, apart from the sum
-  for (int64_t j = 0; j < n; ++j) s += o[j];
-  const T inv = T(1) / s;
+  const T m = row_max(a, n);
+  for (int64_t j = 0; j < n; ++j) o[j] = exp_nonpositive(a[j] - m);
+  const T inv = T(1) / row_sum(o, n);
   for (int64_t j = 0; j < n; ++j) o[j] *= inv;
 }
 
@@ -123,11 +148,7 @@ inline void softmax_grad_row(const T* g, const T* y, T* o, int64_t n) {
 template <typename T>
 inline T inverse_std(const T* z, int64_t n, double eps, T* mean_out) {
   const T mean = row_sum(z, n) / T(n);
-  T var = T(0);
-  for (int64_t j = 0; j < n; ++j) {
-    const T c = z[j] - mean;
-    var += c * c;
-  }
+  T var = lane_sum<T>(n, [z, mean](int64_t j) { return (z[j] - mean) * (z[j] - mean); });
   var /= T(n);
   *mean_out = mean;
   return T(1) / std::sqrt(var + T(eps));
