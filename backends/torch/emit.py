@@ -507,7 +507,7 @@ def generate(plan: LoopPlan) -> str:
         constants=plan.constants(
             FUSED_KERNEL=plan.standard_lstm or standard_gru,
             FUSED_CELL="lstm" if plan.standard_lstm else "gru" if standard_gru else None,
-            SPEC_TOML=spec.dumps(),
+            SPEC_TOML=Code(repr(spec.dumps())),  # repr: the quotes ruff format prefers for TOML text
         ),
         init_source=init_source(),
         fusion=plan.fusion_entries(
