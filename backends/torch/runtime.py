@@ -28,6 +28,8 @@ from novolstm.init import init_from_table
 
 SPEC_NAME = "stand-in"
 SPEC_HASH = ""
+#: The spec's class_name: the name of the layer class (the cell's adds "Cell").
+CLASS_NAME = "StandIn"
 STATE_NAMES: tuple[str, ...] = ("h",)
 PARAM_NAMES: tuple[str, ...] = ()
 PARAM_TABLE: dict = {}
@@ -403,6 +405,26 @@ def _flat_weights(params, bias):
 # ---------------------------------------------------------------- modules
 
 
+def _units(units, hidden_size):
+    """The state size, given as units (positional, novolstm's name) or hidden_size= (torch's)."""
+    if hidden_size is not None and units is not None and int(hidden_size) != int(units):
+        raise ValueError(f"units={units!r} and hidden_size={hidden_size!r}: give one of them (they are the same size)")
+    if units is None and hidden_size is None:
+        raise TypeError("missing the state size: give units (or hidden_size=, as to torch.nn.LSTM)")
+    return units if units is not None else hidden_size
+
+
+def _setstate_checked(self, state):
+    """nn.Module.__setstate__, after refusing a module pickled from another version of the spec."""
+    saved = state.get("spec_hash", SPEC_HASH)
+    if saved != SPEC_HASH:
+        raise ValueError(
+            f"this {CLASS_NAME} module was saved from spec {SPEC_NAME!r} with sha256 {saved[:12]}..., "
+            f"but the {SPEC_NAME!r} spec here has sha256 {SPEC_HASH[:12]}...: the cells differ, so it is not loaded"
+        )
+    nn.Module.__setstate__(self, state)
+
+
 def _to_numpy(t):
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds every bfloat16 exactly
@@ -419,7 +441,7 @@ class Cell(nn.Module):
 
     Args:
         input_size: features of x.
-        units: the state size (also available as hidden_size).
+        units: the state size; or give it as hidden_size=, as to nn.LSTMCell.
         bias: False leaves out the projection biases (BIAS_NAMES), fixed at zero.
         device, dtype: as for any nn.Module.
         seed: the seed of the canonical initializers (see reset_parameters).
@@ -435,11 +457,13 @@ class Cell(nn.Module):
     spec_hash = SPEC_HASH
     state_names = STATE_NAMES
 
-    def __init__(self, input_size, units, bias=True, device=None, dtype=None, seed=0):
+    def __init__(self, input_size, units=None, bias=True, device=None, dtype=None, seed=0, *, hidden_size=None):
         super().__init__()
+        units = _units(units, hidden_size)
         if int(input_size) < 1 or int(units) < 1:
             raise ValueError(f"input_size and units must be positive, got {input_size} and {units}")
         self.input_size, self.units, self.bias = int(input_size), int(units), bool(bias)
+        self.spec_hash = SPEC_HASH  # pickled with the module, checked by __setstate__
         factory = {"device": device, "dtype": dtype}
         for name, (dims, _, _) in PARAM_TABLE.items():
             shape = tuple({"input": self.input_size, "units": self.units}[d] for d in dims)
@@ -454,7 +478,9 @@ class Cell(nn.Module):
         return self.units
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.units}" + ("" if self.bias else ", bias=False") + f", spec={SPEC_NAME!r}"
+        return f"{self.input_size}, {self.units}" + ("" if self.bias else ", bias=False")
+
+    __setstate__ = _setstate_checked
 
     def reset_parameters(self, seed=0):
         """Draw every parameter from the spec's initializer: the same numbers as novolstm.init_params."""
@@ -543,7 +569,7 @@ class Layer(nn.Module):
     def __init__(
         self,
         input_size,
-        units,
+        units=None,
         num_layers=1,
         bias=True,
         batch_first=False,
@@ -553,8 +579,18 @@ class Layer(nn.Module):
         dtype=None,
         seed=0,
         fused=None,
+        *,
+        hidden_size=None,
+        proj_size=0,
     ):
         super().__init__()
+        units = _units(units, hidden_size)
+        if proj_size:
+            raise ValueError(
+                f"proj_size={proj_size!r}: not supported; {CLASS_NAME} has no output projection "
+                "(nn.LSTM's LSTMP, h = (o * tanh(c)) @ W_hr), so its outputs are units wide; leave proj_size=0"
+            )
+        self.spec_hash = SPEC_HASH  # pickled with the module, checked by __setstate__
         if fused not in (None, True, False):
             raise ValueError(f"fused: expected None (auto), True or False, got {fused!r}")
         if fused and not FUSED_KERNEL:
@@ -580,8 +616,14 @@ class Layer(nn.Module):
     def hidden_size(self):
         return self.units
 
+    @property
+    def proj_size(self):
+        return 0  # as nn.LSTM without a projection
+
+    __setstate__ = _setstate_checked
+
     def extra_repr(self):
-        extra = [f"{self.input_size}, {self.units}", f"spec={SPEC_NAME!r}"]
+        extra = [f"{self.input_size}, {self.units}"]
         for key, default in (
             ("num_layers", 1),
             ("bias", True),
@@ -777,3 +819,10 @@ def vjp_numpy(params, x, state=None, mask=None):
         )
 
     return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final), vjp
+
+
+# The spec's own names for the classes (module printing, pickle, Keras-style summaries):
+# CLASS_NAME for the layer, as nn.LSTM, and CLASS_NAME + "Cell" for the cell, as nn.LSTMCell.
+for _cls, _name in ((Layer, CLASS_NAME), (Cell, CLASS_NAME + "Cell")):
+    _cls.__name__ = _cls.__qualname__ = _name
+    globals()[_name] = _cls
