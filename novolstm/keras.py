@@ -27,8 +27,12 @@ _CLASSES = builtin_classes("keras", ("Layer", "Cell"))
 __all__ = sorted(_CLASSES)
 
 # Generated and registered now, not on first use: a .keras file names them only by registered name.
-for _name in _CLASSES:
-    public_class("keras", _CLASSES, _name, globals())
+for _name, (_spec_name, _attr) in _CLASSES.items():
+    _cls = public_class("keras", _CLASSES, _name, globals())
+    # Files saved before the classes had names registered them as "novolstm><spec>.Cell" (".Layer"):
+    # that name loads them too, and the class's own name (registered last) is what new files carry.
+    keras.saving.register_keras_serializable("novolstm", f"{_spec_name}.{_attr}")(_cls)
+    keras.saving.register_keras_serializable("novolstm", _name)(_cls)
 
 
 class _FromSpecText:

@@ -69,8 +69,11 @@ def adopt(module: types.ModuleType, spec, backend: str) -> None:
         if framework != backend or attr not in vars(module):  # the Flax classes are built on first use
             continue
         cls = vars(module)[attr]
+        cls.generated_module = module.__name__  # where its spec's constants are (novolstm.checkpoint)
         if builtin:
             cls.__module__ = public
+            # doctest finds a module's classes by their __module__; __test__ keeps their examples here
+            module.__dict__.setdefault("__test__", {})[attr] = cls
         elif backend == "torch":
             cls.__reduce_ex__ = _reduce_with_spec
             cls.spec_text, cls.generated_attr = spec.dumps(), attr
@@ -82,9 +85,10 @@ def adopt(module: types.ModuleType, spec, backend: str) -> None:
 
 def adopt_flax(cls: type, spec, attr: str) -> type:
     """Name a Flax class of a built-in spec after its public module (novolstm.flax, novolstm.flax.linen)."""
+    cls.generated_module = module_name(spec, "jax")
     if is_builtin(spec):
         cls.__module__ = PUBLIC[("jax", attr)]
-        cls.__qualname__ = cls.__name__ = PUBLIC_NAME[attr].format(spec.class_name)
+        vars(sys.modules[cls.generated_module]).setdefault("__test__", {})[attr] = cls  # as in adopt
     return cls
 
 
