@@ -20,7 +20,6 @@ import zlib  # noqa: F401 - read by the initializers that generated modules inli
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 # --- spec: generated modules replace this block with the spec's constants and functions
@@ -195,6 +194,7 @@ def gemm_for(x):
     """
     if (
         _ONEDNN_LINEAR is not None
+        and not torch.is_grad_enabled()  # oneDNN's op has no autograd formula (backward="autograd")
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and not torch.compiler.is_compiling()
@@ -262,15 +262,60 @@ class Sequence(torch.autograd.Function):
         return (ys,) + tuple(final)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_ys, *g_final):
         params = dict(zip(PARAM_NAMES, ctx.saved_tensors))
         n = len(STATE_NAMES)
         need = ctx.needs_input_grad
-        g_x, g_state, g_params = backward(params, ctx.tape, g_ys, g_final, need_input=need[0])
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            g_x, g_state, g_params = backward(params, ctx.tape, g_ys, g_final, need_input=need[0])
         g_state = tuple(g if need[4 + k] else None for k, g in enumerate(g_state))
         g_params = tuple(g_params[p] if need[4 + n + k] else None for k, p in enumerate(PARAM_NAMES))
-        return (g_x, None, None, None) + g_state + g_params
+        grads = (g_x, None, None, None) + g_state + g_params
+        return _not_twice_differentiable(grads) if create_graph else grads
+
+
+_TWICE = (
+    f"{CLASS_NAME} is not twice differentiable with its generated backward pass (first order only); "
+    "construct it with backward='autograd' to record the forward on torch's tape for higher derivatives"
+)
+
+
+def _not_twice_differentiable(grads):
+    """The gradients, each behind a node that raises _TWICE if a second backward pass reaches it.
+
+    What torch.autograd.function.once_differentiable does, with a message that says what to do.
+    """
+    present = [k for k, g in enumerate(grads) if g is not None]
+    raising = torch._C._functions.DelayedError(_TWICE, len(present))
+    wrapped = raising(*[grads[k].detach().requires_grad_() for k in present])
+    wrapped = (wrapped,) if isinstance(wrapped, torch.Tensor) else wrapped
+    out = list(grads)
+    for k, g in zip(present, wrapped):
+        out[k] = g
+    return tuple(out)
+
+
+#: What Cell and Layer accept as backward=.
+BACKWARDS = ("generated", "autograd")
+
+
+def _check_backward(value):
+    if value not in BACKWARDS:
+        raise ValueError(f"backward: expected one of {BACKWARDS}, got {value!r}")
+    return value
+
+
+def _run(backward_mode, x, mask, reverse, state, tensors):
+    """(outputs, *final_state) of the sequence op: the generated backward pass, or torch's autograd.
+
+    Under torch.func transforms (grad, vmap, jacrev) the forward always runs on torch's tape:
+    the generated backward is an autograd.Function with a tape of its own, which they cannot enter.
+    """
+    if backward_mode == "autograd" or torch._C._are_functorch_transforms_active():
+        ys, final, _ = forward(dict(zip(PARAM_NAMES, tensors)), x, tuple(state), mask, keep_tape=False, reverse=reverse)
+        return (ys,) + tuple(final)
+    return Sequence.apply(x, mask, reverse, torch.is_grad_enabled(), *state, *tensors)
 
 
 def sequence(params, x, state=None, mask=None, reverse=False):
@@ -422,6 +467,7 @@ def _setstate_checked(self, state):
             f"this {CLASS_NAME} module was saved from spec {SPEC_NAME!r} with sha256 {saved[:12]}..., "
             f"but the {SPEC_NAME!r} spec here has sha256 {SPEC_HASH[:12]}...: the cells differ, so it is not loaded"
         )
+    state.setdefault("backward", "generated")  # pickled before the option existed
     nn.Module.__setstate__(self, state)
 
 
@@ -457,9 +503,12 @@ class Cell(nn.Module):
     spec_hash = SPEC_HASH
     state_names = STATE_NAMES
 
-    def __init__(self, input_size, units=None, bias=True, device=None, dtype=None, seed=0, *, hidden_size=None):
+    def __init__(
+        self, input_size, units=None, bias=True, device=None, dtype=None, seed=0, *, hidden_size=None, backward="generated"
+    ):
         super().__init__()
         units = _units(units, hidden_size)
+        self.backward = _check_backward(backward)
         if int(input_size) < 1 or int(units) < 1:
             raise ValueError(f"input_size and units must be positive, got {input_size} and {units}")
         self.input_size, self.units, self.bias = int(input_size), int(units), bool(bias)
@@ -478,7 +527,8 @@ class Cell(nn.Module):
         return self.units
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.units}" + ("" if self.bias else ", bias=False")
+        extra = "" if self.bias else ", bias=False"
+        return f"{self.input_size}, {self.units}{extra}" + ("" if self.backward == "generated" else f", backward={self.backward!r}")
 
     __setstate__ = _setstate_checked
 
@@ -533,7 +583,7 @@ class Cell(nn.Module):
             "x", x, 2, ref, expected=f"(batch, {self.input_size}) or ({self.input_size},)", last=self.input_size
         )
         state = _initial_state(state, x.shape[0], ref)
-        outs = Sequence.apply(x[None], None, False, torch.is_grad_enabled(), *state, *params.values())
+        outs = _run(self.backward, x[None], None, False, state, tuple(params.values()))
         new = tuple(s[0] for s in outs[1:]) if unbatched else tuple(outs[1:])
         return new if len(new) > 1 else new[0]
 
@@ -582,9 +632,11 @@ class Layer(nn.Module):
         *,
         hidden_size=None,
         proj_size=0,
+        backward="generated",
     ):
         super().__init__()
         units = _units(units, hidden_size)
+        self.backward = _check_backward(backward)
         if proj_size:
             raise ValueError(
                 f"proj_size={proj_size!r}: not supported; {CLASS_NAME} has no output projection "
@@ -609,7 +661,9 @@ class Layer(nn.Module):
         for layer in range(self.num_layers):
             size = self.input_size if layer == 0 else self.units * self.num_directions
             for suffix in ("", "_reverse")[: self.num_directions]:
-                cells[f"l{layer}{suffix}"] = Cell(size, self.units, bias, device, dtype, seed=seed + len(cells))
+                cells[f"l{layer}{suffix}"] = Cell(
+                    size, self.units, bias, device, dtype, seed=seed + len(cells), backward=backward
+                )
         self.cells = nn.ModuleDict(cells)
 
     @property
@@ -631,9 +685,10 @@ class Layer(nn.Module):
             ("dropout", 0.0),
             ("bidirectional", False),
             ("fused", None),
+            ("backward", "generated"),
         ):
             if getattr(self, key) != default:
-                extra.append(f"{key}={getattr(self, key)}")
+                extra.append(f"{key}={getattr(self, key)!r}")
         return ", ".join(extra)
 
     def reset_parameters(self, seed=0):
@@ -743,9 +798,7 @@ class Layer(nn.Module):
             for d, suffix in enumerate(("", "_reverse")[: self.num_directions]):
                 cell = self.cells[f"l{layer}{suffix}"]
                 row = layer * self.num_directions + d
-                result = Sequence.apply(
-                    x, mask, d == 1, torch.is_grad_enabled(), *(s[row] for s in states), *cell.params().values()
-                )
+                result = _run(self.backward, x, mask, d == 1, [s[row] for s in states], tuple(cell.params().values()))
                 outs.append(result[0])
                 finals.append(result[1:])
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
