@@ -133,3 +133,98 @@ def test_module_docstring_example():
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+NATIVE = {
+    "dropout": 0.25,
+    "use_bias": False,
+    "kernel_initializer": "zeros",
+    "recurrent_initializer": "identity",
+    "bias_initializer": "ones",
+    "kernel_regularizer": "l2",
+    "recurrent_regularizer": "l1",
+    "bias_regularizer": "l1",
+    "kernel_constraint": "non_neg",
+    "recurrent_constraint": "unit_norm",
+    "bias_constraint": "max_norm",
+    "activity_regularizer": "l2",
+}
+
+
+@pytest.mark.parametrize("kind", ["cell", "layer"])
+def test_get_config_round_trips_every_native_argument(kind, tmp_path):
+    cls = nk.LSTMCell if kind == "cell" else nk.LSTM
+    obj = cls(H, seed=3, **NATIVE)
+    config = obj.get_config()
+    for key in NATIVE:
+        assert key in config, key
+    assert cls.from_config(config).get_config() == config
+    model = keras.Sequential([keras.Input((5, I)), keras.layers.RNN(obj) if kind == "cell" else obj])
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras").layers[0]
+    assert (loaded.cell if kind == "cell" else loaded).get_config() == config
+
+
+def test_initializers_regularizers_constraints_and_use_bias_act_by_role(rng):
+    cell = nk.NovoLSTMCell(H, seed=0, **{k: v for k, v in NATIVE.items() if k not in ("dropout", "activity_regularizer")})
+    rnn = keras.layers.RNN(cell)
+    rnn(rng.normal(size=(2, 5, I)).astype("float32"))
+    roles = {"kernel": [], "recurrent": [], "bias": [], None: []}
+    for name, role in novolstm.load_generated("novolstm", "keras").ROLES.items():
+        roles[role].append(name)
+    assert roles["kernel"] and roles["recurrent"] and roles["bias"] and roles[None]  # gamma_i, beta_i: the spec's own
+    value = lambda name: keras.ops.convert_to_numpy(getattr(cell, name))  # noqa: E731
+    assert all(not value(n).any() for n in roles["kernel"])  # zeros
+    assert all(np.array_equal(value(n), np.eye(H)) for n in roles["recurrent"])  # identity
+    assert all(not value(n).any() and not getattr(cell, n).trainable for n in roles["bias"])  # use_bias=False
+    assert all(getattr(cell, n).trainable for n in roles[None] + roles["kernel"] + roles["recurrent"])
+    # One regularization loss per kernel and recurrent kernel (the biases are fixed).
+    assert len(rnn.losses) == len(roles["kernel"]) + len(roles["recurrent"])
+    layer = nk.NovoLSTM(H, seed=0, activity_regularizer="l2")
+    layer(rng.normal(size=(2, 5, I)).astype("float32"))
+    assert len(layer.losses) == 1 and float(layer.losses[0]) > 0
+    assert all(getattr(cell, n).constraint is not None for n in roles["kernel"] + roles["recurrent"])
+    with pytest.raises(ValueError, match="use_bias=False, so the biases"):
+        cell.load_params({**cell.export_params(), roles["bias"][0]: np.ones(H)})
+
+
+def test_recurrent_dropout_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"recurrent_dropout=0.2: not supported"):
+        nk.GRUCell(H, recurrent_dropout=0.2)
+    with pytest.raises(ValueError, match="recurrent_dropout=0.2: not supported"):
+        nk.GRU(H, recurrent_dropout=0.2)
+
+
+def _keras_lstm_weights(params):
+    gates = ("i", "f", "g", "o")  # Keras' gate order: i, f, c, o
+    return [np.concatenate([params[f"{m}_{g}"] for g in gates], axis=-1) for m in ("W", "U", "b")]
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_dropout_draws_the_masks_keras_lstm_draws(seed, rng):
+    # The standard LSTM spec with Keras' own LSTM: same weights, same dropout rate and seed, so
+    # the same masks (one per call, shared by gates and timesteps): the same outputs in training.
+    params = {k: v.astype("float32") for k, v in random_params_keras(rng).items()}
+    x = rng.normal(size=(3, 6, I)).astype("float32")
+    ours = nk.LSTM(H, seed=seed, dropout=0.4, return_sequences=True)
+    ours.build(x.shape)
+    ours.load_canonical(params)
+    native = keras.layers.LSTM(H, seed=seed, dropout=0.4, return_sequences=True)
+    native.build(x.shape)
+    native.set_weights(_keras_lstm_weights(params))
+    cell = keras.layers.RNN(nk.LSTMCell(H, seed=seed, dropout=0.4), return_sequences=True)
+    cell.build(x.shape)
+    cell.cell.load_params(params)
+    for _ in range(2):  # a new mask on every call, the same sequence of masks as Keras'
+        expected = keras.ops.convert_to_numpy(native(x, training=True))
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x, training=True)), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(cell(x, training=True)), expected, rtol=1e-5, atol=1e-6)
+    inference = keras.ops.convert_to_numpy(ours(x))
+    assert not np.allclose(inference, expected)  # dropout acts in training only
+    np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(native(x)), rtol=1e-5, atol=1e-6)
+
+
+def random_params_keras(rng):
+    from novolstm.testing import random_params
+
+    return random_params("lstm", I, H, rng)
