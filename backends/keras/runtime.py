@@ -109,7 +109,11 @@ NATIVE_ARGUMENTS = {
     "dropout": 0.0,
     "recurrent_dropout": 0.0,
     "use_bias": True,
-    **{f"{role}_{kind}": None for kind in ("initializer", "regularizer", "constraint") for role in ("kernel", "recurrent", "bias")},
+    **{
+        f"{role}_{kind}": None
+        for kind in ("initializer", "regularizer", "constraint")
+        for role in ("kernel", "recurrent", "bias")
+    },
 }
 _GETTERS = {"initializer": keras.initializers, "regularizer": keras.regularizers, "constraint": keras.constraints}
 

@@ -504,7 +504,16 @@ class Cell(nn.Module):
     state_names = STATE_NAMES
 
     def __init__(
-        self, input_size, units=None, bias=True, device=None, dtype=None, seed=0, *, hidden_size=None, backward="generated"
+        self,
+        input_size,
+        units=None,
+        bias=True,
+        device=None,
+        dtype=None,
+        seed=0,
+        *,
+        hidden_size=None,
+        backward="generated",
     ):
         super().__init__()
         units = _units(units, hidden_size)
@@ -528,7 +537,9 @@ class Cell(nn.Module):
 
     def extra_repr(self):
         extra = "" if self.bias else ", bias=False"
-        return f"{self.input_size}, {self.units}{extra}" + ("" if self.backward == "generated" else f", backward={self.backward!r}")
+        return f"{self.input_size}, {self.units}{extra}" + (
+            "" if self.backward == "generated" else f", backward={self.backward!r}"
+        )
 
     __setstate__ = _setstate_checked
 
