@@ -22,6 +22,7 @@ import importlib.machinery
 import re
 import sys
 import types
+from typing import Any
 
 #: A generated module's name: backend, spec name and the first 12 hex digits of its hash.
 MODULE_NAME = re.compile(r"novolstm\.generated\.(\w+?)\.(\w+)_([0-9a-f]{12})")
@@ -83,7 +84,7 @@ def adopt(module: types.ModuleType, spec, backend: str) -> None:
         public_keras.adopt_spec_classes(module, spec)
 
 
-def adopt_flax(cls: type, spec, attr: str) -> type:
+def adopt_flax(cls: Any, spec, attr: str) -> Any:
     """Name a Flax class of a built-in spec after its public module (novolstm.flax, novolstm.flax.linen)."""
     cls.generated_module = module_name(spec, "jax")
     if is_builtin(spec):
