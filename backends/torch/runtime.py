@@ -287,6 +287,8 @@ def _not_twice_differentiable(grads):
     What torch.autograd.function.once_differentiable does, with a message that says what to do.
     """
     present = [k for k, g in enumerate(grads) if g is not None]
+    if not present:
+        return grads
     raising = torch._C._functions.DelayedError(_TWICE, len(present))
     wrapped = raising(*[grads[k].detach().requires_grad_() for k in present])
     wrapped = (wrapped,) if isinstance(wrapped, torch.Tensor) else wrapped
