@@ -1,6 +1,6 @@
 """novolstm.jax's and novolstm.flax's named classes: one per built-in spec, the classes get_cell
 and the generated modules hold, cells that behave as Flax's LSTMCell under nnx.RNN / nn.RNN
-(values against the float64 reference), and msgpack checkpoints restored in a fresh process
+(values against the float64 reference), and msgpack and Orbax checkpoints restored in a fresh process
 that imports only jax, flax and the named classes."""
 
 from __future__ import annotations
@@ -89,6 +89,10 @@ with open("nnx.msgpack", "rb") as fh:
     nnx.replace_by_pure_dict(state, serialization.msgpack_restore(fh.read()))
 nnx.update(cell, state)
 out["nnx"] = np.asarray(nnx.RNN(cell)(x)).tolist()
+import orbax.checkpoint as ocp
+cell = novolstm.flax.NovoLSTMCell(3, 4, rngs=nnx.Rngs(8))
+nnx.update(cell, ocp.StandardCheckpointer().restore(sys.argv[1], nnx.state(cell)))
+out["orbax"] = np.asarray(nnx.RNN(cell)(x)).tolist()
 linen = nn.RNN(novolstm.flax.linen.GRUCell(4))
 template = linen.init(jax.random.key(7), x)
 with open("linen.msgpack", "rb") as fh:
@@ -98,7 +102,7 @@ print(json.dumps(out))
 """
 
 
-def test_msgpack_checkpoints_restore_in_a_fresh_process(tmp_path, rng):
+def test_msgpack_and_orbax_checkpoints_restore_in_a_fresh_process(tmp_path, rng):
     x = rng.normal(size=(2, 5, I)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     cell = nf.NovoLSTMCell(I, H, params=random_params("novolstm", I, H, rng))
@@ -106,11 +110,21 @@ def test_msgpack_checkpoints_restore_in_a_fresh_process(tmp_path, rng):
     linen = nn.RNN(nl.GRUCell(H))
     variables = {"params": {"cell": {k: jnp.asarray(v, jnp.float32) for k, v in random_params("gru", I, H, rng).items()}}}
     (tmp_path / "linen.msgpack").write_bytes(serialization.to_bytes(variables))
-    expected = {"nnx": np.asarray(nnx.RNN(cell)(jnp.asarray(x))), "linen": np.asarray(linen.apply(variables, x))}
+    import orbax.checkpoint as ocp
+
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "orbax", nnx.state(cell))
+    checkpointer.wait_until_finished()
+    expected = {
+        "nnx": np.asarray(nnx.RNN(cell)(jnp.asarray(x))),
+        "orbax": np.asarray(nnx.RNN(cell)(jnp.asarray(x))),
+        "linen": np.asarray(linen.apply(variables, x)),
+    }
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "JAX_ENABLE_X64")}
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(LOADER)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", textwrap.dedent(LOADER), str(tmp_path / "orbax")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
