@@ -216,6 +216,10 @@ def test_torch_func_grad_vmap_and_jacrev_on_cells_and_layers(rng):
     for (name, got), want in zip(grads.items(), expected):
         assert_close(got.numpy(), want.numpy(), tolerance("float64", 5, "gradients"), name)
 
+    lstm = randomized(nt.LSTM(I, H).double(), rng)  # the fused kernel outside the transforms
+    rows = vmap(lambda row: lstm(row)[0], in_dims=1, out_dims=1)(x)  # one unbatched (time, input) call per row
+    assert_close(rows.detach().numpy(), lstm(x)[0].detach().numpy(), tolerance("float64", 5), "vmap over a layer")
+
     cell = randomized(nt.LSTMCell(I, H).double(), rng)
     xs = torch.from_numpy(rng.normal(size=(6, I)))
     h, c = vmap(cell)(xs)  # one unbatched call per row

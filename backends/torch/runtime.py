@@ -425,6 +425,8 @@ def _fused_unavailable(x, mask):
         return f"dtype {x.dtype}: the fused path runs float32, float64 and bfloat16"
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return "traced and exported graphs keep the generated loop"
+    if torch._C._are_functorch_transforms_active():
+        return "torch.func transforms run the generated loop (torch's LSTM kernel has no vmap rule)"
     return None
 
 
