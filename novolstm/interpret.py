@@ -167,7 +167,7 @@ def _zeros_state(spec: Spec, batch: int, params: dict) -> tuple:
     return tuple(np.zeros((batch, units)) for _ in spec.state_names)
 
 
-def step(spec: "str | os.PathLike | Spec", params: dict, x_t, state=None):
+def step(spec: str | os.PathLike | Spec, params: dict, x_t, state=None):
     """One time step of ``spec`` in float64.
 
     Args:
@@ -200,7 +200,7 @@ def step(spec: "str | os.PathLike | Spec", params: dict, x_t, state=None):
     return _step(spec, call.params, call.x[:, 0, :], state)
 
 
-def run(spec: "str | os.PathLike | Spec", params: dict, x, state=None, mask=None, lengths=None):
+def run(spec: str | os.PathLike | Spec, params: dict, x, state=None, mask=None, lengths=None):
     """Run ``spec`` over a batch of sequences in float64, applying the masking rule.
 
     On a masked (False) step a batch row keeps its state unchanged and its output is

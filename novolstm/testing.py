@@ -350,7 +350,7 @@ class _SpecDrawer:
         leaves = ["gate", "projection"] + (["name"] if self.batched else [])
         compound = ["unary", "layer_norm", "binary", "with_constant", "negate", "project", "ln_ln", "softmax_product"]
         kind = self.choice(leaves + (compound if depth > 0 else []))
-        sub = lambda: _paren(self.batched_expr(depth - 1))  # noqa: E731
+        sub = lambda: _paren(self.batched_expr(depth - 1))
         if kind == "gate":  # what the fusion passes look for: x @ W + h @ U + b
             terms = [f"x @ {self.param('W')}"]
             if self.batched and self.draw(self.st.booleans()):
@@ -412,8 +412,9 @@ class _SpecDrawer:
             inner[nxt], reads[nxt] = self.equation(lambda: [self.batched_expr(self.max_depth)])
             shape = self.choice(["tanh", "gated", "damped"])
             if shape != "tanh":
+                gated = shape == "gated"
                 extra, used = self.equation(
-                    lambda: f"sigmoid({self.batched_expr(0)})" if shape == "gated" else _paren(self.constant_term())
+                    lambda gated=gated: f"sigmoid({self.batched_expr(0)})" if gated else _paren(self.constant_term())
                 )
                 factor[nxt] = extra
                 reads[nxt] |= used
@@ -557,23 +558,62 @@ FINITE_DIFFERENCE_STEP = 1e-6
 FINITE_DIFFERENCE_RTOL = 1e-6
 
 
-def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int = 0) -> dict[str, np.ndarray]:
-    """Assert that float64 gradients match central differences of the interpreter.
+def gradient_problem(spec, case: Case, seed: int = 0):
+    """The loss a gradient check differentiates: ``(state, g_out, g_state)``, all float64.
+
+    The loss is ``sum(outputs * g_out) + sum(final * g_state)``; the cotangents are drawn
+    from ``seed``, and so is an initial state where ``case`` has none (a zero state sits on
+    ``relu``'s kink). The same ``seed`` gives the same problem in every dtype.
+    """
+    rng = np.random.default_rng(seed)
+    batch, steps, _ = case.x.shape
+    units = case.params[spec.params[0].name].shape[-1]
+    state = case.state if case.state is not None else tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
+    g_out = rng.normal(size=(batch, steps, units))
+    g_state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
+    return tuple(np.asarray(s, np.float64) for s in state), g_out, g_state
+
+
+def vjp_gradients(spec, vjp_numpy, case: Case, seed: int = 0, dtype="float64"):
+    """Gradients from ``vjp_numpy`` in ``dtype`` for the loss of :func:`gradient_problem`.
 
     ``vjp_numpy(params, x, state, mask) -> (outputs, final_state, vjp)`` as the generated
     modules provide it, with ``vjp(g_outputs, g_final_state) -> (g_x, g_state0, g_params)``.
-    For the loss ``sum(outputs * g_out) + sum(final * g_state)`` (random cotangents drawn
-    from ``seed``), the gradient with respect to the inputs, each initial state and every
-    parameter, projected on a random direction, must match the central difference of the
-    same loss computed by :func:`novolstm.interpret.run` within
-    :data:`FINITE_DIFFERENCE_RTOL` of ``1 + |analytic|``. A case without an initial state
-    gets a random one (a zero state sits on ``relu``'s kink). The outputs and final state
-    are checked against the interpreter too.
 
     Returns:
-        ``[(label, gradient)]`` for the inputs (``"d/dx"``), each initial state
-        (``"d/dh0"``, ...) and each parameter in ``spec.param_names`` order (``"d/dW_i"``, ...),
-        for comparisons in other dtypes.
+        ``(outputs, final_state, [(label, gradient)])``: the gradients with respect to the
+        inputs (``"d/dx"``), each initial state (``"d/dh0"``, ...) and each parameter in
+        ``spec.param_names`` order (``"d/dW_i"``, ...).
+    """
+    from .spec_loader import load_spec
+
+    spec = load_spec(spec)
+    state, g_out, g_state = gradient_problem(spec, case, seed)
+    c = Case(case.params, case.x, state, case.mask).cast(dtype)
+    outputs, final, vjp = vjp_numpy(c.params, c.x, c.state, c.mask)
+    g_x, g_state0, g_params = vjp(g_out.astype(dtype), tuple(g.astype(dtype) for g in g_state))
+    if sorted(g_params) != sorted(spec.param_names):
+        raise AssertionError(f"{spec.name}: gradients for {sorted(g_params)}, expected {sorted(spec.param_names)}")
+    labels = ["d/dx", *(f"d/d{s}0" for s in spec.state_names), *(f"d/d{p}" for p in spec.param_names)]
+    arrays = [g_x, *g_state0, *(g_params[p] for p in spec.param_names)]
+    if len(arrays) != len(labels):
+        raise AssertionError(f"{spec.name}: {len(g_state0)} initial-state gradients, expected {len(spec.state_names)}")
+    return outputs, final, [(label, np.asarray(a)) for label, a in zip(labels, arrays)]
+
+
+def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int = 0) -> list:
+    """Assert that float64 gradients match central differences of the interpreter.
+
+    For the loss of :func:`gradient_problem`, the gradient from ``vjp_numpy`` (see
+    :func:`vjp_gradients`) with respect to the inputs, each initial state and every
+    parameter, projected on a random direction, must match the central difference of the
+    same loss computed by :func:`novolstm.interpret.run` within
+    :data:`FINITE_DIFFERENCE_RTOL` of ``1 + |analytic|``. The outputs and final state are
+    checked against the interpreter too.
+
+    Returns:
+        The gradients, ``[(label, gradient)]`` as :func:`vjp_gradients` gives them, for
+        comparisons in other dtypes (:func:`check_gradients_close`).
 
     >>> import novolstm
     >>> spec = novolstm.load_spec("gru")
@@ -587,47 +627,49 @@ def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int =
 
     spec = load_spec(spec)
     c = case.cast("float64")
-    rng = np.random.default_rng(seed)
-    batch, steps, _ = c.x.shape
-    units = c.params[spec.params[0].name].shape[-1]
-    state = c.state if c.state is not None else tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
-    g_out = rng.normal(size=(batch, steps, units))
-    g_state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
-
-    outputs, final, vjp = vjp_numpy(c.params, c.x, state, c.mask)
+    state, g_out, g_state = gradient_problem(spec, c, seed)
+    outputs, final, grads = vjp_gradients(spec, vjp_numpy, c, seed)
     expected, expected_state = interpret.run(spec, c.params, c.x, state, mask=c.mask)
-    tol = tolerance("float64", steps)
+    tol = tolerance("float64", c.steps)
     assert_close(np.asarray(outputs), expected, tol, what=f"{spec.name} outputs (vjp_numpy)")
     for name, got, want in zip(spec.state_names, final, expected_state):
         assert_close(np.asarray(got), want, tol, what=f"{spec.name} final state {name} (vjp_numpy)")
-    g_x, g_state0, g_params = vjp(g_out, g_state)
-    if sorted(g_params) != sorted(spec.param_names):
-        raise AssertionError(f"{spec.name}: gradients for {sorted(g_params)}, expected {sorted(spec.param_names)}")
-    grads = [np.asarray(g_x), *(np.asarray(g) for g in g_state0), *(np.asarray(g_params[n]) for n in spec.param_names)]
 
     def loss(x=c.x, state=state, params=c.params) -> float:
         out, fin = interpret.run(spec, params, x, state, mask=c.mask)
         return float((out * g_out).sum() + sum((f * g).sum() for f, g in zip(fin, g_state)))
 
-    # (label, value, the loss with that value in its place), for the inputs, each state, each parameter
-    wrt = [("x", c.x, lambda v: loss(x=v))]
-    for k, s in enumerate(spec.state_names):
-        wrt.append((f"{s}0", state[k], lambda v, k=k: loss(state=state[:k] + (v,) + state[k + 1 :])))
-    for name in spec.param_names:
-        wrt.append((name, c.params[name], lambda v, name=name: loss(params={**c.params, name: v})))
-    for (name, value, loss_at), grad in zip(wrt, grads, strict=True):
+    # (value, the loss with that value in its place), in the order of vjp_gradients' labels
+    wrt = [(c.x, lambda v: loss(x=v))]
+    wrt += [(state[k], lambda v, k=k: loss(state=state[:k] + (v,) + state[k + 1 :])) for k in range(len(state))]
+    wrt += [(c.params[p], lambda v, p=p: loss(params={**c.params, p: v})) for p in spec.param_names]
+    rng = np.random.default_rng([seed, 1])
+    for (value, loss_at), (label, grad) in zip(wrt, grads, strict=True):
         if grad.shape != value.shape:
-            raise AssertionError(f"{spec.name} d/d{name}: shape {grad.shape}, expected {value.shape}")
+            raise AssertionError(f"{spec.name} {label}: shape {grad.shape}, expected {value.shape}")
         direction = rng.normal(size=value.shape)
         h = FINITE_DIFFERENCE_STEP
         numeric = (loss_at(value + h * direction) - loss_at(value - h * direction)) / (2 * h)
         analytic = float((grad * direction).sum())
         if not abs(numeric - analytic) <= FINITE_DIFFERENCE_RTOL * (1 + abs(analytic)):
             raise AssertionError(
-                f"{spec.name} d/d{name} along a random direction: {analytic!r}, central difference of the "
+                f"{spec.name} {label} along a random direction: {analytic!r}, central difference of the "
                 f"interpreter {numeric!r}"
             )
-    return [(f"d/d{name}", grad) for (name, _, _), grad in zip(wrt, grads)]
+    return grads
+
+
+def check_gradients_close(spec, vjp_numpy, case: Case, expected: list, seed: int = 0, dtype="float32", computes_in=None) -> float:
+    """Assert that gradients computed in ``dtype`` match ``expected`` (float64 ones, checked by
+    :func:`check_gradients_against_interpreter` for the same ``case`` and ``seed``) within the
+    table's gradient tolerance for ``computes_in`` (default ``dtype``); return the max deviation.
+    """
+    _, _, grads = vjp_gradients(spec, vjp_numpy, case, seed, dtype)
+    tol = tolerance(computes_in or dtype, case.steps, "gradients")
+    name = getattr(spec, "name", spec)
+    return max(
+        assert_close(got, want, tol, what=f"{name} {label} ({dtype})") for (label, got), (_, want) in zip(grads, expected, strict=True)
+    )
 
 
 def spec_cases(max_batch: int = 3, max_units: int = 5, max_input: int = 3, max_extra_steps: int = 6, scales=(0.05, 0.3, 1.0), **spec_options):
