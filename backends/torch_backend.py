@@ -67,7 +67,8 @@ def fused_adds(graph: Graph, keep: set[str]) -> dict[str, tuple[str, list[str]]]
 
     ``a @ w + rest`` becomes one GEMM accumulating into ``rest`` (the hoisted input
     projection plus the recurrent one, in one call per step). A projection qualifies when
-    the sum is its only reader and nothing else (an output, the tape) needs its value.
+    the sum is its only reader and nothing else (an output, the tape) needs its value, and
+    every other term is batched (a constant or a parameter-only vector is no accumulator).
     """
     users = graph.users()
     out = {}
@@ -82,7 +83,7 @@ def fused_adds(graph: Graph, keep: set[str]) -> dict[str, tuple[str, list[str]]]
                 and users[arg] == [n.name]
                 and arg not in keep
                 and arg not in graph.outputs.values()
-                and all(graph[o].op != "const" for o in others)
+                and all(graph[o].batched for o in others)  # acc: rows like the GEMM's (not 1 - b, a vector)
                 and node.width == n.width
             ):
                 out[n.name] = (arg, others)
