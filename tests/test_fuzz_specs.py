@@ -147,6 +147,14 @@ REGRESSIONS = {
     "parameter-only factor of a state-free value": lambda: spec_from(
         {"h_next": "tanh(h @ U0 + (x @ W0) * (b1 + b2 + b3))"}, {"h": "h_next"}, "h_next"
     ),
+    # The backward pass marked the adjoint of a parameter-only value (-g, g * b) as batched:
+    # torch summed it over the units axis too, giving a parameter gradient of shape ().
+    "adjoint of a parameter-only factor": lambda: spec_from(
+        {"h_next": "tanh(x @ W0)", "c_next": "tanh(h + (x @ W2)) * (1 - b1)"}, {"h": "h_next", "c": "c_next"}, "h_next"
+    ),
+    "adjoint of a product of parameters": lambda: spec_from(
+        {"h_next": "tanh(x @ W0 + h @ U0) * (b1 * -b2)"}, {"h": "h_next"}, "h_next"
+    ),
     # Literal-only subterms raised IRError (a width-0 node): now folded when lowering.
     "(2 * 3) and (1 - 1)": lambda: spec_from(
         {"h_next": "tanh(x @ W0 + (2 * 3) * (h @ U0) + (1 - 1))"}, {"h": "h_next"}, "h_next"
@@ -174,8 +182,8 @@ def regression_case(spec, batch: int, steps: int, units: int, seed: int) -> Case
     return Case(params, x, state, mask)
 
 
-#: (batch, steps, units): a sequence shorter than units, one longer, one row of one step.
-REGRESSION_SHAPES = [(2, 3, 5), (3, 9, 4), (1, 1, 2)]
+#: (batch, steps, units): a sequence shorter than units, one longer, one row of one step, one unit.
+REGRESSION_SHAPES = [(2, 3, 5), (3, 9, 4), (1, 1, 2), (2, 4, 1)]
 
 
 @pytest.mark.parametrize("name", sorted(REGRESSIONS))
