@@ -119,7 +119,10 @@ def step(params, fused, hoisted, state, H):
     $unpack_hoisted = hoisted
     $unpack_state = state
     $step
-    return $output, ($next_state)
+    # In the dtype of the state: Keras on JAX computes ops.tanh in float32 for float64 inputs
+    # (keras-team/keras#23225), and a next state that is exactly a tanh broke the scan's carry.
+    dtype = $first_state.dtype
+    return ops.cast($output, dtype), ($next_state)
 
 
 def _check_params(params, input_size, units):
@@ -600,6 +603,7 @@ def generate(plan: LoopPlan) -> str:
         unpack_hoisted="".join(f"{var(h)}, " for h in program.hoisted).rstrip(" ") or "()",
         unpack_state=", ".join(var(s) for s in states) + ",",
         step=_render(step),
+        first_state=var(states[0]),
         output=var(step.outputs["output"]),
-        next_state="".join(f"{var(step.outputs[f'state:{s}'])}, " for s in states).rstrip(" "),
+        next_state="".join(f"ops.cast({var(step.outputs[f'state:{s}'])}, dtype), " for s in states).rstrip(" "),
     )
