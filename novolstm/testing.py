@@ -314,9 +314,13 @@ class _SpecDrawer:
         return self.draw(self.st.sampled_from(options))
 
     def param(self, prefix: str) -> str:
-        shape = {"W": ["input", "units"], "U": ["units", "units"]}.get(prefix, ["units"])
-        name = f"{prefix}{len(self.params)}"
-        self.params[name] = shape
+        """A new parameter, or now and then one declared before (shared weights)."""
+        shared = [p for p in self.params if p.rstrip("0123456789") == prefix]
+        if shared and self.draw(self.st.integers(0, 4)) == 0:
+            name = self.choice(shared)
+        else:
+            name = f"{prefix}{len(self.params)}"
+            self.params[name] = {"W": ["input", "units"], "U": ["units", "units"]}.get(prefix, ["units"])
         self.uses.add(name)
         return name
 
@@ -477,7 +481,8 @@ def spec_texts(max_states: int = 4, max_intermediates: int = 4, max_depth: int =
 
     Every drawn spec loads with :func:`novolstm.loads_spec`. It has one to
     ``max_states`` states and up to ``max_intermediates`` intermediate equations, some of
-    them parameter-only; it uses every function of the language, nested to ``max_depth``:
+    them parameter-only; it uses every function of the language, nested to ``max_depth``,
+    and now and then shares a parameter between two terms:
     projections of the input, of states and of compound values, products of projections,
     parameter-only and constant-only subterms (``1 - b``, ``-b``, ``b1 * b2``, ``2 * b``,
     sums of several biases, ``(2 * 3)``, ``(1 - 1)``), unary minus, literals, states used

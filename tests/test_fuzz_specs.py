@@ -88,6 +88,7 @@ def test_random_specs_use_the_whole_language():
         "(1 - 1)": lambda s, t: "(1 - 1)" in t,
         "unary minus of a compound value": lambda s, t: "-(" in t,
         "state used elementwise": lambda s, t: re.search(r"\* [hcmq]\b|\b[hcmq] \*|\+ [hcmq]\b", t) is not None,
+        "shared parameter": lambda s, t: any(len(re.findall(rf"\b{p}\b", t.split("[equations]")[1])) > 1 for p in s.param_names),
         "equations out of order": lambda s, t: [n for n, _ in s.equations] != re.findall(r"^(\w+) = ", t.split("[equations]")[1], re.MULTILINE),
     }
     seen: set[str] = set()
