@@ -41,6 +41,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def layer_norm(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
         return centred / np.sqrt(variance + epsilon) * gamma + beta
 
 
-_UNARY = {
+_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "sigmoid": sigmoid,
     "tanh": np.tanh,
     "relu": lambda z: np.maximum(z, 0.0),
@@ -100,7 +101,7 @@ _UNARY = {
 # ---------------------------------------------------------------- one expression, one step
 
 
-def _value(expr: Expr, env: dict, epsilon: float | None):
+def _value(expr: Expr, env: dict, epsilon: float):
     """The value of ``expr`` given every name it reads in ``env`` (arrays or floats)."""
     if isinstance(expr, Name):
         return env[expr.id]
@@ -148,8 +149,10 @@ def evaluate(spec: Spec, params: dict, x_t: np.ndarray, state: tuple) -> dict:
     env = dict(params)
     env[spec.input] = x_t
     env.update(zip(spec.state_names, state))
+    # The loader requires an epsilon wherever layer_norm is called; it is unused otherwise.
+    epsilon = spec.numerics.layer_norm_epsilon or 0.0
     for name, expr in spec.equations:  # the loader ordered them: every name is defined before use
-        env[name] = _value(expr, env, spec.numerics.layer_norm_epsilon)
+        env[name] = _value(expr, env, epsilon)
     return env
 
 
