@@ -177,6 +177,11 @@ class _Lowering:
         nodes = [n for n in self.nodes if n.name in used or n.op in ("input", "state")]
         return check_graph(Graph(nodes, outputs), "lowering")
 
+    def constant(self, value: float) -> str:
+        if value not in self.consts:
+            self.consts[value] = self.emit("const", attrs=(("value", value),), width=0, batched=False)
+        return self.consts[value]
+
     def kind(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
@@ -185,12 +190,15 @@ class _Lowering:
             return self.env[e.id]
         value = constant_value(e)
         if value is not None:  # literals only, such as (2 * 3) or (1 - 1): one number
-            if value not in self.consts:
-                self.consts[value] = self.emit("const", attrs=(("value", value),), width=0, batched=False)
-            return self.consts[value]
+            return self.constant(value)
         if isinstance(e, Binary) and e.op == "+":
-            terms = [self.term(t) for t in _flatten_sum(e)]
-            return self.emit("add", terms, width=1, batched=self.any_batched(terms), name=target)
+            # The literal terms of a sum are one number too: (2 * 3) + ((2 * 3) + h) is 12 + h.
+            terms = _flatten_sum(e)
+            values = [constant_value(t) for t in terms]
+            args = [self.term(t) for t, v in zip(terms, values) if v is None]
+            if any(v is not None for v in values):
+                args.append(self.constant(sum(v for v in values if v is not None)))
+            return self.emit("add", args, width=1, batched=self.any_batched(args), name=target)
         if isinstance(e, Binary) and e.op == "@":
             return self.term(e, target)
         if isinstance(e, Binary):
