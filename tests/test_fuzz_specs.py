@@ -74,7 +74,9 @@ def test_random_specs_use_the_whole_language():
         "literal equation": lambda s, t: re.search(r'^\w+ = "[0-9.]+"$', t, re.MULTILINE) is not None,
         "separate output": lambda s, t: s.output == "y",
         **{fn: (lambda s, t, fn=fn: f"{fn}(" in t) for fn in ("sigmoid", "tanh", "relu", "softmax", "layer_norm")},
-        "nested call": lambda s, t: re.search(r"(sigmoid|tanh|relu|softmax|layer_norm)\((sigmoid|tanh|relu|softmax|layer_norm)\(", t),
+        "nested call": lambda s, t: re.search(
+            r"(sigmoid|tanh|relu|softmax|layer_norm)\((sigmoid|tanh|relu|softmax|layer_norm)\(", t
+        ),
         "layer_norm over layer_norm": lambda s, t: "layer_norm(layer_norm(" in t,
         "softmax of a product": lambda s, t: re.search(r"softmax\(\([^()]*\) \* ", t) is not None,
         "product of projections": lambda s, t: re.search(r"\(\w+ @ \w+\) \* \(\w+ @ \w+", t) is not None,
@@ -88,8 +90,12 @@ def test_random_specs_use_the_whole_language():
         "(1 - 1)": lambda s, t: "(1 - 1)" in t,
         "unary minus of a compound value": lambda s, t: "-(" in t,
         "state used elementwise": lambda s, t: re.search(r"\* [hcmq]\b|\b[hcmq] \*|\+ [hcmq]\b", t) is not None,
-        "shared parameter": lambda s, t: any(len(re.findall(rf"\b{p}\b", t.split("[equations]")[1])) > 1 for p in s.param_names),
-        "equations out of order": lambda s, t: [n for n, _ in s.equations] != re.findall(r"^(\w+) = ", t.split("[equations]")[1], re.MULTILINE),
+        "shared parameter": lambda s, t: any(
+            len(re.findall(rf"\b{p}\b", t.split("[equations]")[1])) > 1 for p in s.param_names
+        ),
+        "equations out of order": lambda s, t: (
+            [n for n, _ in s.equations] != re.findall(r"^(\w+) = ", t.split("[equations]")[1], re.MULTILINE)
+        ),
     }
     seen: set[str] = set()
 
@@ -158,11 +164,17 @@ REGRESSIONS = {
         {"h": "h_next", "c": "c_next"},
         "h_next",
     ),
-    # Literal-only subterms raised IRError (a width-0 node): now folded when lowering.
+    # Literal-only subterms raised IRError (a width-0 node), and so did literal terms spread
+    # over a sum ((2 * 3) + ((2 * 3) + h)): now folded when lowering.
     "(2 * 3), (1 - 1) and literal equations": lambda: spec_from(
-        {"k": "0.5", "z": "(1 - 1)", "h_next": "tanh(x @ W0 + (2 * 3) * (h @ U0) * k + (1 - 1) + z - (2 * 3))"},
+        {
+            "k": "0.5",
+            "z": "(1 - 1)",
+            "h_next": "tanh(x @ W0 + (2 * 3) * (h @ U0) * k + (1 - 1) + z - (2 * 3))",
+            "y": "((2 * 3)) + (((2 * 3)) + h) + 1",
+        },
         {"h": "h_next"},
-        "h_next",
+        "y",
     ),
     # NumPy and torch wrote the output after advancing the state: an output that is a
     # state's previous value got the new one.
@@ -220,5 +232,7 @@ def test_regression_specs_gradients(name, backend, computes_in):
         if computes_in("float64") == "float64":
             grads = check_gradients_against_interpreter(spec, module.vjp_numpy, case, seed=k)
         else:  # Keras on JAX or torch computes float64 in float32: its gradients against NumPy's
-            grads = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case, seed=k)
+            grads = check_gradients_against_interpreter(
+                spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case, seed=k
+            )
         check_gradients_close(spec, module.vjp_numpy, case, grads, seed=k, computes_in=computes_in("float32"))
