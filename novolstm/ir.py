@@ -240,9 +240,10 @@ class _Lowering:
 def constant_value(e: Expr) -> float | None:
     """The number an expression of literals alone stands for (folded in float64), else None.
 
-    >>> from novolstm.expr import parse_expression
-    >>> constant_value(parse_expression("-(2 * 3) + (1 - 1)")), constant_value(parse_expression("1 - b"))
-    (-6.0, None)
+    Examples:
+        >>> from novolstm.expr import parse_expression
+        >>> constant_value(parse_expression("-(2 * 3) + (1 - 1)")), constant_value(parse_expression("1 - b"))
+        (-6.0, None)
     """
     if isinstance(e, Const):
         return e.value

@@ -311,7 +311,7 @@ def cases(
 
 
 def _draw_case(draw, spec, batch: int, steps: int, input_size: int, units: int, scales) -> Case:
-    """The arrays of one :class:`Case` of the given shape (see :func:`cases`)."""
+    """The arrays of one ``Case`` of the given shape (see ``cases``)."""
     from hypothesis import strategies as st
 
     scale = draw(st.sampled_from(scales))
@@ -384,7 +384,7 @@ SPEC_EPSILONS = (1e-3, 1e-2, 0.1)
 
 
 class _SpecDrawer:
-    """Draws one random valid spec as plain data (see :func:`spec_texts`)."""
+    """Draws one random valid spec as plain data (see ``spec_texts``)."""
 
     def __init__(self, draw, max_depth: int):
         from hypothesis import strategies as st
@@ -565,7 +565,7 @@ def _reached(reads: dict[str, set[str]], roots) -> set[str]:
 def spec_texts(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
     """A Hypothesis strategy of random valid cell specs, as TOML text.
 
-    Every drawn spec loads with :func:`novolstm.loads_spec`. It has one to
+    Every drawn spec loads with ``novolstm.loads_spec``. It has one to
     ``max_states`` states and up to ``max_intermediates`` intermediate equations, some of
     them parameter-only; it uses every function of the language, nested to ``max_depth``,
     and now and then shares a parameter between two terms:
@@ -598,7 +598,7 @@ def spec_texts(max_states: int = 4, max_intermediates: int = 4, max_depth: int =
 
 
 def specs(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
-    """A Hypothesis strategy of random valid, loaded specs: :func:`spec_texts` through :func:`novolstm.loads_spec`.
+    """A Hypothesis strategy of random valid, loaded specs: ``spec_texts`` through ``novolstm.loads_spec``.
 
     Examples:
         >>> from hypothesis import find
@@ -615,18 +615,19 @@ def specs(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
 
 def check_against_interpreter(spec, run, case: Case, dtype="float64", computes_in=None) -> float:
     """Run ``run(params, x, state, mask) -> (outputs, final_state)`` on ``case`` in ``dtype`` and
-    assert it matches the float64 interpreter of ``spec`` (:mod:`novolstm.interpret`); return
+    assert it matches the float64 interpreter of ``spec`` (``novolstm.interpret``); return
     the max deviation.
 
-    The oracle for any spec, as :func:`check_against_reference` is for the built-in cells:
+    The oracle for any spec, as ``check_against_reference`` is for the built-in cells:
     the interpreter evaluates the spec's own expressions, sharing no code with code
-    generation. ``computes_in`` as in :func:`check_against_reference`.
+    generation. ``computes_in`` as in ``check_against_reference``.
 
-    >>> import novolstm
-    >>> spec = novolstm.load_spec("gru")
-    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
-    >>> check_against_interpreter(spec, lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
-    True
+    Examples:
+        >>> import novolstm
+        >>> spec = novolstm.load_spec("gru")
+        >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
+        >>> check_against_interpreter(spec, lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
+        True
     """
     from . import interpret
     from .spec_loader import load_spec
@@ -668,7 +669,7 @@ def gradient_problem(spec, case: Case, seed: int = 0):
 
 
 def vjp_gradients(spec, vjp_numpy, case: Case, seed: int = 0, dtype="float64"):
-    """Gradients from ``vjp_numpy`` in ``dtype`` for the loss of :func:`gradient_problem`.
+    """Gradients from ``vjp_numpy`` in ``dtype`` for the loss of ``gradient_problem``.
 
     ``vjp_numpy(params, x, state, mask) -> (outputs, final_state, vjp)`` as the generated
     modules provide it, with ``vjp(g_outputs, g_final_state) -> (g_x, g_state0, g_params)``.
@@ -697,23 +698,24 @@ def vjp_gradients(spec, vjp_numpy, case: Case, seed: int = 0, dtype="float64"):
 def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int = 0) -> list:
     """Assert that float64 gradients match central differences of the interpreter.
 
-    For the loss of :func:`gradient_problem`, the gradient from ``vjp_numpy`` (see
-    :func:`vjp_gradients`) with respect to the inputs, each initial state and every
+    For the loss of ``gradient_problem``, the gradient from ``vjp_numpy`` (see
+    ``vjp_gradients``) with respect to the inputs, each initial state and every
     parameter, projected on a random direction, must match the central difference of the
-    same loss computed by :func:`novolstm.interpret.run` within
-    :data:`FINITE_DIFFERENCE_RTOL` of ``1 + |analytic|``. The outputs and final state are
+    same loss computed by ``novolstm.interpret.run`` within
+    ``FINITE_DIFFERENCE_RTOL`` of ``1 + |analytic|``. The outputs and final state are
     checked against the interpreter too.
 
     Returns:
-        The gradients, ``[(label, gradient)]`` as :func:`vjp_gradients` gives them, for
-        comparisons in other dtypes (:func:`check_gradients_close`).
+        The gradients, ``[(label, gradient)]`` as ``vjp_gradients`` gives them, for
+        comparisons in other dtypes (``check_gradients_close``).
 
-    >>> import novolstm
-    >>> spec = novolstm.load_spec("gru")
-    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((2, 4, 2)), None, None)
-    >>> grads = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case)
-    >>> [(label, g.shape) for label, g in grads[:3]]
-    [('d/dx', (2, 4, 2)), ('d/dh0', (2, 3)), ('d/dW_r', (2, 3))]
+    Examples:
+        >>> import novolstm
+        >>> spec = novolstm.load_spec("gru")
+        >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((2, 4, 2)), None, None)
+        >>> grads = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case)
+        >>> [(label, g.shape) for label, g in grads[:3]]
+        [('d/dx', (2, 4, 2)), ('d/dh0', (2, 3)), ('d/dW_r', (2, 3))]
     """
     from . import interpret
     from .spec_loader import load_spec
@@ -763,7 +765,7 @@ def check_gradients_close(
     spec, vjp_numpy, case: Case, expected: list, seed: int = 0, dtype="float32", computes_in=None
 ) -> float:
     """Assert that gradients computed in ``dtype`` match ``expected`` (float64 ones, checked by
-    :func:`check_gradients_against_interpreter` for the same ``case`` and ``seed``) within the
+    ``check_gradients_against_interpreter`` for the same ``case`` and ``seed``) within the
     table's gradient tolerance for ``computes_in`` (default ``dtype``); return the max deviation.
     """
     _, _, grads = vjp_gradients(spec, vjp_numpy, case, seed, dtype)
@@ -783,15 +785,15 @@ def spec_cases(
     scales=(0.05, 0.3, 1.0),
     **spec_options,
 ):
-    """A Hypothesis strategy of ``(spec_text, case)``: a random spec (:func:`spec_texts`) and a
-    :class:`Case` for it.
+    """A Hypothesis strategy of ``(spec_text, case)``: a random spec (``spec_texts``) and a
+    ``Case`` for it.
 
     The sequence is as often shorter than ``units`` as longer (up to ``max_extra_steps``
     beyond it): a time axis confused with the units axis shows in one or the other. The
     batch is one row or more; masks, lengths (0 included) and initial states as in
-    :func:`cases`; weight scales from ``scales`` (not the saturating ones: random specs
+    ``cases``; weight scales from ``scales`` (not the saturating ones: random specs
     multiply projections, and a case is only as well conditioned as its spec).
-    ``spec_options`` go to :func:`spec_texts`.
+    ``spec_options`` go to ``spec_texts``.
 
     Examples:
         >>> import novolstm
