@@ -177,19 +177,28 @@ class _Lowering:
         nodes = [n for n in self.nodes if n.name in used or n.op in ("input", "state")]
         return check_graph(Graph(nodes, outputs), "lowering")
 
+    def constant(self, value: float) -> str:
+        if value not in self.consts:
+            self.consts[value] = self.emit("const", attrs=(("value", value),), width=0, batched=False)
+        return self.consts[value]
+
     def kind(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
     def expr(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Name):
             return self.env[e.id]
-        if isinstance(e, Const):
-            if e.value not in self.consts:
-                self.consts[e.value] = self.emit("const", attrs=(("value", e.value),), width=0, batched=False)
-            return self.consts[e.value]
+        value = constant_value(e)
+        if value is not None:  # literals only, such as (2 * 3) or (1 - 1): one number
+            return self.constant(value)
         if isinstance(e, Binary) and e.op == "+":
-            terms = [self.term(t) for t in _flatten_sum(e)]
-            return self.emit("add", terms, width=1, batched=self.any_batched(terms), name=target)
+            # The literal terms of a sum are one number too: (2 * 3) + ((2 * 3) + h) is 12 + h.
+            terms = _flatten_sum(e)
+            values = [constant_value(t) for t in terms]
+            args = [self.term(t) for t, v in zip(terms, values) if v is None]
+            if any(v is not None for v in values):
+                args.append(self.constant(sum(v for v in values if v is not None)))
+            return self.emit("add", args, width=1, batched=self.any_batched(args), name=target)
         if isinstance(e, Binary) and e.op == "@":
             return self.term(e, target)
         if isinstance(e, Binary):
@@ -226,6 +235,27 @@ class _Lowering:
 
     def elementwise_width(self, args) -> Width:
         return 1 if any(self.kind(a).op != "const" for a in args) else 0
+
+
+def constant_value(e: Expr) -> float | None:
+    """The number an expression of literals alone stands for (folded in float64), else None.
+
+    Examples:
+        >>> from novolstm.expr import parse_expression
+        >>> constant_value(parse_expression("-(2 * 3) + (1 - 1)")), constant_value(parse_expression("1 - b"))
+        (-6.0, None)
+    """
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Neg):
+        arg = constant_value(e.arg)
+        return None if arg is None else -arg
+    if isinstance(e, Binary) and e.op in ("+", "-", "*"):
+        left, right = constant_value(e.left), constant_value(e.right)
+        if left is None or right is None:
+            return None
+        return {"+": left + right, "-": left - right, "*": left * right}[e.op]
+    return None
 
 
 def _flatten_sum(e: Expr) -> list[Expr]:
