@@ -8,9 +8,9 @@ is ever executed.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Mapping
@@ -26,9 +26,13 @@ from .expr import (
     ExpressionError,
     Name,
     Neg,
+    functions_in,
+    is_finite_number,
     names_in,
     parse_expression,
+    size,
 )
+from .reserved import reserved_by
 from .spec_model import DIMENSIONS, Init, Numerics, Param, Spec
 
 if sys.version_info >= (3, 11):
@@ -50,6 +54,18 @@ INITIALIZER_ARGS = {
     "orthogonal": (),
 }
 MAX_SPEC_BYTES = 1 << 20
+#: Bounds on a spec's size, so that loading and generating any spec takes bounded time
+#: (well under a second) and no walk can come near Python's recursion limit. The
+#: built-in cells use at most 17 parameters, 8 equations and 90 expression nodes.
+MAX_STATES = 16
+MAX_PARAMS = 256
+MAX_EQUATIONS = 256
+MAX_EXPRESSION_NODES = 4096  # summed over every equation
+#: Characters no string of a spec may hold: control characters (a description may hold
+#: newlines and tabs), the Unicode line and paragraph separators (str.splitlines and
+#: linecache split generated source at them) and the bidirectional overrides that can make
+#: text read differently from what it is.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 # ---------------------------------------------------------------- public entry points
@@ -85,7 +101,7 @@ def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
             raise SpecError(path, f"cannot read spec file: {exc.strerror}") from None
         return loads_spec(raw, source=path)
     if isinstance(spec, str):
-        if not IDENTIFIER.match(spec) or spec not in list_specs():
+        if not IDENTIFIER.fullmatch(spec) or spec not in list_specs():
             raise SpecError(
                 repr(spec), f"no built-in spec of that name; expected one of {list_specs()} or a path to a .toml file"
             )
@@ -104,6 +120,8 @@ def loads_spec(text: "str | bytes", source: str = "<string>") -> Spec:
         data = tomllib.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(source, f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise SpecError(source, "not valid TOML for a spec: arrays or tables nested too deeply") from None
     return parse_spec(data, source=source)
 
 
@@ -151,13 +169,17 @@ class _Loader:
         unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
         if unknown:
             self.fail(f"unknown key {unknown[0]!r}; expected only {list(TOP_LEVEL_KEYS)}")
+        self.check_strings(data)
+        for key, limit in (("state", MAX_STATES), ("params", MAX_PARAMS), ("equations", MAX_EQUATIONS)):
+            if isinstance(data.get(key), Mapping) and len(data[key]) > limit:
+                self.fail(f"{key}: {len(data[key])} entries; expected at most {limit}")
         version = self.required(data, "spec_version", int, "the integer 1")
         if isinstance(version, bool) or version != SPEC_VERSION:
             self.fail(f"spec_version: expected {SPEC_VERSION}, got {version!r}")
         name = self.identifier(self.required(data, "name", str, 'a cell name such as "lstm"'), "name")
         description = self.required(data, "description", str, "a one-paragraph description")
-        input_name = self.identifier(self.required(data, "input", str, 'the input name, e.g. "x"'), "input")
-        output = self.identifier(self.required(data, "output", str, "the equation giving the output"), "output")
+        input_name = self.spec_name(self.required(data, "input", str, 'the input name, e.g. "x"'), "input")
+        output = self.spec_name(self.required(data, "output", str, "the equation giving the output"), "output")
         state = self.state(self.required(data, "state", Mapping, "a table: state name -> next-value equation"))
         params = self.params(self.required(data, "params", Mapping, "a table of parameters"))
         equations = self.equations(self.required(data, "equations", Mapping, "a table: name -> expression"))
@@ -172,8 +194,8 @@ class _Loader:
             if kinds[target] != BATCH_UNITS:
                 self.fail(f"{key}: {target!r} is {kinds[target].describe()}; expected a batch of units-wide rows")
         self.check_used(input_name, params, ordered, [output, *(nxt for _, nxt in state)])
-        uses_ln = any("layer_norm" in _functions(e) for _, e in ordered)
-        uses_softmax = any("softmax" in _functions(e) for _, e in ordered)
+        uses_ln = any("layer_norm" in functions_in(e) for _, e in ordered)
+        uses_softmax = any("softmax" in functions_in(e) for _, e in ordered)
         if uses_ln and numerics.layer_norm_epsilon is None:
             self.fail("numerics.layer_norm_epsilon: required because an equation calls layer_norm (pin it, e.g. 1e-3)")
         if not uses_ln and numerics.layer_norm_epsilon is not None:
@@ -202,11 +224,40 @@ class _Loader:
         return value
 
     def identifier(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not IDENTIFIER.match(value):
+        if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
             self.fail(f"{key}: expected a plain ASCII identifier (letter first, at most 64 chars), got {value!r}")
         if value in FUNCTIONS:
             self.fail(f"{key}: {value!r} is the name of a function of the spec language")
         return value
+
+    def spec_name(self, value: str, key: str) -> str:
+        """An identifier that names a value of the cell (input, state, parameter, equation)."""
+        self.identifier(value, key)
+        origin = reserved_by(value)
+        if origin is not None:
+            self.fail(
+                f"{key}: {value!r} is reserved (it is a name of {origin}, and a generated cell would"
+                " collide with it); choose another name"
+            )
+        return value
+
+    def check_strings(self, data: Mapping) -> None:
+        """Refuse control characters in every key and string of the spec, walked without recursion."""
+        stack: list = [("", data)]
+        while stack:
+            key, value = stack.pop()
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    where = f"{key}.{k}" if key else str(k)
+                    stack.append((f"{key} (a key)" if key else "a top-level key", k))
+                    stack.append((where, v))
+            elif isinstance(value, list):
+                stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+            elif isinstance(value, str):
+                allowed = "\n\t" if key == "description" else ""
+                bad = next((ch for ch in value if _forbidden(ch) and ch not in allowed), None)
+                if bad is not None:
+                    self.fail(f"{key or 'a key'}: contains the control character {bad!r}; expected printable text")
 
     # -- sections
 
@@ -214,14 +265,14 @@ class _Loader:
         if not table:
             self.fail("state: expected at least one state variable")
         return tuple(
-            (self.identifier(k, "state"), self.identifier(v, f"state.{k}")) for k, v in table.items()
+            (self.spec_name(k, "state"), self.spec_name(v, f"state.{k}")) for k, v in table.items()
         )
 
     def params(self, table: Mapping) -> tuple[Param, ...]:
         out = []
         for name, entry in table.items():
             key = f"params.{name}"
-            self.identifier(name, "params")
+            self.spec_name(name, "params")
             if not isinstance(entry, Mapping):
                 self.fail(f"{key}: expected a table with 'shape' and 'init'")
             unknown = sorted(set(entry) - {"shape", "init"})
@@ -254,20 +305,29 @@ class _Loader:
         if set(args) != set(INITIALIZER_ARGS[name]):
             self.fail(f"{key}: initializer {name!r} takes arguments {list(INITIALIZER_ARGS[name])}, got {sorted(args)}")
         for arg, v in args.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not is_finite_number(v):
                 self.fail(f"{key}.{arg}: expected a finite number, got {v!r}")
+            if arg in ("limit", "stddev") and v < 0:
+                self.fail(f"{key}.{arg}: expected a number >= 0, got {v!r}")
         return Init(name, tuple((k, float(args[k])) for k in INITIALIZER_ARGS[name]))
 
     def equations(self, table: Mapping) -> dict[str, Expr]:
         out = {}
+        total = 0
         for name, text in table.items():
-            self.identifier(name, "equations")
+            self.spec_name(name, "equations")
             if not isinstance(text, str):
                 self.fail(f"equations.{name}: expected an expression string, got {type(text).__name__}")
             try:
                 out[name] = parse_expression(text)
             except ExpressionError as exc:
                 self.fail(f"equations.{name}: {exc}")
+            total += size(out[name])
+            if total > MAX_EXPRESSION_NODES:
+                self.fail(
+                    f"equations.{name}: the equations hold more than {MAX_EXPRESSION_NODES} terms in all"
+                    f" (names, numbers, operators and calls); expected at most {MAX_EXPRESSION_NODES}"
+                )
         if not out:
             self.fail("equations: expected at least one equation")
         return out
@@ -279,7 +339,7 @@ class _Loader:
         if unknown:
             self.fail(f"numerics: unknown key {unknown[0]!r}; expected only {list(NUMERICS_KEYS)}")
         eps = table.get("layer_norm_epsilon")
-        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not is_finite_number(eps) or not 0 < eps < 1):
             self.fail(f"numerics.layer_norm_epsilon: expected a number in (0, 1), got {eps!r}")
         variance = table.get("layer_norm_variance", "population")
         if variance != "population":
@@ -307,23 +367,32 @@ class _Loader:
             for used in sorted(names_in(expr)):
                 if used not in known:
                     self.fail(f"equations.{name}: undeclared name {used!r}")
-        ordered, state = [], {}
-
-        def visit(name, path):
-            if state.get(name) == "done":
-                return
-            if state.get(name) == "active":
-                cycle = " -> ".join(path[path.index(name):] + [name])
-                self.fail(f"equations.{name}: cycle {cycle}; an equation may use state variables, not itself")
-            state[name] = "active"
-            for used in sorted(names_in(equations[name])):
-                if used in equations:
-                    visit(used, path + [name])
-            state[name] = "done"
-            ordered.append((name, equations[name]))
-
-        for name in equations:
-            visit(name, [])
+        deps = {name: sorted(n for n in names_in(expr) if n in equations) for name, expr in equations.items()}
+        ordered: list = []
+        done: set[str] = set()
+        for root in equations:
+            if root in done:
+                continue
+            # Depth-first with an explicit stack (a chain of equations can be as long as MAX_EQUATIONS):
+            # each frame is (name, iterator over what it uses); the stack's names are the path.
+            path, on_path = [root], {root}
+            frames = [(root, iter(deps[root]))]
+            while frames:
+                name, pending = frames[-1]
+                used = next((u for u in pending if u not in done), None)
+                if used is None:
+                    frames.pop()
+                    path.pop()
+                    on_path.discard(name)
+                    done.add(name)
+                    ordered.append((name, equations[name]))
+                elif used in on_path:
+                    cycle = " -> ".join(path[path.index(used):] + [used])
+                    self.fail(f"equations.{used}: cycle {cycle}; an equation may use state variables, not itself")
+                else:
+                    path.append(used)
+                    on_path.add(used)
+                    frames.append((used, iter(deps[used])))
         return tuple(ordered)
 
     def infer_kinds(self, input_name, state, params, ordered) -> dict[str, Kind]:
@@ -394,11 +463,5 @@ class _Loader:
             self.fail(f"input: {input_name!r} is never used")
 
 
-def _functions(expr: Expr) -> set[str]:
-    if isinstance(expr, Call):
-        return {expr.fn}.union(*(_functions(a) for a in expr.args))
-    if isinstance(expr, Binary):
-        return _functions(expr.left) | _functions(expr.right)
-    if isinstance(expr, Neg):
-        return _functions(expr.arg)
-    return set()
+def _forbidden(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI_CONTROLS
