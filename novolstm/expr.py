@@ -139,17 +139,22 @@ def _shown(value) -> str:
     return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
 
 
-def size(expr: Expr) -> int:
-    """The number of nodes of an expression tree (walked without recursion)."""
-    count, stack = 0, [expr]
+def walk(expr: Expr):
+    """Every node of an expression tree, walked without recursion (parents before children)."""
+    stack = [expr]
     while stack:
         node = stack.pop()
-        count += 1
-        stack.extend(_children(node))
-    return count
+        yield node
+        stack.extend(reversed(children(node)))
 
 
-def _children(expr: Expr) -> tuple:
+def size(expr: Expr) -> int:
+    """The number of nodes of an expression tree."""
+    return sum(1 for _ in walk(expr))
+
+
+def children(expr: Expr) -> tuple:
+    """The operands of a node: both sides of a binary operator, the negated term, a call's arguments."""
     if isinstance(expr, Binary):
         return (expr.left, expr.right)
     if isinstance(expr, Neg):
@@ -161,24 +166,12 @@ def _children(expr: Expr) -> tuple:
 
 def names_in(expr: Expr) -> set[str]:
     """All names an expression reads."""
-    names, stack = set(), [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Name):
-            names.add(node.id)
-        stack.extend(_children(node))
-    return names
+    return {node.id for node in walk(expr) if isinstance(node, Name)}
 
 
 def functions_in(expr: Expr) -> set[str]:
     """All functions an expression calls."""
-    found, stack = set(), [expr]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, Call):
-            found.add(node.fn)
-        stack.extend(_children(node))
-    return found
+    return {node.fn for node in walk(expr) if isinstance(node, Call)}
 
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "@": 3}
