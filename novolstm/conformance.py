@@ -120,8 +120,7 @@ def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes
     (its tolerance applies); by default ``dtype``.
     """
     spec = load_spec(spec)
-    results = []
-    diagnosis = _Diagnosis(spec) if diagnose else None
+    results, failures = [], []
     for golden in cases or golden_cases(spec):
         c = golden.case.cast(dtype)
         try:
@@ -130,7 +129,11 @@ def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes
             results.append(CaseResult(golden.name, golden.description, False, float("inf"), 0.0, [],
                                       f"raised {type(exc).__name__}: {exc}"))
             continue
-        results.append(_compare(spec, golden, np.asarray(outputs), tuple(np.asarray(s) for s in final), computes_in or dtype, diagnosis))
+        outputs, final = np.asarray(outputs), tuple(np.asarray(s) for s in final)
+        results.append(_compare(spec, golden, outputs, final, computes_in or dtype))
+        failures.append((results[-1], golden, outputs, final))
+    if diagnose:
+        _diagnose(spec, failures, computes_in or dtype)
     return Report(spec.name, str(np.dtype(dtype)), results)
 
 
@@ -141,15 +144,18 @@ def check_results(spec, arrays: dict, dtype="float64", diagnose: bool = True) ->
     the golden file (for example ``dict(np.load("theirs.npz"))``).
     """
     spec = load_spec(spec)
-    results = []
-    diagnosis = _Diagnosis(spec) if diagnose else None
+    results, failures = [], []
     for golden in golden_cases(spec):
         key = f"{golden.name}.outputs"
         if key not in arrays:
             results.append(CaseResult(golden.name, golden.description, False, float("inf"), 0.0, [], f"missing array {key!r}"))
             continue
         final = tuple(np.asarray(arrays.get(f"{golden.name}.state.{s}", np.full(1, np.nan))) for s in spec.state_names)
-        results.append(_compare(spec, golden, np.asarray(arrays[key]), final, dtype, diagnosis))
+        outputs = np.asarray(arrays[key])
+        results.append(_compare(spec, golden, outputs, final, dtype))
+        failures.append((results[-1], golden, outputs, final))
+    if diagnose:
+        _diagnose(spec, failures, dtype)
     return Report(spec.name, str(np.dtype(dtype)), results)
 
 
@@ -160,24 +166,10 @@ def _deviation(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(expected) & ~np.isfinite(error), np.inf, error)
 
 
-class _Diagnosis:
-    """The mistake models of one spec, built once per check, the first time a case fails."""
-
-    def __init__(self, spec: Spec):
-        self.spec = spec
-        self._models = None
-
-    @property
-    def models(self) -> list:
-        if self._models is None:
-            self._models = list(catalogue(self.spec))
-        return self._models
-
-
-def _compare(spec: Spec, golden: GoldenCase, outputs, final, dtype, diagnosis) -> CaseResult:
+def _compare(spec: Spec, golden: GoldenCase, outputs, final, dtype) -> CaseResult:
     tol = tolerance(dtype, golden.case.steps)
     expected = golden.outputs
-    if outputs.shape != expected.shape or len(final) != len(golden.state) or any(f.shape != e.shape for f, e in zip(final, golden.state)):
+    if not _shapes_match(golden, outputs, final):
         shapes = f"outputs {outputs.shape} (expected {expected.shape}), state {[f.shape for f in final]} (expected {[e.shape for e in golden.state]})"
         return CaseResult(golden.name, golden.description, False, float("inf"), tol.atol, [], f"wrong shapes: {shapes}")
     out64 = outputs.astype(np.float64)
@@ -202,9 +194,34 @@ def _compare(spec: Spec, golden: GoldenCase, outputs, final, dtype, diagnosis) -
         where = np.unravel_index(int(np.argmax(state_errors[k])), got.shape)
         result.first_divergence = (f"final state {spec.state_names[k]!r} at {tuple(int(i) for i in where)}: got {got[where]:.6g},"
                                    f" expected {golden.state[k][where]:.6g} (outputs agree at every step)")
-    if diagnosis is not None:
-        result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol, dtype, diagnosis.models)
     return result
+
+
+def _shapes_match(golden: GoldenCase, outputs, final) -> bool:
+    return (outputs.shape == golden.outputs.shape and len(final) == len(golden.state)
+            and all(f.shape == e.shape for f, e in zip(final, golden.state)))
+
+
+def _diagnose(spec: Spec, failures: list, dtype) -> None:
+    """Fill in the diagnosis of each failing case, the cheapest case first.
+
+    Once a mistake reproduces two failing cases, each further case is tried against the
+    mistakes found so far, and against the whole catalogue only where none of them
+    reproduces it: the same answers in a fraction of the time.
+    """
+    failures = [f for f in failures if not f[0].passed and _shapes_match(*f[1:])]
+    if not failures:
+        return
+    models = list(catalogue(spec))
+    found: Counter = Counter()
+    for result, golden, outputs, final in sorted(failures, key=lambda f: f[1].case.x.shape[0] * f[1].case.steps):
+        tol = tolerance(dtype, golden.case.steps)
+        if found and max(found.values()) >= 2:
+            suspects = [m for m in models if f"reproduced by: {m.label}" in found]
+            result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol, dtype, suspects, lower_precision=False)
+        if not result.diagnosis:
+            result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol, dtype, models)
+        found.update(result.diagnosis)
 
 
 def known_mistakes(spec: Spec):
@@ -224,10 +241,13 @@ def _reproduces(actual: np.ndarray, model: np.ndarray, tol) -> bool:
     return bool(np.all(np.abs(actual[finite] - model[finite]) <= tol.bound(model[finite])))
 
 
-def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype="float64", models=None) -> list[str]:
+def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype="float64", models=None,
+                      lower_precision: bool = True) -> list[str]:
     """Labels of the known mistakes whose outputs (and final state) match the implementation's.
 
-    ``models``: ``(label, run)`` pairs, by default ``catalogue(spec)``.
+    ``models``: the :class:`~novolstm.mistakes.Mistake` to try, by default ``catalogue(spec)``.
+    ``lower_precision``: where no model reproduces the outputs, try whether they are right
+    to a lower precision's tolerance.
     """
     c = golden.case
     found = []
@@ -246,7 +266,7 @@ def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype
             continue  # this mistake changes nothing in this case
         if _reproduces(outputs, alt, tol) and all(_reproduces(f, a, tol) for f, a in zip(final, alt_final)):
             found.append(f"reproduced by: {label}")
-    if not found:
+    if not found and lower_precision:
         # Right to a lower precision's tolerance but not to the one asked for: the arithmetic
         # runs in a lower precision (a float64 port casting to float32 somewhere).
         for lower in LOWER_PRECISIONS.get(str(np.dtype(dtype)), ()):

@@ -145,7 +145,61 @@ def test_state_order_swapped_is_diagnosed():
     assert any("order ('c', 'h')" in d for r in report.results for d in r.diagnosis)
 
 
-def test_a_users_spec_is_checked_against_its_generated_cell(tmp_path):
+def damped_lstm_text():
+    """A user's spec, not built in: the standard LSTM whose output is damped by a parameter-only
+    factor, as in issue 13 but inside the tanh: outside it, a large b_o amplifies h, the saturated
+    case turns chaotic and float32 rounding alone moves the outputs past the tolerance."""
+    from importlib import resources
+
+    text = resources.files("novolstm.spec").joinpath("lstm.toml").read_text()
+    text = text.replace('name = "lstm"', 'name = "damped_lstm"')
+    return text.replace('h_next = "o * tanh(c_next)"', 'h_next = "o * tanh(c_next * (1 - b_o))"')
+
+
+def handwritten_damped_lstm(damped=True):
+    """The damped LSTM written by hand in NumPy, outside novolstm; damped=False is a mutant."""
+
+    def fn(p, x, state, mask):
+        sigmoid = lambda z: 0.5 * (1 + np.tanh(0.5 * z))  # noqa: E731
+        h, c = state
+        outputs = []
+        for t in range(x.shape[1]):
+            gate = lambda n: x[:, t] @ p[f"W_{n}"] + h @ p[f"U_{n}"] + p[f"b_{n}"]  # noqa: E731
+            i, f, g, o = sigmoid(gate("i")), sigmoid(gate("f")), np.tanh(gate("g")), sigmoid(gate("o"))
+            c_new = f * c + i * g
+            h_new = o * np.tanh(c_new * (1 - p["b_o"]) if damped else c_new)
+            m = mask[:, t, None]
+            h, c = np.where(m, h_new, h), np.where(m, c_new, c)
+            outputs.append(np.where(m, h_new, 0))
+        return np.stack(outputs, 1), (h, c)
+
+    return fn
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_users_spec_conforms_when_right_and_fails_when_wrong(dtype):
+    spec = novolstm.loads_spec(damped_lstm_text(), source="<damped_lstm>")
+    assert spec.name not in novolstm.list_specs()
+    report = conformance.check(handwritten_damped_lstm(), spec, dtype=dtype)
+    assert report.passed, report.format()
+    report = conformance.check(handwritten_damped_lstm(damped=False), spec, dtype=dtype)
+    assert not report.passed
+    assert all(r.first_divergence for r in report.results if not r.passed)
+
+
+def test_a_users_spec_gets_the_stress_cases_with_the_interpreter_as_reference():
+    from novolstm import interpret
+
+    spec = novolstm.loads_spec(damped_lstm_text())
+    cases = conformance.golden_cases(spec)
+    assert {c.name for c in cases} == {c.name for c in load_golden("lstm")[1]}
+    for golden in cases:  # expected values: the interpreter, which shares nothing with code generation
+        c = golden.case
+        outputs, final = interpret.run(spec, c.params, c.x, c.state, mask=c.mask)
+        np.testing.assert_array_equal(golden.outputs, outputs)
+
+
+def test_a_users_spec_is_checked_against_the_interpreter(tmp_path):
     path = tmp_path / "tanh_rnn.toml"
     path.write_text(
         'spec_version = 1\nname = "tanh_rnn"\ndescription = "Elman RNN"\ninput = "x"\noutput = "h_next"\n'
@@ -164,6 +218,68 @@ def test_a_users_spec_is_checked_against_its_generated_cell(tmp_path):
 
     assert conformance.check(by_hand, path).passed
     assert not conformance.check(lambda p, x, s, m: by_hand({**p, "b_h": 0 * p["b_h"]}, x, s, m), path).passed
+
+
+def every_golden_case():
+    for cell in novolstm.list_specs():
+        yield cell, load_golden(cell)[1]
+    yield "damped_lstm", conformance.golden_cases(novolstm.loads_spec(damped_lstm_text()))
+
+
+@pytest.mark.parametrize("cell, cases", list(every_golden_case()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_spec_has_a_real_hole_and_a_length_0_row(cell, cases):
+    mask = next(c.case.mask for c in cases if c.name == "padding")
+    real_after_hole = [(~mask[b, :t]).any() and mask[b, t:].any() for b in range(mask.shape[0]) for t in range(mask.shape[1])]
+    assert any(real_after_hole), "no masked step followed by a real one in the same row"
+    assert (~mask).all(axis=1).any(), "no row of length 0"
+    read_as_lengths = np.arange(mask.shape[1])[None] < mask.sum(axis=1)[:, None]
+    assert (read_as_lengths != mask).any()
+    for c in cases:  # every other case is unmasked
+        assert c.name == "padding" or c.case.mask.all()
+
+
+@pytest.mark.parametrize("cell", ["novolstm", "novolstm_reference"])
+def test_the_overflow_case_drives_softmax_logits_past_float64s_exp_range(cell):
+    case = next(c.case for c in load_golden(cell)[1] if c.name == "softmax_overflow")
+    p = case.params
+    logits = case.x[:, 0] @ p["W_s"] + p["b_s"] + (case.state[0] @ p["U_s"] if "U_s" in p else 0)
+    assert logits.max(axis=-1).min() > np.log(np.finfo(np.float64).max)  # every row overflows exp
+    top_two = np.sort(logits, axis=-1)[:, -2:]
+    assert (top_two[:, 1] - top_two[:, 0]).min() > 10  # one-hot: a correct float32 port is unaffected
+
+
+def test_low_variance_scales_the_projections_not_gamma_and_beta():
+    case = next(c.case for c in load_golden("novolstm")[1] if c.name == "low_variance")
+    for name, value in case.params.items():
+        if name.startswith(("gamma", "beta")):
+            assert np.abs(value).max() > 0.1, name
+        else:
+            assert np.abs(value).max() < 0.01, name
+
+
+def test_a_nan_final_state_fails():
+    def nan_state(p, x, s, m):
+        out, final = novolstm.run("lstm", p, x, s, mask=m)
+        return out, tuple(np.full_like(f, np.nan) for f in final)
+
+    report = conformance.check(nan_state, "lstm")
+    assert not report.passed and all(not r.passed for r in report.results)
+    assert all("final state 'h'" in r.first_divergence for r in report.results)
+    assert "DOES NOT CONFORM" in report.format() and "max |dev| inf" in report.format()
+
+
+def test_a_nan_or_infinite_output_fails_even_in_check_results():
+    arrays = {}
+    for golden in load_golden("gru")[1]:
+        arrays[f"{golden.name}.outputs"] = golden.outputs.copy()
+        arrays[f"{golden.name}.state.h"] = golden.state[0].copy()
+    assert conformance.check_results("gru", arrays).passed
+    arrays["typical.outputs"][0, 3, 1] = np.nan
+    arrays["long.state.h"][1, 2] = np.inf
+    report = conformance.check_results("gru", arrays)
+    assert {r.name for r in report.results if not r.passed} == {"typical", "long"}
+    typical = next(r for r in report.results if r.name == "typical")
+    assert "outputs at step 3 (batch 0, unit 1): got nan" in typical.first_divergence
 
 
 def test_cli_round_trip_for_implementations_outside_python(tmp_path, capsys):
