@@ -1,8 +1,11 @@
-"""The main job: every built-in cell on every installed backend against the float64 reference.
+"""The main job: every built-in cell (or any spec) on every installed backend against a float64 oracle.
 
 Each row runs the same canonical weights (distinct per gate) and inputs through a
-backend and the reference, and reports the largest deviation of outputs and final
-state, whether it is within the tolerance table, and the time per step.
+backend and the oracle, and reports the largest deviation of outputs and final
+state, whether it is within the tolerance table, and the time per step. The oracle is
+the hand-written :mod:`novolstm.reference` for the built-in cells and the spec
+interpreter :mod:`novolstm.interpret` for any other spec
+(:func:`novolstm.golden.reference_for`): never the generated code under test.
 """
 
 from __future__ import annotations
@@ -40,8 +43,11 @@ def installed_backends() -> list[str]:
 
 
 def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, steps=16, input_size=8, units=8, seed=0):
-    """Yield one :class:`CheckRow` per cell, backend and dtype."""
-    from . import reference
+    """Yield one :class:`CheckRow` per cell (a built-in name, a path or a spec), backend and dtype.
+
+    A non-finite result counts as an infinite deviation.
+    """
+    from .golden import reference_for
 
     rng = np.random.default_rng(seed)
     for cell in cells or list_specs():
@@ -49,8 +55,11 @@ def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, ste
         params = random_params(spec, input_size, units, rng)
         x = rng.normal(size=(batch, steps, input_size))
         mask = np.ones((batch, steps), bool)
-        mask[0, steps // 2 :] = False  # one padded row exercises the masking rule
-        expected, expected_state = reference.run(cell, params, x, mask=mask)
+        mask[0, steps // 2 :] = False  # a right-padded row,
+        mask[1, steps // 3] = False  # a hole inside a sequence
+        mask[-1] = False  # and a row of length 0 exercise the masking rule
+        state0 = tuple(np.zeros((batch, units)) for _ in spec.state_names)
+        expected, expected_state = reference_for(spec)(params, x, state0, mask)
         for backend in backends or installed_backends():
             for dtype in dtypes:
                 cast = {k: v.astype(dtype) for k, v in params.items()}
@@ -60,11 +69,15 @@ def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, ste
                     start = time.perf_counter()
                     outputs, state = run(spec, cast, x.astype(dtype), backend=backend, mask=mask)
                     elapsed = min(elapsed, time.perf_counter() - start)
-                deviation = max(
-                    float(np.abs(outputs - expected).max()),
-                    *(float(np.abs(s - e).max()) for s, e in zip(state, expected_state)),
-                )
-                yield CheckRow(cell, backend, dtype, deviation, tolerance(dtype, steps).atol, 1e3 * elapsed / steps)
+                deviation = max(_deviation(outputs, expected), *(_deviation(s, e) for s, e in zip(state, expected_state)))
+                yield CheckRow(spec.name, backend, dtype, deviation, tolerance(dtype, steps).atol, 1e3 * elapsed / steps)
+
+
+def _deviation(actual, expected) -> float:
+    """The largest ``|actual - expected|``; infinite where ``actual`` is not finite (NaN never passes)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(np.asarray(actual, np.float64) - expected)
+    return float(np.where(np.isfinite(error), error, np.inf).max())
 
 
 def format_table(rows) -> str:
