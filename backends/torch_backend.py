@@ -478,13 +478,14 @@ def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
         $step
         if keep_tape:
             $tape_store
+        # The output first: it may be a state's previous value, which advancing overwrites.
         if ms is None:
-            $advance
             ys[t] = $output
+            $advance
         else:
             m = ms[t]
-            $advance_masked
             ys[t] = torch.where(m, $output, 0.0)
+            $advance_masked
     tape = None
     if keep_tape:
         tape = {$tape_dict}

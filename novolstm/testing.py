@@ -233,20 +233,27 @@ def cases(
         steps = draw(st.integers(min_steps, max_steps))
         input_size = draw(st.integers(min_size, max_input))
         units = draw(st.integers(min_size, max_units))
-        scale = draw(st.sampled_from(scales))
-        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-        params = random_params(spec, input_size, units, rng, scale=scale)
-        x = rng.normal(size=(batch, steps, input_size))
-        state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names) if draw(st.booleans()) else None
-        masking = draw(st.sampled_from(["none", "mask", "lengths"]))
-        lengths = rng.integers(0, steps + 1, size=batch) if masking == "lengths" else None
-        if lengths is not None:
-            mask = np.arange(steps)[None, :] < lengths[:, None]
-        else:
-            mask = (rng.random((batch, steps)) < 0.75) if masking == "mask" else None
-        return Case(params, x, state, mask, lengths)
+        return _draw_case(draw, spec, batch, steps, input_size, units, scales)
 
     return build()
+
+
+def _draw_case(draw, spec, batch: int, steps: int, input_size: int, units: int, scales) -> Case:
+    """The arrays of one :class:`Case` of the given shape (see :func:`cases`)."""
+    from hypothesis import strategies as st
+
+    scale = draw(st.sampled_from(scales))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    params = random_params(spec, input_size, units, rng, scale=scale)
+    x = rng.normal(size=(batch, steps, input_size))
+    state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names) if draw(st.booleans()) else None
+    masking = draw(st.sampled_from(["none", "mask", "lengths"]))
+    lengths = rng.integers(0, steps + 1, size=batch) if masking == "lengths" else None
+    if lengths is not None:
+        mask = np.arange(steps)[None, :] < lengths[:, None]
+    else:
+        mask = (rng.random((batch, steps)) < 0.75) if masking == "mask" else None
+    return Case(params, x, state, mask, lengths)
 
 
 def check_against_reference(cell: str, run, case: Case, dtype="float64", computes_in=None) -> float:
@@ -621,3 +628,42 @@ def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int =
                 f"interpreter {numeric!r}"
             )
     return [(f"d/d{name}", grad) for (name, _, _), grad in zip(wrt, grads)]
+
+
+def spec_cases(max_batch: int = 3, max_units: int = 5, max_input: int = 3, max_extra_steps: int = 6, scales=(0.05, 0.3, 1.0), **spec_options):
+    """A Hypothesis strategy of ``(spec_text, case)``: a random spec (:func:`spec_texts`) and a
+    :class:`Case` for it.
+
+    The sequence is as often shorter than ``units`` as longer (up to ``max_extra_steps``
+    beyond it): a time axis confused with the units axis shows in one or the other. The
+    batch is one row or more; masks, lengths (0 included) and initial states as in
+    :func:`cases`; weight scales from ``scales`` (not the saturating ones: random specs
+    multiply projections, and a case is only as well conditioned as its spec).
+    ``spec_options`` go to :func:`spec_texts`.
+
+    Examples:
+        >>> import novolstm
+        >>> from hypothesis import find
+        >>> shorter = lambda tc: tc[1].steps < next(iter(tc[1].params.values())).shape[-1]
+        >>> text, case = find(spec_cases(), shorter)
+        >>> novolstm.loads_spec(text).state_names[0], case.steps
+        ('h', 1)
+    """
+    from hypothesis import strategies as st
+
+    from .spec_loader import loads_spec
+
+    @st.composite
+    def build(draw):
+        text = draw(spec_texts(**spec_options))
+        spec = loads_spec(text, source="<random spec>")
+        units = draw(st.integers(1, max_units))
+        if units > 1 and draw(st.booleans()):
+            steps = draw(st.integers(1, units - 1))
+        else:
+            steps = draw(st.integers(units, units + max_extra_steps))
+        batch = draw(st.integers(1, max_batch))
+        input_size = draw(st.integers(1, max_input))
+        return text, _draw_case(draw, spec, batch, steps, input_size, units, scales)
+
+    return build()
