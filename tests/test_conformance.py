@@ -300,3 +300,12 @@ def test_cli_round_trip_for_implementations_outside_python(tmp_path, capsys):
     np.savez(tmp_path / "theirs.npz", **results)
     assert main(["conformance", "gru", "--results", str(tmp_path / "theirs.npz"), "--dtype", "float32"]) == 1
     assert "first divergence: outputs at step 0" in capsys.readouterr().out
+
+
+def test_novolstm_check_holds_a_users_spec_to_the_interpreter(tmp_path):
+    from novolstm.check import check
+
+    path = tmp_path / "damped_lstm.toml"
+    path.write_text(damped_lstm_text())
+    rows = list(check(cells=[path], backends=["numpy"], dtypes=("float64", "float32"), steps=6))
+    assert [r.cell for r in rows] == ["damped_lstm", "damped_lstm"] and all(r.ok for r in rows), rows
