@@ -93,7 +93,10 @@ def parse_expression(text: str) -> Expr:
 
 def _convert(node: ast.AST, depth: int) -> Expr:
     if depth > MAX_DEPTH:
-        raise ExpressionError(f"expression nested deeper than {MAX_DEPTH}")
+        raise ExpressionError(
+            f"expression nested deeper than {MAX_DEPTH} (calls, operators and each term of a long sum count);"
+            " split it into several equations"
+        )
     if isinstance(node, ast.Name):
         if not IDENTIFIER.fullmatch(node.id):
             raise ExpressionError(f"name {node.id!r} is not a plain ASCII identifier")

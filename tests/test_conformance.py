@@ -4,7 +4,6 @@ mistake fails, and the diagnosis names it."""
 from __future__ import annotations
 
 import json
-import types
 
 import numpy as np
 import pytest
