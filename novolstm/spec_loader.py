@@ -9,8 +9,8 @@ is ever executed.
 from __future__ import annotations
 
 import os
+import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Mapping
@@ -62,10 +62,11 @@ MAX_PARAMS = 256
 MAX_EQUATIONS = 256
 MAX_EXPRESSION_NODES = 4096  # summed over every equation
 #: Characters no string of a spec may hold: control characters (a description may hold
-#: newlines and tabs), the Unicode line and paragraph separators (str.splitlines and
-#: linecache split generated source at them) and the bidirectional overrides that can make
-#: text read differently from what it is.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: newlines and tabs), surrogates, the Unicode line and paragraph separators (str.splitlines
+#: and linecache split generated source at them) and the bidirectional overrides that can
+#: make text read differently from what it is. spec.schema.json states the same classes.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_FORBIDDEN_IN_PROSE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 # ---------------------------------------------------------------- public entry points
@@ -254,10 +255,9 @@ class _Loader:
             elif isinstance(value, list):
                 stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
             elif isinstance(value, str):
-                allowed = "\n\t" if key == "description" else ""
-                bad = next((ch for ch in value if _forbidden(ch) and ch not in allowed), None)
+                bad = (_FORBIDDEN_IN_PROSE if key == "description" else _FORBIDDEN).search(value)
                 if bad is not None:
-                    self.fail(f"{key or 'a key'}: contains the control character {bad!r}; expected printable text")
+                    self.fail(f"{key or 'a key'}: contains the control character {bad.group()!r}; expected printable text")
 
     # -- sections
 
@@ -461,7 +461,3 @@ class _Loader:
                 self.fail(f"params.{p.name}: declared but never used")
         if input_name not in reached:
             self.fail(f"input: {input_name!r} is never used")
-
-
-def _forbidden(ch: str) -> bool:
-    return unicodedata.category(ch) in ("Cc", "Cs", "Zl", "Zp") or ch in _BIDI_CONTROLS

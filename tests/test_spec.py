@@ -339,6 +339,13 @@ def test_control_characters_are_refused_in_every_string(char, where):
         parse_spec(data)
 
 
+def test_control_characters_are_refused_in_keys():
+    data = novolstm.load_spec("lstm").to_dict()
+    data["params"]["b_o\x00"] = data["params"].pop("b_o")
+    with pytest.raises(SpecError, match="params \\(a key\\): contains the control character"):
+        parse_spec(data)
+
+
 def test_a_description_may_hold_newlines_and_tabs():
     data = novolstm.load_spec("lstm").to_dict()
     data["description"] = "first paragraph\n\n\tsecond paragraph"
