@@ -242,7 +242,10 @@ def _equation_mistakes(spec: Spec):
             continue  # not an update of the state: no roles to swap
         gates = sorted(n for n in names_in(expr) if n in equations)
         for a, b in itertools.combinations(gates, 2):
-            variant = _rewritten(spec, nxt, _renamed(expr, {a: b, b: a}))
+            swapped = _renamed(expr, {a: b, b: a})
+            if _canonical(swapped) == _canonical(expr):
+                continue  # i and g in one product (i * g): swapping them changes nothing
+            variant = _rewritten(spec, nxt, swapped)
             if variant is not None:
                 yield Mistake(f"{a!r} and {b!r} swap roles in the update of state {state!r} ({nxt} = {format_expression(expr)})",
                               _with(variant, Port()))
@@ -279,6 +282,26 @@ def _renamed(expr: Expr, mapping: dict) -> Expr:
     if isinstance(expr, Call):
         return Call(expr.fn, tuple(_renamed(a, mapping) for a in expr.args))
     return expr
+
+
+def _canonical(expr: Expr) -> str:
+    """A text equal for expressions equal up to the order of the terms of sums and the factors of products."""
+    if isinstance(expr, Binary) and expr.op in "+*":
+        operands, stack = [], [expr]
+        while stack:  # flatten a chain of the same commutative operator
+            node = stack.pop()
+            if isinstance(node, Binary) and node.op == expr.op:
+                stack += [node.left, node.right]
+            else:
+                operands.append(_canonical(node))
+        return f"{expr.op}({', '.join(sorted(operands))})"
+    if isinstance(expr, Binary):
+        return f"{expr.op}({_canonical(expr.left)}, {_canonical(expr.right)})"
+    if isinstance(expr, Neg):
+        return f"-({_canonical(expr.arg)})"
+    if isinstance(expr, Call):
+        return f"{expr.fn}({', '.join(_canonical(a) for a in expr.args)})"
+    return format_expression(expr)
 
 
 def _rewritten(spec: Spec, name: str, expr: Expr) -> Spec | None:

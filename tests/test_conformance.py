@@ -308,3 +308,21 @@ def test_novolstm_check_holds_a_users_spec_to_the_interpreter(tmp_path):
     path.write_text(damped_lstm_text())
     rows = list(check(cells=[path], backends=["numpy"], dtypes=("float64", "float32"), steps=6))
     assert [r.cell for r in rows] == ["damped_lstm", "damped_lstm"] and all(r.ok for r in rows), rows
+
+
+@pytest.mark.parametrize("cell", ["novolstm", "gru", "peephole_lstm"])
+def test_the_golden_cases_show_every_mistake_the_kit_knows_even_in_float32(cell):
+    """No mistake model is invisible: in some case its outputs leave the float32 tolerance."""
+    from novolstm.mistakes import catalogue
+    from novolstm.testing import tolerance
+
+    cases = load_golden(cell)[1]
+    for mistake in catalogue(novolstm.load_spec(cell)):
+        def visible(golden):
+            c = golden.case
+            outputs, _ = mistake.run(c.params, c.x, c.state, c.mask)
+            with np.errstate(invalid="ignore"):
+                beyond = np.abs(outputs - golden.outputs) > tolerance("float32", c.steps).bound(golden.outputs)
+            return bool((beyond | ~np.isfinite(outputs)).any())
+
+        assert any(visible(g) for g in cases), mistake.label
