@@ -1,9 +1,9 @@
-"""The emitters: one module per framework, each with the same shape.
+"""The emitters: one package per framework, each with the same shape.
 
-Each module defines ``NAME``, ``FRAMEWORK`` (the import it needs), ``OPS`` (op ->
+Each package holds ``emit.py`` and ``runtime.py``. ``emit`` defines ``NAME``, ``FRAMEWORK`` (the import it needs), ``OPS`` (op ->
 code snippet), ``generate(plan) -> str`` (the standalone source) and
 ``run(module, params, x, state, mask)`` (the backend-neutral entry used by
-:func:`novolstm.run`). This registry is the one place that maps a backend name to
+``novolstm.run``). This registry is the one place that maps a backend name to
 its emitter; nothing else looks at the name.
 """
 
@@ -12,14 +12,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-#: backend name -> module under ``novolstm.backends``
-EMITTERS = {
-    "numpy": "numpy_backend",
-    "jax": "jax_backend",
-    "onnx": "onnx_backend",
-    "torch": "torch_backend",
-    "keras": "keras_backend",
-}
+#: backend name -> its emitter module under ``novolstm.backends``
+EMITTERS = {name: f"{name}.emit" for name in ("numpy", "jax", "onnx", "torch", "keras")}
 
 
 def emitter(backend: str) -> ModuleType:

@@ -3,9 +3,9 @@
 Each row runs the same canonical weights (distinct per gate) and inputs through a
 backend and the oracle, and reports the largest deviation of outputs and final
 state, whether it is within the tolerance table, and the time per step. The oracle is
-the hand-written :mod:`novolstm.reference` for the built-in cells and the spec
-interpreter :mod:`novolstm.interpret` for any other spec
-(:func:`novolstm.golden.reference_for`): never the generated code under test.
+the hand-written ``novolstm.reference`` for the built-in cells and the spec
+interpreter ``novolstm.interpret`` for any other spec
+(``novolstm.golden.reference_for``): never the generated code under test.
 """
 
 from __future__ import annotations
@@ -43,9 +43,24 @@ def installed_backends() -> list[str]:
 
 
 def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, steps=16, input_size=8, units=8, seed=0):
-    """Yield one :class:`CheckRow` per cell (a built-in name, a path or a spec), backend and dtype.
+    """The main job: every cell on every backend and dtype against a float64 oracle.
 
-    A non-finite result counts as an infinite deviation.
+    Args:
+        cells: built-in spec names, paths to spec files or loaded specs; default: every built-in.
+        backends: backend names; default: every installed one.
+        dtypes: the dtypes each backend computes in.
+        batch: rows per run (the first is padded after half its steps, the second has a hole,
+            the last has length 0).
+        steps: the sequence length.
+        input_size: features per timestep.
+        units: the state size.
+        seed: the seed of the weights and inputs.
+
+    Yields:
+        One ``CheckRow`` per cell, backend and dtype: the largest deviation of outputs and
+        final state from the oracle (infinite where a result is not finite), the tolerance,
+        and the best of three times per step. The oracle is ``novolstm.reference`` for the
+        built-in cells and the spec interpreter for any other spec.
     """
     from .golden import reference_for
 

@@ -9,14 +9,17 @@ pass must keep, where each gradient goes.
 
 from __future__ import annotations
 
+import ast
+import importlib.resources
 import inspect
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import __version__
 from .autodiff import differentiate
 from .ir import Graph, Node, computes_standard_lstm
-from .passes import Program, build_program
+from .passes import LEAVES, Program, build_program, cse, readable_names, split_slices
 from .spec_model import Spec
 
 OpTable = dict[str, Callable[[Node, list[str]], str]]
@@ -25,7 +28,7 @@ OpTable = dict[str, Callable[[Node, list[str]], str]]
 #: table is ``{**ARRAY_OPS, ...}`` plus the framework's own functions.
 ARRAY_OPS: OpTable = {
     "const": lambda n, a: repr(n.attr("value")),
-    "slice": lambda n, a: f"{a[0]}[..., {units_offset(n.attr('start'))}:{units_offset(n.attr('stop'))}]",
+    "slice": lambda n, a: f"{a[0]}[..., {slice_bounds(units_offset(n.attr('start')), units_offset(n.attr('stop')))}]",
     "add": lambda n, a: " + ".join(a),
     "sub": lambda n, a: f"{a[0]} - {a[1]}",
     "mul": lambda n, a: f"{a[0]} * {a[1]}",
@@ -63,12 +66,103 @@ def init_params(input_size, units, seed=0, dtype="float64"):
 
 
 def init_source() -> str:
-    """The body of :mod:`novolstm.init` (after its NumPy import) and ``init_params``, embedded in
+    """The body of ``novolstm.init`` (after its NumPy import) and ``init_params``, embedded in
     generated modules (which define ``PARAM_TABLE``) so they draw the same initial weights
     without importing novolstm."""
     from . import init
 
     return inspect.getsource(init).split('"""', 2)[2].split("import numpy as np", 1)[1].strip() + "\n" + _INIT_PARAMS
+
+
+#: The lines that open and close a runtime module's stand-in block (see inline_runtime).
+SPEC_BLOCK = ("# --- spec: generated modules replace this block", "# --- end of spec block")
+
+
+def inline_runtime(package: str, docstring: str, spec_block: str) -> str:
+    """The source of a generated module: ``docstring``, then the backend's runtime module inlined.
+
+    ``package`` is a backend package (``novolstm.backends.torch``) whose ``runtime.py`` is real,
+    importable code; it holds one block of stand-ins for what depends on the spec (its
+    constants and the generated step functions), between the two lines of ``SPEC_BLOCK``.
+    The generated module is the runtime's text after its docstring, with that block
+    replaced by ``spec_block``, so it stays standalone: it imports only the framework. The
+    runtime file is read as text, never imported (that would import the framework).
+    """
+    text = importlib.resources.files(package).joinpath("runtime.py").read_text(encoding="utf-8")
+    first = ast.parse(text).body[0]
+    if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)):
+        raise ValueError(f"{package}.runtime: expected a module docstring")
+    body = text.split("\n")[first.end_lineno :]
+    start = next(k for k, line in enumerate(body) if line.startswith(SPEC_BLOCK[0]))
+    stop = next(k for k, line in enumerate(body) if line.startswith(SPEC_BLOCK[1]))
+    lines = [f'"""{docstring}\n"""', *body[:start], spec_block.strip("\n"), *body[stop + 1 :]]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+#: The line length of generated code (the package's ruff setting).
+LINE_LENGTH = 120
+
+
+class Code(str):
+    """Source text that ``literal`` writes as it is (an expression, not a string)."""
+
+
+def literal(value: object, column: int = 0, indent: int = 0) -> str:
+    """``value`` (str, number, bool, None, tuple, list, dict) as formatted source: double quotes, and
+    a collection that does not fit on the line from ``column`` one item per line, as ruff formats it.
+
+    Examples:
+        >>> literal({"W": (("input", "units"), "zeros", {})})
+        '{"W": (("input", "units"), "zeros", {})}'
+        >>> print(literal(("a",) * 3, column=115))
+        (
+            "a",
+            "a",
+            "a",
+        )
+    """
+    if isinstance(value, Code):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, dict):
+        items = [(literal(k), v) for k, v in value.items()]
+        inline = "{" + ", ".join(f"{k}: {literal(v)}" for k, v in items) + "}"
+        if column + len(inline) <= LINE_LENGTH:
+            return inline
+        pad = " " * (indent + 4)
+        rows = [f"{pad}{k}: {literal(v, indent + 4 + len(k) + 2, indent + 4)}," for k, v in items]
+        return "{\n" + "\n".join(rows) + "\n" + " " * indent + "}"
+    if isinstance(value, (tuple, list)):
+        open_, close = ("(", ")") if isinstance(value, tuple) else ("[", "]")
+        parts = [literal(v) for v in value]
+        inline = open_ + ", ".join(parts) + ("," if len(parts) == 1 and open_ == "(" else "") + close
+        if column + len(inline) <= LINE_LENGTH:
+            return inline
+        pad = " " * (indent + 4)
+        rows = [f"{pad}{literal(v, indent + 4, indent + 4)}," for v in value]
+        return open_ + "\n" + "\n".join(rows) + "\n" + " " * indent + close
+    return repr(value)
+
+
+def targets(names: list[str]) -> str:
+    """Assignment targets unpacking a sequence of ``len(names)`` values: ``a, b`` or ``(a,)``."""
+    return f"({names[0]},)" if len(names) == 1 else ", ".join(names)
+
+
+def tuple_of(names: list[str]) -> str:
+    """A tuple expression of ``names``: ``(a, b)``, ``(a,)`` or ``()``."""
+    return f"({names[0]},)" if len(names) == 1 else "(" + ", ".join(names) + ")"
+
+
+def assign(names: list[str], values: list[str]) -> str:
+    """``a, b = x, y`` (or ``a = x`` for one name)."""
+    return f"{', '.join(names)} = {', '.join(values)}"
+
+
+def slice_bounds(start: str, stop: str) -> str:
+    """``start:stop`` spaced as ruff formats it (``H : 2 * H`` where a bound is an expression)."""
+    return f"{start} : {stop}" if " " in start + stop else f"{start}:{stop}"
 
 
 def linear_call(n, a) -> str:
@@ -87,10 +181,40 @@ def docstring_text(text: str) -> str:
 
     A spec is data: its description must never end the docstring and inject code.
 
-    >>> print(docstring_text('ends """ here'))
-    ends \"\"\" here
+    Examples:
+        >>> print(docstring_text('ends """ here'))
+        ends \"\"\" here
     '''
     return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_, ()]*=(?!=)(.*)$")
+
+
+def names_read(lines: list[str]) -> set[str]:
+    """The identifiers that source ``lines`` read (an assignment's targets are not read).
+
+    Examples:
+        >>> sorted(names_read(["a = b + c", "f(d)"]))
+        ['b', 'c', 'd', 'f']
+    """
+    out: set[str] = set()
+    for line in lines:
+        match = _ASSIGNMENT.match(line)
+        out.update(_IDENTIFIER.findall(match.group(1) if match else line))
+    return out
+
+
+def used_loads(loads: list[str], *bodies: list[str]) -> list[str]:
+    """The lines ``name = ...`` of ``loads`` whose name some line of ``bodies`` reads: no unused locals.
+
+    Examples:
+        >>> used_loads(["w = p['w']", "b = p['b']"], ["y = x @ w"])
+        ["w = p['w']"]
+    """
+    read = names_read([line for body in bodies for line in body])
+    return [line for line in loads if line.split("=", 1)[0].strip() in read]
 
 
 def var(name: str) -> str:
@@ -98,16 +222,128 @@ def var(name: str) -> str:
     return f"v_{name}"
 
 
-def render(graph: Graph, ops: OpTable, leaves: tuple[str, ...] = ("input", "state", "hoisted", "param", "saved", "seed")) -> list[str]:
-    """One ``v_name = <snippet>`` line per non-leaf node, in order."""
-    lines = []
-    for n in graph.nodes:
-        if n.op in leaves:
-            continue
+def render(
+    graph: Graph, ops: OpTable, leaves: tuple[str, ...] = LEAVES, comments: dict[str, str] | None = None
+) -> list[str]:
+    """One ``v_name = <snippet>`` line per non-leaf node, in order.
+
+    Slices of one value become one ``split`` (see ``passes.split_slices``) where the table
+    has a ``split`` entry: one line that unpacks the call into the pieces' names.
+    ``comments``: node name -> what it computes (see ``expressions``), written with its line.
+    """
+    if "split" in ops:
+        graph = split_slices(graph)
+    return [line for n in graph.nodes if n.op not in leaves for line in render_node(n, ops, comments)]
+
+
+def render_node(n: Node, ops: OpTable, comments: dict[str, str] | None = None, code: str | None = None) -> list[str]:
+    """The source line of one node (none for a ``piece``: its ``split`` assigns it), with its comment.
+
+    ``code``: the right-hand side, where the caller renders it otherwise than ``ops`` does.
+    """
+    if n.op == "piece":
+        return []
+    if code is None:
         if n.op not in ops:
             raise NotImplementedError(f"the emitter has no code for op {n.op!r}")
-        lines.append(f"{var(n.name)} = {ops[n.op](n, [var(a) for a in n.args])}")
-    return lines
+        code = ops[n.op](n, [var(a) for a in n.args])
+    if n.op == "split":
+        pieces = [name for _, _, name in n.attr("pieces")]
+        line = f"{targets([var(name) if name else '_' for name in pieces])} = {code}"
+        what = "; ".join(f"{p} = {comments[p]}" for p in pieces if p and comments and p in comments)
+    else:
+        line = f"{var(n.name)} = {code}"
+        what = comments.get(n.name, "") if comments else ""
+    return with_comment(line, what)
+
+
+def with_comment(line: str, comment: str, indent: int = 8) -> list[str]:
+    """``line`` with ``comment`` after it, or on the line before where that would pass the line length
+    (``indent``: the column the line will sit at)."""
+    if not comment:
+        return [line]
+    if indent + len(line) + 4 + len(comment) <= LINE_LENGTH:
+        return [f"{line}  # {comment}"]
+    return [f"# {comment}", line]
+
+
+_UNARY_WORDS = {"normalize_units": "normalize"}
+
+
+def expressions(program: Program) -> dict[str, str]:
+    """Node name -> the spec expression it computes (``x @ W_i + b_i + h @ U_i``), in the spec's names:
+    what generated code writes beside each line of the prologue and the step.
+
+    A value the spec names (an input, a state, a parameter, an equation's result) appears by
+    its name inside others; a fused value of several blocks is the list of its blocks.
+
+    Examples:
+        >>> import novolstm
+        >>> e = expressions(readable_names(build_program(novolstm.load_spec("lstm"))))
+        >>> e["c_next"], e["g"]
+        ('f * c + i * g', 'tanh(x @ W_g + b_g + h @ U_g)')
+    """
+    spec = program.spec
+    named = {spec.input, *spec.state_names, *spec.param_names, *(name for name, _ in spec.equations)}
+    nodes = {n.name: n for g in (program.prologue, program.step) for n in g.nodes if n.op != "hoisted"}
+
+    def block(name: str, k: int, inner: bool) -> tuple[str, int]:
+        # (text, precedence): 3 a name or a call, 2 a product, 1 a sum or difference.
+        n = nodes[name]
+        if (inner and name in named) or n.op in ("input", "state", "param"):
+            return name, 3
+        if n.op == "const":
+            return repr(n.attr("value")), 3
+        if n.op == "linear":
+            operand, prec = block(n.args[0], 0, True)
+            bias = n.attr("biases")[k]
+            text = f"{operand if prec == 3 else f'({operand})'} @ {n.attr('weights')[k]}"
+            return (text + f" + {bias}", 1) if bias else (text, 2)
+        if n.op == "slice":
+            return block(n.args[0], n.attr("start") + k, inner)
+        parts = [block(a, k if nodes[a].width == n.width else 0, True) for a in n.args]
+        if n.op == "add":
+            return " + ".join(text for text, _ in parts), 1
+        if n.op == "mul":
+            return " * ".join(text if prec >= 2 else f"({text})" for text, prec in parts), 2
+        if n.op == "sub":
+            (left, _), (right, prec) = parts
+            return f"{left} - {right if prec >= 2 else f'({right})'}", 1
+        if n.op == "neg":
+            text, prec = parts[0]
+            return f"-{text if prec == 3 else f'({text})'}", 2
+        return f"{_UNARY_WORDS.get(n.op, n.op)}({', '.join(text for text, _ in parts)})", 3
+
+    out = {}
+    for name, n in nodes.items():
+        if n.op in ("input", "state", "param", "const"):
+            continue
+        blocks = n.width if isinstance(n.width, int) else 1
+        texts = [block(name, k, False)[0] for k in range(blocks)]
+        out[name] = texts[0] if blocks == 1 else "[" + ", ".join(texts) + "]"
+    return out
+
+
+def split_sizes(n: Node) -> str:
+    """A ``split`` node's piece widths as source: ``[3 * H, H]``."""
+    return "[" + ", ".join(units_offset(stop - start) for start, stop, _ in n.attr("pieces")) + "]"
+
+
+def split_cuts(n: Node) -> str:
+    """A ``split`` node's cut positions (where each piece after the first starts) as source: ``[3 * H]``."""
+    return "[" + ", ".join(units_offset(start) for start, _, _ in n.attr("pieces")[1:]) + "]"
+
+
+def param_table(spec: Spec) -> dict[str, tuple[tuple[str, ...], str, dict]]:
+    """Parameter name -> (symbolic shape, initializer name, initializer args): what
+    ``novolstm.init.init_from_table`` draws from, and generated modules' ``PARAM_TABLE``.
+
+    Examples:
+        >>> import novolstm
+        >>> param_table(novolstm.load_spec("lstm"))["b_f"]
+        (('units',), 'ones', {})
+    """
+    return {p.name: (tuple(p.shape), p.init.name, dict(p.init.args)) for p in spec.params}
 
 
 @dataclass(frozen=True)
@@ -127,7 +363,7 @@ class LinearInfo:
 
 @dataclass(frozen=True)
 class LoopPlan:
-    """Everything a loop template needs, derived once from a :class:`Program`."""
+    """Everything a loop template needs, derived once from a ``Program``."""
 
     program: Program
     step_backward: Graph
@@ -143,9 +379,49 @@ class LoopPlan:
 
     @property
     def standard_lstm(self) -> bool:
-        """Whether the cell computes exactly the standard LSTM (see :func:`novolstm.ir.computes_standard_lstm`):
+        """Whether the cell computes exactly the standard LSTM (see ``novolstm.ir.computes_standard_lstm``):
         an emitter may then hand it to a framework's own fused LSTM kernel."""
         return computes_standard_lstm(self.spec)
+
+    @property
+    def expressions(self) -> dict[str, str]:
+        """Node name -> the spec expression it computes, for the comments of generated lines."""
+        return expressions(self.program)
+
+    @property
+    def param_table(self) -> dict[str, tuple[tuple[str, ...], str, dict]]:
+        """The spec's parameter table (see ``param_table``), as generated modules carry it."""
+        return param_table(self.spec)
+
+    @property
+    def input_param(self) -> str:
+        """A parameter shaped (input, ...): its first axis gives the input size."""
+        return next(p.name for p in self.spec.params if p.shape[0] == "input")
+
+    @property
+    def units_param(self) -> str:
+        """A parameter whose last axis gives the number of units."""
+        return self.spec.params[0].name
+
+    @property
+    def bias_names(self) -> tuple[str, ...]:
+        """Parameters that enter only as a projection's bias (what ``bias=False`` leaves out)."""
+        return tuple(dict.fromkeys(b for L in self.linears for b in L.biases if b))
+
+    def constants(self, **extra: object) -> str:
+        """The spec constants every generated module defines, as source lines (``NAME = repr``)."""
+        values = {
+            "SPEC_NAME": self.spec.name,
+            "SPEC_HASH": self.spec.hash,
+            "STATE_NAMES": tuple(self.spec.state_names),
+            "PARAM_NAMES": tuple(self.spec.param_names),
+            "PARAM_TABLE": self.param_table,
+            "INPUT_PARAM": self.input_param,
+            "UNITS_PARAM": self.units_param,
+            "BIAS_NAMES": self.bias_names,
+            **extra,
+        }
+        return "\n".join(f"{name} = {literal(value, len(name) + 3)}" for name, value in values.items())
 
     def header(self, backend: str) -> str:
         spec = self.spec
@@ -154,16 +430,30 @@ class LoopPlan:
             f"(sha256 {spec.hash}). Generated, do not edit: change the spec and generate again."
         )
 
-    def fusion_entries(self, concat: Callable[[list[str]], str], zeros: Callable[[str], str]) -> list[str]:
-        """``"w_L": <expr>,`` lines of the ``fuse`` function's dict, in any framework's spelling."""
-        lines = []
+    def fusion_entries(
+        self, concat: Callable[[list[str]], str], zeros: Callable[[str], str], indent: int = 8
+    ) -> list[str]:
+        """``"w_L": <expr>,`` lines of the ``fuse`` function's dict, in any framework's spelling.
+
+        ``concat(parts)`` is ``<function>([<parts>], <axis keyword>)``; ``indent``: the column of the entries.
+        """
+        lines: list[str] = []
+
+        def entry(key: str, parts: list[str]) -> None:
+            line = f'"{key}": {parts[0] if len(parts) == 1 else concat(parts)},'
+            if indent + len(line) <= LINE_LENGTH:
+                lines.append(line)
+                return
+            # One part per line, as ruff formats a call whose list does not fit.
+            head, tail = concat(["\0"]).split("[\0]")
+            lines.extend([f'"{key}": {head}', "    [", *(f"        {p}," for p in parts), "    ],"])
+            lines.extend([f"    {tail.lstrip(', ').rstrip(')')},", "),"])
+
         for L in self.linears:
-            ws = [f'params["{w}"]' for w in L.weights]
-            lines.append(f'"w_{L.name}": {ws[0] if len(ws) == 1 else concat(ws)},')
+            entry(f"w_{L.name}", [f'params["{w}"]' for w in L.weights])
             if L.has_bias:
                 ref = f'params["{L.weights[0]}"]'
-                bs = [f'params["{b}"]' if b else zeros(ref) for b in L.biases]
-                lines.append(f'"b_{L.name}": {bs[0] if len(bs) == 1 else concat(bs)},')
+                entry(f"b_{L.name}", [f'params["{b}"]' if b else zeros(ref) for b in L.biases])
         return lines
 
     def param_grad_pieces(self) -> dict[str, list[str]]:
@@ -184,13 +474,13 @@ class LoopPlan:
 
 
 def _block(array: str, k: int, count: int) -> str:
-    return array if count == 1 else f"{array}[..., {units_offset(k)}:{units_offset(k + 1)}]"
+    return array if count == 1 else f"{array}[..., {slice_bounds(units_offset(k), units_offset(k + 1))}]"
 
 
 def plan(spec: Spec) -> LoopPlan:
-    program = build_program(spec)
-    step_back = differentiate(program.step)
-    pro_back = differentiate(program.prologue)
+    program = readable_names(build_program(spec))
+    step_back = cse(differentiate(program.step))
+    pro_back = cse(differentiate(program.prologue))
     linears = tuple(
         LinearInfo(n.name, n.args[0], n.attr("weights"), n.attr("biases"), in_step)
         for graph, in_step in ((program.prologue, False), (program.step, True))
@@ -205,7 +495,7 @@ def plan(spec: Spec) -> LoopPlan:
     for L in linears:  # likewise in the prologue, where a projection reads more than the input (f @ U, f hoisted)
         if not L.in_step and program.prologue[L.operand].op != "input" and L.operand not in prologue_tape:
             prologue_tape.append(L.operand)
-    vector_params = tuple(
-        n.name for n in program.prologue.nodes + program.step.nodes if n.op == "param"
+    vector_params = tuple(n.name for n in program.prologue.nodes + program.step.nodes if n.op == "param")
+    return LoopPlan(
+        program, step_back, pro_back, linears, tuple(step_tape), tuple(prologue_tape), tuple(dict.fromkeys(vector_params))
     )
-    return LoopPlan(program, step_back, pro_back, linears, tuple(step_tape), tuple(prologue_tape), tuple(dict.fromkeys(vector_params)))

@@ -4,16 +4,16 @@ error growth, and a diagnosis of what went wrong.
 An implementation is a callable ``fn(params, x, state, mask) -> (outputs, final_state)``
 taking canonical float parameters, inputs (batch, time, input), the initial state
 tuple and a bool mask (batch, time), returning arrays NumPy can read. Implementations
-outside Python run the golden vectors (:mod:`novolstm.golden`) and hand back their
-results as an ``.npz`` (see :func:`check_results`).
+outside Python run the golden vectors (``novolstm.golden``) and hand back their
+results as an ``.npz`` (see ``check_results``).
 
 The expected values come from a float64 oracle that shares nothing with code
-generation: the hand-written :mod:`novolstm.reference` for the built-in cells, the
-spec interpreter :mod:`novolstm.interpret` for any other spec. Every compared array
+generation: the hand-written ``novolstm.reference`` for the built-in cells, the
+spec interpreter ``novolstm.interpret`` for any other spec. Every compared array
 must be finite where the reference is: NaN or inf fails.
 
 When a case fails, the report names the first step and quantity that diverge and
-tries the mistakes porting code makes (:mod:`novolstm.mistakes`: gate order, another
+tries the mistakes porting code makes (``novolstm.mistakes``: gate order, another
 LayerNorm epsilon or the sample variance, softmax over the batch axis or without its
 maximum subtracted, a hard sigmoid, a dropped bias or recurrent term, gates swapping
 roles in a state update, an old state read, masking done wrong, another cell, the
@@ -21,7 +21,7 @@ state tuple reordered, a lower precision than asked): each one that reproduces t
 implementation's outputs is listed, and the report names the one that reproduces
 the most failing cases.
 
-Example:
+Examples:
     >>> import novolstm
     >>> spec = novolstm.load_spec("lstm")
     >>> report = check(lambda p, x, s, m: novolstm.run(spec, p, x, s, mask=m), spec)
@@ -116,8 +116,20 @@ def golden_cases(spec: Spec) -> list[GoldenCase]:
 def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes_in=None) -> Report:
     """Run ``fn`` on every case (default: the golden vectors) and compare with the spec.
 
-    ``computes_in``: the precision ``fn`` really computes in where it falls below ``dtype``
-    (its tolerance applies); by default ``dtype``.
+    Args:
+        fn: the implementation, ``fn(params, x, state, mask) -> (outputs, final_state)`` with
+            canonical parameters, inputs (batch, time, input), the initial state tuple and a
+            bool mask (batch, time). An exception it raises fails that case, with the reason.
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        cases: the cases to run; default: the golden vectors (stress cases for a spec of your own).
+        dtype: the dtype the inputs are cast to.
+        diagnose: on a failure, name the known mistakes that reproduce the outputs.
+        computes_in: the precision ``fn`` really computes in where it falls below ``dtype``
+            (its tolerance applies); by default ``dtype``.
+
+    Returns:
+        A ``Report``: per case, pass or fail, the largest deviation, the error by step, the
+        first divergence and a diagnosis; ``report.format()`` prints it.
     """
     spec = load_spec(spec)
     results, failures = [], []
@@ -140,8 +152,15 @@ def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes
 def check_results(spec, arrays: dict, dtype="float64", diagnose: bool = True) -> Report:
     """Compare results an outside implementation computed on the golden vectors.
 
-    ``arrays`` holds ``<case>.outputs`` and ``<case>.state.<name>`` for every case of
-    the golden file (for example ``dict(np.load("theirs.npz"))``).
+    Args:
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        arrays: ``<case>.outputs`` and ``<case>.state.<name>`` for every case of the golden
+            file (for example ``dict(np.load("theirs.npz"))``); a missing case fails.
+        dtype: the dtype the implementation computed in (sets the tolerance).
+        diagnose: on a failure, name the known mistakes that reproduce the outputs.
+
+    Returns:
+        A ``Report``, as ``check`` returns.
     """
     spec = load_spec(spec)
     results, failures = [], []
@@ -226,7 +245,7 @@ def _diagnose(spec: Spec, failures: list, dtype) -> None:
 
 def known_mistakes(spec: Spec):
     """Yield ``(label, run)``: float64 runs of ``spec`` with one known porting mistake each
-    (see :mod:`novolstm.mistakes`)."""
+    (see ``novolstm.mistakes``)."""
     return ((m.label, m.run) for m in catalogue(spec))
 
 
@@ -245,7 +264,7 @@ def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype
                       lower_precision: bool = True) -> list[str]:
     """Labels of the known mistakes whose outputs (and final state) match the implementation's.
 
-    ``models``: the :class:`~novolstm.mistakes.Mistake` to try, by default ``catalogue(spec)``.
+    ``models``: the ``novolstm.mistakes.Mistake`` to try, by default ``catalogue(spec)``.
     ``lower_precision``: where no model reproduces the outputs, try whether they are right
     to a lower precision's tolerance.
     """

@@ -2,9 +2,9 @@
 
 Each cell has ``spec/golden/<cell>.npz`` (arrays, no pickles) and
 ``spec/golden/<cell>.json`` (metadata: spec name and hash, cases, array keys). They
-are produced from the float64 reference by :func:`make_golden` (``python -m
+are produced from the float64 reference by ``make_golden`` (``python -m
 novolstm.golden``); a test proves they match the current spec. The same stress cases
-are made for any other spec by :func:`stress_cases`, with the spec interpreter as the
+are made for any other spec by ``stress_cases``, with the spec interpreter as the
 reference. Another language can
 implement a spec from these files alone: read the inputs, run, compare.
 
@@ -67,8 +67,8 @@ class GoldenCase:
 def reference_for(spec: Spec):
     """The float64 oracle of ``spec``: ``run(params, x, state, mask) -> (outputs, final_state)``.
 
-    The hand-written :mod:`novolstm.reference` for the built-in cells (recognised by
-    content hash), the spec interpreter :mod:`novolstm.interpret` for every other spec;
+    The hand-written ``novolstm.reference`` for the built-in cells (recognised by
+    content hash), the spec interpreter ``novolstm.interpret`` for every other spec;
     neither shares code with code generation.
     """
     from . import interpret, reference
@@ -80,10 +80,10 @@ def reference_for(spec: Spec):
 
 
 def stress_cases(spec, seed: int = 0) -> list[GoldenCase]:
-    """The stress cases of :data:`STRESS_CASES` for any spec, expected values from :func:`reference_for`.
+    """The stress cases of ``STRESS_CASES`` for any spec, expected values from ``reference_for``.
 
     ``softmax_overflow`` is made only for specs whose softmax adds a bias parameter
-    (it raises that bias to :data:`OVERFLOW_LOGIT` and up).
+    (it raises that bias to ``OVERFLOW_LOGIT`` and up).
     """
     spec = load_spec(spec)
     oracle = reference_for(spec)

@@ -9,9 +9,9 @@ wrong. When a model reproduces an implementation's outputs where the spec does
 not, the diagnosis names it.
 
 The models evaluate a spec's parsed equations step by step, as
-:mod:`novolstm.interpret` does, with the functions and the masking of the port;
+``novolstm.interpret`` does, with the functions and the masking of the port;
 they share nothing with code generation. They are models of mistakes, never the
-reference: the kit's expected values come from :func:`novolstm.golden.reference_for`.
+reference: the kit's expected values come from ``novolstm.golden.reference_for``.
 
 Example:
     >>> import numpy as np, novolstm
@@ -170,7 +170,7 @@ def layer_norm_with_epsilon(other: float):
 
 
 def catalogue(spec: Spec) -> Iterator[Mistake]:
-    """Yield one :class:`Mistake` per known porting mistake that applies to ``spec``."""
+    """Yield one ``Mistake`` per known porting mistake that applies to ``spec``."""
     yield from _parameter_mistakes(spec)
     yield from _numerics_mistakes(spec)
     yield from _equation_mistakes(spec)

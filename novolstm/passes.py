@@ -1,6 +1,6 @@
 """Optimization passes over the step graph, and the split into prologue and step.
 
-The passes, in order (each followed by :func:`~novolstm.ir.check_graph`):
+The passes, in order (each followed by ``novolstm.ir.check_graph``):
 
 1. ``split_invariant_sums``: in a sum, gather the terms that do not depend on the
    state into a sub-sum of their own, so it can leave the time loop.
@@ -14,7 +14,7 @@ The passes, in order (each followed by :func:`~novolstm.ir.check_graph`):
 5. ``hoist``: every value that does not depend on the state is computed once for
    all timesteps, before the loop (for the input projection: one GEMM).
 
-Example:
+Examples:
     >>> import novolstm
     >>> program = build_program(novolstm.load_spec("lstm"))
     >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
@@ -279,12 +279,13 @@ def split_blocks(program: Program) -> Program:
     contiguous per-gate arrays better than slices of a wide one read inside a loop (XLA
     on CPU reads a (time, batch, k*units) scan input slice by slice about 1.5x slower).
 
-    >>> import novolstm
-    >>> program = split_blocks(build_program(novolstm.load_spec("lstm")))
-    >>> [program.step[h].width for h in program.hoisted]
-    [1, 1, 1, 1]
-    >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
-    ['linear']
+    Examples:
+        >>> import novolstm
+        >>> program = split_blocks(build_program(novolstm.load_spec("lstm")))
+        >>> [program.step[h].width for h in program.hoisted]
+        [1, 1, 1, 1]
+        >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
+        ['linear']
     """
     step, prologue = program.step, program.prologue
     names = NameAllocator([n.name for n in step.nodes + prologue.nodes] + list(program.spec.param_names))
@@ -342,10 +343,10 @@ def split_blocks(program: Program) -> Program:
     step_nodes = []
     for n in step.nodes:
         if n.op == "slice" and step[n.args[0]].op == "hoisted":
-            source, start, stop = pro_index[n.args[0]], n.attr("start"), n.attr("stop")
-            while source.op == "slice":
-                source, start, stop = pro_index[source.args[0]], source.attr("start") + start, source.attr("start") + stop
-            cut = Node(n.name, "slice", (source.name,), (("start", start), ("stop", stop)), stop - start)
+            origin, start, stop = pro_index[n.args[0]], n.attr("start"), n.attr("stop")
+            while origin.op == "slice":
+                origin, start, stop = pro_index[origin.args[0]], origin.attr("start") + start, origin.attr("start") + stop
+            cut = Node(n.name, "slice", (origin.name,), (("start", start), ("stop", stop)), stop - start)
             pro_nodes.append(cut)
             pro_index[cut.name] = cut
             pro_outputs[f"hoisted:{n.name}"] = n.name
@@ -354,8 +355,202 @@ def split_blocks(program: Program) -> Program:
         step_nodes.append(n)
     step = prune(Graph(step_nodes, dict(step.outputs)))
     live = {n.name for n in step.nodes if n.op == "hoisted"}
-    hoisted = tuple(h for h in hoisted if h in live)
-    prologue = prune(Graph(pro_nodes, {f"hoisted:{h}": h for h in hoisted}), keep_ops=("input",))
+    kept = tuple(h for h in hoisted if h in live)
+    prologue = prune(Graph(pro_nodes, {f"hoisted:{h}": h for h in kept}), keep_ops=("input",))
     check_graph(prologue, "split_blocks (prologue)")
     check_graph(step, "split_blocks (step)")
-    return Program(program.spec, prologue, step, hoisted)
+    return Program(program.spec, prologue, step, kept)
+
+
+# ---------------------------------------------------------------- rewrites for emitters
+# Applied to the graphs an emitter renders (after differentiation): they change how a value
+# is spelled in source, never what it is.
+
+#: Nodes that are inputs of a graph rather than computations in it: never merged or split.
+LEAVES = ("input", "state", "hoisted", "param", "saved", "seed")
+
+
+def cse(graph: Graph) -> Graph:
+    """Common subexpressions merged: a node computing what an earlier one computes reads it instead.
+
+    (The VJP of ``z * z`` contributes ``g * z`` twice; once is enough.) Leaves never merge.
+
+    Examples:
+        >>> g = Graph([Node("z", "input"), Node("a", "mul", ("z", "z")), Node("b", "mul", ("z", "z")),
+        ...            Node("c", "add", ("a", "b"))], {"out": "c"})
+        >>> [n.args for n in cse(g).nodes if n.op == "add"]
+        [('a', 'a')]
+    """
+    seen: dict[tuple, str] = {}
+    same: dict[str, str] = {}
+    for n in graph.nodes:
+        if n.op in LEAVES or n.op == "const":
+            continue
+        args = tuple(same.get(a, a) for a in n.args)
+        if n.op in ("add", "mul") and len(args) == 2:  # exactly commutative in IEEE arithmetic
+            args = tuple(sorted(args))
+        key = (n.op, args, n.attrs)
+        if key in seen:
+            same[n.name] = seen[key]
+        else:
+            seen[key] = n.name
+    return rewrite(graph, same) if same else graph
+
+
+def split_slices(graph: Graph) -> Graph:
+    """Two or more slices of one value that do not overlap become one ``split`` node.
+
+    The ``split`` node (named ``split_<value>``) takes the slices' place; its attribute
+    ``pieces`` lists ``(start, stop, name)`` in units blocks, covering the whole value (a
+    gap's name is None). Each slice stays as a ``piece`` node reading the split, so every
+    reader keeps its argument: an emitter renders the split as one call unpacked into the
+    pieces' names (``codegen.render``) and renders nothing for a piece. One call instead of
+    one per slice; its gradient, in frameworks that differentiate the source, is one
+    concatenation where separate slices would each scatter into zeros of the full width.
+
+    Examples:
+        >>> import novolstm
+        >>> step = split_slices(build_program(novolstm.load_spec("lstm")).step)
+        >>> [(n.attr("pieces")) for n in step.nodes if n.op == "split"][0]
+        ((0, 3, 'v12'), (3, 4, 'v10'))
+    """
+    slices: dict[str, list[Node]] = {}
+    for n in graph.nodes:
+        if n.op == "slice":
+            slices.setdefault(n.args[0], []).append(n)
+    splits: dict[str, Node] = {}  # first slice of a group -> the split node
+    pieces: dict[str, Node] = {}  # slice -> its piece node
+    for source, members in slices.items():
+        width = graph[source].width
+        spans = sorted((m.attr("start"), m.attr("stop"), m.name) for m in members)
+        if (
+            len(members) < 2
+            or not isinstance(width, int)
+            or any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
+            or f"split_{source}" in graph
+        ):
+            continue
+        bounds: list[tuple[int, int, str | None]] = []
+        at = 0
+        for start, stop, name in spans:
+            if start > at:
+                bounds.append((at, start, None))
+            bounds.append((start, stop, name))
+            at = stop
+        if at < width:
+            bounds.append((at, width, None))
+        split = Node(f"split_{source}", "split", (source,), (("pieces", tuple(bounds)),), width, graph[source].batched)
+        splits[members[0].name] = split
+        for m in members:
+            pieces[m.name] = Node(m.name, "piece", (split.name,), m.attrs, m.width, m.batched)
+    if not splits:
+        return graph
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        if n.name in splits:
+            split = splits[n.name]
+            nodes.append(split)
+            nodes.extend(pieces[name] for _, _, name in split.attr("pieces") if name)
+        elif n.name not in pieces:
+            nodes.append(n)
+    return Graph(nodes, dict(graph.outputs))
+
+
+#: How a temporary is named after the op that computes it (``i_norm``: the normalization inside ``i``).
+_OP_WORDS = {"add": "sum", "sub": "diff", "mul": "prod", "neg": "neg", "normalize_units": "norm", "const": "const"}
+
+
+def readable_names(program: Program) -> Program:
+    """Temporaries renamed after what they compute in the spec's terms, for generated code that
+    reads like the spec: nothing is computed differently.
+
+    Spec names (input, state, parameters, equation results) stay. A projection is ``z_<operand>``
+    (``z_x``, ``z_h``), their sum ``z_<gates>``, a slice of either or of their activation names its gates
+    by the projections' weights (``W_i`` -> ``i``: ``z_ifog``, ``z_ifo``, ``sigmoid_ifo``, ``z_g``); a product
+    of two named values is ``<a>_times_<b>`` and a function of one ``<function>_<value>``
+    (``tanh_c_next``); any other temporary is named after the spec value it leads to and its op
+    (``i_norm``).
+
+    Examples:
+        >>> import novolstm
+        >>> step = readable_names(build_program(novolstm.load_spec("lstm"))).step
+        >>> [n.name for n in step.nodes if n.op != "param"]
+        ['h', 'c', 'z_x', 'z_h', 'z_ifog', 'z_ifo', 'sigmoid_ifo', 'i', 'f', 'z_g', 'g', 'o', 'f_times_c', 'i_times_g', 'c_next', 'tanh_c_next', 'h_next']
+    """
+    spec = program.spec
+    keep = {spec.input, *spec.state_names, *spec.param_names, *(name for name, _ in spec.equations)}
+    graphs = (program.prologue, program.step)
+    nodes = {n.name: n for g in graphs for n in g.nodes if n.op != "hoisted"}
+    users: dict[str, list[str]] = {}
+    for g in graphs:
+        for name, readers in g.users().items():
+            users.setdefault(name, []).extend(readers)
+    gates: dict[str, tuple[str, ...]] = {}  # projection-space values: one gate label per block
+    mapping: dict[str, str] = {}
+    taken = set(keep)
+
+    def label(weight: str) -> str:
+        return weight.split("_", 1)[1] if "_" in weight else weight
+
+    def joined(labels: tuple[str, ...]) -> str:
+        return "".join(labels) if all(len(x) == 1 for x in labels) else "_".join(labels)
+
+    def destination(name: str) -> str | None:
+        # The spec value a temporary leads to through readers that read nothing else of it.
+        seen = set()
+        while name not in keep and name not in seen:
+            seen.add(name)
+            readers = list(dict.fromkeys(users.get(name, [])))
+            if len(readers) != 1:
+                return None
+            name = readers[0]
+        return name if name in keep else None
+
+    def claim(base: str) -> str:
+        name, k = base, 2
+        while name in taken:
+            name, k = f"{base}_{k}", k + 1
+        taken.add(name)
+        return name
+
+    def new(name: str) -> str:
+        return mapping.get(name, name)
+
+    order = [n for g in graphs for n in g.nodes if n.op != "hoisted"]
+    for n in order:
+        if n.op == "linear":
+            gates[n.name] = tuple(label(w) for w in n.attr("weights"))
+        elif n.op == "add" and n.args and all(a in gates for a in n.args):
+            gates[n.name] = gates[n.args[0]]
+        elif n.op == "slice" and n.args[0] in gates:
+            gates[n.name] = gates[n.args[0]][n.attr("start") : n.attr("stop")]
+        elif n.op in ELEMENTWISE_UNARY and n.args and n.args[0] in gates:
+            gates[n.name] = gates[n.args[0]]
+        if n.name in keep or n.name in mapping:
+            continue
+        if n.op == "linear":
+            base = f"z_{new(n.args[0])}"
+        elif n.op == "add" and n.name in gates:
+            base = f"z_{joined(gates[n.name])}"
+        elif n.op == "slice" and n.name in gates:
+            source = nodes[n.args[0]]
+            prefix = {"add": "z", "linear": new(source.name)}.get(source.op, source.op)
+            base = f"{prefix}_{joined(gates[n.name])}"
+        elif n.op in ELEMENTWISE_UNARY and n.name in gates:
+            base = f"{n.op}_{joined(gates[n.name])}"
+        elif n.op == "mul" and len(n.args) == 2 and all(new(a) in keep or a in mapping for a in n.args):
+            base = f"{new(n.args[0])}_times_{new(n.args[1])}"
+        elif n.op in ELEMENTWISE_UNARY and n.args and (n.args[0] in keep):
+            base = f"{n.op}_{n.args[0]}"
+        else:
+            dest = destination(n.name)
+            base = f"{dest}_{_OP_WORDS.get(n.op, n.op)}" if dest else n.name
+        mapping[n.name] = claim(base)
+
+    def renamed(graph: Graph) -> Graph:
+        out = [replace(n, name=new(n.name), args=tuple(new(a) for a in n.args)) for n in graph.nodes]
+        roles = {role.replace(name, new(name)) if role.startswith("hoisted:") else role: new(name) for role, name in graph.outputs.items()}
+        return Graph(out, roles)
+
+    hoisted = tuple(new(h) for h in program.hoisted)
+    return Program(spec, renamed(program.prologue), renamed(program.step), hoisted)

@@ -13,9 +13,11 @@ import novolstm
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(novolstm.__path__, "novolstm.")
-    # __main__ runs the CLI on import; framework emitters run their examples in their own envs.
+    # __main__ runs the CLI on import; each framework's backend package runs its examples in its
+    # own env; a runtime's examples run in the generated modules that inline it.
     if m.name != "novolstm.__main__"
-    and (not m.name.endswith("_backend") or m.name.endswith("numpy_backend"))
+    and (not m.name.startswith("novolstm.backends.") or m.name.startswith("novolstm.backends.numpy"))
+    and not m.name.endswith(".runtime")
 )
 
 

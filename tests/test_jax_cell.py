@@ -301,9 +301,9 @@ def test_generated_module_examples(cell):
 
 
 def test_emitter_examples():
-    from novolstm.backends import jax_backend
+    from novolstm.backends.jax import emit
 
-    result = doctest.testmod(jax_backend)
+    result = doctest.testmod(emit)
     assert result.failed == 0 and result.attempted > 0
 
 

@@ -249,9 +249,9 @@ def test_generated_source_is_standalone():
 def test_doctests_of_emitter_and_generated_module():
     import doctest
 
-    from novolstm.backends import torch_backend
+    from novolstm.backends.torch import emit
 
-    for mod in (torch_backend, novolstm.load_generated("novolstm", "torch")):
+    for mod in (emit, novolstm.load_generated("novolstm", "torch")):
         result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, mod.__name__
 

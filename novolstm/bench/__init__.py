@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 #: name -> (batch, steps, units); inputs equal units
 SHAPES = {

@@ -32,9 +32,12 @@ def _modes(apply, params, x):
 
     forward = jax.jit(apply)
     grad = jax.jit(jax.grad(lambda p, x: apply(p, x).sum()))
-    return dict(forward=lambda: jax.block_until_ready(forward(params, x)),
-                forward_backward=lambda: jax.block_until_ready(grad(params, x)),
-                jit="jax.jit", framework_peak_bytes=lambda: compiled_bytes(grad, params, x))
+    return dict(
+        forward=lambda: jax.block_until_ready(forward(params, x)),
+        forward_backward=lambda: jax.block_until_ready(grad(params, x)),
+        jit="jax.jit",
+        framework_peak_bytes=lambda: compiled_bytes(grad, params, x),
+    )
 
 
 def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
@@ -53,7 +56,10 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     for cell in CELLS:
         m = load_generated(cell, "jax")
         if cell == "lstm":  # the same function as the native baseline
-            params = {k: jnp.asarray(v, jnp.dtype(dtype)) for k, v in to_canonical(variables["params"]["cell"], "linen_lstm").items()}
+            params = {
+                k: jnp.asarray(v, jnp.dtype(dtype))
+                for k, v in to_canonical(variables["params"]["cell"], "linen_lstm").items()
+            }
         else:
             params = m.Cell(units, dtype=dtype).init(0, units)
         yield Candidate(f"{cell} spec", **_modes(lambda p, x, m=m: m.sequence(p, x)[0], params, x))

@@ -38,8 +38,11 @@ def _compile(layer, x) -> dict:
                 loss = tf.reduce_sum(layer(x))
             return tape.gradient(loss, [x] + layer.trainable_variables)
 
-        return dict(forward=lambda: forward().numpy(), forward_backward=lambda: [g.numpy() for g in forward_backward()],
-                    jit="tf.function")
+        return dict(
+            forward=lambda: forward().numpy(),
+            forward_backward=lambda: [g.numpy() for g in forward_backward()],
+            jit="tf.function",
+        )
     if backend == "jax":
         import jax
 
@@ -53,8 +56,12 @@ def _compile(layer, x) -> dict:
 
         fwd = jax.jit(apply)
         grad = jax.jit(jax.grad(lambda w, inputs: apply(w, inputs).sum(), argnums=(0, 1)))
-        return dict(forward=lambda: fwd(trainable, x).block_until_ready(), forward_backward=lambda: jax.block_until_ready(grad(trainable, x)),
-                    jit="jax.jit", framework_peak_bytes=lambda: compiled_bytes(grad, trainable, x))
+        return dict(
+            forward=lambda: fwd(trainable, x).block_until_ready(),
+            forward_backward=lambda: jax.block_until_ready(grad(trainable, x)),
+            jit="jax.jit",
+            framework_peak_bytes=lambda: compiled_bytes(grad, trainable, x),
+        )
     if backend == "torch":
         import torch
 

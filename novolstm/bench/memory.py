@@ -15,7 +15,7 @@ allocator keeps in its own pool across calls is still reused unseen, so the figu
 lower bound: on TensorFlow it reads well under the activations a forward+backward must
 hold (62 MiB for the throughput shape's float32 LSTM, whose output alone is 50 MiB).
 
-Example:
+Examples:
     >>> import numpy as np
     >>> grown = peak_rss_bytes(lambda: np.ones(2**24))   # 128 MiB, touched
     >>> grown is None or grown > 100 * 2**20
@@ -30,7 +30,7 @@ import gc
 import re
 import sys
 import tracemalloc
-from typing import Callable
+from collections.abc import Callable
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -46,7 +46,7 @@ def _status_bytes(field: str) -> int:
 
 
 def unavailable_reason() -> str | None:
-    """Why :func:`peak_rss_bytes` cannot measure here, or None when it can."""
+    """Why ``peak_rss_bytes`` cannot measure here, or None when it can."""
     if not sys.platform.startswith("linux"):
         return f"peak RSS needs Linux's /proc/self/clear_refs and VmHWM; this is {sys.platform}"
     try:
@@ -69,7 +69,7 @@ def _release_free_memory() -> None:
 
 def peak_rss_bytes(fn: Callable[[], object]) -> int | None:
     """Bytes the process's resident set grew by at its peak while ``fn()`` ran, or None
-    where that cannot be measured (see :func:`unavailable_reason`)."""
+    where that cannot be measured (see ``unavailable_reason``)."""
     if unavailable_reason() is not None:
         return None
     _release_free_memory()

@@ -10,7 +10,9 @@ from novolstm.bench.memory import peak_traced_bytes
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
 DTYPES = ("float32",)
-DTYPE_NOTES = {"bfloat16": "NumPy has no bfloat16 dtype, so the NumPy backend has no bfloat16 cells (it runs float32 and float64)"}
+DTYPE_NOTES = {
+    "bfloat16": "NumPy has no bfloat16 dtype, so the NumPy backend has no bfloat16 cells (it runs float32 and float64)"
+}
 TARGETS = {
     ("lstm spec", "native", "forward"): 0.2,
     ("novolstm spec", "lstm spec", "forward"): 1.3,
@@ -59,13 +61,18 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         module = load_generated(cell, "numpy")
         params = init_params(cell, units, units, seed=0, dtype=dtype)
 
+        def fwd(module=module, params=params):
+            return module.forward(params, x)
+
         def fwd_bwd(module=module, params=params):
             _, _, tape = module.forward(params, x, keep_tape=True)
             return module.backward(params, tape, g)
 
+        def peak(fwd_bwd=fwd_bwd) -> int:
+            return peak_traced_bytes(fwd_bwd)
+
         # NumPy reports its buffers to tracemalloc: its own, exact peak next to the RSS one.
-        yield Candidate(f"{cell} spec", lambda module=module, params=params: module.forward(params, x), fwd_bwd,
-                        framework_peak_bytes=lambda fwd_bwd=fwd_bwd: peak_traced_bytes(fwd_bwd))
+        yield Candidate(f"{cell} spec", fwd, fwd_bwd, framework_peak_bytes=peak)
     textbook = PerExampleLSTMCell(init_params("lstm", units, units, seed=0), dtype)
     yield Candidate("native: per-example cell (seed 001)", lambda: textbook.sequence(x), None)
 

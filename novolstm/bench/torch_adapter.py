@@ -77,8 +77,13 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     for cell in COMPILED:
         name = f"{cell} spec, torch.compile"
         if steps > COMPILE_MAX_STEPS:
-            yield Candidate(name, None, None, skipped=f"{steps} steps: torch.compile unrolls the time loop, "
-                            f"compiling for many minutes (run only up to {COMPILE_MAX_STEPS} steps)")
+            yield Candidate(
+                name,
+                None,
+                None,
+                skipped=f"{steps} steps: torch.compile unrolls the time loop, "
+                f"compiling for many minutes (run only up to {COMPILE_MAX_STEPS} steps)",
+            )
             continue
         # A copy, so the eager candidate above keeps running uncompiled.
         copy = get_layer("torch", spec=cell)(units, units, dtype=torch_dtype)

@@ -1,77 +1,49 @@
-"""The Keras 3 emitter: a cell for ``keras.layers.RNN`` and a sequence layer, in ``keras.ops`` only.
+"""The Keras 3 runtime: what every generated Keras module holds besides its spec's own code.
 
-The generated module imports ``keras`` and ``numpy`` and nothing else at module level (only
-``vjp_numpy`` imports the framework Keras runs on, for its autodiff), so the same
-source runs on Keras' TensorFlow, JAX and PyTorch backends (Keras fixes its backend
-per process, from ``KERAS_BACKEND``). It defines:
-
-- ``Cell``: a ``keras.layers.Layer`` RNN cell, constructed from ``units`` like
-  ``keras.layers.LSTMCell``; its variables carry the canonical names (``W_i``,
-  ``U_i``, ``b_i``, ...) and the fused matrices are built inside ``call``.
-- ``Layer``: a ``keras.layers.RNN`` over that cell (``novolstm.get_layer("keras")``)
-  that fuses the weights once per call rather than once per step; with
-  ``hoist_input=True`` it also computes every projection of the input once for all
-  timesteps (one GEMM) and loops over the step graph only.
-- ``run_numpy``: the backend-neutral entry of :func:`novolstm.run`.
-- ``vjp_numpy``: the backend-neutral gradient hook (as the NumPy, torch and JAX
-  modules have), through the autodiff of the backend Keras runs on.
-
-Keras differentiates the forward graphs itself: no backward pass is generated.
-
-Example:
-    >>> import novolstm
-    >>> source = novolstm.generate_source("lstm", backend="keras")
-    >>> "from keras import ops" in source and "\nimport tensorflow" not in source  # none at module level
-    True
+Generated modules inline this file (see ``novolstm.codegen.inline_runtime``): the block
+of stand-ins below is replaced by the spec's constants, ``init_params`` and the generated
+``fuse``, ``prologue`` and ``step``; everything else is this code, verbatim.
 """
 
-from __future__ import annotations
-
-from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, linear_call, render, units_offset, var
-from novolstm.ir import Graph
-from novolstm.template import fill
-
-NAME = "keras"
-FRAMEWORK = "keras"
-
-
-OPS = {
-    **ARRAY_OPS,
-    "linear": linear_call,
-    # The exact logistic; each backend's kernel is overflow-free (tf.sigmoid, jax.nn.sigmoid, torch.sigmoid).
-    # Not ops.hard_sigmoid: Keras 3's is relu6(x + 3) / 6, Keras 2's was clip(0.2 x + 0.5, 0, 1).
-    "sigmoid": lambda n, a: f"ops.sigmoid({a[0]})",
-    "tanh": lambda n, a: f"ops.tanh({a[0]})",
-    "relu": lambda n, a: f"ops.relu({a[0]})",
-    "softmax": lambda n, a: f"_softmax({a[0]})",
-    "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
-}
-
-
-TEMPLATE = '''\
-"""$header
-
-$description
-
-Keras 3, written in keras.ops only: runs on Keras' TensorFlow, JAX and PyTorch
-backends. State: $state_doc. Variables carry the canonical names of novolstm.
-"""
-
-import zlib
+import zlib  # noqa: F401 - read by the initializers that generated modules inline here
 
 import keras
 import numpy as np
 from keras import ops
 
-SPEC_NAME = $spec_name
-SPEC_HASH = $spec_hash
-STATE_NAMES = $state_names
-PARAM_TABLE = $param_table
+# --- spec: generated modules replace this block with the spec's constants and functions
+from novolstm.init import init_from_table
+
+SPEC_NAME = "stand-in"
+SPEC_HASH = ""
+STATE_NAMES: tuple[str, ...] = ("h",)
+PARAM_NAMES: tuple[str, ...] = ()
+PARAM_TABLE: dict = {}
+INPUT_PARAM = "W"
+UNITS_PARAM = "W"
+BIAS_NAMES: tuple[str, ...] = ()
 #: widths, in units, of the prologue values the step reads at each timestep
-HOISTED_WIDTHS = $hoisted_widths
+HOISTED_WIDTHS: tuple[int, ...] = ()
 
 
-$init_source
+def init_params(input_size, units, seed=0, dtype="float64"):
+    """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
+    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
+
+
+def fuse(params):
+    raise NotImplementedError("generated per spec")
+
+
+def prologue(params, fused, x, H):
+    raise NotImplementedError("generated per spec")
+
+
+def step(params, fused, hoisted, state, H):
+    raise NotImplementedError("generated per spec")
+
+
+# --- end of spec block
 
 
 def _linear(a, w, b=None):
@@ -95,38 +67,16 @@ def _softmax(z):
     return ops.softmax(z, axis=-1)
 
 
-def fuse(params):
-    """The fused matrices, concatenated from canonical parameters (name -> tensor)."""
-    return {
-        $fusion
-    }
-
-
-def prologue(params, fused, v_$input, H):
-    """Every value of the step that does not depend on the state, for x with any leading axes.
-
-    Called on x (batch, time, input) it computes the input projection of every
-    timestep as one GEMM; called on x (batch, input) it is the first half of a step.
-    """
-    $load_prologue
-    $prologue
-    return ($hoisted_vars)
-
-
-def step(params, fused, hoisted, state, H):
-    """One timestep: the values :func:`prologue` gave for this timestep, and the state -> (output, new state)."""
-    $load_step
-    $unpack_hoisted = hoisted
-    $unpack_state = state
-    $step
-    return $output, ($next_state)
-
-
 def _check_params(params, input_size, units):
-    expected = {name: tuple({"input": input_size, "units": units}[d] for d in dims) for name, (dims, _, _) in PARAM_TABLE.items()}
+    expected = {
+        name: tuple({"input": input_size, "units": units}[d] for d in dims)
+        for name, (dims, _, _) in PARAM_TABLE.items()
+    }
     if set(params) != set(expected):
         missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
-        raise ValueError(f"params for {SPEC_NAME!r}: missing {missing}, unexpected {extra}; expected {sorted(expected)}")
+        raise ValueError(
+            f"params for {SPEC_NAME!r}: missing {missing}, unexpected {extra}; expected {sorted(expected)}"
+        )
     for name, shape in expected.items():
         if tuple(np.shape(params[name])) != shape:
             raise ValueError(
@@ -143,7 +93,7 @@ def _constant(value):
 
 @keras.saving.register_keras_serializable(package="novolstm", name=SPEC_NAME + ".Cell")
 class Cell(keras.layers.Layer):
-    """$title as a Keras RNN cell, generated by novolstm: use it in keras.layers.RNN.
+    """The spec's cell (``SPEC_NAME``) as a Keras RNN cell, generated by novolstm: use it in keras.layers.RNN.
 
     Args:
         units: size of the state and of the output.
@@ -154,7 +104,7 @@ class Cell(keras.layers.Layer):
 
     With ``keras.layers.RNN(cell, return_sequences=True)`` and a mask, pass
     ``zero_output_for_mask=True`` to get zeros on masked steps (novolstm's rule);
-    :class:`Layer` does it by itself.
+    ``Layer`` does it by itself.
 
     Example:
         >>> rnn = keras.layers.RNN(Cell(4, seed=0), return_sequences=True, return_state=True)
@@ -210,13 +160,17 @@ class Cell(keras.layers.Layer):
     def check_state(self, inputs, states):
         """The states as a tuple, after checking the sizes the graph cannot check itself."""
         if inputs.shape[-1] is not None and inputs.shape[-1] != self.input_size:
-            raise ValueError(f"{SPEC_NAME} Cell: built for input_size {self.input_size}, got inputs of shape {tuple(inputs.shape)}")
+            raise ValueError(
+                f"{SPEC_NAME} Cell: built for input_size {self.input_size}, got inputs of shape {tuple(inputs.shape)}"
+            )
         states = tuple(states) if isinstance(states, (list, tuple)) else (states,)
         if len(states) != len(STATE_NAMES):
             raise ValueError(f"{SPEC_NAME} Cell: expected {len(STATE_NAMES)} states {STATE_NAMES}, got {len(states)}")
         for name, s in zip(STATE_NAMES, states):
             if len(s.shape) != 2 or s.shape[-1] not in (None, self.units):
-                raise ValueError(f"{SPEC_NAME} Cell: state {name!r} must have shape (batch, {self.units}), got {tuple(s.shape)}")
+                raise ValueError(
+                    f"{SPEC_NAME} Cell: state {name!r} must have shape (batch, {self.units}), got {tuple(s.shape)}"
+                )
         return states
 
     def get_initial_state(self, batch_size=None):
@@ -233,8 +187,8 @@ class Cell(keras.layers.Layer):
         if not isinstance(params, dict):
             raise TypeError(f"params: expected a dict of canonical names to arrays, got {type(params).__name__}")
         input_size = self.input_size
-        if input_size is None and $input_param in params:  # unbuilt: the input size comes from the weights
-            input_size = int(np.shape(params[$input_param])[PARAM_TABLE[$input_param][0].index("input")])
+        if input_size is None and INPUT_PARAM in params:  # unbuilt: the input size comes from the weights
+            input_size = int(np.shape(params[INPUT_PARAM])[PARAM_TABLE[INPUT_PARAM][0].index("input")])
         _check_params(params, input_size, self.units)
         if not self.built:
             self.build((None, input_size))
@@ -252,22 +206,22 @@ class Cell(keras.layers.Layer):
 
     # The names every backend's cells and layers share (novolstm.save_module, novolstm.load_into).
     def load_canonical(self, params):
-        """As :meth:`load_params`."""
+        """As ``load_params``."""
         return self.load_params(params)
 
     def export_canonical(self):
-        """As :meth:`export_params`."""
+        """As ``export_params``."""
         return self.export_params()
 
     @classmethod
     def from_params(cls, params, **kwargs):
         """A built cell holding ``params`` (canonical names); ``units`` comes from their shapes."""
-        units = int(np.shape(params[$units_param])[-1])
+        units = int(np.shape(params[UNITS_PARAM])[-1])
         return cls(units, **kwargs).load_params(params)
 
 
 class _Step:
-    """What keras.layers.RNN loops over inside :class:`Layer`.
+    """What keras.layers.RNN loops over inside ``Layer``.
 
     Its input at each timestep is x_t, or with ``hoisted`` the prologue's values
     (computed for all timesteps before the loop) side by side; then, for a masked
@@ -301,16 +255,16 @@ class _Step:
 
 @keras.saving.register_keras_serializable(package="novolstm", name=SPEC_NAME + ".Layer")
 class Layer(keras.layers.RNN):
-    """$title over whole sequences, as keras.layers.LSTM is to keras.layers.LSTMCell.
+    """The spec's cell over whole sequences, as keras.layers.LSTM is to keras.layers.LSTMCell.
 
-    A keras.layers.RNN of :class:`Cell` (``layer.cell``: variables, load_params,
+    A keras.layers.RNN of ``Cell`` (``layer.cell``: variables, load_params,
     export_params) that builds the fused matrices once per call rather than once
     per step. Masked steps keep the state and output zeros; with
     ``return_sequences=False`` the output is that of each sequence's last real
     step, as in Keras.
 
     Args:
-        units, seed: as :class:`Cell`.
+        units, seed: as ``Cell``.
         hoist_input: compute the state-independent part of the step (above all the
             input projection) for all timesteps as one GEMM before the loop, rather
             than inside each step. Measured slower on CPU with every Keras backend
@@ -374,7 +328,9 @@ class Layer(keras.layers.RNN):
             mask = mask[0]
         cell = self.cell
         if sequences.shape[-1] is not None and sequences.shape[-1] != cell.input_size:
-            raise ValueError(f"{SPEC_NAME} Layer: built for input_size {cell.input_size}, got inputs of shape {tuple(sequences.shape)}")
+            raise ValueError(
+                f"{SPEC_NAME} Layer: built for input_size {cell.input_size}, got inputs of shape {tuple(sequences.shape)}"
+            )
         cell.check_state(sequences[:, 0], initial_state)
         return _loop(
             cell.tensors(),
@@ -392,7 +348,13 @@ class Layer(keras.layers.RNN):
     def get_config(self):
         config = super().get_config()
         del config["cell"], config["zero_output_for_mask"]
-        return {**config, "units": self.cell.units, "seed": self.cell.seed, "hoist_input": self.hoist_input, "spec_hash": SPEC_HASH}
+        return {
+            **config,
+            "units": self.cell.units,
+            "seed": self.cell.seed,
+            "hoist_input": self.hoist_input,
+            "spec_hash": SPEC_HASH,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -404,7 +366,7 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
     over ``sequences`` (batch, time, input): a function of tensors only, so Keras' backend can
     differentiate it with respect to the parameters as well as the inputs and initial state.
     ``rnn_options``: return_sequences, go_backwards, stateful, unroll, as keras.layers.RNN."""
-    units = int(params[$units_param].shape[-1])
+    units = int(params[UNITS_PARAM].shape[-1])
     fused = fuse(params)  # once per call, not once per step
     columns = prologue(params, fused, sequences, units) if hoist_input else (sequences,)
     initial_state = list(initial_state)
@@ -415,8 +377,10 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
         initial_state.append(ops.zeros_like(initial_state[0]))  # the last real output
     inputs = columns[0] if len(columns) == 1 else ops.concatenate(columns, axis=-1)
     # keras.layers.RNN's own loop over the step: the backend's rnn (tf.while_loop, lax.scan, ...).
-    input_size = int(params[$input_param].shape[PARAM_TABLE[$input_param][0].index("input")])
-    loop = keras.layers.RNN(_Step(units, input_size, params, fused, hoisted=hoist_input, masked=mask is not None), **rnn_options)
+    input_size = int(params[INPUT_PARAM].shape[PARAM_TABLE[INPUT_PARAM][0].index("input")])
+    loop = keras.layers.RNN(
+        _Step(units, input_size, params, fused, hoisted=hoist_input, masked=mask is not None), **rnn_options
+    )
     last_output, outputs, states = loop.inner_loop(inputs, initial_state, None, training)
     if mask is not None:
         last_output, states = states[-1], states[:-1]
@@ -427,7 +391,7 @@ def run_numpy(params, x, state=None, mask=None):
     """The backend-neutral entry of novolstm.run: NumPy arrays in and out, in x's dtype."""
     x = np.asarray(x)
     dtype = x.dtype.name
-    units = int(np.shape(params[$units_param])[-1])
+    units = int(np.shape(params[UNITS_PARAM])[-1])
     layer = Layer(units, return_sequences=True, return_state=True, dtype=dtype)
     layer.cell.load_params(params)
     kwargs = {}
@@ -459,7 +423,10 @@ def _with_pullback(function, primals):
 
         def pullback(cotangents):
             grads = tape.gradient(
-                flatten(outputs), flat, output_gradients=flatten(cotangents), unconnected_gradients=tf.UnconnectedGradients.ZERO
+                flatten(outputs),
+                flat,
+                output_gradients=flatten(cotangents),
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
             )
             return pack(primals, grads)
 
@@ -477,7 +444,9 @@ def _with_pullback(function, primals):
             outputs = function(*pack(primals, flat))
 
         def pullback(cotangents):
-            grads = torch.autograd.grad(flatten(outputs), flat, flatten(cotangents), retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(
+                flatten(outputs), flat, flatten(cotangents), retain_graph=True, allow_unused=True
+            )
             # A tensor the outputs do not depend on (a fully masked batch) has gradient zero.
             return pack(primals, [torch.zeros_like(t) if g is None else g for t, g in zip(flat, grads)])
 
@@ -489,11 +458,11 @@ def vjp_numpy(params, x, state=None, mask=None):
     """Backend-neutral gradients through Keras' backend autodiff: ``(outputs, final_state, vjp)``
     with ``vjp(g_outputs, g_state) -> (g_x, g_state0, g_params)``, NumPy arrays in and out, in x's dtype.
 
-    The same loop as :class:`Layer` (and :func:`run_numpy`), as a function of tensors, differentiated
+    The same loop as ``Layer`` (and ``run_numpy``), as a function of tensors, differentiated
     with respect to the inputs, the initial state and every canonical parameter."""
     x = np.asarray(x)
     dtype = x.dtype.name
-    units = int(np.shape(params[$units_param])[-1])
+    units = int(np.shape(params[UNITS_PARAM])[-1])
     _check_params(params, x.shape[-1], units)
     tensor = lambda a: ops.convert_to_tensor(np.asarray(a, dtype))  # noqa: E731
     state = tuple(np.zeros((x.shape[0], units), dtype) for _ in STATE_NAMES) if state is None else tuple(state)
@@ -516,90 +485,3 @@ def vjp_numpy(params, x, state=None, mask=None):
         return to_numpy(g_x), tuple(to_numpy(g) for g in g_state0), {k: to_numpy(v) for k, v in g_params.items()}
 
     return to_numpy(outputs), tuple(to_numpy(s) for s in final), vjp
-'''
-
-
-def _render(graph) -> list[str]:
-    """:func:`codegen.render`, except that the slices of one value become one ``ops.split``.
-
-    A split's gradient is one concatenation; separate slices would each scatter into
-    a zero tensor of the full width and then be summed, which costs a third of the
-    backward pass of an LSTM step on TensorFlow.
-    """
-    groups: dict[str, list] = {}
-    for n in graph.nodes:
-        if n.op == "slice":
-            groups.setdefault(n.args[0], []).append(n)
-    splits = {}
-    for source, members in groups.items():
-        spans = sorted((m.attr("start"), m.attr("stop")) for m in members)
-        if len(members) < 2 or any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
-            continue  # one slice, or overlapping ones: plain slicing
-        cuts = sorted({p for span in spans for p in span} - {0, graph[source].width})
-        pieces = list(zip([0] + cuts, cuts + [graph[source].width]))
-        names = {(m.attr("start"), m.attr("stop")): var(m.name) for m in members}
-        targets = ", ".join(names.get(piece, "_") for piece in pieces)
-        line = f"{targets} = ops.split({var(source)}, [{', '.join(units_offset(c) for c in cuts)}], axis=-1)"
-        splits[members[0].name] = line
-        splits.update({m.name: None for m in members[1:]})
-    lines = []
-    for n in graph.nodes:
-        if n.name in splits:
-            if splits[n.name]:
-                lines.append(splits[n.name])
-        else:
-            lines.extend(render(Graph([n], {}), OPS))
-    return lines
-
-
-def _graph_reads(graph, plan):
-    """Load lines for the fused matrices and vector parameters a graph reads."""
-    names = {n.name for n in graph.nodes if n.op == "linear"}
-    lines = []
-    for L in plan.linears:
-        if L.name in names:
-            lines.append(f'w_{L.name} = fused["w_{L.name}"]')
-            if L.has_bias:
-                lines.append(f'b_{L.name} = fused["b_{L.name}"]')
-    lines += [f'{var(n.name)} = params["{n.name}"]' for n in graph.nodes if n.op == "param"]
-    return lines
-
-
-def generate(plan: LoopPlan) -> str:
-    spec, program = plan.spec, plan.program
-    step = program.step
-    states = spec.state_names
-    input_param = next(p.name for p in spec.params if "input" in p.shape)
-    units_param = spec.params[0].name
-    table = {p.name: (p.shape, p.init.name, dict(p.init.args)) for p in spec.params}
-    widths = tuple(program.step[h].width for h in program.hoisted)
-    if not all(isinstance(w, int) for w in widths):
-        raise NotImplementedError(f"hoisted values must be whole blocks of units, got widths {widths}")
-    return fill(
-        TEMPLATE,
-        header=plan.header(NAME),
-        description=docstring_text(spec.description),
-        title=f"The {spec.name!r} cell",
-        state_doc=", ".join(states),
-        spec_name=repr(spec.name),
-        spec_hash=repr(spec.hash),
-        state_names=repr(states),
-        param_table=repr(table),
-        hoisted_widths=repr(widths),
-        init_source=init_source(),
-        fusion=plan.fusion_entries(
-            lambda xs: f"ops.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"ops.zeros(({ref}.shape[-1],), {ref}.dtype)"
-        ),
-        input=spec.input,
-        input_param=repr(input_param),
-        units_param=repr(units_param),
-        load_prologue=_graph_reads(program.prologue, plan) or ["pass"],
-        prologue=_render(program.prologue),
-        hoisted_vars="".join(f"{var(h)}, " for h in program.hoisted).rstrip(" "),
-        load_step=_graph_reads(step, plan),
-        unpack_hoisted="".join(f"{var(h)}, " for h in program.hoisted).rstrip(" ") or "()",
-        unpack_state=", ".join(var(s) for s in states) + ",",
-        step=_render(step),
-        output=var(step.outputs["output"]),
-        next_state="".join(f"{var(step.outputs[f'state:{s}'])}, " for s in states).rstrip(" "),
-    )

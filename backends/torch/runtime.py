@@ -1,223 +1,10 @@
-"""The PyTorch emitter: a standalone module with an ``nn.Module`` cell, an ``nn.LSTM``-style
-sequence layer, and a generated backward pass through time wrapped in one
-``torch.autograd.Function``.
+"""The PyTorch runtime: what every generated torch module holds besides its spec's own code.
 
-The generated module follows the NumPy one line for line where it can (the same
-graphs rendered through a different op table), and adds what PyTorch users expect:
-parameters registered under their canonical names, ``nn.LSTMCell`` / ``nn.LSTM``
-calling conventions, ``PackedSequence``, ``torch.compile`` and ``.to()``.
+Generated modules inline this file (see ``novolstm.codegen.inline_runtime``): the block
+of stand-ins below is replaced by the spec's constants, ``init_params`` and the generated
+``fuse``, ``forward`` and ``backward``; everything else is this code, verbatim.
 
-Speed (see benchmarks/bench_torch.py): the input projection of every timestep is one
-GEMM before the loop; each step makes one fused recurrent GEMM with the hoisted
-projection added in place; the backward pass is generated code, not a per-op autograd
-tape, and forms the step projections' weight gradients as one GEMM after the loop.
-
-Example:
-    >>> import novolstm
-    >>> source = novolstm.generate_source("lstm", backend="torch")
-    >>> "class Layer(nn.Module)" in source and "torch.autograd.Function" in source
-    True
-"""
-
-from __future__ import annotations
-
-from novolstm.codegen import ARRAY_OPS, LoopPlan, concat_op, docstring_text, init_source, render, units_offset, var
-from novolstm.ir import Graph, live_names, rewrite
-from novolstm.template import fill
-
-NAME = "torch"
-FRAMEWORK = "torch"
-
-
-def _gemm(n, a):
-    # Forward projection: a @ w (+ b), through the module's GEMM helper.
-    bias = f"b_{n.name}" if any(n.attr("biases")) else "None"
-    return f"gemm({a[0]}, w_{n.name}, wt_{n.name}, {bias})"
-
-
-def _gemm_t(n, a):
-    # The transposed projection of the backward pass: g @ w.T (w.T's transpose is w itself).
-    L = n.attr("linear")
-    return f"gemm({a[0]}, wt_{L}, w_{L}, None)"
-
-
-OPS = {
-    **ARRAY_OPS,
-    "linear": _gemm,
-    "sigmoid": lambda n, a: f"torch.sigmoid({a[0]})",
-    "tanh": lambda n, a: f"torch.tanh({a[0]})",
-    "relu": lambda n, a: f"torch.relu({a[0]})",
-    "softmax": lambda n, a: f"_softmax({a[0]})",
-    "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
-    # backward-only ops
-    "sigmoid_grad": lambda n, a: f"_sigmoid_backward({a[0]}, {a[1]})",
-    "tanh_grad": lambda n, a: f"_tanh_backward({a[0]}, {a[1]})",
-    "relu_grad": lambda n, a: f"torch.where({a[1]} > 0.0, {a[0]}, 0.0)",
-    "softmax_grad": lambda n, a: f"{a[1]} * ({a[0]} - _sum_units({a[0]} * {a[1]}))",
-    "normalize_units_grad": lambda n, a: f"_normalize_units_grad({', '.join(a)}, {n.attr('eps')!r})",
-    "linear_t": _gemm_t,
-    "sum_units": lambda n, a: f"_sum_units({a[0]})",
-    "sum_batch": lambda n, a: f"{a[0]}.reshape(-1, {a[0]}.shape[-1]).sum(dim=0)",
-    "concat": concat_op('{like}.new_zeros({like}.shape[:-1] + ({width},))', 'torch.cat([{parts}], dim=-1)'),
-}
-
-
-def fused_adds(graph: Graph, keep: set[str]) -> dict[str, tuple[str, list[str]]]:
-    """Sums that absorb one of their projections: add node -> (projection node, the other terms).
-
-    ``a @ w + rest`` becomes one GEMM accumulating into ``rest`` (the hoisted input
-    projection plus the recurrent one, in one call per step). A projection qualifies when
-    the sum is its only reader and nothing else (an output, the tape) needs its value.
-    """
-    users = graph.users()
-    out = {}
-    for n in graph.nodes:
-        if n.op != "add":
-            continue
-        for arg in n.args:
-            node = graph[arg]
-            others = [a for a in n.args if a != arg]
-            if (
-                node.op in ("linear", "linear_t")
-                and users[arg] == [n.name]
-                and arg not in keep
-                and arg not in graph.outputs.values()
-                and all(graph[o].op != "const" for o in others)
-                and node.width == n.width
-            ):
-                out[n.name] = (arg, others)
-                break
-    return out
-
-
-def fused_products(graph: Graph, keep: set[str], skip: set[str]) -> dict[str, tuple[str, str]]:
-    """Sums of two terms, one a product read nowhere else: add node -> (mul node, other term).
-
-    ``x + a * b`` becomes one torch.addcmul call instead of two. ``keep``: values that must
-    exist under their own name (the product cannot be one); ``skip``: sums rendered otherwise.
-    """
-    users = graph.users()
-    out = {}
-    for n in graph.nodes:
-        if n.op != "add" or len(n.args) != 2 or n.name in skip:
-            continue
-        for mul, other in (n.args, n.args[::-1]):
-            m = graph[mul]
-            if (
-                m.op == "mul"
-                and users[mul] == [n.name]
-                and mul not in keep
-                and mul not in graph.outputs.values()
-                and graph[other].op != "const"
-                and all(graph[a].op != "const" for a in m.args)
-            ):
-                out[n.name] = (mul, other)
-                break
-    return out
-
-
-def render_fused(
-    graph: Graph, keep: set[str] = frozenset(), only: set[str] | None = None, skip: set[str] = frozenset(), outs: dict | None = None
-) -> list[str]:
-    """:func:`render` with projections folded into the sums that read them (see :func:`fused_adds`).
-
-    ``only`` / ``skip`` select which nodes to render (the fusion is decided on the whole graph);
-    ``outs`` maps a concat node to the buffer it writes into (``torch.cat(..., out=...)``).
-    """
-    outs = outs or {}
-    fused = fused_adds(graph, set(keep))
-    absorbed = {lin for lin, _ in fused.values()}
-    products = fused_products(graph, keep=set(keep) | absorbed, skip=set(fused))
-    absorbed |= {mul for mul, _ in products.values()}
-    blocks = block_slices(graph)
-    lines = []
-    for n in graph.nodes:
-        if n.op in _LEAVES or n.name in absorbed or n.name in skip or (only is not None and n.name not in only):
-            continue
-        if n.op == "slice" and n.args[0] in blocks:
-            source, names = n.args[0], blocks[n.args[0]]
-            if n.name == next(x for x in names if x is not None):  # the first: one call for all blocks
-                targets = ", ".join(var(x) if x else "_" for x in names)
-                lines.append(f"{targets}, = {var(source)}.unflatten(-1, ({len(names)}, H)).unbind(-2)")
-            continue
-        if n.name in products:
-            mul, other = products[n.name]
-            a, b = graph[mul].args
-            lines.append(f"{var(n.name)} = torch.addcmul({var(other)}, {var(a)}, {var(b)})")
-            continue
-        if n.name in fused:
-            lin, others = fused[n.name]
-            L = graph[lin]
-            call = OPS[L.op](L, [var(a) for a in L.args])
-            lines.append(f"{var(n.name)} = {call[:-1]}, acc={' + '.join(var(o) for o in others)})")
-        else:
-            code = OPS[n.op](n, [var(a) for a in n.args])
-            if n.name in outs:
-                assert n.op == "concat", n
-                code = f"{code[:-1]}, out={outs[n.name]})"
-            lines.append(f"{var(n.name)} = {code}")
-    return lines
-
-
-_LEAVES = ("input", "state", "hoisted", "param", "saved", "seed")
-
-
-def cse(graph: Graph) -> Graph:
-    """Common subexpressions merged: a node computing what an earlier one computes reads it instead.
-
-    (The VJP of ``z * z`` contributes ``g * z`` twice; once is enough.) Leaves never merge.
-    """
-    seen: dict[tuple, str] = {}
-    same: dict[str, str] = {}
-    for n in graph.nodes:
-        if n.op in _LEAVES or n.op == "const":
-            continue
-        args = tuple(same.get(a, a) for a in n.args)
-        if n.op in ("add", "mul") and len(args) == 2:  # exactly commutative in IEEE arithmetic
-            args = tuple(sorted(args))
-        key = (n.op, args, n.attrs)
-        if key in seen:
-            same[n.name] = seen[key]
-        else:
-            seen[key] = n.name
-    return rewrite(graph, same) if same else graph
-
-
-def block_slices(graph: Graph) -> dict[str, list]:
-    """Values cut into single blocks of units by two or more slices: source -> slice per block (or None).
-
-    One view and one unbind replace the slices (one call instead of one per gate).
-    """
-    slices: dict[str, list] = {}
-    for n in graph.nodes:
-        if n.op == "slice":
-            slices.setdefault(n.args[0], []).append(n)
-    out = {}
-    for source, nodes in slices.items():
-        width = graph[source].width
-        starts = [s.attr("start") for s in nodes]
-        if (
-            isinstance(width, int)
-            and len(nodes) > 1
-            and all(s.attr("stop") - s.attr("start") == 1 for s in nodes)
-            and len(set(starts)) == len(starts)
-        ):
-            names = [None] * width
-            for s in nodes:
-                names[s.attr("start")] = s.name
-            out[source] = names
-    return out
-
-
-TEMPLATE = '''\
-"""$header
-
-$description
-
-State: $state_doc. Parameters use the canonical names of novolstm (one tensor per
-projection, no gate order): $param_doc.
-
-Contents:
+Contents of a generated module:
     init_params      canonical parameters as NumPy arrays, the same numbers on every backend
     forward          the sequence, time-major, no autograd (returns a tape for backward)
     backward         the generated backward pass through time
@@ -226,11 +13,9 @@ Contents:
     Cell             nn.Module with nn.LSTMCell conventions
     Layer            nn.Module with nn.LSTM conventions (layers, directions, dropout, packing)
     run_numpy        NumPy in, NumPy out (novolstm.run)
-
-$fused_doc
 """
 
-import zlib
+import zlib  # noqa: F401 - read by the initializers that generated modules inline here
 
 import numpy as np
 import torch
@@ -238,16 +23,40 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-SPEC_NAME = $spec_name
-SPEC_HASH = $spec_hash
-STATE_NAMES = $state_names
-PARAM_NAMES = $param_names
-PARAM_TABLE = $param_table
+# --- spec: generated modules replace this block with the spec's constants and functions
+from novolstm.init import init_from_table
+
+SPEC_NAME = "stand-in"
+SPEC_HASH = ""
+STATE_NAMES: tuple[str, ...] = ("h",)
+PARAM_NAMES: tuple[str, ...] = ()
+PARAM_TABLE: dict = {}
+INPUT_PARAM = "W"
+UNITS_PARAM = "W"
 #: Parameters that enter only as a projection's bias: what bias=False leaves out.
-BIAS_NAMES = $bias_names
+BIAS_NAMES: tuple[str, ...] = ()
+#: Whether the spec computes exactly the standard LSTM, so that Layer may run torch's fused kernel.
+FUSED_KERNEL = False
 
 
-$init_source
+def init_params(input_size, units, seed=0, dtype="float64"):
+    """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
+    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
+
+
+def fuse(params):
+    raise NotImplementedError("generated per spec")
+
+
+def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
+    raise NotImplementedError("generated per spec")
+
+
+def backward(params, tape, g_outputs=None, g_state=None, need_input=True):
+    raise NotImplementedError("generated per spec")
+
+
+# --- end of spec block
 
 
 # ---------------------------------------------------------------- kernels
@@ -357,7 +166,9 @@ if _ONEDNN_LINEAR is not None:
     try:
         _w = torch.tensor([[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
         _a = torch.tensor([[1.0, 2.0]])
-        if torch.equal(_ONEDNN_LINEAR(_a, torch.ops.mkldnn._reorder_linear_weight(_w, 1), None, "none", [], ""), _a @ _w.t()):
+        if torch.equal(
+            _ONEDNN_LINEAR(_a, torch.ops.mkldnn._reorder_linear_weight(_w, 1), None, "none", [], ""), _a @ _w.t()
+        ):
             _ONEDNN_PACK = torch.ops.mkldnn._reorder_linear_weight
     except (AttributeError, RuntimeError):
         pass
@@ -427,123 +238,6 @@ def _split_rows(out, cols, bias):
     return parts
 
 
-def fuse(params):
-    """The fused matrices the loops use, concatenated from canonical parameters.
-
-    w_<L> (in, k * units); wt_<L> its contiguous transpose (the layout oneDNN reads);
-    b_<L> (k * units,) where the projection has biases.
-    """
-    fused = {
-        $fusion
-    }
-    for name in [k for k in fused if k.startswith("w_")]:
-        fused["wt_" + name[2:]] = fused[name].t().contiguous()
-    return fused
-
-
-# ---------------------------------------------------------------- the loops
-
-
-def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
-    """Run the cell over a time-major sequence, without autograd.
-
-    Args:
-        params: canonical parameters (name -> tensor).
-        x: inputs (time, batch, input).
-        state: tuple of (batch, units) tensors in STATE_NAMES order.
-        mask: bool (time, batch, 1), True on real steps, or None. A masked step keeps
-            the state unchanged and outputs zeros.
-        keep_tape: keep what backward needs.
-        reverse: run from the last timestep to the first (outputs stay in time order).
-
-    Returns:
-        (outputs (time, batch, units), final state tuple, tape or None)
-    """
-    H = params[$units_param].shape[-1]
-    T, B = x.shape[0], x.shape[1]
-    gemm, pack, wgrad = gemm_for(x)
-    fused = fuse(params)
-    $load_fused
-    $load_params
-    v_$input = x
-    $prologue
-    $keep_hoisted
-    kept = {$prologue_tape}  # prologue values the backward pass reads
-    $unpack_state = state
-    ms = None if mask is None else mask.unbind(0)
-    ys = [None] * T
-    $init_tape
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        $load_hoisted
-        $step
-        if keep_tape:
-            $tape_store
-        # The output first: it may be a state's previous value, which advancing overwrites.
-        if ms is None:
-            ys[t] = $output
-            $advance
-        else:
-            m = ms[t]
-            ys[t] = torch.where(m, $output, 0.0)
-            $advance_masked
-    tape = None
-    if keep_tape:
-        tape = {$tape_dict}
-        tape.update(kept, x=v_$input, ms=ms, reverse=reverse)
-    return torch.stack(ys), ($final_state), tape
-
-
-def backward(params, tape, g_outputs=None, g_state=None, need_input=True):
-    """Backpropagation through time for a forward run made with keep_tape=True.
-
-    Args:
-        g_outputs: gradient with respect to the outputs (time, batch, units), or None.
-        g_state: gradients with respect to the final state (tuple; None entries allowed), or None.
-        need_input: compute the input gradient (skipped, with its GEMM, when False).
-
-    Returns:
-        (g_x (time, batch, input) or None, g_initial_state tuple, g_params dict of canonical names)
-    """
-    H = params[$units_param].shape[-1]
-    v_$input, ms, reverse = tape["x"], tape["ms"], tape["reverse"]
-    T, B = v_$input.shape[0], v_$input.shape[1]
-    gemm, pack, wgrad = gemm_for(v_$input)
-    fused = fuse(params)
-    $load_fused_backward
-    $load_params
-    zeros = v_$input.new_zeros((B, H))
-    g_ys = None if g_outputs is None else g_outputs.unbind(0)
-    g_state = (None,) * len(STATE_NAMES) if g_state is None else g_state
-    $unpack_g_state = (zeros if g is None else g for g in g_state)
-    $unpack_tape
-    $init_grads
-    for t in (range(T) if reverse else range(T - 1, -1, -1)):
-        $load_tape
-        $load_seeds
-        if ms is not None:
-            m = ms[t]
-            $mask_seeds
-        $step_backward
-        $store_grads
-        $carry
-    $stack_grads
-    # The prologue, backwards, over all timesteps at once.
-    $load_prologue_tape
-    $prologue_seeds
-    $prologue_backward
-    if need_input:
-        $prologue_input
-    else:
-        $no_input = None
-    $prologue_grads
-    # Weight gradients: one GEMM over all timesteps per gradient, after the loop, not one per step.
-    $weight_grads
-    grads = {
-        $param_grads
-    }
-    return $g_input, ($g_initial_state), grads
-
-
 class Sequence(torch.autograd.Function):
     """The differentiable sequence op: forward above, and the generated backward.
 
@@ -604,7 +298,7 @@ def sequence(params, x, state=None, mask=None, reverse=False):
 
 
 def _input_size(params):
-    return params[$input_param].shape[0]
+    return params[INPUT_PARAM].shape[0]
 
 
 def _describe(t):
@@ -618,7 +312,9 @@ def _check_tensor(what, t, ndim, ref, expected, last=None):
     if t.dim() != ndim or (last is not None and t.shape[-1] != last) or 0 in t.shape:
         raise ValueError(f"{what}: expected shape {expected}, got {tuple(t.shape)}")
     if t.dtype != ref.dtype:
-        raise TypeError(f"{what}: expected dtype {ref.dtype} (the parameters' dtype), got {t.dtype}; convert with .to()")
+        raise TypeError(
+            f"{what}: expected dtype {ref.dtype} (the parameters' dtype), got {t.dtype}; convert with .to()"
+        )
     if t.device != ref.device:
         raise ValueError(f"{what}: expected device {ref.device} (the parameters' device), got {t.device}")
 
@@ -661,7 +357,47 @@ def _mask_from_lengths(lengths, B, T, device):
 
 # ---------------------------------------------------------------- torch's fused LSTM kernel
 
-$fused_source
+_NOT_STANDARD = (
+    None
+    if FUSED_KERNEL
+    else f"spec {SPEC_NAME!r} does not compute the standard LSTM, so torch's fused LSTM kernel cannot run it"
+)
+# float16: oneDNN has no float16 LSTM on CPU; the generated loop runs it everywhere.
+_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+
+
+def _fused_unavailable(x, mask):
+    """None when torch's fused LSTM kernel can run this call, else why it cannot."""
+    if _NOT_STANDARD is not None:
+        return _NOT_STANDARD
+    if mask is not None:
+        return "masks, lengths and PackedSequence inputs run the generated loop"
+    if x.dtype not in _FUSED_DTYPES:
+        return f"dtype {x.dtype}: the fused path runs float32, float64 and bfloat16"
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return "traced and exported graphs keep the generated loop"
+    return None
+
+
+def _flat_weights(params, bias):
+    """One cell's weights in nn.LSTM's flat layout, concatenated from the canonical parameters.
+
+    weight_ih (4 units, input) and weight_hh (4 units, units), gates in torch's order
+    i, f, g, o; with bias, bias_ih holds the canonical biases and bias_hh is zero (the
+    standard LSTM spec has one bias per gate). Built inside forward, so autograd reaches the canonical
+    parameters.
+    """
+    if _NOT_STANDARD is not None:
+        raise RuntimeError(_NOT_STANDARD)
+    gates = ("i", "f", "g", "o")
+    flat = [
+        torch.cat([params[f"W_{k}"].t() for k in gates]),
+        torch.cat([params[f"U_{k}"].t() for k in gates]),
+    ]
+    if bias:
+        b = torch.cat([params[f"b_{k}"] for k in gates])
+        flat += [b, torch.zeros_like(b)]
+    return flat
 
 
 # ---------------------------------------------------------------- modules
@@ -675,16 +411,16 @@ def _to_numpy(t):
 
 
 class Cell(nn.Module):
-    """$title, with torch.nn.LSTMCell's conventions.
+    """The spec's cell (``SPEC_NAME``), with torch.nn.LSTMCell's conventions.
 
     forward(x, state=None) -> the new state: x is (batch, input) or (input,); state
-    is $state_call (zeros if None). Parameters are registered under their canonical
-    names ($param_doc), so state_dict keys are those names.
+    is the tensor of the one state, or the tuple in STATE_NAMES order (zeros if None). Parameters are registered under their canonical
+    names (PARAM_NAMES), so state_dict keys are those names.
 
     Args:
         input_size: features of x.
         units: the state size (also available as hidden_size).
-        bias: False leaves out the projection biases ($bias_doc), fixed at zero.
+        bias: False leaves out the projection biases (BIAS_NAMES), fixed at zero.
         device, dtype: as for any nn.Module.
         seed: the seed of the canonical initializers (see reset_parameters).
 
@@ -745,7 +481,9 @@ class Cell(nn.Module):
             for name in PARAM_NAMES:
                 if name not in params:
                     continue
-                value = torch.as_tensor(np.asarray(params[name]) if not isinstance(params[name], torch.Tensor) else params[name])
+                value = torch.as_tensor(
+                    np.asarray(params[name]) if not isinstance(params[name], torch.Tensor) else params[name]
+                )
                 if tuple(value.shape) != expected[name]:
                     raise ValueError(f"params[{name!r}]: expected shape {expected[name]}, got {tuple(value.shape)}")
                 if name in BIAS_NAMES and not self.bias and bool(value.any()):
@@ -765,7 +503,9 @@ class Cell(nn.Module):
             x = x[None]
             if state is not None:
                 state = tuple(s[None] for s in ((state,) if isinstance(state, torch.Tensor) else state))
-        _check_tensor("x", x, 2, ref, expected=f"(batch, {self.input_size}) or ({self.input_size},)", last=self.input_size)
+        _check_tensor(
+            "x", x, 2, ref, expected=f"(batch, {self.input_size}) or ({self.input_size},)", last=self.input_size
+        )
         state = _initial_state(state, x.shape[0], ref)
         outs = Sequence.apply(x[None], None, False, torch.is_grad_enabled(), *state, *params.values())
         new = tuple(s[0] for s in outs[1:]) if unbatched else tuple(outs[1:])
@@ -773,12 +513,12 @@ class Cell(nn.Module):
 
 
 class Layer(nn.Module):
-    """$title over sequences, with torch.nn.LSTM's conventions.
+    """The spec's cell over sequences, with torch.nn.LSTM's conventions.
 
     forward(input, hx=None, *, lengths=None, mask=None) -> (output, final_state)
 
     input: (time, batch, input_size), or (batch, time, input_size) with batch_first,
-    or (time, input_size) unbatched, or a PackedSequence. hx and final_state: $layer_state
+    or (time, input_size) unbatched, or a PackedSequence. hx and final_state: the tensor of the one state, or the tuple in STATE_NAMES order,
     with each tensor (num_layers * num_directions, batch, units), row layer *
     num_directions + direction (zeros if hx is None). output: (time, batch,
     num_directions * units) (batch first with batch_first), a PackedSequence for a
@@ -801,8 +541,18 @@ class Layer(nn.Module):
     state_names = STATE_NAMES
 
     def __init__(
-        self, input_size, units, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        bidirectional=False, device=None, dtype=None, seed=0, fused=None,
+        self,
+        input_size,
+        units,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        device=None,
+        dtype=None,
+        seed=0,
+        fused=None,
     ):
         super().__init__()
         if fused not in (None, True, False):
@@ -832,7 +582,14 @@ class Layer(nn.Module):
 
     def extra_repr(self):
         extra = [f"{self.input_size}, {self.units}", f"spec={SPEC_NAME!r}"]
-        for key, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False), ("fused", None)):
+        for key, default in (
+            ("num_layers", 1),
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+            ("fused", None),
+        ):
             if getattr(self, key) != default:
                 extra.append(f"{key}={getattr(self, key)}")
         return ", ".join(extra)
@@ -913,10 +670,16 @@ class Layer(nn.Module):
         optimizer step, load_state_dict, load_canonical) moves its version counter, and
         .to() or a new Parameter moves its storage.
         """
-        cells = [self.cells[f"l{layer}{suffix}"].params() for layer in range(self.num_layers) for suffix in ("", "_reverse")[: self.num_directions]]
+        cells = [
+            self.cells[f"l{layer}{suffix}"].params()
+            for layer in range(self.num_layers)
+            for suffix in ("", "_reverse")[: self.num_directions]
+        ]
         tensors = [p for params in cells for p in params.values()]
         key = None
-        if not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and any(p.requires_grad for p in tensors)):
+        if not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and any(p.requires_grad for p in tensors)
+        ):
             key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in tensors)
         if key is not None and self._flat_cache is not None and self._flat_cache[0] == key:
             flat = self._flat_cache[1]
@@ -938,7 +701,9 @@ class Layer(nn.Module):
             for d, suffix in enumerate(("", "_reverse")[: self.num_directions]):
                 cell = self.cells[f"l{layer}{suffix}"]
                 row = layer * self.num_directions + d
-                result = Sequence.apply(x, mask, d == 1, torch.is_grad_enabled(), *(s[row] for s in states), *cell.params().values())
+                result = Sequence.apply(
+                    x, mask, d == 1, torch.is_grad_enabled(), *(s[row] for s in states), *cell.params().values()
+                )
                 outs.append(result[0])
                 finals.append(result[1:])
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
@@ -958,7 +723,9 @@ class Layer(nn.Module):
             if unbatched:
                 s = s.unsqueeze(1)
             if tuple(s.shape) != (rows, B, self.units):
-                raise ValueError(f"hx {name}: expected shape {shape} (num_layers * num_directions, batch, units), got {tuple(s.shape) if not unbatched else tuple(s.shape[::2])}")
+                raise ValueError(
+                    f"hx {name}: expected shape {shape} (num_layers * num_directions, batch, units), got {tuple(s.shape) if not unbatched else tuple(s.shape[::2])}"
+                )
             out.append(s)
         return tuple(out)
 
@@ -975,7 +742,10 @@ def _repack(x, lengths, like):
 def _tensors_from_numpy(params, x, state, mask):
     x = torch.from_numpy(np.ascontiguousarray(x))
     params = {name: torch.from_numpy(np.ascontiguousarray(params[name])).to(x.dtype) for name in PARAM_NAMES}
-    state = tuple(torch.zeros(x.shape[0], params[$units_param].shape[-1], dtype=x.dtype) for _ in STATE_NAMES) if state is None else tuple(torch.from_numpy(np.ascontiguousarray(s)) for s in state)
+    if state is None:
+        state = tuple(torch.zeros(x.shape[0], params[UNITS_PARAM].shape[-1], dtype=x.dtype) for _ in STATE_NAMES)
+    else:
+        state = tuple(torch.from_numpy(np.ascontiguousarray(s)) for s in state)
     mask = None if mask is None else torch.from_numpy(np.asarray(mask)).t().unsqueeze(-1)
     return params, x.transpose(0, 1), state, mask
 
@@ -1000,260 +770,10 @@ def vjp_numpy(params, x, state=None, mask=None):
             g_ys = None if g_outputs is None else as_tensor(g_outputs).transpose(0, 1)
             g_final = None if g_state is None else tuple(None if g is None else as_tensor(g) for g in g_state)
             g_x, g_state0, g_params = backward(params, tape, g_ys, g_final)
-        return g_x.transpose(0, 1).numpy(), tuple(g.numpy() for g in g_state0), {k: v.numpy() for k, v in g_params.items()}
+        return (
+            g_x.transpose(0, 1).numpy(),
+            tuple(g.numpy() for g in g_state0),
+            {k: v.numpy() for k, v in g_params.items()},
+        )
 
     return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final), vjp
-'''
-
-
-FUSED_DOC_STANDARD = """\
-Layer runs torch's own fused LSTM kernel (torch._VF.lstm, what nn.LSTM runs: oneDNN on
-CPU, cuDNN on GPU) with torch autograd for its backward, because this spec computes
-exactly the standard LSTM (novolstm.ir.computes_standard_lstm): whenever no mask,
-lengths or PackedSequence is given, the dtype is float32, float64 or bfloat16 (the
-kernel keeps its gate arithmetic in float32), and the call is not
-being traced or exported (torch.jit.trace, torch.onnx.export). Every other call runs the
-generated loop and backward pass. Layer(..., fused=False) always runs the generated
-loop; fused=True raises rather than fall back."""
-
-FUSED_DOC_OTHER = """\
-Layer always runs the generated loop: this spec is not the standard LSTM, so torch's
-fused LSTM kernel does not compute it (Layer(..., fused=True) raises)."""
-
-FUSED_SOURCE_STANDARD = '''\
-#: This spec computes exactly the standard LSTM: Layer may run torch's fused kernel.
-FUSED_KERNEL = True
-_NOT_STANDARD = None
-# float16: oneDNN has no float16 LSTM on CPU; the generated loop runs it everywhere.
-_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
-
-
-def _fused_unavailable(x, mask):
-    """None when torch's fused LSTM kernel can run this call, else why it cannot."""
-    if mask is not None:
-        return "masks, lengths and PackedSequence inputs run the generated loop"
-    if x.dtype not in _FUSED_DTYPES:
-        return f"dtype {x.dtype}: the fused path runs float32, float64 and bfloat16"
-    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return "traced and exported graphs keep the generated loop"
-    return None
-
-
-def _flat_weights(params, bias):
-    """One cell's weights in nn.LSTM's flat layout, concatenated from the canonical parameters.
-
-    weight_ih (4 units, input) and weight_hh (4 units, units), gates in torch's order
-    i, f, g, o; with bias, bias_ih holds the canonical biases and bias_hh is zero (this
-    spec has one bias per gate). Built inside forward, so autograd reaches the canonical
-    parameters.
-    """
-    gates = ("i", "f", "g", "o")
-    flat = [
-        torch.cat([params[f"W_{k}"].t() for k in gates]),
-        torch.cat([params[f"U_{k}"].t() for k in gates]),
-    ]
-    if bias:
-        b = torch.cat([params[f"b_{k}"] for k in gates])
-        flat += [b, torch.zeros_like(b)]
-    return flat'''
-
-FUSED_SOURCE_OTHER = '''\
-#: This spec is not the standard LSTM: Layer always runs the generated loop.
-FUSED_KERNEL = False
-_NOT_STANDARD = f"spec {SPEC_NAME!r} does not compute the standard LSTM, so torch's fused LSTM kernel cannot run it"
-
-
-def _fused_unavailable(x, mask):
-    return _NOT_STANDARD
-
-
-def _flat_weights(params, bias):
-    raise RuntimeError(_NOT_STANDARD)'''
-
-
-def generate(plan: LoopPlan) -> str:
-    spec, program = plan.spec, plan.program
-    step, back = program.step, cse(plan.step_backward)
-    pro_back = cse(plan.prologue_backward)
-    states = spec.state_names
-    seeds = {n.attr("role"): n.name for n in back.nodes if n.op == "seed"}
-    pro_seeds = {n.attr("role"): n.name for n in pro_back.nodes if n.op == "seed"}
-    step_linears = [L for L in plan.linears if L.in_step]
-    pro_linears = [L for L in plan.linears if not L.in_step]
-
-    def seed_source(role):
-        if role == "output":
-            return "zeros if g_ys is None else g_ys[t]"
-        return f"g_{role.split(':', 1)[1]}"
-
-    # Gradients flowing out of each step: per-timestep lists, stacked once after the loop.
-    # One list per distinct value (an LSTM's hoisted and recurrent projections share theirs).
-    lists: dict[str, str] = {}  # step backward value -> list name
-    buffers: dict[str, str] = {}  # ... or, for a concatenation, the slot of a preallocated buffer
-    stacked: dict[str, str] = {}  # gseq_/glin_ name -> list holding it
-    store = []
-    for role, name in back.outputs.items():
-        target = role.split(":", 1)[1]
-        if target in program.hoisted:
-            key = f"gseq_{target}"
-        elif any(L.name == target for L in step_linears):
-            key = f"glin_{target}"
-        else:
-            continue
-        if name not in lists:
-            lists[name] = f"gl_{name}"
-            if back[name].op == "concat":  # written in place into its slot of a (T, B, width) buffer
-                buffers[name] = f"gl_{name}[t]"
-            else:
-                store.append(f"gl_{name}[t] = {var(name)}")
-        stacked[key] = lists[name]
-    # A vector parameter's gradient sums a batched value over the batch at every step: keep
-    # the batched values instead and sum over time and batch at once after the loop.
-    users = back.users()
-    deferred: dict[str, str] = {}  # vector parameter -> the batched value its gradient sums
-    for target, value in [(r.split(":", 1)[1], n) for r, n in back.outputs.items()]:
-        if target not in plan.vector_params:
-            continue
-        node = back[value]
-        if node.op == "sum_batch" and users[value] == [] and back[node.args[0]].batched:
-            deferred[target] = node.args[0]
-            store.append(f"gv_{target}[t] = {var(node.args[0])}")
-        else:
-            store.append(f"gp_{target} = gp_{target} + {var(value)}")
-    skip_step = {back.outputs[f"grad:{p}"] for p in deferred}
-
-    init_grads = [
-        f"{lists[name]} = zeros.new_empty((T, B, {units_offset(back[name].width)}))" if name in buffers else f"{lists[name]} = [None] * T"
-        for name in lists
-    ]
-    init_grads += [f"gv_{p} = [None] * T" for p in deferred]
-    init_grads += [f"gp_{p} = zeros.new_zeros(H)" for p in plan.vector_params if p not in deferred]
-    stack_grads = [f"{lists[name]} = torch.stack({lists[name]})" for name in lists if name not in buffers]
-    stack_grads += [f"gp_{p} = torch.stack(gv_{p}).sum(dim=(0, 1))" for p in deferred]
-    for h in program.hoisted:
-        key = f"gseq_{h}"
-        if key in stacked:
-            stack_grads.append(f"{key} = {stacked[key]}")
-        else:  # nothing flows back into this hoisted value
-            stack_grads.append(f"{key} = zeros.new_zeros((T, B, {units_offset(program.step[h].width)}))")
-
-    carry = []
-    for s in states:
-        grad = back.outputs.get(f"grad:{s}")
-        through = var(grad) if grad else "zeros"
-        carry.append(f"g_{s} = {through} if ms is None else {through} + torch.where(m, 0.0, g_{s})")
-
-    # Weight gradients, grouped by the gradient they read: one GEMM per group.
-    groups: dict[str, list] = {}  # gradient expression -> [(linear, operand expression)]
-    for L in step_linears:
-        groups.setdefault(stacked[f"glin_{L.name}"], []).append((L, f"torch.stack(tp_{L.operand})"))
-    for L in pro_linears:
-        g = pro_back[pro_back.outputs[f"grad:{L.name}"]]
-        role = g.attr("role", "") if g.op == "seed" else ""
-        key = stacked.get(f"gseq_{role.split(':', 1)[1]}", var(g.name)) if role.startswith("hoisted:") else var(g.name)
-        groups.setdefault(key, []).append((L, var(L.operand)))
-    weight_grads = []
-    for g, members in groups.items():
-        biased = [L for L, _ in members if L.has_bias]
-        targets = [f"gw_{L.name}" for L, _ in members] + ([f"gb_{biased[0].name}"] if biased else [])
-        operands = ", ".join(op for _, op in members)
-        weight_grads.append(f"{', '.join(targets)}, = wgrad({g}, {operands}{', bias=True' if biased else ''})")
-        weight_grads += [f"gb_{L.name} = gb_{biased[0].name}" for L in biased[1:]]
-
-    # The prologue backward, split: what only the input gradient needs runs under need_input.
-    g_input_name = pro_back.outputs[f"grad:{spec.input}"]
-    other_roots = [n for r, n in pro_back.outputs.items() if r != f"grad:{spec.input}"]
-    only_input = live_names(pro_back.nodes, [g_input_name]) - live_names(pro_back.nodes, other_roots)
-    body = render_fused(pro_back, skip=only_input)
-    input_part = render_fused(pro_back, only=only_input)
-
-    pro_grads = []
-    for p in plan.vector_params:
-        if f"grad:{p}" in pro_back.outputs:
-            pro_grads.append(f"gp_{p} = gp_{p} + {var(pro_back.outputs[f'grad:{p}'])}")
-
-    param_grads = [f'"{p}": {" + ".join(pieces)},' for p, pieces in plan.param_grad_pieces().items()]
-    input_param = next(p.name for p in spec.params if p.shape[0] == "input")
-    units_param = spec.params[0].name
-    table = {p.name: (p.shape, p.init.name, dict(p.init.args)) for p in spec.params}
-    bias_names = tuple(dict.fromkeys(b for L in plan.linears for b in L.biases if b))
-    state_vars = ", ".join(var(s) for s in states) + ","
-    next_vars = [var(step.outputs[f"state:{s}"]) for s in states]
-    tape = [n for n in plan.step_tape]
-    keep_step = set(tape)
-
-    def load_fused(packed):
-        # The step's weights are read by every timestep: packed once per call (forward reads
-        # wt_, the backward pass w_; pack is the identity unless a GEMM library wants it).
-        lines = []
-        for L in plan.linears:
-            for k in (f"w_{L.name}", f"wt_{L.name}") + ((f"b_{L.name}",) if L.has_bias else ()):
-                pack = L.in_step and k.startswith(packed)
-                lines.append(f'{k} = pack(fused["{k}"], B)' if pack else f'{k} = fused["{k}"]')
-        return lines
-
-    if len(states) > 1:
-        state_call, layer_state = f"the tuple ({', '.join(states)})", f"the tuple ({', '.join(states)})"
-    else:
-        state_call, layer_state = f"the tensor {states[0]}", f"the tensor {states[0]}"
-
-    return fill(
-        TEMPLATE,
-        header=plan.header(NAME),
-        fused_doc=FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_OTHER,
-        fused_source=FUSED_SOURCE_STANDARD if plan.standard_lstm else FUSED_SOURCE_OTHER,
-        description=docstring_text(spec.description),
-        title=f"The {spec.name!r} cell",
-        state_doc=", ".join(states),
-        param_doc=", ".join(spec.param_names),
-        bias_doc=", ".join(bias_names) or "none",
-        state_call=state_call,
-        layer_state=layer_state,
-        spec_name=repr(spec.name),
-        spec_hash=repr(spec.hash),
-        state_names=repr(states),
-        param_names=repr(tuple(spec.param_names)),
-        param_table=repr(table),
-        bias_names=repr(bias_names),
-        init_source=init_source(),
-        fusion=plan.fusion_entries(lambda xs: f"torch.cat([{', '.join(xs)}], dim=-1)", lambda ref: f"{ref}.new_zeros({ref}.shape[-1])"),
-        input_param=repr(input_param),
-        units_param=repr(units_param),
-        load_fused=load_fused("wt_"),
-        load_fused_backward=load_fused("w_"),
-        load_params=[f'{var(p)} = params["{p}"]' for p in plan.vector_params],
-        input=spec.input,
-        prologue=render_fused(program.prologue, keep=set(plan.prologue_tape) | set(program.hoisted)),
-        keep_hoisted=[f"seq_{h} = {var(h)}.unbind(0)" for h in program.hoisted],
-        unpack_state=state_vars,
-        init_tape=[f"tp_{n} = [None] * T" for n in tape],
-        load_hoisted=[f"{var(h)} = seq_{h}[t]" for h in program.hoisted],
-        step=render_fused(step, keep=keep_step),
-        tape_store=[f"tp_{n}[t] = {var(n)}" for n in tape] or ["pass"],
-        advance=f"{state_vars} = {', '.join(next_vars)},",
-        advance_masked=f"{state_vars} = {', '.join(f'torch.where(m, {nv}, {var(s)})' for s, nv in zip(states, next_vars))},",
-        output=var(step.outputs["output"]),
-        tape_dict=", ".join(f"{n!r}: tp_{n}" for n in tape),
-        prologue_tape=", ".join(f"'prologue:{n}': {var(n)}" for n in plan.prologue_tape),
-        final_state=state_vars,
-        unpack_g_state=", ".join(f"g_{s}" for s in states) + ",",
-        unpack_tape=[f"tp_{n} = tape[{n!r}]" for n in tape],
-        init_grads=init_grads,
-        load_tape=[f"{var(n)} = tp_{n}[t]" for n in tape],
-        load_seeds=[f"{var(name)} = {seed_source(role)}" for role, name in seeds.items()],
-        mask_seeds=[f"{var(name)} = torch.where(m, {var(name)}, 0.0)" for name in seeds.values()],
-        step_backward=render_fused(back, skip=skip_step, outs=buffers),
-        store_grads=store,
-        carry=carry,
-        stack_grads=stack_grads,
-        weight_grads=weight_grads,
-        load_prologue_tape=[f"{var(n)} = tape['prologue:{n}']" for n in plan.prologue_tape],
-        prologue_seeds=[f"{var(name)} = gseq_{role.split(':', 1)[1]}" for role, name in pro_seeds.items()],
-        prologue_backward=body,
-        prologue_input=input_part or ["pass"],
-        no_input=var(g_input_name),
-        prologue_grads=pro_grads,
-        param_grads=param_grads,
-        g_input=var(g_input_name),
-        g_initial_state=", ".join(f"g_{s}" for s in states) + ",",
-    )

@@ -1,101 +1,55 @@
-"""The JAX emitter: a standalone module of pure functions (init, step, sequence,
-bidirectional) over ``jax.lax.scan``, a ``Cell`` bundling them, and Flax modules
-(nnx and linen) that Flax's RNN wrappers accept.
+"""The JAX runtime: what every generated JAX module holds besides its spec's own code.
 
-JAX differentiates the forward graphs itself, so only the prologue (run once over
-every timestep: the input projection as one GEMM) and the step graph are emitted.
-
-Example:
-    >>> import novolstm
-    >>> source = novolstm.generate_source("lstm", backend="jax")
-    >>> "jax.lax.scan" in source and "import torch" not in source
-    True
-"""
-
-from __future__ import annotations
-
-from novolstm.codegen import ARRAY_OPS, LoopPlan, docstring_text, init_source, render, units_offset, var
-from novolstm.passes import split_blocks
-from novolstm.template import fill
-
-NAME = "jax"
-FRAMEWORK = "jax"
-
-
-def _linear(n, a):
-    bias = f" + b_{n.name}" if any(n.attr("biases")) else ""
-    return f"{a[0]} @ w_{n.name}{bias}"
-
-
-OPS = {
-    **ARRAY_OPS,
-    "linear": _linear,
-    "sigmoid": lambda n, a: f"jax.nn.sigmoid({a[0]})",
-    "tanh": lambda n, a: f"jnp.tanh({a[0]})",
-    "relu": lambda n, a: f"jnp.maximum({a[0]}, 0.0)",
-    "softmax": lambda n, a: f"_softmax({a[0]})",
-    "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
-}
-
-
-def _render(graph) -> list[str]:
-    """codegen.render, except that a value read through two or more one-block slices is
-    cut once with jnp.split: its transpose is one concatenate, where separate slices
-    transpose to a zero-padded full-width sum each (8% of a CPU forward+backward)."""
-    users = graph.users()
-    split = {}
-    for n in graph.nodes:
-        blocks = [graph[u] for u in users[n.name] if graph[u].op == "slice" and graph[u].width == 1]
-        if isinstance(n.width, int) and n.width > 1 and len(blocks) >= 2:
-            split[n.name] = n.width
-    lines = []
-    for n in graph.nodes:
-        if n.op == "slice" and n.args[0] in split and n.width == 1:
-            lines.append(f"{var(n.name)} = {var(n.args[0])}_blocks[{n.attr('start')}]")
-        elif n.op not in ("input", "state", "hoisted", "param"):
-            lines.extend(render(type(graph)([n]), OPS, leaves=()))
-        if n.name in split:
-            lines.append(f"{var(n.name)}_blocks = jnp.split({var(n.name)}, {split[n.name]}, axis=-1)")
-    return lines
-
-
-TEMPLATE = '''\
-"""$header
-
-$description
-
-State: $state_doc (a tuple in that order). Parameters use the canonical names of novolstm.
-
-Pure functions, safe under jax.jit, jax.grad and jax.vmap: init_params / init_from_key,
-step, sequence (jax.lax.scan, the input projection of every timestep hoisted out of
-the loop as one GEMM) and bidirectional. ``Cell`` bundles them for a number of units.
-``NNXCell`` and ``LinenCell`` are Flax modules for nnx.RNN and linen nn.RNN; flax is
-imported only when one of them is first used.
-
-Computation runs in the dtype of the inputs (parameters and state are cast to it);
-float16 and bfloat16 accumulate the LayerNorm statistics and softmax sums in float32.
-float64 needs jax_enable_x64 (``jax.config.update("jax_enable_x64", True)`` or
-``with jax.enable_x64(True):``); run_numpy enables it for float64 inputs by itself.
+Generated modules inline this file (see ``novolstm.codegen.inline_runtime``): the block
+of stand-ins below is replaced by the spec's constants, ``init_params`` and the generated
+``fuse``, ``prologue`` and ``cell_step``; everything else is this code, verbatim.
 """
 
 import contextlib
+import importlib
 import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-SPEC_NAME = $spec_name
-SPEC_HASH = $spec_hash
-STATE_NAMES = $state_names
-PARAM_TABLE = $param_table
-_INPUT_PARAM = $input_param  # a parameter shaped (input, units): gives the input size
-_UNITS_PARAM = $units_param  # gives the number of units
+# --- spec: generated modules replace this block with the spec's constants and functions
+from novolstm.init import init_from_table
 
-try:
-    _enable_x64 = jax.enable_x64  # jax >= 0.7
-except AttributeError:  # older jax
-    from jax.experimental import enable_x64 as _enable_x64
+SPEC_NAME = "stand-in"
+SPEC_HASH = ""
+STATE_NAMES: tuple[str, ...] = ("h",)
+PARAM_NAMES: tuple[str, ...] = ()
+PARAM_TABLE: dict = {}
+INPUT_PARAM = "W"  # a parameter shaped (input, units): gives the input size
+UNITS_PARAM = "W"  # gives the number of units
+BIAS_NAMES: tuple[str, ...] = ()
+
+
+def init_params(input_size, units, seed=0, dtype="float64"):
+    """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
+    return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
+
+
+def fuse(params, dtype):
+    raise NotImplementedError("generated per spec")
+
+
+def prologue(w, x, H):
+    raise NotImplementedError("generated per spec")
+
+
+def cell_step(w, state, hoisted):
+    raise NotImplementedError("generated per spec")
+
+
+# --- end of spec block
+
+
+# jax >= 0.7 has jax.enable_x64; older releases keep it in jax.experimental.
+_enable_x64 = getattr(jax, "enable_x64", None)  # a config State: not to be tested for truth
+if _enable_x64 is None:
+    _enable_x64 = importlib.import_module("jax.experimental").enable_x64
 
 
 # ---------------------------------------------------------------- numerics
@@ -123,9 +77,7 @@ def _softmax(z):
     return (e / e.sum(axis=-1, keepdims=True, dtype=_accumulator(e))).astype(z.dtype)
 
 
-# ---------------------------------------------------------------- initialization
-
-$init_source
+# ---------------------------------------------------------------- initialization from jax.random
 
 
 def _draw_glorot_uniform(key, shape, dtype, args):
@@ -158,37 +110,6 @@ def init_from_key(key, input_size, units, dtype=jnp.float32):
     return {name: init_param_from_key(key, name, input_size, units, dtype) for name in PARAM_TABLE}
 
 
-# ---------------------------------------------------------------- the graphs
-
-
-def fuse(params, dtype):
-    """The fused matrices and the vector parameters the graphs read, cast to the compute dtype."""
-    params = {name: jnp.asarray(params[name]).astype(dtype) for name in PARAM_TABLE}
-    return {
-        $fusion
-    }
-
-
-def prologue(w, v_$input, H):
-    """The values that do not depend on the state, for every timestep at once: one GEMM for the input projection.
-
-    v_$input: inputs (..., input); H: the number of units.
-    """
-    $prologue_load
-    $prologue
-    return ($prologue_out)
-
-
-def cell_step(w, state, hoisted):
-    """One timestep from the previous state and this timestep's hoisted values -> (new state, output)."""
-    ($unpack_state) = state
-    $unpack_hoisted
-    H = $first_state.shape[-1]
-    $step_load
-    $step
-    return ($new_state), $output
-
-
 # ---------------------------------------------------------------- checks
 
 
@@ -203,7 +124,7 @@ def _sizes(params):
     missing, extra = sorted(set(PARAM_TABLE) - set(params)), sorted(set(params) - set(PARAM_TABLE))
     if missing or extra:
         raise ValueError(f"params for {SPEC_NAME!r}: missing {missing}, unexpected {extra}")
-    input_size, units = jnp.shape(params[_INPUT_PARAM])[0], jnp.shape(params[_UNITS_PARAM])[-1]
+    input_size, units = jnp.shape(params[INPUT_PARAM])[0], jnp.shape(params[UNITS_PARAM])[-1]
     for name, (dims, _, _) in PARAM_TABLE.items():
         shape = tuple({"input": input_size, "units": units}[d] for d in dims)
         if jnp.shape(params[name]) != shape:
@@ -233,7 +154,7 @@ def step(params, state, x):
     """One timestep: x (..., input) and a state tuple of (..., units) arrays (None: zeros) -> (new state, output).
 
     Runs in the dtype of x; the input projection is computed for this step only (use
-    :func:`sequence` over many steps: it hoists it out of the loop).
+    ``sequence`` over many steps: it hoists it out of the loop).
     """
     input_size, units = _sizes(params)
     x = jnp.asarray(x)
@@ -293,7 +214,9 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
     if mask is not None:
         mask = jnp.asarray(mask)
         if mask.shape != (batch, steps) or mask.dtype != jnp.bool_:
-            raise ValueError(f"mask: expected a bool array of shape {(batch, steps)} (batch, time), got {mask.shape} {mask.dtype}")
+            raise ValueError(
+                f"mask: expected a bool array of shape {(batch, steps)} (batch, time), got {mask.shape} {mask.dtype}"
+            )
         mask = mask.T[..., None]  # (time, batch, 1), broadcasting over the units
 
     hoisted = prologue(fuse(params, dtype), xs, units)
@@ -308,6 +231,7 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
     if mask is None:
         body, inputs = one_step, hoisted
     else:
+
         def body(carry, inputs):
             hoisted_t, m = inputs
             new, y = one_step(carry, hoisted_t)
@@ -326,7 +250,9 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final
 
 
-def bidirectional(params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False, remat=True):
+def bidirectional(
+    params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False, remat=True
+):
     """A forward and a backward pass over x with their own parameters.
 
     Args:
@@ -334,7 +260,7 @@ def bidirectional(params, x, state=None, mask=None, lengths=None, *, merge="conc
         state: (forward initial state, backward initial state), or None for zeros.
         merge: how the two outputs combine: "concat" (on the units axis), "sum",
             "mul", "ave", or None for the pair.
-        Others as :func:`sequence`.
+        Others as ``sequence``.
 
     Returns:
         (merged outputs, (forward final state, backward final state))
@@ -388,10 +314,18 @@ def vjp_numpy(params, x, state=None, mask=None):
 
     def vjp(g_outputs=None, g_state=None):
         g_outputs = np.zeros_like(outputs) if g_outputs is None else np.asarray(g_outputs, x.dtype)
-        g_state = tuple(np.zeros_like(s) for s in final) if g_state is None else tuple(np.asarray(g, x.dtype) for g in g_state)
+        g_state = (
+            tuple(np.zeros_like(s) for s in final)
+            if g_state is None
+            else tuple(np.asarray(g, x.dtype) for g in g_state)
+        )
         with _precision(x):
             g_params, g_x, g_state0 = _jit_pullback(params, x, tuple(state), mask, g_outputs, g_state)
-            return np.asarray(g_x), tuple(np.asarray(g) for g in g_state0), {k: np.asarray(v) for k, v in g_params.items()}
+            return (
+                np.asarray(g_x),
+                tuple(np.asarray(g) for g in g_state0),
+                {k: np.asarray(v) for k, v in g_params.items()},
+            )
 
     return outputs, final, vjp
 
@@ -400,19 +334,19 @@ def vjp_numpy(params, x, state=None, mask=None):
 
 
 class Cell:
-    """$title: pure functions for a number of units, generated by novolstm.
+    """The spec's cell (``SPEC_NAME``): pure functions for a number of units, generated by novolstm.
 
     Args:
         units: the number of units (the state width).
-        dtype: the dtype of parameters drawn by :meth:`init`.
+        dtype: the dtype of parameters drawn by ``init``.
 
     Example:
         >>> cell = Cell(4)
         >>> params = cell.init(0, input_size=3)  # an int seed draws what novolstm.init_params draws
         >>> x = jnp.ones((2, 5, 3))
         >>> outputs, state = jax.jit(cell.sequence)(params, x)
-        >>> outputs.shape, len(state)
-        ((2, 5, 4), $state_count)
+        >>> outputs.shape, len(state) == len(STATE_NAMES)
+        ((2, 5, 4), True)
         >>> loss = lambda p: cell.sequence(p, x)[0].sum()
         >>> sorted(jax.grad(loss)(params)) == sorted(params)
         True
@@ -438,9 +372,13 @@ class Cell:
     def init(self, seed_or_key, input_size):
         """Canonical parameters (dict of jax arrays): an int seed draws novolstm.init_params' numbers, a key draws with jax.random."""
         if self.dtype == jnp.float64 and not jax.config.jax_enable_x64:
-            raise TypeError("dtype float64 needs jax_enable_x64: jax.config.update('jax_enable_x64', True) or `with jax.enable_x64(True):`")
+            raise TypeError(
+                "dtype float64 needs jax_enable_x64: jax.config.update('jax_enable_x64', True) or `with jax.enable_x64(True):`"
+            )
         if isinstance(seed_or_key, (int, np.integer)):
-            return {k: jnp.asarray(v) for k, v in init_params(input_size, self.units, int(seed_or_key), self.dtype).items()}
+            return {
+                k: jnp.asarray(v) for k, v in init_params(input_size, self.units, int(seed_or_key), self.dtype).items()
+            }
         return init_from_key(seed_or_key, input_size, self.units, self.dtype)
 
     def initial_state(self, batch_shape=(), dtype=None):
@@ -454,20 +392,28 @@ class Cell:
             raise ValueError(f"params have {units} units, this cell {self.units}")
 
     def step(self, params, state, x):
-        """One timestep -> (new state tuple, output); see the module function :func:`step`."""
+        """One timestep -> (new state tuple, output); see the module function ``step``."""
         self._check_units(params)
         return step(params, state, x)
 
-    def sequence(self, params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True):
-        """Run over a sequence -> (outputs, final state tuple); see the module function :func:`sequence`."""
+    def sequence(
+        self, params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True
+    ):
+        """Run over a sequence -> (outputs, final state tuple); see the module function ``sequence``."""
         self._check_units(params)
-        return sequence(params, x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
+        return sequence(
+            params, x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major, remat=remat
+        )
 
-    def bidirectional(self, params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False, remat=True):
-        """Forward and backward passes with params (forward, backward); see :func:`bidirectional`."""
+    def bidirectional(
+        self, params, x, state=None, mask=None, lengths=None, *, merge="concat", unroll=1, time_major=False, remat=True
+    ):
+        """Forward and backward passes with params (forward, backward); see ``bidirectional``."""
         for p in params:
             self._check_units(p)
-        return bidirectional(params, x, state, mask, lengths, merge=merge, unroll=unroll, time_major=time_major, remat=remat)
+        return bidirectional(
+            params, x, state, mask, lengths, merge=merge, unroll=unroll, time_major=time_major, remat=remat
+        )
 
 
 # ---------------------------------------------------------------- Flax modules (flax imported on first use)
@@ -477,9 +423,9 @@ def _make_nnx_cell():
     from flax import nnx
 
     class NNXCell(nnx.Module):
-        """$title as a Flax nnx module with the carry API of nnx.RNN; parameters under canonical names.
+        """The spec's cell as a Flax nnx module with the carry API of nnx.RNN; parameters under canonical names.
 
-        The carry is the state tuple $state_doc (Flax's own LSTMCell uses (c, h)).
+        The carry is the state tuple in STATE_NAMES order (Flax's own LSTMCell uses (c, h)).
         Give ``rngs`` (draws with jax.random), an int ``seed`` (novolstm.init_params'
         numbers) or ``params`` (canonical arrays). ``dtype``: the compute dtype (None:
         the inputs' dtype).
@@ -491,7 +437,17 @@ def _make_nnx_cell():
             (2, 5, 4)
         """
 
-        def __init__(self, in_features, hidden_features, *, rngs=None, seed=None, params=None, dtype=None, param_dtype=jnp.float32):
+        def __init__(
+            self,
+            in_features,
+            hidden_features,
+            *,
+            rngs=None,
+            seed=None,
+            params=None,
+            dtype=None,
+            param_dtype=jnp.float32,
+        ):
             self.in_features, self.hidden_features = in_features, hidden_features
             self.dtype, self.param_dtype = dtype, param_dtype
             if params is None:
@@ -502,7 +458,9 @@ def _make_nnx_cell():
                 else:
                     raise ValueError("give rngs, seed or params")
             if _sizes(params) != (in_features, hidden_features):
-                raise ValueError(f"params: expected input size {in_features} and {hidden_features} units, got {_sizes(params)}")
+                raise ValueError(
+                    f"params: expected input size {in_features} and {hidden_features} units, got {_sizes(params)}"
+                )
             for name in PARAM_TABLE:
                 setattr(self, name, nnx.Param(jnp.asarray(params[name]).astype(param_dtype)))
 
@@ -519,7 +477,9 @@ def _make_nnx_cell():
             if set(params) != set(PARAM_TABLE):
                 raise ValueError(f"params: expected names {sorted(PARAM_TABLE)}, got {sorted(params)}")
             if _sizes(params) != (self.in_features, self.hidden_features):
-                raise ValueError(f"params: expected input size {self.in_features} and {self.hidden_features} units, got {_sizes(params)}")
+                raise ValueError(
+                    f"params: expected input size {self.in_features} and {self.hidden_features} units, got {_sizes(params)}"
+                )
             for name in PARAM_TABLE:
                 setattr(self, name, nnx.Param(jnp.asarray(params[name]).astype(self.param_dtype)))
             return self
@@ -527,16 +487,30 @@ def _make_nnx_cell():
         def _cast(self, x, carry):
             if self.dtype is None:
                 return x, carry
-            return jnp.asarray(x).astype(self.dtype), jax.tree_util.tree_map(lambda s: jnp.asarray(s).astype(self.dtype), carry)
+            return jnp.asarray(x).astype(self.dtype), jax.tree_util.tree_map(
+                lambda s: jnp.asarray(s).astype(self.dtype), carry
+            )
 
         def __call__(self, carry, inputs):
             inputs, carry = self._cast(inputs, carry)
             return step(self.canonical_params(), carry, inputs)
 
-        def sequence(self, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True):
+        def sequence(
+            self, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True
+        ):
             """The whole sequence with the input projection hoisted out of the loop (faster than nnx.RNN)."""
             x, state = self._cast(x, state)
-            return sequence(self.canonical_params(), x, state, mask, lengths, reverse=reverse, unroll=unroll, time_major=time_major, remat=remat)
+            return sequence(
+                self.canonical_params(),
+                x,
+                state,
+                mask,
+                lengths,
+                reverse=reverse,
+                unroll=unroll,
+                time_major=time_major,
+                remat=remat,
+            )
 
         def initialize_carry(self, input_shape, rngs=None, carry_init=None):
             batch_shape = tuple(input_shape[:-1])
@@ -560,9 +534,9 @@ def _make_linen_cell():
     import flax.linen as nn
 
     class LinenCell(nn.RNNCellBase):
-        """$title as a Flax linen cell for nn.RNN; parameters under canonical names.
+        """The spec's cell as a Flax linen cell for nn.RNN; parameters under canonical names.
 
-        The carry is the state tuple $state_doc (Flax's own LSTMCell uses (c, h)).
+        The carry is the state tuple in STATE_NAMES order (Flax's own LSTMCell uses (c, h)).
         Parameters are drawn with jax.random (see init_from_key); ``dtype``: the compute
         dtype (None: the inputs' dtype).
 
@@ -582,7 +556,16 @@ def _make_linen_cell():
         def __call__(self, carry, inputs):
             input_size = jnp.shape(inputs)[-1]
             params = {
-                name: self.param(name, functools.partial(init_param_from_key, name=name, input_size=input_size, units=self.features, dtype=self.param_dtype))
+                name: self.param(
+                    name,
+                    functools.partial(
+                        init_param_from_key,
+                        name=name,
+                        input_size=input_size,
+                        units=self.features,
+                        dtype=self.param_dtype,
+                    ),
+                )
                 for name in PARAM_TABLE
             }
             if self.dtype is not None:
@@ -613,62 +596,3 @@ def __getattr__(name):
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-'''
-
-
-def generate(plan: LoopPlan) -> str:
-    # Per-gate hoisted arrays: XLA on CPU reads them in the scan faster than slices of one wide array.
-    spec, program = plan.spec, split_blocks(plan.program)
-    step, prologue = program.step, program.prologue
-    states = spec.state_names
-    hoisted = program.hoisted
-
-    def loads(graph):
-        lines = []
-        for n in graph.nodes:
-            if n.op == "linear":
-                lines.append(f'w_{n.name} = w["w_{n.name}"]')
-                if any(n.attr("biases")):
-                    lines.append(f'b_{n.name} = w["b_{n.name}"]')
-            elif n.op == "param":
-                lines.append(f'{var(n.name)} = w["{n.name}"]')
-        return lines
-
-    def tuple_of(names):
-        return "()" if not names else ", ".join(names) + ("," if len(names) == 1 else "")
-
-    input_param = next(p.name for p in spec.params if p.shape[0] == "input")
-    units_param = spec.params[0].name
-    table = {p.name: (p.shape, p.init.name, dict(p.init.args)) for p in spec.params}
-    fusion = plan.fusion_entries(
-        lambda xs: f"jnp.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"jnp.zeros({ref}.shape[-1], dtype)"
-    )
-    fusion += [f'"{p}": params["{p}"],' for p in plan.vector_params]
-    title = f"The {spec.name!r} cell"
-    return fill(
-        TEMPLATE,
-        header=plan.header(NAME),
-        description=docstring_text(spec.description),
-        title=title,
-        state_doc=", ".join(states),
-        state_count=len(states),
-        spec_name=repr(spec.name),
-        spec_hash=repr(spec.hash),
-        state_names=repr(states),
-        param_table=repr(table),
-        input_param=repr(input_param),
-        units_param=repr(units_param),
-        init_source=init_source(),
-        fusion=fusion,
-        input=spec.input,
-        prologue_load=loads(prologue) or ["pass"],
-        prologue=_render(prologue),
-        prologue_out=tuple_of([var(h) for h in hoisted]),
-        unpack_state=", ".join(var(s) for s in states) + ",",
-        unpack_hoisted=f"({', '.join(var(h) for h in hoisted)},) = hoisted" if hoisted else "del hoisted  # nothing to read",
-        step_load=loads(step),
-        first_state=var(states[0]),
-        step=_render(step),
-        new_state=tuple_of([var(step.outputs[f"state:{s}"]) for s in states]),
-        output=var(step.outputs["output"]),
-    )

@@ -1,0 +1,153 @@
+"""The Keras 3 emitter: a cell for ``keras.layers.RNN`` and a sequence layer, in ``keras.ops`` only.
+
+The generated module imports ``keras`` and ``numpy`` and nothing else at module level (only
+``vjp_numpy`` imports the framework Keras runs on, for its autodiff), so the same
+source runs on Keras' TensorFlow, JAX and PyTorch backends (Keras fixes its backend
+per process, from ``KERAS_BACKEND``). It defines:
+
+- ``Cell``: a ``keras.layers.Layer`` RNN cell, constructed from ``units`` like
+  ``keras.layers.LSTMCell``; its variables carry the canonical names (``W_i``,
+  ``U_i``, ``b_i``, ...) and the fused matrices are built inside ``call``.
+- ``Layer``: a ``keras.layers.RNN`` over that cell (``novolstm.get_layer("keras")``)
+  that fuses the weights once per call rather than once per step; with
+  ``hoist_input=True`` it also computes every projection of the input once for all
+  timesteps (one GEMM) and loops over the step graph only.
+- ``run_numpy``: the backend-neutral entry of ``novolstm.run``.
+- ``vjp_numpy``: the backend-neutral gradient hook (as the NumPy, torch and JAX
+  modules have), through the autodiff of the backend Keras runs on.
+
+Keras differentiates the forward graphs itself: no backward pass is generated.
+
+Example:
+    >>> import novolstm
+    >>> source = novolstm.generate_source("lstm", backend="keras")
+    >>> "from keras import ops" in source and "\nimport tensorflow" not in source  # none at module level
+    True
+"""
+
+from __future__ import annotations
+
+from novolstm.codegen import (
+    ARRAY_OPS,
+    LoopPlan,
+    docstring_text,
+    init_source,
+    inline_runtime,
+    linear_call,
+    render,
+    split_cuts,
+    targets,
+    tuple_of,
+    var,
+)
+from novolstm.template import fill
+
+NAME = "keras"
+FRAMEWORK = "keras"
+
+
+OPS = {
+    **ARRAY_OPS,
+    # One split: its gradient is one concatenation, where separate slices would each scatter
+    # into zeros of the full width and be summed (a third of an LSTM step's backward on TensorFlow).
+    "split": lambda n, a: f"ops.split({a[0]}, {split_cuts(n)}, axis=-1)",
+    "linear": linear_call,
+    # The exact logistic; each backend's kernel is overflow-free (tf.sigmoid, jax.nn.sigmoid, torch.sigmoid).
+    # Not ops.hard_sigmoid: Keras 3's is relu6(x + 3) / 6, Keras 2's was clip(0.2 x + 0.5, 0, 1).
+    "sigmoid": lambda n, a: f"ops.sigmoid({a[0]})",
+    "tanh": lambda n, a: f"ops.tanh({a[0]})",
+    "relu": lambda n, a: f"ops.relu({a[0]})",
+    "softmax": lambda n, a: f"_softmax({a[0]})",
+    "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
+}
+
+
+#: The generated module's docstring.
+DOCSTRING = """\
+$header
+
+$description
+
+Keras 3, written in keras.ops only: runs on Keras' TensorFlow, JAX and PyTorch
+backends. State: $state_doc. Variables carry the canonical names of novolstm."""
+
+#: The spec block of a generated module (see codegen.inline_runtime); runtime.py holds the rest.
+SPEC_BLOCK = '''\
+$constants
+
+
+$init_source
+
+
+def fuse(params):
+    """The fused matrices, concatenated from canonical parameters (name -> tensor)."""
+    return {
+        $fusion
+    }
+
+
+def prologue(params, fused, v_$input, H):
+    """Every value of the step that does not depend on the state, for x with any leading axes.
+
+    Called on x (batch, time, input) it computes the input projection of every
+    timestep as one GEMM; called on x (batch, input) it is the first half of a step.
+    """
+    $load_prologue
+    $prologue
+    return $hoisted_vars
+
+
+def step(params, fused, hoisted, state, H):
+    """One timestep: the values ``prologue`` gave for this timestep, and the state -> (output, new state)."""
+    $load_step
+    $unpack_hoisted = hoisted
+    $unpack_state = state
+    $step
+    return $output, $next_state
+
+'''
+
+
+def _graph_reads(graph, plan):
+    """Load lines for the fused matrices and vector parameters a graph reads."""
+    names = {n.name for n in graph.nodes if n.op == "linear"}
+    lines = []
+    for L in plan.linears:
+        if L.name in names:
+            lines.append(f'w_{L.name} = fused["w_{L.name}"]')
+            if L.has_bias:
+                lines.append(f'b_{L.name} = fused["b_{L.name}"]')
+    lines += [f'{var(n.name)} = params["{n.name}"]' for n in graph.nodes if n.op == "param"]
+    return lines
+
+
+def generate(plan: LoopPlan) -> str:
+    spec, program = plan.spec, plan.program
+    step = program.step
+    states = spec.state_names
+    widths = tuple(program.step[h].width for h in program.hoisted)
+    if not all(isinstance(w, int) for w in widths):
+        raise NotImplementedError(f"hoisted values must be whole blocks of units, got widths {widths}")
+    docstring = fill(
+        DOCSTRING, header=plan.header(NAME), description=docstring_text(spec.description), state_doc=", ".join(states)
+    )
+    block = fill(
+        SPEC_BLOCK,
+        constants=plan.constants(HOISTED_WIDTHS=widths),
+        init_source=init_source(),
+        fusion=plan.fusion_entries(
+            lambda xs: f"ops.concatenate([{', '.join(xs)}], axis=-1)",
+            lambda ref: f"ops.zeros(({ref}.shape[-1],), {ref}.dtype)",
+        ),
+        input=spec.input,
+        load_prologue=_graph_reads(program.prologue, plan) or ["pass"],
+        prologue=render(program.prologue, OPS, comments=plan.expressions),
+        hoisted_vars=tuple_of([var(h) for h in program.hoisted]),
+        load_step=_graph_reads(step, plan),
+        unpack_hoisted=targets([var(h) for h in program.hoisted]) if program.hoisted else "()",
+        unpack_state=targets([var(s) for s in states]),
+        step=render(step, OPS, comments=plan.expressions),
+        output=var(step.outputs["output"]),
+        next_state=tuple_of([var(step.outputs[f"state:{s}"]) for s in states]),
+    )
+    return inline_runtime(__package__, docstring, block)
