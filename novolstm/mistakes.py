@@ -13,7 +13,7 @@ The models evaluate a spec's parsed equations step by step, as
 they share nothing with code generation. They are models of mistakes, never the
 reference: the kit's expected values come from ``novolstm.golden.reference_for``.
 
-Example:
+Examples:
     >>> import numpy as np, novolstm
     >>> spec = novolstm.load_spec("lstm")
     >>> labels = [m.label for m in catalogue(spec)]

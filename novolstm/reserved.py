@@ -13,7 +13,7 @@ every public attribute of that framework's base classes and of the generated cla
 is listed here (or cannot be a spec name at all), so the lists cannot go stale when a
 framework or an emitter adds one.
 
-Example:
+Examples:
     >>> reserved_by("training")
     'torch.nn.Module'
     >>> reserved_by("W_i") is None
@@ -93,7 +93,14 @@ RESERVED_SUFFIXES = ("_blocks",)
 
 
 def reserved_by(name: str) -> str | None:
-    """What ``name`` is reserved by (a framework class, the generated code, Python), else None."""
+    """What ``name`` is reserved by (a framework class, the generated code, Python), else None.
+
+    Args:
+        name: a name a spec would declare.
+
+    Returns:
+        The origin of the reservation (``"torch.nn.Module"``, ``"a generated class"``, ...) or None.
+    """
     if name in _ORIGIN:
         return _ORIGIN[name]
     if name.endswith(RESERVED_SUFFIXES):
@@ -109,8 +116,16 @@ def unreserved(names, spec=None) -> list[str]:
     lists complete: every public attribute of a framework's base class and of a generated
     class must be reserved.
 
-    >>> unreserved(["forward", "_private", "W_i", "sigmoid"])
-    ['W_i']
+    Args:
+        names: attribute or variable names.
+        spec: the spec a generated class was made from, or None.
+
+    Returns:
+        The names, sorted, that are valid spec names and neither reserved nor the spec's own.
+
+    Examples:
+        >>> unreserved(["forward", "_private", "W_i", "sigmoid"])
+        ['W_i']
     """
     from .expr import FUNCTIONS, IDENTIFIER
 
