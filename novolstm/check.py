@@ -84,8 +84,12 @@ def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, ste
                     start = time.perf_counter()
                     outputs, state = run(spec, cast, x.astype(dtype), backend=backend, mask=mask)
                     elapsed = min(elapsed, time.perf_counter() - start)
-                deviation = max(_deviation(outputs, expected), *(_deviation(s, e) for s, e in zip(state, expected_state)))
-                yield CheckRow(spec.name, backend, dtype, deviation, tolerance(dtype, steps).atol, 1e3 * elapsed / steps)
+                deviation = max(
+                    _deviation(outputs, expected), *(_deviation(s, e) for s, e in zip(state, expected_state))
+                )
+                yield CheckRow(
+                    spec.name, backend, dtype, deviation, tolerance(dtype, steps).atol, 1e3 * elapsed / steps
+                )
 
 
 def _deviation(actual, expected) -> float:

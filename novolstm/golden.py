@@ -144,6 +144,7 @@ def make_golden(cell: str, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
         scale, batch, steps, inputs, units, _ = STRESS_CASES[name]
         meta["cases"][name] = {"description": golden.description, "weight_scale": scale,
                                "shape": {"batch": batch, "time": steps, "input": inputs, "units": units}}
+        assert case.mask is not None and case.state is not None  # stress cases have both
         arrays[f"{name}.x"] = case.x
         arrays[f"{name}.mask"] = case.mask
         for s_name, s in zip(spec.state_names, case.state):

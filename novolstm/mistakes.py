@@ -128,7 +128,8 @@ def _compiled(expr: Expr, port: Port, epsilon) -> Callable:
     if expr.fn == "layer_norm":
         z, gamma, beta = args
         return lambda env: port.layer_norm(z(env), gamma(env), beta(env), epsilon)
-    fn = {"relu": lambda v: np.maximum(v, 0.0), "tanh": np.tanh}.get(expr.fn) or getattr(port, expr.fn)
+    own: dict[str, Callable] = {"relu": lambda v: np.maximum(v, 0.0), "tanh": np.tanh}
+    fn = own.get(expr.fn) or getattr(port, expr.fn)
     return lambda env: fn(args[0](env))
 
 
@@ -186,17 +187,27 @@ def _parameter_mistakes(spec: Spec):
     names = set(spec.param_names)
     gates = sorted({n[2:] for n in names if n.startswith("W_") and f"b_{n[2:]}" in names})
     for a, b in itertools.combinations(gates, 2):
+
         def swapped(p, x, s, m, a=a, b=b):
             q = dict(p)
             for kind in ("W", "U", "b"):
-                if f"{kind}_{a}" in q and f"{kind}_{b}" in q and np.shape(q[f"{kind}_{a}"]) == np.shape(q[f"{kind}_{b}"]):
+                if (
+                    f"{kind}_{a}" in q
+                    and f"{kind}_{b}" in q
+                    and np.shape(q[f"{kind}_{a}"]) == np.shape(q[f"{kind}_{b}"])
+                ):
                     q[f"{kind}_{a}"], q[f"{kind}_{b}"] = p[f"{kind}_{b}"], p[f"{kind}_{a}"]
             return run(spec, q, x, s, m)
+
         yield Mistake(f"gates {a!r} and {b!r} swapped (a gate-order mismatch between layouts)", swapped)
     for name in sorted(n for n in names if n.startswith("b_")):
-        yield Mistake(f"bias {name} dropped", lambda p, x, s, m, name=name: run(spec, {**p, name: 0 * p[name]}, x, s, m))
+        yield Mistake(
+            f"bias {name} dropped", lambda p, x, s, m, name=name: run(spec, {**p, name: 0 * p[name]}, x, s, m)
+        )
     for name in sorted(n for n in names if n.startswith("U_")):
-        yield Mistake(f"recurrent term {name} missing", lambda p, x, s, m, name=name: run(spec, {**p, name: 0 * p[name]}, x, s, m))
+        yield Mistake(
+            f"recurrent term {name} missing", lambda p, x, s, m, name=name: run(spec, {**p, name: 0 * p[name]}, x, s, m)
+        )
 
 
 def _numerics_mistakes(spec: Spec):
@@ -205,32 +216,56 @@ def _numerics_mistakes(spec: Spec):
     if "layer_norm" in called:
         for other, who in ((1e-5, "torch's default"), (1e-6, "Flax's default"), (1e-3, "Keras' default")):
             if other != eps:
-                yield Mistake(f"LayerNorm epsilon {other:g} ({who}) instead of {eps:g}",
-                              _with(spec, Port(layer_norm=layer_norm_with_epsilon(other))))
-        yield Mistake("LayerNorm with the sample variance (divided by n - 1) instead of the population variance",
-                      _with(spec, Port(layer_norm=layer_norm_sample_variance)))
+                yield Mistake(
+                    f"LayerNorm epsilon {other:g} ({who}) instead of {eps:g}",
+                    _with(spec, Port(layer_norm=layer_norm_with_epsilon(other))),
+                )
+        yield Mistake(
+            "LayerNorm with the sample variance (divided by n - 1) instead of the population variance",
+            _with(spec, Port(layer_norm=layer_norm_sample_variance)),
+        )
     if "softmax" in called:
-        yield Mistake("softmax over the batch axis instead of the units axis", _with(spec, Port(softmax=softmax_over_batch)))
-        yield Mistake("softmax without the maximum subtracted (exp overflows for large logits)",
-                      _with(spec, Port(softmax=softmax_without_max)))
+        yield Mistake(
+            "softmax over the batch axis instead of the units axis", _with(spec, Port(softmax=softmax_over_batch))
+        )
+        yield Mistake(
+            "softmax without the maximum subtracted (exp overflows for large logits)",
+            _with(spec, Port(softmax=softmax_without_max)),
+        )
     if "sigmoid" in called:
-        yield Mistake("Keras 2 hard_sigmoid (clip(0.2 x + 0.5, 0, 1)) instead of the logistic",
-                      _with(spec, Port(sigmoid=keras2_hard_sigmoid)))
-        yield Mistake("Keras 3 hard_sigmoid (relu6(x + 3) / 6) instead of the logistic",
-                      _with(spec, Port(sigmoid=keras3_hard_sigmoid)))
+        yield Mistake(
+            "Keras 2 hard_sigmoid (clip(0.2 x + 0.5, 0, 1)) instead of the logistic",
+            _with(spec, Port(sigmoid=keras2_hard_sigmoid)),
+        )
+        yield Mistake(
+            "Keras 3 hard_sigmoid (relu6(x + 3) / 6) instead of the logistic",
+            _with(spec, Port(sigmoid=keras3_hard_sigmoid)),
+        )
 
 
 def _masking_mistakes(spec: Spec):
-    yield Mistake("masked steps update the state (the mask only zeroes the outputs)",
-                  _with(spec, Port(masking="updates_state")), masking=True)
+    yield Mistake(
+        "masked steps update the state (the mask only zeroes the outputs)",
+        _with(spec, Port(masking="updates_state")),
+        masking=True,
+    )
     carried = _carried_output(spec)
     if carried is not None:
-        yield Mistake(f"masked steps output the carried state {spec.state_names[carried]!r} instead of zeros",
-                      _with(spec, Port(masking="outputs_state")), masking=True)
-    yield Mistake("masked steps repeat the previous output instead of zeros",
-                  _with(spec, Port(masking="repeats_output")), masking=True)
-    yield Mistake("mask read as lengths (mask.sum(axis=1)): a hole inside a sequence is taken as a real step",
-                  _with(spec, Port(masking="as_lengths")), masking=True)
+        yield Mistake(
+            f"masked steps output the carried state {spec.state_names[carried]!r} instead of zeros",
+            _with(spec, Port(masking="outputs_state")),
+            masking=True,
+        )
+    yield Mistake(
+        "masked steps repeat the previous output instead of zeros",
+        _with(spec, Port(masking="repeats_output")),
+        masking=True,
+    )
+    yield Mistake(
+        "mask read as lengths (mask.sum(axis=1)): a hole inside a sequence is taken as a real step",
+        _with(spec, Port(masking="as_lengths")),
+        masking=True,
+    )
 
 
 def _equation_mistakes(spec: Spec):
@@ -247,8 +282,10 @@ def _equation_mistakes(spec: Spec):
                 continue  # i and g in one product (i * g): swapping them changes nothing
             variant = _rewritten(spec, nxt, swapped)
             if variant is not None:
-                yield Mistake(f"{a!r} and {b!r} swap roles in the update of state {state!r} ({nxt} = {format_expression(expr)})",
-                              _with(variant, Port()))
+                yield Mistake(
+                    f"{a!r} and {b!r} swap roles in the update of state {state!r} ({nxt} = {format_expression(expr)})",
+                    _with(variant, Port()),
+                )
     for name, expr in spec.equations:
         for state, nxt in spec.state:
             if nxt != name and nxt in names_in(expr):
@@ -263,12 +300,18 @@ def _other_cells(spec: Spec):
     names = set(spec.param_names)
     for other in list_specs():
         o = load_spec(other)
-        if other != spec.name and o.state_names == spec.state_names and set(o.param_names) <= names | {"U_s"} \
-                and len(set(o.param_names) & names) > len(names) // 2:
+        if (
+            other != spec.name
+            and o.state_names == spec.state_names
+            and set(o.param_names) <= names | {"U_s"}
+            and len(set(o.param_names) & names) > len(names) // 2
+        ):
+
             def as_other(p, x, s, m, o=o):
                 shapes = o.parameter_shapes(x.shape[-1], s[0].shape[-1])
                 q = {k: p[k] if k in p else np.zeros(shapes[k]) for k in o.param_names}  # absent: a zero term
                 return reference_for(o)(q, x, s, m)
+
             yield Mistake(f"computes the {other!r} cell instead", as_other)
 
 
@@ -287,7 +330,8 @@ def _renamed(expr: Expr, mapping: dict) -> Expr:
 def _canonical(expr: Expr) -> str:
     """A text equal for expressions equal up to the order of the terms of sums and the factors of products."""
     if isinstance(expr, Binary) and expr.op in "+*":
-        operands, stack = [], [expr]
+        operands: list[str] = []
+        stack: list[Expr] = [expr]
         while stack:  # flatten a chain of the same commutative operator
             node = stack.pop()
             if isinstance(node, Binary) and node.op == expr.op:

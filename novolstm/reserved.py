@@ -27,7 +27,8 @@ import keyword
 #: origin -> names. Names starting with "_" need no entry: a spec name starts with a letter.
 RESERVED: dict[str, frozenset[str]] = {
     # dir(torch.nn.Module()), public names (torch 2.13)
-    "torch.nn.Module": frozenset("""
+    "torch.nn.Module": frozenset(
+        """
         T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double
         dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half
         ipu load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters
@@ -36,10 +37,12 @@ RESERVED: dict[str, frozenset[str]] = {
         register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook
         register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to
         to_empty train training type xpu zero_grad
-    """.split()),
+    """.split()
+    ),
     # dir(keras.layers.Layer()), public names (Keras 3.15; on its torch backend a Layer is also
     # an nn.Module and adds torch_params)
-    "keras.layers.Layer": frozenset("""
+    "keras.layers.Layer": frozenset(
+        """
         activity_regularizer add_loss add_metric add_variable add_weight autocast build build_from_config built
         call call_signature_parameters compute_dtype compute_mask compute_output_shape compute_output_spec
         count_params dtype dtype_policy from_config get_build_config get_config get_weights input input_dtype
@@ -47,27 +50,33 @@ RESERVED: dict[str, frozenset[str]] = {
         non_trainable_weights output path quantization_mode quantize quantized_build quantized_call
         rematerialized_call save_own_variables set_weights stateless_call supports_jit supports_masking
         symbolic_call torch_params trainable trainable_variables trainable_weights variable_dtype variables weights
-    """.split()),
+    """.split()
+    ),
     # dir(flax.linen.Module) and its dataclass fields (parent, name, scope)
-    "flax.linen.Module": frozenset("""
+    "flax.linen.Module": frozenset(
+        """
         apply bind clone copy get_variable has_rng has_variable init init_with_output is_initializing
         is_mutable_collection lazy_init make_rng module_paths name param parent path perturb put_variable scope
         setup sow tabulate unbind variable variables
-    """.split()),
+    """.split()
+    ),
     # dir(flax.nnx.Module)
     "flax.nnx.Module": frozenset("eval iter_children iter_modules perturb set_attributes sow train".split()),
     # Public attributes the generated Cell, Layer, LinenCell and NNXCell classes add
     # (constructor arguments, fields, methods), every backend.
-    "a generated class": frozenset("""
+    "a generated class": frozenset(
+        """
         batch_first bias bidirectional canonical_params cell cells check_state dropout export_canonical
         export_params features from_params fused get_initial_state go_backwards hidden_features hidden_size
         hoist_input in_features initial_state initialize_carry inner_loop input_size load_canonical load_params
         num_directions num_feature_axes num_layers output_size param_dtype params reset_parameters reset_state
         reset_states return_sequences return_state seed sequence sequence_with_vjp single_state spec_hash
         spec_name state_names state_size stateful states step tensors units unroll zero_output_for_mask
-    """.split()),
+    """.split()
+    ),
     # Module-level names of the generated sources (imports, constants, functions, classes), every backend.
-    "a generated module": frozenset("""
+    "a generated module": frozenset(
+        """
         BIAS_NAMES Cell FUSED_KERNEL HOISTED_WIDTHS INITIALIZERS INPUT_PARAM JAX_INITIALIZERS Layer LinenCell
         NNXCell OPSET PARAM_NAMES PARAM_TABLE PackedSequence SPEC SPEC_HASH SPEC_NAME STATE_NAMES Sequence
         UNITS_PARAM backward bidirectional build_graphs build_model cell_step check_inputs contextlib forward
@@ -75,11 +84,12 @@ RESERVED: dict[str, frozenset[str]] = {
         jnp keras nn nnx np numpy
         numpy_helper once_differentiable onnx onnxruntime ops pack_padded_sequence pad_packed_sequence prologue
         run_numpy sequence step tf torch vjp_numpy zlib
-    """.split()),
+    """.split()
+    ),
     # Generated locals a spec name would meet under a shared prefix: a state named
     # "outputs" would become g_outputs, the name of the output cotangents.
     "the locals of generated code": frozenset("final outputs params state state0 ys".split()),
-    "Python": frozenset(keyword.kwlist + keyword.softkwlist),
+    "Python": frozenset([*keyword.kwlist, *keyword.softkwlist]),
 }
 
 #: Every reserved name -> the first origin listed for it.
@@ -134,6 +144,7 @@ def unreserved(names, spec=None) -> list[str]:
     if spec is not None:
         own = {spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)}
     return sorted(
-        n for n in set(names)
+        n
+        for n in set(names)
         if IDENTIFIER.fullmatch(n) and n not in FUNCTIONS and n not in own and reserved_by(n) is None
     )

@@ -388,9 +388,9 @@ class _Loader:
         """Topological order of the equations; unknown names and cycles are errors."""
         known = leaves | set(equations)
         for name, expr in equations.items():
-            for used in sorted(names_in(expr)):
-                if used not in known:
-                    self.fail(f"equations.{name}: undeclared name {used!r}")
+            for read in sorted(names_in(expr)):
+                if read not in known:
+                    self.fail(f"equations.{name}: undeclared name {read!r}")
         deps = {name: sorted(n for n in names_in(expr) if n in equations) for name, expr in equations.items()}
         ordered: list = []
         done: set[str] = set()
@@ -403,7 +403,7 @@ class _Loader:
             frames = [(root, iter(deps[root]))]
             while frames:
                 name, pending = frames[-1]
-                used = next((u for u in pending if u not in done), None)
+                used: str | None = next((u for u in pending if u not in done), None)
                 if used is None:
                     frames.pop()
                     path.pop()
