@@ -13,7 +13,6 @@ from novolstm import conformance
 from novolstm.cli import main
 from novolstm.golden import load_golden, make_golden
 
-SPEC = novolstm.load_spec("novolstm")
 
 
 def numpy_impl(spec):
