@@ -14,7 +14,6 @@ from novolstm.cli import main
 from novolstm.golden import load_golden, make_golden
 
 
-
 def numpy_impl(spec):
     return lambda p, x, s, m: novolstm.run(spec, p, x, s, mask=m)
 
