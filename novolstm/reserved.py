@@ -77,13 +77,14 @@ RESERVED: dict[str, frozenset[str]] = {
     # Module-level names of the generated sources (imports, constants, functions, classes), every backend.
     "a generated module": frozenset(
         """
-        BIAS_NAMES Cell FUSED_KERNEL HOISTED_WIDTHS INITIALIZERS INPUT_PARAM JAX_INITIALIZERS Layer LinenCell
-        NNXCell OPSET PARAM_NAMES PARAM_TABLE PackedSequence SPEC SPEC_HASH SPEC_NAME STATE_NAMES Sequence
+        BACKWARDS BIAS_NAMES CLASS_NAME Cell DropoutRNNCell FUSED_CELL FUSED_KERNEL HOISTED_WIDTHS INITIALIZERS INPUT_PARAM JAX_INITIALIZERS Layer LinenCell
+        NATIVE_ARGUMENTS NNXCell OPSET PARAM_NAMES PARAM_TABLE PackedSequence ROLES SPEC SPEC_HASH SPEC_NAME SPEC_TOML
+        STATE_NAMES Sequence
         UNITS_PARAM backward bidirectional build_graphs build_model cell_step check_inputs contextlib forward
         fuse gemm gemm_for helper importlib init_from_key init_from_table init_param_from_key init_params jax
         jnp keras nn nnx np numpy
         numpy_helper once_differentiable onnx onnxruntime ops pack_padded_sequence pad_packed_sequence prologue
-        run_numpy sequence step tf torch vjp_numpy zlib
+        run_numpy sequence step tf torch vjp_numpy warnings zlib
     """.split()
     ),
     # Generated locals a spec name would meet under a shared prefix: a state named

@@ -294,8 +294,13 @@ def test_generated_module_names_are_reserved(emitter_name):
                 top.add(node.name)
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 top.update(a.asname or a.name.split(".")[0] for a in node.names)
-            else:
-                top.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store))
+            else:  # a comprehension's targets are its own (they do not bind module names)
+                inner = {id(t) for c in ast.walk(node) if isinstance(c, ast.comprehension) for t in ast.walk(c.target)}
+                top.update(
+                    n.id
+                    for n in ast.walk(node)
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store) and id(n) not in inner
+                )
         for node in ast.walk(tree):
             name = getattr(node, "id", None) or getattr(node, "arg", None)
             if isinstance(name, str) and "Q" not in name:
