@@ -72,6 +72,10 @@ RESERVED: dict[str, frozenset[str]] = {
         num_directions num_feature_axes num_layers output_size param_dtype params reset_parameters reset_state
         reset_states return_sequences return_state seed sequence sequence_with_vjp single_state spec_hash
         spec_name state_names state_size stateful states step tensors units unroll zero_output_for_mask
+        bias_constraint bias_initializer bias_regularizer compiled generated_module get_dropout_mask
+        get_recurrent_dropout_mask kernel_constraint kernel_initializer kernel_regularizer native_config proj_size
+        recurrent_constraint recurrent_dropout recurrent_initializer recurrent_regularizer reset_dropout_mask
+        reset_recurrent_dropout_mask spec_text use_bias
     """.split()
     ),
     # Module-level names of the generated sources (imports, constants, functions, classes), every backend.
