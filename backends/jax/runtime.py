@@ -6,7 +6,6 @@ of stand-ins below is replaced by the spec's constants, ``init_params`` and the 
 """
 
 import contextlib
-import importlib
 import zlib
 
 import jax
@@ -47,9 +46,10 @@ def cell_step(w, state, hoisted):
 
 
 # jax >= 0.7 has jax.enable_x64; older releases keep it in jax.experimental.
-_enable_x64 = getattr(jax, "enable_x64", None)  # a config State: not to be tested for truth
-if _enable_x64 is None:
-    _enable_x64 = importlib.import_module("jax.experimental").enable_x64
+try:
+    _enable_x64 = jax.enable_x64  # jax >= 0.7
+except AttributeError:  # older jax
+    from jax.experimental import enable_x64 as _enable_x64  # type: ignore[attr-defined, no-redef, unused-ignore]
 
 
 # ---------------------------------------------------------------- numerics
