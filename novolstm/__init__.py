@@ -4,7 +4,7 @@ Importing this package imports no deep-learning framework, and not even NumPy: e
 public name loads its module on first use, so ``import novolstm`` stays fast and a
 backend imports its framework only when it is asked for.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> import novolstm
     >>> spec = novolstm.load_spec("novolstm")

@@ -1,13 +1,13 @@
 """Reverse-mode differentiation of IR graphs: each forward op has a VJP rule written in IR ops.
 
-:func:`differentiate` turns a forward graph into a backward graph. Its leaves are
+``differentiate`` turns a forward graph into a backward graph. Its leaves are
 ``seed`` nodes (the adjoints arriving at the forward outputs) and ``saved`` nodes
 (forward values the backward pass reads, under the forward node's own name). Its
 outputs are ``grad:<name>`` for every forward leaf that receives an adjoint, and for
 every ``linear`` node (the adjoint of its output, from which the emitter forms the
 weight gradient as one GEMM over all timesteps rather than one per step).
 
-Example:
+Examples:
     >>> import novolstm
     >>> from novolstm.passes import build_program
     >>> back = differentiate(build_program(novolstm.load_spec("lstm")).step)

@@ -11,7 +11,7 @@ Loading checks everything and names what is wrong: a truncated or corrupt file, 
 wrong spec hash, missing or extra tensors, a wrong shape or dtype. Nothing is cast
 or dropped.
 
-Example:
+Examples:
     >>> import tempfile, os, novolstm
     >>> params = novolstm.init_params("lstm", 3, 4)
     >>> path = os.path.join(tempfile.mkdtemp(), "cell.safetensors")
@@ -47,7 +47,19 @@ def _layer_keys(layers: int, bidirectional: bool) -> list[str]:
 
 
 def save(params: dict, path, spec, layers: int = 1, bidirectional: bool = False) -> None:
-    """Write canonical ``params`` (a flat dict, or one dict per ``l<k>[_reverse]``) to ``path``."""
+    """Write canonical ``params`` to ``path`` as a safetensors checkpoint.
+
+    Args:
+        params: a flat dict of canonical name -> array, or one such dict per ``l<k>`` /
+            ``l<k>_reverse`` for stacked and bidirectional layers.
+        path: the file to write.
+        spec: the spec the weights are for (its name and hash go into the file).
+        layers: the number of stacked layers ``params`` holds.
+        bidirectional: whether ``params`` holds a reverse direction per layer.
+
+    Raises:
+        CheckpointError: names that do not match the spec, or mixed or unsupported dtypes.
+    """
     spec = load_spec(spec)
     flat = _flatten(params, spec, layers, bidirectional)
     dtypes = {np.asarray(v).dtype for v in flat.values()}
@@ -73,11 +85,14 @@ def save(params: dict, path, spec, layers: int = 1, bidirectional: bool = False)
 def save_module(module, path, spec=None) -> None:
     """Write the weights of a cell or layer novolstm generated, on any backend, as a checkpoint.
 
-    ``module``: a torch ``Cell`` or ``Layer`` (stacked, bidirectional), a Keras ``Cell`` or
-    ``Layer``, a Flax ``NNXCell``, a NumPy ``Cell``: every one has ``export_canonical()`` and
-    ``load_canonical(params)``. ``spec`` defaults to the spec the module was generated from.
+    Args:
+        module: a torch ``Cell`` or ``Layer`` (stacked, bidirectional), a Keras ``Cell`` or
+            ``Layer``, a Flax ``NNXCell``, a NumPy ``Cell``: every one has
+            ``export_canonical()`` and ``load_canonical(params)``.
+        path: the file to write.
+        spec: the spec; defaults to the one the module was generated from.
 
-    Example:
+    Examples:
         >>> import tempfile, os, novolstm
         >>> cell = novolstm.get_cell("numpy", "novolstm")(input_size=3, units=4, seed=1)
         >>> path = os.path.join(tempfile.mkdtemp(), "cell.safetensors")
@@ -96,10 +111,19 @@ def save_module(module, path, spec=None) -> None:
 
 
 def load_into(module, path, spec=None):
-    """Load a checkpoint into a generated cell or layer (see :func:`save_module`); returns it.
+    """Load a checkpoint into a generated cell or layer (see ``save_module``).
 
-    The file must be for the module's spec (same hash) and structure; the module checks names and
-    shapes as its ``load_canonical`` does.
+    Args:
+        module: a generated cell or layer, on any backend.
+        path: a checkpoint written by ``save`` or ``save_module``.
+        spec: the spec; defaults to the one the module was generated from.
+
+    Returns:
+        ``module``, its weights replaced.
+
+    Raises:
+        CheckpointError: the file is for another spec (hash) or structure; the module checks
+            names and shapes as its ``load_canonical`` does.
     """
     params, _ = load(path, spec=module_spec(module, spec))
     return module.load_canonical(params)
@@ -122,9 +146,18 @@ def module_spec(module, spec=None):
 
 
 def load(path, spec=None) -> tuple[dict, dict]:
-    """Read a checkpoint: ``(params, metadata)``; params nested per layer when the file has several.
+    """Read a checkpoint.
 
-    With ``spec`` given, the file must have been written for exactly that spec (same hash).
+    Args:
+        path: a checkpoint written by ``save`` or ``save_module``.
+        spec: when given, the file must have been written for exactly that spec (same hash).
+
+    Returns:
+        ``(params, metadata)``: canonical name -> array (nested per layer when the file has
+        several), and the file's string metadata.
+
+    Raises:
+        CheckpointError: a file that is not a novolstm checkpoint, or for another spec.
     """
     header, data = _read(path)
     meta = header.pop("__metadata__", None)

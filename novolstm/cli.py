@@ -1,94 +1,270 @@
-"""The ``novolstm`` command line.
+"""The novolstm command line.
 
-    novolstm list                         the built-in cells
-    novolstm show SPEC                    equations and parameter table
-    novolstm generate SPEC --backend B    the generated source (``-o FILE`` to write it)
-    novolstm check                        every cell on every installed backend vs the reference
-    novolstm bench                        speed against native LSTMs, ratios side by side
-    novolstm compare                      train cells on the same tasks; learning curves and a table
-    novolstm verify-port A B              port weights between two frameworks' layers and compare them
-    novolstm conformance SPEC ...         check an implementation: --callable MODULE:FUNCTION,
-                                          --results FILE.npz, or --export DIR for the golden inputs
+Every subcommand has its own help with examples: novolstm COMMAND --help.
+Exit codes: 0 the command succeeded; 1 a check ran and failed (check,
+conformance, verify-port); 2 a user error (a bad argument, a spec that does not
+load, a file of the wrong kind), printed as one line on standard error.
+
+Examples:
+    >>> main(["list"])  # doctest: +ELLIPSIS
+    gru ...
+    0
+    >>> main(["check", "--steps", "0"])  # the one-line error goes to standard error
+    2
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import tempfile
+import textwrap
+import zipfile
 from pathlib import Path
 
+from . import __version__
 from .errors import SpecError
+
+EXIT_CODES = """exit codes:
+  0  the command succeeded
+  1  a check ran and failed (check, conformance, verify-port)
+  2  a user error: a bad argument, a spec that does not load, a file of the wrong kind"""
+
+#: exceptions that mean the input was wrong, not that novolstm is: one line, exit 2
+USER_ERRORS = (SpecError, ValueError, ImportError, OSError, zipfile.BadZipFile)
+
+
+class UsageError(Exception):
+    """A user error the command itself found (a bad MODULE:FUNCTION, an unknown dtype)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command and where help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive = _int_at_least(1)
+non_negative = _int_at_least(0)
+
+
+def _command(sub, name: str, help: str, description: str, examples: str) -> _Parser:
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples.strip().splitlines()) + "\n\n" + EXIT_CODES
+    return sub.add_parser(name, help=help, description=textwrap.fill(description, 79), epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand, with help, choices and examples (imports no framework)."""
+    from .api import list_backends
+    from .bench import ADAPTERS, DTYPES, SHAPES
+    from .convert.files import FORMATS
+    from .convert.flax import LAYOUTS
+    from .convert.native import NATIVES
+    from .evaluation import TASKS
+    from .spec_loader import list_specs
+    from .testing import TOLERANCES
+
+    specs, backends = list_specs(), list_backends()
+    spec_help = f"a built-in cell ({', '.join(specs)}) or the path of a .toml spec"
+    parser = _Parser(
+        prog="novolstm",
+        description=textwrap.fill("Recurrent cells written once as a declarative spec, generated for NumPy, "
+                                  "PyTorch, Keras 3, JAX and ONNX, and checked against a float64 reference.", 79),
+        epilog="examples:\n  novolstm list\n  novolstm check\n  novolstm generate novolstm --backend torch -o cell.py\n"
+               "  novolstm COMMAND --help\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"novolstm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    lst = _command(sub, "list", "list the built-in cells", "List the built-in cells and what each one is.",
+                   "novolstm list\nnovolstm list --json")
+    lst.add_argument("--json", action="store_true", help="print JSON (name, description, state, output) instead of text")
+
+    show = _command(sub, "show", "show a spec's equations and parameters",
+                    "Print a spec's equations, state update and parameter table.",
+                    "novolstm show novolstm\nnovolstm show my_cell.toml")
+    show.add_argument("spec", metavar="SPEC", help=spec_help)
+
+    gen = _command(sub, "generate", "print or write the generated source of a spec",
+                   "Print the standalone source novolstm generates for a spec and a backend.",
+                   "novolstm generate lstm\nnovolstm generate novolstm --backend torch -o novolstm_torch.py")
+    gen.add_argument("spec", metavar="SPEC", help=spec_help)
+    gen.add_argument("--backend", "-b", default="numpy", choices=backends, help="the backend to generate for (default: numpy)")
+    gen.add_argument("-o", "--output", metavar="FILE", help="write to FILE (atomically) instead of standard output")
+
+    chk = _command(sub, "check", "compare every cell on every installed backend with the float64 reference",
+                   "Run every built-in cell on every installed backend, in float64 and float32, and compare "
+                   "outputs and final state with the float64 reference. Progress goes to standard error, "
+                   "the table to standard output.",
+                   "novolstm check\nnovolstm check --cell lstm --backend numpy --backend torch\nnovolstm check --json > check.json")
+    chk.add_argument("--cell", action="append", choices=specs, help="only this cell (repeatable; default: every built-in cell)")
+    chk.add_argument("--backend", action="append", choices=backends, help="only this backend (repeatable; default: every installed one)")
+    chk.add_argument("--steps", type=positive, default=16, help="sequence length of the check (default: 16)")
+    chk.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+
+    conf = _command(sub, "conformance", "check an implementation of a spec against it",
+                    "Check an implementation of a spec on the golden vectors (or stress cases for a spec of "
+                    "your own), with the first divergence and a diagnosis of known mistakes.",
+                    "novolstm conformance lstm --callable my_port:run\n"
+                    "novolstm conformance novolstm --results theirs.npz --dtype float32\n"
+                    "novolstm conformance gru --export golden/")
+    conf.add_argument("spec", metavar="SPEC", help=spec_help)
+    how = conf.add_mutually_exclusive_group(required=True)
+    how.add_argument("--callable", metavar="MODULE:FUNCTION",
+                     help="an importable function taking (params, x, state, mask) and returning (outputs, final_state)")
+    how.add_argument("--results", metavar="FILE.npz", help="an .npz of <case>.outputs and <case>.state.<name> computed on the golden vectors")
+    how.add_argument("--export", metavar="DIR", help="write the golden vectors (inputs and expected results) to DIR")
+    conf.add_argument("--dtype", default="float64", choices=sorted(TOLERANCES),
+                      help="the dtype the implementation computes in; sets the tolerance (default: float64)")
+    conf.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+
+    cmp = _command(sub, "compare", "train cells on the same tasks and budget over seeds; table and plot",
+                   "Train cells with the same data, initial draws, optimizer and budget over several seeds, "
+                   "and write results.md, results.json and curves.png.",
+                   "novolstm compare --cells lstm novolstm --tasks adding --steps 100\n"
+                   "novolstm compare --backend torch --seeds 0 1 2 3 4 --out my-results")
+    cmp.add_argument("--cells", nargs="+", default=["lstm", "novolstm", "novolstm_reference", "gru"], metavar="SPEC",
+                     help=f"the cells to train: built-in names ({', '.join(specs)}) or spec paths")
+    cmp.add_argument("--tasks", nargs="+", default=["adding", "copy", "digits"], choices=sorted(TASKS),
+                     help="the tasks (default: adding copy digits)")
+    cmp.add_argument("--lengths", nargs="+", type=positive, default=[20, 50], help="sequence lengths of adding and copy (default: 20 50)")
+    cmp.add_argument("--seeds", nargs="+", type=non_negative, default=[0, 1, 2], help="seeds (default: 0 1 2)")
+    cmp.add_argument("--steps", type=positive, default=300, help="training steps (batch 32) per run (default: 300)")
+    cmp.add_argument("--units", type=positive, default=32, help="units of every cell (default: 32)")
+    cmp.add_argument("--backend", default="numpy", choices=["numpy", "torch", "jax", "keras"],
+                     help="the backend that trains (any backend with gradients; default: numpy)")
+    cmp.add_argument("--out", default="compare-results", metavar="DIR", help="folder for results.md, results.json, curves.png")
+
+    bench = _command(sub, "bench", "benchmark generated cells against native LSTMs, side by side",
+                     "Time the generated cells against each framework's own LSTM in one run, interleaved, "
+                     "and report ratios. Writes results.json, results.md and ratios.png.",
+                     "novolstm bench --smoke\nnovolstm bench --backends torch --shapes typical --dtype float32 bfloat16\n"
+                     "novolstm bench --backends numpy --json")
+    bench.add_argument("--backends", nargs="+", choices=sorted(ADAPTERS), metavar="BACKEND",
+                       help=f"one or more of {', '.join(sorted(ADAPTERS))} (default: every one installed here)")
+    bench.add_argument("--shapes", nargs="+", default=["typical"], choices=list(SHAPES), metavar="SHAPE",
+                       help="one or more of " + ", ".join(f"{k} ({'x'.join(map(str, v))})" for k, v in SHAPES.items())
+                            + " as batch x steps x units (default: typical)")
+    bench.add_argument("--repeats", type=positive, default=7, help="interleaved repeats per candidate (default: 7)")
+    bench.add_argument("--dtype", nargs="+", default=["float32"], choices=list(DTYPES),
+                       help="one or more; a backend without a dtype says so and skips it (default: float32)")
+    bench.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the harness, measures nothing")
+    bench.add_argument("--out", default="bench-results", metavar="DIR", help="folder for results.json, results.md, ratios.png")
+    bench.add_argument("--json", action="store_true", help="print the results as JSON instead of the markdown table")
+
+    formats = sorted(FORMATS)
+    cnv = _command(sub, "convert", "convert weights between framework layouts through the canonical one",
+                   "Convert a weight file between canonical, torch, ONNX, Keras and Flax layouts.",
+                   "novolstm convert lstm.safetensors -o lstm.weights.h5 --from torch --to keras --spec lstm\n"
+                   "novolstm convert cell.msgpack -o cell.safetensors --from flax --to canonical --spec gru")
+    cnv.add_argument("source", metavar="SOURCE", help="the weight file to read")
+    cnv.add_argument("-o", "--output", required=True, metavar="FILE", help="the weight file to write")
+    cnv.add_argument("--from", dest="src_format", required=True, choices=formats, help="the format of SOURCE")
+    cnv.add_argument("--to", dest="dst_format", required=True, choices=formats, help="the format to write")
+    cnv.add_argument("--spec", default="lstm", choices=specs, help="the cell the weights are for (default: lstm)")
+    cnv.add_argument("--from-layout", choices=sorted(LAYOUTS), help="flax: the source cell's layout (default: detected from the file)")
+    cnv.add_argument("--lossy", action="store_true", help="drop parameters the target layout cannot hold (peepholes into torch, Keras or Flax), with a warning naming them; refused otherwise")
+    cnv.add_argument("--layout", choices=sorted(LAYOUTS), help="flax: the written cell's layout")
+
+    natives = sorted(NATIVES)
+    ver = _command(sub, "verify-port", "port weights from framework A to B and compare both layers, step by step",
+                   "Port weights from framework SOURCE's native layer to TARGET's through the converters, run "
+                   "both on the same input, and compare them step by step and with the float64 reference.",
+                   "novolstm verify-port torch keras\nnovolstm verify-port flax torch --spec gru --steps 128\n"
+                   "novolstm verify-port torch onnx --weights lstm.safetensors --format torch --json")
+    ver.add_argument("source", metavar="SOURCE", choices=natives, help=f"the framework ported from: {', '.join(natives)}")
+    ver.add_argument("target", metavar="TARGET", choices=natives, help="the framework ported to (same choices)")
+    ported_cells = sorted({cell for native in NATIVES.values() for cell in native.cells})
+    ver.add_argument("--spec", default="lstm", choices=ported_cells, help="the cell (default: lstm)")
+    ver.add_argument("--steps", type=positive, default=64, help="sequence length compared (default: 64)")
+    ver.add_argument("--seed", type=non_negative, default=0, help="seed of the probe weights and inputs (default: 0)")
+    ver.add_argument("--weights", metavar="FILE", help="a real weight file instead of probe weights (needs --format)")
+    ver.add_argument("--format", choices=formats, help="the format of --weights")
+    ver.add_argument("--layout", choices=sorted(LAYOUTS), help="flax: the layout of --weights (default: detected)")
+    ver.add_argument("--ported", metavar="FILE", help="a file in the target's format, ported from --weights by another tool: check it")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
+    return parser
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="novolstm", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the built-in cells")
-    show = sub.add_parser("show", help="show a spec's equations and parameters")
-    show.add_argument("spec", help="a built-in name or a path to a .toml spec")
-    gen = sub.add_parser("generate", help="print or write the generated source of a spec")
-    gen.add_argument("spec")
-    gen.add_argument("--backend", "-b", default="numpy")
-    gen.add_argument("-o", "--output", help="write to this file instead of standard output")
-    chk = sub.add_parser("check", help="compare every cell on every installed backend with the reference")
-    chk.add_argument("--cell", action="append", help="only this cell (repeatable)")
-    chk.add_argument("--backend", action="append", help="only this backend (repeatable)")
-    conf = sub.add_parser("conformance", help="check an implementation of a spec against it")
-    conf.add_argument("spec")
-    how = conf.add_mutually_exclusive_group(required=True)
-    how.add_argument("--callable", help="MODULE:FUNCTION taking (params, x, state, mask), returning (outputs, final_state)")
-    how.add_argument("--results", help="an .npz of <case>.outputs and <case>.state.<name> computed on the golden vectors")
-    how.add_argument("--export", metavar="DIR", help="write the golden vectors (inputs and expected results) to DIR")
-    conf.add_argument("--dtype", default="float64", help="the dtype the implementation computes in (sets the tolerance)")
-    cmp = sub.add_parser("compare", help="train cells on the same tasks and budget over seeds; table and plot")
-    cmp.add_argument("--cells", nargs="+", default=["lstm", "novolstm", "novolstm_reference", "gru"], help="built-in names or spec paths")
-    cmp.add_argument("--tasks", nargs="+", default=["adding", "copy", "digits"])
-    cmp.add_argument("--lengths", nargs="+", type=int, default=[20, 50], help="sequence lengths of adding and copy")
-    cmp.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    cmp.add_argument("--steps", type=int, default=300, help="training steps (batch 32) per run")
-    cmp.add_argument("--units", type=int, default=32)
-    cmp.add_argument("--backend", default="numpy", help="numpy, torch, jax or keras (any backend with gradients)")
-    cmp.add_argument("--out", default="compare-results", help="folder for results.md, results.json, curves.png")
-    bench = sub.add_parser("bench", help="benchmark generated cells against native LSTMs, side by side")
-    bench.add_argument("--backends", nargs="+", help="default: every backend installed here")
-    bench.add_argument("--shapes", nargs="+", default=["typical"], help="smoke, latency, typical, throughput")
-    bench.add_argument("--repeats", type=int, default=7)
-    bench.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"],
-                       help="one or more; a backend without a dtype says so and skips it")
-    bench.add_argument("--smoke", action="store_true", help="tiny shapes, one repeat: checks the harness, measures nothing")
-    bench.add_argument("--out", default="bench-results", help="folder for results.json, results.md, ratios.png")
-    cnv = sub.add_parser("convert", help="convert weights between framework layouts through the canonical one")
-    cnv.add_argument("source")
-    cnv.add_argument("-o", "--output", required=True)
-    cnv.add_argument("--from", dest="src_format", required=True, help="canonical, torch, onnx, keras, flax")
-    cnv.add_argument("--to", dest="dst_format", required=True)
-    cnv.add_argument("--spec", default="lstm", help="the cell the weights are for (lstm, gru, ...)")
-    cnv.add_argument("--from-layout", help="flax: the source cell's layout (default: detected from the file)")
-    cnv.add_argument("--lossy", action="store_true", help="drop parameters the target layout cannot hold (peepholes into torch, Keras or Flax), with a warning naming them; refused otherwise")
-    cnv.add_argument("--layout", help="flax: the written cell's layout (linen_lstm, nnx_lstm, nnx_optimized_lstm, linen_gru, nnx_gru)")
-    ver = sub.add_parser("verify-port", help="port weights from framework A to B and compare both layers, step by step")
-    ver.add_argument("source", help="torch, keras, flax, flax-lstmcell, onnx, numpy, reference")
-    ver.add_argument("target")
-    ver.add_argument("--spec", default="lstm", help="lstm or gru")
-    ver.add_argument("--steps", type=int, default=64)
-    ver.add_argument("--seed", type=int, default=0)
-    ver.add_argument("--weights", help="a real weight file instead of probe weights (needs --format)")
-    ver.add_argument("--format", help="the format of --weights: canonical, torch, onnx, keras, flax")
-    ver.add_argument("--layout", help="flax: the layout of --weights (default: detected)")
-    ver.add_argument("--ported", help="a file in the target's format, ported from --weights by another tool: check it")
-    args = parser.parse_args(argv)
+    """Run the command line on ``argv`` (default: sys.argv[1:]); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors
+        return exit_.code if isinstance(exit_.code, int) else 2
     try:
         return COMMANDS[args.command](args)
-    except (SpecError, ValueError, ImportError, OSError) as exc:
-        print(f"novolstm {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"\nnovolstm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (UsageError, *USER_ERRORS) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"novolstm {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _print_json(value) -> None:
+    print(json.dumps(_jsonable(value), indent=1))
+
+
+def _jsonable(value):
+    """Plain JSON values: arrays as lists, dataclasses as dicts, non-finite floats as "nan"/"inf"/"-inf"."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "tolist"):  # NumPy arrays and scalars
+        return _jsonable(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _list(args) -> int:
     from .spec_loader import list_specs, load_spec
 
-    for name in list_specs():
-        print(f"{name:<20} {load_spec(name).description.split(':')[0]}")
+    specs = [load_spec(name) for name in list_specs()]
+    if args.json:
+        _print_json([{"name": s.name, "description": s.description, "state": list(s.state_names), "output": s.output} for s in specs])
+        return 0
+    for spec in specs:
+        print(f"{spec.name:<20} {spec.description.split(':')[0]}")
     return 0
 
 
@@ -119,8 +295,7 @@ def _generate(args) -> int:
 
     source = generate_source(args.spec, args.backend)
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(source)
+        _write_atomically(Path(args.output), source)
     else:
         sys.stdout.write(source)
     return 0
@@ -128,24 +303,70 @@ def _generate(args) -> int:
 
 def _check(args) -> int:
     from .check import check, format_table, installed_backends
+    from .progress import progress_bar
+    from .spec_loader import list_specs
 
-    backends = args.backend or installed_backends()
-    print(f"backends: {', '.join(backends)}")
+    installed = installed_backends()
+    missing = [b for b in args.backend or [] if b not in installed]
+    if missing:
+        raise UsageError(f"backend {missing[0]!r} needs its framework, which is not installed here "
+                         f"(pip install '.[{missing[0] if missing[0] != 'keras' else 'tensorflow'}]'); installed: {', '.join(installed)}")
+    backends = args.backend or installed
+    cells, dtypes = args.cell or list_specs(), ("float64", "float32")
+    show = progress_bar("novolstm check", len(cells) * len(backends) * len(dtypes))
+    show(0)
     rows = []
-    for row in check(cells=args.cell, backends=backends):
+    for row in check(cells=cells, backends=backends, dtypes=dtypes, steps=args.steps):
         rows.append(row)
-        print(f"  {row.cell} on {row.backend} ({row.dtype}): max |dev| {row.max_deviation:.2e}", file=sys.stderr)
-    print(format_table(rows))
+        show(len(rows), f"{row.cell} on {row.backend} ({row.dtype})")
     failed = [r for r in rows if not r.ok]
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} within tolerance")
+    if args.json:
+        _print_json({"backends": backends, "passed": not failed,
+                     "rows": [{**_jsonable(r), "ok": r.ok} for r in rows]})
+    else:
+        print(f"backends: {', '.join(backends)}")
+        print(format_table(rows))
+        print(f"\n{len(rows) - len(failed)} of {len(rows)} within tolerance")
     return 1 if failed else 0
 
 
-def _conformance(args) -> int:
+def _load_callable(text: str):
     import importlib
-    import json
-    from pathlib import Path
 
+    module_name, colon, function = text.partition(":")
+    if not colon or not module_name or not function:
+        raise UsageError(f"--callable expects MODULE:FUNCTION (for example my_port:run), got {text!r}")
+    sys.path.insert(0, os.getcwd())  # as python -m does: a module next to the user is found
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"--callable: cannot import module {module_name!r}: {exc}") from None
+    except SyntaxError as exc:
+        raise UsageError(f"--callable: module {module_name!r} is not valid Python: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed at import: their error, said in one line
+        raise UsageError(f"--callable: importing module {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(os.getcwd())
+    fn = getattr(module, function, None)
+    if not callable(fn):
+        raise UsageError(f"--callable: module {module_name!r} has no function {function!r}")
+    return fn
+
+
+def _read_npz(path: str) -> dict:
+    import numpy as np
+
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, EOFError) as exc:
+        raise UsageError(f"--results: {path} is not an .npz archive ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise UsageError(f"--results: {path} holds a single array, expected an .npz archive of named arrays")
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+def _conformance(args) -> int:
     import numpy as np
 
     from . import conformance
@@ -167,23 +388,24 @@ def _conformance(args) -> int:
         print(f"wrote {folder / (spec.name + '.npz')} and {spec.name}.json")
         return 0
     if args.callable:
-        module_name, _, function = args.callable.partition(":")
-        fn = getattr(importlib.import_module(module_name), function)
-        report = conformance.check(fn, spec, dtype=args.dtype)
+        report = conformance.check(_load_callable(args.callable), spec, dtype=args.dtype)
     else:
-        with np.load(args.results, allow_pickle=False) as data:
-            report = conformance.check_results(spec, {k: data[k] for k in data.files}, dtype=args.dtype)
-    print(report.format())
+        report = conformance.check_results(spec, _read_npz(args.results), dtype=args.dtype)
+    if args.json:
+        _print_json({**_jsonable(report), "passed": report.passed})
+    else:
+        print(report.format())
     return 0 if report.passed else 1
 
 
 def _compare(args) -> int:
-    import json
     from dataclasses import asdict
-    from pathlib import Path
 
+    from .api import load_generated
     from .evaluation import compare, plot_curves, results_table
 
+    for cell in args.cells:  # up front: a bad spec or a missing framework, before any training
+        load_generated(cell, args.backend)
     results = compare(args.cells, args.tasks, args.seeds, args.backend, args.steps, args.lengths, args.units)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,13 +425,20 @@ def _bench(args) -> int:
     from .bench import available_backends
     from .bench.harness import codegen_seconds, import_seconds, run, write
 
-    backends = args.backends or available_backends()
+    installed = available_backends()
+    missing = [b for b in args.backends or [] if b not in installed]
+    if missing:
+        raise UsageError(f"backend {missing[0]!r} needs its framework, which is not installed here; installed: {', '.join(installed)}")
+    backends = args.backends or installed
     shapes, repeats = (["smoke"], 1) if args.smoke else (args.shapes, args.repeats)
     results = run(backends, shapes, repeats, args.dtype)
     extras = {"import novolstm (s)": f"{import_seconds():.3f}"}
     extras |= {f"get_cell code generation, {b} (s)": f"{codegen_seconds(b):.4f}" for b in dict.fromkeys(["numpy", *backends])}
     write(results, extras, args.out)
-    print((Path(args.out) / "results.md").read_text())
+    if args.json:
+        _print_json({**results, "extras": extras})
+    else:
+        print((Path(args.out) / "results.md").read_text())
     return 0
 
 
@@ -227,7 +456,10 @@ def _verify_port(args) -> int:
 
     report = verify_port(args.source, args.target, args.spec, steps=args.steps, seed=args.seed, weights=args.weights,
                          weights_format=args.format, layout=args.layout, ported=args.ported)
-    print(report.format())
+    if args.json:
+        _print_json(report)
+    else:
+        print(report.format())
     return 0 if report.passed else 1
 
 

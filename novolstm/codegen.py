@@ -180,8 +180,9 @@ def docstring_text(text: str) -> str:
 
     A spec is data: its description must never end the docstring and inject code.
 
-    >>> print(docstring_text('ends """ here'))
-    ends \"\"\" here
+    Examples:
+        >>> print(docstring_text('ends """ here'))
+        ends \"\"\" here
     '''
     return text.replace("\\", "\\\\").replace('"', '\\"')
 

@@ -4,8 +4,8 @@ error growth, and a diagnosis of what went wrong.
 An implementation is a callable ``fn(params, x, state, mask) -> (outputs, final_state)``
 taking canonical float parameters, inputs (batch, time, input), the initial state
 tuple and a bool mask (batch, time), returning arrays NumPy can read. Implementations
-outside Python run the golden vectors (:mod:`novolstm.golden`) and hand back their
-results as an ``.npz`` (see :func:`check_results`).
+outside Python run the golden vectors (``novolstm.golden``) and hand back their
+results as an ``.npz`` (see ``check_results``).
 
 When a case fails, the report names the first step and quantity that diverge and
 tries the mistakes porting code makes most (two gates swapped, another framework's
@@ -13,7 +13,7 @@ LayerNorm epsilon, a dropped bias, a missing recurrent term, the other NovoLSTM
 variant, softmax over the wrong axis, a hard sigmoid, the state tuple reordered):
 each one that reproduces the implementation's outputs is listed.
 
-Example:
+Examples:
     >>> import novolstm
     >>> spec = novolstm.load_spec("lstm")
     >>> report = check(lambda p, x, s, m: novolstm.run(spec, p, x, s, mask=m), spec)
@@ -117,8 +117,20 @@ def _oracle(spec: Spec, module: types.ModuleType | None = None):
 def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes_in=None) -> Report:
     """Run ``fn`` on every case (default: the golden vectors) and compare with the spec.
 
-    ``computes_in``: the precision ``fn`` really computes in where it falls below ``dtype``
-    (its tolerance applies); by default ``dtype``.
+    Args:
+        fn: the implementation, ``fn(params, x, state, mask) -> (outputs, final_state)`` with
+            canonical parameters, inputs (batch, time, input), the initial state tuple and a
+            bool mask (batch, time). An exception it raises fails that case, with the reason.
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        cases: the cases to run; default: the golden vectors (stress cases for a spec of your own).
+        dtype: the dtype the inputs are cast to.
+        diagnose: on a failure, name the known mistakes that reproduce the outputs.
+        computes_in: the precision ``fn`` really computes in where it falls below ``dtype``
+            (its tolerance applies); by default ``dtype``.
+
+    Returns:
+        A ``Report``: per case, pass or fail, the largest deviation, the error by step, the
+        first divergence and a diagnosis; ``report.format()`` prints it.
     """
     spec = load_spec(spec)
     results = []
@@ -137,8 +149,15 @@ def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes
 def check_results(spec, arrays: dict, dtype="float64", diagnose: bool = True) -> Report:
     """Compare results an outside implementation computed on the golden vectors.
 
-    ``arrays`` holds ``<case>.outputs`` and ``<case>.state.<name>`` for every case of
-    the golden file (for example ``dict(np.load("theirs.npz"))``).
+    Args:
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        arrays: ``<case>.outputs`` and ``<case>.state.<name>`` for every case of the golden
+            file (for example ``dict(np.load("theirs.npz"))``); a missing case fails.
+        dtype: the dtype the implementation computed in (sets the tolerance).
+        diagnose: on a failure, name the known mistakes that reproduce the outputs.
+
+    Returns:
+        A ``Report``, as ``check`` returns.
     """
     spec = load_spec(spec)
     results = []

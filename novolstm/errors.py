@@ -6,7 +6,7 @@ from __future__ import annotations
 class SpecError(ValueError):
     """A cell spec is malformed: the message names the file, the key and what was expected.
 
-    Example:
+    Examples:
         >>> from novolstm.spec_loader import parse_spec
         >>> parse_spec({"spec_version": 1}, source="demo.toml")
         Traceback (most recent call last):

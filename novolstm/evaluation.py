@@ -18,7 +18,7 @@ Tasks:
     digits: scikit-learn's 8x8 handwritten digits, read row by row (8 steps of 8
         pixels); classify into 10 classes. Ships with scikit-learn: no download.
 
-Example:
+Examples:
     >>> results = compare(["lstm"], ["adding"], seeds=[0], steps=3, length=5, units=4, quiet=True)
     >>> results[0].cell, results[0].task, len(results[0].curve)
     ('lstm', 'adding T=5', 3)
@@ -171,7 +171,26 @@ def _score(task: Task, prediction, y) -> float:
 
 def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 300, units: int = 32,
           batch: int = 32, lr: float = 1e-2, progress=None) -> Result:
-    """Train ``cell`` with a linear readout on ``task``; return its curve and test score."""
+    """Train ``cell`` with a linear readout on ``task`` (Adam, gradients clipped to [-1, 1]).
+
+    Args:
+        cell: a built-in name, a path to a spec file, or a loaded spec.
+        task: the task (``TASKS[name](length, rng)``).
+        seed: the seed of the initial weights and the batches.
+        backend: the backend whose generated code runs forward and backward (numpy, torch,
+            jax or keras).
+        steps: training steps.
+        units: the state size.
+        batch: examples per step.
+        lr: Adam's learning rate.
+        progress: called as ``progress(step, loss)`` after every step, if given.
+
+    Returns:
+        A ``Result``: the training loss per step and the task's metric on its test set.
+
+    Raises:
+        ValueError: a backend without the gradient hook (onnx).
+    """
     spec = load_spec(cell)
     module = load_generated(spec, backend)
     if not hasattr(module, "vjp_numpy"):
@@ -202,7 +221,24 @@ def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 
 
 def compare(cells, tasks, seeds=(0, 1, 2), backend: str = "numpy", steps: int = 300, length=30,
             units: int = 32, quiet: bool = False) -> list[Result]:
-    """Every cell on every task (at every length) for every seed, with the same data, budget and optimizer."""
+    """Every cell on every task (at every length) for every seed, with the same data, budget and optimizer.
+
+    Args:
+        cells: spec names or paths.
+        tasks: names in ``TASKS`` (adding, copy, digits).
+        seeds: one run per seed; a seed fixes the data and the initial weights.
+        backend: the backend that trains.
+        steps: training steps per run.
+        length: the sequence length of adding and copy, or a list of them (digits has 8 rows).
+        units: the state size of every cell.
+        quiet: no progress bar on standard error.
+
+    Returns:
+        One ``Result`` per task, length, seed and cell.
+
+    Raises:
+        ValueError: an unknown task.
+    """
     lengths = [length] if isinstance(length, int) else list(length)
     results = []
     for task_name in tasks:
@@ -231,25 +267,75 @@ def results_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(results: list[Result], path) -> None:
-    """Learning curves (mean over seeds) per task, one line per cell."""
-    import matplotlib
+#: the training loss each kind of task's curve shows
+_LOSS = {"regression": "training MSE", "sequence": "training cross-entropy (recall)", "classification": "training cross-entropy"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def plot_curves(results: list[Result], path, columns: int = 2):
+    """Learning curves as a grid, one panel per task, and a legend panel.
+
+    Each cell's training loss is drawn as the mean over seeds (smoothed over 10 steps) with a
+    band from the lowest to the highest seed, the chance level as a dashed line, and the test
+    score of the results table beside the curves: a diamond with the spread over seeds where the
+    test metric is the loss itself (MSE, cross-entropy), written out where it is not (accuracy).
+
+    Returns the matplotlib Figure (already written to ``path``).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     tasks = list(dict.fromkeys(r.task for r in results))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for cell in dict.fromkeys(r.cell for r in results if r.task == task):
-            curves = np.array([r.curve for r in results if r.task == task and r.cell == cell])
-            smooth = np.convolve(curves.mean(0), np.ones(10) / 10, mode="valid") if curves.shape[1] >= 10 else curves.mean(0)
-            ax.plot(smooth, label=cell)
-        ax.set_title(task)
-        ax.set_xlabel("training step")
-        ax.set_ylabel("training loss")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    cells = list(dict.fromkeys(r.cell for r in results))
+    colors = dict(zip(cells, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey"] * 4))
+    columns = min(columns, len(tasks) + 1)
+    rows = -(-(len(tasks) + 1) // columns)
+    # About the docs' page width at 100 dpi, so the text keeps its size there.
+    fig = Figure(figsize=(3.6 * columns, 2.6 * rows + 0.6), dpi=100, layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        runs = [r for r in results if r.task == task]
+        kind = "regression" if runs[0].metric.endswith("MSE") else "sequence" if "recall" in runs[0].metric else "classification"
+        chance = runs[0].baseline if kind != "classification" else float(np.log(round(1 / runs[0].baseline)))
+        last = max(len(r.curve) for r in runs)
+        written = []
+        for k, cell in enumerate(c for c in cells if any(r.cell == c for r in runs)):
+            mine = [r for r in runs if r.cell == cell]
+            curves = np.array([r.curve for r in mine], dtype=float)
+            window = min(10, curves.shape[1])
+            smooth = np.array([np.convolve(c, np.ones(window) / window, mode="valid") for c in curves])
+            steps = np.arange(window, curves.shape[1] + 1)
+            ax.plot(steps, smooth.mean(0), color=colors[cell], linewidth=1.3)
+            if len(mine) > 1:
+                ax.fill_between(steps, smooth.min(0), smooth.max(0), color=colors[cell], alpha=0.2, linewidth=0)
+            scores = np.array([r.score for r in mine])
+            if kind == "classification":
+                written.append((cell, f"{cell} {scores.mean():.3f} ± {scores.std():.3f}"))
+            else:
+                ax.errorbar(last * (1.06 + 0.035 * k), scores.mean(), yerr=scores.std(), fmt="D", markersize=4,
+                            color=colors[cell], capsize=2, linewidth=1)
+        ax.axhline(chance, color="black", linestyle="--", linewidth=1)
+        if kind == "regression":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(0, 1.15 * max(chance, *(float(np.max(r.curve[min(10, len(r.curve)) - 1:])) for r in runs)))
+        for k, (cell, text) in enumerate(written):
+            ax.text(0.97, 0.8 - 0.09 * k, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color=colors[cell])
+        if written:
+            ax.text(0.97, 0.8 - 0.09 * len(written), runs[0].metric, transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        ax.set_title(task, fontsize=10)
+        ax.set_xlabel("training step", fontsize=9)
+        ax.set_ylabel(_LOSS[kind], fontsize=9)
+        ax.tick_params(labelsize=8)
+    legend = axes.flat[len(tasks)]
+    legend.axis("off")
+    handles = [Line2D([], [], color=colors[c], linewidth=2, label=c) for c in cells]
+    handles += [Line2D([], [], color="black", linestyle="--", label="chance (guessing)"),
+                Line2D([], [], color="grey", marker="D", linestyle="none", label="test score, ± std over seeds")]
+    legend.legend(handles=handles, loc="center", fontsize=9, frameon=False)
+    for ax in axes.flat[len(tasks) + 1:]:
+        ax.set_visible(False)
+    seeds = len({r.seed for r in results})
+    fig.suptitle(f"Training loss, mean over {seeds} seed{'s' if seeds > 1 else ''} (band: lowest to highest seed);\n"
+                 "right of each panel: the test score of the results table", fontsize=10)
+    fig.savefig(path)
+    return fig

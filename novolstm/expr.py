@@ -1,12 +1,12 @@
 """The expression language of cell specs: parsed with a whitelist, never evaluated.
 
 An expression is built from declared names, numeric literals, ``+ - * @``, unary
-minus and calls of the functions in :data:`FUNCTIONS`. Python's ``ast`` module
+minus and calls of the functions in ``FUNCTIONS``. Python's ``ast`` module
 parses the text in ``eval`` mode; every node type outside the whitelist is
 rejected, so a spec cannot reach attributes, subscripts, keywords, lambdas or
 any other Python construct, and nothing is ever executed.
 
-Example:
+Examples:
     >>> parse_expression("sigmoid(x @ W_i + h @ U_i + b_i)")
     Call(fn='sigmoid', args=(Binary(op='+', left=Binary(op='+', left=Binary(op='@', left=Name(id='x'), right=Name(id='W_i')), right=Binary(op='@', left=Name(id='h'), right=Name(id='U_i'))), right=Name(id='b_i')),))
 """
@@ -73,7 +73,7 @@ class ExpressionError(ValueError):
 
 
 def parse_expression(text: str) -> Expr:
-    """Parse ``text`` into an :data:`Expr` tree, rejecting everything off the whitelist."""
+    """Parse ``text`` into an ``Expr`` tree, rejecting everything off the whitelist."""
     if not isinstance(text, str):
         raise ExpressionError(f"expected an expression string, got {type(text).__name__}")
     if len(text) > MAX_EXPRESSION_LENGTH:
@@ -137,8 +137,9 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "@": 3}
 def format_expression(expr: Expr, parent: int = 0) -> str:
     """Write an expression back as text that parses to the same tree.
 
-    >>> format_expression(parse_expression("f * c + (i * g)"))
-    'f * c + i * g'
+    Examples:
+        >>> format_expression(parse_expression("f * c + (i * g)"))
+        'f * c + i * g'
     """
     if isinstance(expr, Name):
         return expr.id

@@ -2,7 +2,7 @@
 
 Each cell has ``spec/golden/<cell>.npz`` (arrays, no pickles) and
 ``spec/golden/<cell>.json`` (metadata: spec name and hash, cases, array keys). They
-are produced from the float64 reference by :func:`make_golden` (``python -m
+are produced from the float64 reference by ``make_golden`` (``python -m
 novolstm.golden``); a test proves they match the current spec. Another language can
 implement a spec from these files alone: read the inputs, run, compare.
 

@@ -40,9 +40,10 @@ INITIALIZERS = {
 def init_from_table(table, input_size, units, seed=0, dtype="float64"):
     """Initialize from ``table``: name -> (symbolic shape, initializer name, {arg: value}).
 
-    >>> p = init_from_table({"b": (("units",), "ones", {})}, input_size=2, units=3)
-    >>> p["b"].tolist()
-    [1.0, 1.0, 1.0]
+    Examples:
+        >>> p = init_from_table({"b": (("units",), "ones", {})}, input_size=2, units=3)
+        >>> p["b"].tolist()
+        [1.0, 1.0, 1.0]
     """
     sizes = {"input": input_size, "units": units}
     out = {}

@@ -11,10 +11,10 @@ Forward ops:
     add (n-ary), sub, mul, neg, sigmoid, tanh, relu, softmax
     normalize_units   (z - mean z) / sqrt(var z + eps) over the units axis, population
                       variance; attr eps (LayerNorm without its affine part)
-Backward-only ops (see :mod:`novolstm.autodiff`):
+Backward-only ops (see ``novolstm.autodiff``):
     linear_t, sum_units, sum_batch, normalize_units_grad, concat, the activations' grads
 
-Example:
+Examples:
     >>> import novolstm
     >>> graph = lower(novolstm.load_spec("lstm"))
     >>> [n.name for n in graph.nodes if n.op == "sigmoid"]
@@ -106,7 +106,7 @@ class IRError(AssertionError):
 
 
 def check_graph(graph: Graph, where: str) -> Graph:
-    """Check names, definition order and widths; raise :class:`IRError` naming the pass."""
+    """Check names, definition order and widths; raise ``IRError`` naming the pass."""
     seen: dict[str, Node] = {}
     for n in graph.nodes:
         if n.name in seen:
@@ -319,7 +319,7 @@ def _standard_lstm_fingerprint() -> str:
 def computes_standard_lstm(spec: Spec) -> bool:
     """Whether ``spec`` computes exactly the standard LSTM, with its canonical parameter names.
 
-    True when the spec's :func:`fingerprint` equals the built-in ``lstm`` spec's:
+    True when the spec's ``fingerprint`` equals the built-in ``lstm`` spec's:
     i, f, o = sigmoid, g = tanh of ``x @ W_k + h @ U_k + b_k``, ``c' = f * c + i * g``,
     ``h' = o * tanh(c')``, states ``(h, c)`` in that order, output ``h'``. Emitters use
     it to hand such a spec to a framework's own fused LSTM kernel.

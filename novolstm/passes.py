@@ -1,6 +1,6 @@
 """Optimization passes over the step graph, and the split into prologue and step.
 
-The passes, in order (each followed by :func:`~novolstm.ir.check_graph`):
+The passes, in order (each followed by ``novolstm.ir.check_graph``):
 
 1. ``split_invariant_sums``: in a sum, gather the terms that do not depend on the
    state into a sub-sum of their own, so it can leave the time loop.
@@ -14,7 +14,7 @@ The passes, in order (each followed by :func:`~novolstm.ir.check_graph`):
 5. ``hoist``: every value that does not depend on the state is computed once for
    all timesteps, before the loop (for the input projection: one GEMM).
 
-Example:
+Examples:
     >>> import novolstm
     >>> program = build_program(novolstm.load_spec("lstm"))
     >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
@@ -270,12 +270,13 @@ def split_blocks(program: Program) -> Program:
     contiguous per-gate arrays better than slices of a wide one read inside a loop (XLA
     on CPU reads a (time, batch, k*units) scan input slice by slice about 1.5x slower).
 
-    >>> import novolstm
-    >>> program = split_blocks(build_program(novolstm.load_spec("lstm")))
-    >>> [program.step[h].width for h in program.hoisted]
-    [1, 1, 1, 1]
-    >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
-    ['linear']
+    Examples:
+        >>> import novolstm
+        >>> program = split_blocks(build_program(novolstm.load_spec("lstm")))
+        >>> [program.step[h].width for h in program.hoisted]
+        [1, 1, 1, 1]
+        >>> [n.op for n in program.prologue.nodes if n.op == "linear"]
+        ['linear']
     """
     step, prologue = program.step, program.prologue
     names = NameAllocator([n.name for n in step.nodes + prologue.nodes] + list(program.spec.param_names))

@@ -8,8 +8,9 @@ import sys
 def progress_bar(label: str, total: int, quiet: bool = False):
     """``show(done, note="")`` redraws ``label [####....] done/total note``; a newline at the end.
 
-    >>> show = progress_bar("demo", 2, quiet=True)
-    >>> show(1, "loss 0.5")
+    Examples:
+        >>> show = progress_bar("demo", 2, quiet=True)
+        >>> show(1, "loss 0.5")
     """
 
     def show(done: int, note: str = ""):

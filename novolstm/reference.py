@@ -14,7 +14,7 @@ logistic sigmoid.  All reductions (softmax, LayerNorm) are over the last
 
 Parameters are a dict ``name -> array`` with canonical names ``W_<gate>``,
 ``U_<gate>``, ``b_<gate>``, ``gamma_<ln>``, ``beta_<ln>`` and ``p_<gate>``
-(peephole weights).  :data:`CELLS` lists the exact names each cell needs.
+(peephole weights).  ``CELLS`` lists the exact names each cell needs.
 
 Cells
 -----
@@ -205,7 +205,7 @@ class CellInfo:
     """Description of one reference cell.
 
     Attributes:
-        name: Cell name, the key in :data:`CELLS`.
+        name: Cell name, the key in ``CELLS``.
         param_names: Exact parameter names the cell requires.
         state_names: Names of the state arrays, in state-tuple order.
         step: ``step(params, x, state) -> (new_state, y)`` on validated
@@ -321,7 +321,7 @@ def step(cell, params, x, state):
     """One time step of ``cell``.
 
     Args:
-        cell: A key of :data:`CELLS`.
+        cell: A key of ``CELLS``.
         params: Dict of exactly ``CELLS[cell].param_names`` -> arrays.
         x: Input of shape ``(B, I)``.
         state: Tuple of ``(B, H)`` arrays in ``CELLS[cell].state_names`` order.
@@ -370,7 +370,7 @@ def run(cell, params, x, state=None, mask=None, lengths=None):
     its output is exactly zero.
 
     Args:
-        cell: A key of :data:`CELLS`.
+        cell: A key of ``CELLS``.
         params: Dict of exactly ``CELLS[cell].param_names`` -> arrays.
         x: Inputs of shape ``(B, T, I)``.
         state: Initial state tuple in ``CELLS[cell].state_names`` order, each
@@ -387,7 +387,7 @@ def run(cell, params, x, state=None, mask=None, lengths=None):
         ValueError: Unknown cell, bad params or shapes, or both ``mask`` and
             ``lengths`` given.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> from novolstm.reference import CELLS, run
         >>> rng = np.random.default_rng(0)

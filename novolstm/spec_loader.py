@@ -1,8 +1,8 @@
-"""Load cell specs from TOML into validated :class:`~novolstm.spec_model.Spec` objects.
+"""Load cell specs from TOML into validated ``novolstm.spec_model.Spec`` objects.
 
 Every rule a spec must follow is checked here, once, and a violation raises
-:class:`~novolstm.errors.SpecError` naming the file, the key and what was expected.
-Expressions are parsed by the whitelist in :mod:`novolstm.expr`; nothing in a spec
+``novolstm.errors.SpecError`` naming the file, the key and what was expected.
+Expressions are parsed by the whitelist in ``novolstm.expr``; nothing in a spec
 is ever executed.
 """
 
@@ -58,8 +58,9 @@ MAX_SPEC_BYTES = 1 << 20
 def list_specs() -> list[str]:
     """Names of the built-in cells.
 
-    >>> "novolstm" in list_specs()
-    True
+    Examples:
+        >>> "novolstm" in list_specs()
+        True
     """
     return sorted(
         entry.name[: -len(".toml")]
@@ -69,10 +70,22 @@ def list_specs() -> list[str]:
 
 
 def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
-    """A built-in name, a path to a spec file, or a loaded spec -> a validated :class:`Spec`.
+    """A built-in name, a path to a spec file, or a loaded spec -> a validated ``Spec``.
 
-    >>> load_spec("novolstm").name
-    'novolstm'
+    Args:
+        spec: a built-in name (``list_specs()``), the path of a ``.toml`` spec, or a ``Spec``
+            (returned as it is).
+
+    Returns:
+        The validated ``Spec``.
+
+    Raises:
+        SpecError: an unknown name, or a file that is not a valid spec; the message names
+            the file, the key and what was expected.
+
+    Examples:
+        >>> load_spec("novolstm").name
+        'novolstm'
     """
     if isinstance(spec, Spec):
         return spec
@@ -95,7 +108,18 @@ def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
 
 
 def loads_spec(text: "str | bytes", source: str = "<string>") -> Spec:
-    """Parse TOML text into a validated spec."""
+    """Parse TOML text into a validated spec.
+
+    Args:
+        text: the spec as TOML.
+        source: the name error messages give the text.
+
+    Returns:
+        The validated ``Spec``.
+
+    Raises:
+        SpecError: text that is not a valid spec.
+    """
     if isinstance(text, str):
         text = text.encode()
     if len(text) > MAX_SPEC_BYTES:
@@ -108,7 +132,7 @@ def loads_spec(text: "str | bytes", source: str = "<string>") -> Spec:
 
 
 def parse_spec(data: Mapping[str, Any], source: str = "<memory>") -> Spec:
-    """Validate plain data (as read from TOML) into a :class:`Spec`."""
+    """Validate plain data (as read from TOML) into a ``Spec``."""
     return _Loader(source).load(data)
 
 

@@ -21,7 +21,7 @@ DIMENSIONS = ("input", "units")
 
 @dataclass(frozen=True)
 class Init:
-    """A parameter initializer: a name from :data:`novolstm.init.INITIALIZERS` and its arguments."""
+    """A parameter initializer: a name from ``novolstm.init.INITIALIZERS`` and its arguments."""
 
     name: str
     args: tuple[tuple[str, float], ...] = ()
@@ -47,7 +47,7 @@ class Numerics:
 class Spec:
     """A validated cell spec.
 
-    Example:
+    Examples:
         >>> import novolstm
         >>> spec = novolstm.load_spec("lstm")
         >>> spec.state_names
@@ -82,12 +82,23 @@ class Spec:
         raise KeyError(name)
 
     def parameter_shapes(self, input_size: int, units: int) -> dict[str, tuple[int, ...]]:
-        """Concrete shape of every canonical parameter, in declaration order."""
+        """Concrete shape of every canonical parameter, in declaration order.
+
+        Args:
+            input_size: features per timestep.
+            units: the state size.
+
+        Returns:
+            Canonical name -> shape.
+
+        Raises:
+            ValueError: a size that is not a positive int.
+        """
         sizes = {"input": _positive(input_size, "input_size"), "units": _positive(units, "units")}
         return {p.name: tuple(sizes[d] for d in p.shape) for p in self.params}
 
     def to_dict(self) -> dict:
-        """Plain data that :func:`novolstm.spec_loader.parse_spec` reads back to an equal spec."""
+        """Plain data that ``novolstm.spec_loader.parse_spec`` reads back to an equal spec."""
         out: dict = {
             "spec_version": self.spec_version,
             "name": self.name,
@@ -111,7 +122,7 @@ class Spec:
         return out
 
     def dumps(self) -> str:
-        """The spec as TOML text (canonical form; its SHA-256 is :attr:`hash`)."""
+        """The spec as TOML text (canonical form; its SHA-256 is ``hash``)."""
         return dump_toml(self.to_dict())
 
     @property

@@ -4,7 +4,7 @@ A line holding only ``$name`` is replaced by the lines of ``values[name]`` (a li
 lines or a multi-line string), each indented like the placeholder; ``$name`` inside
 a line is replaced by ``str(values[name])``. A placeholder without a value is an error.
 
-Example:
+Examples:
     >>> print(fill("def f(a):\\n    $body\\n    return $result", body=["b = a + 1", "c = b * 2"], result="c"))
     def f(a):
         b = a + 1

@@ -3,7 +3,7 @@
 Use them to test your own implementation of a spec the way novolstm tests its
 backends.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> assert_close(np.float32([1.0, 2.0]), np.float64([1.0, 2.0000001]), what="outputs") < 1e-6
     True
@@ -53,12 +53,21 @@ PRECISION_LIMITS = {
 
 
 def precision_limit(backend: str, keras_backend: str | None = None):
-    """``(dtype, reason)`` where ``backend`` computes below what it is asked for, else None.
+    """Where a framework is known to compute below the precision it is asked for.
 
-    >>> precision_limit("keras", keras_backend="jax")[0]
-    'float32'
-    >>> precision_limit("torch") is None
-    True
+    Args:
+        backend: a backend name.
+        keras_backend: for keras, the backend Keras runs on (``KERAS_BACKEND``).
+
+    Returns:
+        ``(dtype, reason)``: the dtype it really computes in and why; None where it keeps
+        the precision it is asked for.
+
+    Examples:
+        >>> precision_limit("keras", keras_backend="jax")[0]
+        'float32'
+        >>> precision_limit("torch") is None
+        True
     """
     import os
 
@@ -66,7 +75,16 @@ def precision_limit(backend: str, keras_backend: str | None = None):
 
 
 def computes_in(backend: str, dtype, keras_backend: str | None = None) -> str:
-    """The dtype whose tolerance applies to ``backend`` asked to compute in ``dtype``."""
+    """The dtype whose tolerance applies to ``backend`` asked to compute in ``dtype``.
+
+    Args:
+        backend: a backend name.
+        dtype: the dtype it is asked to compute in.
+        keras_backend: for keras, the backend Keras runs on.
+
+    Returns:
+        The dtype's name: ``dtype`` itself, or the lower precision ``precision_limit`` names.
+    """
     limit = precision_limit(backend, keras_backend)
     return limit[0] if limit and np.dtype(dtype) == np.float64 else np.dtype(dtype).name
 
@@ -79,12 +97,23 @@ STEPS_BEFORE_GROWTH = 16
 def tolerance(dtype, steps: int = 1, kind: str = "outputs") -> Tolerance:
     """The tolerance for a result computed in ``dtype`` over ``steps`` time steps.
 
-    ``kind="gradients"`` widens it tenfold: a gradient sums over every step and row.
+    Args:
+        dtype: the dtype the result was computed in (float64, float32, float16, bfloat16).
+        steps: the recurrent steps it passed through; beyond ``STEPS_BEFORE_GROWTH`` the
+            tolerance grows with the square root of the length.
+        kind: "outputs", or "gradients" (ten times wider: a gradient sums over every step and row).
 
-    >>> tolerance("float64").atol
-    1e-12
-    >>> tolerance("float32", steps=64).atol > tolerance("float32", steps=8).atol
-    True
+    Returns:
+        A ``Tolerance`` (``atol``, ``rtol``).
+
+    Raises:
+        KeyError: a dtype the table has no entry for.
+
+    Examples:
+        >>> tolerance("float64").atol
+        1e-12
+        >>> tolerance("float32", steps=64).atol > tolerance("float32", steps=8).atol
+        True
     """
     name = np.dtype(dtype).name if str(dtype) != "bfloat16" else "bfloat16"
     if name not in TOLERANCES:
@@ -96,19 +125,28 @@ def tolerance(dtype, steps: int = 1, kind: str = "outputs") -> Tolerance:
 def pairwise_tolerance(dtype_a, dtype_b, steps: int = 1, kind: str = "outputs") -> Tolerance:
     """The tolerance between two implementations that each pass against the float64 reference.
 
-    ``dtype_a`` and ``dtype_b`` are the dtypes each side really computes in (see
-    :func:`computes_in`). No new numbers: if ``|a - r| <= A_a + R_a |r|`` and
+    No new numbers: if ``|a - r| <= A_a + R_a |r|`` and
     ``|b - r| <= A_b + R_b |r|``, then by the triangle inequality, and with
     ``|r| <= (|b| + A_b) / (1 - R_b)``, ``|a - b| <= A + R |b|`` for ``R = (R_a + R_b) / (1 - R_b)``
     and ``A = A_a + A_b + R A_b``: the sum of the two table entries, to first order. Use it with
-    ``b`` as the expected side of :func:`assert_close`. Pairs agree far more closely in practice
+    ``b`` as the expected side of ``assert_close``. Pairs agree far more closely in practice
     (docs/numerics.md has the measured worst pairwise deviations).
 
-    >>> t = pairwise_tolerance("float32", "float64")
-    >>> round(t.atol, 9), round(t.rtol, 6)
-    (2e-05, 0.0002)
-    >>> pairwise_tolerance("float32", "float32").atol > tolerance("float32").atol
-    True
+    Args:
+        dtype_a: the dtype one side really computes in (see ``computes_in``).
+        dtype_b: the dtype the other side really computes in.
+        steps: the recurrent steps, as for ``tolerance``.
+        kind: "outputs" or "gradients", as for ``tolerance``.
+
+    Returns:
+        A ``Tolerance`` for ``|a - b|`` with ``b`` as the expected side.
+
+    Examples:
+        >>> t = pairwise_tolerance("float32", "float64")
+        >>> round(t.atol, 9), round(t.rtol, 6)
+        (2e-05, 0.0002)
+        >>> pairwise_tolerance("float32", "float32").atol > tolerance("float32").atol
+        True
     """
     a, b = tolerance(dtype_a, steps, kind), tolerance(dtype_b, steps, kind)
     rtol = (a.rtol + b.rtol) / (1.0 - b.rtol)
@@ -116,9 +154,19 @@ def pairwise_tolerance(dtype_a, dtype_b, steps: int = 1, kind: str = "outputs") 
 
 
 def assert_close(actual, expected, tol: Tolerance | None = None, what: str = "value") -> float:
-    """Assert ``actual`` matches ``expected``: shape first, then values; return the max deviation.
+    """Assert ``actual`` matches ``expected``: shape first, then values.
 
-    ``tol`` defaults to the table entry for ``actual``'s dtype. NaN anywhere fails.
+    Args:
+        actual: the array under test.
+        expected: the array it must match.
+        tol: the tolerance; default: the table entry for ``actual``'s dtype.
+        what: the name the failure message gives the array.
+
+    Returns:
+        The largest absolute deviation.
+
+    Raises:
+        AssertionError: another shape, a value beyond the tolerance, or NaN anywhere.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
@@ -146,10 +194,21 @@ def random_params(spec, input_size: int, units: int, rng, scale: float = 0.5) ->
 
     Constant or shared weights would hide a gate-order bug; these never do.
 
-    >>> import novolstm
-    >>> p = random_params(novolstm.load_spec("lstm"), 3, 2, np.random.default_rng(0))
-    >>> bool((p["W_i"] != p["W_f"]).all())
-    True
+    Args:
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        input_size: features per timestep.
+        units: the state size.
+        rng: a NumPy ``Generator``.
+        scale: the standard deviation of the weights.
+
+    Returns:
+        Canonical name -> float64 array.
+
+    Examples:
+        >>> import novolstm
+        >>> p = random_params(novolstm.load_spec("lstm"), 3, 2, np.random.default_rng(0))
+        >>> bool((p["W_i"] != p["W_f"]).all())
+        True
     """
     from .spec_loader import load_spec
 
@@ -163,7 +222,7 @@ class Case:
 
     ``lengths`` (batch,), where the case was drawn as a right-padded batch: then ``mask``
     is the mask those lengths mean, so code that takes only a mask runs the same case, and
-    :attr:`masking` gives what :func:`novolstm.run` and the reference take.
+    ``masking`` gives what ``novolstm.run`` and the reference take.
     """
 
     params: dict
@@ -208,18 +267,30 @@ def cases(
     min_steps: int = 1,
     min_size: int = 1,
 ):
-    """A Hypothesis strategy of :class:`Case` for ``spec``.
+    """A Hypothesis strategy of ``Case`` for ``spec``.
 
     Shapes start at 1 (one unit is an edge case of LayerNorm and softmax with a defined
     answer); weights are distinct per gate, at scales from tiny (the LayerNorm's epsilon
     dominates its input's variance) to saturating; the initial state is zeros or random;
     the batch is unmasked, masked at random, or right-padded to lengths in [0, steps]
     (a length of 0 is a row that never steps). For long sequences, raise ``min_steps``
-    and ``max_steps`` (the tolerance grows with the length: :func:`tolerance`).
-    ``min_size`` is the least batch, input size and units: Hypothesis tries the smallest
-    case first, so a property that runs one or two examples can raise it above 1.
+    and ``max_steps`` (the tolerance grows with the length: ``tolerance``).
     The arrays come from a NumPy generator seeded by Hypothesis, so examples shrink
     by shape, scale and seed.
+
+    Args:
+        spec: a built-in name, a path to a spec file, or a loaded spec.
+        max_batch: the largest batch.
+        max_steps: the longest sequence.
+        max_input: the largest input size.
+        max_units: the largest state size.
+        scales: the weight scales drawn from.
+        min_steps: the shortest sequence.
+        min_size: the least batch, input size and units: Hypothesis tries the smallest
+            case first, so a property that runs one or two examples can raise it above 1.
+
+    Returns:
+        A Hypothesis strategy of ``Case``.
     """
     from hypothesis import strategies as st
 
@@ -253,14 +324,26 @@ def check_against_reference(cell: str, run, case: Case, dtype="float64", compute
     """Run ``run(params, x, state, mask) -> (outputs, final_state)`` on ``case`` in ``dtype``
     and assert it matches the float64 reference for ``cell``; return the max deviation.
 
-    ``computes_in`` names the precision the implementation really computes in, where a
-    framework is known to fall below ``dtype``; its tolerance applies. Default: ``dtype``.
+    Args:
+        cell: a built-in spec name (the reference implements it).
+        run: the implementation under test.
+        case: the weights, inputs, initial state and mask.
+        dtype: the dtype the case is cast to.
+        computes_in: the precision the implementation really computes in, where a framework
+            is known to fall below ``dtype``; its tolerance applies. Default: ``dtype``.
 
-    >>> import novolstm
-    >>> spec = novolstm.load_spec("gru")
-    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
-    >>> check_against_reference("gru", lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
-    True
+    Returns:
+        The largest deviation from the reference.
+
+    Raises:
+        AssertionError: outputs or final state beyond the tolerance.
+
+    Examples:
+        >>> import novolstm
+        >>> spec = novolstm.load_spec("gru")
+        >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
+        >>> check_against_reference("gru", lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
+        True
     """
     from . import reference
 

@@ -1,6 +1,6 @@
 """Checks every backend-neutral call makes before any arithmetic: shapes, dtypes, finiteness.
 
-Policy for non-finite values: :func:`novolstm.run` refuses NaN or inf in the inputs,
+Policy for non-finite values: ``novolstm.run`` refuses NaN or inf in the inputs,
 the initial state and the parameters (``ValueError`` naming the array and the first
 bad index). Native cells follow their framework and propagate them.
 """

@@ -242,30 +242,94 @@ def markdown(results: dict, extras: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path) -> None:
-    import matplotlib
+def this_machine() -> str:
+    """A short description of the machine this process runs on, for plot titles."""
+    import os
+    import platform
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {model}"
+
+
+def _short(name: str) -> str:
+    return name.replace("native: ", "").replace(" spec", "")
+
+
+def _pair_label(numerator: str, denominator: str) -> str:
+    label = f"{_short(numerator)} / {_short(denominator)}"
+    return label if len(label) <= 26 else f"{_short(numerator)}\n/ {_short(denominator)}"
+
+
+def plot(results: dict, path, machine: str | None = None):
+    """Ratios as horizontal bars: one facet per mode (columns) and dtype (rows), a log axis centred
+    on 1, the target marked on every row, a title naming the backend, shape and machine.
+
+    Returns the matplotlib Figure (already written to ``path``).
+    """
+    import math
+
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FixedLocator, NullLocator
 
     ratios = results["ratios"]
-    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(ratios) + 2), 3.6))
-    labels = [
-        f"{q['backend']} {q['shape']} {q.get('dtype', '')}\n{q['numerator']} / {q['denominator'].replace('native: ', '')}\n{q['mode']}"
-        for q in ratios
-    ]
-    ax.bar(
-        range(len(ratios)),
-        [q["ratio"] for q in ratios],
-        color=["tab:green" if q["ratio"] <= q["target"] else "tab:red" for q in ratios],
-    )
-    for k, q in enumerate(ratios):
-        ax.hlines(q["target"], k - 0.4, k + 0.4, colors="black", linestyles="dashed")
-    ax.set_xticks(range(len(ratios)), labels, fontsize=6)
-    ax.set_ylabel("time ratio (dashed: target)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if not ratios:  # every candidate skipped: say so rather than draw empty axes
+        fig = Figure(figsize=(7.2, 1.2), dpi=100)
+        fig.text(0.5, 0.5, "no ratios measured (see the table for why)", ha="center", va="center", fontsize=10)
+        fig.savefig(path)
+        return fig
+    modes = [m for m in ("forward", "forward+backward") if any(q["mode"] == m for q in ratios)]
+    dtypes = list(dict.fromkeys(q.get("dtype", "float32") for q in ratios))
+    # One row per numerator / denominator pair, the same rows in every facet, so a pair reads across.
+    pairs = list(dict.fromkeys((q["numerator"], q["denominator"]) for q in ratios))
+    # Symmetric in log space around 1, wide enough for every ratio and target.
+    reach = max([abs(math.log10(v)) for q in ratios for v in (q["ratio"], q["target"]) if v > 0] + [math.log10(1.5)])
+    low, high = 10 ** (-1.6 * reach), 10 ** (1.6 * reach)
+    powers = [k for k in range(-12, 13) if low <= 2.0**k <= high]
+    every = -(-len(powers) // 5)  # at most about five labels, 1 always among them
+    ticks = [2.0**k for k in powers if k % every == 0]
+    if len(ticks) < 3:  # a narrow range: finer ticks than the powers of two
+        ticks = [t for t in (0.5, 0.67, 0.8, 1, 1.25, 1.5, 2) if low <= t <= high]
+    # About the docs' page width at 100 dpi, so the text keeps its size there.
+    fig = Figure(figsize=(7.2, 0.9 + len(dtypes) * (0.6 + 0.38 * len(pairs))), dpi=100, layout="constrained")
+    axes = fig.subplots(len(dtypes), max(1, len(modes)), squeeze=False, sharex=True, sharey=True)
+    ys = list(range(len(pairs)))[::-1]
+    for (row, dtype), (col, mode) in ((r, c) for r in enumerate(dtypes) for c in enumerate(modes)):
+        ax = axes[row][col]
+        for y, pair in zip(ys, pairs):
+            q = next((q for q in ratios if (q["numerator"], q["denominator"]) == pair and q["mode"] == mode
+                      and q.get("dtype", "float32") == dtype), None)
+            if q is None:
+                ax.text(1, y, "  not reported", va="center", ha="left", fontsize=8, color="grey")
+                continue
+            ax.barh(y, q["ratio"] - 1, left=1, height=0.6, color="tab:green" if q["ratio"] <= q["target"] else "tab:red")
+            ax.plot([q["target"]] * 2, [y - 0.42, y + 0.42], color="black", linewidth=2)
+            # The value sits at the bar's end, beyond the target tick where that is near, so neither hides it.
+            right = q["ratio"] >= 1
+            near = abs(math.log(q["target"] / q["ratio"])) < math.log(1.25)
+            at = (max if right else min)(q["ratio"], q["target"]) if near else q["ratio"]
+            ax.annotate(f"{q['ratio']:.2f}", (at, y), xytext=(5 if right else -5, 0), textcoords="offset points",
+                        ha="left" if right else "right", va="center", fontsize=9)
+        ax.axvline(1, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(ticks, [f"{t:g}" if t >= 0.1 else f"1/{round(1 / t)}" for t in ticks], fontsize=8)
+        ax.set_yticks(ys, [_pair_label(n, d) for n, d in pairs], fontsize=9)
+        ax.set_ylim(-0.6, len(pairs) - 0.4)
+        ax.set_title(f"{mode}, {dtype}", fontsize=10)
+    first = ratios[0] if ratios else {"backend": "?", "shape": "?"}
+    dims = next((f" ({r['batch']}x{r['steps']}x{r['units']})" for r in results.get("rows", []) if r.get("shape") == first["shape"]), "")
+    fig.suptitle(f"{first['backend']}, {first['shape']} shape{dims} on {machine or results.get('machine') or this_machine()}\n"
+                 "bar: time ratio, < 1 faster (green: target met, red: missed); black tick: target", fontsize=10)
+    fig.supxlabel("time ratio (log scale)", fontsize=9)
+    fig.savefig(path)
+    return fig
 
 
 def write(results: dict, extras: dict, out) -> None:

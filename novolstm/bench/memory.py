@@ -15,7 +15,7 @@ allocator keeps in its own pool across calls is still reused unseen, so the figu
 lower bound: on TensorFlow it reads well under the activations a forward+backward must
 hold (62 MiB for the throughput shape's float32 LSTM, whose output alone is 50 MiB).
 
-Example:
+Examples:
     >>> import numpy as np
     >>> grown = peak_rss_bytes(lambda: np.ones(2**24))   # 128 MiB, touched
     >>> grown is None or grown > 100 * 2**20

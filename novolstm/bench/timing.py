@@ -4,7 +4,7 @@ These machines are shared and noisy, so nothing here is a pass/fail test: caller
 compare ratios of candidates measured in the same run, interleaved A, B, A, B so
 that drift affects all of them alike.
 
-Example:
+Examples:
     >>> times = compare({"sum": lambda: sum(range(1000)), "loop": lambda: [i for i in range(1000)]}, repeats=3)
     >>> sorted(times)
     ['loop', 'sum']

@@ -5,7 +5,7 @@ canonical one (one named tensor per projection, no gate order) and back, so N
 converters give N x N paths. Converters work on NumPy arrays and import no
 framework. A conversion that would lose information refuses with a clear error
 unless the caller asks for the lossy form explicitly (``lossy=True``, ``novolstm
-convert --lossy``); then it warns with :class:`LossyConversionWarning`, naming what it
+convert --lossy``); then it warns with ``LossyConversionWarning``, naming what it
 dropped. Dropping parameters that are exactly zero loses nothing and needs no asking.
 """
 
@@ -29,12 +29,25 @@ LOSSY_FORMS = {"peephole_lstm": ("lstm", ("p_i", "p_f", "p_o"))}
 def drop(params, names, lossy: bool, why: str) -> dict:
     """``params`` without ``names``: refused when one of them is nonzero, unless ``lossy``.
 
-    >>> drop({"W": np.ones(2), "p": np.zeros(2)}, ["p"], lossy=False, why="no peepholes").keys()
-    dict_keys(['W'])
-    >>> drop({"W": np.ones(2), "p": np.ones(2)}, ["p"], lossy=False, why="no peepholes")
-    Traceback (most recent call last):
-    ...
-    novolstm.convert.ConversionError: no peepholes: dropping ['p'] (largest |value| 1) would change what the weights compute; pass lossy=True (novolstm convert --lossy) to drop them anyway
+    Args:
+        params: canonical name -> array.
+        names: the parameters the target layout cannot hold.
+        lossy: drop nonzero ones too, with a ``LossyConversionWarning`` naming them.
+        why: what the target lacks, for the message.
+
+    Returns:
+        ``params`` without ``names``.
+
+    Raises:
+        ConversionError: a nonzero parameter among ``names`` and not ``lossy``.
+
+    Examples:
+        >>> drop({"W": np.ones(2), "p": np.zeros(2)}, ["p"], lossy=False, why="no peepholes").keys()
+        dict_keys(['W'])
+        >>> drop({"W": np.ones(2), "p": np.ones(2)}, ["p"], lossy=False, why="no peepholes")
+        Traceback (most recent call last):
+        ...
+        novolstm.convert.ConversionError: no peepholes: dropping ['p'] (largest |value| 1) would change what the weights compute; pass lossy=True (novolstm convert --lossy) to drop them anyway
     """
     dropped = sorted(n for n in names if n in params)
     largest = max((float(np.max(np.abs(params[n]), initial=0.0)) for n in dropped), default=0.0)

@@ -2,19 +2,19 @@
 
 The canonical form here is always per layer: ``{"l0": {...}, "l0_reverse": {...},
 "l1": ...}``, one canonical dict per cell of a (possibly stacked, possibly
-bidirectional) layer. A file format is a pair of functions in :data:`FORMATS`.
+bidirectional) layer. A file format is a pair of functions in ``FORMATS``.
 
 Formats:
-    canonical: novolstm's safetensors checkpoint (:mod:`novolstm.checkpoint`).
+    canonical: novolstm's safetensors checkpoint (``novolstm.checkpoint``).
     torch: a torch state dict saved as safetensors
         (``safetensors.torch.save_file(module.state_dict(), path)``): nn.LSTM,
         nn.LSTMCell, nn.GRU, nn.GRUCell. No pickle, so no ``.pt`` files.
     onnx: an ONNX model with an ``LSTM`` node (one layer; forward or bidirectional).
     keras: a Keras 3 ``.weights.h5`` (``model.save_weights``) or ``.keras`` archive of
-        LSTM / GRU / Bidirectional layers (:mod:`novolstm.convert.keras_files`).
+        LSTM / GRU / Bidirectional layers (``novolstm.convert.keras_files``).
     flax: ``flax.serialization.to_bytes`` of a linen or nnx cell's parameters, the
         ``layout`` option naming (or, reading, detected as) the cell
-        (:mod:`novolstm.convert.flax_files`).
+        (``novolstm.convert.flax_files``).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None, lo
 
     A format without a layout for ``cell`` but with one for its reduced form (a peephole
     LSTM into torch: an LSTM without peepholes) takes the weights when the extra
-    parameters are zero, or when ``lossy`` asks to drop them (see :func:`novolstm.convert.drop`).
+    parameters are zero, or when ``lossy`` asks to drop them (see ``novolstm.convert.drop``).
     """
     options = _options(fmt, layout)
     layers = layered(layers)
@@ -168,7 +168,26 @@ def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None, lo
 
 
 def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None, lossy: bool = False) -> dict:
-    """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``; return the canonical weights."""
+    """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``, through the canonical layout.
+
+    Args:
+        source: the weight file to read.
+        destination: the weight file to write.
+        src_fmt: the format of ``source``, one of ``FORMATS``.
+        dst_fmt: the format to write, one of ``FORMATS``.
+        cell: the spec the weights are for (``lstm``, ``gru``, ...).
+        src_layout: flax only: the source cell's layout (default: detected from the file).
+        dst_layout: flax only: the written cell's layout.
+        lossy: drop what the target cannot hold (with a ``LossyConversionWarning``)
+            instead of refusing.
+
+    Returns:
+        The canonical weights, one dict per layer and direction (``l0``, ``l0_reverse``, ...).
+
+    Raises:
+        ConversionError: a file of the wrong kind, weights the target cannot hold, or an
+            unknown format or layout.
+    """
     layers = read(source, src_fmt, cell, src_layout)
     write(layers, destination, dst_fmt, cell, dst_layout, lossy)
     return layers

@@ -14,7 +14,7 @@ A layout names one Flax cell's parameter tree and the spec it converts to:
 
 Flax's LSTM has one bias per gate, on the recurrent side, so the canonical ``b_<gate>``
 is that bias and every conversion is exact both ways. Flax's LSTM carry is ``(c, h)``;
-the canonical state is ``(h, c)``: see :func:`carry_to_state` and :func:`state_to_carry`.
+the canonical state is ``(h, c)``: see ``carry_to_state`` and ``state_to_carry``.
 nnx's ``GRUCell`` has no recurrent bias inside the reset product, so a canonical GRU
 converts to it only when ``b_hn`` is zero; otherwise the conversion refuses.
 
@@ -24,7 +24,7 @@ To load canonical weights into Flax: ``{"params": from_canonical(p, "linen_lstm"
 for linen; for nnx, ``state = nnx.state(cell, nnx.Param)``,
 ``nnx.replace_by_pure_dict(state, from_canonical(p, "nnx_lstm"))``, ``nnx.update(cell, state)``.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> import novolstm
     >>> canonical = novolstm.init_params("lstm", input_size=3, units=2, seed=0)

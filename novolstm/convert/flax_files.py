@@ -2,7 +2,7 @@
 
 Flax's own serialization stores a parameter tree as msgpack; ``msgpack_restore``
 reads it back as nested dicts of NumPy arrays, without a model. Which cell the tree
-belongs to is its layout (:data:`novolstm.convert.flax.LAYOUTS`); reading detects
+belongs to is its layout (``novolstm.convert.flax.LAYOUTS``); reading detects
 it from the keys (``if`` vs ``if_``, ``dense_i`` with or without a bias), or takes
 ``layout=`` to insist on one.
 

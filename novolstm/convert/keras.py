@@ -21,7 +21,7 @@ canonical is exact, and so is Keras -> canonical -> Keras for the LSTM and the
 original NovoLSTM layout. For the GRU the second round trip moves the recurrent
 z and r biases into the input bias (the function is unchanged).
 
-Example:
+Examples:
     >>> import numpy as np
     >>> import novolstm
     >>> params = novolstm.init_params("lstm", input_size=3, units=2, seed=0)
@@ -156,10 +156,11 @@ def check_layer_config(config: Mapping, cell: str) -> None:
     and neither is the sigmoid of the canonical ``lstm`` and ``gru``. ``use_bias`` and
     ``unit_forget_bias`` (an initializer) need no check: a missing bias converts to zeros.
 
-    >>> check_layer_config({"activation": "tanh", "recurrent_activation": "hard_sigmoid"}, "lstm")
-    Traceback (most recent call last):
-    ...
-    novolstm.convert.ConversionError: Keras layer config: recurrent_activation is 'hard_sigmoid', but spec 'lstm' computes 'sigmoid' (Keras 3's hard_sigmoid ...
+    Examples:
+        >>> check_layer_config({"activation": "tanh", "recurrent_activation": "hard_sigmoid"}, "lstm")
+        Traceback (most recent call last):
+        ...
+        novolstm.convert.ConversionError: Keras layer config: recurrent_activation is 'hard_sigmoid', but spec 'lstm' computes 'sigmoid' (Keras 3's hard_sigmoid ...
     """
     if cell not in REQUIRED_CONFIG:
         raise ConversionError(f"Keras layers compute {sorted(REQUIRED_CONFIG)}, not {cell!r}")
@@ -182,7 +183,7 @@ def lstm_to_canonical(weights, config: Mapping | None = None) -> dict[str, np.nd
     """``keras.layers.LSTM(...).get_weights()`` (or a dict by name) -> ``lstm`` parameters.
 
     ``use_bias=False`` layers (two arrays) get zero biases. Pass the layer's
-    ``get_config()`` as ``config`` to have it checked (:func:`check_layer_config`).
+    ``get_config()`` as ``config`` to have it checked (``check_layer_config``).
     """
     if config is not None:
         check_layer_config(config, "lstm")
@@ -211,7 +212,7 @@ def lstm_from_canonical(params: Mapping) -> list[np.ndarray]:
 def gru_to_canonical(weights, config: Mapping | None = None) -> dict[str, np.ndarray]:
     """``keras.layers.GRU(reset_after=True).get_weights()`` (or a dict by name) -> ``gru`` parameters.
 
-    ``config``: the layer's ``get_config()``, checked by :func:`check_layer_config`.
+    ``config``: the layer's ``get_config()``, checked by ``check_layer_config``.
     """
     if config is not None:
         check_layer_config(config, "gru")

@@ -20,11 +20,11 @@ Supported, read:
   Keras' defaults; read the ``.keras`` archive to have the config checked.
 - ``*.keras`` archives (``model.save``): the same weights, plus ``config.json``,
   which gives the layer order (so plain and ``Bidirectional`` layers may mix) and
-  each layer's config, checked by :func:`novolstm.convert.keras.check_layer_config`
+  each layer's config, checked by ``novolstm.convert.keras.check_layer_config``
   (a ``hard_sigmoid`` recurrent activation, ``reset_after=False``, ``go_backwards``
   outside ``Bidirectional``... are refused).
 
-Refused with a :class:`ConversionError`: any other layer with weights (a ``Dense``
+Refused with a ``ConversionError``: any other layer with weights (a ``Dense``
 head: save the recurrent part as its own model), nested models, a GRU of
 ``reset_after=False`` (bias shape (3H,)), layers of the wrong kind for the spec.
 

@@ -1,12 +1,12 @@
 """Frameworks' own recurrent layers, loaded from and saved to their own weight files, and run.
 
-Each :class:`Native` is one framework's native layer for a spec, driven only through
+Each ``Native`` is one framework's native layer for a spec, driven only through
 that framework's own API: torch ``nn.LSTM`` / ``nn.GRU`` (``load_state_dict`` of a
 safetensors state dict), ``keras.layers.LSTM`` / ``GRU`` (``load_weights`` /
 ``model.save``), Flax ``nn.RNN`` over ``OptimizedLSTMCell``, ``LSTMCell`` or ``GRUCell``
 (``flax.serialization``), the ONNX ``LSTM`` operator in onnxruntime, novolstm's own
 NumPy backend, and the float64 reference. Weights move between them only through
-files and :mod:`novolstm.convert.files`, so a port tested here is the port a user runs.
+files and ``novolstm.convert.files``, so a port tested here is the port a user runs.
 
 Every layer runs batch-first, float32 (the reference: float64), from a given initial
 state in the canonical order (``(h, c)`` for the LSTM, ``(h,)`` for the GRU) and

@@ -5,7 +5,7 @@ ONNX stacks the gates in the order i, o, f, c: ``W`` (directions, 4H, input),
 and optionally the peepholes ``P`` (directions, 3H) in the order i, o, f. Its
 output gate sees the new cell state, as the ``peephole_lstm`` spec does.
 
-Example:
+Examples:
     >>> import novolstm
     >>> p = novolstm.init_params("lstm", 3, 2, seed=0)
     >>> onnx = to_onnx_lstm([p])
@@ -27,7 +27,15 @@ PEEPHOLES = ("i", "o", "f")
 
 
 def to_onnx_lstm(directions: list[dict]) -> dict[str, np.ndarray]:
-    """One canonical ``lstm`` or ``peephole_lstm`` dict per direction -> ``W``, ``R``, ``B`` (and ``P``)."""
+    """Canonical weights in the ONNX ``LSTM`` operator's layout (gates i, o, f, c).
+
+    Args:
+        directions: one canonical ``lstm`` or ``peephole_lstm`` dict per direction.
+
+    Returns:
+        ``W`` (directions, 4H, I), ``R`` (directions, 4H, H), ``B`` (directions, 8H), and
+        ``P`` (directions, 3H) for the peephole LSTM.
+    """
     out = {
         "W": np.stack([np.concatenate([p[f"W_{g}"].T for g in GATES]) for p in directions]),
         "R": np.stack([np.concatenate([p[f"U_{g}"].T for g in GATES]) for p in directions]),
@@ -43,10 +51,19 @@ def to_onnx_lstm(directions: list[dict]) -> dict[str, np.ndarray]:
 
 
 def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
-    """ONNX tensors -> one canonical dict per direction (``peephole_lstm`` when ``P`` is given).
+    """The ONNX ``LSTM`` operator's tensors as canonical weights.
 
     The two ONNX biases of each gate add: exact for the LSTM, where both enter the
-    same sum. Round trips through :func:`to_onnx_lstm` are exact.
+    same sum. Round trips through ``to_onnx_lstm`` are exact.
+
+    Args:
+        W: input weights (directions, 4H, I).
+        R: recurrent weights (directions, 4H, H).
+        B: biases (directions, 8H), or None for zeros.
+        P: peephole weights (directions, 3H), or None.
+
+    Returns:
+        One canonical dict per direction (``peephole_lstm`` when ``P`` is given).
     """
     W, R = np.asarray(W), np.asarray(R)
     if W.ndim != 3 or R.ndim != 3 or W.shape[1] % 4 or R.shape[1:] != (W.shape[1], W.shape[1] // 4) or R.shape[0] != W.shape[0]:
@@ -80,6 +97,15 @@ def lstm_operator_model(directions: list[dict], input_size: int, dtype="float32"
     ``sequence_lens`` (batch,) int32; outputs ``outputs`` (batch, time, directions,
     units), ``h`` and ``c`` (batch, directions, units). Only the standard and the
     peephole LSTM exist as this operator; any other cell exports as a Scan graph.
+
+    Args:
+        directions: one canonical ``lstm`` or ``peephole_lstm`` dict per direction.
+        input_size: features per timestep.
+        dtype: the dtype the model computes in.
+        opset: the ONNX opset.
+
+    Returns:
+        The checked ``onnx.ModelProto``.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -118,15 +144,29 @@ def lstm_operator_model(directions: list[dict], input_size: int, dtype="float32"
 
 
 def import_lstm_node(model, node_index: int = 0) -> list[dict]:
-    """Canonical parameters (one dict per direction) from the ``node_index``-th ``LSTM`` node of an ONNX model.
+    """Canonical parameters from an ``LSTM`` node of an ONNX model.
 
-    ``model`` is a ``ModelProto`` or a path. The weights must be initializers.
+    Args:
+        model: a ``ModelProto`` or the path of an ``.onnx`` file.
+        node_index: which ``LSTM`` node, counted in graph order.
+
+    Returns:
+        One canonical dict per direction.
+
+    Raises:
+        ConversionError: a file that is not an ONNX model, fewer ``LSTM`` nodes, weights that
+            are not initializers, or activations, clipping or coupled gates no spec computes.
     """
     import onnx
     from onnx import numpy_helper
 
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(model)
+        from google.protobuf.message import DecodeError
+
+        try:
+            model = onnx.load(model)
+        except DecodeError as exc:
+            raise ConversionError(f"{model}: not an ONNX model ({exc})") from None
     nodes = [n for n in model.graph.node if n.op_type == "LSTM"]
     if len(nodes) <= node_index:
         raise ConversionError(f"the model has {len(nodes)} LSTM node(s); asked for number {node_index}")

@@ -27,7 +27,7 @@ Layers: nn.LSTM / nn.GRU keys carry ``_l<k>`` and, for the reverse direction,
 keys of the generated torch ``Layer``'s cells (``Layer.load_canonical`` takes it as is).
 Cells (nn.LSTMCell / nn.GRUCell keys without a suffix) convert to one canonical dict.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
     >>> sd = {"weight_ih_l0": rng.normal(size=(8, 3)), "weight_hh_l0": rng.normal(size=(8, 2)),

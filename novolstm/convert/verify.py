@@ -7,9 +7,11 @@ that file to B's format; B's framework loads it. Both run the same input from th
 same non-zero initial state over ``steps`` steps, and so does the float64
 reference. The report gives the error between A and B per step (how it grows with
 the recurrence), each side's deviation from the reference, and a verdict against
-:func:`novolstm.testing.tolerance` for the dtype they compute in and the length.
+``novolstm.testing.tolerance`` for the dtype they compute in and the length.
 
-Example (NumPy only):
+Examples:
+    NumPy only:
+
     >>> report = verify_port("numpy", "reference", steps=8)
     >>> report.passed, report.table()[0][0]
     (True, 1)
@@ -80,13 +82,31 @@ def _violations(actual, expected, tol) -> float:
 def verify_port(source: str, target: str, cell: str = "lstm", steps: int = 64, batch: int = 3, input_size: int = 5,
                 units: int = 8, seed: int = 0, weights=None, weights_format: str | None = None, layout: str | None = None,
                 ported=None) -> PortReport:
-    """Port weights from framework ``source`` to ``target`` (names in :data:`novolstm.convert.native.NATIVES`) and compare.
+    """Port weights from framework ``source`` to ``target`` and compare both layers step by step.
 
-    ``weights``/``weights_format`` (and ``layout`` for flax): a real weight file
-    instead of the probe weights; it is converted to ``source``'s format first.
-    ``ported``: a file in ``target``'s format that some other tool ported from
-    ``weights``; ``target`` loads it instead of novolstm's own conversion, so the
-    report says whether that port is right.
+    Args:
+        source: the framework ported from (a name in ``novolstm.convert.native.NATIVES``).
+        target: the framework ported to.
+        cell: the spec, ``lstm`` or ``gru``.
+        steps: the sequence length compared.
+        batch: rows of the probe input.
+        input_size: features of the probe weights and input.
+        units: the state size of the probe weights.
+        seed: the seed of the probe weights, input and initial state.
+        weights: a real weight file instead of the probe weights; it is converted to
+            ``source``'s format first.
+        weights_format: the format of ``weights``.
+        layout: flax only: the layout of ``weights``.
+        ported: a file in ``target``'s format that some other tool ported from ``weights``;
+            ``target`` loads it instead of novolstm's own conversion, so the report says
+            whether that port is right.
+
+    Returns:
+        A ``PortReport``: the error between the two layers per step, each side's deviation
+        from the float64 reference, the tolerance and the verdict.
+
+    Raises:
+        ConversionError: a pair, spec or file the converters cannot handle.
     """
     from novolstm.convert import files, native as natives
     from novolstm.testing import tolerance
