@@ -111,14 +111,15 @@ def literal(value: object, column: int = 0, indent: int = 0) -> str:
     """``value`` (str, number, bool, None, tuple, list, dict) as formatted source: double quotes, and
     a collection that does not fit on the line from ``column`` one item per line, as ruff formats it.
 
-    >>> literal({"W": (("input", "units"), "zeros", {})})
-    '{"W": (("input", "units"), "zeros", {})}'
-    >>> print(literal(("a",) * 3, column=115))
-    (
-        "a",
-        "a",
-        "a",
-    )
+    Examples:
+        >>> literal({"W": (("input", "units"), "zeros", {})})
+        '{"W": (("input", "units"), "zeros", {})}'
+        >>> print(literal(("a",) * 3, column=115))
+        (
+            "a",
+            "a",
+            "a",
+        )
     """
     if isinstance(value, Code):
         return str(value)
@@ -194,8 +195,9 @@ _ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_, ()]*=(?!=)(.*)$")
 def names_read(lines: list[str]) -> set[str]:
     """The identifiers that source ``lines`` read (an assignment's targets are not read).
 
-    >>> sorted(names_read(["a = b + c", "f(d)"]))
-    ['b', 'c', 'd', 'f']
+    Examples:
+        >>> sorted(names_read(["a = b + c", "f(d)"]))
+        ['b', 'c', 'd', 'f']
     """
     out: set[str] = set()
     for line in lines:
@@ -207,8 +209,9 @@ def names_read(lines: list[str]) -> set[str]:
 def used_loads(loads: list[str], *bodies: list[str]) -> list[str]:
     """The lines ``name = ...`` of ``loads`` whose name some line of ``bodies`` reads: no unused locals.
 
-    >>> used_loads(["w = p['w']", "b = p['b']"], ["y = x @ w"])
-    ["w = p['w']"]
+    Examples:
+        >>> used_loads(["w = p['w']", "b = p['b']"], ["y = x @ w"])
+        ["w = p['w']"]
     """
     read = names_read([line for body in bodies for line in body])
     return [line for line in loads if line.split("=", 1)[0].strip() in read]
@@ -274,10 +277,11 @@ def expressions(program: Program) -> dict[str, str]:
     A value the spec names (an input, a state, a parameter, an equation's result) appears by
     its name inside others; a fused value of several blocks is the list of its blocks.
 
-    >>> import novolstm
-    >>> e = expressions(readable_names(build_program(novolstm.load_spec("lstm"))))
-    >>> e["c_next"], e["g"]
-    ('f * c + i * g', 'tanh(x @ W_g + b_g + h @ U_g)')
+    Examples:
+        >>> import novolstm
+        >>> e = expressions(readable_names(build_program(novolstm.load_spec("lstm"))))
+        >>> e["c_next"], e["g"]
+        ('f * c + i * g', 'tanh(x @ W_g + b_g + h @ U_g)')
     """
     spec = program.spec
     named = {spec.input, *spec.state_names, *spec.param_names, *(name for name, _ in spec.equations)}
@@ -334,9 +338,10 @@ def param_table(spec: Spec) -> dict[str, tuple[tuple[str, ...], str, dict]]:
     """Parameter name -> (symbolic shape, initializer name, initializer args): what
     ``novolstm.init.init_from_table`` draws from, and generated modules' ``PARAM_TABLE``.
 
-    >>> import novolstm
-    >>> param_table(novolstm.load_spec("lstm"))["b_f"]
-    (('units',), 'ones', {})
+    Examples:
+        >>> import novolstm
+        >>> param_table(novolstm.load_spec("lstm"))["b_f"]
+        (('units',), 'ones', {})
     """
     return {p.name: (tuple(p.shape), p.init.name, dict(p.init.args)) for p in spec.params}
 

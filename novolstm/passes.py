@@ -366,10 +366,11 @@ def cse(graph: Graph) -> Graph:
 
     (The VJP of ``z * z`` contributes ``g * z`` twice; once is enough.) Leaves never merge.
 
-    >>> g = Graph([Node("z", "input"), Node("a", "mul", ("z", "z")), Node("b", "mul", ("z", "z")),
-    ...            Node("c", "add", ("a", "b"))], {"out": "c"})
-    >>> [n.args for n in cse(g).nodes if n.op == "add"]
-    [('a', 'a')]
+    Examples:
+        >>> g = Graph([Node("z", "input"), Node("a", "mul", ("z", "z")), Node("b", "mul", ("z", "z")),
+        ...            Node("c", "add", ("a", "b"))], {"out": "c"})
+        >>> [n.args for n in cse(g).nodes if n.op == "add"]
+        [('a', 'a')]
     """
     seen: dict[tuple, str] = {}
     same: dict[str, str] = {}
@@ -398,10 +399,11 @@ def split_slices(graph: Graph) -> Graph:
     one per slice; its gradient, in frameworks that differentiate the source, is one
     concatenation where separate slices would each scatter into zeros of the full width.
 
-    >>> import novolstm
-    >>> step = split_slices(build_program(novolstm.load_spec("lstm")).step)
-    >>> [(n.attr("pieces")) for n in step.nodes if n.op == "split"][0]
-    ((0, 3, 'v12'), (3, 4, 'v10'))
+    Examples:
+        >>> import novolstm
+        >>> step = split_slices(build_program(novolstm.load_spec("lstm")).step)
+        >>> [(n.attr("pieces")) for n in step.nodes if n.op == "split"][0]
+        ((0, 3, 'v12'), (3, 4, 'v10'))
     """
     slices: dict[str, list[Node]] = {}
     for n in graph.nodes:
@@ -460,10 +462,11 @@ def readable_names(program: Program) -> Program:
     (``tanh_c_next``); any other temporary is named after the spec value it leads to and its op
     (``i_norm``).
 
-    >>> import novolstm
-    >>> step = readable_names(build_program(novolstm.load_spec("lstm"))).step
-    >>> [n.name for n in step.nodes if n.op != "param"]
-    ['h', 'c', 'z_x', 'z_h', 'z_ifog', 'z_ifo', 'sigmoid_ifo', 'i', 'f', 'z_g', 'g', 'o', 'f_times_c', 'i_times_g', 'c_next', 'tanh_c_next', 'h_next']
+    Examples:
+        >>> import novolstm
+        >>> step = readable_names(build_program(novolstm.load_spec("lstm"))).step
+        >>> [n.name for n in step.nodes if n.op != "param"]
+        ['h', 'c', 'z_x', 'z_h', 'z_ifog', 'z_ifo', 'sigmoid_ifo', 'i', 'f', 'z_g', 'g', 'o', 'f_times_c', 'i_times_g', 'c_next', 'tanh_c_next', 'h_next']
     """
     spec = program.spec
     keep = {spec.input, *spec.state_names, *spec.param_names, *(name for name, _ in spec.equations)}

@@ -340,7 +340,7 @@ class Cell:
         units: the number of units (the state width).
         dtype: the dtype of parameters drawn by ``init``.
 
-    Example:
+    Examples:
         >>> cell = Cell(4)
         >>> params = cell.init(0, input_size=3)  # an int seed draws what novolstm.init_params draws
         >>> x = jnp.ones((2, 5, 3))
@@ -430,7 +430,7 @@ def _make_nnx_cell():
         numbers) or ``params`` (canonical arrays). ``dtype``: the compute dtype (None:
         the inputs' dtype).
 
-        Example:
+        Examples:
             >>> from flax import nnx
             >>> cell = NNXCell(3, 4, rngs=nnx.Rngs(0))
             >>> nnx.RNN(cell)(jnp.ones((2, 5, 3))).shape
@@ -540,7 +540,7 @@ def _make_linen_cell():
         Parameters are drawn with jax.random (see init_from_key); ``dtype``: the compute
         dtype (None: the inputs' dtype).
 
-        Example:
+        Examples:
             >>> import flax.linen as nn
             >>> layer = nn.RNN(LinenCell(4))
             >>> variables = layer.init(jax.random.key(0), jnp.ones((2, 5, 3)))

@@ -1,7 +1,7 @@
 """The NumPy emitter: a standalone module with forward, a generated backward pass
 through time, and a trainable ``Cell`` class.
 
-Example:
+Examples:
     >>> import novolstm
     >>> source = novolstm.generate_source("lstm", backend="numpy")
     >>> "def backward(" in source and "import torch" not in source

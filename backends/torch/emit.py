@@ -12,7 +12,7 @@ GEMM before the loop; each step makes one fused recurrent GEMM with the hoisted
 projection added in place; the backward pass is generated code, not a per-op autograd
 tape, and forms the step projections' weight gradients as one GEMM after the loop.
 
-Example:
+Examples:
     >>> import novolstm
     >>> source = novolstm.generate_source("lstm", backend="torch")
     >>> "class Layer(nn.Module)" in source and "torch.autograd.Function" in source

@@ -424,7 +424,7 @@ class Cell(nn.Module):
         device, dtype: as for any nn.Module.
         seed: the seed of the canonical initializers (see reset_parameters).
 
-    Example:
+    Examples:
         >>> cell = Cell(3, 4)
         >>> new_state = cell(torch.ones(2, 3))
         >>> sorted(cell.state_dict()) == sorted(n for n in PARAM_NAMES)
