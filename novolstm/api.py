@@ -63,8 +63,10 @@ def _generate(spec: Spec, backend: str) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _load(spec: Spec, backend: str) -> types.ModuleType:
+    from novolstm import generated
+
     source = _generate(spec, backend)
-    name = f"novolstm.generated.{backend}.{spec.name}_{spec.hash[:12]}"
+    name = generated.module_name(spec, backend)
     filename = f"<novolstm generated {backend} {spec.name} {spec.hash[:12]}>"
     # Registered with linecache so tracebacks and inspect show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -73,6 +75,7 @@ def _load(spec: Spec, backend: str) -> types.ModuleType:
     sys.modules[name] = module  # dataclasses, pickle-free serializers and inspect look modules up here
     exec(compile(source, filename, "exec"), module.__dict__)
     module.SPEC = spec  # the spec itself, for specs loaded from a path (checkpoint.save_module)
+    generated.adopt(module, spec, backend)  # class names for pickle and Keras serialization
     return module
 
 

@@ -132,7 +132,8 @@ def load_into(module, path, spec=None):
 def module_spec(module, spec=None):
     """The Spec a generated cell or layer computes: ``spec`` if given (checked against the
     module's spec hash), else the one it was generated from."""
-    generated = sys.modules.get(type(module).__module__)
+    # A built-in spec's classes belong to novolstm.torch, novolstm.keras, ...: generated_module names their module.
+    generated = sys.modules.get(getattr(type(module), "generated_module", type(module).__module__))
     digest = getattr(generated, "SPEC_HASH", None)
     if digest is None or not hasattr(module, "export_canonical"):
         raise TypeError(f"{type(module).__name__}: expected a cell or layer novolstm generated (with export_canonical)")

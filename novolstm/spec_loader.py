@@ -29,7 +29,7 @@ from .expr import (
     names_in,
     parse_expression,
 )
-from .spec_model import DIMENSIONS, Init, Numerics, Param, Spec
+from .spec_model import CLASS_NAME, DIMENSIONS, Init, Numerics, Param, Spec, class_name_for
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,7 +37,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SPEC_VERSION = 1
-TOP_LEVEL_KEYS = ("spec_version", "name", "description", "input", "output", "state", "params", "equations", "numerics")
+TOP_LEVEL_KEYS = ("spec_version", "name", "class_name", "description", "input", "output", "state", "params", "equations", "numerics")
 NUMERICS_KEYS = ("layer_norm_epsilon", "layer_norm_variance", "softmax_axis")
 #: Initializer names and the arguments each accepts.
 INITIALIZER_ARGS = {
@@ -169,6 +169,11 @@ class _Loader:
 
     # -- top level
 
+    def class_name(self, value: Any) -> str:
+        if not isinstance(value, str) or not CLASS_NAME.fullmatch(value):
+            self.fail(f"class_name: expected a CapWords Python class name such as 'NovoLSTM' (at most 64 characters), got {value!r}")
+        return value
+
     def load(self, data: Mapping[str, Any]) -> Spec:
         if not isinstance(data, Mapping):
             self.fail("expected a table at the top level")
@@ -179,6 +184,7 @@ class _Loader:
         if isinstance(version, bool) or version != SPEC_VERSION:
             self.fail(f"spec_version: expected {SPEC_VERSION}, got {version!r}")
         name = self.identifier(self.required(data, "name", str, 'a cell name such as "lstm"'), "name")
+        class_name = self.class_name(data.get("class_name", class_name_for(name)))
         description = self.required(data, "description", str, "a one-paragraph description")
         input_name = self.identifier(self.required(data, "input", str, 'the input name, e.g. "x"'), "input")
         output = self.identifier(self.required(data, "output", str, "the equation giving the output"), "output")
@@ -206,6 +212,7 @@ class _Loader:
             self.fail("numerics.softmax_axis: given but no equation calls softmax")
         return Spec(
             name=name,
+            class_name=class_name,
             description=description,
             input=input_name,
             output=output,

@@ -81,6 +81,17 @@ def test_spec_from_a_path(tmp_path):
     assert novolstm.load_spec(str(path)) == spec
 
 
+def test_class_name_names_the_classes_and_stays_out_of_the_hash():
+    assert [novolstm.load_spec(n).class_name for n in ("novolstm", "lstm", "gru", "peephole_lstm")] == [
+        "NovoLSTM", "LSTM", "GRU", "PeepholeLSTM"
+    ]
+    renamed = loads_spec(_mutate('class_name = "LSTM"', 'class_name = "MyLSTM"'))
+    assert renamed.class_name == "MyLSTM" and renamed.hash == novolstm.load_spec("lstm").hash
+    assert renamed != novolstm.load_spec("lstm") and loads_spec(renamed.dumps()) == renamed
+    unnamed = loads_spec(_mutate('class_name = "LSTM"\n', "").replace('name = "lstm"', 'name = "my_peephole_lstm"'))
+    assert unnamed.class_name == "MyPeepholeLstm"  # derived from the name when the spec gives none
+
+
 def test_unknown_builtin_lists_the_known_ones():
     with pytest.raises(SpecError, match="no built-in spec of that name.*novolstm"):
         novolstm.load_spec("novolstm2")
@@ -109,6 +120,8 @@ BAD_SPECS = {
     "unknown initializer": (_mutate('init = "orthogonal" }', 'init = "he_normal" }'), "unknown initializer 'he_normal'"),
     "not TOML": ("name = ", "not valid TOML"),
     "name is not an identifier": (_mutate('name = "lstm"', 'name = "lstm; rm -rf /"'), "name: expected a plain ASCII identifier"),
+    "class_name not CapWords": (_mutate('class_name = "LSTM"', 'class_name = "lstm_cell"'), "class_name: expected a CapWords"),
+    "class_name not a name": (_mutate('class_name = "LSTM"', 'class_name = "LSTM(); import os"'), "class_name: expected a CapWords"),
     "duplicate name": (_mutate('[equations]', '[equations]\nh = "h_next"'), "equations.h: name already declared in state"),
 }
 
