@@ -149,7 +149,9 @@ def get_layer(backend: str = "numpy", spec: SpecLike = "novolstm"):
     return module.Layer
 
 
-def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtype: Any = "float64") -> dict[str, np.ndarray]:
+def init_params(
+    spec: SpecLike, input_size: int, units: int, seed: int = 0, dtype: Any = "float64"
+) -> dict[str, np.ndarray]:
     """Canonical parameters drawn by the spec's initializers; the same numbers for every backend.
 
     Args:

@@ -165,7 +165,9 @@ def load(path, spec=None) -> tuple[dict, dict]:
     if not isinstance(meta, dict) or meta.get("format") != "novolstm-canonical":
         raise CheckpointError(f"{path}: not a novolstm checkpoint (no novolstm metadata in the safetensors header)")
     if meta.get("layout_version") != LAYOUT_VERSION:
-        raise CheckpointError(f"{path}: canonical layout version {meta.get('layout_version')!r}; this novolstm reads {LAYOUT_VERSION!r}")
+        raise CheckpointError(
+            f"{path}: canonical layout version {meta.get('layout_version')!r}; this novolstm reads {LAYOUT_VERSION!r}"
+        )
     stored = load_spec(meta["spec"]) if spec is None else load_spec(spec)
     if meta.get("spec_hash") != stored.hash:
         raise CheckpointError(
@@ -184,7 +186,7 @@ def load(path, spec=None) -> tuple[dict, dict]:
     if missing or extra:
         raise CheckpointError(f"{path}: missing tensors {missing}, unexpected tensors {extra} for spec {stored.name!r}")
     params = _unflatten(tensors, layers, bidirectional)
-    for group in ([params] if layers == 1 and not bidirectional else params.values()):
+    for group in [params] if layers == 1 and not bidirectional else params.values():
         _check_shapes(path, stored, group)
     return params, meta
 
@@ -205,8 +207,10 @@ def _flatten(params, spec, layers, bidirectional):
         flat = {f"{k}.{name}": v for k in keys for name, v in params[k].items()}
     expected = set(_flatten_names(spec, layers, bidirectional))
     if set(flat) != expected:
-        raise CheckpointError(f"missing {sorted(expected - set(flat))}, unexpected {sorted(set(flat) - expected)} for spec {spec.name!r}")
-    for group in ([params] if layers == 1 and not bidirectional else params.values()):
+        raise CheckpointError(
+            f"missing {sorted(expected - set(flat))}, unexpected {sorted(set(flat) - expected)} for spec {spec.name!r}"
+        )
+    for group in [params] if layers == 1 and not bidirectional else params.values():
         _check_shapes("params", spec, group)
     return {k: np.asarray(v) for k, v in flat.items()}
 
@@ -227,7 +231,9 @@ def _check_shapes(where, spec, group):
     input_size = next(np.shape(group[p.name])[0] for p in spec.params if p.shape[0] == "input")
     for name, shape in spec.parameter_shapes(input_size, units).items():
         if np.shape(group[name]) != shape:
-            raise CheckpointError(f"{where}: tensor {name!r} has shape {tuple(np.shape(group[name]))}, expected {shape} (input {input_size}, units {units})")
+            raise CheckpointError(
+                f"{where}: tensor {name!r} has shape {tuple(np.shape(group[name]))}, expected {shape} (input {input_size}, units {units})"
+            )
 
 
 def _read(path):
@@ -238,7 +244,9 @@ def _read(path):
             raise CheckpointError(f"{path}: truncated: {size} bytes, too short for a safetensors header")
         (length,) = struct.unpack("<Q", raw)
         if length > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{path}: corrupt or truncated: header claims {length} bytes, file has {size - 8} after the length")
+            raise CheckpointError(
+                f"{path}: corrupt or truncated: header claims {length} bytes, file has {size - 8} after the length"
+            )
         try:
             header = json.loads(fh.read(length).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -257,10 +265,16 @@ def _tensor(path, name, entry, data):
     except (KeyError, TypeError, ValueError):
         raise CheckpointError(f"{path}: tensor {name!r}: malformed entry {entry!r}") from None
     if not 0 <= begin <= end <= len(data):
-        raise CheckpointError(f"{path}: tensor {name!r}: bytes {begin}..{end} lie outside the {len(data)} data bytes (truncated?)")
+        raise CheckpointError(
+            f"{path}: tensor {name!r}: bytes {begin}..{end} lie outside the {len(data)} data bytes (truncated?)"
+        )
     if end - begin != int(np.prod(shape)) * dtype.itemsize:
         raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes do not hold shape {shape} of {dtype.name}")
-    return np.frombuffer(data, dtype, offset=begin, count=int(np.prod(shape))).reshape(shape).astype(dtype.newbyteorder("="))
+    return (
+        np.frombuffer(data, dtype, offset=begin, count=int(np.prod(shape)))
+        .reshape(shape)
+        .astype(dtype.newbyteorder("="))
+    )
 
 
 def write_safetensors(path, tensors: dict, metadata: dict | None = None, dtype=None) -> None:
@@ -270,9 +284,15 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None, dtype=N
     for name in sorted(tensors):
         value = np.asarray(tensors[name], dtype)
         if value.dtype not in _CODES:
-            raise CheckpointError(f"tensor {name!r}: dtype {value.dtype} cannot be stored; expected one of {sorted(map(str, _CODES))}")
+            raise CheckpointError(
+                f"tensor {name!r}: dtype {value.dtype} cannot be stored; expected one of {sorted(map(str, _CODES))}"
+            )
         data = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": _CODES[value.dtype], "shape": list(value.shape), "data_offsets": [offset, offset + len(data)]}
+        header[name] = {
+            "dtype": _CODES[value.dtype],
+            "shape": list(value.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         blobs.append(data)
         offset += len(data)
     text = json.dumps(header, separators=(",", ":")).encode()

@@ -49,8 +49,14 @@ def make_golden(cell: str, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     from . import reference
 
     spec = load_spec(cell)
-    meta = {"spec": spec.name, "spec_hash": spec.hash, "spec_version": spec.spec_version, "dtype": "float64",
-            "state_names": list(spec.state_names), "cases": {}}
+    meta = {
+        "spec": spec.name,
+        "spec_hash": spec.hash,
+        "spec_version": spec.spec_version,
+        "dtype": "float64",
+        "state_names": list(spec.state_names),
+        "cases": {},
+    }
     arrays: dict[str, np.ndarray] = {}
     for k, (name, (scale, batch, steps, inputs, units, description)) in enumerate(STRESS_CASES.items()):
         rng = np.random.default_rng([seed, k])
@@ -63,8 +69,11 @@ def make_golden(cell: str, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
             mask = np.arange(steps)[None] < lengths[:, None]
             mask[0, steps // 3] = False  # a hole in the middle too
         outputs, final = reference.run(cell, params, x, state, mask=mask)
-        meta["cases"][name] = {"description": description, "weight_scale": scale,
-                               "shape": {"batch": batch, "time": steps, "input": inputs, "units": units}}
+        meta["cases"][name] = {
+            "description": description,
+            "weight_scale": scale,
+            "shape": {"batch": batch, "time": steps, "input": inputs, "units": units},
+        }
         arrays[f"{name}.x"] = x
         arrays[f"{name}.mask"] = mask
         for s_name, s in zip(spec.state_names, state):

@@ -133,7 +133,9 @@ def _expected_width(n: Node, args: list[Node]):
     if n.op == "sum_units":
         return "S"
     if n.op in ("add", "sub", "mul"):
-        widths = {a.width for a in args if a.batched and a.width != "S"} | {a.width for a in args if not a.batched and a.op != "const"}
+        widths = {a.width for a in args if a.batched and a.width != "S"} | {
+            a.width for a in args if not a.batched and a.op != "const"
+        }
         return widths.pop() if len(widths) == 1 else ("S" if not widths else None)
     if n.op in ELEMENTWISE_UNARY + ("softmax", "normalize_units"):
         return args[0].width
@@ -152,7 +154,9 @@ class _Lowering:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.nodes: list[Node] = []
-        self.new_name = NameAllocator([spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)])
+        self.new_name = NameAllocator(
+            [spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)]
+        )
         self.env: dict[str, str] = {}  # spec name -> node name
         self.consts: dict[float, str] = {}
 
@@ -207,7 +211,9 @@ class _Lowering:
     def term(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Binary) and e.op == "@":
             operand = self.expr(e.left)
-            return self.emit("linear", [operand], (("weights", (e.right.id,)), ("biases", (None,))), width=1, name=target)
+            return self.emit(
+                "linear", [operand], (("weights", (e.right.id,)), ("biases", (None,))), width=1, name=target
+            )
         return self.expr(e)
 
     def layer_norm(self, z: Expr, gamma: Name, beta: Name, target: str | None) -> str:

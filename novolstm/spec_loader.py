@@ -37,7 +37,18 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SPEC_VERSION = 1
-TOP_LEVEL_KEYS = ("spec_version", "name", "class_name", "description", "input", "output", "state", "params", "equations", "numerics")
+TOP_LEVEL_KEYS = (
+    "spec_version",
+    "name",
+    "class_name",
+    "description",
+    "input",
+    "output",
+    "state",
+    "params",
+    "equations",
+    "numerics",
+)
 NUMERICS_KEYS = ("layer_norm_epsilon", "layer_norm_variance", "softmax_axis")
 #: Initializer names and the arguments each accepts.
 INITIALIZER_ARGS = {
@@ -171,7 +182,9 @@ class _Loader:
 
     def class_name(self, value: Any) -> str:
         if not isinstance(value, str) or not CLASS_NAME.fullmatch(value):
-            self.fail(f"class_name: expected a CapWords Python class name such as 'NovoLSTM' (at most 64 characters), got {value!r}")
+            self.fail(
+                f"class_name: expected a CapWords Python class name such as 'NovoLSTM' (at most 64 characters), got {value!r}"
+            )
         return value
 
     def load(self, data: Mapping[str, Any]) -> Spec:
@@ -244,9 +257,7 @@ class _Loader:
     def state(self, table: Mapping) -> tuple[tuple[str, str], ...]:
         if not table:
             self.fail("state: expected at least one state variable")
-        return tuple(
-            (self.identifier(k, "state"), self.identifier(v, f"state.{k}")) for k, v in table.items()
-        )
+        return tuple((self.identifier(k, "state"), self.identifier(v, f"state.{k}")) for k, v in table.items())
 
     def params(self, table: Mapping) -> tuple[Param, ...]:
         out = []
@@ -265,9 +276,7 @@ class _Loader:
                 or any(d not in DIMENSIONS for d in shape)
                 or shape[-1] != "units"
             ):
-                self.fail(
-                    f"{key}.shape: expected [\"units\"], [\"input\", \"units\"] or [\"units\", \"units\"], got {shape!r}"
-                )
+                self.fail(f'{key}.shape: expected ["units"], ["input", "units"] or ["units", "units"], got {shape!r}')
             out.append(Param(name, tuple(shape), self.init(entry.get("init"), f"{key}.init")))
         if not out:
             self.fail("params: expected at least one parameter")
@@ -314,17 +323,22 @@ class _Loader:
             self.fail(f"numerics.layer_norm_epsilon: expected a number in (0, 1), got {eps!r}")
         variance = table.get("layer_norm_variance", "population")
         if variance != "population":
-            self.fail(f"numerics.layer_norm_variance: expected \"population\" (mean((z - mean z)^2)), got {variance!r}")
+            self.fail(f'numerics.layer_norm_variance: expected "population" (mean((z - mean z)^2)), got {variance!r}')
         axis = table.get("softmax_axis", "units")
         if axis != "units":
-            self.fail(f"numerics.softmax_axis: expected \"units\", got {axis!r}")
+            self.fail(f'numerics.softmax_axis: expected "units", got {axis!r}')
         return Numerics(None if eps is None else float(eps), variance, axis)
 
     # -- cross-checks
 
     def check_names(self, input_name, state, params, equations):
         seen: dict[str, str] = {}
-        groups = [("input", [input_name]), ("state", [n for n, _ in state]), ("params", [p.name for p in params]), ("equations", list(equations))]
+        groups = [
+            ("input", [input_name]),
+            ("state", [n for n, _ in state]),
+            ("params", [p.name for p in params]),
+            ("equations", list(equations)),
+        ]
         for section, names in groups:
             for n in names:
                 if n in seen:
@@ -344,7 +358,7 @@ class _Loader:
             if state.get(name) == "done":
                 return
             if state.get(name) == "active":
-                cycle = " -> ".join(path[path.index(name):] + [name])
+                cycle = " -> ".join(path[path.index(name) :] + [name])
                 self.fail(f"equations.{name}: cycle {cycle}; an equation may use state variables, not itself")
             state[name] = "active"
             for used in sorted(names_in(equations[name])):
@@ -388,7 +402,9 @@ class _Loader:
         if expr.fn == "layer_norm":
             for pos, arg in ((1, "gamma"), (2, "beta")):
                 if not isinstance(expr.args[pos], Name) or args[pos] != UNITS_VECTOR:
-                    self.fail(f"{key}: layer_norm's {arg} must be a parameter of shape (units), got {args[pos].describe()}")
+                    self.fail(
+                        f"{key}: layer_norm's {arg} must be a parameter of shape (units), got {args[pos].describe()}"
+                    )
             if args[0] != BATCH_UNITS:
                 self.fail(f"{key}: layer_norm normalizes a batch of units-wide rows, got {args[0].describe()}")
             return BATCH_UNITS
@@ -399,7 +415,9 @@ class _Loader:
     def elementwise(self, args: list[Kind], what: str, key: str) -> Kind:
         for a in args:
             if a.dims and a.dims != ("units",):
-                self.fail(f"{key}: {what} needs units-wide operands (or numbers), got {a.describe()}; use '@' for matrices")
+                self.fail(
+                    f"{key}: {what} needs units-wide operands (or numbers), got {a.describe()}; use '@' for matrices"
+                )
         if any(a.batched for a in args):
             return BATCH_UNITS
         return UNITS_VECTOR if any(a.dims for a in args) else SCALAR

@@ -128,9 +128,7 @@ class Spec:
             "input": self.input,
             "output": self.output,
             "state": dict(self.state),
-            "params": {
-                p.name: {"shape": list(p.shape), "init": _init_data(p.init)} for p in self.params
-            },
+            "params": {p.name: {"shape": list(p.shape), "init": _init_data(p.init)} for p in self.params},
             "equations": {name: format_expression(e) for name, e in self.equations},
         }
         numerics = {}

@@ -57,5 +57,9 @@ def drop(params, names, lossy: bool, why: str) -> dict:
                 f"{why}: dropping {dropped} (largest |value| {largest:.3g}) would change what the weights compute; "
                 "pass lossy=True (novolstm convert --lossy) to drop them anyway"
             )
-        warnings.warn(f"{why}: dropped {dropped} (largest |value| {largest:.3g}) as asked (lossy=True)", LossyConversionWarning, stacklevel=3)
+        warnings.warn(
+            f"{why}: dropped {dropped} (largest |value| {largest:.3g}) as asked (lossy=True)",
+            LossyConversionWarning,
+            stacklevel=3,
+        )
     return {k: v for k, v in params.items() if k not in names}

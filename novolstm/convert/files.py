@@ -55,7 +55,13 @@ def _write_canonical(layers, path, cell):
     from novolstm.checkpoint import save
 
     count, bidirectional = structure(layers)
-    save(layers["l0"] if (count, bidirectional) == (1, False) else layers, path, spec=cell, layers=count, bidirectional=bidirectional)
+    save(
+        layers["l0"] if (count, bidirectional) == (1, False) else layers,
+        path,
+        spec=cell,
+        layers=count,
+        bidirectional=bidirectional,
+    )
 
 
 def _read_torch(path, cell):
@@ -87,7 +93,9 @@ def _write_onnx(layers, path, cell):
 
     count, bidirectional = structure(layers)
     if count != 1:
-        raise ConversionError(f"the ONNX LSTM operator holds one layer; these weights have {count} (export each layer, or use novolstm.export_onnx)")
+        raise ConversionError(
+            f"the ONNX LSTM operator holds one layer; these weights have {count} (export each layer, or use novolstm.export_onnx)"
+        )
     directions = [layers["l0"]] + ([layers["l0_reverse"]] if bidirectional else [])
     model = lstm_operator_model(directions, input_size=directions[0]["W_i"].shape[0])
     with open(path, "wb") as fh:
@@ -167,7 +175,9 @@ def write(layers: dict, path, fmt: str, cell: str, layout: str | None = None, lo
     FORMATS[fmt][1](layers, path, cell, **options)
 
 
-def convert(source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None, lossy: bool = False) -> dict:
+def convert(
+    source, destination, src_fmt: str, dst_fmt: str, cell: str, src_layout=None, dst_layout=None, lossy: bool = False
+) -> dict:
     """Read ``source`` in ``src_fmt``, write ``destination`` in ``dst_fmt``, through the canonical layout.
 
     Args:

@@ -136,7 +136,10 @@ def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
         _expect_keys(tree, ("dense_i", "dense_h"), f"Flax {layout} tree")
         i, h = _dense(tree, "dense_i", bias=False), _dense(tree, "dense_h", bias=True)
         for g, w, u, b in zip(
-            _LSTM_GATES, _blocks(i["kernel"], 4, "dense_i kernel"), _blocks(h["kernel"], 4, "dense_h kernel"), _blocks(h["bias"], 4, "dense_h bias")
+            _LSTM_GATES,
+            _blocks(i["kernel"], 4, "dense_i kernel"),
+            _blocks(h["kernel"], 4, "dense_h kernel"),
+            _blocks(h["bias"], 4, "dense_h bias"),
         ):
             out[f"W_{g}"], out[f"U_{g}"], out[f"b_{g}"] = w, u, b
     elif layout == "linen_gru":
@@ -151,7 +154,10 @@ def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
         _expect_keys(tree, ("dense_i", "dense_h"), f"Flax {layout} tree")
         i, h = _dense(tree, "dense_i", bias=True), _dense(tree, "dense_h", bias=False)
         for g, w, b, u in zip(
-            _GRU_GATES, _blocks(i["kernel"], 3, "dense_i kernel"), _blocks(i["bias"], 3, "dense_i bias"), _blocks(h["kernel"], 3, "dense_h kernel")
+            _GRU_GATES,
+            _blocks(i["kernel"], 3, "dense_i kernel"),
+            _blocks(i["bias"], 3, "dense_i bias"),
+            _blocks(h["kernel"], 3, "dense_h kernel"),
         ):
             out[f"W_{g}"], out[f"b_{g}"], out[f"U_{g}"] = w, b, u
         out["b_hn"] = np.zeros_like(out["b_n"])  # nnx's GRU has no bias inside the reset product
@@ -194,8 +200,13 @@ def from_canonical(params: Mapping, layout: str, lossy: bool = False) -> dict:
         tree["hn"]["bias"] = p["b_hn"]
         return tree
     # nnx_gru
-    p = drop(p, ["b_hn"], lossy, "nnx GRUCell has no bias inside the reset product (b_hn), which cannot merge with b_n "
-             "(the linen GRUCell layout holds it)")
+    p = drop(
+        p,
+        ["b_hn"],
+        lossy,
+        "nnx GRUCell has no bias inside the reset product (b_hn), which cannot merge with b_n "
+        "(the linen GRUCell layout holds it)",
+    )
     cat = lambda prefix: np.concatenate([p[f"{prefix}_{g}"] for g in _GRU_GATES], axis=-1)  # noqa: E731
     return {"dense_i": {"kernel": cat("W"), "bias": cat("b")}, "dense_h": {"kernel": cat("U")}}
 

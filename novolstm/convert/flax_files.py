@@ -56,7 +56,9 @@ def detect_layout(tree: dict, cell: str) -> str:
             return "nnx_gru"
     else:
         raise ConversionError(f"Flax has cells for the specs {sorted(DEFAULT_LAYOUT)}, not {cell!r}")
-    raise ConversionError(f"a Flax parameter tree with keys {sorted(keys)} is no Flax {cell} cell layout that novolstm knows")
+    raise ConversionError(
+        f"a Flax parameter tree with keys {sorted(keys)} is no Flax {cell} cell layout that novolstm knows"
+    )
 
 
 def read_flax(path, cell: str, layout: str | None = None) -> dict:
@@ -88,7 +90,9 @@ def write_flax(layers: dict, path, cell: str, layout: str | None = None) -> None
     from novolstm.convert.flax import LAYOUTS, from_canonical
 
     if structure(layers) != (1, False):
-        raise ConversionError("a Flax file holds one cell; these weights are stacked or bidirectional (write each cell on its own)")
+        raise ConversionError(
+            "a Flax file holds one cell; these weights are stacked or bidirectional (write each cell on its own)"
+        )
     if cell not in DEFAULT_LAYOUT:
         raise ConversionError(f"Flax has cells for the specs {sorted(DEFAULT_LAYOUT)}, not {cell!r}")
     layout = layout or DEFAULT_LAYOUT[cell]

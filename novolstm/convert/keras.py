@@ -171,8 +171,10 @@ def check_layer_config(config: Mapping, cell: str) -> None:
         if got != wanted:
             extra = ""
             if got == "hard_sigmoid":
-                extra = (" (Keras 3's hard_sigmoid is relu6(z+3)/6, Keras 2's clip(0.2z+0.5, 0, 1); no built-in spec "
-                         "computes either, and mapping them to sigmoid would change every output)")
+                extra = (
+                    " (Keras 3's hard_sigmoid is relu6(z+3)/6, Keras 2's clip(0.2z+0.5, 0, 1); no built-in spec "
+                    "computes either, and mapping them to sigmoid would change every output)"
+                )
             raise ConversionError(f"Keras layer config: {key} is {got!r}, but spec {cell!r} computes {wanted!r}{extra}")
 
 

@@ -101,16 +101,29 @@ def _layer(group, name: str, cell: str, config=None, class_name=None) -> dict:
             if config is not None:
                 side_config = (config.get("backward_layer") or inner) if suffix else inner
                 side_config = dict(side_config.get("config", {}), go_backwards=False)  # the wrapper reverses
-            out[suffix] = _to_canonical(_cell_weights(group[side], f"layers/{name}/{side}"), cell, f"layers/{name}/{side}", side_config)
+            out[suffix] = _to_canonical(
+                _cell_weights(group[side], f"layers/{name}/{side}"), cell, f"layers/{name}/{side}", side_config
+            )
         return out
     if kind != LAYER_CLASS[cell]:
-        raise ConversionError(f"layers/{name}: a Keras {kind.upper()} layer holds no {cell!r} (expected {LAYER_CLASS[cell].upper()} layers)")
-    return {"": _to_canonical(_cell_weights(group, f"layers/{name}"), cell, f"layers/{name}", None if config is None else config.get("config", {}))}
+        raise ConversionError(
+            f"layers/{name}: a Keras {kind.upper()} layer holds no {cell!r} (expected {LAYER_CLASS[cell].upper()} layers)"
+        )
+    return {
+        "": _to_canonical(
+            _cell_weights(group, f"layers/{name}"),
+            cell,
+            f"layers/{name}",
+            None if config is None else config.get("config", {}),
+        )
+    }
 
 
 def _check_cell(cell: str) -> None:
     if cell not in LAYER_CLASS:
-        raise ConversionError(f"Keras files hold LSTM or GRU layers; spec {cell!r} has no Keras layer (expected one of {sorted(LAYER_CLASS)})")
+        raise ConversionError(
+            f"Keras files hold LSTM or GRU layers; spec {cell!r} has no Keras layer (expected one of {sorted(LAYER_CLASS)})"
+        )
 
 
 def _order_from_names(names: list[str], path) -> list[str]:
@@ -164,7 +177,9 @@ def read_keras(path, cell: str) -> dict:
             for suffix, params in _layer(layers[name], name, cell, layer_config, class_name).items():
                 out[f"l{k}{suffix}"] = params
     if len({f"l{k}_reverse" in out for k in range(len(ordered))}) > 1:
-        raise ConversionError(f"{path}: some layers are bidirectional and some are not; canonical stacks are one or the other")
+        raise ConversionError(
+            f"{path}: some layers are bidirectional and some are not; canonical stacks are one or the other"
+        )
     return out
 
 
@@ -182,7 +197,9 @@ def _ordered_from_config(config: dict, layers, path) -> list:
         group = class_name if count == 0 else f"{class_name}_{count}"
         if class_name in ("lstm", "gru", "bidirectional"):
             if group not in layers:
-                raise ConversionError(f"{path}: config names a {entry.get('class_name')} layer, but model.weights.h5 has no group {group!r}")
+                raise ConversionError(
+                    f"{path}: config names a {entry.get('class_name')} layer, but model.weights.h5 has no group {group!r}"
+                )
             ordered.append((group, class_name, entry.get("config", {}) if class_name == "bidirectional" else entry))
         elif group in layers and _datasets(layers[group]):
             raise ConversionError(
@@ -201,7 +218,9 @@ def write_keras(layers: dict, path, cell: str) -> None:
 
     _check_cell(cell)
     if str(path).endswith(".keras"):
-        raise ConversionError(f"{path}: novolstm writes .weights.h5 files (weights only), not .keras archives (which need a model config)")
+        raise ConversionError(
+            f"{path}: novolstm writes .weights.h5 files (weights only), not .keras archives (which need a model config)"
+        )
     count, bidirectional = structure(layers)
     to_keras = layouts.lstm_from_canonical if cell == "lstm" else layouts.gru_from_canonical
     kind = LAYER_CLASS[cell]

@@ -155,7 +155,9 @@ def _onnx_load(path, cell, input_size, units):
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     names = {i.name for i in session.get_inputs()}
     if names != {"x", "sequence_lens", "h0", "c0"}:
-        raise ConversionError(f"{path}: inputs {sorted(names)}; expected the LSTM operator model novolstm writes (x, sequence_lens, h0, c0)")
+        raise ConversionError(
+            f"{path}: inputs {sorted(names)}; expected the LSTM operator model novolstm writes (x, sequence_lens, h0, c0)"
+        )
     return session, path
 
 
@@ -165,7 +167,12 @@ def _onnx_save(layer, path):
 
 def _onnx_run(layer, x, state):
     session, _ = layer
-    feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32), "h0": state[0][:, None], "c0": state[1][:, None]}
+    feeds = {
+        "x": x,
+        "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32),
+        "h0": state[0][:, None],
+        "c0": state[1][:, None],
+    }
     outputs, h, c = session.run(["outputs", "h", "c"], feeds)
     return outputs[:, :, 0], (h[:, 0], c[:, 0])
 
@@ -202,7 +209,9 @@ def _reference_run(layer, x, state):
     from novolstm import reference
 
     cell, params = layer
-    outputs, final = reference.run(cell, params, np.asarray(x, np.float64), tuple(np.asarray(s, np.float64) for s in state))
+    outputs, final = reference.run(
+        cell, params, np.asarray(x, np.float64), tuple(np.asarray(s, np.float64) for s in state)
+    )
     return np.asarray(outputs), tuple(np.asarray(s) for s in final)
 
 
@@ -212,11 +221,37 @@ NATIVES = {
     for n in (
         Native("torch", "torch", ".safetensors", ("lstm", "gru"), _torch_load, _torch_save, _torch_run),
         Native("keras", "keras", ".weights.h5", ("lstm", "gru"), _keras_load, _keras_save, _keras_run),
-        Native("flax", "flax", ".msgpack", ("lstm", "gru"), _flax_loader({"lstm": "OptimizedLSTMCell", "gru": "GRUCell"}), _flax_save, _flax_run),
-        Native("flax-lstmcell", "flax", ".msgpack", ("lstm",), _flax_loader({"lstm": "LSTMCell"}), _flax_save, _flax_run),
+        Native(
+            "flax",
+            "flax",
+            ".msgpack",
+            ("lstm", "gru"),
+            _flax_loader({"lstm": "OptimizedLSTMCell", "gru": "GRUCell"}),
+            _flax_save,
+            _flax_run,
+        ),
+        Native(
+            "flax-lstmcell", "flax", ".msgpack", ("lstm",), _flax_loader({"lstm": "LSTMCell"}), _flax_save, _flax_run
+        ),
         Native("onnx", "onnx", ".onnx", ("lstm",), _onnx_load, _onnx_save, _onnx_run),
-        Native("numpy", "canonical", ".safetensors", ("lstm", "gru"), _canonical_loader(np.float32), _canonical_save, _numpy_run),
-        Native("reference", "canonical", ".safetensors", ("lstm", "gru"), _canonical_loader(np.float64), _canonical_save, _reference_run),
+        Native(
+            "numpy",
+            "canonical",
+            ".safetensors",
+            ("lstm", "gru"),
+            _canonical_loader(np.float32),
+            _canonical_save,
+            _numpy_run,
+        ),
+        Native(
+            "reference",
+            "canonical",
+            ".safetensors",
+            ("lstm", "gru"),
+            _canonical_loader(np.float64),
+            _canonical_save,
+            _reference_run,
+        ),
     )
 }
 
@@ -239,7 +274,9 @@ def shapes(layers: dict) -> tuple[int, int]:
     from novolstm.convert.files import structure
 
     if structure(layers) != (1, False):
-        raise ConversionError("a port is checked on one unidirectional layer; these weights are stacked or bidirectional")
+        raise ConversionError(
+            "a port is checked on one unidirectional layer; these weights are stacked or bidirectional"
+        )
     first = next(k for k in sorted(layers["l0"]) if k.startswith("W_"))
     return layers["l0"][first].shape
 

@@ -40,7 +40,12 @@ def to_onnx_lstm(directions: list[dict]) -> dict[str, np.ndarray]:
         "W": np.stack([np.concatenate([p[f"W_{g}"].T for g in GATES]) for p in directions]),
         "R": np.stack([np.concatenate([p[f"U_{g}"].T for g in GATES]) for p in directions]),
         # The recurrent half of B is zero: the canonical LSTM has one bias per gate.
-        "B": np.stack([np.concatenate([p[f"b_{g}"] for g in GATES] + [np.zeros_like(p[f"b_{g}"]) for g in GATES]) for p in directions]),
+        "B": np.stack(
+            [
+                np.concatenate([p[f"b_{g}"] for g in GATES] + [np.zeros_like(p[f"b_{g}"]) for g in GATES])
+                for p in directions
+            ]
+        ),
     }
     has_peepholes = {"p_i" in p for p in directions}
     if has_peepholes == {True}:
@@ -66,8 +71,16 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
         One canonical dict per direction (``peephole_lstm`` when ``P`` is given).
     """
     W, R = np.asarray(W), np.asarray(R)
-    if W.ndim != 3 or R.ndim != 3 or W.shape[1] % 4 or R.shape[1:] != (W.shape[1], W.shape[1] // 4) or R.shape[0] != W.shape[0]:
-        raise ConversionError(f"expected W (directions, 4H, input) and R (directions, 4H, H), got {W.shape} and {R.shape}")
+    if (
+        W.ndim != 3
+        or R.ndim != 3
+        or W.shape[1] % 4
+        or R.shape[1:] != (W.shape[1], W.shape[1] // 4)
+        or R.shape[0] != W.shape[0]
+    ):
+        raise ConversionError(
+            f"expected W (directions, 4H, input) and R (directions, 4H, H), got {W.shape} and {R.shape}"
+        )
     dirs, four_h, _ = W.shape
     H = four_h // 4
     B = np.zeros((dirs, 8 * H), W.dtype) if B is None else np.asarray(B)
@@ -120,21 +133,31 @@ def lstm_operator_model(directions: list[dict], input_size: int, dtype="float32"
         helper.make_node("Transpose", ["x"], ["x_tm"], perm=[1, 0, 2]),
         helper.make_node("Transpose", ["h0"], ["h0_tm"], perm=[1, 0, 2]),
         helper.make_node("Transpose", ["c0"], ["c0_tm"], perm=[1, 0, 2]),
-        helper.make_node("LSTM", names, ["y_tm", "h_tm", "c_tm"], hidden_size=units,
-                         direction="bidirectional" if dirs == 2 else "forward"),
+        helper.make_node(
+            "LSTM",
+            names,
+            ["y_tm", "h_tm", "c_tm"],
+            hidden_size=units,
+            direction="bidirectional" if dirs == 2 else "forward",
+        ),
         helper.make_node("Transpose", ["y_tm"], ["outputs"], perm=[2, 0, 1, 3]),
         helper.make_node("Transpose", ["h_tm"], ["h"], perm=[1, 0, 2]),
         helper.make_node("Transpose", ["c_tm"], ["c"], perm=[1, 0, 2]),
     ]
     graph = helper.make_graph(
-        nodes, "lstm",
-        [helper.make_tensor_value_info("x", elem, ["batch", "time", input_size]),
-         helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["batch"]),
-         helper.make_tensor_value_info("h0", elem, ["batch", dirs, units]),
-         helper.make_tensor_value_info("c0", elem, ["batch", dirs, units])],
-        [helper.make_tensor_value_info("outputs", elem, ["batch", "time", dirs, units]),
-         helper.make_tensor_value_info("h", elem, ["batch", dirs, units]),
-         helper.make_tensor_value_info("c", elem, ["batch", dirs, units])],
+        nodes,
+        "lstm",
+        [
+            helper.make_tensor_value_info("x", elem, ["batch", "time", input_size]),
+            helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32, ["batch"]),
+            helper.make_tensor_value_info("h0", elem, ["batch", dirs, units]),
+            helper.make_tensor_value_info("c0", elem, ["batch", dirs, units]),
+        ],
+        [
+            helper.make_tensor_value_info("outputs", elem, ["batch", "time", dirs, units]),
+            helper.make_tensor_value_info("h", elem, ["batch", dirs, units]),
+            helper.make_tensor_value_info("c", elem, ["batch", dirs, units]),
+        ],
         [numpy_helper.from_array(tensors[k], k) for k in ("W", "R", "B", "P") if k in tensors],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="novolstm")
@@ -172,8 +195,13 @@ def import_lstm_node(model, node_index: int = 0) -> list[dict]:
         raise ConversionError(f"the model has {len(nodes)} LSTM node(s); asked for number {node_index}")
     node = nodes[node_index]
     for attr in node.attribute:
-        if attr.name == "activations" and [a.decode() for a in attr.strings] not in ([], ["Sigmoid", "Tanh", "Tanh"] * (len(attr.strings) // 3)):
-            raise ConversionError(f"LSTM node {node.name!r} uses activations {[a.decode() for a in attr.strings]}: no canonical spec computes them")
+        if attr.name == "activations" and [a.decode() for a in attr.strings] not in (
+            [],
+            ["Sigmoid", "Tanh", "Tanh"] * (len(attr.strings) // 3),
+        ):
+            raise ConversionError(
+                f"LSTM node {node.name!r} uses activations {[a.decode() for a in attr.strings]}: no canonical spec computes them"
+            )
         if attr.name in ("clip", "input_forget") and (attr.f or attr.i):
             raise ConversionError(f"LSTM node {node.name!r} sets {attr.name!r}: no canonical spec computes it")
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -184,7 +212,9 @@ def import_lstm_node(model, node_index: int = 0) -> list[dict]:
         if not name:
             return None
         if name not in inits:
-            raise ConversionError(f"LSTM input {name!r} is not an initializer: weights computed at run time cannot be imported")
+            raise ConversionError(
+                f"LSTM input {name!r} is not an initializer: weights computed at run time cannot be imported"
+            )
         return inits[name]
 
     return from_onnx_lstm(tensor(1), tensor(2), tensor(3), tensor(7))

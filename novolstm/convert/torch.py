@@ -114,7 +114,13 @@ def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dic
             raise ConversionError(f"{where}: missing {required}")
     w_ih, w_hh = group["weight_ih"], group["weight_hh"]
     rows = w_hh.shape[0]
-    if rows % len(gates) or w_hh.ndim != 2 or w_ih.ndim != 2 or w_ih.shape[0] != rows or w_hh.shape[1] * len(gates) != rows:
+    if (
+        rows % len(gates)
+        or w_hh.ndim != 2
+        or w_ih.ndim != 2
+        or w_ih.shape[0] != rows
+        or w_hh.shape[1] * len(gates) != rows
+    ):
         raise ConversionError(
             f"{where}: weight_ih {w_ih.shape} and weight_hh {w_hh.shape} are not ({len(gates)}*H, I) and ({len(gates)}*H, H)"
         )
@@ -141,7 +147,9 @@ def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dic
     return out
 
 
-def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str, lossy: bool = False) -> dict[str, np.ndarray]:
+def _cell_to_torch(
+    params: dict, cell: str, bias: bool, dtype, where: str, lossy: bool = False
+) -> dict[str, np.ndarray]:
     layout = _layout(cell)
     gates = layout["gates"]
     expected = {f"{kind}_{g}" for g in gates for kind in ("W", "U")} | {n for names in layout["biases"] for n in names}

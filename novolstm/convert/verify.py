@@ -50,13 +50,20 @@ class PortReport:
 
     def format(self) -> str:
         worst = int(np.argmax(self.step_error)) + 1
-        lines = [f"verify-port {self.source} -> {self.target}: spec {self.cell}, {len(self.step_error)} steps, {self.dtype}", "",
-                 "  step   max |A-B| (outputs)"]
+        lines = [
+            f"verify-port {self.source} -> {self.target}: spec {self.cell}, {len(self.step_error)} steps, {self.dtype}",
+            "",
+            "  step   max |A-B| (outputs)",
+        ]
         lines += [f"  {s:>4}   {e:.3e}" for s, e in self.table()]
-        lines += [f"  worst step {worst}: {self.step_error[worst - 1]:.3e}; final state max |A-B| {self.state_error:.3e}", "",
-                  f"  {self.source} vs float64 reference: {self.source_deviation:.3e}",
-                  f"  {self.target} vs float64 reference: {self.target_deviation:.3e}",
-                  f"  tolerance ({self.dtype}, {len(self.step_error)} steps): atol {self.tolerance.atol:.2e}, rtol {self.tolerance.rtol:.2e}", ""]
+        lines += [
+            f"  worst step {worst}: {self.step_error[worst - 1]:.3e}; final state max |A-B| {self.state_error:.3e}",
+            "",
+            f"  {self.source} vs float64 reference: {self.source_deviation:.3e}",
+            f"  {self.target} vs float64 reference: {self.target_deviation:.3e}",
+            f"  tolerance ({self.dtype}, {len(self.step_error)} steps): atol {self.tolerance.atol:.2e}, rtol {self.tolerance.rtol:.2e}",
+            "",
+        ]
         lines += [f"  FAIL: {f}" for f in self.failures]
         lines.append("PASS" if self.passed else "FAIL")
         return "\n".join(lines)
@@ -66,10 +73,15 @@ def probe_params(cell: str, input_size: int, units: int, seed: int = 0, dtype=np
     """Random weights for ``cell``: every tensor distinct, every bias non-zero and distinct per gate."""
     from novolstm.testing import random_params
 
-    params = {k: v.astype(dtype) for k, v in random_params(cell, input_size, units, np.random.default_rng(seed), scale=0.5).items()}
+    params = {
+        k: v.astype(dtype)
+        for k, v in random_params(cell, input_size, units, np.random.default_rng(seed), scale=0.5).items()
+    }
     biases = [v for k, v in sorted(params.items()) if k.startswith("b_")]
     if any((b == 0).any() for b in biases) or len({b.tobytes() for b in biases}) != len(biases):
-        raise AssertionError("probe biases must be non-zero and distinct per gate")  # a seed that draws them equal is a bug
+        raise AssertionError(
+            "probe biases must be non-zero and distinct per gate"
+        )  # a seed that draws them equal is a bug
     return params
 
 
@@ -79,9 +91,20 @@ def _violations(actual, expected, tol) -> float:
     return float(np.max(np.abs(a - e) - tol.bound(e)))
 
 
-def verify_port(source: str, target: str, cell: str = "lstm", steps: int = 64, batch: int = 3, input_size: int = 5,
-                units: int = 8, seed: int = 0, weights=None, weights_format: str | None = None, layout: str | None = None,
-                ported=None) -> PortReport:
+def verify_port(
+    source: str,
+    target: str,
+    cell: str = "lstm",
+    steps: int = 64,
+    batch: int = 3,
+    input_size: int = 5,
+    units: int = 8,
+    seed: int = 0,
+    weights=None,
+    weights_format: str | None = None,
+    layout: str | None = None,
+    ported=None,
+) -> PortReport:
     """Port weights from framework ``source`` to ``target`` and compare both layers step by step.
 
     Args:
@@ -145,13 +168,30 @@ def verify_port(source: str, target: str, cell: str = "lstm", steps: int = 64, b
     state_error = max(float(np.abs(np.float64(sa) - sb).max()) for sa, sb in zip(state_a, state_b))
 
     def deviation(out, state):
-        return max([float(np.abs(np.float64(out) - ref_out).max())] + [float(np.abs(np.float64(s) - r).max()) for s, r in zip(state, ref_state)])
+        return max(
+            [float(np.abs(np.float64(out) - ref_out).max())]
+            + [float(np.abs(np.float64(s) - r).max()) for s, r in zip(state, ref_state)]
+        )
 
     failures = []
     for name, out, state in ((source, out_a, state_a), (target, out_b, state_b)):
-        if not np.isfinite(out).all() or max(_violations(out, ref_out, tol), *(_violations(s, r, tol) for s, r in zip(state, ref_state))) > 0:
+        if (
+            not np.isfinite(out).all()
+            or max(_violations(out, ref_out, tol), *(_violations(s, r, tol) for s, r in zip(state, ref_state))) > 0
+        ):
             failures.append(f"{name} is outside the tolerance of the float64 reference")
     if max(_violations(out_b, out_a, tol), *(_violations(sb, sa, tol) for sa, sb in zip(state_a, state_b))) > 0:
         failures.append(f"{source} and {target} disagree beyond the tolerance")
-    return PortReport(source, target, cell, dtype, step_error, state_error, deviation(out_a, state_a), deviation(out_b, state_b),
-                      tol, not failures, failures)
+    return PortReport(
+        source,
+        target,
+        cell,
+        dtype,
+        step_error,
+        state_error,
+        deviation(out_a, state_a),
+        deviation(out_b, state_b),
+        tol,
+        not failures,
+        failures,
+    )
