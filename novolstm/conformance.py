@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .golden import STRESS_CASES, GoldenCase, cases_from_arrays, load_golden
+from .golden import STRESS_CASES, GoldenCase, load_golden
 from .ir import lower
 from .spec_loader import list_specs, load_spec, loads_spec
 from .spec_model import Spec

@@ -50,13 +50,13 @@ class Const:
 @dataclass(frozen=True)
 class Binary:
     op: str
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
 
 
 @dataclass(frozen=True)
 class Neg:
-    arg: "Expr"
+    arg: Expr
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,10 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from typing import Any, Iterable
+from functools import cache
+from typing import Any
 
 from .expr import Binary, Call, Const, Expr, Name, Neg
 from .spec_model import Spec
@@ -315,14 +316,14 @@ def fingerprint(spec: Spec) -> str:
     return hashlib.sha256(repr(sorted(outputs)).encode()).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _standard_lstm_fingerprint() -> str:
     from .spec_loader import load_spec
 
     return fingerprint(load_spec("lstm"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _standard_gru_fingerprint() -> str:
     from .spec_loader import load_spec
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import SpecError
 from .expr import (
@@ -80,7 +81,7 @@ def list_specs() -> list[str]:
     )
 
 
-def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
+def load_spec(spec: str | os.PathLike | Spec) -> Spec:
     """A built-in name, a path to a spec file, or a loaded spec -> a validated ``Spec``.
 
     Args:
@@ -118,7 +119,7 @@ def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
     raise TypeError(f"expected a spec name, a path or a Spec, got {type(spec).__name__}")
 
 
-def loads_spec(text: "str | bytes", source: str = "<string>") -> Spec:
+def loads_spec(text: str | bytes, source: str = "<string>") -> Spec:
     """Parse TOML text into a validated spec.
 
     Args:

@@ -27,7 +27,7 @@ class Tolerance:
     atol: float
     rtol: float
 
-    def scaled(self, factor: float) -> "Tolerance":
+    def scaled(self, factor: float) -> Tolerance:
         return Tolerance(self.atol * factor, self.rtol * factor)
 
     def bound(self, expected) -> np.ndarray:
@@ -250,7 +250,7 @@ class Case:
             return {"lengths": self.lengths}
         return {} if self.mask is None else {"mask": self.mask}
 
-    def cast(self, dtype) -> "Case":
+    def cast(self, dtype) -> Case:
         return Case(
             {k: v.astype(dtype) for k, v in self.params.items()},
             self.x.astype(dtype),

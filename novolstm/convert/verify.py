@@ -131,7 +131,8 @@ def verify_port(
     Raises:
         ConversionError: a pair, spec or file the converters cannot handle.
     """
-    from novolstm.convert import files, native as natives
+    from novolstm.convert import files
+    from novolstm.convert import native as natives
     from novolstm.testing import tolerance
 
     if steps < 1:
