@@ -288,7 +288,13 @@ def compare(
                     bar = progress_bar(label, steps, quiet)
                     results.append(
                         train(
-                            cell, task, seed, backend, steps, units, progress=lambda k, loss: bar(k, f"loss {loss:.4f}")
+                            cell,
+                            task,
+                            seed,
+                            backend,
+                            steps,
+                            units,
+                            progress=lambda k, loss, bar=bar: bar(k, f"loss {loss:.4f}"),
                         )
                     )
     return results

@@ -17,7 +17,6 @@ import ast
 import math
 import re
 from dataclasses import dataclass
-from typing import Union
 
 #: Functions a spec may call, with their number of arguments.
 FUNCTIONS = {
@@ -65,7 +64,7 @@ class Call:
     args: tuple
 
 
-Expr = Union[Name, Const, Binary, Neg, Call]
+Expr = Name | Const | Binary | Neg | Call
 
 
 class ExpressionError(ValueError):
