@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import linecache
+import os
 import sys
 import types
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -15,7 +16,8 @@ from .spec_loader import load_spec
 from .spec_model import Spec
 from .validate import prepare_call
 
-SpecLike = "str | os.PathLike | Spec"
+#: What every entry point takes as a spec: a built-in name, a path to a spec file, or a loaded spec.
+SpecLike: TypeAlias = str | os.PathLike | Spec
 
 
 def list_backends() -> list[str]:
@@ -73,7 +75,7 @@ def _load(spec: Spec, backend: str) -> types.ModuleType:
     module.__file__ = filename
     sys.modules[name] = module  # dataclasses, pickle-free serializers and inspect look modules up here
     exec(compile(source, filename, "exec"), module.__dict__)
-    module.SPEC = spec  # the spec itself, for specs loaded from a path (checkpoint.save_module)
+    vars(module)["SPEC"] = spec  # the spec itself, for specs loaded from a path (checkpoint.save_module)
     generated.adopt(module, spec, backend)  # class names for pickle and Keras serialization
     return module
 

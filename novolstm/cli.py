@@ -24,6 +24,7 @@ import tempfile
 import textwrap
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import SpecError
@@ -509,15 +510,18 @@ def _conformance(args) -> int:
     if args.export:
         folder = Path(args.export)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays, meta = (
-            {},
-            {"spec": spec.name, "spec_hash": spec.hash, "state_names": list(spec.state_names), "cases": {}},
-        )
+        arrays: dict[str, Any] = {}
+        meta: dict[str, Any] = {
+            "spec": spec.name,
+            "spec_hash": spec.hash,
+            "state_names": list(spec.state_names),
+            "cases": {},
+        }
         for g in conformance.golden_cases(spec):
             meta["cases"][g.name] = {"description": g.description}
             arrays.update({f"{g.name}.x": g.case.x, f"{g.name}.mask": g.case.mask, f"{g.name}.outputs": g.outputs})
             arrays.update({f"{g.name}.param.{k}": v for k, v in g.case.params.items()})
-            for name, s0, s1 in zip(spec.state_names, g.case.state, g.state):
+            for name, s0, s1 in zip(spec.state_names, g.case.state or (), g.state):
                 arrays.update({f"{g.name}.state0.{name}": s0, f"{g.name}.state.{name}": s1})
         np.savez_compressed(folder / f"{spec.name}.npz", **arrays)
         (folder / f"{spec.name}.json").write_text(json.dumps(meta, indent=1) + "\n")

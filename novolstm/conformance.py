@@ -271,10 +271,10 @@ def known_mistakes(spec: Spec):
                 f"LayerNorm epsilon {other:g} ({who}) instead of {eps:g}",
                 _oracle(spec, load_generated(loads_spec(text, source=f"<{spec.name}, epsilon {other}>"), "numpy")),
             )
-    for other in list_specs():
-        o = load_spec(other)
+    for other_name in list_specs():
+        o = load_spec(other_name)
         if (
-            other != spec.name
+            other_name != spec.name
             and o.state_names == spec.state_names
             and set(o.param_names) <= names | {"U_s"}
             and len(set(o.param_names) & names) > len(names) // 2
@@ -285,7 +285,7 @@ def known_mistakes(spec: Spec):
                 q = {k: p[k] if k in p else np.zeros(shapes[k]) for k in o.param_names}  # absent: a zero term
                 return _oracle(o)(q, x, s, m)
 
-            yield f"computes the {other!r} cell instead", as_other
+            yield f"computes the {other_name!r} cell instead", as_other
     source = generate_source(spec, "numpy")
     uses_softmax = any(n.op == "softmax" for n in lower(spec).nodes)
     code_mutants = {

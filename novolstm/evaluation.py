@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,7 +103,11 @@ def digits_task(rng) -> Task:
     return Task("digits", 8, 10, "classification", x[:cut], y[:cut], x[cut:], y[cut:], 0.1, "test accuracy")
 
 
-TASKS = {"adding": adding_task, "copy": copy_task, "digits": lambda length, rng: digits_task(rng)}
+TASKS: dict[str, Callable[[int, np.random.Generator], Task]] = {
+    "adding": adding_task,
+    "copy": copy_task,
+    "digits": lambda length, rng: digits_task(rng),
+}
 
 
 @dataclass

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def make_golden(cell: str, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     from . import reference
 
     spec = load_spec(cell)
-    meta = {
+    meta: dict[str, Any] = {
         "spec": spec.name,
         "spec_hash": spec.hash,
         "spec_version": spec.spec_version,
@@ -91,7 +92,7 @@ def write_golden(directory: Path, cells=None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for cell in cells or list_specs():
         meta, arrays = make_golden(cell)
-        np.savez_compressed(directory / f"{cell}.npz", **arrays)
+        np.savez_compressed(directory / f"{cell}.npz", **cast("dict[str, Any]", arrays))
         (directory / f"{cell}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 

@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from .expr import Binary, Call, Const, Expr, Name, Neg
 from .spec_model import Spec
@@ -206,14 +206,15 @@ class _Lowering:
             return self.emit("neg", [arg], width=self.kind(arg).width, batched=self.kind(arg).batched, name=target)
         assert isinstance(e, Call)
         if e.fn == "layer_norm":
-            return self.layer_norm(*e.args, target=target)
+            z, gamma, beta = e.args  # the spec loader checked the arity
+            return self.layer_norm(z, cast(Name, gamma), cast(Name, beta), target=target)
         return self.emit(e.fn, [self.expr(e.args[0])], name=target)
 
     def term(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Binary) and e.op == "@":
             operand = self.expr(e.left)
             return self.emit(
-                "linear", [operand], (("weights", (e.right.id,)), ("biases", (None,))), width=1, name=target
+                "linear", [operand], (("weights", (cast(Name, e.right).id,)), ("biases", (None,))), width=1, name=target
             )
         return self.expr(e)
 

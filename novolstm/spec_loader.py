@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from .errors import SpecError
 from .expr import (
@@ -353,7 +353,8 @@ class _Loader:
             for used in sorted(names_in(expr)):
                 if used not in known:
                     self.fail(f"equations.{name}: undeclared name {used!r}")
-        ordered, state = [], {}
+        ordered: list = []
+        state: dict = {}
 
         def visit(name, path):
             if state.get(name) == "done":
@@ -393,7 +394,7 @@ class _Loader:
                     self.fail(f"{key}: '@' takes a batch of rows on the left and a parameter matrix on the right")
                 if right.dims[0] != left.dims[0]:
                     self.fail(
-                        f"{key}: {expr.right.id} has shape ({', '.join(right.dims)}) but its left operand has"
+                        f"{key}: {cast(Name, expr.right).id} has shape ({', '.join(right.dims)}) but its left operand has"
                         f" {left.dims[0]}-wide rows; expected ({left.dims[0]}, units)"
                     )
                 return BATCH_UNITS

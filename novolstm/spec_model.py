@@ -131,7 +131,7 @@ class Spec:
             "params": {p.name: {"shape": list(p.shape), "init": _init_data(p.init)} for p in self.params},
             "equations": {name: format_expression(e) for name, e in self.equations},
         }
-        numerics = {}
+        numerics: dict[str, object] = {}
         if self.numerics.layer_norm_epsilon is not None:
             numerics["layer_norm_epsilon"] = self.numerics.layer_norm_epsilon
             numerics["layer_norm_variance"] = self.numerics.layer_norm_variance

@@ -36,7 +36,8 @@ def layered(params: dict) -> dict:
 def structure(layers: dict) -> tuple[int, bool]:
     """(number of layers, bidirectional) of a per-layer dict, checking the keys are complete."""
     keys = sorted(layers)
-    count = 1 + max(int(LAYER_KEY.match(k).group(1)) for k in keys if LAYER_KEY.match(k)) if keys else 0
+    numbers = [int(m.group(1)) for m in map(LAYER_KEY.match, keys) if m]
+    count = 1 + max(numbers) if numbers else 0
     bidirectional = any(k.endswith("_reverse") for k in keys)
     expected = {f"l{n}{s}" for n in range(count) for s in (("", "_reverse") if bidirectional else ("",))}
     if set(keys) != expected:

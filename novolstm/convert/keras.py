@@ -90,8 +90,9 @@ def _kernels(weights, what: str, bias_ndim: int | None):
             )
         arrays += [None] * (3 - len(arrays))
     kernel, recurrent, bias = (None if a is None else np.asarray(a) for a in arrays)
-    if kernel.ndim != 2 or recurrent.ndim != 2:
-        raise ConversionError(f"{what}: kernels must be matrices, got shapes {kernel.shape} and {recurrent.shape}")
+    if kernel is None or recurrent is None or kernel.ndim != 2 or recurrent.ndim != 2:
+        shapes = [None if a is None else a.shape for a in (kernel, recurrent)]
+        raise ConversionError(f"{what}: kernels must be matrices, got shapes {shapes[0]} and {shapes[1]}")
     if bias is not None and bias_ndim is not None and bias.ndim != bias_ndim:
         raise ConversionError(f"{what}: bias must have {bias_ndim} dimension(s), got shape {bias.shape}")
     for name, a in (("kernel", kernel), ("recurrent_kernel", recurrent), ("bias", bias)):

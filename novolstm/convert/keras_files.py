@@ -85,14 +85,22 @@ def _to_canonical(weights, cell: str, where: str, config=None) -> dict:
         raise ConversionError(f"{where}: {exc}") from None
 
 
+def _group(name: str) -> re.Match:
+    """The match of a recurrent layer group's name (callers pass names that _GROUP selected)."""
+    match = _GROUP.match(name)
+    if match is None:
+        raise ConversionError(f"layers/{name}: not a recurrent layer group")
+    return match
+
+
 def _layer(group, name: str, cell: str, config=None, class_name=None) -> dict:
     """One layer group -> {"": canonical} or {"": forward, "_reverse": backward}."""
-    kind = class_name or _GROUP.match(name).group(1)
+    kind = class_name or _group(name).group(1)
     if kind == "bidirectional":
         inner = None if config is None else config.get("layer", {})
         inner_kind = _snake(inner.get("class_name", "")) if inner else None
         if inner_kind is not None and inner_kind != LAYER_CLASS[cell]:
-            raise ConversionError(f"layers/{name}: Bidirectional({inner.get('class_name')}) holds no {cell!r}")
+            raise ConversionError(f"layers/{name}: Bidirectional({(inner or {}).get('class_name')}) holds no {cell!r}")
         out = {}
         for side, suffix in (("forward_layer", ""), ("backward_layer", "_reverse")):
             if side not in group:
@@ -100,7 +108,7 @@ def _layer(group, name: str, cell: str, config=None, class_name=None) -> dict:
             side_config = None
             if config is not None:
                 side_config = (config.get("backward_layer") or inner) if suffix else inner
-                side_config = dict(side_config.get("config", {}), go_backwards=False)  # the wrapper reverses
+                side_config = dict((side_config or {}).get("config", {}), go_backwards=False)  # the wrapper reverses
             out[suffix] = _to_canonical(
                 _cell_weights(group[side], f"layers/{name}/{side}"), cell, f"layers/{name}/{side}", side_config
             )
@@ -127,13 +135,13 @@ def _check_cell(cell: str) -> None:
 
 
 def _order_from_names(names: list[str], path) -> list[str]:
-    kinds = {_GROUP.match(n).group(1) == "bidirectional" for n in names}
+    kinds = {_group(n).group(1) == "bidirectional" for n in names}
     if len(kinds) > 1:
         raise ConversionError(
             f"{path}: the model mixes plain and Bidirectional recurrent layers; a .weights.h5 file does not record their "
             "order across classes: convert the .keras archive (model.save), whose config does"
         )
-    return sorted(names, key=lambda n: int(_GROUP.match(n).group(2) or -1))
+    return sorted(names, key=lambda n: int(_group(n).group(2) or -1))
 
 
 def read_keras(path, cell: str) -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 
 from novolstm.convert import ConversionError
 from novolstm.spec_loader import load_spec
+from novolstm.testing import Tolerance
 
 
 @dataclass
@@ -38,7 +39,7 @@ class PortReport:
     state_error: float  # max |A - B| of the final state
     source_deviation: float  # max |A - reference|, outputs and final state
     target_deviation: float
-    tolerance: object
+    tolerance: Tolerance
     passed: bool
     failures: list
 
