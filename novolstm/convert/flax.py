@@ -112,8 +112,22 @@ def _blocks(a: np.ndarray, count: int, what: str) -> list[np.ndarray]:
     return np.split(a, count, axis=-1)
 
 
+def _cell_tree(tree: dict) -> dict:
+    """The cell's own tree inside what users hold: linen ``variables`` (``{"params": ...}``),
+    ``nn.RNN``'s variables (``{"params": {"cell": ...}}``), ``nnx.state(nnx.RNN(...))``
+    (``{"cell": ...}``), or the cell's tree itself."""
+    for _ in range(3):
+        if len(tree) == 1 and next(iter(tree)) in ("params", "cell") and isinstance(next(iter(tree.values())), dict):
+            tree = next(iter(tree.values()))
+    return tree
+
+
 def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
     """Canonical parameters (NumPy, the tree's dtype) from a Flax cell's parameter tree.
+
+    ``tree``: the cell's parameters as users hold them: the ``variables`` of a linen cell
+    or of ``nn.RNN(cell)``, ``nnx.state(cell, nnx.Param)`` or ``nnx.state(nnx.RNN(cell),
+    nnx.Param)`` (or their pure dicts), or the cell's tree itself.
 
     Raises:
         ValueError: an unknown layout, a missing or unexpected entry, or a shape that
@@ -121,8 +135,7 @@ def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
     """
     spec = _check_layout(layout)
     tree = _plain(tree)
-    if set(tree) == {"params"} and isinstance(tree["params"], dict):  # a linen variables dict
-        tree = tree["params"]
+    tree = _cell_tree(tree)
     out: dict[str, np.ndarray] = {}
     if layout in ("linen_lstm", "nnx_lstm"):
         if_name = "if" if layout == "linen_lstm" else "if_"

@@ -89,10 +89,12 @@ def _kernels(weights, what: str, bias_ndim: int | None):
                 f"{what}: expected [kernel, recurrent_kernel, bias] (get_weights() order), got {len(arrays)} arrays"
             )
         arrays += [None] * (3 - len(arrays))
-    kernel, recurrent, bias = (None if a is None else np.asarray(a) for a in arrays)
-    if kernel is None or recurrent is None or kernel.ndim != 2 or recurrent.ndim != 2:
-        shapes = [None if a is None else a.shape for a in (kernel, recurrent)]
-        raise ConversionError(f"{what}: kernels must be matrices, got shapes {shapes[0]} and {shapes[1]}")
+    if arrays[0] is None or arrays[1] is None:
+        raise ConversionError(f"{what}: missing kernel or recurrent_kernel")
+    kernel, recurrent = np.asarray(arrays[0]), np.asarray(arrays[1])
+    bias = None if arrays[2] is None else np.asarray(arrays[2])
+    if kernel.ndim != 2 or recurrent.ndim != 2:
+        raise ConversionError(f"{what}: kernels must be matrices, got shapes {kernel.shape} and {recurrent.shape}")
     if bias is not None and bias_ndim is not None and bias.ndim != bias_ndim:
         raise ConversionError(f"{what}: bias must have {bias_ndim} dimension(s), got shape {bias.shape}")
     for name, a in (("kernel", kernel), ("recurrent_kernel", recurrent), ("bias", bias)):

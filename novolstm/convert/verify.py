@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from novolstm.convert import ConversionError
 from novolstm.spec_loader import load_spec
-from novolstm.testing import Tolerance
+
+if TYPE_CHECKING:
+    from novolstm.testing import Tolerance
 
 
 @dataclass
@@ -105,6 +108,7 @@ def verify_port(
     weights_format: str | None = None,
     layout: str | None = None,
     ported=None,
+    prefix: str | None = None,
 ) -> PortReport:
     """Port weights from framework ``source`` to ``target`` and compare both layers step by step.
 
@@ -123,14 +127,18 @@ def verify_port(
         layout: flax only: the layout of ``weights``.
         ported: a file in ``target``'s format that some other tool ported from ``weights``;
             ``target`` loads it instead of novolstm's own conversion, so the report says
-            whether that port is right.
+            whether that port is right: novolstm's own ONNX models, or ones other tools
+            exported (``torch.onnx.export``; a model exported for one input shape runs at
+            that shape, one without initial-state inputs from a zero state).
+        prefix: torch ``weights``: the recurrent layer's keys in a whole model's state dict.
 
     Returns:
         A ``PortReport``: the error between the two layers per step, each side's deviation
         from the float64 reference, the tolerance and the verdict.
 
     Raises:
-        ConversionError: a pair, spec or file the converters cannot handle.
+        ConversionError: a pair, spec or file the converters cannot handle, or a layer that
+            runs backwards in time (never passed).
     """
     from novolstm.convert import files
     from novolstm.convert import native as natives
@@ -144,7 +152,7 @@ def verify_port(
             if weights_format is None:
                 raise ConversionError("--weights needs --format (canonical, torch, onnx, keras, flax)")
             path = f"{folder}/source{a.suffix}"
-            layers = files.convert(weights, path, weights_format, a.format, cell, src_layout=layout)
+            layers = files.convert(weights, path, weights_format, a.format, cell, src_layout=layout, prefix=prefix)
             input_size, units = natives.shapes(layers)
             layer_a = a.load(path, cell, input_size, units)
             canonical = layers["l0"]
@@ -157,9 +165,15 @@ def verify_port(
             layer_b, _ = natives.load_file(b, ported, cell)
         else:
             layer_b, _ = natives.port(a, layer_a, b, cell, folder)
+        # A model exported for one input shape runs only that one; one without state inputs starts from zeros.
+        fixed_batch, fixed_steps = getattr(layer_b, "fixed_shape", None) or (None, None)
+        batch, steps = fixed_batch or batch, fixed_steps or steps
+        scale = 0.5 if getattr(layer_b, "takes_state", True) else 0.0
         rng = np.random.default_rng(seed + 1)
         x = rng.normal(size=(batch, steps, input_size)).astype(np.float32)
-        state0 = tuple((0.5 * rng.normal(size=(batch, units))).astype(np.float32) for _ in load_spec(cell).state_names)
+        state0 = tuple(
+            (scale * rng.normal(size=(batch, units))).astype(np.float32) for _ in load_spec(cell).state_names
+        )
         out_a, state_a = a.run(layer_a, x, state0)
         out_b, state_b = b.run(layer_b, x, state0)
     reference = natives.NATIVES["reference"]
