@@ -45,7 +45,6 @@ Examples:
 from __future__ import annotations
 
 import re
-from typing import cast
 
 import numpy as np
 
@@ -83,7 +82,7 @@ def _array(value) -> np.ndarray:
 def _layout(cell: str) -> dict:
     if cell not in LAYOUTS:
         raise ConversionError(f"torch has no native layout for spec {cell!r}; convertible specs: {sorted(LAYOUTS)}")
-    return cast(dict, LAYOUTS[cell])
+    return LAYOUTS[cell]
 
 
 def _group(state_dict, prefix: str) -> dict[str, dict[str, np.ndarray]]:
