@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import types
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from .spec_loader import load_spec
 from .spec_model import Spec
 from .validate import prepare_call
 
-SpecLike = "str | os.PathLike | Spec"
+#: What every entry point takes as a spec: a built-in name, a path to a spec file, or a loaded spec.
+SpecLike: TypeAlias = str | os.PathLike | Spec
 
 #: Held while a source is generated or a module executed, so that threads asking for the
 #: same spec at once share one module (and one class) instead of each executing their own;
@@ -97,7 +98,7 @@ def _load_once(spec: Spec, backend: str) -> types.ModuleType:
     module.__file__ = filename
     sys.modules[name] = module  # dataclasses, pickle-free serializers and inspect look modules up here
     exec(compile(source, filename, "exec"), module.__dict__)
-    module.SPEC = spec  # the spec itself, for specs loaded from a path (checkpoint.save_module)
+    vars(module)["SPEC"] = spec  # the spec itself, for specs loaded from a path (checkpoint.save_module)
     generated.adopt(module, spec, backend)  # class names for pickle and Keras serialization
     return module
 
@@ -172,7 +173,9 @@ def get_layer(backend: str = "numpy", spec: SpecLike = "novolstm"):
     return module.Layer
 
 
-def init_params(spec: SpecLike, input_size: int, units: int, seed: int = 0, dtype: Any = "float64") -> dict[str, np.ndarray]:
+def init_params(
+    spec: SpecLike, input_size: int, units: int, seed: int = 0, dtype: Any = "float64"
+) -> dict[str, np.ndarray]:
     """Canonical parameters drawn by the spec's initializers; the same numbers for every backend.
 
     Args:

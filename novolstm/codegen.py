@@ -10,6 +10,7 @@ pass must keep, where each gradient goes.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.resources
 import inspect
 import re
@@ -88,6 +89,14 @@ def inline_runtime(package: str, docstring: str, spec_block: str) -> str:
     replaced by ``spec_block``, so it stays standalone: it imports only the framework. The
     runtime file is read as text, never imported (that would import the framework).
     """
+    head, tail = _runtime_parts(package)
+    lines = [f'"""{docstring}\n"""', *head, spec_block.strip("\n"), *tail]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+@functools.cache
+def _runtime_parts(package: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A runtime module's lines after its docstring: (before the spec block, after it); read once."""
     text = importlib.resources.files(package).joinpath("runtime.py").read_text(encoding="utf-8")
     first = ast.parse(text).body[0]
     if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)):
@@ -95,8 +104,7 @@ def inline_runtime(package: str, docstring: str, spec_block: str) -> str:
     body = text.split("\n")[first.end_lineno :]
     start = next(k for k, line in enumerate(body) if line.startswith(SPEC_BLOCK[0]))
     stop = next(k for k, line in enumerate(body) if line.startswith(SPEC_BLOCK[1]))
-    lines = [f'"""{docstring}\n"""', *body[:start], spec_block.strip("\n"), *body[stop + 1 :]]
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return tuple(body[:start]), tuple(body[stop + 1 :])
 
 
 #: The line length of generated code (the package's ruff setting).

@@ -83,7 +83,9 @@ class Report:
         lines = [f"conformance of an implementation of {self.spec!r} ({self.dtype})", ""]
         for r in self.results:
             verdict = "pass" if r.passed else "FAIL"
-            lines.append(f"{r.name:<14} {verdict}  max |dev| {r.max_deviation:.2e} (tolerance {r.tolerance:.1e})  {r.description}")
+            lines.append(
+                f"{r.name:<14} {verdict}  max |dev| {r.max_deviation:.2e} (tolerance {r.tolerance:.1e})  {r.description}"
+            )
             growth = _growth(r.step_errors)
             if growth:
                 lines.append(f"{'':<14}       error by step: {growth}")
@@ -94,8 +96,14 @@ class Report:
         passed = sum(r.passed for r in self.results)
         failed = len(self.results) - passed
         if self.likely_mistake:
-            lines += ["", f"most likely: {self.likely_mistake} (reproduces {self.diagnoses[self.likely_mistake]} of {failed} failing cases)"]
-        lines += ["", f"{passed} of {len(self.results)} cases pass: {'CONFORMS' if self.passed else 'DOES NOT CONFORM'}"]
+            lines += [
+                "",
+                f"most likely: {self.likely_mistake} (reproduces {self.diagnoses[self.likely_mistake]} of {failed} failing cases)",
+            ]
+        lines += [
+            "",
+            f"{passed} of {len(self.results)} cases pass: {'CONFORMS' if self.passed else 'DOES NOT CONFORM'}",
+        ]
         return "\n".join(lines)
 
 
@@ -138,8 +146,11 @@ def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes
         try:
             outputs, final = fn(c.params, c.x, c.state, c.mask)
         except Exception as exc:  # an implementation that crashes fails, with the reason
-            results.append(CaseResult(golden.name, golden.description, False, float("inf"), 0.0, [],
-                                      f"raised {type(exc).__name__}: {exc}"))
+            results.append(
+                CaseResult(
+                    golden.name, golden.description, False, float("inf"), 0.0, [], f"raised {type(exc).__name__}: {exc}"
+                )
+            )
             continue
         outputs, final = np.asarray(outputs), tuple(np.asarray(s) for s in final)
         results.append(_compare(spec, golden, outputs, final, computes_in or dtype))
@@ -167,7 +178,9 @@ def check_results(spec, arrays: dict, dtype="float64", diagnose: bool = True) ->
     for golden in golden_cases(spec):
         key = f"{golden.name}.outputs"
         if key not in arrays:
-            results.append(CaseResult(golden.name, golden.description, False, float("inf"), 0.0, [], f"missing array {key!r}"))
+            results.append(
+                CaseResult(golden.name, golden.description, False, float("inf"), 0.0, [], f"missing array {key!r}")
+            )
             continue
         final = tuple(np.asarray(arrays.get(f"{golden.name}.state.{s}", np.full(1, np.nan))) for s in spec.state_names)
         outputs = np.asarray(arrays[key])
@@ -205,20 +218,26 @@ def _compare(spec: Spec, golden: GoldenCase, outputs, final, dtype) -> CaseResul
     if bad.any():
         t = int(np.where(bad.any(axis=(0, 2)))[0][0])
         b, u = np.unravel_index(int(np.argmax(error[:, t])), error[:, t].shape)
-        result.first_divergence = (f"outputs at step {t} (batch {b}, unit {u}): got {out64[b, t, u]:.6g}, "
-                                   f"expected {expected[b, t, u]:.6g}")
+        result.first_divergence = (
+            f"outputs at step {t} (batch {b}, unit {u}): got {out64[b, t, u]:.6g}, expected {expected[b, t, u]:.6g}"
+        )
     else:
         k = next(k for k, sb in enumerate(state_bad) if sb.any())
         got = final[k].astype(np.float64)
         where = np.unravel_index(int(np.argmax(state_errors[k])), got.shape)
-        result.first_divergence = (f"final state {spec.state_names[k]!r} at {tuple(int(i) for i in where)}: got {got[where]:.6g},"
-                                   f" expected {golden.state[k][where]:.6g} (outputs agree at every step)")
+        result.first_divergence = (
+            f"final state {spec.state_names[k]!r} at {tuple(int(i) for i in where)}: got {got[where]:.6g},"
+            f" expected {golden.state[k][where]:.6g} (outputs agree at every step)"
+        )
     return result
 
 
 def _shapes_match(golden: GoldenCase, outputs, final) -> bool:
-    return (outputs.shape == golden.outputs.shape and len(final) == len(golden.state)
-            and all(f.shape == e.shape for f, e in zip(final, golden.state)))
+    return (
+        outputs.shape == golden.outputs.shape
+        and len(final) == len(golden.state)
+        and all(f.shape == e.shape for f, e in zip(final, golden.state))
+    )
 
 
 def _diagnose(spec: Spec, failures: list, dtype) -> None:
@@ -237,7 +256,9 @@ def _diagnose(spec: Spec, failures: list, dtype) -> None:
         tol = tolerance(dtype, golden.case.steps)
         if found and max(found.values()) >= 2:
             suspects = [m for m in models if f"reproduced by: {m.label}" in found]
-            result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol, dtype, suspects, lower_precision=False)
+            result.diagnosis = diagnose_mistakes(
+                spec, golden, outputs, final, tol, dtype, suspects, lower_precision=False
+            )
         if not result.diagnosis:
             result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol, dtype, models)
         found.update(result.diagnosis)
@@ -260,8 +281,9 @@ def _reproduces(actual: np.ndarray, model: np.ndarray, tol) -> bool:
     return bool(np.all(np.abs(actual[finite] - model[finite]) <= tol.bound(model[finite])))
 
 
-def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype="float64", models=None,
-                      lower_precision: bool = True) -> list[str]:
+def diagnose_mistakes(
+    spec: Spec, golden: GoldenCase, outputs, final, tol, dtype="float64", models=None, lower_precision: bool = True
+) -> list[str]:
     """Labels of the known mistakes whose outputs (and final state) match the implementation's.
 
     ``models``: the ``novolstm.mistakes.Mistake`` to try, by default ``catalogue(spec)``.
@@ -281,7 +303,9 @@ def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype
             alt, alt_final = run(c.params, c.x, c.state, c.mask)
         except (ValueError, KeyError):  # a model that does not apply to this case's parameters
             continue
-        if _reproduces(alt, golden.outputs, tol) and all(_reproduces(a, e, tol) for a, e in zip(alt_final, golden.state)):
+        if _reproduces(alt, golden.outputs, tol) and all(
+            _reproduces(a, e, tol) for a, e in zip(alt_final, golden.state)
+        ):
             continue  # this mistake changes nothing in this case
         if _reproduces(outputs, alt, tol) and all(_reproduces(f, a, tol) for f, a in zip(final, alt_final)):
             found.append(f"reproduced by: {label}")
@@ -290,7 +314,11 @@ def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype
         # runs in a lower precision (a float64 port casting to float32 somewhere).
         for lower in LOWER_PRECISIONS.get(str(np.dtype(dtype)), ()):
             low = tolerance(lower, c.steps)
-            if _reproduces(outputs, golden.outputs, low) and all(_reproduces(f, e, low) for f, e in zip(final, golden.state)):
-                found.append(f"computes in {lower} (or lower) although {np.dtype(dtype)} was asked: right to {lower}'s tolerance only")
+            if _reproduces(outputs, golden.outputs, low) and all(
+                _reproduces(f, e, low) for f, e in zip(final, golden.state)
+            ):
+                found.append(
+                    f"computes in {lower} (or lower) although {np.dtype(dtype)} was asked: right to {lower}'s tolerance only"
+                )
                 break
     return found

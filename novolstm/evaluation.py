@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,18 @@ def copy_task(length: int, rng, symbols: int = 8, remember: int = 5, train: int 
         return np.eye(symbols + 2)[tokens], target
 
     (xa, ya), (xb, yb) = make(train), make(test)
-    return Task("copy", symbols + 2, symbols, "sequence", xa, ya, xb, yb, float(np.log(symbols)), "test cross-entropy on recall steps")
+    return Task(
+        "copy",
+        symbols + 2,
+        symbols,
+        "sequence",
+        xa,
+        ya,
+        xb,
+        yb,
+        float(np.log(symbols)),
+        "test cross-entropy on recall steps",
+    )
 
 
 def digits_task(rng) -> Task:
@@ -91,7 +103,11 @@ def digits_task(rng) -> Task:
     return Task("digits", 8, 10, "classification", x[:cut], y[:cut], x[cut:], y[cut:], 0.1, "test accuracy")
 
 
-TASKS = {"adding": adding_task, "copy": copy_task, "digits": lambda length, rng: digits_task(rng)}
+TASKS: dict[str, Callable[[int, np.random.Generator], Task]] = {
+    "adding": adding_task,
+    "copy": copy_task,
+    "digits": lambda length, rng: digits_task(rng),
+}
 
 
 @dataclass
@@ -137,8 +153,10 @@ def _head(task: Task, outputs, readout, y):
         g_logits[valid, y[valid]] -= 1
         g_logits *= valid[..., None] / count
         g_out = g_logits @ W.T
-        grads = {"readout_W": outputs.reshape(-1, outputs.shape[-1]).T @ g_logits.reshape(-1, W.shape[1]),
-                 "readout_b": g_logits.reshape(-1, W.shape[1]).sum(0)}
+        grads = {
+            "readout_W": outputs.reshape(-1, outputs.shape[-1]).T @ g_logits.reshape(-1, W.shape[1]),
+            "readout_b": g_logits.reshape(-1, W.shape[1]).sum(0),
+        }
         return loss, g_out, grads, logits
     last = outputs[:, -1]
     pred = last @ W + b
@@ -169,8 +187,17 @@ def _score(task: Task, prediction, y) -> float:
     return float(-logp[valid, y[valid]].mean())
 
 
-def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 300, units: int = 32,
-          batch: int = 32, lr: float = 1e-2, progress=None) -> Result:
+def train(
+    cell,
+    task: Task,
+    seed: int = 0,
+    backend: str = "numpy",
+    steps: int = 300,
+    units: int = 32,
+    batch: int = 32,
+    lr: float = 1e-2,
+    progress=None,
+) -> Result:
     """Train ``cell`` with a linear readout on ``task`` (Adam, gradients clipped to [-1, 1]).
 
     Args:
@@ -194,8 +221,10 @@ def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 
     spec = load_spec(cell)
     module = load_generated(spec, backend)
     if not hasattr(module, "vjp_numpy"):
-        raise ValueError(f"the {backend} backend has no backend-neutral gradient hook (vjp_numpy) to train with; "
-                         "compare trains on numpy, torch, jax or keras")
+        raise ValueError(
+            f"the {backend} backend has no backend-neutral gradient hook (vjp_numpy) to train with; "
+            "compare trains on numpy, torch, jax or keras"
+        )
     rng = np.random.default_rng(seed)
     params = init_params(spec, task.inputs, units, seed=seed)
     params["readout_W"] = rng.normal(scale=1 / np.sqrt(units), size=(units, task.outputs))
@@ -216,11 +245,21 @@ def train(cell, task: Task, seed: int = 0, backend: str = "numpy", steps: int = 
             progress(step + 1, loss)
     outputs, _ = module.run_numpy({k: params[k] for k in cell_names}, task.x_test)
     _, _, _, prediction = _head(task, np.asarray(outputs), params, task.y_test)
-    return Result(spec.name, task.name, seed, backend, curve, _score(task, prediction, task.y_test), task.metric, task.baseline)
+    return Result(
+        spec.name, task.name, seed, backend, curve, _score(task, prediction, task.y_test), task.metric, task.baseline
+    )
 
 
-def compare(cells, tasks, seeds=(0, 1, 2), backend: str = "numpy", steps: int = 300, length=30,
-            units: int = 32, quiet: bool = False) -> list[Result]:
+def compare(
+    cells,
+    tasks,
+    seeds=(0, 1, 2),
+    backend: str = "numpy",
+    steps: int = 300,
+    length=30,
+    units: int = 32,
+    quiet: bool = False,
+) -> list[Result]:
     """Every cell on every task (at every length) for every seed, with the same data, budget and optimizer.
 
     Args:
@@ -252,7 +291,17 @@ def compare(cells, tasks, seeds=(0, 1, 2), backend: str = "numpy", steps: int = 
                 for cell in cells:
                     label = f"{name} seed {seed} {load_spec(cell).name}"
                     bar = progress_bar(label, steps, quiet)
-                    results.append(train(cell, task, seed, backend, steps, units, progress=lambda k, loss: bar(k, f"loss {loss:.4f}")))
+                    results.append(
+                        train(
+                            cell,
+                            task,
+                            seed,
+                            backend,
+                            steps,
+                            units,
+                            progress=lambda k, loss, bar=bar: bar(k, f"loss {loss:.4f}"),
+                        )
+                    )
     return results
 
 
@@ -263,12 +312,18 @@ def results_table(results: list[Result]) -> str:
     for task, cell in keys:
         rs = [r for r in results if r.task == task and r.cell == cell]
         scores = np.array([r.score for r in rs])
-        lines.append(f"| {task} | {rs[0].metric} | {rs[0].baseline:.3f} | {cell} | {scores.mean():.4f} ± {scores.std():.4f} | {len(rs)} |")
+        lines.append(
+            f"| {task} | {rs[0].metric} | {rs[0].baseline:.3f} | {cell} | {scores.mean():.4f} ± {scores.std():.4f} | {len(rs)} |"
+        )
     return "\n".join(lines)
 
 
 #: the training loss each kind of task's curve shows
-_LOSS = {"regression": "training MSE", "sequence": "training cross-entropy (recall)", "classification": "training cross-entropy"}
+_LOSS = {
+    "regression": "training MSE",
+    "sequence": "training cross-entropy (recall)",
+    "classification": "training cross-entropy",
+}
 
 
 def plot_curves(results: list[Result], path, columns: int = 2):
@@ -286,7 +341,12 @@ def plot_curves(results: list[Result], path, columns: int = 2):
 
     tasks = list(dict.fromkeys(r.task for r in results))
     cells = list(dict.fromkeys(r.cell for r in results))
-    colors = dict(zip(cells, ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey"] * 4))
+    colors = dict(
+        zip(
+            cells,
+            ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey"] * 4,
+        )
+    )
     columns = min(columns, len(tasks) + 1)
     rows = -(-(len(tasks) + 1) // columns)
     # About the docs' page width at 100 dpi, so the text keeps its size there.
@@ -294,7 +354,13 @@ def plot_curves(results: list[Result], path, columns: int = 2):
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         runs = [r for r in results if r.task == task]
-        kind = "regression" if runs[0].metric.endswith("MSE") else "sequence" if "recall" in runs[0].metric else "classification"
+        kind = (
+            "regression"
+            if runs[0].metric.endswith("MSE")
+            else "sequence"
+            if "recall" in runs[0].metric
+            else "classification"
+        )
         chance = runs[0].baseline if kind != "classification" else float(np.log(round(1 / runs[0].baseline)))
         last = max(len(r.curve) for r in runs)
         written = []
@@ -311,17 +377,35 @@ def plot_curves(results: list[Result], path, columns: int = 2):
             if kind == "classification":
                 written.append((cell, f"{cell} {scores.mean():.3f} ± {scores.std():.3f}"))
             else:
-                ax.errorbar(last * (1.06 + 0.035 * k), scores.mean(), yerr=scores.std(), fmt="D", markersize=4,
-                            color=colors[cell], capsize=2, linewidth=1)
+                ax.errorbar(
+                    last * (1.06 + 0.035 * k),
+                    scores.mean(),
+                    yerr=scores.std(),
+                    fmt="D",
+                    markersize=4,
+                    color=colors[cell],
+                    capsize=2,
+                    linewidth=1,
+                )
         ax.axhline(chance, color="black", linestyle="--", linewidth=1)
         if kind == "regression":
             ax.set_yscale("log")
         else:
-            ax.set_ylim(0, 1.15 * max(chance, *(float(np.max(r.curve[min(10, len(r.curve)) - 1:])) for r in runs)))
+            ax.set_ylim(0, 1.15 * max(chance, *(float(np.max(r.curve[min(10, len(r.curve)) - 1 :])) for r in runs)))
         for k, (cell, text) in enumerate(written):
-            ax.text(0.97, 0.8 - 0.09 * k, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color=colors[cell])
+            ax.text(
+                0.97, 0.8 - 0.09 * k, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color=colors[cell]
+            )
         if written:
-            ax.text(0.97, 0.8 - 0.09 * len(written), runs[0].metric, transform=ax.transAxes, ha="right", va="top", fontsize=8)
+            ax.text(
+                0.97,
+                0.8 - 0.09 * len(written),
+                runs[0].metric,
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+            )
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("training step", fontsize=9)
         ax.set_ylabel(_LOSS[kind], fontsize=9)
@@ -329,13 +413,18 @@ def plot_curves(results: list[Result], path, columns: int = 2):
     legend = axes.flat[len(tasks)]
     legend.axis("off")
     handles = [Line2D([], [], color=colors[c], linewidth=2, label=c) for c in cells]
-    handles += [Line2D([], [], color="black", linestyle="--", label="chance (guessing)"),
-                Line2D([], [], color="grey", marker="D", linestyle="none", label="test score, ± std over seeds")]
+    handles += [
+        Line2D([], [], color="black", linestyle="--", label="chance (guessing)"),
+        Line2D([], [], color="grey", marker="D", linestyle="none", label="test score, ± std over seeds"),
+    ]
     legend.legend(handles=handles, loc="center", fontsize=9, frameon=False)
-    for ax in axes.flat[len(tasks) + 1:]:
+    for ax in axes.flat[len(tasks) + 1 :]:
         ax.set_visible(False)
     seeds = len({r.seed for r in results})
-    fig.suptitle(f"Training loss, mean over {seeds} seed{'s' if seeds > 1 else ''} (band: lowest to highest seed);\n"
-                 "right of each panel: the test score of the results table", fontsize=10)
+    fig.suptitle(
+        f"Training loss, mean over {seeds} seed{'s' if seeds > 1 else ''} (band: lowest to highest seed);\n"
+        "right of each panel: the test score of the results table",
+        fontsize=10,
+    )
     fig.savefig(path)
     return fig

@@ -18,7 +18,6 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from typing import Union
 
 #: Functions a spec may call, with their number of arguments.
 FUNCTIONS = {
@@ -54,13 +53,13 @@ class Const:
 @dataclass(frozen=True)
 class Binary:
     op: str
-    left: "Expr"
-    right: "Expr"
+    left: Expr
+    right: Expr
 
 
 @dataclass(frozen=True)
 class Neg:
-    arg: "Expr"
+    arg: Expr
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ class Call:
     args: tuple
 
 
-Expr = Union[Name, Const, Binary, Neg, Call]
+Expr = Name | Const | Binary | Neg | Call
 
 
 class ExpressionError(ValueError):

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -31,23 +32,39 @@ from .testing import Case, random_params
 #: name -> (weight scale, batch, steps, input size, units, what it stresses)
 STRESS_CASES = {
     "typical": (0.5, 3, 8, 5, 6, "distinct weights of moderate scale, random initial state"),
-    "low_variance": (1e-3, 3, 8, 5, 6, "tiny projections (LayerNorm gamma and beta at full scale): the LayerNorm input's variance is far below its epsilon"),
+    "low_variance": (
+        1e-3,
+        3,
+        8,
+        5,
+        6,
+        "tiny projections (LayerNorm gamma and beta at full scale): the LayerNorm input's variance is far below its epsilon",
+    ),
     "saturated": (4.0, 3, 8, 5, 6, "large weights: gates saturate at 0 and 1"),
     "long": (0.3, 2, 64, 4, 5, "64 steps: rounding error passes through many recurrences"),
     "padding": (0.5, 4, 10, 3, 4, "right padding, holes inside sequences and a row of length 0"),
     "one_unit": (0.5, 2, 5, 3, 1, "one unit: LayerNorm gives beta, softmax gives 1"),
-    "softmax_overflow": (0.5, 3, 8, 5, 6, "softmax logits of 720 and more: exp overflows (float32 past 88.7, float64 past 709.8) unless the maximum is subtracted"),
+    "softmax_overflow": (
+        0.5,
+        3,
+        8,
+        5,
+        6,
+        "softmax logits of 720 and more: exp overflows (float32 past 88.7, float64 past 709.8) unless the maximum is subtracted",
+    ),
 }
 
 #: The mask of the ``padding`` case (batch 4, 10 steps): a hole inside a full-length row,
 #: two holes inside a right-padded row, a row of length 0 and a plainly right-padded row.
 #: Read as lengths (mask.sum), rows 0 and 1 would differ: that mistake cannot pass.
-PADDING_MASK = np.array([
-    [t != 3 for t in range(10)],
-    [t < 7 and t not in (2, 5) for t in range(10)],
-    [False] * 10,
-    [t < 4 for t in range(10)],
-])
+PADDING_MASK = np.array(
+    [
+        [t != 3 for t in range(10)],
+        [t < 7 and t not in (2, 5) for t in range(10)],
+        [False] * 10,
+        [t < 4 for t in range(10)],
+    ]
+)
 
 #: The softmax_overflow case's logit offsets: 720 + 25 k per unit (a permutation of k),
 #: above float64's exp overflow, and 25 apart so the softmax is one-hot to about 1e-11:
@@ -109,11 +126,16 @@ def stress_cases(spec, seed: int = 0) -> list[GoldenCase]:
 
 def _layer_norm_affine_params(spec: Spec) -> list[str]:
     """Parameters a layer_norm call takes as gamma or beta."""
-    return sorted({
-        arg.id
-        for _, expr in spec.equations for node in walk(expr) if isinstance(node, Call) and node.fn == "layer_norm"
-        for arg in node.args[1:] if isinstance(arg, Name)
-    })
+    return sorted(
+        {
+            arg.id
+            for _, expr in spec.equations
+            for node in walk(expr)
+            if isinstance(node, Call) and node.fn == "layer_norm"
+            for arg in node.args[1:]
+            if isinstance(arg, Name)
+        }
+    )
 
 
 def _softmax_biases(spec: Spec) -> list[str]:
@@ -136,14 +158,23 @@ def _softmax_biases(spec: Spec) -> list[str]:
 def make_golden(cell: str, seed: int = 0) -> tuple[dict, dict[str, np.ndarray]]:
     """Metadata and arrays for ``cell``, computed by the float64 reference."""
     spec = load_spec(cell)
-    meta = {"spec": spec.name, "spec_hash": spec.hash, "spec_version": spec.spec_version, "dtype": "float64",
-            "state_names": list(spec.state_names), "cases": {}}
+    meta: dict[str, Any] = {
+        "spec": spec.name,
+        "spec_hash": spec.hash,
+        "spec_version": spec.spec_version,
+        "dtype": "float64",
+        "state_names": list(spec.state_names),
+        "cases": {},
+    }
     arrays: dict[str, np.ndarray] = {}
     for golden in stress_cases(spec, seed):
         name, case = golden.name, golden.case
         scale, batch, steps, inputs, units, _ = STRESS_CASES[name]
-        meta["cases"][name] = {"description": golden.description, "weight_scale": scale,
-                               "shape": {"batch": batch, "time": steps, "input": inputs, "units": units}}
+        meta["cases"][name] = {
+            "description": golden.description,
+            "weight_scale": scale,
+            "shape": {"batch": batch, "time": steps, "input": inputs, "units": units},
+        }
         assert case.mask is not None and case.state is not None  # stress cases have both
         arrays[f"{name}.x"] = case.x
         arrays[f"{name}.mask"] = case.mask
@@ -162,7 +193,7 @@ def write_golden(directory: Path, cells=None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for cell in cells or list_specs():
         meta, arrays = make_golden(cell)
-        np.savez_compressed(directory / f"{cell}.npz", **arrays)
+        np.savez_compressed(directory / f"{cell}.npz", **cast("dict[str, Any]", arrays))
         (directory / f"{cell}.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 

@@ -26,9 +26,10 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-from typing import Any, Iterable
+from functools import cache
+from typing import Any, cast
 
 from .expr import Binary, Call, Const, Expr, Name, Neg
 from .spec_model import Spec
@@ -133,7 +134,9 @@ def _expected_width(n: Node, args: list[Node]):
     if n.op == "sum_units":
         return "S"
     if n.op in ("add", "sub", "mul"):
-        widths = {a.width for a in args if a.batched and a.width != "S"} | {a.width for a in args if not a.batched and a.op != "const"}
+        widths = {a.width for a in args if a.batched and a.width != "S"} | {
+            a.width for a in args if not a.batched and a.op != "const"
+        }
         return widths.pop() if len(widths) == 1 else ("S" if not widths else None)
     if n.op in ELEMENTWISE_UNARY + ("softmax", "normalize_units"):
         return args[0].width
@@ -152,7 +155,9 @@ class _Lowering:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.nodes: list[Node] = []
-        self.new_name = NameAllocator([spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)])
+        self.new_name = NameAllocator(
+            [spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)]
+        )
         self.env: dict[str, str] = {}  # spec name -> node name
         self.consts: dict[float, str] = {}
 
@@ -210,13 +215,16 @@ class _Lowering:
             return self.emit("neg", [arg], width=self.kind(arg).width, batched=self.kind(arg).batched, name=target)
         assert isinstance(e, Call)
         if e.fn == "layer_norm":
-            return self.layer_norm(*e.args, target=target)
+            z, gamma, beta = e.args  # the spec loader checked the arity
+            return self.layer_norm(z, cast(Name, gamma), cast(Name, beta), target=target)
         return self.emit(e.fn, [self.expr(e.args[0])], name=target)
 
     def term(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Binary) and e.op == "@":
             operand = self.expr(e.left)
-            return self.emit("linear", [operand], (("weights", (e.right.id,)), ("biases", (None,))), width=1, name=target)
+            return self.emit(
+                "linear", [operand], (("weights", (cast(Name, e.right).id,)), ("biases", (None,))), width=1, name=target
+            )
         return self.expr(e)
 
     def layer_norm(self, z: Expr, gamma: Name, beta: Name, target: str | None) -> str:
@@ -339,14 +347,14 @@ def fingerprint(spec: Spec) -> str:
     return hashlib.sha256(repr(sorted(outputs)).encode()).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _standard_lstm_fingerprint() -> str:
     from .spec_loader import load_spec
 
     return fingerprint(load_spec("lstm"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _standard_gru_fingerprint() -> str:
     from .spec_loader import load_spec
 

@@ -142,7 +142,9 @@ def fuse_linears(graph: Graph, names: NameAllocator) -> Graph:
         if len(members) > 1:
             weights = tuple(w for L in members for w in L.attr("weights"))
             biases = tuple(b for L in members for b in L.attr("biases"))
-            fused[operand] = Node(names("L"), "linear", (operand,), (("weights", weights), ("biases", biases)), len(weights))
+            fused[operand] = Node(
+                names("L"), "linear", (operand,), (("weights", weights), ("biases", biases)), len(weights)
+            )
 
     block = {L.name: (operand, k) for operand, members in order.items() for k, L in enumerate(members)}
     pair_sum = None
@@ -317,7 +319,9 @@ def split_blocks(program: Program) -> Program:
         if key not in made:
             new_name = called or names("b")  # a gate keeps its spec name (i, f, o) where it has one
             if distributable(name):
-                piece = replace(node, name=new_name, args=tuple(block(a, start, stop) for a in node.args), width=stop - start)
+                piece = replace(
+                    node, name=new_name, args=tuple(block(a, start, stop) for a in node.args), width=stop - start
+                )
             else:
                 piece = Node(new_name, "slice", (name,), (("start", start), ("stop", stop)), stop - start)
             out.append(piece)
@@ -345,7 +349,11 @@ def split_blocks(program: Program) -> Program:
         if n.op == "slice" and step[n.args[0]].op == "hoisted":
             origin, start, stop = pro_index[n.args[0]], n.attr("start"), n.attr("stop")
             while origin.op == "slice":
-                origin, start, stop = pro_index[origin.args[0]], origin.attr("start") + start, origin.attr("start") + stop
+                origin, start, stop = (
+                    pro_index[origin.args[0]],
+                    origin.attr("start") + start,
+                    origin.attr("start") + stop,
+                )
             cut = Node(n.name, "slice", (origin.name,), (("start", start), ("stop", stop)), stop - start)
             pro_nodes.append(cut)
             pro_index[cut.name] = cut
@@ -549,7 +557,10 @@ def readable_names(program: Program) -> Program:
 
     def renamed(graph: Graph) -> Graph:
         out = [replace(n, name=new(n.name), args=tuple(new(a) for a in n.args)) for n in graph.nodes]
-        roles = {role.replace(name, new(name)) if role.startswith("hoisted:") else role: new(name) for role, name in graph.outputs.items()}
+        roles = {
+            role.replace(name, new(name)) if role.startswith("hoisted:") else role: new(name)
+            for role, name in graph.outputs.items()
+        }
         return Graph(out, roles)
 
     hoisted = tuple(new(h) for h in program.hoisted)

@@ -57,8 +57,8 @@ error.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -280,8 +280,7 @@ def _check_params(info, params, I):
     extra = sorted(given - expected)
     if missing or extra:
         raise ValueError(
-            f"cell {info.name!r} expects params {list(info.param_names)}; "
-            f"missing {missing}, unexpected {extra}"
+            f"cell {info.name!r} expects params {list(info.param_names)}; missing {missing}, unexpected {extra}"
         )
     p = {name: np.asarray(params[name], dtype=np.float64) for name in info.param_names}
     first_w = info.param_names[0]  # W_i or W_r
@@ -292,17 +291,14 @@ def _check_params(info, params, I):
         want = _expected_shape(name, I, H)
         if p[name].shape != want:
             raise ValueError(
-                f"param {name!r} of cell {info.name!r} must have shape {want} "
-                f"(I={I}, H={H}); got {p[name].shape}"
+                f"param {name!r} of cell {info.name!r} must have shape {want} (I={I}, H={H}); got {p[name].shape}"
             )
     return p, H
 
 
 def _check_state(info, state, B, H):
     if not isinstance(state, (tuple, list)) or len(state) != len(info.state_names):
-        raise ValueError(
-            f"cell {info.name!r} expects a state tuple {info.state_names}; got {state!r}"
-        )
+        raise ValueError(f"cell {info.name!r} expects a state tuple {info.state_names}; got {state!r}")
     out = []
     for name, s in zip(info.state_names, state):
         s = np.array(s, dtype=np.float64)  # copy: never alias the caller's array
@@ -349,9 +345,7 @@ def _resolve_mask(mask, lengths, B, T):
     if lengths is not None:
         lengths = np.asarray(lengths)
         if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
-            raise ValueError(
-                f"lengths must be integers of shape {(B,)}; got {lengths.dtype} {lengths.shape}"
-            )
+            raise ValueError(f"lengths must be integers of shape {(B,)}; got {lengths.dtype} {lengths.shape}")
         if np.any(lengths < 0) or np.any(lengths > T):
             raise ValueError(f"lengths must lie in [0, {T}]; got {lengths.tolist()}")
         return np.arange(T)[None, :] < lengths[:, None]

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import re
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, cast
 
 from .errors import SpecError
 from .expr import (
@@ -41,7 +42,18 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SPEC_VERSION = 1
-TOP_LEVEL_KEYS = ("spec_version", "name", "class_name", "description", "input", "output", "state", "params", "equations", "numerics")
+TOP_LEVEL_KEYS = (
+    "spec_version",
+    "name",
+    "class_name",
+    "description",
+    "input",
+    "output",
+    "state",
+    "params",
+    "equations",
+    "numerics",
+)
 NUMERICS_KEYS = ("layer_norm_epsilon", "layer_norm_variance", "softmax_axis")
 #: Initializer names and the arguments each accepts.
 INITIALIZER_ARGS = {
@@ -86,7 +98,7 @@ def list_specs() -> list[str]:
     )
 
 
-def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
+def load_spec(spec: str | os.PathLike | Spec) -> Spec:
     """A built-in name, a path to a spec file, or a loaded spec -> a validated ``Spec``.
 
     Args:
@@ -124,7 +136,7 @@ def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
     raise TypeError(f"expected a spec name, a path or a Spec, got {type(spec).__name__}")
 
 
-def loads_spec(text: "str | bytes", source: str = "<string>") -> Spec:
+def loads_spec(text: str | bytes, source: str = "<string>") -> Spec:
     """Parse TOML text into a validated spec.
 
     Args:
@@ -190,7 +202,9 @@ class _Loader:
 
     def class_name(self, value: Any) -> str:
         if not isinstance(value, str) or not CLASS_NAME.fullmatch(value):
-            self.fail(f"class_name: expected a CapWords Python class name such as 'NovoLSTM' (at most 64 characters), got {value!r}")
+            self.fail(
+                f"class_name: expected a CapWords Python class name such as 'NovoLSTM' (at most 64 characters), got {value!r}"
+            )
         return value
 
     def load(self, data: Mapping[str, Any]) -> Spec:
@@ -288,16 +302,16 @@ class _Loader:
             elif isinstance(value, str):
                 bad = (_FORBIDDEN_IN_PROSE if key == "description" else _FORBIDDEN).search(value)
                 if bad is not None:
-                    self.fail(f"{key or 'a key'}: contains the control character {bad.group()!r}; expected printable text")
+                    self.fail(
+                        f"{key or 'a key'}: contains the control character {bad.group()!r}; expected printable text"
+                    )
 
     # -- sections
 
     def state(self, table: Mapping) -> tuple[tuple[str, str], ...]:
         if not table:
             self.fail("state: expected at least one state variable")
-        return tuple(
-            (self.spec_name(k, "state"), self.spec_name(v, f"state.{k}")) for k, v in table.items()
-        )
+        return tuple((self.spec_name(k, "state"), self.spec_name(v, f"state.{k}")) for k, v in table.items())
 
     def params(self, table: Mapping) -> tuple[Param, ...]:
         out = []
@@ -316,9 +330,7 @@ class _Loader:
                 or any(d not in DIMENSIONS for d in shape)
                 or shape[-1] != "units"
             ):
-                self.fail(
-                    f"{key}.shape: expected [\"units\"], [\"input\", \"units\"] or [\"units\", \"units\"], got {shape!r}"
-                )
+                self.fail(f'{key}.shape: expected ["units"], ["input", "units"] or ["units", "units"], got {shape!r}')
             out.append(Param(name, tuple(shape), self.init(entry.get("init"), f"{key}.init")))
         if not out:
             self.fail("params: expected at least one parameter")
@@ -370,21 +382,28 @@ class _Loader:
         if unknown:
             self.fail(f"numerics: unknown key {unknown[0]!r}; expected only {list(NUMERICS_KEYS)}")
         eps = table.get("layer_norm_epsilon")
-        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not is_finite_number(eps) or not 0 < eps < 1):
+        if eps is not None and (
+            isinstance(eps, bool) or not isinstance(eps, (int, float)) or not is_finite_number(eps) or not 0 < eps < 1
+        ):
             self.fail(f"numerics.layer_norm_epsilon: expected a number in (0, 1), got {eps!r}")
         variance = table.get("layer_norm_variance", "population")
         if variance != "population":
-            self.fail(f"numerics.layer_norm_variance: expected \"population\" (mean((z - mean z)^2)), got {variance!r}")
+            self.fail(f'numerics.layer_norm_variance: expected "population" (mean((z - mean z)^2)), got {variance!r}')
         axis = table.get("softmax_axis", "units")
         if axis != "units":
-            self.fail(f"numerics.softmax_axis: expected \"units\", got {axis!r}")
+            self.fail(f'numerics.softmax_axis: expected "units", got {axis!r}')
         return Numerics(None if eps is None else float(eps), variance, axis)
 
     # -- cross-checks
 
     def check_names(self, input_name, state, params, equations):
         seen: dict[str, str] = {}
-        groups = [("input", [input_name]), ("state", [n for n, _ in state]), ("params", [p.name for p in params]), ("equations", list(equations))]
+        groups = [
+            ("input", [input_name]),
+            ("state", [n for n, _ in state]),
+            ("params", [p.name for p in params]),
+            ("equations", list(equations)),
+        ]
         for section, names in groups:
             for n in names:
                 if n in seen:
@@ -418,7 +437,7 @@ class _Loader:
                     done.add(name)
                     ordered.append((name, equations[name]))
                 elif used in on_path:
-                    cycle = " -> ".join(path[path.index(used):] + [used])
+                    cycle = " -> ".join(path[path.index(used) :] + [used])
                     self.fail(f"equations.{used}: cycle {cycle}; an equation may use state variables, not itself")
                 else:
                     path.append(used)
@@ -447,7 +466,7 @@ class _Loader:
                     self.fail(f"{key}: '@' takes a batch of rows on the left and a parameter matrix on the right")
                 if right.dims[0] != left.dims[0]:
                     self.fail(
-                        f"{key}: {expr.right.id} has shape ({', '.join(right.dims)}) but its left operand has"
+                        f"{key}: {cast(Name, expr.right).id} has shape ({', '.join(right.dims)}) but its left operand has"
                         f" {left.dims[0]}-wide rows; expected ({left.dims[0]}, units)"
                     )
                 return BATCH_UNITS
@@ -457,7 +476,9 @@ class _Loader:
         if expr.fn == "layer_norm":
             for pos, arg in ((1, "gamma"), (2, "beta")):
                 if not isinstance(expr.args[pos], Name) or args[pos] != UNITS_VECTOR:
-                    self.fail(f"{key}: layer_norm's {arg} must be a parameter of shape (units), got {args[pos].describe()}")
+                    self.fail(
+                        f"{key}: layer_norm's {arg} must be a parameter of shape (units), got {args[pos].describe()}"
+                    )
             if args[0] != BATCH_UNITS:
                 self.fail(f"{key}: layer_norm normalizes a batch of units-wide rows, got {args[0].describe()}")
             return BATCH_UNITS
@@ -468,7 +489,9 @@ class _Loader:
     def elementwise(self, args: list[Kind], what: str, key: str) -> Kind:
         for a in args:
             if a.dims and a.dims != ("units",):
-                self.fail(f"{key}: {what} needs units-wide operands (or numbers), got {a.describe()}; use '@' for matrices")
+                self.fail(
+                    f"{key}: {what} needs units-wide operands (or numbers), got {a.describe()}; use '@' for matrices"
+                )
         if any(a.batched for a in args):
             return BATCH_UNITS
         return UNITS_VECTOR if any(a.dims for a in args) else SCALAR

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .expr import Expr, format_expression
 
@@ -128,12 +128,10 @@ class Spec:
             "input": self.input,
             "output": self.output,
             "state": dict(self.state),
-            "params": {
-                p.name: {"shape": list(p.shape), "init": _init_data(p.init)} for p in self.params
-            },
+            "params": {p.name: {"shape": list(p.shape), "init": _init_data(p.init)} for p in self.params},
             "equations": {name: format_expression(e) for name, e in self.equations},
         }
-        numerics = {}
+        numerics: dict[str, object] = {}
         if self.numerics.layer_norm_epsilon is not None:
             numerics["layer_norm_epsilon"] = self.numerics.layer_norm_epsilon
             numerics["layer_norm_variance"] = self.numerics.layer_norm_variance

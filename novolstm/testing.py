@@ -28,7 +28,7 @@ class Tolerance:
     atol: float
     rtol: float
 
-    def scaled(self, factor: float) -> "Tolerance":
+    def scaled(self, factor: float) -> Tolerance:
         return Tolerance(self.atol * factor, self.rtol * factor)
 
     def bound(self, expected) -> np.ndarray:
@@ -48,8 +48,14 @@ TOLERANCES = {
 #: Where a framework computes below the precision it is asked for:
 #: (backend, KERAS_BACKEND) -> (the dtype it really computes in, why).
 PRECISION_LIMITS = {
-    ("keras", "jax"): ("float32", "Keras 3.15 runs ops.tanh and ops.mean in float32 on JAX for float64 inputs (keras-team/keras#23225)"),
-    ("keras", "torch"): ("float32", "Keras 3.15 runs ops.matmul and ops.mean in float32 on torch for float64 inputs (keras-team/keras#23225)"),
+    ("keras", "jax"): (
+        "float32",
+        "Keras 3.15 runs ops.tanh and ops.mean in float32 on JAX for float64 inputs (keras-team/keras#23225)",
+    ),
+    ("keras", "torch"): (
+        "float32",
+        "Keras 3.15 runs ops.matmul and ops.mean in float32 on torch for float64 inputs (keras-team/keras#23225)",
+    ),
 }
 
 
@@ -214,7 +220,9 @@ def random_params(spec, input_size: int, units: int, rng, scale: float = 0.5) ->
     from .spec_loader import load_spec
 
     spec = load_spec(spec)
-    return {name: rng.normal(scale=scale, size=shape) for name, shape in spec.parameter_shapes(input_size, units).items()}
+    return {
+        name: rng.normal(scale=scale, size=shape) for name, shape in spec.parameter_shapes(input_size, units).items()
+    }
 
 
 @dataclass(frozen=True)
@@ -243,7 +251,7 @@ class Case:
             return {"lengths": self.lengths}
         return {} if self.mask is None else {"mask": self.mask}
 
-    def cast(self, dtype) -> "Case":
+    def cast(self, dtype) -> Case:
         return Case(
             {k: v.astype(dtype) for k, v in self.params.items()},
             self.x.astype(dtype),

@@ -46,7 +46,9 @@ def prepare_call(spec: Spec, params, x, state, mask, lengths, dtype) -> Call:
     missing = sorted(set(spec.param_names) - set(params))
     extra = sorted(set(params) - set(spec.param_names))
     if missing or extra:
-        raise ValueError(f"params for {spec.name!r}: missing {missing}, unexpected {extra}; expected {list(spec.param_names)}")
+        raise ValueError(
+            f"params for {spec.name!r}: missing {missing}, unexpected {extra}; expected {list(spec.param_names)}"
+        )
     first = np.shape(params[spec.params[0].name])
     units = first[-1] if first else 0
     if units < 1:
@@ -56,7 +58,9 @@ def prepare_call(spec: Spec, params, x, state, mask, lengths, dtype) -> Call:
     for name, shape in expected.items():
         value = np.asarray(params[name])
         if value.shape != shape:
-            raise ValueError(f"params[{name!r}]: expected shape {shape} (input={input_size}, units={units}), got {value.shape}")
+            raise ValueError(
+                f"params[{name!r}]: expected shape {shape} (input={input_size}, units={units}), got {value.shape}"
+            )
         if value.dtype.kind not in "fiu":
             raise TypeError(f"params[{name!r}]: expected a float array, got dtype {value.dtype}")
         _finite(f"params[{name!r}]", value)

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from importlib import resources
 
@@ -137,7 +138,7 @@ class GraphCode:
         rows: str,
         prefix: str,
         leaves: dict[str, Leaf],
-        skip: set[str] = frozenset(),
+        skip: AbstractSet[str] = frozenset(),
         tensors: dict[str, str] | None = None,
     ):
         self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
@@ -556,7 +557,7 @@ class _Emitter:
                 leaves[n.name] = Leaf(f"vsaved_{n.name}")
         step = GraphCode(back, "B", "b", leaves)
         saved_views = [
-            f"const rt::View<T> vsaved_{n.name} = {tape_view(*self.where[n.name], True)};"
+            f"const rt::View<T> vsaved_{n.name} = {tape_view(self.where[n.name][0], self.where[n.name][1], True)};"
             for n in back.nodes
             if n.op == "saved" and n.attr("of") != "param"
         ]
@@ -708,9 +709,10 @@ class _Emitter:
                 operand = f"tp_{entry}.narrow(1, {elems(off) if off else '0'}, {elems(width)})"
             else:
                 value = pro_back.outputs[f"grad:{Lin.name}"]
-                g = pro_all.tensor(value)
-                if g is None:
+                found = pro_all.tensor(value)
+                if found is None:
                     raise Unsupported("a weight gradient without a tensor")
+                g = found
                 entry, off = self.pro_where[Lin.operand]
                 width = prog.prologue[Lin.operand].width
                 base = "x2d" if entry == "x" else f"tp_{entry}"

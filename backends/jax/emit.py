@@ -5,7 +5,7 @@ bidirectional) over ``jax.lax.scan``, a ``Cell`` bundling them, and Flax modules
 JAX differentiates the forward graphs itself, so only the prologue (run once over
 every timestep: the input projection as one GEMM) and the step graph are emitted.
 
-Example:
+Examples:
     >>> import novolstm
     >>> source = novolstm.generate_source("lstm", backend="jax")
     >>> "jax.lax.scan" in source and "import torch" not in source

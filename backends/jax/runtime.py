@@ -6,7 +6,6 @@ of stand-ins below is replaced by the spec's constants, ``init_params`` and the 
 """
 
 import contextlib
-import importlib
 import zlib
 
 import jax
@@ -49,9 +48,10 @@ def cell_step(w, state, hoisted):
 
 
 # jax >= 0.7 has jax.enable_x64; older releases keep it in jax.experimental.
-_enable_x64 = getattr(jax, "enable_x64", None)  # a config State: not to be tested for truth
-if _enable_x64 is None:
-    _enable_x64 = importlib.import_module("jax.experimental").enable_x64
+try:
+    _enable_x64 = jax.enable_x64  # jax >= 0.7
+except AttributeError:  # older jax
+    from jax.experimental import enable_x64 as _enable_x64  # type: ignore[attr-defined, no-redef, unused-ignore]
 
 
 # ---------------------------------------------------------------- numerics
@@ -342,7 +342,7 @@ class Cell:
         units: the number of units (the state width).
         dtype: the dtype of parameters drawn by ``init``.
 
-    Example:
+    Examples:
         >>> cell = Cell(4)
         >>> params = cell.init(0, input_size=3)  # an int seed draws what novolstm.init_params draws
         >>> x = jnp.ones((2, 5, 3))
@@ -432,7 +432,7 @@ def _make_nnx_cell():
         numbers) or ``params`` (canonical arrays). ``dtype``: the compute dtype (None:
         the inputs' dtype).
 
-        Example:
+        Examples:
             >>> from flax import nnx
             >>> cell = NNXCell(3, 4, rngs=nnx.Rngs(0))
             >>> nnx.RNN(cell)(jnp.ones((2, 5, 3))).shape
@@ -542,7 +542,7 @@ def _make_linen_cell():
         Parameters are drawn with jax.random (see init_from_key); ``dtype``: the compute
         dtype (None: the inputs' dtype).
 
-        Example:
+        Examples:
             >>> import flax.linen as nn
             >>> layer = nn.RNN(LinenCell(4))
             >>> variables = layer.init(jax.random.key(0), jnp.ones((2, 5, 3)))

@@ -18,7 +18,7 @@ per process, from ``KERAS_BACKEND``). It defines:
 
 Keras differentiates the forward graphs itself: no backward pass is generated.
 
-Example:
+Examples:
     >>> import novolstm
     >>> source = novolstm.generate_source("lstm", backend="keras")
     >>> "from keras import ops" in source and "\nimport tensorflow" not in source  # none at module level

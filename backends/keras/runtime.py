@@ -143,7 +143,7 @@ class Cell(keras.layers.Layer, DropoutRNNCell):
     ``zero_output_for_mask=True`` to get zeros on masked steps (novolstm's rule);
     ``Layer`` does it by itself.
 
-    Example:
+    Examples:
         >>> rnn = keras.layers.RNN(Cell(4, seed=0), return_sequences=True, return_state=True)
         >>> outputs, *state = rnn(np.ones((2, 5, 3), "float32"))
         >>> tuple(outputs.shape), len(state) == len(STATE_NAMES)
@@ -356,7 +356,7 @@ class Layer(keras.layers.RNN):
             the per-step matmuls it replaces), so off by default.
         return_sequences, return_state, go_backwards, stateful, unroll: as keras.layers.RNN.
 
-    Example:
+    Examples:
         >>> layer = Layer(4, seed=0, return_sequences=True)
         >>> tuple(layer(np.ones((2, 5, 3), "float32")).shape)
         (2, 5, 4)

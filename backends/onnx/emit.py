@@ -5,7 +5,7 @@ graph; the step graph becomes the body of a ``Scan`` over time, one ONNX node pe
 node. Any spec exports this way; ``novolstm.export_onnx`` also offers the
 standard LSTM as the native ONNX ``LSTM`` operator.
 
-Example:
+Examples:
     >>> import novolstm
     >>> source = novolstm.generate_source("novolstm", backend="onnx")
     >>> '"Scan"' in source and "import torch" not in source

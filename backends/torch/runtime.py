@@ -40,7 +40,7 @@ BIAS_NAMES: tuple[str, ...] = ()
 #: Whether the spec computes exactly the standard LSTM or the GRU, so that Layer may run torch's fused kernel.
 FUSED_KERNEL = False
 #: Which: "lstm" (torch._VF.lstm), "gru" (torch._VF.gru) or None.
-FUSED_CELL = None
+FUSED_CELL: str | None = None
 #: The spec as canonical TOML: novolstm.backends.cpp builds the compiled kernel from it.
 SPEC_TOML = ""
 
@@ -422,7 +422,7 @@ _FUSED_DTYPES = (
     (torch.float32, torch.float64, torch.bfloat16) if FUSED_CELL == "lstm" else (torch.float32, torch.float64)
 )
 #: Canonical gate names in the fused kernel's order.
-_FUSED_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}.get(FUSED_CELL, ())
+_FUSED_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}.get(FUSED_CELL or "", ())
 
 
 def _fused_unavailable(x, mask):
@@ -476,7 +476,7 @@ def _fused_kernel(x, states, flat, bias, num_layers, dropout, train, bidirection
 # ---------------------------------------------------------------- the compiled path
 
 _COMPILED_DTYPES = (torch.float32, torch.float64)
-_COMPILED_WARNED = []
+_COMPILED_WARNED: list[str] = []
 
 
 def _compiled_op(x, required=False):
@@ -559,7 +559,7 @@ class Cell(nn.Module):
         device, dtype: as for any nn.Module.
         seed: the seed of the canonical initializers (see reset_parameters).
 
-    Example:
+    Examples:
         >>> cell = Cell(3, 4)
         >>> new_state = cell(torch.ones(2, 3))
         >>> sorted(cell.state_dict()) == sorted(n for n in PARAM_NAMES)

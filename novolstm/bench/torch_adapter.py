@@ -79,7 +79,8 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
             layer.load_canonical(from_torch(native.state_dict(), cell="lstm"))
         # the first call builds the compiled kernel (or loads it from the cache): its "compile time"
         kernel = "C++ kernel" if cell != "lstm" and dtype in ("float32", "float64") else None
-        yield Candidate(f"{cell} spec", *_modes(layer, x), jit=kernel)
+        forward, forward_backward = _modes(layer, x)
+        yield Candidate(f"{cell} spec", forward, forward_backward, jit=kernel)
     loop = get_layer("torch", spec="lstm")(units, units, dtype=torch_dtype, fused=False, compiled=False)
     loop.load_state_dict(layers["lstm"].state_dict())
     yield Candidate("lstm spec, generated loop", *_modes(loop, x))
@@ -90,7 +91,8 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     if dtype in ("float32", "float64"):
         compiled = get_layer("torch", spec="lstm")(units, units, dtype=torch_dtype, fused=False, compiled=True)
         compiled.load_state_dict(layers["lstm"].state_dict())
-        yield Candidate("lstm spec, compiled", *_modes(compiled, x), jit="C++ kernel")
+        forward, forward_backward = _modes(compiled, x)
+        yield Candidate("lstm spec, compiled", forward, forward_backward, jit="C++ kernel")
     yield Candidate("native: torch.nn.LSTM", *_modes(native, x))  # the first native: the harness's "native"
     # the GRU spec (torch's fused GRU kernel) against nn.GRU
     yield Candidate("gru spec", *_modes(get_layer("torch", spec="gru")(units, units, dtype=torch_dtype), x))
