@@ -5,7 +5,6 @@ specs from the spec text their config carries; an altered spec is refused)."""
 
 from __future__ import annotations
 
-
 import doctest
 import json
 import os
