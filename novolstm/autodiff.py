@@ -96,6 +96,10 @@ class _Differentiator:
             return parts[0]
         return self.emit("add", parts, n.width, batched=n.batched or any(self.node(p).batched for p in parts))
 
+    def negated(self, g: str) -> str:
+        grad = self.node(g)
+        return self.emit("neg", [g], grad.width, batched=grad.batched)
+
     # -- the pass
 
     def run(self) -> Graph:
@@ -129,14 +133,17 @@ class _Differentiator:
                 self.add_contrib(arg, g)
         elif n.op == "sub":
             self.add_contrib(a[0], g)
-            self.add_contrib(a[1], self.emit("neg", [g], self.node(g).width))
+            self.add_contrib(a[1], self.negated(g))
         elif n.op == "neg":
-            self.add_contrib(a[0], self.emit("neg", [g], self.node(g).width))
+            self.add_contrib(a[0], self.negated(g))
         elif n.op == "mul":
             for mine, other in ((a[0], a[1]), (a[1], a[0])):
                 if self.fwd[mine].op != "const":
                     width = _wider(self.node(g).width, self.fwd[other].width)
-                    self.add_contrib(mine, self.emit("mul", [g, self.read(other)], width))
+                    # Batched if either factor is: the adjoint of a parameter-only value (1 - b)
+                    # times a parameter is a vector, summed over no batch.
+                    batched = self.node(g).batched or self.fwd[other].batched
+                    self.add_contrib(mine, self.emit("mul", [g, self.read(other)], width, batched=batched))
         elif n.op in _ACTIVATION_GRAD:
             self.add_contrib(a[0], self.emit(_ACTIVATION_GRAD[n.op], [g, self.read(n.name)], n.width))
         elif n.op == "normalize_units":

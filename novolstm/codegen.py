@@ -491,8 +491,11 @@ def plan(spec: Spec) -> LoopPlan:
     for L in linears:  # the operands of step projections feed the weight-gradient GEMM
         if L.in_step and L.operand not in step_tape:
             step_tape.append(L.operand)
-    prologue_tape = tuple(n.name for n in pro_back.nodes if n.op == "saved" and n.attr("of") not in ("param", "input"))
+    prologue_tape = [n.name for n in pro_back.nodes if n.op == "saved" and n.attr("of") not in ("param", "input")]
+    for L in linears:  # likewise in the prologue, where a projection reads more than the input (f @ U, f hoisted)
+        if not L.in_step and program.prologue[L.operand].op != "input" and L.operand not in prologue_tape:
+            prologue_tape.append(L.operand)
     vector_params = tuple(n.name for n in program.prologue.nodes + program.step.nodes if n.op == "param")
     return LoopPlan(
-        program, step_back, pro_back, linears, tuple(step_tape), prologue_tape, tuple(dict.fromkeys(vector_params))
+        program, step_back, pro_back, linears, tuple(step_tape), tuple(prologue_tape), tuple(dict.fromkeys(vector_params))
     )

@@ -183,10 +183,11 @@ class _Lowering:
     def expr(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Name):
             return self.env[e.id]
-        if isinstance(e, Const):
-            if e.value not in self.consts:
-                self.consts[e.value] = self.emit("const", attrs=(("value", e.value),), width=0, batched=False)
-            return self.consts[e.value]
+        value = constant_value(e)
+        if value is not None:  # literals only, such as (2 * 3) or (1 - 1): one number
+            if value not in self.consts:
+                self.consts[value] = self.emit("const", attrs=(("value", value),), width=0, batched=False)
+            return self.consts[value]
         if isinstance(e, Binary) and e.op == "+":
             terms = [self.term(t) for t in _flatten_sum(e)]
             return self.emit("add", terms, width=1, batched=self.any_batched(terms), name=target)
@@ -226,6 +227,26 @@ class _Lowering:
 
     def elementwise_width(self, args) -> Width:
         return 1 if any(self.kind(a).op != "const" for a in args) else 0
+
+
+def constant_value(e: Expr) -> float | None:
+    """The number an expression of literals alone stands for (folded in float64), else None.
+
+    >>> from novolstm.expr import parse_expression
+    >>> constant_value(parse_expression("-(2 * 3) + (1 - 1)")), constant_value(parse_expression("1 - b"))
+    (-6.0, None)
+    """
+    if isinstance(e, Const):
+        return e.value
+    if isinstance(e, Neg):
+        arg = constant_value(e.arg)
+        return None if arg is None else -arg
+    if isinstance(e, Binary) and e.op in ("+", "-", "*"):
+        left, right = constant_value(e.left), constant_value(e.right)
+        if left is None or right is None:
+            return None
+        return {"+": left + right, "-": left - right, "*": left * right}[e.op]
+    return None
 
 
 def _flatten_sum(e: Expr) -> list[Expr]:

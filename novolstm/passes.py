@@ -238,12 +238,21 @@ def batch_activations(graph: Graph, names: NameAllocator) -> Graph:
 
 
 def hoist(graph: Graph) -> tuple[Graph, Graph, tuple[str, ...]]:
-    """Split into a prologue (state-independent values, all timesteps at once) and a step."""
+    """Split into a prologue (state-independent values, all timesteps at once) and a step.
+
+    Only batched values leave the loop: the prologue gives them a time axis, which the
+    step indexes. A value computed from parameters and constants alone (``1 - b``,
+    ``b1 * b2``) has no batch or time axis; it stays in the step, where it costs a few
+    vector operations, and the prologue computes it again where a hoisted value needs it.
+    """
     inv = invariant_names(graph)
-    step_reads = {a for n in graph.nodes if n.name not in inv for a in n.args}
+    per_step = {n.name for n in graph.nodes if n.name in inv and not n.batched}
+    step_reads = {a for n in graph.nodes if n.name not in inv or n.name in per_step for a in n.args}
     step_reads |= set(graph.outputs.values())
     hoisted = tuple(
-        n.name for n in graph.nodes if n.name in inv and n.name in step_reads and n.op not in ("param", "const", "input")
+        n.name
+        for n in graph.nodes
+        if n.name in inv and n.name in step_reads and n.batched and n.op not in ("param", "const", "input")
     )
     prologue = prune(
         Graph([n for n in graph.nodes if n.name in inv], {f"hoisted:{h}": h for h in hoisted}), keep_ops=("input",)
@@ -252,7 +261,7 @@ def hoist(graph: Graph) -> tuple[Graph, Graph, tuple[str, ...]]:
     for n in graph.nodes:
         if n.name in hoisted:
             step_nodes.append(Node(n.name, "hoisted", width=n.width))
-        elif n.name not in inv or (n.op in ("param", "const") and n.name in step_reads):
+        elif n.name not in inv or n.name in per_step:
             step_nodes.append(n)
     step = prune(Graph(step_nodes, dict(graph.outputs)))
     return prologue, step, hoisted

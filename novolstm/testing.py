@@ -304,20 +304,27 @@ def cases(
         steps = draw(st.integers(min_steps, max_steps))
         input_size = draw(st.integers(min_size, max_input))
         units = draw(st.integers(min_size, max_units))
-        scale = draw(st.sampled_from(scales))
-        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-        params = random_params(spec, input_size, units, rng, scale=scale)
-        x = rng.normal(size=(batch, steps, input_size))
-        state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names) if draw(st.booleans()) else None
-        masking = draw(st.sampled_from(["none", "mask", "lengths"]))
-        lengths = rng.integers(0, steps + 1, size=batch) if masking == "lengths" else None
-        if lengths is not None:
-            mask = np.arange(steps)[None, :] < lengths[:, None]
-        else:
-            mask = (rng.random((batch, steps)) < 0.75) if masking == "mask" else None
-        return Case(params, x, state, mask, lengths)
+        return _draw_case(draw, spec, batch, steps, input_size, units, scales)
 
     return build()
+
+
+def _draw_case(draw, spec, batch: int, steps: int, input_size: int, units: int, scales) -> Case:
+    """The arrays of one :class:`Case` of the given shape (see :func:`cases`)."""
+    from hypothesis import strategies as st
+
+    scale = draw(st.sampled_from(scales))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    params = random_params(spec, input_size, units, rng, scale=scale)
+    x = rng.normal(size=(batch, steps, input_size))
+    state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names) if draw(st.booleans()) else None
+    masking = draw(st.sampled_from(["none", "mask", "lengths"]))
+    lengths = rng.integers(0, steps + 1, size=batch) if masking == "lengths" else None
+    if lengths is not None:
+        mask = np.arange(steps)[None, :] < lengths[:, None]
+    else:
+        mask = (rng.random((batch, steps)) < 0.75) if masking == "mask" else None
+    return Case(params, x, state, mask, lengths)
 
 
 def check_against_reference(cell: str, run, case: Case, dtype="float64", computes_in=None) -> float:
@@ -360,3 +367,428 @@ def check_against_reference(cell: str, run, case: Case, dtype="float64", compute
     for name, got, want in zip(reference.CELLS[cell].state_names, state, expected_state):
         worst = max(worst, assert_close(np.asarray(got), want, tol, what=f"{cell} final state {name}"))
     return worst
+
+
+# ---------------------------------------------------------------- random specs
+
+
+#: State names the spec strategy draws from, in order (one to four states).
+SPEC_STATES = ("h", "c", "m", "q")
+#: Intermediate equation names, in order.
+SPEC_INTERMEDIATES = ("i", "f", "g", "o", "r", "z")
+#: LayerNorm epsilons the spec strategy pins: small enough to matter at low variance,
+#: large enough that float32 stays within the tolerance table.
+SPEC_EPSILONS = (1e-3, 1e-2, 0.1)
+
+
+class _SpecDrawer:
+    """Draws one random valid spec as plain data (see :func:`spec_texts`)."""
+
+    def __init__(self, draw, max_depth: int):
+        from hypothesis import strategies as st
+
+        self.st, self.draw, self.max_depth = st, draw, max_depth
+        self.params: dict[str, list[str]] = {}  # name -> shape
+        self.uses: set[str] = set()  # names read by the equation being drawn
+        self.batched: list[str] = []  # names of batched, units-wide values defined so far
+        self.constant: list[str] = []  # names of parameter-only equations defined so far
+
+    def choice(self, options):
+        return self.draw(self.st.sampled_from(options))
+
+    def param(self, prefix: str) -> str:
+        shape = {"W": ["input", "units"], "U": ["units", "units"]}.get(prefix, ["units"])
+        name = f"{prefix}{len(self.params)}"
+        self.params[name] = shape
+        self.uses.add(name)
+        return name
+
+    def name(self, options) -> str:
+        name = self.choice(options)
+        self.uses.add(name)
+        return name
+
+    # -- expressions, as text with every compound operand in parentheses
+
+    def constant_term(self) -> str:
+        """A term that reads no batched value: parameters, literals, parameter-only equations."""
+        kinds = ["b", "1 - b", "-b", "b * b", "2 * b", "b + b + b", "b - b", "(2 * 3)", "(1 - 1)", "0.5"]
+        if self.constant:
+            kinds.append("equation")
+        kind = self.choice(kinds)
+        if kind == "equation":
+            return self.name(self.constant)
+        if kind in ("(2 * 3)", "(1 - 1)", "0.5"):
+            return kind
+        pieces = kind.split("b")
+        return "".join(piece + (self.param("b") if k < len(pieces) - 1 else "") for k, piece in enumerate(pieces))
+
+    def projection(self) -> str:
+        operand = self.choice(["input"] + (["state"] if self.batched else []))
+        if operand == "input":
+            return f"x @ {self.param('W')}"
+        return f"{self.name(self.batched)} @ {self.param('U')}"
+
+    def batched_expr(self, depth: int) -> str:
+        leaves = ["gate", "projection"] + (["name"] if self.batched else [])
+        compound = ["unary", "layer_norm", "binary", "with_constant", "negate", "project", "ln_ln", "softmax_product"]
+        kind = self.choice(leaves + (compound if depth > 0 else []))
+        sub = lambda: _paren(self.batched_expr(depth - 1))
+        if kind == "gate":  # what the fusion passes look for: x @ W + h @ U + b
+            terms = [f"x @ {self.param('W')}"]
+            if self.batched and self.draw(self.st.booleans()):
+                terms.append(f"{self.name(self.batched)} @ {self.param('U')}")
+            if self.draw(self.st.booleans()):
+                terms.append(self.constant_term())
+            return " + ".join(self.draw(self.st.permutations(terms)))
+        if kind == "projection":
+            return self.projection()
+        if kind == "name":
+            return self.name(self.batched)
+        if kind == "unary":
+            return f"{self.choice(['sigmoid', 'tanh', 'relu', 'softmax'])}({self.batched_expr(depth - 1)})"
+        if kind == "layer_norm":
+            return self.layer_norm(self.batched_expr(depth - 1))
+        if kind == "ln_ln":
+            return self.layer_norm(self.layer_norm(self.batched_expr(depth - 1)))
+        if kind == "softmax_product":
+            return f"softmax({sub()} * {sub()})"
+        if kind == "binary":
+            return f"{sub()} {self.choice(['+', '-', '*'])} {sub()}"
+        if kind == "with_constant":
+            op = self.choice(["+", "-", "*"])
+            pair = [sub(), _paren(self.constant_term())]
+            return f"{pair[0]} {op} {pair[1]}" if self.draw(self.st.booleans()) else f"{pair[1]} {op} {pair[0]}"
+        if kind == "negate":
+            return f"-{sub()}"
+        return f"{sub()} @ {self.param('U')}"  # "project": a projection of a compound value
+
+    def layer_norm(self, z: str) -> str:
+        return f"layer_norm({z}, {self.param('gamma')}, {self.param('beta')})"
+
+    def equation(self, draw_text) -> tuple[str, set[str]]:
+        self.uses = set()
+        text = draw_text()
+        return text, self.uses
+
+    # -- the spec
+
+    def spec(self, max_states: int, max_intermediates: int) -> dict:
+        st, draw = self.st, self.draw
+        states = SPEC_STATES[: draw(st.integers(1, max_states))]
+        self.batched = list(states)
+        equations: dict[str, str] = {}
+        reads: dict[str, set[str]] = {}
+        for name in SPEC_INTERMEDIATES[: draw(st.integers(0, max_intermediates))]:
+            if draw(st.integers(0, 3)) == 0:  # a parameter-only equation such as "1 - b"
+                equations[name], reads[name] = self.equation(self.constant_term)
+                self.constant.append(name)
+            else:
+                equations[name], reads[name] = self.equation(lambda: self.batched_expr(self.max_depth))
+                self.batched.append(name)
+        # Every next state is bounded, so a difference between implementations means a bug,
+        # not chaos: tanh of anything, times a gate or a parameter-only factor at most.
+        inner: dict[str, list[str]] = {}
+        factor: dict[str, str] = {}
+        for s in states:
+            nxt = f"{s}_next"
+            inner[nxt], reads[nxt] = self.equation(lambda: [self.batched_expr(self.max_depth)])
+            shape = self.choice(["tanh", "gated", "damped"])
+            if shape != "tanh":
+                gated = shape == "gated"
+                extra, used = self.equation(
+                    lambda gated=gated: f"sigmoid({self.batched_expr(0)})" if gated else _paren(self.constant_term())
+                )
+                factor[nxt] = extra
+                reads[nxt] |= used
+            self.batched.append(nxt)
+        output = self.choice([f"{s}_next" for s in states] + ["y"])
+        if output == "y":
+            equations["y"], reads["y"] = self.equation(lambda: self.batched_expr(self.max_depth))
+        # Whatever no root reaches joins the last state's sum: the loader refuses unused names.
+        last = f"{states[-1]}_next"
+        for name in list(reversed(list(equations))) + ["x"]:
+            if name not in _reached(reads, [output, *inner]):
+                self.uses = set()
+                inner[last].append(name if name in self.batched or name in self.constant else f"x @ {self.param('W')}")
+                reads[last] |= self.uses | {name}
+        for nxt, terms in inner.items():
+            body = f"tanh({' + '.join(_paren(t) for t in terms)})"
+            equations[nxt] = f"{body} * {factor[nxt]}" if nxt in factor else body
+        order = draw(st.permutations(list(equations)))
+        data = {
+            "spec_version": 1,
+            "name": "random_cell",
+            "description": "A random spec drawn by novolstm.testing.spec_texts.",
+            "input": "x",
+            "output": output,
+            "state": {s: f"{s}_next" for s in states},
+            "params": {p: {"shape": shape, "init": _init_for(shape)} for p, shape in self.params.items()},
+            "equations": {name: equations[name] for name in order},
+        }
+        text = " ".join(data["equations"].values())
+        numerics = {}
+        if "layer_norm(" in text:
+            numerics["layer_norm_epsilon"] = self.choice(SPEC_EPSILONS)
+        if "softmax(" in text and draw(st.booleans()):
+            numerics["softmax_axis"] = "units"
+        if numerics:
+            data["numerics"] = numerics
+        return data
+
+
+def _paren(text: str) -> str:
+    return f"({text})" if (" " in text or text.startswith("-")) else text
+
+
+def _init_for(shape: list[str]) -> str:
+    return {"input": "glorot_uniform", "units": "orthogonal"}[shape[0]] if len(shape) == 2 else "zeros"
+
+
+def _reached(reads: dict[str, set[str]], roots) -> set[str]:
+    reached, stack = set(), list(roots)
+    while stack:
+        name = stack.pop()
+        if name not in reached:
+            reached.add(name)
+            stack.extend(reads.get(name, ()))
+    return reached
+
+
+def spec_texts(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
+    """A Hypothesis strategy of random valid cell specs, as TOML text.
+
+    Every drawn spec loads with :func:`novolstm.loads_spec`. It has one to
+    ``max_states`` states and up to ``max_intermediates`` intermediate equations, some of
+    them parameter-only; it uses every function of the language, nested to ``max_depth``:
+    projections of the input, of states and of compound values, products of projections,
+    parameter-only and constant-only subterms (``1 - b``, ``-b``, ``b1 * b2``, ``2 * b``,
+    sums of several biases, ``(2 * 3)``, ``(1 - 1)``), unary minus, literals, states used
+    elementwise, LayerNorm over LayerNorm and softmax of a product; its equations appear in
+    any order. Every next state is a ``tanh`` (times a gate or a parameter-only factor at
+    most), so state values stay bounded and two correct implementations agree to rounding.
+
+    Examples:
+        >>> import novolstm
+        >>> from hypothesis import given, settings
+        >>> @settings(max_examples=5, database=None)
+        ... @given(spec_texts())
+        ... def loads(text):
+        ...     spec = novolstm.loads_spec(text)
+        ...     assert 1 <= len(spec.state_names) <= 4
+        >>> loads()
+    """
+    from hypothesis import strategies as st
+
+    from .spec_model import dump_toml
+
+    @st.composite
+    def build(draw):
+        return dump_toml(_SpecDrawer(draw, max_depth).spec(max_states, max_intermediates))
+
+    return build()
+
+
+def specs(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
+    """A Hypothesis strategy of random valid, loaded specs: :func:`spec_texts` through :func:`novolstm.loads_spec`.
+
+    Examples:
+        >>> from hypothesis import find
+        >>> spec = find(specs(), lambda s: "layer_norm" in s.dumps())
+        >>> spec.numerics.layer_norm_epsilon in SPEC_EPSILONS
+        True
+    """
+    from .spec_loader import loads_spec
+
+    return spec_texts(max_states, max_intermediates, max_depth).map(lambda text: loads_spec(text, source="<random spec>"))
+
+
+def check_against_interpreter(spec, run, case: Case, dtype="float64", computes_in=None) -> float:
+    """Run ``run(params, x, state, mask) -> (outputs, final_state)`` on ``case`` in ``dtype`` and
+    assert it matches the float64 interpreter of ``spec`` (:mod:`novolstm.interpret`); return
+    the max deviation.
+
+    The oracle for any spec, as :func:`check_against_reference` is for the built-in cells:
+    the interpreter evaluates the spec's own expressions, sharing no code with code
+    generation. ``computes_in`` as in :func:`check_against_reference`.
+
+    >>> import novolstm
+    >>> spec = novolstm.load_spec("gru")
+    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
+    >>> check_against_interpreter(spec, lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
+    True
+    """
+    from . import interpret
+    from .spec_loader import load_spec
+
+    spec = load_spec(spec)
+    c = case.cast(dtype)
+    # As check_against_reference: the oracle sees the inputs as the implementation does.
+    expected, expected_state = interpret.run(spec, c.params, c.x, c.state, mask=c.mask)
+    outputs, state = run(c.params, c.x, c.state, c.mask)
+    tol = tolerance(computes_in or dtype, case.steps)
+    worst = assert_close(np.asarray(outputs), expected, tol, what=f"{spec.name} outputs")
+    if len(state) != len(expected_state):
+        raise AssertionError(f"{spec.name}: {len(state)} state arrays, expected {len(expected_state)}")
+    for name, got, want in zip(spec.state_names, state, expected_state):
+        worst = max(worst, assert_close(np.asarray(got), want, tol, what=f"{spec.name} final state {name}"))
+    return worst
+
+
+#: Central differences of the float64 interpreter: step along a unit-variance direction, and
+#: how far (relative to ``1 + |analytic|``) an analytic directional derivative may be from them.
+FINITE_DIFFERENCE_STEP = 1e-6
+FINITE_DIFFERENCE_RTOL = 1e-6
+
+
+def gradient_problem(spec, case: Case, seed: int = 0):
+    """The loss a gradient check differentiates: ``(state, g_out, g_state)``, all float64.
+
+    The loss is ``sum(outputs * g_out) + sum(final * g_state)``; the cotangents are drawn
+    from ``seed``, and so is an initial state where ``case`` has none (a zero state sits on
+    ``relu``'s kink). The same ``seed`` gives the same problem in every dtype.
+    """
+    rng = np.random.default_rng(seed)
+    batch, steps, _ = case.x.shape
+    units = case.params[spec.params[0].name].shape[-1]
+    state = case.state if case.state is not None else tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
+    g_out = rng.normal(size=(batch, steps, units))
+    g_state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
+    return tuple(np.asarray(s, np.float64) for s in state), g_out, g_state
+
+
+def vjp_gradients(spec, vjp_numpy, case: Case, seed: int = 0, dtype="float64"):
+    """Gradients from ``vjp_numpy`` in ``dtype`` for the loss of :func:`gradient_problem`.
+
+    ``vjp_numpy(params, x, state, mask) -> (outputs, final_state, vjp)`` as the generated
+    modules provide it, with ``vjp(g_outputs, g_final_state) -> (g_x, g_state0, g_params)``.
+
+    Returns:
+        ``(outputs, final_state, [(label, gradient)])``: the gradients with respect to the
+        inputs (``"d/dx"``), each initial state (``"d/dh0"``, ...) and each parameter in
+        ``spec.param_names`` order (``"d/dW_i"``, ...).
+    """
+    from .spec_loader import load_spec
+
+    spec = load_spec(spec)
+    state, g_out, g_state = gradient_problem(spec, case, seed)
+    c = Case(case.params, case.x, state, case.mask).cast(dtype)
+    outputs, final, vjp = vjp_numpy(c.params, c.x, c.state, c.mask)
+    g_x, g_state0, g_params = vjp(g_out.astype(dtype), tuple(g.astype(dtype) for g in g_state))
+    if sorted(g_params) != sorted(spec.param_names):
+        raise AssertionError(f"{spec.name}: gradients for {sorted(g_params)}, expected {sorted(spec.param_names)}")
+    labels = ["d/dx", *(f"d/d{s}0" for s in spec.state_names), *(f"d/d{p}" for p in spec.param_names)]
+    arrays = [g_x, *g_state0, *(g_params[p] for p in spec.param_names)]
+    if len(arrays) != len(labels):
+        raise AssertionError(f"{spec.name}: {len(g_state0)} initial-state gradients, expected {len(spec.state_names)}")
+    return outputs, final, [(label, np.asarray(a)) for label, a in zip(labels, arrays)]
+
+
+def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int = 0) -> list:
+    """Assert that float64 gradients match central differences of the interpreter.
+
+    For the loss of :func:`gradient_problem`, the gradient from ``vjp_numpy`` (see
+    :func:`vjp_gradients`) with respect to the inputs, each initial state and every
+    parameter, projected on a random direction, must match the central difference of the
+    same loss computed by :func:`novolstm.interpret.run` within
+    :data:`FINITE_DIFFERENCE_RTOL` of ``1 + |analytic|``. The outputs and final state are
+    checked against the interpreter too.
+
+    Returns:
+        The gradients, ``[(label, gradient)]`` as :func:`vjp_gradients` gives them, for
+        comparisons in other dtypes (:func:`check_gradients_close`).
+
+    >>> import novolstm
+    >>> spec = novolstm.load_spec("gru")
+    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((2, 4, 2)), None, None)
+    >>> grads = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case)
+    >>> [(label, g.shape) for label, g in grads[:3]]
+    [('d/dx', (2, 4, 2)), ('d/dh0', (2, 3)), ('d/dW_r', (2, 3))]
+    """
+    from . import interpret
+    from .spec_loader import load_spec
+
+    spec = load_spec(spec)
+    c = case.cast("float64")
+    state, g_out, g_state = gradient_problem(spec, c, seed)
+    outputs, final, grads = vjp_gradients(spec, vjp_numpy, c, seed)
+    expected, expected_state = interpret.run(spec, c.params, c.x, state, mask=c.mask)
+    tol = tolerance("float64", c.steps)
+    assert_close(np.asarray(outputs), expected, tol, what=f"{spec.name} outputs (vjp_numpy)")
+    for name, got, want in zip(spec.state_names, final, expected_state):
+        assert_close(np.asarray(got), want, tol, what=f"{spec.name} final state {name} (vjp_numpy)")
+
+    def loss(x=c.x, state=state, params=c.params) -> float:
+        out, fin = interpret.run(spec, params, x, state, mask=c.mask)
+        return float((out * g_out).sum() + sum((f * g).sum() for f, g in zip(fin, g_state)))
+
+    # (value, the loss with that value in its place), in the order of vjp_gradients' labels
+    wrt = [(c.x, lambda v: loss(x=v))]
+    wrt += [(state[k], lambda v, k=k: loss(state=state[:k] + (v,) + state[k + 1 :])) for k in range(len(state))]
+    wrt += [(c.params[p], lambda v, p=p: loss(params={**c.params, p: v})) for p in spec.param_names]
+    rng = np.random.default_rng([seed, 1])
+    for (value, loss_at), (label, grad) in zip(wrt, grads, strict=True):
+        if grad.shape != value.shape:
+            raise AssertionError(f"{spec.name} {label}: shape {grad.shape}, expected {value.shape}")
+        direction = rng.normal(size=value.shape)
+        h = FINITE_DIFFERENCE_STEP
+        numeric = (loss_at(value + h * direction) - loss_at(value - h * direction)) / (2 * h)
+        analytic = float((grad * direction).sum())
+        if not abs(numeric - analytic) <= FINITE_DIFFERENCE_RTOL * (1 + abs(analytic)):
+            raise AssertionError(
+                f"{spec.name} {label} along a random direction: {analytic!r}, central difference of the "
+                f"interpreter {numeric!r}"
+            )
+    return grads
+
+
+def check_gradients_close(spec, vjp_numpy, case: Case, expected: list, seed: int = 0, dtype="float32", computes_in=None) -> float:
+    """Assert that gradients computed in ``dtype`` match ``expected`` (float64 ones, checked by
+    :func:`check_gradients_against_interpreter` for the same ``case`` and ``seed``) within the
+    table's gradient tolerance for ``computes_in`` (default ``dtype``); return the max deviation.
+    """
+    _, _, grads = vjp_gradients(spec, vjp_numpy, case, seed, dtype)
+    tol = tolerance(computes_in or dtype, case.steps, "gradients")
+    name = getattr(spec, "name", spec)
+    return max(
+        assert_close(got, want, tol, what=f"{name} {label} ({dtype})") for (label, got), (_, want) in zip(grads, expected, strict=True)
+    )
+
+
+def spec_cases(max_batch: int = 3, max_units: int = 5, max_input: int = 3, max_extra_steps: int = 6, scales=(0.05, 0.3, 1.0), **spec_options):
+    """A Hypothesis strategy of ``(spec_text, case)``: a random spec (:func:`spec_texts`) and a
+    :class:`Case` for it.
+
+    The sequence is as often shorter than ``units`` as longer (up to ``max_extra_steps``
+    beyond it): a time axis confused with the units axis shows in one or the other. The
+    batch is one row or more; masks, lengths (0 included) and initial states as in
+    :func:`cases`; weight scales from ``scales`` (not the saturating ones: random specs
+    multiply projections, and a case is only as well conditioned as its spec).
+    ``spec_options`` go to :func:`spec_texts`.
+
+    Examples:
+        >>> import novolstm
+        >>> from hypothesis import find
+        >>> shorter = lambda tc: tc[1].steps < next(iter(tc[1].params.values())).shape[-1]
+        >>> text, case = find(spec_cases(), shorter)
+        >>> novolstm.loads_spec(text).state_names[0], case.steps
+        ('h', 1)
+    """
+    from hypothesis import strategies as st
+
+    from .spec_loader import loads_spec
+
+    @st.composite
+    def build(draw):
+        text = draw(spec_texts(**spec_options))
+        spec = loads_spec(text, source="<random spec>")
+        units = draw(st.integers(1, max_units))
+        if units > 1 and draw(st.booleans()):
+            steps = draw(st.integers(1, units - 1))
+        else:
+            steps = draw(st.integers(units, units + max_extra_steps))
+        batch = draw(st.integers(1, max_batch))
+        input_size = draw(st.integers(1, max_input))
+        return text, _draw_case(draw, spec, batch, steps, input_size, units, scales)
+
+    return build()

@@ -108,13 +108,14 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
         $step
         if keep_tape:
             $tape_append
+        # The output first: it may be a state's previous value, which advancing overwrites.
         if ms is None:
-            $advance
             ys[t] = $output
+            $advance
         else:
             m = ms[t]
-            $advance_masked
             ys[t] = np.where(m, $output, 0.0)
+            $advance_masked
     if keep_tape:
         tape.update(kept, x=v_$input, ms=ms)
     return np.swapaxes(ys, 0, 1), $final_state, tape

@@ -96,7 +96,8 @@ def fused_adds(graph: Graph, keep: set[str]) -> dict[str, tuple[str, list[str]]]
 
     ``a @ w + rest`` becomes one GEMM accumulating into ``rest`` (the hoisted input
     projection plus the recurrent one, in one call per step). A projection qualifies when
-    the sum is its only reader and nothing else (an output, the tape) needs its value.
+    the sum is its only reader and nothing else (an output, the tape) needs its value, and
+    every other term is batched (a constant or a parameter-only vector is no accumulator).
     """
     users = graph.users()
     out = {}
@@ -111,7 +112,7 @@ def fused_adds(graph: Graph, keep: set[str]) -> dict[str, tuple[str, list[str]]]
                 and users[arg] == [n.name]
                 and arg not in keep
                 and arg not in graph.outputs.values()
-                and all(graph[o].op != "const" for o in others)
+                and all(graph[o].batched for o in others)  # acc: rows like the GEMM's (not 1 - b, a vector)
                 and node.width == n.width
             ):
                 out[n.name] = (arg, others)
@@ -266,13 +267,14 @@ def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
         $step
         if keep_tape:
             $tape_store
+        # The output first: it may be a state's previous value, which advancing overwrites.
         if ms is None:
-            $advance
             ys[t] = $output
+            $advance
         else:
             m = ms[t]
-            $advance_masked
             ys[t] = torch.where(m, $output, 0.0)
+            $advance_masked
     tape = None
     if keep_tape:
         tape = $tape_dict
