@@ -26,6 +26,7 @@ from .expr import (
     ExpressionError,
     Name,
     Neg,
+    format_expression,
     names_in,
     parse_expression,
 )
@@ -385,9 +386,25 @@ class _Loader:
             if args[0] != BATCH_UNITS:
                 self.fail(f"{key}: layer_norm normalizes a batch of units-wide rows, got {args[0].describe()}")
             return BATCH_UNITS
+        if expr.fn == "clip":
+            self.clip_bounds(expr, key)
+        elif expr.fn in ("maximum", "minimum"):
+            if self.elementwise(args, f"{expr.fn}()", key) != BATCH_UNITS:
+                self.fail(f"{key}: {expr.fn}() needs a batch of units-wide rows as one argument, got {args[0].describe()} and {args[1].describe()}")
+            return BATCH_UNITS
         if args[0] != BATCH_UNITS:
             self.fail(f"{key}: {expr.fn}() takes a batch of units-wide rows, got {args[0].describe()}")
         return BATCH_UNITS
+
+    def clip_bounds(self, expr: Call, key: str) -> None:
+        # The bounds are numbers, fixed by the spec: clip's gradient mask needs them at compile time.
+        from .ir import constant_value
+
+        lo, hi = (constant_value(a) for a in expr.args[1:])
+        if lo is None or hi is None:
+            self.fail(f"{key}: clip(z, lo, hi) takes numeric literals as lo and hi, got {format_expression(expr)!r}")
+        if not lo < hi:
+            self.fail(f"{key}: clip(z, lo, hi) needs lo < hi, got lo = {lo!r}, hi = {hi!r}")
 
     def elementwise(self, args: list[Kind], what: str, key: str) -> Kind:
         for a in args:

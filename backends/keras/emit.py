@@ -59,6 +59,16 @@ OPS = {
     "relu": lambda n, a: f"ops.relu({a[0]})",
     "softmax": lambda n, a: f"_softmax({a[0]})",
     "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
+    "div": lambda n, a: f"ops.divide({a[0]}, {a[1]})",
+    "exp": lambda n, a: f"ops.exp({a[0]})",
+    "log": lambda n, a: f"ops.log({a[0]})",
+    "sqrt": lambda n, a: f"ops.sqrt({a[0]})",
+    "abs": lambda n, a: f"ops.abs({a[0]})",
+    "softplus": lambda n, a: f"_softplus({a[0]})",
+    "gelu": lambda n, a: f"_gelu({a[0]})",
+    "maximum": lambda n, a: f"ops.maximum({a[0]}, {a[1]})",
+    "minimum": lambda n, a: f"ops.minimum({a[0]}, {a[1]})",
+    "clip": lambda n, a: f"ops.clip({a[0]}, {n.attr('lo')!r}, {n.attr('hi')!r})",
 }
 
 
