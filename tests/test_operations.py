@@ -3,8 +3,8 @@ log_sigmoid, gelu, the two hard sigmoids, maximum, minimum, clip) on NumPy: the
 language's rules (literal clip bounds, the domain rule) and, per operation, outputs against
 the float64 interpreter and gradients against its central differences.
 
-The other backends' counterparts are tests/test_<backend>_operations.py; they share
-``check_operation`` and ``check_domain_rule`` from here through novolstm.testing's specs.
+The other backends' counterparts are tests/test_<backend>_operations.py; all share
+``check_operation``, ``check_operation_gradients`` and ``check_domain_rule`` (novolstm.testing).
 """
 
 from __future__ import annotations
@@ -17,57 +17,7 @@ from hypothesis import strategies as st
 import novolstm
 from novolstm import interpret
 from novolstm.errors import SpecError
-from novolstm.testing import (
-    OPERATION_SPECS,
-    check_against_interpreter,
-    check_gradients_against_interpreter,
-    check_gradients_close,
-    computes_in,
-    operation_cases,
-)
-
-DOMAIN_SPEC = """
-spec_version = 1
-name = "domain"
-description = "log, sqrt and a division on values that reach zero and below."
-input = "x"
-output = "y"
-state = { h = "h_next", c = "c_next" }
-params = { W = { shape = ["input", "units"], init = "glorot_uniform" } }
-equations = { k = "x @ W", y = "log(k)", h_next = "sqrt(k)", c_next = "1 / (k * k)" }
-"""
-
-
-def check_operation(backend: str, spec, case, dtype: str) -> float:
-
-    def run(params, x, state, mask):
-        return novolstm.run(spec, params, x, state, backend=backend, mask=mask)
-
-    return check_against_interpreter(spec, run, case, dtype, computes_in(backend, dtype))
-
-
-def check_operation_gradients(backend: str, spec, case, seed: int) -> None:
-    vjp_numpy = novolstm.load_generated(spec, backend).vjp_numpy
-    if computes_in(backend, "float64") == "float64":
-        anchor = check_gradients_against_interpreter(spec, vjp_numpy, case, seed)
-    else:
-        anchor = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case, seed)
-    check_gradients_close(spec, vjp_numpy, case, anchor, seed, "float32", computes_in(backend, "float32"))
-
-
-def check_domain_rule(backend: str, dtype: str = "float64") -> None:
-    """log 0 = -inf, log of a negative = nan, sqrt of a negative = nan, 1 / 0 = inf: as the interpreter."""
-    spec = novolstm.loads_spec(DOMAIN_SPEC)
-    params = {"W": np.array([[1.0, -1.0, 0.5]], dtype)}
-    x = np.array([[[0.0]], [[2.0]], [[-3.0]]], dtype)
-    expected, expected_state = interpret.run(spec, {"W": params["W"].astype(np.float64)}, x.astype(np.float64))
-    assert np.isneginf(expected[0, 0]).all() and np.isnan(expected[2, 0, 0]) and np.isposinf(expected_state[1][0]).all()
-    module = novolstm.load_generated(spec, backend)
-    outputs, state = module.run_numpy(params, x, None, None)
-    np.testing.assert_allclose(np.asarray(outputs, np.float64), expected, rtol=1e-6, atol=0)
-    for got, want in zip(state, expected_state):
-        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6, atol=0)
-
+from novolstm.testing import OPERATION_SPECS, check_domain_rule, check_operation, check_operation_gradients, operation_cases
 
 OPERATIONS = sorted(OPERATION_SPECS)
 
