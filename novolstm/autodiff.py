@@ -137,7 +137,8 @@ class _Differentiator:
                 self.add_contrib(arg, g)
         elif n.op == "sub":
             self.add_contrib(a[0], g)
-            self.add_contrib(a[1], self.negated(g))
+            if self.fwd[a[1]].op != "const":  # (s - 1): no negated adjoint for the literal, never read
+                self.add_contrib(a[1], self.negated(g))
         elif n.op == "neg":
             self.add_contrib(a[0], self.negated(g))
         elif n.op == "mul":

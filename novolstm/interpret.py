@@ -93,8 +93,9 @@ def layer_norm(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
 def softplus(z: np.ndarray) -> np.ndarray:
     """``log(1 + exp(z))`` as ``max(z, 0) + log1p(exp(-|z|))``, which never overflows.
 
-    >>> softplus(np.array([-1000.0, 0.0, 1000.0])).tolist() == [0.0, math.log(2.0), 1000.0]
-    True
+    Examples:
+        >>> softplus(np.array([-1000.0, 0.0, 1000.0])).tolist() == [0.0, math.log(2.0), 1000.0]
+        True
     """
     with np.errstate(under="ignore"):
         return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
@@ -103,8 +104,9 @@ def softplus(z: np.ndarray) -> np.ndarray:
 def gelu(z: np.ndarray) -> np.ndarray:
     """The exact GELU, ``z * Phi(z)`` with the standard normal's cdf through ``math.erf``.
 
-    >>> gelu(np.array([0.0, 1.0])).round(6).tolist()
-    [0.0, 0.841345]
+    Examples:
+        >>> gelu(np.array([0.0, 1.0])).round(6).tolist()
+        [0.0, 0.841345]
     """
     return np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in np.ravel(z)]).reshape(np.shape(z))
 

@@ -860,8 +860,8 @@ def spec_cases(max_batch: int = 3, max_units: int = 5, max_input: int = 3, max_e
 
 
 def operation_cases(op: str | None, max_batch: int = 2, max_units: int = 4, max_extra_steps: int = 3, scales=(0.3, 1.0)):
-    """A Hypothesis strategy of ``(spec, case)`` for the spec of ``op`` in :data:`OPERATION_SPECS`
-    (None: :data:`ALL_OPERATIONS_SPEC`).
+    """A Hypothesis strategy of ``(spec, case)`` for the spec of ``op`` in ``OPERATION_SPECS``
+    (None: ``ALL_OPERATIONS_SPEC``).
 
     Examples:
         >>> from hypothesis import find
@@ -898,7 +898,7 @@ equations = { k = "x @ W", y = "log(k)", h_next = "sqrt(k)", c_next = "1 / (k * 
 
 
 def check_operation(backend: str, spec, case, dtype: str) -> float:
-    """Assert ``backend`` runs ``spec`` on ``case`` as the interpreter does (:func:`check_against_interpreter`)."""
+    """Assert ``backend`` runs ``spec`` on ``case`` as the interpreter does (``check_against_interpreter``)."""
     import novolstm
 
     def run(params, x, state, mask):

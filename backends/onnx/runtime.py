@@ -85,8 +85,8 @@ class _Graph:
     def softplus(self, a):
         # max(z, 0) + log(1 + exp(-|z|)): exp never overflows (ONNX has no log1p; the
         # sum differs from log1p by rounding only, 1 + exp(-|z|) being in [1, 2]).
-        tail = self.op("Log", [self.op("Add", [self.const(1.0), self.op("Exp", [self.op("Neg", [self.op("Abs", [a])])])])])
-        return self.op("Add", [self.op("Relu", [a]), tail])
+        decay = self.op("Exp", [self.op("Neg", [self.op("Abs", [a])])])
+        return self.op("Add", [self.op("Relu", [a]), self.op("Log", [self.op("Add", [self.const(1.0), decay])])])
 
     def gelu(self, a):
         # The exact GELU, z Phi(z) = z (1 + erf(z / sqrt 2)) / 2 (opset 18 has Erf, not Gelu).

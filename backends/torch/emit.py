@@ -29,6 +29,7 @@ from novolstm.codegen import (
     LoopPlan,
     assign,
     concat_op,
+    dict_items,
     docstring_text,
     init_source,
     inline_runtime,
@@ -90,8 +91,8 @@ OPS = {
     "clip": lambda n, a: f"torch.clamp({a[0]}, {n.attr('lo')!r}, {n.attr('hi')!r})",
     "gelu_grad": lambda n, a: f"_gelu_grad({a[0]}, {a[1]})",
     "sign": lambda n, a: f"torch.sign({a[0]})",
-    "ge_mask": lambda n, a: f"({a[0]} >= {a[1]})",
-    "in_range": lambda n, a: f"(({a[0]} >= {n.attr('lo')!r}) & ({a[0]} <= {n.attr('hi')!r}))",
+    "ge_mask": lambda n, a: f"{a[0]} >= {a[1]}",
+    "in_range": lambda n, a: f"({a[0]} >= {n.attr('lo')!r}) & ({a[0]} <= {n.attr('hi')!r})",
     # backward-only ops
     "sigmoid_grad": lambda n, a: f"_sigmoid_backward({a[0]}, {a[1]})",
     "tanh_grad": lambda n, a: f"_tanh_backward({a[0]}, {a[1]})",
@@ -262,8 +263,8 @@ def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
     Returns:
         (outputs (time, batch, units), final state tuple, tape or None)
     """
-    H = params[UNITS_PARAM].shape[-1]
-    T, B = x.shape[0], x.shape[1]
+    H = params[UNITS_PARAM].shape[-1]  # noqa: F841 - H and B: read where the spec slices or pads
+    T, B = x.shape[0], x.shape[1]  # noqa: F841
     gemm, pack, wgrad = gemm_for(x)
     fused = fuse(params)
     $load_fused
@@ -522,7 +523,7 @@ def generate(plan: LoopPlan) -> str:
         advance_masked=assign(state_vars, [f"torch.where(m, {nv}, {sv})" for sv, nv in zip(state_vars, next_vars)]),
         output=var(step.outputs["output"]),
         tape_dict=literal({n: Code(f"tp_{n}") for n in tape}, column=15, indent=8),
-        prologue_tape=", ".join(f'"prologue:{n}": {var(n)}' for n in plan.prologue_tape),
+        prologue_tape=dict_items([f'"prologue:{n}": {var(n)}' for n in plan.prologue_tape], "    ", 60),
         final_state=tuple_of(state_vars),
         unpack_g_state=targets(g_states),
         unpack_tape=unpack_tape,
