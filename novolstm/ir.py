@@ -364,6 +364,24 @@ def _standard_lstm_fingerprint() -> str:
     return fingerprint(load_spec("lstm"))
 
 
+@lru_cache(maxsize=None)
+def _standard_gru_fingerprint() -> str:
+    from .spec_loader import load_spec
+
+    return fingerprint(load_spec("gru"))
+
+
+def computes_standard_gru(spec: Spec) -> bool:
+    """Whether ``spec`` computes exactly the GRU of ``torch.nn.GRU``, with its canonical parameter names.
+
+    True when the spec's ``fingerprint`` equals the built-in ``gru`` spec's:
+    r, z = sigmoid of ``x @ W_k + h @ U_k + b_k``, ``n = tanh(x @ W_n + b_n + r * (h @ U_n + b_hn))``,
+    ``h' = (1 - z) * n + z * h``, state ``h``, output ``h'``. Emitters use it to hand such a
+    spec to a framework's own fused GRU kernel.
+    """
+    return fingerprint(spec) == _standard_gru_fingerprint()
+
+
 def computes_standard_lstm(spec: Spec) -> bool:
     """Whether ``spec`` computes exactly the standard LSTM, with its canonical parameter names.
 

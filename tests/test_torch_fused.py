@@ -18,7 +18,7 @@ LSTM_LAYER = novolstm.get_layer("torch", spec="lstm")
 
 
 def randomized(rng, dtype, fused=None, **kwargs):
-    layer = LSTM_LAYER(3, 4, dtype=dtype, fused=fused, **kwargs)
+    layer = LSTM_LAYER(3, 4, dtype=dtype, fused=fused, compiled=False, **kwargs)  # fused, else the loop
     params = {key: random_params("lstm", cell.input_size, cell.units, rng, scale=0.5) for key, cell in layer.cells.items()}
     if not layer.bias:
         params = {k: {n: (0 * v if n.startswith("b_") else v) for n, v in p.items()} for k, p in params.items()}
@@ -81,7 +81,7 @@ def test_both_paths_match_reference_and_numpy_backward(dtype, fused, rng):
 @pytest.mark.parametrize("num_layers, bidirectional, bias", [(1, False, True), (2, True, True), (2, False, False)])
 def test_fused_path_matches_nn_lstm_and_the_generated_loop(num_layers, bidirectional, bias, rng):
     layer, params = randomized(rng, torch.float64, num_layers=num_layers, bidirectional=bidirectional, bias=bias)
-    loop = LSTM_LAYER(3, 4, num_layers=num_layers, bidirectional=bidirectional, bias=bias, dtype=torch.float64, fused=False)
+    loop = LSTM_LAYER(3, 4, num_layers=num_layers, bidirectional=bidirectional, bias=bias, dtype=torch.float64, fused=False, compiled=False)
     loop.load_state_dict(layer.state_dict())
     native = torch.nn.LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional, bias=bias, dtype=torch.float64)
     native_sd = {}
@@ -169,7 +169,7 @@ def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
         layer.cells["l0"].W_f.add_(0.5)  # an in-place update, as an optimizer step makes
         changed = layer(x)[0]
     assert layer._flat_cache[1] is not kept and not torch.equal(changed, first)
-    loop = LSTM_LAYER(3, 4, fused=False)
+    loop = LSTM_LAYER(3, 4, fused=False, compiled=False)
     loop.load_state_dict(layer.state_dict())
     with torch.no_grad():
         assert_close(changed.numpy(), loop(x)[0].numpy(), tolerance("float32", 5), what="after the update, vs the loop")
@@ -181,8 +181,9 @@ def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
     assert layer.cells["l0"].W_i.grad is not None
 
 
-def test_only_the_standard_lstm_offers_the_fused_kernel():
-    for cell in ("gru", "peephole_lstm", "novolstm"):
+def test_only_the_standard_lstm_and_gru_offer_the_fused_kernel():
+    assert novolstm.load_generated("gru", "torch").FUSED_KERNEL
+    for cell in ("peephole_lstm", "novolstm"):
         with pytest.raises(ValueError, match="not compute the standard LSTM"):
             novolstm.get_layer("torch", spec=cell)(3, 4, fused=True)
         assert not novolstm.load_generated(cell, "torch").FUSED_KERNEL

@@ -243,7 +243,7 @@ def test_init_params_match_novolstm():
 def test_generated_source_is_standalone():
     source = novolstm.generate_source("gru", "torch")
     imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"zlib", "numpy", "torch", "torch.autograd.function", "torch.nn.utils.rnn"}, imports
+    assert imports <= {"warnings", "zlib", "numpy", "torch", "torch.autograd.function", "torch.nn.utils.rnn"}, imports
     assert "Generated" in source and "do not edit" in source and novolstm.load_spec("gru").hash in source
 
 

@@ -42,7 +42,7 @@ from novolstm.codegen import (
     used_loads,
     var,
 )
-from novolstm.ir import Graph, live_names
+from novolstm.ir import Graph, computes_standard_gru, live_names
 from novolstm.passes import LEAVES, split_slices
 from novolstm.template import fill
 
@@ -359,13 +359,30 @@ being traced or exported (torch.jit.trace, torch.onnx.export). Every other call 
 generated loop and backward pass. Layer(..., fused=False) always runs the generated
 loop; fused=True raises rather than fall back."""
 
+FUSED_DOC_GRU = """\
+Layer runs torch's own fused GRU kernel (torch._VF.gru, what nn.GRU runs) with torch
+autograd for its backward, because this spec computes exactly the GRU as nn.GRU does
+(novolstm.ir.computes_standard_gru): whenever no mask, lengths or PackedSequence is
+given, the dtype is float32 or float64, and the call is not being traced or exported
+(torch.jit.trace, torch.onnx.export). Every other call runs the compiled kernel or the
+generated loop. Layer(..., fused=False) never runs the fused kernel; fused=True raises
+rather than fall back."""
+
 FUSED_DOC_OTHER = """\
-Layer always runs the generated loop: this spec is not the standard LSTM, so torch's
-fused LSTM kernel does not compute it (Layer(..., fused=True) raises)."""
+Layer never runs a torch fused kernel: this spec is neither the standard LSTM nor the GRU,
+which torch's fused kernels compute (Layer(..., fused=True) raises)."""
+
+COMPILED_DOC = """\
+Elsewhere (float32 and float64 on the CPU) Layer runs the spec's compiled C++ kernel
+(novolstm.backends.cpp, built once per spec and cached on disk) where novolstm and a C++
+compiler are present, else the generated loop and backward pass, after one warning.
+Layer(..., compiled=False) always runs the generated loop; compiled=True raises rather
+than fall back."""
 
 
 def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, plan.program
+    standard_gru = computes_standard_gru(spec)
     step, back = program.step, plan.step_backward
     pro_back = plan.prologue_backward
     states = spec.state_names
@@ -495,14 +512,20 @@ def generate(plan: LoopPlan) -> str:
     docstring = fill(
         DOCSTRING,
         header=plan.header(NAME),
-        fused_doc=FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_OTHER,
+        fused_doc=(FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_GRU if standard_gru else FUSED_DOC_OTHER)
+        + "\n\n"
+        + COMPILED_DOC,
         description=docstring_text(spec.description),
         state_doc=", ".join(states),
         param_doc=", ".join(spec.param_names),
     )
     block = fill(
         SPEC_BLOCK,
-        constants=plan.constants(FUSED_KERNEL=plan.standard_lstm),
+        constants=plan.constants(
+            FUSED_KERNEL=plan.standard_lstm or standard_gru,
+            FUSED_CELL="lstm" if plan.standard_lstm else "gru" if standard_gru else None,
+            SPEC_TOML=Code(repr(spec.dumps())),  # repr: the quotes ruff format prefers for TOML text
+        ),
         init_source=init_source(),
         fusion=plan.fusion_entries(
             lambda xs: f"torch.cat([{', '.join(xs)}], dim=-1)", lambda ref: f"{ref}.new_zeros({ref}.shape[-1])"

@@ -15,6 +15,7 @@ Contents of a generated module:
     run_numpy        NumPy in, NumPy out (novolstm.run)
 """
 
+import warnings
 import zlib  # noqa: F401 - read by the initializers that generated modules inline here
 
 import numpy as np
@@ -35,8 +36,12 @@ INPUT_PARAM = "W"
 UNITS_PARAM = "W"
 #: Parameters that enter only as a projection's bias: what bias=False leaves out.
 BIAS_NAMES: tuple[str, ...] = ()
-#: Whether the spec computes exactly the standard LSTM, so that Layer may run torch's fused kernel.
+#: Whether the spec computes exactly the standard LSTM or the GRU, so that Layer may run torch's fused kernel.
 FUSED_KERNEL = False
+#: Which: "lstm" (torch._VF.lstm), "gru" (torch._VF.gru) or None.
+FUSED_CELL = None
+#: The spec as canonical TOML: novolstm.backends.cpp builds the compiled kernel from it.
+SPEC_TOML = ""
 
 
 def init_params(input_size, units, seed=0, dtype="float64"):
@@ -380,49 +385,107 @@ def _mask_from_lengths(lengths, B, T, device):
     return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
 
 
-# ---------------------------------------------------------------- torch's fused LSTM kernel
+# ---------------------------------------------------------------- torch's fused LSTM and GRU kernels
 
 _NOT_STANDARD = (
     None
     if FUSED_KERNEL
-    else f"spec {SPEC_NAME!r} does not compute the standard LSTM, so torch's fused LSTM kernel cannot run it"
+    else f"spec {SPEC_NAME!r} does not compute the standard LSTM or the GRU, so torch's fused kernels cannot run it"
 )
-# float16: oneDNN has no float16 LSTM on CPU; the generated loop runs it everywhere.
-_FUSED_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
+# float16: oneDNN has no float16 LSTM on CPU; the generated loop runs it everywhere (and
+# bfloat16 for the GRU, whose kernel does not keep its gate arithmetic in float32).
+_FUSED_DTYPES = (
+    (torch.float32, torch.float64, torch.bfloat16) if FUSED_CELL == "lstm" else (torch.float32, torch.float64)
+)
+#: Canonical gate names in the fused kernel's order.
+_FUSED_GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}.get(FUSED_CELL, ())
 
 
 def _fused_unavailable(x, mask):
-    """None when torch's fused LSTM kernel can run this call, else why it cannot."""
+    """None when torch's fused kernel can run this call, else why it cannot."""
     if _NOT_STANDARD is not None:
         return _NOT_STANDARD
     if mask is not None:
         return "masks, lengths and PackedSequence inputs run the generated loop"
     if x.dtype not in _FUSED_DTYPES:
-        return f"dtype {x.dtype}: the fused path runs float32, float64 and bfloat16"
+        return f"dtype {x.dtype}: the fused path runs {', '.join(str(d).split('.')[1] for d in _FUSED_DTYPES)}"
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return "traced and exported graphs keep the generated loop"
     return None
 
 
 def _flat_weights(params, bias):
-    """One cell's weights in nn.LSTM's flat layout, concatenated from the canonical parameters.
+    """One cell's weights in nn.LSTM's (nn.GRU's) flat layout, concatenated from the canonical parameters.
 
-    weight_ih (4 units, input) and weight_hh (4 units, units), gates in torch's order
-    i, f, g, o; with bias, bias_ih holds the canonical biases and bias_hh is zero (the
-    standard LSTM spec has one bias per gate). Built inside forward, so autograd reaches the canonical
-    parameters.
+    weight_ih (gates * units, input) and weight_hh (gates * units, units), gates in torch's
+    order (LSTM: i, f, g, o; GRU: r, z, n). With bias, bias_ih holds the canonical biases;
+    bias_hh is zero (the standard LSTM spec has one bias per gate), but for the GRU's n gate
+    b_hn, the bias the reset gate multiplies. Built inside forward, so autograd reaches the
+    canonical parameters.
     """
     if _NOT_STANDARD is not None:
         raise RuntimeError(_NOT_STANDARD)
-    gates = ("i", "f", "g", "o")
     flat = [
-        torch.cat([params[f"W_{k}"].t() for k in gates]),
-        torch.cat([params[f"U_{k}"].t() for k in gates]),
+        torch.cat([params[f"W_{k}"].t() for k in _FUSED_GATES]),
+        torch.cat([params[f"U_{k}"].t() for k in _FUSED_GATES]),
     ]
     if bias:
-        b = torch.cat([params[f"b_{k}"] for k in gates])
-        flat += [b, torch.zeros_like(b)]
+        b = torch.cat([params[f"b_{k}"] for k in _FUSED_GATES])
+        hh = torch.zeros_like(b)
+        if FUSED_CELL == "gru":
+            hh = torch.cat([hh[: -len(params["b_hn"])], params["b_hn"]])
+        flat += [b, hh]
     return flat
+
+
+def _fused_kernel(x, states, flat, bias, num_layers, dropout, train, bidirectional):
+    """torch._VF.lstm or torch._VF.gru (what nn.LSTM and nn.GRU run): (outputs, final state tuple)."""
+    if FUSED_CELL == "gru":
+        out, h = torch._VF.gru(x, states[0], flat, bias, num_layers, dropout, train, bidirectional, False)
+        return out, (h,)
+    out, *final = torch._VF.lstm(x, states, flat, bias, num_layers, dropout, train, bidirectional, False)
+    return out, tuple(final)
+
+
+# ---------------------------------------------------------------- the compiled path
+
+_COMPILED_DTYPES = (torch.float32, torch.float64)
+_COMPILED_WARNED = []
+
+
+def _compiled_op(x, required=False):
+    """The spec's compiled sequence kernel (novolstm.backends.cpp.torch_ext) for this call, or None.
+
+    It runs float32 and float64 on the CPU outside tracing and ONNX export, where novolstm
+    is installed and a C++ compiler builds it (once per spec, cached on disk). When it
+    cannot, Layer runs the generated loop (with one warning if the kernel could not be
+    built); with required (compiled=True) it raises instead.
+    """
+    why = None
+    if x.device.type != "cpu" or x.dtype not in _COMPILED_DTYPES:
+        why = f"it runs float32 and float64 on the CPU, not {x.dtype} on {x.device.type}"
+    elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        why = "traced and exported ONNX graphs keep the generated loop"
+    else:
+        try:
+            from novolstm.backends.cpp.torch_ext import CompiledUnavailable, compiled_sequence
+        except ImportError:
+            why = "novolstm (which builds it) is not installed"
+        else:
+            try:
+                return compiled_sequence(SPEC_TOML)
+            except CompiledUnavailable as e:
+                why = str(e)
+                if not required and not _COMPILED_WARNED:
+                    _COMPILED_WARNED.append(why)
+                    warnings.warn(
+                        f"novolstm: the compiled kernel is unavailable, running the generated loop: {why}",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
+    if required:
+        raise RuntimeError(f"compiled=True, but the compiled kernel cannot run this call: {why}")
+    return None
 
 
 # ---------------------------------------------------------------- modules
@@ -578,10 +641,14 @@ class Layer(nn.Module):
         dtype=None,
         seed=0,
         fused=None,
+        compiled=None,
     ):
         super().__init__()
         if fused not in (None, True, False):
             raise ValueError(f"fused: expected None (auto), True or False, got {fused!r}")
+        if compiled not in (None, True, False):
+            raise ValueError(f"compiled: expected None (auto), True or False, got {compiled!r}")
+        self.compiled = compiled
         if fused and not FUSED_KERNEL:
             raise ValueError(f"fused=True: {_NOT_STANDARD}")
         self.fused = fused
@@ -614,6 +681,7 @@ class Layer(nn.Module):
             ("dropout", 0.0),
             ("bidirectional", False),
             ("fused", None),
+            ("compiled", None),
         ):
             if getattr(self, key) != default:
                 extra.append(f"{key}={getattr(self, key)}")
@@ -711,10 +779,9 @@ class Layer(nn.Module):
         else:
             flat = [w for params in cells for w in _flat_weights(params, self.bias)]
             self._flat_cache = None if key is None else (key, flat)
-        out, *final = torch._VF.lstm(
-            x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional, False
+        return _fused_kernel(
+            x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
         )
-        return out, tuple(final)
 
     def _loop_forward(self, x, states, mask):
         """The generated loop and backward pass: every cell, every call."""
@@ -726,13 +793,20 @@ class Layer(nn.Module):
             for d, suffix in enumerate(("", "_reverse")[: self.num_directions]):
                 cell = self.cells[f"l{layer}{suffix}"]
                 row = layer * self.num_directions + d
-                result = Sequence.apply(
-                    x, mask, d == 1, torch.is_grad_enabled(), *(s[row] for s in states), *cell.params().values()
-                )
+                result = self._sequence(x, mask, d == 1, tuple(s[row] for s in states), tuple(cell.params().values()))
                 outs.append(result[0])
                 finals.append(result[1:])
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
         return x, tuple(torch.stack([f[k] for f in finals]) for k in range(len(STATE_NAMES)))
+
+    def _sequence(self, x, mask, reverse, state, params):
+        """One cell over the sequence: (outputs, *final_state), through the compiled kernel where
+        it runs (see _compiled_op), else the generated loop."""
+        op = None if self.compiled is False else _compiled_op(x, required=bool(self.compiled))
+        if op is not None:
+            ys, final = op(x, None if mask is None else mask[..., 0], reverse, state, params)
+            return (ys, *final)
+        return Sequence.apply(x, mask, reverse, torch.is_grad_enabled(), *state, *params)
 
     def _initial_states(self, hx, B, unbatched, ref):
         rows = self.num_layers * self.num_directions

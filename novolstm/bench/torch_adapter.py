@@ -17,6 +17,12 @@ loop, so compile time grows with the number of steps: measured here at batch 32,
 steps, 128 units, 12 s forward and 99 s forward+backward (and slower than eager at that
 shape). Above ``COMPILE_MAX_STEPS`` they are skipped with that reason in the table.
 Every candidate, native included, is built in the requested dtype (float32, bfloat16).
+
+The specs' layers run the compiled C++ kernel (novolstm.backends.cpp) where it applies
+(float32; the first call builds it, cached on disk); ``<cell> spec, generated loop`` holds a
+layer to the generated loop (``compiled=False``), ``lstm spec, compiled`` holds the standard
+LSTM to the compiled kernel instead of torch's fused one. ``gru spec`` runs torch's fused
+GRU kernel (the IR recognises the GRU), against ``native: torch.nn.GRU``.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ TARGETS = {
     ("novolstm spec", "lstm spec, generated loop", "forward"): 1.3,
     ("novolstm spec", "lstm spec, generated loop", "forward+backward"): 1.3,
     ("novolstm_reference spec", "lstm spec, generated loop", "forward+backward"): 1.3,
+    ("gru spec", "native: torch.nn.GRU", "forward"): 1.05,
+    ("gru spec", "native: torch.nn.GRU", "forward+backward"): 1.05,
 }
 
 
@@ -69,11 +77,24 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         layer = layers[cell] = get_layer("torch", spec=cell)(units, units, dtype=torch_dtype)
         if cell == "lstm":  # the same function as the native baseline
             layer.load_canonical(from_torch(native.state_dict(), cell="lstm"))
-        yield Candidate(f"{cell} spec", *_modes(layer, x))
-    loop = get_layer("torch", spec="lstm")(units, units, dtype=torch_dtype, fused=False)
+        # the first call builds the compiled kernel (or loads it from the cache): its "compile time"
+        kernel = "C++ kernel" if cell != "lstm" and dtype in ("float32", "float64") else None
+        yield Candidate(f"{cell} spec", *_modes(layer, x), jit=kernel)
+    loop = get_layer("torch", spec="lstm")(units, units, dtype=torch_dtype, fused=False, compiled=False)
     loop.load_state_dict(layers["lstm"].state_dict())
     yield Candidate("lstm spec, generated loop", *_modes(loop, x))
-    yield Candidate("native: torch.nn.LSTM", *_modes(native, x))
+    for cell in ("novolstm", "novolstm_reference"):
+        held = get_layer("torch", spec=cell)(units, units, dtype=torch_dtype, compiled=False)
+        held.load_state_dict(layers[cell].state_dict())
+        yield Candidate(f"{cell} spec, generated loop", *_modes(held, x))
+    if dtype in ("float32", "float64"):
+        compiled = get_layer("torch", spec="lstm")(units, units, dtype=torch_dtype, fused=False, compiled=True)
+        compiled.load_state_dict(layers["lstm"].state_dict())
+        yield Candidate("lstm spec, compiled", *_modes(compiled, x), jit="C++ kernel")
+    yield Candidate("native: torch.nn.LSTM", *_modes(native, x))  # the first native: the harness's "native"
+    # the GRU spec (torch's fused GRU kernel) against nn.GRU
+    yield Candidate("gru spec", *_modes(get_layer("torch", spec="gru")(units, units, dtype=torch_dtype), x))
+    yield Candidate("native: torch.nn.GRU", *_modes(torch.nn.GRU(units, units, dtype=torch_dtype), x))
     for cell in COMPILED:
         name = f"{cell} spec, torch.compile"
         if steps > COMPILE_MAX_STEPS:

@@ -1,0 +1,777 @@
+"""The C++ emitter: one translation unit per spec running the whole sequence, forward and backward.
+
+The same ``LoopPlan`` the Python emitters render is rendered here
+into C++ for PyTorch's CPU extension API (ATen): the prologue (the input projection of
+every timestep, one GEMM) before the loop, one recurrent GEMM per step through ATen
+(MKL / oneDNN), and the step's elementwise work fused into one loop over the batch rows,
+each row's values computed node after node while they sit in the cache. The backward
+pass runs the step's backward graph in reverse time and forms the weight gradients as
+one GEMM per projection after the loop. ``runtime.h`` holds
+the row kernels (softmax, LayerNorm statistics, their VJPs) and is inlined at the top.
+
+The generated source defines two operators in a namespace of its own (``namespace``
+below): ``forward(x, mask, reverse, keep_tape, state, params)`` returning the outputs,
+the final state and the tape, and ``backward(g_outputs, g_final, x, mask, reverse,
+need_input, params, tape)`` returning the gradients with respect to the input, the
+initial state and every parameter. Both are templated over float and double.
+
+Example:
+    >>> import novolstm
+    >>> from novolstm.codegen import plan
+    >>> kernel = generate(plan(novolstm.load_spec("gru")), namespace="demo")
+    >>> "TORCH_LIBRARY(demo, m)" in kernel.source, kernel.layout.states
+    (True, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+from novolstm.codegen import LoopPlan
+from novolstm.ir import Graph, Node, live_names
+
+NAME = "cpp"
+
+#: Elementwise ops: op -> C++ expression over the arguments' element expressions.
+OPS: dict[str, Callable[[Node, list[str]], str]] = {
+    "const": lambda n, a: f"T({float(n.attr('value'))!r})",
+    "add": lambda n, a: " + ".join(a),
+    "sub": lambda n, a: f"{a[0]} - {a[1]}",
+    "mul": lambda n, a: f"{a[0]} * {a[1]}",
+    "neg": lambda n, a: f"-{a[0]}",
+    "sigmoid": lambda n, a: f"rt::sigmoid({a[0]})",
+    "tanh": lambda n, a: f"rt::tanh({a[0]})",
+    "relu": lambda n, a: f"({a[0]} > T(0) ? {a[0]} : T(0))",
+    "sigmoid_grad": lambda n, a: f"{a[0]} * {a[1]} * (T(1) - {a[1]})",
+    "tanh_grad": lambda n, a: f"{a[0]} * (T(1) - {a[1]} * {a[1]})",
+    "relu_grad": lambda n, a: f"({a[1]} > T(0) ? {a[0]} : T(0))",
+}
+
+#: Row ops: op -> C++ statement over one row (``o`` the output row, ``a<k>`` argument rows, ``n`` elements).
+ROW_OPS: dict[str, Callable[[Node], str]] = {
+    "softmax": lambda n: "rt::softmax_row(a0, o, N);",
+    "normalize_units": lambda n: f"rt::normalize_row(a0, o, N, {float(n.attr('eps'))!r});",
+    "softmax_grad": lambda n: "rt::softmax_grad_row(a0, a1, o, N);",
+    "normalize_units_grad": lambda n: f"rt::normalize_grad_row(a0, a1, a2, o, N, {float(n.attr('eps'))!r});",
+}
+
+GEMM_OPS = ("linear", "linear_t")
+LEAVES = ("input", "state", "hoisted", "param", "saved", "seed", "const")
+
+
+class Unsupported(NotImplementedError):
+    """The spec uses a construct this emitter does not compile; the generated loop runs it."""
+
+
+def elems(width) -> str:
+    """C++ expression for the elements per row of a value of IR width ``width``."""
+    if width == "I":
+        return "I"
+    if width == "S":
+        return "1"
+    if width == 1:
+        return "H"
+    return f"{width} * H"
+
+
+def elems_of(width, units: int, inputs: int) -> int:
+    """``elems`` evaluated (for the fake tensors' shapes)."""
+    return inputs if width == "I" else 1 if width == "S" else width * units
+
+
+@dataclass(frozen=True)
+class TapeEntry:
+    """One tensor of the tape: ``(time, batch, elements of width)``."""
+
+    name: str
+    width: object
+    per_step: bool  # True: copied at every step; False: a prologue buffer, returned whole
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the Python side needs to describe the operators (argument counts, fake shapes)."""
+
+    namespace: str
+    states: int
+    params: tuple[str, ...]
+    tape: tuple[TapeEntry, ...]
+    units_param: str
+    units_axis: int
+
+
+@dataclass(frozen=True)
+class Kernel:
+    source: str
+    layout: Layout
+
+
+def runtime_source() -> str:
+    """The runtime header's text (inlined into every generated translation unit)."""
+    return resources.files(__package__).joinpath("runtime.h").read_text()
+
+
+# ---------------------------------------------------------------- graph rendering
+
+
+@dataclass
+class Leaf:
+    """How a leaf reaches the generated code: a View expression, and a tensor expression if one exists."""
+
+    view: str
+    tensor: str | None = None
+
+
+class GraphCode:
+    """One graph rendered: buffer allocations (before the loop) and the body (inside it).
+
+    Every computed value has a buffer (rows, elements) allocated once; a slice is a view
+    into its source; consecutive row-wise nodes form one loop over the rows.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        rows: str,
+        prefix: str,
+        leaves: dict[str, Leaf],
+        skip: set[str] = frozenset(),
+        tensors: dict[str, str] | None = None,
+    ):
+        self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
+        self.alloc: list[str] = []
+        self.body: list[str] = []
+        # value -> tensor expression (rows, elements); ``tensors``: those another GraphCode of the same graph made
+        self.tensors: dict[str, str] = dict(tensors or {})
+        self._render()
+
+    # names
+    def v(self, name: str) -> str:
+        return f"v{self.prefix}_{name}"
+
+    def t(self, name: str) -> str:
+        return f"t{self.prefix}_{name}"
+
+    def view(self, name: str) -> str:
+        return self.leaves[name].view if name in self.leaves else self.v(name)
+
+    def tensor(self, name: str) -> str | None:
+        """A tensor expression holding value ``name`` (rows, elements), or None."""
+        if name in self.leaves:
+            return self.leaves[name].tensor
+        return self.tensors.get(name)
+
+    def _render(self):
+        g = self.g
+        slice_lines: dict[str, str] = {}
+        for n in g.nodes:
+            if n.op in LEAVES or n.name in self.skip:
+                if n.op in ("saved", "seed", "state", "hoisted", "input", "param") and n.name not in self.leaves:
+                    raise Unsupported(f"leaf {n.name!r} ({n.op}) has no source")
+                continue
+            if n.op == "slice":
+                src = n.args[0]
+                slice_lines[n.name] = (
+                    f"const rt::View<T> {self.v(n.name)}{{{self.view(src)}.p + {elems(n.attr('start'))}, {self.view(src)}.ld}};"
+                )
+                base = self.tensor(src)
+                if base is not None and g[src].batched:
+                    self.tensors[n.name] = f"{base}.narrow(1, {elems(n.attr('start'))}, {elems(n.width)})"
+                continue
+            rows = self.rows if n.batched else "1"
+            if n.batched:
+                shape = f"{{{rows}, {elems(n.width)}}}"
+            else:
+                shape = f"{{{elems(n.width)}}}"
+            self.alloc.append(f"at::Tensor {self.t(n.name)} = at::empty({shape}, opts);")
+            const = "" if n.op in GEMM_OPS else "const "  # a GEMM returns a new tensor each time
+            self.alloc.append(f"{const}rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
+            if n.op in GEMM_OPS:
+                key = n.name if n.op == "linear" else f"t_{n.attr('linear')}"
+                weight = f"w_{n.name}" if n.op == "linear" else f"w_{n.attr('linear')}.t()"
+                self.alloc.append(f"const rt::Linear<T> lin{self.prefix}_{key}({weight}, {rows});")
+            self.tensors[n.name] = self.t(n.name)
+        # The body: work in graph order; the views a slice makes (pointer arithmetic) come
+        # just before the next piece of work, after the GEMM whose result they view.
+        work: list = []  # row loops (lists of nodes), single nodes and view lines
+        for n in g.nodes:
+            if n.op in LEAVES or n.name in self.skip:
+                continue
+            if n.op == "slice":
+                work.append(slice_lines[n.name])
+                continue
+            if n.batched and (n.op in OPS or n.op in ROW_OPS or n.op in ("sum_units", "concat")):
+                if work and isinstance(work[-1], list):
+                    work[-1].append(n)
+                else:
+                    work.append([n])
+            else:
+                work.append(n)
+        pending: list[str] = []
+        for item in work:
+            if isinstance(item, str):
+                pending.append(item)
+                continue
+            self.body.extend(pending)
+            pending = []
+            if isinstance(item, list):
+                self.body.extend(self._row_loop(item, self.rows))
+            elif item.op in GEMM_OPS:
+                self.body.extend(self._gemm(item))
+            elif item.op == "sum_batch":
+                a = self.g[item.args[0]]
+                statistic = a.width == "S" and item.width != "S"
+                self.body.append(
+                    f"rt::sum_rows({self.view(a.name)}, {self.rows if a.batched else '1'}, {elems(item.width)}, {str(statistic).lower()}, {self.v(item.name)}.p);"
+                )
+            elif item.op in OPS or item.op in ROW_OPS or item.op in ("sum_units", "concat"):
+                self.body.extend(self._row_loop([item], "1"))
+            else:
+                raise Unsupported(f"op {item.op!r}")
+        self.body.extend(pending)
+
+    def _row_loop(self, nodes: list[Node], rows: str) -> list[str]:
+        inner = []
+        for n in nodes:
+            inner.append("{")
+            inner.extend("  " + line for line in self._row_code(n))
+            inner.append("}")
+        return [
+            f"at::parallel_for(0, {rows}, rt::grain_rows({elems(nodes[0].width)} * {len(nodes)}), [&](int64_t b0, int64_t b1) {{",
+            "  for (int64_t b = b0; b < b1; ++b) {",
+            *("    " + line for line in inner),
+            "  }",
+            "});",
+        ]
+
+    def _row_code(self, n: Node) -> list[str]:
+        lines = [f"T* o = {self.v(n.name)}.row(b);", f"const int64_t N = {elems(n.width)};"]
+        args = [self.g[a] for a in n.args]
+        if n.op == "concat":
+            at = 0
+            for (start, stop), a in zip(n.attr("blocks"), args):
+                if not a.batched or a.width == "S":
+                    raise Unsupported("concat of a broadcast value")
+                if start > at:
+                    lines.append(f"std::fill(o + {elems(at) if at else '0'}, o + {elems(start)}, T(0));")
+                lines.append(
+                    f"std::memcpy(o + {elems(start) if start else '0'}, {self.view(a.name)}.row(b), sizeof(T) * {elems(stop - start)});"
+                )
+                at = stop
+            if at < n.width:
+                lines.append(f"std::fill(o + {elems(at)}, o + N, T(0));")
+            return lines
+        if n.op == "sum_units":
+            return lines + [f"o[0] = rt::row_sum({self.view(n.args[0])}.row(b), {elems(args[0].width)});"]
+        refs = []
+        for k, a in enumerate(args):
+            if a.op == "const":
+                refs.append(OPS["const"](a, []))
+            elif a.width == "S" and n.width != "S":
+                lines.append(f"const T a{k} = {self.view(a.name)}.row(b)[0];")
+                refs.append(f"a{k}")
+            else:
+                lines.append(f"const T* a{k} = {self.view(a.name)}.row(b);")
+                refs.append(f"a{k}[j]")
+        if n.op in ROW_OPS:
+            if any(a.width == "S" and n.width != "S" or a.op == "const" for a in args):
+                raise Unsupported(f"{n.op} of a broadcast value")
+            return lines + [ROW_OPS[n.op](n)]
+        if n.op not in OPS:
+            raise Unsupported(f"op {n.op!r}")
+        return lines + [f"for (int64_t j = 0; j < N; ++j) o[j] = {OPS[n.op](n, refs)};"]
+
+    def operand(self, name: str) -> tuple[list[str], str]:
+        """A GEMM operand as a tensor: the value's own, or a copy into a scratch buffer."""
+        t = self.tensor(name)
+        if t is not None:
+            return [], t
+        node = self.g[name]
+        if not node.batched:
+            raise Unsupported("a GEMM over an unbatched value")
+        scratch = f"{self.t(name)}_rows"
+        self.alloc.append(f"at::Tensor {scratch} = at::empty({{{self.rows}, {elems(node.width)}}}, opts);")
+        copy = f"rt::select_rows(rt::view_of<T>({scratch}), {self.view(name)}, rt::View<T>{{nullptr, 0}}, nullptr, {self.rows}, {elems(node.width)});"
+        return [copy], scratch
+
+    def _gemm(self, n: Node) -> list[str]:
+        lines, a = self.operand(n.args[0])
+        if n.op == "linear":
+            bias = f", b_{n.name}" if any(n.attr("biases")) else ""
+            lines.append(f"{self.t(n.name)} = lin{self.prefix}_{n.name}({a}{bias});")
+        else:
+            lines.append(f"{self.t(n.name)} = lin{self.prefix}_t_{n.attr('linear')}({a});")
+        lines.append(f"{self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
+        return lines
+
+
+# ---------------------------------------------------------------- the program
+
+
+def _root(graph: Graph, name: str) -> tuple[str, int]:
+    """Follow slices to the value they view: (root name, offset in blocks)."""
+    off = 0
+    while graph[name].op == "slice":
+        off += graph[name].attr("start")
+        name = graph[name].args[0]
+    return name, off
+
+
+def generate(plan: LoopPlan, namespace: str) -> Kernel:
+    """The C++ translation unit of ``plan``'s cell, defining operators in ``namespace``.
+
+    Raises:
+        Unsupported: the cell uses a construct this emitter does not compile.
+    """
+    return _Emitter(plan, namespace).run()
+
+
+class _Emitter:
+    def __init__(self, plan: LoopPlan, namespace: str):
+        self.plan, self.ns = plan, namespace
+        self.spec = plan.spec
+        self.prog = plan.program
+        self.lines: list[str] = []
+
+    # -- the tape: which forward values the backward pass reads, and where they live
+
+    def tape_plan(self):
+        pro, step = self.prog.prologue, self.prog.step
+        entries: dict[str, TapeEntry] = {}
+        where: dict[str, tuple[str, int]] = {}  # step value -> (tape entry, offset in blocks)
+        pro_where: dict[str, tuple[str, int]] = {}  # prologue value -> (entry or "x", offset)
+
+        def prologue_value(name):
+            root, off = _root(pro, name)
+            node = pro[root]
+            if node.op == "input":
+                return "x", off
+            if not node.batched:
+                raise Unsupported("an unbatched prologue value on the tape")
+            entries.setdefault(f"p_{root}", TapeEntry(f"p_{root}", node.width, False))
+            return f"p_{root}", off
+
+        saved = [n.name for n in self.plan.step_backward.nodes if n.op == "saved" and n.attr("of") != "param"]
+        operands = [L.operand for L in self.plan.linears if L.in_step]
+        for name in dict.fromkeys(saved + operands):
+            root, off = _root(step, name)
+            node = step[root]
+            if node.op == "hoisted":
+                entry, poff = prologue_value(root)
+                where[name] = (entry, poff + off)
+            elif node.op == "input":
+                raise Unsupported("the input read inside the step")
+            else:
+                if not node.batched:
+                    raise Unsupported("an unbatched step value on the tape")
+                entries.setdefault(f"s_{root}", TapeEntry(f"s_{root}", node.width, True))
+                where[name] = (f"s_{root}", off)
+        pro_saved = [n.name for n in self.plan.prologue_backward.nodes if n.op == "saved" and n.attr("of") != "param"]
+        for name in dict.fromkeys(pro_saved + [L.operand for L in self.plan.linears if not L.in_step]):
+            pro_where[name] = prologue_value(name)
+        return list(entries.values()), where, pro_where
+
+    def run(self) -> Kernel:
+        spec, prog = self.spec, self.prog
+        for g in (prog.prologue, prog.step):
+            for n in g.nodes:
+                if n.op == "const" and n.name in g.outputs.values():
+                    raise Unsupported("a constant output")
+        self.entries, self.where, self.pro_where = self.tape_plan()
+        units_param = next(p for p in spec.params if "units" in p.shape)
+        self.units = (units_param.name, list(units_param.shape).index("units"))
+        layout = Layout(self.ns, len(spec.state_names), tuple(spec.param_names), tuple(self.entries), *self.units)
+        source = "\n".join(
+            [
+                f"// Generated by novolstm from spec {spec.name!r} (sha256 {spec.hash}). Do not edit.",
+                runtime_source(),
+                "namespace {",
+                "namespace rt = novolstm_rt;",
+                "",
+                *self.common(),
+                *self.forward(),
+                *self.backward(),
+                "}  // namespace",
+                "",
+                *self.registration(),
+            ]
+        )
+        return Kernel(source, layout)
+
+    def common(self) -> list[str]:
+        """Parameters by name and the fused matrices, inside each entry point."""
+        out = ["#define NOVOLSTM_PARAMS \\"]
+        for k, p in enumerate(self.spec.param_names):
+            out.append(f"  const at::Tensor P_{p} = params[{k}].contiguous(); \\")
+        uname, uaxis = self.units
+        out.append(f"  const int64_t H = P_{uname}.size({uaxis}); \\")
+        for L in self.plan.linears:
+            ws = [f"P_{w}" for w in L.weights]
+            w = ws[0] if len(ws) == 1 else f"at::cat({{{', '.join(ws)}}}, 1)"
+            out.append(f"  const at::Tensor w_{L.name} = {w}; \\")
+            if L.has_bias:
+                bs = [f"P_{b}" if b else "at::zeros({H}, opts)" for b in L.biases]
+                b = bs[0] if len(bs) == 1 else f"at::cat({{{', '.join(bs)}}}, 0)"
+                out.append(f"  const at::Tensor b_{L.name} = {b}; \\")
+        for p in self.plan.vector_params:
+            out.append(f"  const rt::View<T> v_param_{p}{{P_{p}.data_ptr<T>(), 0}}; \\")
+        out.append("  (void)H;")
+        out.append("")
+        return out
+
+    def param_leaves(self) -> dict[str, Leaf]:
+        return {p: Leaf(f"v_param_{p}") for p in self.plan.vector_params}
+
+    # -- forward
+
+    def forward(self) -> list[str]:
+        spec, prog = self.spec, self.prog
+        states = spec.state_names
+        ntape = len(self.entries)
+        pro = GraphCode(prog.prologue, "R", "p", {spec.input: Leaf("vx", "x2d"), **self.param_leaves()})
+        # step leaves: states (current buffers), hoisted values at t, vector parameters
+        leaves = self.param_leaves()
+        for k, s in enumerate(states):
+            leaves[s] = Leaf(f"vs_{k}", f"(*cur_{k})")
+        hoisted_views = []
+        for h in prog.hoisted:
+            node = prog.step[h]
+            root, off = _root(prog.prologue, h)
+            rnode = prog.prologue[root]
+            if rnode.op == "input" or not rnode.batched or not node.batched:
+                raise Unsupported("a hoisted value that is not a batched computed value")
+            hoisted_views.append(
+                f"const rt::View<T> vh_{h}{{{pro.view(root)}.p + t * B * {pro.view(root)}.ld + {elems(off) if off else '0'}, {pro.view(root)}.ld}};"
+            )
+            leaves[h] = Leaf(f"vh_{h}")
+        step = GraphCode(prog.step, "B", "s", leaves)
+        out_name = prog.step.outputs["output"]
+        next_names = [prog.step.outputs[f"state:{s}"] for s in states]
+
+        tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + len(states) + ntape)) + ">"
+        L = [
+            "template <typename T>",
+            f"{tuple_type} forward_impl(const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in, bool reverse, bool keep_tape, at::TensorList state, at::TensorList params) {{",
+            "  const at::Tensor x = x_in.contiguous();",
+            "  const auto opts = x.options();",
+            "  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), R = Tn * B;",
+            "  (void)I;",
+            "  NOVOLSTM_PARAMS",
+            "  const at::Tensor mask = mask_in.has_value() ? mask_in->contiguous() : at::Tensor();",
+            "  const bool* mask_p = mask_in.has_value() ? mask.data_ptr<bool>() : nullptr;",
+            "  const at::Tensor x2d = x.view({R, I});",
+            "  const rt::View<T> vx{x2d.data_ptr<T>(), I};",
+            "  // prologue: every timestep at once",
+            *("  " + s for s in pro.alloc),
+            *("  " + s for s in pro.body),
+            "  // state: double buffers, swapped after each step",
+        ]
+        for k in range(len(states)):
+            L += [
+                f"  at::Tensor sa_{k} = state[{k}].contiguous().clone(), sb_{k} = at::empty({{B, H}}, opts);",
+                f"  at::Tensor* cur_{k} = &sa_{k};",
+                f"  at::Tensor* nxt_{k} = &sb_{k};",
+            ]
+        L.append("  at::Tensor ys = at::empty({Tn, B, H}, opts);")
+        for e in self.entries:
+            if e.per_step:
+                L.append(
+                    f"  at::Tensor tape_{e.name} = keep_tape ? at::empty({{Tn, B, {elems(e.width)}}}, opts) : at::empty({{0}}, opts);"
+                )
+        L += [f"  {s}" for s in step.alloc]
+        L += [
+            "  for (int64_t s = 0; s < Tn; ++s) {",
+            "    const int64_t t = reverse ? Tn - 1 - s : s;",
+            "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
+        ]
+        for k in range(len(states)):
+            L.append(f"    const rt::View<T> vs_{k} = rt::view_of<T>(*cur_{k});")
+        L += ["    " + s for s in hoisted_views]
+        L += ["    " + s for s in step.body]
+        L.append(
+            f"    rt::select_rows(rt::View<T>{{ys.data_ptr<T>() + t * B * H, H}}, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, B, H);"
+        )
+        L.append("    if (keep_tape) {")
+        for e in self.entries:
+            if e.per_step:
+                src = e.name[2:]
+                L.append(
+                    f"      rt::select_rows(rt::View<T>{{tape_{e.name}.data_ptr<T>() + t * B * {elems(e.width)}, {elems(e.width)}}}, {step.view(src)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {elems(e.width)});"
+                )
+        L.append("    }")
+        for k, nxt in enumerate(next_names):
+            L.append(f"    rt::select_rows(rt::view_of<T>(*nxt_{k}), {step.view(nxt)}, vs_{k}, m, B, H);")
+            L.append(f"    std::swap(cur_{k}, nxt_{k});")
+        L.append("  }")
+        results = ["ys"] + [f"*cur_{k}" for k in range(len(states))]
+        for e in self.entries:
+            if e.per_step:
+                results.append(f"tape_{e.name}")
+            else:
+                results.append(
+                    f"keep_tape ? {pro.t(e.name[2:])}.view({{Tn, B, {elems(e.width)}}}) : at::empty({{0}}, opts)"
+                )
+        # The prologue's buffers stay alive until the next call has made its own: freeing them
+        # first let the allocator hand the pages back, and the next call fault them in again
+        # (2,400 page faults a call at batch 32, 100 steps, 128 units, a third of the time).
+        kept = [
+            pro.tensors[n.name]
+            for n in prog.prologue.nodes
+            if n.name in pro.tensors and n.op not in LEAVES and "narrow" not in pro.tensors[n.name]
+        ]
+        if kept:
+            L.append("  static thread_local std::vector<at::Tensor> previous_prologue;")
+            L.append(f"  previous_prologue = {{{', '.join(kept)}}};")
+        L.append(f"  return {tuple_type}({', '.join(results)});")
+        L.append("}")
+        L.append("")
+        return L
+
+    # -- backward
+
+    def backward(self) -> list[str]:
+        spec, prog, plan = self.spec, self.prog, self.plan
+        states = spec.state_names
+        back, pro_back = plan.step_backward, plan.prologue_backward
+        tape_index = {e.name: k for k, e in enumerate(self.entries)}
+
+        def tape_view(entry: str, off: int, at_t: bool) -> str:
+            if entry == "x":
+                base = "vx"
+                return f"rt::View<T>{{{base}.p + {elems(off) if off else '0'}, {base}.ld}}"
+            base = f"vt_{entry}"
+            row = f" + t * B * {base}.ld" if at_t else ""
+            return f"rt::View<T>{{{base}.p{row} + {elems(off) if off else '0'}, {base}.ld}}"
+
+        # step backward leaves
+        leaves = self.param_leaves()
+        seeds = {n.name: n.attr("role") for n in back.nodes if n.op == "seed"}
+        for name in seeds:
+            leaves[name] = Leaf(f"vseed_{name}", f"seed_{name}")
+        for n in back.nodes:
+            if n.op == "saved" and n.attr("of") != "param":
+                entry, off = self.where[n.name]
+                leaves[n.name] = Leaf(f"vsaved_{n.name}")
+        step = GraphCode(back, "B", "b", leaves)
+        saved_views = [
+            f"const rt::View<T> vsaved_{n.name} = {tape_view(*self.where[n.name], True)};"
+            for n in back.nodes
+            if n.op == "saved" and n.attr("of") != "param"
+        ]
+
+        # where each gradient of the step goes
+        step_linears = {L.name for L in plan.linears if L.in_step}
+        stores: dict[str, str] = {}  # backward value -> (T*B, width) tensor it is stored into per step
+        gseq: dict[str, str] = {}  # hoisted -> tensor
+        glin: dict[str, str] = {}  # step linear -> tensor
+        accum: list[tuple[str, str]] = []  # (vector param, backward value)
+        for role, value in back.outputs.items():
+            target = role.split(":", 1)[1]
+            if target in states:
+                continue
+            if target in prog.hoisted or target in step_linears:
+                stores.setdefault(value, f"gstore_{value}")
+                (gseq if target in prog.hoisted else glin)[target] = stores[value]
+            elif target in plan.vector_params:
+                if back[value].batched:
+                    raise Unsupported("a batched parameter gradient")
+                accum.append((target, value))
+            else:
+                raise Unsupported(f"a gradient for {target!r} inside the step")
+
+        # prologue backward
+        pro_leaves = {spec.input: Leaf("vx", "x2d"), **self.param_leaves()}
+        pro_seed_lines = []
+        for n in pro_back.nodes:
+            if n.op == "seed":
+                h = n.attr("role").split(":", 1)[1]
+                if h not in gseq:
+                    # nothing flows into this hoisted value (it is allocated as zeros)
+                    gseq[h] = f"gzero_{h}"
+                    pro_seed_lines.append(
+                        f"at::Tensor gzero_{h} = at::zeros({{R, {elems(prog.step[h].width)}}}, opts);"
+                    )
+                pro_leaves[n.name] = Leaf(f"rt::view_of<T>({gseq[h]})", gseq[h])
+            elif n.op == "saved" and n.attr("of") != "param":
+                entry, off = self.pro_where[n.name]
+                pro_leaves[n.name] = Leaf(tape_view(entry, off, False))
+        g_input = pro_back.outputs.get(f"grad:{spec.input}")
+        others = [v for r, v in pro_back.outputs.items() if r != f"grad:{spec.input}"]
+        only_input = (live_names(pro_back.nodes, [g_input]) - live_names(pro_back.nodes, others)) if g_input else set()
+        pro_all = GraphCode(pro_back, "R", "q", pro_leaves, skip=only_input)
+        pro_in = GraphCode(
+            pro_back, "R", "q", pro_leaves, skip={n.name for n in pro_back.nodes} - only_input, tensors=pro_all.tensors
+        )
+
+        ns = len(states)
+        tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + ns + len(spec.param_names))) + ">"
+        L = [
+            "template <typename T>",
+            f"{tuple_type} backward_impl(const std::optional<at::Tensor>& g_ys_in, at::TensorList g_final, const at::Tensor& x_in, const std::optional<at::Tensor>& mask_in, bool reverse, bool need_input, at::TensorList params, at::TensorList tape) {{",
+            "  const at::Tensor x = x_in.contiguous();",
+            "  const auto opts = x.options();",
+            "  const int64_t Tn = x.size(0), B = x.size(1), I = x.size(2), R = Tn * B;",
+            "  (void)I;",
+            "  NOVOLSTM_PARAMS",
+            "  const at::Tensor mask = mask_in.has_value() ? mask_in->contiguous() : at::Tensor();",
+            "  const bool* mask_p = mask_in.has_value() ? mask.data_ptr<bool>() : nullptr;",
+            "  const at::Tensor g_ys = g_ys_in.has_value() ? g_ys_in->contiguous() : at::Tensor();",
+            "  const at::Tensor x2d = x.view({R, I});",
+            "  const rt::View<T> vx{x2d.data_ptr<T>(), I};",
+        ]
+        for e in self.entries:
+            k = tape_index[e.name]
+            L.append(f"  const at::Tensor tp_{e.name} = tape[{k}].contiguous().view({{R, {elems(e.width)}}});")
+            L.append(f"  const rt::View<T> vt_{e.name} = rt::view_of<T>(tp_{e.name});")
+        for k in range(ns):
+            L += [
+                f"  at::Tensor ga_{k} = g_final[{k}].contiguous().clone(), gb_{k} = at::empty({{B, H}}, opts);",
+                f"  at::Tensor* gcur_{k} = &ga_{k};",
+                f"  at::Tensor* gnxt_{k} = &gb_{k};",
+            ]
+        for name in seeds:
+            L.append(f"  at::Tensor seed_{name} = at::zeros({{B, {elems(back[name].width)}}}, opts);")
+            L.append(f"  const rt::View<T> vseed_{name} = rt::view_of<T>(seed_{name});")
+        for value, tensor in stores.items():
+            L.append(f"  at::Tensor {tensor} = at::empty({{R, {elems(back[value].width)}}}, opts);")
+        for p in plan.vector_params:
+            L.append(f"  at::Tensor gp_{p} = at::zeros({{H}}, opts);")
+        L += [f"  {s}" for s in step.alloc]
+        L += [
+            "  for (int64_t s = 0; s < Tn; ++s) {",
+            "    const int64_t t = reverse ? s : Tn - 1 - s;",
+            "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
+        ]
+        for name, role in seeds.items():
+            width = elems(back[name].width)
+            if role == "output":
+                src = "rt::View<T>{g_ys.data_ptr<T>() + t * B * H, H}"
+                L.append(
+                    f"    if (g_ys_in.has_value()) rt::select_rows(vseed_{name}, {src}, rt::View<T>{{nullptr, 0}}, m, B, {width});"
+                )
+            else:
+                k = states.index(role.split(":", 1)[1])
+                L.append(
+                    f"    rt::select_rows(vseed_{name}, rt::view_of<T>(*gcur_{k}), rt::View<T>{{nullptr, 0}}, m, B, {width});"
+                )
+        L += ["    " + s for s in saved_views]
+        L += ["    " + s for s in step.body]
+        for value, tensor in stores.items():
+            width = elems(back[value].width)
+            L.append(
+                f"    rt::select_rows(rt::View<T>{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {width});"
+            )
+        for p, value in accum:
+            L.append(
+                f"    {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}"
+            )
+        for k, s in enumerate(states):
+            grad = back.outputs.get(f"grad:{s}")
+            src = step.view(grad) if grad else "rt::View<T>{nullptr, 0}"
+            L.append(f"    rt::carry_rows(rt::view_of<T>(*gnxt_{k}), {src}, rt::view_of<T>(*gcur_{k}), m, B, H);")
+            L.append(f"    std::swap(gcur_{k}, gnxt_{k});")
+        L.append("  }")
+        # the prologue backward over every timestep at once
+        L += ["  " + s for s in pro_seed_lines]
+        L += ["  " + s for s in pro_all.alloc]
+        L += ["  " + s for s in pro_all.body]
+        L.append("  at::Tensor g_x = at::empty({0}, opts);")
+        if g_input:
+            L.append("  if (need_input) {")
+            L += ["    " + s for s in pro_in.alloc]
+            L += ["    " + s for s in pro_in.body]
+            gt = pro_in.tensor(g_input) or pro_all.tensor(g_input)
+            if gt is None:
+                raise Unsupported("an input gradient without a tensor")
+            L.append(f"    g_x = {gt}.view({{Tn, B, I}});")
+            L.append("  }")
+        for p, value in [(r.split(":", 1)[1], v) for r, v in pro_back.outputs.items()]:
+            if p in plan.vector_params:
+                if pro_back[value].batched:
+                    raise Unsupported("a batched parameter gradient in the prologue")
+                L.append(f"  gp_{p}.add_({pro_all.tensor(value)});")
+        # weight gradients: one GEMM per projection over every timestep
+        for Lin in plan.linears:
+            if Lin.in_step and Lin.name not in glin or not Lin.in_step and f"grad:{Lin.name}" not in pro_back.outputs:
+                L.append(
+                    f"  const at::Tensor gw_{Lin.name} = at::zeros({{w_{Lin.name}.size(0), w_{Lin.name}.size(1)}}, opts);"
+                )
+                if Lin.has_bias:
+                    L.append(f"  const at::Tensor gbias_{Lin.name} = at::zeros({{w_{Lin.name}.size(1)}}, opts);")
+                continue
+            if Lin.in_step:
+                g = glin[Lin.name]
+                entry, off = self.where[Lin.operand]
+                width = prog.step[Lin.operand].width
+                operand = f"tp_{entry}.narrow(1, {elems(off) if off else '0'}, {elems(width)})"
+            else:
+                value = pro_back.outputs[f"grad:{Lin.name}"]
+                g = pro_all.tensor(value)
+                if g is None:
+                    raise Unsupported("a weight gradient without a tensor")
+                entry, off = self.pro_where[Lin.operand]
+                width = prog.prologue[Lin.operand].width
+                base = "x2d" if entry == "x" else f"tp_{entry}"
+                operand = f"{base}.narrow(1, {elems(off) if off else '0'}, {elems(width)})"
+            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {g});")
+            if Lin.has_bias:
+                L.append(f"  const at::Tensor gbias_{Lin.name} = {g}.sum(0);")
+        results = ["g_x"] + [f"*gcur_{k}" for k in range(ns)]
+        for p, pieces in self.param_pieces().items():
+            if not pieces:
+                results.append(f"at::zeros_like(P_{p})")
+            else:
+                results.append("(" + " + ".join(pieces) + ").clone()" if len(pieces) == 1 else " + ".join(pieces))
+        L.append(f"  return {tuple_type}({', '.join(results)});")
+        L.append("}")
+        L.append("")
+        return L
+
+    def param_pieces(self) -> dict[str, list[str]]:
+        pieces: dict[str, list[str]] = {p: [] for p in self.spec.param_names}
+        for L in self.plan.linears:
+            k_all = len(L.weights)
+            for k, w in enumerate(L.weights):
+                pieces[w].append(
+                    f"gw_{L.name}" if k_all == 1 else f"gw_{L.name}.narrow(1, {elems(k) if k else '0'}, H)"
+                )
+                if L.biases[k]:
+                    pieces[L.biases[k]].append(
+                        f"gbias_{L.name}" if k_all == 1 else f"gbias_{L.name}.narrow(0, {elems(k) if k else '0'}, H)"
+                    )
+        for name in self.plan.vector_params:
+            pieces[name].append(f"gp_{name}")
+        return pieces
+
+    # -- the operators
+
+    def registration(self) -> list[str]:
+        ns = len(self.spec.state_names)
+        nt = len(self.entries)
+        np_ = len(self.spec.param_names)
+        fwd_ret = ", ".join(["Tensor"] * (1 + ns + nt))
+        bwd_ret = ", ".join(["Tensor"] * (1 + ns + np_))
+        fwd_t = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + ns + nt)) + ">"
+        bwd_t = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + ns + np_)) + ">"
+        return [
+            f"static {fwd_t} novolstm_forward(const at::Tensor& x, const std::optional<at::Tensor>& mask, bool reverse, bool keep_tape, at::TensorList state, at::TensorList params) {{",
+            '  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "novolstm_forward", [&] { return forward_impl<scalar_t>(x, mask, reverse, keep_tape, state, params); });',
+            "}",
+            "",
+            f"static {bwd_t} novolstm_backward(const std::optional<at::Tensor>& g_ys, at::TensorList g_final, const at::Tensor& x, const std::optional<at::Tensor>& mask, bool reverse, bool need_input, at::TensorList params, at::TensorList tape) {{",
+            '  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "novolstm_backward", [&] { return backward_impl<scalar_t>(g_ys, g_final, x, mask, reverse, need_input, params, tape); });',
+            "}",
+            "",
+            f"TORCH_LIBRARY({self.ns}, m) {{",
+            f'  m.def("forward(Tensor x, Tensor? mask, bool reverse, bool keep_tape, Tensor[] state, Tensor[] params) -> ({fwd_ret})");',
+            f'  m.def("backward(Tensor? g_outputs, Tensor[] g_final, Tensor x, Tensor? mask, bool reverse, bool need_input, Tensor[] params, Tensor[] tape) -> ({bwd_ret})");',
+            "}",
+            "",
+            f"TORCH_LIBRARY_IMPL({self.ns}, CPU, m) {{",
+            '  m.impl("forward", TORCH_FN(novolstm_forward));',
+            '  m.impl("backward", TORCH_FN(novolstm_backward));',
+            "}",
+            "",
+        ]

@@ -1,0 +1,206 @@
+"""The compiled path (novolstm.backends.cpp): a spec's whole sequence, forward and backward, as
+one C++ kernel exposed as torch operators. Held to the float64 reference (outputs, state), to
+the NumPy generated backward (float64 gradients, itself checked against finite differences of
+the reference) and to the generated loop (float32 gradients, reverse direction, several
+layers), for every built-in spec; through autograd's gradcheck, torch.compile with no graph
+break and torch.export; and the fallback when no compiler is present.
+
+Kernels build once per spec into NOVOLSTM_CACHE_DIR (tox points it into the env's tmp dir),
+about 20 seconds each on one core.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+import novolstm
+from novolstm.testing import assert_close, cases, check_against_reference, pairwise_tolerance, tolerance
+
+SPECS = novolstm.list_specs()
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def layers(spec, case, dtype, **kwargs):
+    """The compiled Layer and the generated loop's, with the case's parameters."""
+    Layer = novolstm.get_layer("torch", spec=spec)
+    input_size, units = case.x.shape[-1], next(iter(case.params.values())).shape[-1]
+    out = []
+    for compiled in (True, False):
+        layer = Layer(
+            input_size, units, batch_first=True, dtype=DTYPES[dtype], fused=False, compiled=compiled, **kwargs
+        )
+        layer.load_canonical({key: case.params for key in layer.cells} if len(layer.cells) > 1 else case.params)
+        out.append(layer)
+    return out
+
+
+def run_with_grads(layer, case, dtype, g_out, g_state):
+    """Outputs, final state, and the gradients of <outputs, g_out> + <final state, g_state>."""
+    x = torch.tensor(case.x, dtype=DTYPES[dtype], requires_grad=True)
+    B, H = case.x.shape[0], next(iter(case.params.values())).shape[-1]
+    state0 = case.state if case.state is not None else tuple(np.zeros((B, H)) for _ in layer.state_names)
+    hx = tuple(torch.tensor(s[None], dtype=DTYPES[dtype], requires_grad=True) for s in state0)
+    masking = {k: torch.tensor(v) for k, v in case.masking.items()}
+    out, final = layer(x, hx if len(hx) > 1 else hx[0], **masking)
+    final = final if isinstance(final, tuple) else (final,)
+    loss = (out * torch.tensor(g_out, dtype=out.dtype)).sum() + sum(
+        (f[0] * torch.tensor(g, dtype=f.dtype)).sum() for f, g in zip(final, g_state)
+    )
+    names = [n for n, _ in layer.named_parameters()]
+    grads = torch.autograd.grad(loss, [x, *hx, *layer.parameters()], allow_unused=True)
+    as_np = lambda t: None if t is None else t.detach().double().numpy()  # noqa: E731
+    return (
+        as_np(out),
+        tuple(as_np(f[0]) for f in final),
+        as_np(grads[0]),
+        tuple(as_np(g[0]) for g in grads[1 : 1 + len(hx)]),
+        {n.rsplit(".", 1)[1]: as_np(g) for n, g in zip(names, grads[1 + len(hx) :])},
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("spec", SPECS)
+def test_compiled_matches_reference_numpy_backward_and_loop(spec, dtype):
+    @settings(max_examples=12)
+    @given(case=cases(spec, max_steps=10))
+    def check(case):
+        compiled, loop = layers(spec, case, dtype)
+        rng = np.random.default_rng(case.x.size)
+        B, T = case.x.shape[:2]
+        H = next(iter(case.params.values())).shape[-1]
+        g_out = rng.normal(size=(B, T, H))
+        g_state = tuple(rng.normal(size=(B, H)) for _ in compiled.state_names)
+        got = run_with_grads(compiled, case, dtype, g_out, g_state)
+        # outputs and final state: the float64 reference
+        check_against_reference(spec, lambda *a: got[:2], case, dtype)
+        # gradients: the NumPy float64 backward (where masked, outputs zero and state carried)
+        numpy_module = novolstm.load_generated(spec, "numpy")
+        _, _, vjp = numpy_module.vjp_numpy(case.params, case.x, case.state, case.mask)
+        g_x, g_s0, g_p = vjp(g_out, g_state)
+        gtol = tolerance(dtype, T, kind="gradients")
+        assert_close(got[2], g_x, gtol, what=f"{spec} grad x")
+        for k, g in enumerate(g_s0):
+            assert_close(got[3][k], g, gtol, what=f"{spec} grad initial state {k}")
+        for name, g in g_p.items():
+            assert_close(got[4][name], g, gtol, what=f"{spec} grad {name}")
+        # and the generated loop in the same dtype
+        want = run_with_grads(loop, case, dtype, g_out, g_state)
+        ptol = pairwise_tolerance(dtype, dtype, T, kind="gradients")
+        assert_close(got[0], want[0], pairwise_tolerance(dtype, dtype, T), what="outputs vs loop")
+        assert_close(got[2], want[2], ptol, what="grad x vs loop")
+        for name in want[4]:
+            assert_close(got[4][name], want[4][name], ptol, what=f"grad {name} vs loop")
+
+    check()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_compiled_stacked_bidirectional_matches_loop(spec, rng):
+    """Reverse direction, two layers, a mask with gaps: the compiled Layer against the loop's."""
+    Layer = novolstm.get_layer("torch", spec=spec)
+    kwargs = dict(num_layers=2, bidirectional=True, dtype=torch.float64, fused=False)
+    compiled, loop = Layer(3, 4, compiled=True, **kwargs), Layer(3, 4, compiled=False, **kwargs)
+    params = {
+        key: novolstm.testing.random_params(spec, cell.input_size, 4, rng) for key, cell in compiled.cells.items()
+    }
+    compiled.load_canonical(params), loop.load_canonical(params)
+    T, B = 7, 3
+    x = rng.normal(size=(T, B, 3))
+    mask = torch.tensor(rng.random((B, T)) < 0.7)
+    results = []
+    for layer in (compiled, loop):
+        xt = torch.tensor(x, requires_grad=True)
+        out, final = layer(xt, mask=mask)
+        final = final if isinstance(final, tuple) else (final,)
+        (out.pow(2).sum() + sum(f.sum() for f in final)).backward()
+        results.append(
+            (out.detach(), [f.detach() for f in final], xt.grad, {n: p.grad for n, p in layer.named_parameters()})
+        )
+    tol, gtol = (
+        pairwise_tolerance("float64", "float64", T),
+        pairwise_tolerance("float64", "float64", T, kind="gradients"),
+    )
+    assert_close(results[0][0].numpy(), results[1][0].numpy(), tol, what="outputs")
+    for a, b in zip(results[0][1], results[1][1]):
+        assert_close(a.numpy(), b.numpy(), tol, what="final state")
+    assert_close(results[0][2].numpy(), results[1][2].numpy(), gtol, what="grad x")
+    for name, g in results[1][3].items():
+        assert_close(results[0][3][name].numpy(), g.numpy(), gtol, what=f"grad {name}")
+
+
+def compiled_op(spec):
+    from novolstm.backends.cpp.torch_ext import compiled_sequence
+
+    return compiled_sequence(novolstm.load_spec(spec).dumps())
+
+
+@pytest.mark.parametrize("spec", ["novolstm", "gru"])
+def test_gradcheck(spec, rng):
+    op = compiled_op(spec)
+    names = novolstm.load_spec(spec).param_names
+    params = novolstm.testing.random_params(spec, 2, 3, rng)
+    tensors = [torch.tensor(params[n], requires_grad=True) for n in names]
+    x = torch.tensor(rng.normal(size=(4, 2, 2)), requires_grad=True)
+    state = [torch.tensor(rng.normal(size=(2, 3)), requires_grad=True) for _ in novolstm.load_spec(spec).state_names]
+    mask = torch.tensor([[True, True], [False, True], [True, False], [True, True]])
+    n = len(state)
+
+    def f(x, *rest):
+        ys, final = op(x, mask, True, list(rest[:n]), list(rest[n:]))
+        return (ys, *final)
+
+    assert torch.autograd.gradcheck(f, (x, *state, *tensors))
+
+
+def test_torch_compile_fullgraph_and_export(rng):
+    Layer = novolstm.get_layer("torch", spec="novolstm")
+    layer = Layer(3, 4, compiled=True, dtype=torch.float32)
+    x = torch.tensor(rng.normal(size=(6, 2, 3)), dtype=torch.float32, requires_grad=True)
+    eager_out, _ = layer(x)
+    eager_out.sum().backward()
+    eager_grad = layer.cells["l0"].W_i.grad.clone()
+    layer.zero_grad()
+    compiled_layer = torch.compile(layer, fullgraph=True, backend="aot_eager")  # fullgraph: a graph break raises
+    out, _ = compiled_layer(x)
+    out.sum().backward()
+    tol = pairwise_tolerance("float32", "float32", 6)
+    assert_close(out.detach().numpy(), eager_out.detach().numpy(), tol, what="torch.compile outputs")
+    assert_close(
+        layer.cells["l0"].W_i.grad.numpy(), eager_grad.numpy(), tol.scaled(10.0), what="torch.compile grad W_i"
+    )
+    exported = torch.export.export(layer, (x.detach(),))
+    assert any("novolstm_" in str(node.target) for node in exported.graph.nodes), "the kernel is one node of the graph"
+    assert_close(
+        exported.module()(x.detach())[0].detach().numpy(), eager_out.detach().numpy(), tol, what="exported outputs"
+    )
+
+
+def test_compiled_runs_where_it_can_and_says_why_not(rng):
+    Layer = novolstm.get_layer("torch", spec="novolstm")
+    strict = Layer(3, 4, compiled=True, dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="compiled=True.*float32 and float64"):
+        strict(torch.ones(5, 2, 3, dtype=torch.float16))
+    auto = Layer(3, 4, dtype=torch.float16)
+    assert auto(torch.ones(5, 2, 3, dtype=torch.float16))[0].dtype == torch.float16  # the loop, silently
+    with pytest.raises(ValueError, match="compiled"):
+        Layer(3, 4, compiled="yes")
+    assert "compiled=False" in repr(Layer(3, 4, compiled=False))
+
+
+def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, rng):
+    """A spec never built before (renamed), no compiler: the loop runs, after one warning."""
+    text = novolstm.load_spec("gru").dumps().replace('name = "gru"', 'name = "gru_nocompiler"')
+    spec = novolstm.loads_spec(text)
+    monkeypatch.setenv("NOVOLSTM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    Layer = novolstm.get_layer("torch", spec=spec)
+    layer, loop = Layer(3, 4, fused=False), Layer(3, 4, fused=False, compiled=False)
+    x = torch.tensor(rng.normal(size=(5, 2, 3)), dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="compiled kernel is unavailable.*no C\\+\\+ compiler"):
+        out = layer(x)[0]
+    assert torch.equal(out, loop(x)[0])
+    with pytest.raises(RuntimeError, match="compiled=True.*no C\\+\\+ compiler"):
+        Layer(3, 4, fused=False, compiled=True)(x)
