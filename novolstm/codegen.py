@@ -524,5 +524,11 @@ def plan(spec: Spec) -> LoopPlan:
             prologue_tape.append(L.operand)
     vector_params = tuple(n.name for n in program.prologue.nodes + program.step.nodes if n.op == "param")
     return LoopPlan(
-        program, step_back, pro_back, linears, tuple(step_tape), tuple(prologue_tape), tuple(dict.fromkeys(vector_params))
+        program,
+        step_back,
+        pro_back,
+        linears,
+        tuple(step_tape),
+        tuple(prologue_tape),
+        tuple(dict.fromkeys(vector_params)),
     )

@@ -1,10 +1,10 @@
 """A float64 interpreter of any cell spec: the oracle for specs without a hand-written reference.
 
-It evaluates the parsed expressions of :attr:`Spec.equations` (already in dependency
+It evaluates the parsed expressions of ``Spec.equations`` (already in dependency
 order) one time step at a time with plain NumPy. It shares only the parser and the spec
 model with code generation: no IR, no passes, no fusion, no hoisting, so a bug in the
 compiler cannot hide in the expected values. It imports nothing from
-:mod:`novolstm.reference` either; tests hold the two oracles to each other on the
+``novolstm.reference`` either; tests hold the two oracles to each other on the
 built-in cells.
 
 Numerics are the ones the project pins (docs/numerics.md): the exact logistic
@@ -13,7 +13,7 @@ with the maximum subtracted; LayerNorm over the units axis with the spec's epsil
 the two-pass population variance. Masking follows the project rule: on a masked step
 a batch row keeps its state and outputs exactly zero.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> import novolstm
     >>> from novolstm import interpret
@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -59,8 +60,9 @@ __all__ = ["evaluate", "layer_norm", "run", "sigmoid", "softmax", "step"]
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """The exact logistic ``1 / (1 + exp(-z))``; only ``exp(-|z|)`` is evaluated, so it never overflows.
 
-    >>> sigmoid(np.array([-1000.0, 0.0, 1000.0])).tolist()
-    [0.0, 0.5, 1.0]
+    Examples:
+        >>> sigmoid(np.array([-1000.0, 0.0, 1000.0])).tolist()
+        [0.0, 0.5, 1.0]
     """
     with np.errstate(under="ignore"):
         e = np.exp(-np.abs(z))
@@ -70,8 +72,9 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 def softmax(z: np.ndarray) -> np.ndarray:
     """Softmax over the last (units) axis, with the row maximum subtracted first.
 
-    >>> softmax(np.array([[1000.0, 1000.0]])).tolist()
-    [[0.5, 0.5]]
+    Examples:
+        >>> softmax(np.array([[1000.0, 1000.0]])).tolist()
+        [[0.5, 0.5]]
     """
     with np.errstate(under="ignore"):
         e = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -81,8 +84,9 @@ def softmax(z: np.ndarray) -> np.ndarray:
 def layer_norm(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: float) -> np.ndarray:
     """LayerNorm over the last axis: two-pass population variance, then ``gamma`` and ``beta``.
 
-    >>> layer_norm(np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), 0.0).tolist()
-    [[-1.0, 1.0]]
+    Examples:
+        >>> layer_norm(np.array([[1.0, 3.0]]), np.ones(2), np.zeros(2), 0.0).tolist()
+        [[-1.0, 1.0]]
     """
     centred = z - z.mean(axis=-1, keepdims=True)
     with np.errstate(under="ignore"):
@@ -120,7 +124,7 @@ def _ieee(function):
     return quiet
 
 
-_UNARY = {
+_UNARY: dict[str, Callable[..., np.ndarray]] = {
     "sigmoid": sigmoid,
     "tanh": np.tanh,
     "relu": lambda z: np.maximum(z, 0.0),
@@ -143,7 +147,7 @@ _UNARY = {
 # ---------------------------------------------------------------- one expression, one step
 
 
-def _value(expr: Expr, env: dict, epsilon: float | None):
+def _value(expr: Expr, env: dict, epsilon: float):
     """The value of ``expr`` given every name it reads in ``env`` (arrays or floats)."""
     if isinstance(expr, Name):
         return env[expr.id]
@@ -193,8 +197,10 @@ def evaluate(spec: Spec, params: dict, x_t: np.ndarray, state: tuple) -> dict:
     env = dict(params)
     env[spec.input] = x_t
     env.update(zip(spec.state_names, state))
+    # The loader requires an epsilon wherever layer_norm is called; it is unused otherwise.
+    epsilon = spec.numerics.layer_norm_epsilon or 0.0
     for name, expr in spec.equations:  # the loader ordered them: every name is defined before use
-        env[name] = _value(expr, env, spec.numerics.layer_norm_epsilon)
+        env[name] = _value(expr, env, epsilon)
     return env
 
 

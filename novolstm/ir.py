@@ -183,6 +183,11 @@ class _Lowering:
         nodes = [n for n in self.nodes if n.name in used or n.op in ("input", "state")]
         return check_graph(Graph(nodes, outputs), "lowering")
 
+    def constant(self, value: float) -> str:
+        if value not in self.consts:
+            self.consts[value] = self.emit("const", attrs=(("value", value),), width=0, batched=False)
+        return self.consts[value]
+
     def kind(self, name: str) -> Node:
         return next(n for n in self.nodes if n.name == name)
 
@@ -191,10 +196,15 @@ class _Lowering:
             return self.env[e.id]
         value = constant_value(e)
         if value is not None:  # literals only, such as (2 * 3) or (1 - 1): one number
-            return self.const(value)
+            return self.constant(value)
         if isinstance(e, Binary) and e.op == "+":
-            terms = [self.term(t) for t in _flatten_sum(e)]
-            return self.emit("add", terms, width=1, batched=self.any_batched(terms), name=target)
+            # The literal terms of a sum are one number too: (2 * 3) + ((2 * 3) + h) is 12 + h.
+            terms = _flatten_sum(e)
+            values = [constant_value(t) for t in terms]
+            args = [self.term(t) for t, v in zip(terms, values) if v is None]
+            if any(v is not None for v in values):
+                args.append(self.constant(sum(v for v in values if v is not None)))
+            return self.emit("add", args, width=1, batched=self.any_batched(args), name=target)
         if isinstance(e, Binary) and e.op == "@":
             return self.term(e, target)
         if isinstance(e, Binary):
@@ -216,16 +226,11 @@ class _Lowering:
         if e.fn == "log_sigmoid":  # -softplus(-z): softplus is the overflow-free primitive
             return self.emit("neg", [self.emit("softplus", [self.emit("neg", [z])])], name=target)
         if e.fn == "hard_sigmoid":  # Keras 3 and torch.nn.Hardsigmoid, as Keras 3 writes it: relu6(z + 3) / 6
-            return self.emit("div", [self.clip(self.emit("add", [z, self.const(3.0)]), 0.0, 6.0), self.const(6.0)], name=target)
+            return self.emit("div", [self.clip(self.emit("add", [z, self.constant(3.0)]), 0.0, 6.0), self.constant(6.0)], name=target)
         if e.fn == "keras2_hard_sigmoid":  # Keras 2: clip(0.2 z + 0.5, 0, 1)
-            scaled = self.emit("add", [self.emit("mul", [z, self.const(0.2)]), self.const(0.5)])
+            scaled = self.emit("add", [self.emit("mul", [z, self.constant(0.2)]), self.constant(0.5)])
             return self.clip(scaled, 0.0, 1.0, target)
         return self.emit(e.fn, [z], name=target)
-
-    def const(self, value: float) -> str:
-        if value not in self.consts:
-            self.consts[value] = self.emit("const", attrs=(("value", value),), width=0, batched=False)
-        return self.consts[value]
 
     def clip(self, z: str, lo: float, hi: float, target: str | None = None) -> str:
         return self.emit("clip", [z], (("lo", lo), ("hi", hi)), name=target)
@@ -257,9 +262,10 @@ class _Lowering:
 def constant_value(e: Expr) -> float | None:
     """The number an expression of literals alone stands for (folded in float64), else None.
 
-    >>> from novolstm.expr import parse_expression
-    >>> constant_value(parse_expression("-(2 * 3) + (1 - 1)")), constant_value(parse_expression("1 - b"))
-    (-6.0, None)
+    Examples:
+        >>> from novolstm.expr import parse_expression
+        >>> constant_value(parse_expression("-(2 * 3) + (1 - 1)")), constant_value(parse_expression("1 - b"))
+        (-6.0, None)
     """
     if isinstance(e, Const):
         return e.value

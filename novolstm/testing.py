@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -310,7 +311,7 @@ def cases(
 
 
 def _draw_case(draw, spec, batch: int, steps: int, input_size: int, units: int, scales) -> Case:
-    """The arrays of one :class:`Case` of the given shape (see :func:`cases`)."""
+    """The arrays of one ``Case`` of the given shape (see ``cases``)."""
     from hypothesis import strategies as st
 
     scale = draw(st.sampled_from(scales))
@@ -320,10 +321,11 @@ def _draw_case(draw, spec, batch: int, steps: int, input_size: int, units: int, 
     state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names) if draw(st.booleans()) else None
     masking = draw(st.sampled_from(["none", "mask", "lengths"]))
     lengths = rng.integers(0, steps + 1, size=batch) if masking == "lengths" else None
+    mask: np.ndarray | None = None
     if lengths is not None:
         mask = np.arange(steps)[None, :] < lengths[:, None]
-    else:
-        mask = (rng.random((batch, steps)) < 0.75) if masking == "mask" else None
+    elif masking == "mask":
+        mask = rng.random((batch, steps)) < 0.75
     return Case(params, x, state, mask, lengths)
 
 
@@ -444,7 +446,7 @@ ALL_OPERATIONS_SPEC = operation_spec(
 
 
 class _SpecDrawer:
-    """Draws one random valid spec as plain data (see :func:`spec_texts`)."""
+    """Draws one random valid spec as plain data (see ``spec_texts``)."""
 
     def __init__(self, draw, max_depth: int):
         from hypothesis import strategies as st
@@ -459,9 +461,13 @@ class _SpecDrawer:
         return self.draw(self.st.sampled_from(options))
 
     def param(self, prefix: str) -> str:
-        shape = {"W": ["input", "units"], "U": ["units", "units"]}.get(prefix, ["units"])
-        name = f"{prefix}{len(self.params)}"
-        self.params[name] = shape
+        """A new parameter, or now and then one declared before (shared weights)."""
+        shared = [p for p in self.params if p.rstrip("0123456789") == prefix]
+        if shared and self.draw(self.st.integers(0, 4)) == 0:
+            name = self.choice(shared)
+        else:
+            name = f"{prefix}{len(self.params)}"
+            self.params[name] = {"W": ["input", "units"], "U": ["units", "units"]}.get(prefix, ["units"])
         self.uses.add(name)
         return name
 
@@ -557,7 +563,8 @@ class _SpecDrawer:
         factor: dict[str, str] = {}
         for s in states:
             nxt = f"{s}_next"
-            inner[nxt], reads[nxt] = self.equation(lambda: [self.batched_expr(self.max_depth)])
+            first, reads[nxt] = self.equation(lambda: self.batched_expr(self.max_depth))
+            inner[nxt] = [first]
             shape = self.choice(["tanh", "gated", "damped"])
             if shape != "tanh":
                 gated = shape == "gated"
@@ -623,9 +630,10 @@ def _reached(reads: dict[str, set[str]], roots) -> set[str]:
 def spec_texts(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
     """A Hypothesis strategy of random valid cell specs, as TOML text.
 
-    Every drawn spec loads with :func:`novolstm.loads_spec`. It has one to
+    Every drawn spec loads with ``novolstm.loads_spec``. It has one to
     ``max_states`` states and up to ``max_intermediates`` intermediate equations, some of
-    them parameter-only; it uses every function of the language, nested to ``max_depth``:
+    them parameter-only; it uses every function of the language, nested to ``max_depth``,
+    and now and then shares a parameter between two terms:
     projections of the input, of states and of compound values, products of projections,
     parameter-only and constant-only subterms (``1 - b``, ``-b``, ``b1 * b2``, ``2 * b``,
     sums of several biases, ``(2 * 3)``, ``(1 - 1)``), unary minus, literals, states used
@@ -655,7 +663,7 @@ def spec_texts(max_states: int = 4, max_intermediates: int = 4, max_depth: int =
 
 
 def specs(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
-    """A Hypothesis strategy of random valid, loaded specs: :func:`spec_texts` through :func:`novolstm.loads_spec`.
+    """A Hypothesis strategy of random valid, loaded specs: ``spec_texts`` through ``novolstm.loads_spec``.
 
     Examples:
         >>> from hypothesis import find
@@ -665,23 +673,26 @@ def specs(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
     """
     from .spec_loader import loads_spec
 
-    return spec_texts(max_states, max_intermediates, max_depth).map(lambda text: loads_spec(text, source="<random spec>"))
+    return spec_texts(max_states, max_intermediates, max_depth).map(
+        lambda text: loads_spec(text, source="<random spec>")
+    )
 
 
 def check_against_interpreter(spec, run, case: Case, dtype="float64", computes_in=None) -> float:
     """Run ``run(params, x, state, mask) -> (outputs, final_state)`` on ``case`` in ``dtype`` and
-    assert it matches the float64 interpreter of ``spec`` (:mod:`novolstm.interpret`); return
+    assert it matches the float64 interpreter of ``spec`` (``novolstm.interpret``); return
     the max deviation.
 
-    The oracle for any spec, as :func:`check_against_reference` is for the built-in cells:
+    The oracle for any spec, as ``check_against_reference`` is for the built-in cells:
     the interpreter evaluates the spec's own expressions, sharing no code with code
-    generation. ``computes_in`` as in :func:`check_against_reference`.
+    generation. ``computes_in`` as in ``check_against_reference``.
 
-    >>> import novolstm
-    >>> spec = novolstm.load_spec("gru")
-    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
-    >>> check_against_interpreter(spec, lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
-    True
+    Examples:
+        >>> import novolstm
+        >>> spec = novolstm.load_spec("gru")
+        >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((1, 4, 2)), None, None)
+        >>> check_against_interpreter(spec, lambda *a: novolstm.run(spec, *a[:3], mask=a[3]), case) < 1e-12
+        True
     """
     from . import interpret
     from .spec_loader import load_spec
@@ -723,7 +734,7 @@ def gradient_problem(spec, case: Case, seed: int = 0):
 
 
 def vjp_gradients(spec, vjp_numpy, case: Case, seed: int = 0, dtype="float64"):
-    """Gradients from ``vjp_numpy`` in ``dtype`` for the loss of :func:`gradient_problem`.
+    """Gradients from ``vjp_numpy`` in ``dtype`` for the loss of ``gradient_problem``.
 
     ``vjp_numpy(params, x, state, mask) -> (outputs, final_state, vjp)`` as the generated
     modules provide it, with ``vjp(g_outputs, g_final_state) -> (g_x, g_state0, g_params)``.
@@ -752,23 +763,24 @@ def vjp_gradients(spec, vjp_numpy, case: Case, seed: int = 0, dtype="float64"):
 def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int = 0) -> list:
     """Assert that float64 gradients match central differences of the interpreter.
 
-    For the loss of :func:`gradient_problem`, the gradient from ``vjp_numpy`` (see
-    :func:`vjp_gradients`) with respect to the inputs, each initial state and every
+    For the loss of ``gradient_problem``, the gradient from ``vjp_numpy`` (see
+    ``vjp_gradients``) with respect to the inputs, each initial state and every
     parameter, projected on a random direction, must match the central difference of the
-    same loss computed by :func:`novolstm.interpret.run` within
-    :data:`FINITE_DIFFERENCE_RTOL` of ``1 + |analytic|``. The outputs and final state are
+    same loss computed by ``novolstm.interpret.run`` within
+    ``FINITE_DIFFERENCE_RTOL`` of ``1 + |analytic|``. The outputs and final state are
     checked against the interpreter too.
 
     Returns:
-        The gradients, ``[(label, gradient)]`` as :func:`vjp_gradients` gives them, for
-        comparisons in other dtypes (:func:`check_gradients_close`).
+        The gradients, ``[(label, gradient)]`` as ``vjp_gradients`` gives them, for
+        comparisons in other dtypes (``check_gradients_close``).
 
-    >>> import novolstm
-    >>> spec = novolstm.load_spec("gru")
-    >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((2, 4, 2)), None, None)
-    >>> grads = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case)
-    >>> [(label, g.shape) for label, g in grads[:3]]
-    [('d/dx', (2, 4, 2)), ('d/dh0', (2, 3)), ('d/dW_r', (2, 3))]
+    Examples:
+        >>> import novolstm
+        >>> spec = novolstm.load_spec("gru")
+        >>> case = Case(random_params(spec, 2, 3, np.random.default_rng(0)), np.ones((2, 4, 2)), None, None)
+        >>> grads = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case)
+        >>> [(label, g.shape) for label, g in grads[:3]]
+        [('d/dx', (2, 4, 2)), ('d/dh0', (2, 3)), ('d/dW_r', (2, 3))]
     """
     from . import interpret
     from .spec_loader import load_spec
@@ -788,9 +800,16 @@ def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int =
         return float((out * g_out).sum() + sum((f * g).sum() for f, g in zip(fin, g_state)))
 
     # (value, the loss with that value in its place), in the order of vjp_gradients' labels
-    wrt = [(c.x, lambda v: loss(x=v))]
-    wrt += [(state[k], lambda v, k=k: loss(state=state[:k] + (v,) + state[k + 1 :])) for k in range(len(state))]
-    wrt += [(c.params[p], lambda v, p=p: loss(params={**c.params, p: v})) for p in spec.param_names]
+    wrt: list[tuple[np.ndarray, Callable[[np.ndarray], float]]] = [(c.x, lambda v: loss(x=v))]
+
+    def with_state(k: int) -> Callable[[np.ndarray], float]:
+        return lambda v: loss(state=state[:k] + (v,) + state[k + 1 :])
+
+    def with_param(p: str) -> Callable[[np.ndarray], float]:
+        return lambda v: loss(params={**c.params, p: v})
+
+    wrt += [(state[k], with_state(k)) for k in range(len(state))]
+    wrt += [(c.params[p], with_param(p)) for p in spec.param_names]
     rng = np.random.default_rng([seed, 1])
     for (value, loss_at), (label, grad) in zip(wrt, grads, strict=True):
         if grad.shape != value.shape:
@@ -807,29 +826,39 @@ def check_gradients_against_interpreter(spec, vjp_numpy, case: Case, seed: int =
     return grads
 
 
-def check_gradients_close(spec, vjp_numpy, case: Case, expected: list, seed: int = 0, dtype="float32", computes_in=None) -> float:
+def check_gradients_close(
+    spec, vjp_numpy, case: Case, expected: list, seed: int = 0, dtype="float32", computes_in=None
+) -> float:
     """Assert that gradients computed in ``dtype`` match ``expected`` (float64 ones, checked by
-    :func:`check_gradients_against_interpreter` for the same ``case`` and ``seed``) within the
+    ``check_gradients_against_interpreter`` for the same ``case`` and ``seed``) within the
     table's gradient tolerance for ``computes_in`` (default ``dtype``); return the max deviation.
     """
     _, _, grads = vjp_gradients(spec, vjp_numpy, case, seed, dtype)
     tol = tolerance(computes_in or dtype, case.steps, "gradients")
     name = getattr(spec, "name", spec)
     return max(
-        assert_close(got, want, tol, what=f"{name} {label} ({dtype})") for (label, got), (_, want) in zip(grads, expected, strict=True)
+        assert_close(got, want, tol, what=f"{name} {label} ({dtype})")
+        for (label, got), (_, want) in zip(grads, expected, strict=True)
     )
 
 
-def spec_cases(max_batch: int = 3, max_units: int = 5, max_input: int = 3, max_extra_steps: int = 6, scales=(0.05, 0.3, 1.0), **spec_options):
-    """A Hypothesis strategy of ``(spec_text, case)``: a random spec (:func:`spec_texts`) and a
-    :class:`Case` for it.
+def spec_cases(
+    max_batch: int = 3,
+    max_units: int = 5,
+    max_input: int = 3,
+    max_extra_steps: int = 6,
+    scales=(0.05, 0.3, 1.0),
+    **spec_options,
+):
+    """A Hypothesis strategy of ``(spec_text, case)``: a random spec (``spec_texts``) and a
+    ``Case`` for it.
 
     The sequence is as often shorter than ``units`` as longer (up to ``max_extra_steps``
     beyond it): a time axis confused with the units axis shows in one or the other. The
     batch is one row or more; masks, lengths (0 included) and initial states as in
-    :func:`cases`; weight scales from ``scales`` (not the saturating ones: random specs
+    ``cases``; weight scales from ``scales`` (not the saturating ones: random specs
     multiply projections, and a case is only as well conditioned as its spec).
-    ``spec_options`` go to :func:`spec_texts`.
+    ``spec_options`` go to ``spec_texts``.
 
     Examples:
         >>> import novolstm

@@ -46,7 +46,10 @@ def test_step_matches_reference(cell, rng):
     params = {k: rng.normal(size=v) for k, v in spec.parameter_shapes(3, 4).items()}
     x = rng.normal(size=(2, 3))
     state = tuple(rng.normal(size=(2, 4)) for _ in spec.state_names)
-    (new_state, y), (want_state, want_y) = interpret.step(cell, params, x, state), reference.step(cell, params, x, state)
+    (new_state, y), (want_state, want_y) = (
+        interpret.step(cell, params, x, state),
+        reference.step(cell, params, x, state),
+    )
     assert_close(y, want_y, ORACLES_AGREE, what="y")
     for got, want in zip(new_state, want_state):
         assert_close(got, want, ORACLES_AGREE, what="state")

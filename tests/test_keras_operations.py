@@ -5,7 +5,7 @@ and the domain rule (see tests/test_operations.py for NumPy and the language's r
 
 from __future__ import annotations
 
-import keras  # (a requested backend that cannot load fails here)
+import keras  # noqa: F401  (a requested backend that cannot load fails here)
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,15 +15,7 @@ from novolstm.testing import check_domain_rule, check_operation, check_operation
 BACKEND = "keras"
 
 
-# A bug outside the operations, seen on random specs too (tests/test_keras_fuzz_specs.py): on
-# Keras' JAX backend a float64 layer of a cell with a recurrent projection returns a float32
-# state from its step, which jax.lax.scan refuses. Strict: the marker goes when the bug does.
-KERAS_JAX_FLOAT64 = pytest.mark.xfail(
-    keras.backend.backend() == "jax", reason="float64 step returns float32 on Keras-JAX", strict=True, raises=TypeError
-)
-
-
-@pytest.mark.parametrize("dtype", [pytest.param("float64", marks=KERAS_JAX_FLOAT64), "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @settings(max_examples=4)
 @given(data=st.data())
 def test_every_operation_matches_the_interpreter(dtype, data):

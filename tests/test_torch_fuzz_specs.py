@@ -8,8 +8,8 @@ a regression test in tests/test_fuzz_specs.py, which runs on every requested bac
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (a requested backend that cannot load fails here)
 import pytest
+import torch  # noqa: F401  (a requested backend that cannot load fails here)
 from hypothesis import given, note, settings, target
 from hypothesis import strategies as st
 

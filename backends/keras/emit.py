@@ -113,7 +113,10 @@ def step(params, fused, hoisted, state, H):
     $unpack_hoisted = hoisted
     $unpack_state = state
     $step
-    return $output, $next_state
+    # In the dtype of the state: Keras on JAX computes ops.tanh in float32 for float64 inputs
+    # (keras-team/keras#23225), and a next state that is exactly a tanh broke the scan's carry.
+    dtype = $first_state.dtype
+    return ops.cast($output, dtype), $next_state
 
 '''
 
@@ -157,7 +160,8 @@ def generate(plan: LoopPlan) -> str:
         unpack_hoisted=targets([var(h) for h in program.hoisted]) if program.hoisted else "()",
         unpack_state=targets([var(s) for s in states]),
         step=render(step, OPS, comments=plan.expressions),
+        first_state=var(states[0]),
         output=var(step.outputs["output"]),
-        next_state=tuple_of([var(step.outputs[f"state:{s}"]) for s in states]),
+        next_state=tuple_of([f"ops.cast({var(step.outputs[f'state:{s}'])}, dtype)" for s in states]),
     )
     return inline_runtime(__package__, docstring, block)
