@@ -162,6 +162,14 @@ def generate(plan: LoopPlan) -> str:
         step=render(step, OPS, comments=plan.expressions),
         first_state=var(states[0]),
         output=var(step.outputs["output"]),
-        next_state=tuple_of([f"ops.cast({var(step.outputs[f'state:{s}'])}, dtype)" for s in states]),
+        next_state=_returned_tuple([f"ops.cast({var(step.outputs[f'state:{s}'])}, dtype)" for s in states]),
     )
     return inline_runtime(__package__, docstring, block)
+
+
+def _returned_tuple(items: list[str]) -> str:
+    """The state tuple the step returns: one line, or one item a line (as ruff writes it) when long."""
+    text = tuple_of(items)
+    if len(text) <= 72:  # "    return ops.cast(<output>, dtype), " leaves about this much of 120
+        return text
+    return "(\n" + "".join(f"        {item},\n" for item in items) + "    )"
