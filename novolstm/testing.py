@@ -966,3 +966,11 @@ def check_domain_rule(backend: str, dtype: str = "float64") -> None:
     np.testing.assert_allclose(np.asarray(outputs, np.float64), expected, rtol=1e-6, atol=0)
     for got, want in zip(state, expected_state):
         np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6, atol=0)
+
+
+#: The cells the heavier per-backend properties run on (JAX and Keras, where each cell costs
+#: compilations): the five original cells and the zoo cells whose operations no other cell
+#: has (sLSTM: exp, log_sigmoid, maximum, division; minLSTM: a linear recurrence; ln_lstm:
+#: six LayerNorms). Every cell still runs on every backend against its reference and
+#: through the conformance kit (tests/test_backends.py, tests/test_conformance.py).
+PROPERTY_CELLS = ("lstm", "novolstm", "novolstm_reference", "gru", "peephole_lstm", "slstm", "minlstm", "ln_lstm")
