@@ -6,6 +6,7 @@ import functools
 import linecache
 import os
 import sys
+import threading
 import types
 from typing import Any
 
@@ -17,6 +18,11 @@ from .spec_model import Spec
 from .validate import prepare_call
 
 SpecLike = "str | os.PathLike | Spec"
+
+#: Held while a source is generated or a module executed, so that threads asking for the
+#: same spec at once share one module (and one class) instead of each executing their own;
+#: re-entrant because loading a module generates its source.
+_CACHE_LOCK = threading.RLock()
 
 
 def list_backends() -> list[str]:
@@ -54,17 +60,36 @@ def generate_source(spec: SpecLike, backend: str = "numpy") -> str:
     return _generate(spec, backend)
 
 
-@functools.lru_cache(maxsize=64)
 def _generate(spec: Spec, backend: str) -> str:
+    with _CACHE_LOCK:
+        return _generate_once(spec, backend)
+
+
+def _load(spec: Spec, backend: str) -> types.ModuleType:
+    with _CACHE_LOCK:
+        return _load_once(spec, backend)
+
+
+def clear_caches() -> None:
+    """Forget every generated source and module (the benchmarks time generation from scratch)."""
+    with _CACHE_LOCK:
+        _generate_once.cache_clear()
+        _load_once.cache_clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _generate_once(spec: Spec, backend: str) -> str:
     from novolstm.backends import emitter
 
     return emitter(backend).generate(plan(spec))
 
 
 @functools.lru_cache(maxsize=64)
-def _load(spec: Spec, backend: str) -> types.ModuleType:
+def _load_once(spec: Spec, backend: str) -> types.ModuleType:
+    from novolstm import generated
+
     source = _generate(spec, backend)
-    name = f"novolstm.generated.{backend}.{spec.name}_{spec.hash[:12]}"
+    name = generated.module_name(spec, backend)
     filename = f"<novolstm generated {backend} {spec.name} {spec.hash[:12]}>"
     # Registered with linecache so tracebacks and inspect show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
@@ -73,6 +98,7 @@ def _load(spec: Spec, backend: str) -> types.ModuleType:
     sys.modules[name] = module  # dataclasses, pickle-free serializers and inspect look modules up here
     exec(compile(source, filename, "exec"), module.__dict__)
     module.SPEC = spec  # the spec itself, for specs loaded from a path (checkpoint.save_module)
+    generated.adopt(module, spec, backend)  # class names for pickle and Keras serialization
     return module
 
 

@@ -1,8 +1,11 @@
-"""The main job: every built-in cell on every installed backend against the float64 reference.
+"""The main job: every built-in cell (or any spec) on every installed backend against a float64 oracle.
 
 Each row runs the same canonical weights (distinct per gate) and inputs through a
-backend and the reference, and reports the largest deviation of outputs and final
-state, whether it is within the tolerance table, and the time per step.
+backend and the oracle, and reports the largest deviation of outputs and final
+state, whether it is within the tolerance table, and the time per step. The oracle is
+the hand-written ``novolstm.reference`` for the built-in cells and the spec
+interpreter ``novolstm.interpret`` for any other spec
+(``novolstm.golden.reference_for``): never the generated code under test.
 """
 
 from __future__ import annotations
@@ -40,13 +43,14 @@ def installed_backends() -> list[str]:
 
 
 def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, steps=16, input_size=8, units=8, seed=0):
-    """The main job: every cell on every backend and dtype against the float64 reference.
+    """The main job: every cell on every backend and dtype against a float64 oracle.
 
     Args:
-        cells: built-in spec names; default: every one.
+        cells: built-in spec names, paths to spec files or loaded specs; default: every built-in.
         backends: backend names; default: every installed one.
         dtypes: the dtypes each backend computes in.
-        batch: rows per run (the first is padded after half its steps).
+        batch: rows per run (the first is padded after half its steps, the second has a hole,
+            the last has length 0).
         steps: the sequence length.
         input_size: features per timestep.
         units: the state size.
@@ -54,9 +58,11 @@ def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, ste
 
     Yields:
         One ``CheckRow`` per cell, backend and dtype: the largest deviation of outputs and
-        final state from the reference, the tolerance, and the best of three times per step.
+        final state from the oracle (infinite where a result is not finite), the tolerance,
+        and the best of three times per step. The oracle is ``novolstm.reference`` for the
+        built-in cells and the spec interpreter for any other spec.
     """
-    from . import reference
+    from .golden import reference_for
 
     rng = np.random.default_rng(seed)
     for cell in cells or list_specs():
@@ -64,8 +70,11 @@ def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, ste
         params = random_params(spec, input_size, units, rng)
         x = rng.normal(size=(batch, steps, input_size))
         mask = np.ones((batch, steps), bool)
-        mask[0, steps // 2 :] = False  # one padded row exercises the masking rule
-        expected, expected_state = reference.run(cell, params, x, mask=mask)
+        mask[0, steps // 2 :] = False  # a right-padded row,
+        mask[1, steps // 3] = False  # a hole inside a sequence
+        mask[-1] = False  # and a row of length 0 exercise the masking rule
+        state0 = tuple(np.zeros((batch, units)) for _ in spec.state_names)
+        expected, expected_state = reference_for(spec)(params, x, state0, mask)
         for backend in backends or installed_backends():
             for dtype in dtypes:
                 cast = {k: v.astype(dtype) for k, v in params.items()}
@@ -76,10 +85,18 @@ def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, ste
                     outputs, state = run(spec, cast, x.astype(dtype), backend=backend, mask=mask)
                     elapsed = min(elapsed, time.perf_counter() - start)
                 deviation = max(
-                    float(np.abs(outputs - expected).max()),
-                    *(float(np.abs(s - e).max()) for s, e in zip(state, expected_state)),
+                    _deviation(outputs, expected), *(_deviation(s, e) for s, e in zip(state, expected_state))
                 )
-                yield CheckRow(cell, backend, dtype, deviation, tolerance(dtype, steps).atol, 1e3 * elapsed / steps)
+                yield CheckRow(
+                    spec.name, backend, dtype, deviation, tolerance(dtype, steps).atol, 1e3 * elapsed / steps
+                )
+
+
+def _deviation(actual, expected) -> float:
+    """The largest ``|actual - expected|``; infinite where ``actual`` is not finite (NaN never passes)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(np.asarray(actual, np.float64) - expected)
+    return float(np.where(np.isfinite(error), error, np.inf).max())
 
 
 def format_table(rows) -> str:

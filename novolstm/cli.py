@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand, with help, choices and examples (imports no framework)."""
     from .api import list_backends
     from .bench import ADAPTERS, DTYPES, SHAPES
-    from .convert.files import FORMATS
+    from .convert.files import FORMATS, TORCH_LAYOUTS
     from .convert.flax import LAYOUTS
     from .convert.native import NATIVES
     from .evaluation import TASKS
@@ -182,9 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     cnv.add_argument("--from", dest="src_format", required=True, choices=formats, help="the format of SOURCE")
     cnv.add_argument("--to", dest="dst_format", required=True, choices=formats, help="the format to write")
     cnv.add_argument("--spec", default="lstm", choices=specs, help="the cell the weights are for (default: lstm)")
-    cnv.add_argument("--from-layout", choices=sorted(LAYOUTS), help="flax: the source cell's layout (default: detected from the file)")
+    cnv.add_argument("--from-layout", choices=sorted(LAYOUTS) + list(TORCH_LAYOUTS),
+                     help="flax: the source cell's layout (default: detected from the file); torch: bias or no_bias, checked")
     cnv.add_argument("--lossy", action="store_true", help="drop parameters the target layout cannot hold (peepholes into torch, Keras or Flax), with a warning naming them; refused otherwise")
-    cnv.add_argument("--layout", choices=sorted(LAYOUTS), help="flax: the written cell's layout")
+    cnv.add_argument("--layout", choices=sorted(LAYOUTS) + list(TORCH_LAYOUTS),
+                     help="flax: the written cell's layout; torch: bias (default) or no_bias, for a module built with bias=False")
+    cnv.add_argument("--prefix", metavar="PREFIX",
+                     help="torch: the recurrent layer's keys in a whole model's state dict, e.g. 'encoder.rnn.'")
 
     natives = sorted(NATIVES)
     ver = _command(sub, "verify-port", "port weights from framework A to B and compare both layers, step by step",
@@ -202,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--format", choices=formats, help="the format of --weights")
     ver.add_argument("--layout", choices=sorted(LAYOUTS), help="flax: the layout of --weights (default: detected)")
     ver.add_argument("--ported", metavar="FILE", help="a file in the target's format, ported from --weights by another tool: check it")
+    ver.add_argument("--prefix", metavar="PREFIX", help="torch --weights: the recurrent layer's keys in a whole model's state dict")
     ver.add_argument("--json", action="store_true", help="print the report as JSON instead of text")
     return parser
 
@@ -446,7 +451,8 @@ def _bench(args) -> int:
 def _convert(args) -> int:
     from .convert.files import convert
 
-    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec, args.from_layout, args.layout, args.lossy)
+    layers = convert(args.source, args.output, args.src_format, args.dst_format, args.spec, args.from_layout, args.layout, args.lossy,
+                     prefix=args.prefix)
     shapes = {k: v["W_" + next(n[2:] for n in v if n.startswith("W_"))].shape for k, v in layers.items()}
     print(f"{args.source} ({args.src_format}) -> {args.output} ({args.dst_format}): spec {args.spec}, cells {shapes}")
     return 0
@@ -456,7 +462,7 @@ def _verify_port(args) -> int:
     from .convert.verify import verify_port
 
     report = verify_port(args.source, args.target, args.spec, steps=args.steps, seed=args.seed, weights=args.weights,
-                         weights_format=args.format, layout=args.layout, ported=args.ported)
+                         weights_format=args.format, layout=args.layout, ported=args.ported, prefix=args.prefix)
     if args.json:
         _print_json(report)
     else:

@@ -440,6 +440,7 @@ class LoopPlan:
         values = {
             "SPEC_NAME": self.spec.name,
             "SPEC_HASH": self.spec.hash,
+            "CLASS_NAME": self.spec.class_name,
             "STATE_NAMES": tuple(self.spec.state_names),
             "PARAM_NAMES": tuple(self.spec.param_names),
             "PARAM_TABLE": self.param_table,

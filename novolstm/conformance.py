@@ -7,11 +7,19 @@ tuple and a bool mask (batch, time), returning arrays NumPy can read. Implementa
 outside Python run the golden vectors (``novolstm.golden``) and hand back their
 results as an ``.npz`` (see ``check_results``).
 
+The expected values come from a float64 oracle that shares nothing with code
+generation: the hand-written ``novolstm.reference`` for the built-in cells, the
+spec interpreter ``novolstm.interpret`` for any other spec. Every compared array
+must be finite where the reference is: NaN or inf fails.
+
 When a case fails, the report names the first step and quantity that diverge and
-tries the mistakes porting code makes most (two gates swapped, another framework's
-LayerNorm epsilon, a dropped bias, a missing recurrent term, the other NovoLSTM
-variant, softmax over the wrong axis, a hard sigmoid, the state tuple reordered):
-each one that reproduces the implementation's outputs is listed.
+tries the mistakes porting code makes (``novolstm.mistakes``: gate order, another
+LayerNorm epsilon or the sample variance, softmax over the batch axis or without its
+maximum subtracted, a hard sigmoid, a dropped bias or recurrent term, gates swapping
+roles in a state update, an old state read, masking done wrong, another cell, the
+state tuple reordered, a lower precision than asked): each one that reproduces the
+implementation's outputs is listed, and the report names the one that reproduces
+the most failing cases.
 
 Examples:
     >>> import novolstm
@@ -23,17 +31,19 @@ Examples:
 
 from __future__ import annotations
 
-import itertools
-import types
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .golden import STRESS_CASES, GoldenCase, cases_from_arrays, load_golden
-from .ir import lower
-from .spec_loader import list_specs, load_spec, loads_spec
+from .golden import GoldenCase, load_golden, stress_cases
+from .mistakes import catalogue
+from .spec_loader import list_specs, load_spec
 from .spec_model import Spec
-from .testing import Case, random_params, tolerance
+from .testing import tolerance
+
+#: Precisions below each dtype, for the diagnosis "computes in a lower precision than asked".
+LOWER_PRECISIONS = {"float64": ("float32",), "float32": ("float16", "bfloat16")}
 
 
 @dataclass
@@ -58,6 +68,17 @@ class Report:
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
+    @property
+    def diagnoses(self) -> Counter:
+        """How many failing cases each diagnosis reproduces."""
+        return Counter(d for r in self.results if not r.passed for d in r.diagnosis)
+
+    @property
+    def likely_mistake(self) -> str | None:
+        """The diagnosis that reproduces the most failing cases (None if none does)."""
+        counts = self.diagnoses
+        return max(counts, key=lambda d: (counts[d], -list(counts).index(d))) if counts else None
+
     def format(self) -> str:
         lines = [f"conformance of an implementation of {self.spec!r} ({self.dtype})", ""]
         for r in self.results:
@@ -71,6 +92,9 @@ class Report:
                 for d in r.diagnosis or ["no known mistake reproduces these outputs"]:
                     lines.append(f"{'':<14}       diagnosis: {d}")
         passed = sum(r.passed for r in self.results)
+        failed = len(self.results) - passed
+        if self.likely_mistake:
+            lines += ["", f"most likely: {self.likely_mistake} (reproduces {self.diagnoses[self.likely_mistake]} of {failed} failing cases)"]
         lines += ["", f"{passed} of {len(self.results)} cases pass: {'CONFORMS' if self.passed else 'DOES NOT CONFORM'}"]
         return "\n".join(lines)
 
@@ -83,35 +107,10 @@ def _growth(errors) -> str:
 
 
 def golden_cases(spec: Spec) -> list[GoldenCase]:
-    """The shipped golden vectors for a built-in spec, else stress cases computed for ``spec``."""
+    """The shipped golden vectors for a built-in spec, else the same stress cases computed for ``spec``."""
     if spec.name in list_specs() and load_spec(spec.name).hash == spec.hash:
         return load_golden(spec.name)[1]
-    out = []
-    for k, (name, (scale, batch, steps, inputs, units, description)) in enumerate(STRESS_CASES.items()):
-        rng = np.random.default_rng([0, k])
-        case = Case(random_params(spec, inputs, units, rng, scale=scale), rng.normal(size=(batch, steps, inputs)),
-                    tuple(rng.normal(scale=0.5, size=(batch, units)) for _ in spec.state_names),
-                    np.arange(steps)[None] < rng.integers(1, steps + 1, size=batch)[:, None] if name == "padding" else np.ones((batch, steps), bool))
-        outputs, final = _oracle(spec)(case.params, case.x, case.state, case.mask)
-        out.append(GoldenCase(name, description, case, outputs, final))
-    return out
-
-
-def _oracle(spec: Spec, module: types.ModuleType | None = None):
-    """float64 expected values: the hand-written reference for built-ins, else the generated NumPy cell."""
-    from . import reference
-
-    if module is None and spec.name in reference.CELLS and spec.name in list_specs() and load_spec(spec.name).hash == spec.hash:
-        return lambda p, x, s, m: reference.run(spec.name, p, x, s, mask=m)
-    from .api import load_generated
-
-    module = module or load_generated(spec, "numpy")
-
-    def run(p, x, s, m):
-        outputs, final, _ = module.forward({k: np.asarray(v, np.float64) for k, v in p.items()}, x, s, m)
-        return outputs, final
-
-    return run
+    return stress_cases(spec)
 
 
 def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes_in=None) -> Report:
@@ -133,7 +132,7 @@ def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes
         first divergence and a diagnosis; ``report.format()`` prints it.
     """
     spec = load_spec(spec)
-    results = []
+    results, failures = [], []
     for golden in cases or golden_cases(spec):
         c = golden.case.cast(dtype)
         try:
@@ -142,7 +141,11 @@ def check(fn, spec, cases=None, dtype="float64", diagnose: bool = True, computes
             results.append(CaseResult(golden.name, golden.description, False, float("inf"), 0.0, [],
                                       f"raised {type(exc).__name__}: {exc}"))
             continue
-        results.append(_compare(spec, golden, np.asarray(outputs), tuple(np.asarray(s) for s in final), computes_in or dtype, diagnose))
+        outputs, final = np.asarray(outputs), tuple(np.asarray(s) for s in final)
+        results.append(_compare(spec, golden, outputs, final, computes_in or dtype))
+        failures.append((results[-1], golden, outputs, final))
+    if diagnose:
+        _diagnose(spec, failures, computes_in or dtype)
     return Report(spec.name, str(np.dtype(dtype)), results)
 
 
@@ -160,107 +163,134 @@ def check_results(spec, arrays: dict, dtype="float64", diagnose: bool = True) ->
         A ``Report``, as ``check`` returns.
     """
     spec = load_spec(spec)
-    results = []
+    results, failures = [], []
     for golden in golden_cases(spec):
         key = f"{golden.name}.outputs"
         if key not in arrays:
             results.append(CaseResult(golden.name, golden.description, False, float("inf"), 0.0, [], f"missing array {key!r}"))
             continue
         final = tuple(np.asarray(arrays.get(f"{golden.name}.state.{s}", np.full(1, np.nan))) for s in spec.state_names)
-        results.append(_compare(spec, golden, np.asarray(arrays[key]), final, dtype, diagnose))
+        outputs = np.asarray(arrays[key])
+        results.append(_compare(spec, golden, outputs, final, dtype))
+        failures.append((results[-1], golden, outputs, final))
+    if diagnose:
+        _diagnose(spec, failures, dtype)
     return Report(spec.name, str(np.dtype(dtype)), results)
 
 
-def _compare(spec: Spec, golden: GoldenCase, outputs, final, dtype, diagnose) -> CaseResult:
+def _deviation(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """``|actual - expected|``, infinite wherever ``actual`` is not finite but ``expected`` is."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(actual.astype(np.float64) - expected)
+    return np.where(np.isfinite(expected) & ~np.isfinite(error), np.inf, error)
+
+
+def _compare(spec: Spec, golden: GoldenCase, outputs, final, dtype) -> CaseResult:
     tol = tolerance(dtype, golden.case.steps)
     expected = golden.outputs
-    if outputs.shape != expected.shape or any(f.shape != e.shape for f, e in zip(final, golden.state)) or len(final) != len(golden.state):
+    if not _shapes_match(golden, outputs, final):
         shapes = f"outputs {outputs.shape} (expected {expected.shape}), state {[f.shape for f in final]} (expected {[e.shape for e in golden.state]})"
         return CaseResult(golden.name, golden.description, False, float("inf"), tol.atol, [], f"wrong shapes: {shapes}")
     out64 = outputs.astype(np.float64)
-    error = np.abs(out64 - expected)
-    bound = tol.bound(expected)
+    error = _deviation(outputs, expected)
     step_errors = [float(e) for e in error.max(axis=(0, 2))] if error.size else []
-    bad = error > bound
-    state_bad = [np.abs(f.astype(np.float64) - e) > tol.bound(e) for f, e in zip(final, golden.state)]
-    deviation = max([float(np.nan_to_num(error, nan=np.inf).max())] + [float(np.nan_to_num(np.abs(f.astype(np.float64) - e), nan=np.inf).max()) for f, e in zip(final, golden.state)])
-    passed = not bad.any() and not any(b.any() for b in state_bad) and np.isfinite(out64).all()
+    bad = error > tol.bound(expected)
+    state_errors = [_deviation(f, e) for f, e in zip(final, golden.state)]
+    state_bad = [err > tol.bound(e) for err, e in zip(state_errors, golden.state)]
+    deviation = max([float(error.max(initial=0.0))] + [float(err.max(initial=0.0)) for err in state_errors])
+    passed = not bad.any() and not any(b.any() for b in state_bad)
     result = CaseResult(golden.name, golden.description, bool(passed), deviation, tol.atol, step_errors)
     if passed:
         return result
-    if bad.any() or not np.isfinite(out64).all():
-        steps = np.where((bad | ~np.isfinite(out64)).any(axis=(0, 2)))[0]
-        t = int(steps[0])
-        b, u = np.unravel_index(int(np.argmax(np.where(np.isfinite(error[:, t]), error[:, t], np.inf))), error[:, t].shape)
+    if bad.any():
+        t = int(np.where(bad.any(axis=(0, 2)))[0][0])
+        b, u = np.unravel_index(int(np.argmax(error[:, t])), error[:, t].shape)
         result.first_divergence = (f"outputs at step {t} (batch {b}, unit {u}): got {out64[b, t, u]:.6g}, "
                                    f"expected {expected[b, t, u]:.6g}")
     else:
-        name = spec.state_names[next(k for k, s in enumerate(state_bad) if s.any())]
-        result.first_divergence = f"final state {name!r} (outputs agree at every step)"
-    if diagnose:
-        result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol)
+        k = next(k for k, sb in enumerate(state_bad) if sb.any())
+        got = final[k].astype(np.float64)
+        where = np.unravel_index(int(np.argmax(state_errors[k])), got.shape)
+        result.first_divergence = (f"final state {spec.state_names[k]!r} at {tuple(int(i) for i in where)}: got {got[where]:.6g},"
+                                   f" expected {golden.state[k][where]:.6g} (outputs agree at every step)")
     return result
 
 
+def _shapes_match(golden: GoldenCase, outputs, final) -> bool:
+    return (outputs.shape == golden.outputs.shape and len(final) == len(golden.state)
+            and all(f.shape == e.shape for f, e in zip(final, golden.state)))
+
+
+def _diagnose(spec: Spec, failures: list, dtype) -> None:
+    """Fill in the diagnosis of each failing case, the cheapest case first.
+
+    Once a mistake reproduces two failing cases, each further case is tried against the
+    mistakes found so far, and against the whole catalogue only where none of them
+    reproduces it: the same answers in a fraction of the time.
+    """
+    failures = [f for f in failures if not f[0].passed and _shapes_match(*f[1:])]
+    if not failures:
+        return
+    models = list(catalogue(spec))
+    found: Counter = Counter()
+    for result, golden, outputs, final in sorted(failures, key=lambda f: f[1].case.x.shape[0] * f[1].case.steps):
+        tol = tolerance(dtype, golden.case.steps)
+        if found and max(found.values()) >= 2:
+            suspects = [m for m in models if f"reproduced by: {m.label}" in found]
+            result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol, dtype, suspects, lower_precision=False)
+        if not result.diagnosis:
+            result.diagnosis = diagnose_mistakes(spec, golden, outputs, final, tol, dtype, models)
+        found.update(result.diagnosis)
+
+
 def known_mistakes(spec: Spec):
-    """Yield ``(label, run)``: float64 runs of ``spec`` with one known porting mistake each."""
-    from .api import generate_source, load_generated
-
-    oracle = _oracle(spec, load_generated(spec, "numpy"))
-    names = set(spec.param_names)
-    gates = sorted({n[2:] for n in names if n.startswith("W_") and f"b_{n[2:]}" in names})
-    for a, b in itertools.combinations(gates, 2):
-        def swapped(p, x, s, m, a=a, b=b):
-            q = dict(p)
-            for kind in ("W", "U", "b"):
-                if f"{kind}_{a}" in q and f"{kind}_{b}" in q and q[f"{kind}_{a}"].shape == q[f"{kind}_{b}"].shape:
-                    q[f"{kind}_{a}"], q[f"{kind}_{b}"] = p[f"{kind}_{b}"], p[f"{kind}_{a}"]
-            return oracle(q, x, s, m)
-        yield f"gates {a!r} and {b!r} swapped (a gate-order mismatch between layouts)", swapped
-    for name in sorted(n for n in names if n.startswith("b_")):
-        yield f"bias {name} dropped", lambda p, x, s, m, name=name: oracle({**p, name: np.zeros_like(p[name])}, x, s, m)
-    for name in sorted(n for n in names if n.startswith("U_")):
-        yield f"recurrent term {name} missing", lambda p, x, s, m, name=name: oracle({**p, name: np.zeros_like(p[name])}, x, s, m)
-    eps = spec.numerics.layer_norm_epsilon
-    if eps is not None:
-        for other, who in ((1e-5, "torch's default"), (1e-6, "Flax's default")):
-            text = spec.dumps().replace(f"layer_norm_epsilon = {eps!r}", f"layer_norm_epsilon = {other!r}")
-            yield (f"LayerNorm epsilon {other:g} ({who}) instead of {eps:g}",
-                   _oracle(spec, load_generated(loads_spec(text, source=f"<{spec.name}, epsilon {other}>"), "numpy")))
-    for other in list_specs():
-        o = load_spec(other)
-        if other != spec.name and o.state_names == spec.state_names and set(o.param_names) <= names | {"U_s"} and len(set(o.param_names) & names) > len(names) // 2:
-            def as_other(p, x, s, m, o=o):
-                shapes = o.parameter_shapes(x.shape[-1], s[0].shape[-1])
-                q = {k: p[k] if k in p else np.zeros(shapes[k]) for k in o.param_names}  # absent: a zero term
-                return _oracle(o)(q, x, s, m)
-            yield f"computes the {other!r} cell instead", as_other
-    source = generate_source(spec, "numpy")
-    uses_softmax = any(n.op == "softmax" for n in lower(spec).nodes)
-    code_mutants = {
-        "softmax over the batch axis instead of the units axis": ("return e / e.sum(axis=-1, keepdims=True)", "return e / e.sum(axis=0, keepdims=True)"),
-        "Keras 2 hard_sigmoid (clip(0.2 x + 0.5, 0, 1)) instead of the logistic": ("return 0.5 * np.tanh(0.5 * z) + 0.5", "return np.clip(0.2 * z + 0.5, 0.0, 1.0)"),
-        "Keras 3 hard_sigmoid (relu6(x + 3) / 6) instead of the logistic": ("return 0.5 * np.tanh(0.5 * z) + 0.5", "return np.clip(z + 3.0, 0.0, 6.0) / 6.0"),
-    }
-    for label, (old, new) in code_mutants.items():
-        if old in source and ("softmax" in label) == uses_softmax:
-            module = types.ModuleType("novolstm_mistake")
-            exec(compile(source.replace(old, new), f"<{label}>", "exec"), module.__dict__)
-            yield label, _oracle(spec, module)
+    """Yield ``(label, run)``: float64 runs of ``spec`` with one known porting mistake each
+    (see ``novolstm.mistakes``)."""
+    return ((m.label, m.run) for m in catalogue(spec))
 
 
-def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol) -> list[str]:
-    """Labels of the known mistakes whose outputs match the implementation's."""
+def _reproduces(actual: np.ndarray, model: np.ndarray, tol) -> bool:
+    """Whether ``actual`` matches a model's ``model`` values: the same non-finite places, the rest within ``tol``."""
+    actual = np.asarray(actual, np.float64)
+    if actual.shape != model.shape:
+        return False
+    finite = np.isfinite(model)
+    if not np.array_equal(finite, np.isfinite(actual)):
+        return False
+    return bool(np.all(np.abs(actual[finite] - model[finite]) <= tol.bound(model[finite])))
+
+
+def diagnose_mistakes(spec: Spec, golden: GoldenCase, outputs, final, tol, dtype="float64", models=None,
+                      lower_precision: bool = True) -> list[str]:
+    """Labels of the known mistakes whose outputs (and final state) match the implementation's.
+
+    ``models``: the ``novolstm.mistakes.Mistake`` to try, by default ``catalogue(spec)``.
+    ``lower_precision``: where no model reproduces the outputs, try whether they are right
+    to a lower precision's tolerance.
+    """
     c = golden.case
     found = []
     if len(final) > 1 and all(f.shape == e.shape for f, e in zip(final[::-1], golden.state)):
-        if all(np.allclose(f, e, atol=tol.atol, rtol=tol.rtol) for f, e in zip(final[::-1], golden.state)):
+        if all(_reproduces(f, e, tol) for f, e in zip(final[::-1], golden.state)):
             found.append(f"final state returned in the order {spec.state_names[::-1]} instead of {spec.state_names}")
-    for label, run in known_mistakes(spec):
+    unmasked = c.mask is None or bool(np.all(c.mask))
+    for label, run, masking in models if models is not None else catalogue(spec):
+        if masking and unmasked:
+            continue  # no masked step in this case: a masking mistake changes nothing
         try:
             alt, alt_final = run(c.params, c.x, c.state, c.mask)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError):  # a model that does not apply to this case's parameters
             continue
-        if np.allclose(outputs, alt, atol=tol.atol, rtol=tol.rtol) and not np.allclose(alt, golden.outputs, atol=tol.atol, rtol=tol.rtol):
+        if _reproduces(alt, golden.outputs, tol) and all(_reproduces(a, e, tol) for a, e in zip(alt_final, golden.state)):
+            continue  # this mistake changes nothing in this case
+        if _reproduces(outputs, alt, tol) and all(_reproduces(f, a, tol) for f, a in zip(final, alt_final)):
             found.append(f"reproduced by: {label}")
+    if not found and lower_precision:
+        # Right to a lower precision's tolerance but not to the one asked for: the arithmetic
+        # runs in a lower precision (a float64 port casting to float32 somewhere).
+        for lower in LOWER_PRECISIONS.get(str(np.dtype(dtype)), ()):
+            low = tolerance(lower, c.steps)
+            if _reproduces(outputs, golden.outputs, low) and all(_reproduces(f, e, low) for f, e in zip(final, golden.state)):
+                found.append(f"computes in {lower} (or lower) although {np.dtype(dtype)} was asked: right to {lower}'s tolerance only")
+                break
     return found

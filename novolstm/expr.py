@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Union
 
@@ -41,9 +42,12 @@ FUNCTIONS = {
 }
 
 #: A name in a spec: an ASCII identifier, so it can never inject text into generated source.
-IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+#: Always matched with ``fullmatch`` (``match`` with ``$`` would accept a trailing newline).
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 MAX_EXPRESSION_LENGTH = 2000
+#: Deepest nesting of one expression (calls, operators, parentheses): every walk over an
+#: expression tree, here and in the compiler, stays far inside Python's recursion limit.
 MAX_DEPTH = 64
 
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.MatMult: "@"}
@@ -94,22 +98,27 @@ def parse_expression(text: str) -> Expr:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"not a valid expression: {exc.msg}") from None
+    except (RecursionError, MemoryError):  # CPython's parser refuses some deep nesting this way
+        raise ExpressionError(f"expression nested deeper than {MAX_DEPTH}") from None
     return _convert(tree.body, 0)
 
 
 def _convert(node: ast.AST, depth: int) -> Expr:
     if depth > MAX_DEPTH:
-        raise ExpressionError(f"expression nested deeper than {MAX_DEPTH}")
+        raise ExpressionError(
+            f"expression nested deeper than {MAX_DEPTH} (calls, operators and each term of a long sum count);"
+            " split it into several equations"
+        )
     if isinstance(node, ast.Name):
-        if not IDENTIFIER.match(node.id):
+        if not IDENTIFIER.fullmatch(node.id):
             raise ExpressionError(f"name {node.id!r} is not a plain ASCII identifier")
         return Name(node.id)
     if isinstance(node, ast.Constant):
         value = node.value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ExpressionError(f"only numeric literals are allowed, got {value!r}")
-        if not math.isfinite(value):
-            raise ExpressionError(f"literal {value!r} is not finite")
+        if not is_finite_number(value):
+            raise ExpressionError(f"literal {_shown(value)} is outside the float range")
         return Const(float(value))
     if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         return Binary(_BINARY[type(node.op)], _convert(node.left, depth + 1), _convert(node.right, depth + 1))
@@ -130,17 +139,54 @@ def _convert(node: ast.AST, depth: int) -> Expr:
     raise ExpressionError(f"{type(node).__name__} is not allowed in a spec expression")
 
 
+def is_finite_number(value) -> bool:
+    """Whether an int or float converts to a finite float (a 400-digit int overflows ``float()``)."""
+    if isinstance(value, int):
+        return abs(value) <= _LARGEST_INT
+    return math.isfinite(value)
+
+
+_LARGEST_INT = int(sys.float_info.max)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+
+
+def walk(expr: Expr):
+    """Every node of an expression tree, walked without recursion (parents before children)."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def size(expr: Expr) -> int:
+    """The number of nodes of an expression tree."""
+    return sum(1 for _ in walk(expr))
+
+
+def children(expr: Expr) -> tuple:
+    """The operands of a node: both sides of a binary operator, the negated term, a call's arguments."""
+    if isinstance(expr, Binary):
+        return (expr.left, expr.right)
+    if isinstance(expr, Neg):
+        return (expr.arg,)
+    if isinstance(expr, Call):
+        return expr.args
+    return ()
+
+
 def names_in(expr: Expr) -> set[str]:
     """All names an expression reads."""
-    if isinstance(expr, Name):
-        return {expr.id}
-    if isinstance(expr, Binary):
-        return names_in(expr.left) | names_in(expr.right)
-    if isinstance(expr, Neg):
-        return names_in(expr.arg)
-    if isinstance(expr, Call):
-        return set().union(*(names_in(a) for a in expr.args))
-    return set()
+    return {node.id for node in walk(expr) if isinstance(node, Name)}
+
+
+def functions_in(expr: Expr) -> set[str]:
+    """All functions an expression calls."""
+    return {node.fn for node in walk(expr) if isinstance(node, Call)}
 
 
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 3}

@@ -8,8 +8,8 @@ is ever executed.
 
 from __future__ import annotations
 
-import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -27,10 +27,14 @@ from .expr import (
     Name,
     Neg,
     format_expression,
+    functions_in,
+    is_finite_number,
     names_in,
     parse_expression,
+    size,
 )
-from .spec_model import DIMENSIONS, Init, Numerics, Param, Spec
+from .reserved import reserved_by
+from .spec_model import CLASS_NAME, DIMENSIONS, Init, Numerics, Param, Spec, class_name_for
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +42,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SPEC_VERSION = 1
-TOP_LEVEL_KEYS = ("spec_version", "name", "description", "input", "output", "state", "params", "equations", "numerics")
+TOP_LEVEL_KEYS = ("spec_version", "name", "class_name", "description", "input", "output", "state", "params", "equations", "numerics")
 NUMERICS_KEYS = ("layer_norm_epsilon", "layer_norm_variance", "softmax_axis")
 #: Initializer names and the arguments each accepts.
 INITIALIZER_ARGS = {
@@ -51,6 +55,19 @@ INITIALIZER_ARGS = {
     "orthogonal": (),
 }
 MAX_SPEC_BYTES = 1 << 20
+#: Bounds on a spec's size, so that loading and generating any spec takes bounded time
+#: (well under a second) and no walk can come near Python's recursion limit. The
+#: built-in cells use at most 17 parameters, 8 equations and 90 expression nodes.
+MAX_STATES = 16
+MAX_PARAMS = 256
+MAX_EQUATIONS = 256
+MAX_EXPRESSION_NODES = 4096  # summed over every equation
+#: Characters no string of a spec may hold: control characters (a description may hold
+#: newlines and tabs), surrogates, the Unicode line and paragraph separators (str.splitlines
+#: and linecache split generated source at them) and the bidirectional overrides that can
+#: make text read differently from what it is. spec.schema.json states the same classes.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_FORBIDDEN_IN_PROSE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 # ---------------------------------------------------------------- public entry points
@@ -99,7 +116,7 @@ def load_spec(spec: "str | os.PathLike | Spec") -> Spec:
             raise SpecError(path, f"cannot read spec file: {exc.strerror}") from None
         return loads_spec(raw, source=path)
     if isinstance(spec, str):
-        if not IDENTIFIER.match(spec) or spec not in list_specs():
+        if not IDENTIFIER.fullmatch(spec) or spec not in list_specs():
             raise SpecError(
                 repr(spec), f"no built-in spec of that name; expected one of {list_specs()} or a path to a .toml file"
             )
@@ -129,6 +146,8 @@ def loads_spec(text: "str | bytes", source: str = "<string>") -> Spec:
         data = tomllib.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(source, f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise SpecError(source, "not valid TOML for a spec: arrays or tables nested too deeply") from None
     return parse_spec(data, source=source)
 
 
@@ -170,19 +189,29 @@ class _Loader:
 
     # -- top level
 
+    def class_name(self, value: Any) -> str:
+        if not isinstance(value, str) or not CLASS_NAME.fullmatch(value):
+            self.fail(f"class_name: expected a CapWords Python class name such as 'NovoLSTM' (at most 64 characters), got {value!r}")
+        return value
+
     def load(self, data: Mapping[str, Any]) -> Spec:
         if not isinstance(data, Mapping):
             self.fail("expected a table at the top level")
         unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
         if unknown:
             self.fail(f"unknown key {unknown[0]!r}; expected only {list(TOP_LEVEL_KEYS)}")
+        self.check_strings(data)
+        for key, limit in (("state", MAX_STATES), ("params", MAX_PARAMS), ("equations", MAX_EQUATIONS)):
+            if isinstance(data.get(key), Mapping) and len(data[key]) > limit:
+                self.fail(f"{key}: {len(data[key])} entries; expected at most {limit}")
         version = self.required(data, "spec_version", int, "the integer 1")
         if isinstance(version, bool) or version != SPEC_VERSION:
             self.fail(f"spec_version: expected {SPEC_VERSION}, got {version!r}")
         name = self.identifier(self.required(data, "name", str, 'a cell name such as "lstm"'), "name")
+        class_name = self.class_name(data.get("class_name", class_name_for(name)))
         description = self.required(data, "description", str, "a one-paragraph description")
-        input_name = self.identifier(self.required(data, "input", str, 'the input name, e.g. "x"'), "input")
-        output = self.identifier(self.required(data, "output", str, "the equation giving the output"), "output")
+        input_name = self.spec_name(self.required(data, "input", str, 'the input name, e.g. "x"'), "input")
+        output = self.spec_name(self.required(data, "output", str, "the equation giving the output"), "output")
         state = self.state(self.required(data, "state", Mapping, "a table: state name -> next-value equation"))
         params = self.params(self.required(data, "params", Mapping, "a table of parameters"))
         equations = self.equations(self.required(data, "equations", Mapping, "a table: name -> expression"))
@@ -197,8 +226,8 @@ class _Loader:
             if kinds[target] != BATCH_UNITS:
                 self.fail(f"{key}: {target!r} is {kinds[target].describe()}; expected a batch of units-wide rows")
         self.check_used(input_name, params, ordered, [output, *(nxt for _, nxt in state)])
-        uses_ln = any("layer_norm" in _functions(e) for _, e in ordered)
-        uses_softmax = any("softmax" in _functions(e) for _, e in ordered)
+        uses_ln = any("layer_norm" in functions_in(e) for _, e in ordered)
+        uses_softmax = any("softmax" in functions_in(e) for _, e in ordered)
         if uses_ln and numerics.layer_norm_epsilon is None:
             self.fail("numerics.layer_norm_epsilon: required because an equation calls layer_norm (pin it, e.g. 1e-3)")
         if not uses_ln and numerics.layer_norm_epsilon is not None:
@@ -207,6 +236,7 @@ class _Loader:
             self.fail("numerics.softmax_axis: given but no equation calls softmax")
         return Spec(
             name=name,
+            class_name=class_name,
             description=description,
             input=input_name,
             output=output,
@@ -227,11 +257,39 @@ class _Loader:
         return value
 
     def identifier(self, value: Any, key: str) -> str:
-        if not isinstance(value, str) or not IDENTIFIER.match(value):
+        if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
             self.fail(f"{key}: expected a plain ASCII identifier (letter first, at most 64 chars), got {value!r}")
         if value in FUNCTIONS:
             self.fail(f"{key}: {value!r} is the name of a function of the spec language")
         return value
+
+    def spec_name(self, value: str, key: str) -> str:
+        """An identifier that names a value of the cell (input, state, parameter, equation)."""
+        self.identifier(value, key)
+        origin = reserved_by(value)
+        if origin is not None:
+            self.fail(
+                f"{key}: {value!r} is reserved (it is a name of {origin}, and a generated cell would"
+                " collide with it); choose another name"
+            )
+        return value
+
+    def check_strings(self, data: Mapping) -> None:
+        """Refuse control characters in every key and string of the spec, walked without recursion."""
+        stack: list = [("", data)]
+        while stack:
+            key, value = stack.pop()
+            if isinstance(value, Mapping):
+                for k, v in value.items():
+                    where = f"{key}.{k}" if key else str(k)
+                    stack.append((f"{key} (a key)" if key else "a top-level key", k))
+                    stack.append((where, v))
+            elif isinstance(value, list):
+                stack.extend((f"{key}[{i}]", v) for i, v in enumerate(value))
+            elif isinstance(value, str):
+                bad = (_FORBIDDEN_IN_PROSE if key == "description" else _FORBIDDEN).search(value)
+                if bad is not None:
+                    self.fail(f"{key or 'a key'}: contains the control character {bad.group()!r}; expected printable text")
 
     # -- sections
 
@@ -239,14 +297,14 @@ class _Loader:
         if not table:
             self.fail("state: expected at least one state variable")
         return tuple(
-            (self.identifier(k, "state"), self.identifier(v, f"state.{k}")) for k, v in table.items()
+            (self.spec_name(k, "state"), self.spec_name(v, f"state.{k}")) for k, v in table.items()
         )
 
     def params(self, table: Mapping) -> tuple[Param, ...]:
         out = []
         for name, entry in table.items():
             key = f"params.{name}"
-            self.identifier(name, "params")
+            self.spec_name(name, "params")
             if not isinstance(entry, Mapping):
                 self.fail(f"{key}: expected a table with 'shape' and 'init'")
             unknown = sorted(set(entry) - {"shape", "init"})
@@ -279,20 +337,29 @@ class _Loader:
         if set(args) != set(INITIALIZER_ARGS[name]):
             self.fail(f"{key}: initializer {name!r} takes arguments {list(INITIALIZER_ARGS[name])}, got {sorted(args)}")
         for arg, v in args.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not is_finite_number(v):
                 self.fail(f"{key}.{arg}: expected a finite number, got {v!r}")
+            if arg in ("limit", "stddev") and v < 0:
+                self.fail(f"{key}.{arg}: expected a number >= 0, got {v!r}")
         return Init(name, tuple((k, float(args[k])) for k in INITIALIZER_ARGS[name]))
 
     def equations(self, table: Mapping) -> dict[str, Expr]:
         out = {}
+        total = 0
         for name, text in table.items():
-            self.identifier(name, "equations")
+            self.spec_name(name, "equations")
             if not isinstance(text, str):
                 self.fail(f"equations.{name}: expected an expression string, got {type(text).__name__}")
             try:
                 out[name] = parse_expression(text)
             except ExpressionError as exc:
                 self.fail(f"equations.{name}: {exc}")
+            total += size(out[name])
+            if total > MAX_EXPRESSION_NODES:
+                self.fail(
+                    f"equations.{name}: the equations hold more than {MAX_EXPRESSION_NODES} terms in all"
+                    f" (names, numbers, operators and calls); expected at most {MAX_EXPRESSION_NODES}"
+                )
         if not out:
             self.fail("equations: expected at least one equation")
         return out
@@ -304,7 +371,7 @@ class _Loader:
         if unknown:
             self.fail(f"numerics: unknown key {unknown[0]!r}; expected only {list(NUMERICS_KEYS)}")
         eps = table.get("layer_norm_epsilon")
-        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1):
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not is_finite_number(eps) or not 0 < eps < 1):
             self.fail(f"numerics.layer_norm_epsilon: expected a number in (0, 1), got {eps!r}")
         variance = table.get("layer_norm_variance", "population")
         if variance != "population":
@@ -329,26 +396,35 @@ class _Loader:
         """Topological order of the equations; unknown names and cycles are errors."""
         known = leaves | set(equations)
         for name, expr in equations.items():
-            for used in sorted(names_in(expr)):
-                if used not in known:
-                    self.fail(f"equations.{name}: undeclared name {used!r}")
-        ordered, state = [], {}
-
-        def visit(name, path):
-            if state.get(name) == "done":
-                return
-            if state.get(name) == "active":
-                cycle = " -> ".join(path[path.index(name):] + [name])
-                self.fail(f"equations.{name}: cycle {cycle}; an equation may use state variables, not itself")
-            state[name] = "active"
-            for used in sorted(names_in(equations[name])):
-                if used in equations:
-                    visit(used, path + [name])
-            state[name] = "done"
-            ordered.append((name, equations[name]))
-
-        for name in equations:
-            visit(name, [])
+            for read in sorted(names_in(expr)):
+                if read not in known:
+                    self.fail(f"equations.{name}: undeclared name {read!r}")
+        deps = {name: sorted(n for n in names_in(expr) if n in equations) for name, expr in equations.items()}
+        ordered: list = []
+        done: set[str] = set()
+        for root in equations:
+            if root in done:
+                continue
+            # Depth-first with an explicit stack (a chain of equations can be as long as MAX_EQUATIONS):
+            # each frame is (name, iterator over what it uses); the stack's names are the path.
+            path, on_path = [root], {root}
+            frames = [(root, iter(deps[root]))]
+            while frames:
+                name, pending = frames[-1]
+                used: str | None = next((u for u in pending if u not in done), None)
+                if used is None:
+                    frames.pop()
+                    path.pop()
+                    on_path.discard(name)
+                    done.add(name)
+                    ordered.append((name, equations[name]))
+                elif used in on_path:
+                    cycle = " -> ".join(path[path.index(used):] + [used])
+                    self.fail(f"equations.{used}: cycle {cycle}; an equation may use state variables, not itself")
+                else:
+                    path.append(used)
+                    on_path.add(used)
+                    frames.append((used, iter(deps[used])))
         return tuple(ordered)
 
     def infer_kinds(self, input_name, state, params, ordered) -> dict[str, Kind]:
@@ -433,13 +509,3 @@ class _Loader:
                 self.fail(f"params.{p.name}: declared but never used")
         if input_name not in reached:
             self.fail(f"input: {input_name!r} is never used")
-
-
-def _functions(expr: Expr) -> set[str]:
-    if isinstance(expr, Call):
-        return {expr.fn}.union(*(_functions(a) for a in expr.args))
-    if isinstance(expr, Binary):
-        return _functions(expr.left) | _functions(expr.right)
-    if isinstance(expr, Neg):
-        return _functions(expr.arg)
-    return set()

@@ -10,6 +10,7 @@ only inside generated code.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -17,6 +18,19 @@ from .expr import Expr, format_expression
 
 #: Symbolic dimensions a parameter shape may use.
 DIMENSIONS = ("input", "units")
+
+#: A spec's ``class_name``: a CapWords Python identifier (the layer's class; the cell's adds "Cell").
+CLASS_NAME = re.compile(r"[A-Z][A-Za-z0-9]{0,63}")
+
+
+def class_name_for(name: str) -> str:
+    """The class name of a spec that gives none: its name in CapWords.
+
+    Examples:
+        >>> class_name_for("peephole_lstm")
+        'PeepholeLstm'
+    """
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) or "Cell"
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,13 @@ class Spec:
     numerics: Numerics = field(default_factory=Numerics)
     spec_version: int = 1
     source: str = field(default="<memory>", compare=False)
+    #: The name of the generated classes (layer ``class_name``, cell ``class_name + "Cell"``);
+    #: a display name, so it does not enter ``hash``.
+    class_name: str = ""
+
+    def __post_init__(self):
+        if not self.class_name:
+            object.__setattr__(self, "class_name", class_name_for(self.name))
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -102,6 +123,7 @@ class Spec:
         out: dict = {
             "spec_version": self.spec_version,
             "name": self.name,
+            "class_name": self.class_name,
             "description": self.description,
             "input": self.input,
             "output": self.output,
@@ -127,8 +149,13 @@ class Spec:
 
     @property
     def hash(self) -> str:
-        """SHA-256 of the canonical TOML form: equal specs have equal hashes."""
-        return hashlib.sha256(self.dumps().encode()).hexdigest()
+        """SHA-256 of the canonical TOML form without ``class_name``: specs that compute the same have equal hashes.
+
+        The class name only names the generated classes, so renaming them keeps checkpoints valid.
+        """
+        data = self.to_dict()
+        del data["class_name"]
+        return hashlib.sha256(dump_toml(data).encode()).hexdigest()
 
 
 def _positive(value: int, what: str) -> int:

@@ -58,9 +58,43 @@ def pytest_ignore_collect(collection_path, config):
     return None
 
 
+#: The porting mistakes the hand-written NovoLSTMs of tests/test_*handwritten* can make (each
+#: written in its framework's own API, outside novolstm), and the diagnosis the conformance
+#: kit must give each: {lower} is the precision below the one asked for.
+HANDWRITTEN_MISTAKES = {
+    "gate order": "gates 'f' and 'i' swapped",
+    "torch epsilon": "LayerNorm epsilon 1e-05 (torch's default)",
+    "flax epsilon": "LayerNorm epsilon 1e-06 (Flax's default)",
+    "sample variance": "LayerNorm with the sample variance",
+    "softmax over the batch": "softmax over the batch axis",
+    "softmax without max": "softmax without the maximum subtracted",
+    "keras 2 hard sigmoid": "Keras 2 hard_sigmoid",
+    "keras 3 hard sigmoid": "Keras 3 hard_sigmoid",
+    "recurrent term missing": "recurrent term U_f missing",
+    "bias dropped": "bias b_o dropped",
+    "roles swapped in the state update": "'f' and 'i' swap roles in the update of state 'c'",
+    "output reads the old state": "'h_next' reads the old state 'c' instead of 'c_next'",
+    "masked steps update the state": "masked steps update the state",
+    "masked steps output h": "masked steps output the carried state 'h'",
+    "mask read as lengths": "mask read as lengths",
+    "lower precision": "computes in {lower} (or lower)",
+    "state order": "final state returned in the order ('c', 'h')",
+    "the other NovoLSTM": "computes the 'novolstm_reference' cell instead",
+}
+
+
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         metafunc.parametrize("backend", requested_backends(), scope="session")
+    if "handwritten_mistake" in metafunc.fixturenames:
+        metafunc.parametrize("handwritten_mistake", sorted(HANDWRITTEN_MISTAKES))
+
+
+@pytest.fixture
+def expected_diagnosis(handwritten_mistake):
+    """``expected_diagnosis(dtype)``: what the kit must diagnose for ``handwritten_mistake`` in ``dtype``."""
+    lower = {"float64": "float32", "float32": "float16"}
+    return lambda dtype: HANDWRITTEN_MISTAKES[handwritten_mistake].format(lower=lower[dtype])
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from novolstm.convert.verify import verify_port
 STEPS = 64  # as verify-port's default: rounding error has room to grow through the recurrence
 
 LSTM = ["torch", "keras", "flax", "flax-lstmcell", "onnx", "numpy"]
-GRU = [name for name in LSTM if "gru" in NATIVES[name].cells]  # reset_after-style GRUs: torch, Keras, Flax GRUCell
+GRU = [name for name in LSTM if "gru" in NATIVES[name].cells]  # reset_after-style GRUs: torch, Keras, Flax GRUCell, ONNX
 PAIRS = [("lstm", a, b) for a, b in itertools.permutations(LSTM, 2)] + [("gru", a, b) for a, b in itertools.permutations(GRU, 2)]
 DEVIATIONS: dict = {}
 
@@ -35,8 +35,8 @@ def test_all_ports_agree(cell, source, target, record_property):
 
 
 def test_all_ports_cover_every_pair():
-    assert len(PAIRS) == 6 * 5 + 4 * 3
-    assert set(GRU) == {"torch", "keras", "flax", "numpy"}
+    assert len(PAIRS) == 6 * 5 + 5 * 4
+    assert set(GRU) == {"torch", "keras", "flax", "onnx", "numpy"}
 
 
 @pytest.fixture(scope="module", autouse=True)

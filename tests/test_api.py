@@ -202,3 +202,46 @@ def test_python_dash_m_runs_the_cli(tmp_path):
     # From outside the checkout: `-m` puts the working directory first on sys.path.
     result = subprocess.run([sys.executable, "-m", "novolstm", "list"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "lstm" in result.stdout
+
+
+def concurrent_calls(fn, threads=8):
+    """``fn()`` called by ``threads`` threads released together by a barrier; their results."""
+    import threading
+
+    barrier = threading.Barrier(threads)
+    results, errors = [None] * threads, []
+
+    def worker(k):
+        try:
+            barrier.wait()
+            results[k] = fn()
+        except BaseException as exc:  # reported below, never swallowed
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+    return results
+
+
+def fresh_spec(tag):
+    """A spec no test has asked for yet (its description differs), so no cache holds it."""
+    import uuid
+
+    return novolstm.loads_spec(novolstm.load_spec("novolstm").dumps().replace(
+        'description = "', f'description = "{tag} {uuid.uuid4().hex}: ', 1))
+
+
+def test_eight_threads_get_one_numpy_class():
+    spec = fresh_spec("threads")
+    sources = concurrent_calls(lambda: novolstm.generate_source(spec, "numpy"))
+    assert all(s is sources[0] for s in sources)
+    cells = concurrent_calls(lambda: novolstm.get_cell("numpy", spec))
+    assert all(c is cells[0] for c in cells)
+    spec = fresh_spec("threads")  # modules, not only sources, asked for cold
+    modules = concurrent_calls(lambda: novolstm.load_generated(spec, "numpy"))
+    assert all(m is modules[0] for m in modules)
+    assert modules[0].Cell is novolstm.get_cell("numpy", spec)

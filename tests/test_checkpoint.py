@@ -83,7 +83,7 @@ CORRUPTIONS = {
     "truncated data": (lambda p: p.write_bytes(p.read_bytes()[:-10]), "lie outside the .* data bytes \\(truncated\\?\\)"),
     "truncated header": (lambda p: p.write_bytes(p.read_bytes()[:20]), "corrupt or truncated: header claims"),
     "empty file": (lambda p: p.write_bytes(b""), "truncated: 0 bytes"),
-    "garbage header": (lambda p: p.write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 8), "corrupt header"),
+    "garbage header": (lambda p: p.write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 8), "header: corrupt JSON"),
     "wrong spec hash": (lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(spec_hash="0" * 64)), "the cells differ"),
     "missing tensor": (lambda p: rewrite_header(p, lambda h: h.pop("U_s")), "missing tensors \\['U_s'\\]"),
     "extra tensor": (lambda p: rewrite_header(p, lambda h: h.update(W_z=dict(h["W_i"]))), "unexpected tensors \\['W_z'\\]"),

@@ -10,13 +10,17 @@ import pytest
 
 import novolstm
 
+#: The public classes modules, which import their frameworks.
+FRAMEWORK_MODULES = ("novolstm.torch", "novolstm.keras", "novolstm.jax", "novolstm.flax", "novolstm.flax.linen")
 MODULES = sorted(
     m.name
     for m in pkgutil.walk_packages(novolstm.__path__, "novolstm.")
-    # __main__ runs the CLI on import; each framework's backend package runs its examples in its
-    # own env; a runtime's examples run in the generated modules that inline it.
+    # __main__ runs the CLI on import; each framework's backend package and public classes module
+    # (novolstm.torch, ...) runs its examples in its own env; a runtime's examples run in the
+    # generated modules that inline it.
     if m.name != "novolstm.__main__"
     and (not m.name.startswith("novolstm.backends.") or m.name.startswith("novolstm.backends.numpy"))
+    and m.name not in FRAMEWORK_MODULES
     and not m.name.endswith(".runtime")
 )
 

@@ -106,14 +106,14 @@ def _lstm_rewritten():
     order, term order in sums and products, and an extra unused equation."""
     head = _builtin_path("lstm").read_text().split("[equations]")[0]
     head = head.replace('name = "lstm"', 'name = "my_lstm"').replace("The standard LSTM (Hochreiter", "Mine (Hochreiter")
-    head = head.replace('h = "h_next"\nc = "c_next"', 'h = "hidden"\nc = "cell"')
+    head = head.replace('h = "h_next"\nc = "c_next"', 'h = "hidden"\nc = "memory"')
     return head + """[equations]
 forget = "sigmoid(h @ U_f + b_f + x @ W_f)"
 cand = "tanh(x @ W_g + h @ U_g + b_g)"
 inp = "sigmoid(x @ W_i + h @ U_i + b_i)"
-cell = "inp * cand + c * forget"
+memory = "inp * cand + c * forget"
 outgate = "sigmoid(b_o + x @ W_o + h @ U_o)"
-hidden = "tanh(cell) * outgate"
+hidden = "tanh(memory) * outgate"
 """
 
 

@@ -215,3 +215,103 @@ def test_original_novolstm_keras_weights_port_to_novolstm_reference(rng):
     other = {**{k: v for k, v in params.items()}, "U_s": np.zeros((H, H))}
     design_y, _ = novolstm.reference.run("novolstm", other, x)
     assert np.abs(design_y - y).max() > 1e-3
+
+
+# ---------------------------------------------------------------- weight files users bring
+
+
+def _legacy_weights(model, path):
+    """What Keras 2's model.save_weights('w.h5') wrote: Keras 3 still carries that writer."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def _run_reference(cell, layers, x):
+    """A canonical stack through the float64 reference, both directions concatenated."""
+    outputs = x
+    count = len({k.split("_")[0] for k in layers})
+    for k in range(count):
+        forward, _ = novolstm.reference.run(cell, layers[f"l{k}"], outputs)
+        if f"l{k}_reverse" in layers:
+            backward, _ = novolstm.reference.run(cell, layers[f"l{k}_reverse"], outputs[:, ::-1])
+            forward = np.concatenate([forward, backward[:, ::-1]], axis=-1)
+        outputs = forward
+    return outputs
+
+
+@pytest.mark.parametrize("how", ["save_weights_h5", "model_save_h5"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_keras2_legacy_h5_files_convert(tmp_path, rng, how, kind):
+    from novolstm.cli import main
+    from novolstm.convert import files
+
+    layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[kind]
+    model = keras.Sequential([keras.Input((None, I)), keras.layers.Bidirectional(layer(H, return_sequences=True)),
+                              layer(H, return_sequences=True)])
+    for sub in model.layers:
+        randomize(sub, rng)
+    path = tmp_path / "legacy.h5"
+    if how == "save_weights_h5":
+        _legacy_weights(model, path)
+    else:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras warns that .h5 is a legacy format: that is the point here
+            model.save(path)
+    with pytest.raises(files.ConversionError, match="some layers are bidirectional and some are not"):
+        files.read(path, "keras", kind)
+    plain = keras.Sequential([keras.Input((None, I)), layer(H, return_sequences=True), layer(H, return_sequences=True)])
+    for sub in plain.layers:
+        randomize(sub, rng)
+    _legacy_weights(plain, path)
+    assert main(["convert", str(path), "-o", str(tmp_path / "c.safetensors"), "--from", "keras", "--to", "canonical", "--spec", kind]) == 0
+    layers = files.read(tmp_path / "c.safetensors", "canonical", kind)
+    x = rng.normal(size=(B, T, I))
+    assert_close(np_(plain(x.astype("float32"))), _run_reference(kind, layers, x), tol("float32", 2 * T), "Keras 2 .h5 via canonical")
+
+
+@pytest.mark.parametrize("merge_mode", ["sum", "ave", "mul", "concat"])
+def test_bidirectional_merge_modes_other_than_concat_are_refused(tmp_path, rng, merge_mode):
+    from novolstm.convert import files
+
+    model = keras.Sequential([keras.Input((None, I)), keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True), merge_mode=merge_mode),
+                              keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True), merge_mode=merge_mode)])
+    for sub in model.layers:
+        randomize(sub, rng)
+    model.save(tmp_path / "m.keras")
+    model.save_weights(tmp_path / "m.weights.h5")
+    if merge_mode == "concat":
+        layers = files.read(tmp_path / "m.keras", "keras", "lstm")
+        x = rng.normal(size=(B, T, I))
+        assert_close(np_(model(x.astype("float32"))), _run_reference("lstm", layers, x), tol("float32", 2 * T), "concat")
+        return
+    with pytest.raises(files.ConversionError, match=f"merge_mode='{merge_mode}'"):
+        files.read(tmp_path / "m.keras", "keras", "lstm")
+    # the weights alone cannot name the merge, but the second layer's input size shows it was no concat
+    with pytest.raises(files.ConversionError, match=f"layer 1 takes inputs of size {H}, but layer 0 outputs {2 * H}"):
+        files.read(tmp_path / "m.weights.h5", "keras", "lstm")
+
+
+def test_the_original_novolstm_codes_weight_file_through_the_cli(tmp_path, rng):
+    """The original NovoLSTM Keras code's model, saved as that code's Keras 2 era did (save_weights to .h5),
+    converts on the command line to novolstm_reference weights that compute what it computes."""
+    from novolstm.cli import main
+    from novolstm.convert import files
+
+    model = keras.Sequential([keras.Input((None, I)), keras.layers.RNN(OriginalNovoLSTM(H), return_sequences=True)])
+    randomize(model.layers[0], rng)
+    _legacy_weights(model, tmp_path / "original.h5")
+    args = ["convert", str(tmp_path / "original.h5"), "-o", str(tmp_path / "c.safetensors"), "--from", "keras", "--to", "canonical",
+            "--spec", "novolstm_reference"]
+    assert main(args) == 0
+    params = files.read(tmp_path / "c.safetensors", "canonical", "novolstm_reference")["l0"]
+    x = rng.normal(size=(B, T, I))
+    ref, _ = novolstm.reference.run("novolstm_reference", params, x)
+    assert_close(np_(model(x.astype("float32"))), ref, tol("float32", T), "original code vs novolstm_reference")
+    # a Keras 3 weights file records variables by position only: refused, saying where names are kept
+    model.save_weights(tmp_path / "original.weights.h5")
+    assert main(args[:1] + [str(tmp_path / "original.weights.h5")] + args[2:]) == 2

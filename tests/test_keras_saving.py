@@ -41,7 +41,7 @@ def test_cell_and_layer_configs_round_trip(rng):
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(clone(x)), keras.ops.convert_to_numpy(layer(x)))
 
     registered = keras.saving.get_registered_name(Cell)
-    assert registered == "novolstm>novolstm.Cell"
+    assert registered == "novolstm>NovoLSTMCell"
     assert keras.saving.get_registered_object(registered) is Cell
 
 

@@ -86,6 +86,9 @@ def test_importing_refuses_what_no_spec_computes():
     lstm.attribute.append(onnx.helper.make_attribute("activations", ["HardSigmoid", "Tanh", "Tanh"]))
     with pytest.raises(ConversionError, match="uses activations \\['HardSigmoid', 'Tanh', 'Tanh'\\]"):
         import_lstm_node(model)
-    model.graph.ClearField("initializer")
+    lstm.ClearField("attribute")
     with pytest.raises(ConversionError, match="asked for number 1"):
         import_lstm_node(model, node_index=1)
+    model.graph.ClearField("initializer")
+    with pytest.raises(ConversionError, match="is not an initializer"):
+        import_lstm_node(model)

@@ -155,6 +155,18 @@ def test_gradcheck(spec, rng):
     assert torch.autograd.gradcheck(f, (x, *state, *tensors))
 
 
+def test_double_backward_through_the_kernel_raises_a_clear_error(rng):
+    layer = novolstm.get_layer("torch", spec="novolstm")(3, 4, compiled=True, dtype=torch.float64)
+    x = torch.tensor(rng.normal(size=(5, 2, 3)), requires_grad=True)
+    (g,) = torch.autograd.grad(layer(x)[0].square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="compiled sequence kernel is not twice differentiable.*backward='autograd'"):
+        g.square().sum().backward()
+    # First order is unchanged by the guard: the same gradient without create_graph.
+    x2 = x.detach().requires_grad_()
+    (g2,) = torch.autograd.grad(layer(x2)[0].square().sum(), x2)
+    assert torch.equal(g.detach(), g2)
+
+
 def test_torch_compile_fullgraph_and_export(rng):
     Layer = novolstm.get_layer("torch", spec="novolstm")
     layer = Layer(3, 4, compiled=True, dtype=torch.float32)

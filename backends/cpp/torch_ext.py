@@ -254,9 +254,32 @@ def _register(layout: Layout):
         need_input = ctx.needs_input_grad[0]
         outs = backward_op(g_outputs, g_final, x, mask, ctx.reverse, need_input, list(params), list(tape))
         g_x = outs[0] if need_input else None
-        return g_x, None, None, None, list(outs[1 : 1 + n]), list(outs[1 + n :])
+        grads = (g_x, None, None, None, list(outs[1 : 1 + n]), list(outs[1 + n :]))
+        return _not_twice_differentiable(grads) if torch.is_grad_enabled() else grads
 
     torch.library.register_autograd(f"{name}::forward", backward, setup_context=setup_context)
+
+
+_TWICE = (
+    "the compiled sequence kernel is not twice differentiable (its backward is first order only); "
+    "construct the layer with backward='autograd' to record the forward on torch's tape for higher derivatives"
+)
+
+
+def _not_twice_differentiable(grads):
+    """The gradients (tensors, lists of tensors or None), each behind a node that raises _TWICE if
+    a second backward pass (create_graph=True) reaches it, as torch's once_differentiable does."""
+    flat = [g for item in grads for g in (item if isinstance(item, list) else [item]) if g is not None]
+    if not flat:
+        return grads
+    raising = torch._C._functions.DelayedError(_TWICE, len(flat))
+    wrapped = raising(*[g.detach().requires_grad_() for g in flat])
+    replaced = iter((wrapped,) if isinstance(wrapped, torch.Tensor) else wrapped)
+
+    def swap(g):
+        return None if g is None else next(replaced)
+
+    return tuple([swap(g) for g in item] if isinstance(item, list) else swap(item) for item in grads)
 
 
 __all__ = ["CompiledSequence", "CompiledUnavailable", "cache_dir", "compiled_sequence"]

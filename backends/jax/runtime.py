@@ -18,6 +18,8 @@ from novolstm.init import init_from_table
 
 SPEC_NAME = "stand-in"
 SPEC_HASH = ""
+#: The spec's class_name: the name of the layer class (the cell's adds "Cell").
+CLASS_NAME = "StandIn"
 STATE_NAMES: tuple[str, ...] = ("h",)
 PARAM_NAMES: tuple[str, ...] = ()
 PARAM_TABLE: dict = {}
@@ -361,7 +363,7 @@ class Cell:
         self.dtype = jnp.dtype(dtype)
 
     def __repr__(self):
-        return f"Cell(units={self.units}, dtype={self.dtype.name})  # {SPEC_NAME}"
+        return f"{type(self).__name__}(units={self.units}, dtype={self.dtype.name})"
 
     def __eq__(self, other):
         return type(other) is type(self) and (self.units, self.dtype) == (other.units, other.dtype)
@@ -585,6 +587,10 @@ def _make_linen_cell():
     return LinenCell
 
 
+# The spec's own name for the cell (repr, pickle): CLASS_NAME + "Cell".
+Cell.__name__ = Cell.__qualname__ = CLASS_NAME + "Cell"
+globals()[CLASS_NAME + "Cell"] = Cell
+
 _FLAX_FACTORIES = {"NNXCell": _make_nnx_cell, "LinenCell": _make_linen_cell}
 
 
@@ -593,6 +599,7 @@ def __getattr__(name):
     if name in _FLAX_FACTORIES:
         cls = _FLAX_FACTORIES[name]()
         cls.__module__ = __name__
+        cls.__name__ = cls.__qualname__ = CLASS_NAME + "Cell"  # as Flax's LSTMCell, in nnx and in linen
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

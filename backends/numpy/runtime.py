@@ -15,6 +15,8 @@ from novolstm.init import init_from_table
 
 SPEC_NAME = "stand-in"
 SPEC_HASH = ""
+#: The spec's class_name: the name of the layer class (the cell's adds "Cell").
+CLASS_NAME = "StandIn"
 STATE_NAMES: tuple[str, ...] = ("h",)
 PARAM_NAMES: tuple[str, ...] = ()
 PARAM_TABLE: dict = {}

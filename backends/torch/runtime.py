@@ -21,7 +21,6 @@ import zlib  # noqa: F401 - read by the initializers that generated modules inli
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 # --- spec: generated modules replace this block with the spec's constants and functions
@@ -29,6 +28,8 @@ from novolstm.init import init_from_table
 
 SPEC_NAME = "stand-in"
 SPEC_HASH = ""
+#: The spec's class_name: the name of the layer class (the cell's adds "Cell").
+CLASS_NAME = "StandIn"
 STATE_NAMES: tuple[str, ...] = ("h",)
 PARAM_NAMES: tuple[str, ...] = ()
 PARAM_TABLE: dict = {}
@@ -223,6 +224,7 @@ def gemm_for(x):
     """
     if (
         _ONEDNN_LINEAR is not None
+        and not torch.is_grad_enabled()  # oneDNN's op has no autograd formula (backward="autograd")
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and not torch.compiler.is_compiling()
@@ -290,15 +292,62 @@ class Sequence(torch.autograd.Function):
         return (ys,) + tuple(final)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_ys, *g_final):
         params = dict(zip(PARAM_NAMES, ctx.saved_tensors))
         n = len(STATE_NAMES)
         need = ctx.needs_input_grad
-        g_x, g_state, g_params = backward(params, ctx.tape, g_ys, g_final, need_input=need[0])
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            g_x, g_state, g_params = backward(params, ctx.tape, g_ys, g_final, need_input=need[0])
         g_state = tuple(g if need[4 + k] else None for k, g in enumerate(g_state))
         g_params = tuple(g_params[p] if need[4 + n + k] else None for k, p in enumerate(PARAM_NAMES))
-        return (g_x, None, None, None) + g_state + g_params
+        grads = (g_x, None, None, None) + g_state + g_params
+        return _not_twice_differentiable(grads) if create_graph else grads
+
+
+_TWICE = (
+    f"{CLASS_NAME} is not twice differentiable with its generated backward pass (first order only); "
+    "construct it with backward='autograd' to record the forward on torch's tape for higher derivatives"
+)
+
+
+def _not_twice_differentiable(grads):
+    """The gradients, each behind a node that raises _TWICE if a second backward pass reaches it.
+
+    What torch.autograd.function.once_differentiable does, with a message that says what to do.
+    """
+    present = [k for k, g in enumerate(grads) if g is not None]
+    if not present:
+        return grads
+    raising = torch._C._functions.DelayedError(_TWICE, len(present))
+    wrapped = raising(*[grads[k].detach().requires_grad_() for k in present])
+    wrapped = (wrapped,) if isinstance(wrapped, torch.Tensor) else wrapped
+    out = list(grads)
+    for k, g in zip(present, wrapped):
+        out[k] = g
+    return tuple(out)
+
+
+#: What Cell and Layer accept as backward=.
+BACKWARDS = ("generated", "autograd")
+
+
+def _check_backward(value):
+    if value not in BACKWARDS:
+        raise ValueError(f"backward: expected one of {BACKWARDS}, got {value!r}")
+    return value
+
+
+def _run(backward_mode, x, mask, reverse, state, tensors):
+    """(outputs, *final_state) of the sequence op: the generated backward pass, or torch's autograd.
+
+    Under torch.func transforms (grad, vmap, jacrev) the forward always runs on torch's tape:
+    the generated backward is an autograd.Function with a tape of its own, which they cannot enter.
+    """
+    if backward_mode == "autograd" or torch._C._are_functorch_transforms_active():
+        ys, final, _ = forward(dict(zip(PARAM_NAMES, tensors)), x, tuple(state), mask, keep_tape=False, reverse=reverse)
+        return (ys,) + tuple(final)
+    return Sequence.apply(x, mask, reverse, torch.is_grad_enabled(), *state, *tensors)
 
 
 def sequence(params, x, state=None, mask=None, reverse=False):
@@ -411,6 +460,8 @@ def _fused_unavailable(x, mask):
         return f"dtype {x.dtype}: the fused path runs {', '.join(str(d).split('.')[1] for d in _FUSED_DTYPES)}"
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return "traced and exported graphs keep the generated loop"
+    if torch._C._are_functorch_transforms_active():
+        return "torch.func transforms run the generated loop (torch's LSTM kernel has no vmap rule)"
     return None
 
 
@@ -491,6 +542,27 @@ def _compiled_op(x, required=False):
 # ---------------------------------------------------------------- modules
 
 
+def _units(units, hidden_size):
+    """The state size, given as units (positional, novolstm's name) or hidden_size= (torch's)."""
+    if hidden_size is not None and units is not None and int(hidden_size) != int(units):
+        raise ValueError(f"units={units!r} and hidden_size={hidden_size!r}: give one of them (they are the same size)")
+    if units is None and hidden_size is None:
+        raise TypeError("missing the state size: give units (or hidden_size=, as to torch.nn.LSTM)")
+    return units if units is not None else hidden_size
+
+
+def _setstate_checked(self, state):
+    """nn.Module.__setstate__, after refusing a module pickled from another version of the spec."""
+    saved = state.get("spec_hash", SPEC_HASH)
+    if saved != SPEC_HASH:
+        raise ValueError(
+            f"this {CLASS_NAME} module was saved from spec {SPEC_NAME!r} with sha256 {saved[:12]}..., "
+            f"but the {SPEC_NAME!r} spec here has sha256 {SPEC_HASH[:12]}...: the cells differ, so it is not loaded"
+        )
+    state.setdefault("backward", "generated")  # pickled before the option existed
+    nn.Module.__setstate__(self, state)
+
+
 def _to_numpy(t):
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:  # NumPy has no bfloat16; float32 holds every bfloat16 exactly
@@ -507,7 +579,7 @@ class Cell(nn.Module):
 
     Args:
         input_size: features of x.
-        units: the state size (also available as hidden_size).
+        units: the state size; or give it as hidden_size=, as to nn.LSTMCell.
         bias: False leaves out the projection biases (BIAS_NAMES), fixed at zero.
         device, dtype: as for any nn.Module.
         seed: the seed of the canonical initializers (see reset_parameters).
@@ -523,11 +595,25 @@ class Cell(nn.Module):
     spec_hash = SPEC_HASH
     state_names = STATE_NAMES
 
-    def __init__(self, input_size, units, bias=True, device=None, dtype=None, seed=0):
+    def __init__(
+        self,
+        input_size,
+        units=None,
+        bias=True,
+        device=None,
+        dtype=None,
+        seed=0,
+        *,
+        hidden_size=None,
+        backward="generated",
+    ):
         super().__init__()
+        units = _units(units, hidden_size)
+        self.backward = _check_backward(backward)
         if int(input_size) < 1 or int(units) < 1:
             raise ValueError(f"input_size and units must be positive, got {input_size} and {units}")
         self.input_size, self.units, self.bias = int(input_size), int(units), bool(bias)
+        self.spec_hash = SPEC_HASH  # pickled with the module, checked by __setstate__
         factory = {"device": device, "dtype": dtype}
         for name, (dims, _, _) in PARAM_TABLE.items():
             shape = tuple({"input": self.input_size, "units": self.units}[d] for d in dims)
@@ -542,7 +628,12 @@ class Cell(nn.Module):
         return self.units
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.units}" + ("" if self.bias else ", bias=False") + f", spec={SPEC_NAME!r}"
+        extra = "" if self.bias else ", bias=False"
+        return f"{self.input_size}, {self.units}{extra}" + (
+            "" if self.backward == "generated" else f", backward={self.backward!r}"
+        )
+
+    __setstate__ = _setstate_checked
 
     def reset_parameters(self, seed=0):
         """Draw every parameter from the spec's initializer: the same numbers as novolstm.init_params."""
@@ -595,7 +686,7 @@ class Cell(nn.Module):
             "x", x, 2, ref, expected=f"(batch, {self.input_size}) or ({self.input_size},)", last=self.input_size
         )
         state = _initial_state(state, x.shape[0], ref)
-        outs = Sequence.apply(x[None], None, False, torch.is_grad_enabled(), *state, *params.values())
+        outs = _run(self.backward, x[None], None, False, state, tuple(params.values()))
         new = tuple(s[0] for s in outs[1:]) if unbatched else tuple(outs[1:])
         return new if len(new) > 1 else new[0]
 
@@ -631,7 +722,7 @@ class Layer(nn.Module):
     def __init__(
         self,
         input_size,
-        units,
+        units=None,
         num_layers=1,
         bias=True,
         batch_first=False,
@@ -642,12 +733,28 @@ class Layer(nn.Module):
         seed=0,
         fused=None,
         compiled=None,
+        *,
+        hidden_size=None,
+        proj_size=0,
+        backward="generated",
     ):
         super().__init__()
+        units = _units(units, hidden_size)
+        self.backward = _check_backward(backward)
+        if proj_size:
+            raise ValueError(
+                f"proj_size={proj_size!r}: not supported; {CLASS_NAME} has no output projection "
+                "(nn.LSTM's LSTMP, h = (o * tanh(c)) @ W_hr), so its outputs are units wide; leave proj_size=0"
+            )
+        self.spec_hash = SPEC_HASH  # pickled with the module, checked by __setstate__
         if fused not in (None, True, False):
             raise ValueError(f"fused: expected None (auto), True or False, got {fused!r}")
         if compiled not in (None, True, False):
             raise ValueError(f"compiled: expected None (auto), True or False, got {compiled!r}")
+        if compiled and backward == "autograd":
+            raise ValueError(
+                "compiled=True and backward='autograd': the compiled kernel has a backward pass of its own"
+            )
         self.compiled = compiled
         if fused and not FUSED_KERNEL:
             raise ValueError(f"fused=True: {_NOT_STANDARD}")
@@ -665,15 +772,23 @@ class Layer(nn.Module):
         for layer in range(self.num_layers):
             size = self.input_size if layer == 0 else self.units * self.num_directions
             for suffix in ("", "_reverse")[: self.num_directions]:
-                cells[f"l{layer}{suffix}"] = Cell(size, self.units, bias, device, dtype, seed=seed + len(cells))
+                cells[f"l{layer}{suffix}"] = Cell(
+                    size, self.units, bias, device, dtype, seed=seed + len(cells), backward=backward
+                )
         self.cells = nn.ModuleDict(cells)
 
     @property
     def hidden_size(self):
         return self.units
 
+    @property
+    def proj_size(self):
+        return 0  # as nn.LSTM without a projection
+
+    __setstate__ = _setstate_checked
+
     def extra_repr(self):
-        extra = [f"{self.input_size}, {self.units}", f"spec={SPEC_NAME!r}"]
+        extra = [f"{self.input_size}, {self.units}"]
         for key, default in (
             ("num_layers", 1),
             ("bias", True),
@@ -682,9 +797,10 @@ class Layer(nn.Module):
             ("bidirectional", False),
             ("fused", None),
             ("compiled", None),
+            ("backward", "generated"),
         ):
             if getattr(self, key) != default:
-                extra.append(f"{key}={getattr(self, key)}")
+                extra.append(f"{key}={getattr(self, key)!r}")
         return ", ".join(extra)
 
     def reset_parameters(self, seed=0):
@@ -801,7 +917,10 @@ class Layer(nn.Module):
 
     def _sequence(self, x, mask, reverse, state, params):
         """One cell over the sequence: (outputs, *final_state), through the compiled kernel where
-        it runs (see _compiled_op), else the generated loop."""
+        it runs (see _compiled_op), else the generated loop; with backward="autograd" or under
+        torch.func transforms, always the generated forward on torch's tape (see _run)."""
+        if self.backward == "autograd" or torch._C._are_functorch_transforms_active():
+            return _run(self.backward, x, mask, reverse, state, params)
         op = None if self.compiled is False else _compiled_op(x, required=bool(self.compiled))
         if op is not None:
             ys, final = op(x, None if mask is None else mask[..., 0], reverse, state, params)
@@ -876,3 +995,10 @@ def vjp_numpy(params, x, state=None, mask=None):
         )
 
     return ys.transpose(0, 1).numpy(), tuple(s.numpy() for s in final), vjp
+
+
+# The spec's own names for the classes (module printing, pickle, Keras-style summaries):
+# CLASS_NAME for the layer, as nn.LSTM, and CLASS_NAME + "Cell" for the cell, as nn.LSTMCell.
+for _cls, _name in ((Layer, CLASS_NAME), (Cell, CLASS_NAME + "Cell")):
+    _cls.__name__ = _cls.__qualname__ = _name
+    globals()[_name] = _cls

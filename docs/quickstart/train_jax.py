@@ -1,11 +1,11 @@
 import jax
 import jax.numpy as jnp
-import novolstm
+from novolstm.jax import NovoLSTMCell  # the Flax modules: novolstm.flax.NovoLSTMCell (nnx), novolstm.flax.linen
 
 x = jax.random.normal(jax.random.key(0), (64, 20, 8))
 y = x[:, :, :1].mean(axis=1)
 
-cell = novolstm.get_cell("jax", spec="novolstm")(units=16)  # pure init / step / sequence functions
+cell = NovoLSTMCell(units=16)  # pure init / step / sequence functions
 params = {"cell": cell.init(0, input_size=8), "readout": jnp.zeros((16, 1))}
 
 

@@ -1,11 +1,11 @@
 import torch
-import novolstm
+from novolstm.torch import NovoLSTM  # also LSTM, GRU, PeepholeLSTM and the *Cell classes
 
 torch.manual_seed(0)
 x = torch.randn(64, 20, 8)
 y = x[:, :, :1].mean(dim=1)
 
-layer = novolstm.get_layer("torch", spec="novolstm")(8, 16, batch_first=True)  # nn.LSTM's conventions
+layer = NovoLSTM(8, 16, batch_first=True)  # nn.LSTM's arguments and conventions
 head = torch.nn.Linear(16, 1)
 opt = torch.optim.Adam([*layer.parameters(), *head.parameters()], lr=1e-2)
 losses = []

@@ -42,8 +42,7 @@ def codegen_seconds(backend: str = "numpy", spec: str = "novolstm", repeats: int
 
     samples = []
     for _ in range(repeats):
-        api._generate.cache_clear()
-        api._load.cache_clear()
+        api.clear_caches()
         start = time.perf_counter()
         api.get_cell(backend, spec)
         samples.append(time.perf_counter() - start)

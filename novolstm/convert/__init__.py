@@ -9,9 +9,23 @@ convert --lossy``); then it warns with ``LossyConversionWarning``, naming what i
 dropped. Dropping parameters that are exactly zero loses nothing and needs no asking.
 """
 
+import importlib
 import warnings
 
 import numpy as np
+
+#: the converter modules, importable as attributes (``novolstm.convert.torch``); none imports a framework
+SUBMODULES = ("files", "flax", "flax_files", "keras", "keras_files", "native", "onnx", "safe_io", "torch", "verify")
+
+
+def __getattr__(name: str):
+    if name in SUBMODULES:
+        return importlib.import_module(f"novolstm.convert.{name}")
+    raise AttributeError(f"module 'novolstm.convert' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(SUBMODULES))
 
 
 class ConversionError(ValueError):
@@ -57,5 +71,9 @@ def drop(params, names, lossy: bool, why: str) -> dict:
                 f"{why}: dropping {dropped} (largest |value| {largest:.3g}) would change what the weights compute; "
                 "pass lossy=True (novolstm convert --lossy) to drop them anyway"
             )
-        warnings.warn(f"{why}: dropped {dropped} (largest |value| {largest:.3g}) as asked (lossy=True)", LossyConversionWarning, stacklevel=3)
+        warnings.warn(
+            f"{why}: dropped {dropped} (largest |value| {largest:.3g}) as asked (lossy=True)",
+            LossyConversionWarning,
+            stacklevel=3,
+        )
     return {k: v for k, v in params.items() if k not in names}

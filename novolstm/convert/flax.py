@@ -112,8 +112,22 @@ def _blocks(a: np.ndarray, count: int, what: str) -> list[np.ndarray]:
     return np.split(a, count, axis=-1)
 
 
+def _cell_tree(tree: dict) -> dict:
+    """The cell's own tree inside what users hold: linen ``variables`` (``{"params": ...}``),
+    ``nn.RNN``'s variables (``{"params": {"cell": ...}}``), ``nnx.state(nnx.RNN(...))``
+    (``{"cell": ...}``), or the cell's tree itself."""
+    for _ in range(3):
+        if len(tree) == 1 and next(iter(tree)) in ("params", "cell") and isinstance(next(iter(tree.values())), dict):
+            tree = next(iter(tree.values()))
+    return tree
+
+
 def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
     """Canonical parameters (NumPy, the tree's dtype) from a Flax cell's parameter tree.
+
+    ``tree``: the cell's parameters as users hold them: the ``variables`` of a linen cell
+    or of ``nn.RNN(cell)``, ``nnx.state(cell, nnx.Param)`` or ``nnx.state(nnx.RNN(cell),
+    nnx.Param)`` (or their pure dicts), or the cell's tree itself.
 
     Raises:
         ValueError: an unknown layout, a missing or unexpected entry, or a shape that
@@ -121,8 +135,7 @@ def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
     """
     spec = _check_layout(layout)
     tree = _plain(tree)
-    if set(tree) == {"params"} and isinstance(tree["params"], dict):  # a linen variables dict
-        tree = tree["params"]
+    tree = _cell_tree(tree)
     out: dict[str, np.ndarray] = {}
     if layout in ("linen_lstm", "nnx_lstm"):
         if_name = "if" if layout == "linen_lstm" else "if_"
@@ -136,7 +149,10 @@ def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
         _expect_keys(tree, ("dense_i", "dense_h"), f"Flax {layout} tree")
         i, h = _dense(tree, "dense_i", bias=False), _dense(tree, "dense_h", bias=True)
         for g, w, u, b in zip(
-            _LSTM_GATES, _blocks(i["kernel"], 4, "dense_i kernel"), _blocks(h["kernel"], 4, "dense_h kernel"), _blocks(h["bias"], 4, "dense_h bias")
+            _LSTM_GATES,
+            _blocks(i["kernel"], 4, "dense_i kernel"),
+            _blocks(h["kernel"], 4, "dense_h kernel"),
+            _blocks(h["bias"], 4, "dense_h bias"),
         ):
             out[f"W_{g}"], out[f"U_{g}"], out[f"b_{g}"] = w, u, b
     elif layout == "linen_gru":
@@ -151,7 +167,10 @@ def to_canonical(tree, layout: str) -> dict[str, np.ndarray]:
         _expect_keys(tree, ("dense_i", "dense_h"), f"Flax {layout} tree")
         i, h = _dense(tree, "dense_i", bias=True), _dense(tree, "dense_h", bias=False)
         for g, w, b, u in zip(
-            _GRU_GATES, _blocks(i["kernel"], 3, "dense_i kernel"), _blocks(i["bias"], 3, "dense_i bias"), _blocks(h["kernel"], 3, "dense_h kernel")
+            _GRU_GATES,
+            _blocks(i["kernel"], 3, "dense_i kernel"),
+            _blocks(i["bias"], 3, "dense_i bias"),
+            _blocks(h["kernel"], 3, "dense_h kernel"),
         ):
             out[f"W_{g}"], out[f"b_{g}"], out[f"U_{g}"] = w, b, u
         out["b_hn"] = np.zeros_like(out["b_n"])  # nnx's GRU has no bias inside the reset product
@@ -194,8 +213,13 @@ def from_canonical(params: Mapping, layout: str, lossy: bool = False) -> dict:
         tree["hn"]["bias"] = p["b_hn"]
         return tree
     # nnx_gru
-    p = drop(p, ["b_hn"], lossy, "nnx GRUCell has no bias inside the reset product (b_hn), which cannot merge with b_n "
-             "(the linen GRUCell layout holds it)")
+    p = drop(
+        p,
+        ["b_hn"],
+        lossy,
+        "nnx GRUCell has no bias inside the reset product (b_hn), which cannot merge with b_n "
+        "(the linen GRUCell layout holds it)",
+    )
     cat = lambda prefix: np.concatenate([p[f"{prefix}_{g}"] for g in _GRU_GATES], axis=-1)  # noqa: E731
     return {"dense_i": {"kernel": cat("W"), "bias": cat("b")}, "dense_h": {"kernel": cat("U")}}
 

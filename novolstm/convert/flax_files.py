@@ -56,7 +56,9 @@ def detect_layout(tree: dict, cell: str) -> str:
             return "nnx_gru"
     else:
         raise ConversionError(f"Flax has cells for the specs {sorted(DEFAULT_LAYOUT)}, not {cell!r}")
-    raise ConversionError(f"a Flax parameter tree with keys {sorted(keys)} is no Flax {cell} cell layout that novolstm knows")
+    raise ConversionError(
+        f"a Flax parameter tree with keys {sorted(keys)} is no Flax {cell} cell layout that novolstm knows"
+    )
 
 
 def read_flax(path, cell: str, layout: str | None = None) -> dict:
@@ -64,15 +66,16 @@ def read_flax(path, cell: str, layout: str | None = None) -> dict:
     from flax import serialization
 
     from novolstm.convert.flax import LAYOUTS, to_canonical
+    from novolstm.convert.safe_io import read_bytes
 
-    with open(path, "rb") as fh:
-        data = fh.read()
+    data = read_bytes(path, MAX_FILE_BYTES, ConversionError, "Flax parameter file")
     try:
         tree = serialization.msgpack_restore(data)
     except Exception as exc:  # msgpack raises its own error types for corrupt data
         raise ConversionError(f"{path}: not a Flax msgpack file ({type(exc).__name__}: {exc})") from None
     if not isinstance(tree, dict):
         raise ConversionError(f"{path}: a Flax file of a {type(tree).__name__}, expected a parameter tree (dict)")
+    _check_tree(tree, path)
     tree, _ = _unwrap(tree)
     layout = layout or detect_layout(tree, cell)
     if LAYOUTS.get(layout) != cell:
@@ -80,7 +83,26 @@ def read_flax(path, cell: str, layout: str | None = None) -> dict:
     return {"l0": to_canonical(tree, layout)}
 
 
-def write_flax(layers: dict, path, cell: str, layout: str | None = None) -> None:
+#: a Flax parameter file may be at most this large
+MAX_FILE_BYTES = 4 << 30
+
+
+def _check_tree(tree, path, depth: int = 0) -> None:
+    """A parameter tree: nested dicts of string keys, floating-point arrays at the leaves, shallow."""
+    if depth > 8:
+        raise ConversionError(f"{path}: a parameter tree nested more than 8 levels deep; a Flax cell's is at most 3")
+    for key, value in tree.items():
+        if not isinstance(key, str):
+            raise ConversionError(f"{path}: key {key!r} is no name")
+        if isinstance(value, dict):
+            _check_tree(value, path, depth + 1)
+        elif not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+            raise ConversionError(
+                f"{path}: {key!r} holds a {type(value).__name__} {getattr(value, 'dtype', '')}; expected floating-point arrays"
+            )
+
+
+def write_flax(layers: dict, path, cell: str, layout: str | None = None, lossy: bool = False) -> None:
     """``{"l0": canonical}`` -> a ``to_bytes`` file in ``layout`` (see the module docstring)."""
     from flax import serialization
 
@@ -88,18 +110,20 @@ def write_flax(layers: dict, path, cell: str, layout: str | None = None) -> None
     from novolstm.convert.flax import LAYOUTS, from_canonical
 
     if structure(layers) != (1, False):
-        raise ConversionError("a Flax file holds one cell; these weights are stacked or bidirectional (write each cell on its own)")
+        raise ConversionError(
+            "a Flax file holds one cell; these weights are stacked or bidirectional (write each cell on its own)"
+        )
     if cell not in DEFAULT_LAYOUT:
         raise ConversionError(f"Flax has cells for the specs {sorted(DEFAULT_LAYOUT)}, not {cell!r}")
     layout = layout or DEFAULT_LAYOUT[cell]
     if LAYOUTS.get(layout) != cell:
         raise ConversionError(f"Flax layout {layout!r} holds spec {LAYOUTS.get(layout)!r}, not {cell!r}")
-    tree = from_canonical(layers["l0"], layout)
+    from novolstm.convert.safe_io import atomic_write
+
+    tree = from_canonical(layers["l0"], layout, lossy=lossy)
     if layout.startswith("linen"):
         tree = {"params": {"cell": tree}}
-    tree = _as_numpy(tree)
-    with open(path, "wb") as fh:
-        fh.write(serialization.msgpack_serialize(tree))
+    atomic_write(path, serialization.msgpack_serialize(_as_numpy(tree)))
 
 
 def _as_numpy(tree):

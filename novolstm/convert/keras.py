@@ -36,7 +36,7 @@ Examples:
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -89,7 +89,10 @@ def _kernels(weights, what: str, bias_ndim: int | None):
                 f"{what}: expected [kernel, recurrent_kernel, bias] (get_weights() order), got {len(arrays)} arrays"
             )
         arrays += [None] * (3 - len(arrays))
-    kernel, recurrent, bias = (None if a is None else np.asarray(a) for a in arrays)
+    if arrays[0] is None or arrays[1] is None:
+        raise ConversionError(f"{what}: missing kernel or recurrent_kernel")
+    kernel, recurrent = np.asarray(arrays[0]), np.asarray(arrays[1])
+    bias = None if arrays[2] is None else np.asarray(arrays[2])
     if kernel.ndim != 2 or recurrent.ndim != 2:
         raise ConversionError(f"{what}: kernels must be matrices, got shapes {kernel.shape} and {recurrent.shape}")
     if bias is not None and bias_ndim is not None and bias.ndim != bias_ndim:
@@ -171,8 +174,10 @@ def check_layer_config(config: Mapping, cell: str) -> None:
         if got != wanted:
             extra = ""
             if got == "hard_sigmoid":
-                extra = (" (Keras 3's hard_sigmoid is relu6(z+3)/6, Keras 2's clip(0.2z+0.5, 0, 1); no built-in spec "
-                         "computes either, and mapping them to sigmoid would change every output)")
+                extra = (
+                    " (Keras 3's hard_sigmoid is relu6(z+3)/6, Keras 2's clip(0.2z+0.5, 0, 1); no built-in spec "
+                    "computes either, and mapping them to sigmoid would change every output)"
+                )
             raise ConversionError(f"Keras layer config: {key} is {got!r}, but spec {cell!r} computes {wanted!r}{extra}")
 
 

@@ -36,7 +36,6 @@ accepts (``Bidirectional(LSTM(...))`` per layer for a bidirectional stack).
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 
@@ -71,7 +70,11 @@ def _cell_weights(group, where: str) -> list[np.ndarray]:
     keys = sorted(vars_, key=int)
     if keys != [str(k) for k in range(len(keys))] or len(keys) not in (2, 3):
         raise ConversionError(f"{where}/cell/vars: expected datasets 0, 1 (and 2: the bias), got {keys}")
-    return [np.array(vars_[k]) for k in keys]
+    arrays = [np.array(vars_[k]) for k in keys]
+    for k, a in zip(keys, arrays):
+        if a.dtype.kind != "f":
+            raise ConversionError(f"{where}/cell/vars/{k}: dtype {a.dtype}; expected floating-point weights")
+    return arrays
 
 
 def _to_canonical(weights, cell: str, where: str, config=None) -> dict:
@@ -87,10 +90,17 @@ def _to_canonical(weights, cell: str, where: str, config=None) -> dict:
 
 def _layer(group, name: str, cell: str, config=None, class_name=None) -> dict:
     """One layer group -> {"": canonical} or {"": forward, "_reverse": backward}."""
-    kind = class_name or _GROUP.match(name).group(1)
+    kind = class_name or _group(name).group(1)
     if kind == "bidirectional":
-        inner = None if config is None else config.get("layer", {})
+        inner: dict = {} if config is None else config.get("layer", {})
         inner_kind = _snake(inner.get("class_name", "")) if inner else None
+        merge_mode = "concat" if config is None else config.get("merge_mode", "concat")
+        if merge_mode != "concat":
+            raise ConversionError(
+                f"layers/{name}: Bidirectional(merge_mode={merge_mode!r}); canonical bidirectional layers concatenate the "
+                "two directions (merge_mode='concat'), and a stack of them feeds the next layer 2*units inputs: "
+                "no canonical layout computes this merge"
+            )
         if inner_kind is not None and inner_kind != LAYER_CLASS[cell]:
             raise ConversionError(f"layers/{name}: Bidirectional({inner.get('class_name')}) holds no {cell!r}")
         out = {}
@@ -101,41 +111,79 @@ def _layer(group, name: str, cell: str, config=None, class_name=None) -> dict:
             if config is not None:
                 side_config = (config.get("backward_layer") or inner) if suffix else inner
                 side_config = dict(side_config.get("config", {}), go_backwards=False)  # the wrapper reverses
-            out[suffix] = _to_canonical(_cell_weights(group[side], f"layers/{name}/{side}"), cell, f"layers/{name}/{side}", side_config)
+            out[suffix] = _to_canonical(
+                _cell_weights(group[side], f"layers/{name}/{side}"), cell, f"layers/{name}/{side}", side_config
+            )
         return out
     if kind != LAYER_CLASS[cell]:
-        raise ConversionError(f"layers/{name}: a Keras {kind.upper()} layer holds no {cell!r} (expected {LAYER_CLASS[cell].upper()} layers)")
-    return {"": _to_canonical(_cell_weights(group, f"layers/{name}"), cell, f"layers/{name}", None if config is None else config.get("config", {}))}
+        raise ConversionError(
+            f"layers/{name}: a Keras {kind.upper()} layer holds no {cell!r} (expected {LAYER_CLASS[cell].upper()} layers)"
+        )
+    return {
+        "": _to_canonical(
+            _cell_weights(group, f"layers/{name}"),
+            cell,
+            f"layers/{name}",
+            None if config is None else config.get("config", {}),
+        )
+    }
 
 
 def _check_cell(cell: str) -> None:
     if cell not in LAYER_CLASS:
-        raise ConversionError(f"Keras files hold LSTM or GRU layers; spec {cell!r} has no Keras layer (expected one of {sorted(LAYER_CLASS)})")
+        raise ConversionError(
+            f"Keras files hold LSTM or GRU layers; spec {cell!r} has no Keras layer (expected one of {sorted(LAYER_CLASS)})"
+        )
 
 
 def _order_from_names(names: list[str], path) -> list[str]:
-    kinds = {_GROUP.match(n).group(1) == "bidirectional" for n in names}
+    kinds = {_group(n).group(1) == "bidirectional" for n in names}
     if len(kinds) > 1:
         raise ConversionError(
             f"{path}: the model mixes plain and Bidirectional recurrent layers; a .weights.h5 file does not record their "
             "order across classes: convert the .keras archive (model.save), whose config does"
         )
-    return sorted(names, key=lambda n: int(_GROUP.match(n).group(2) or -1))
+    return sorted(names, key=lambda n: int(_group(n).group(2) or -1))
+
+
+def _group(name: str) -> re.Match:
+    """The match of a recurrent layer's group name (``lstm_1``): the class, the number."""
+    m = _GROUP.match(name)
+    if m is None:
+        raise ConversionError(f"layers/{name}: not an LSTM, GRU or Bidirectional layer group")
+    return m
+
+
+#: config.json of a .keras archive may be at most this large
+MAX_CONFIG_BYTES = 16 << 20
+#: Keras configs nest layers inside layers; deeper JSON is refused before it is parsed
+MAX_CONFIG_DEPTH = 64
+#: HDF5 bytes beyond the declared tensors' own (groups, attributes, names): per file and per layer
+H5_OVERHEAD, H5_OVERHEAD_PER_LAYER = 1 << 20, 64 << 10
+#: the weights member's limit when the config does not give every layer's sizes
+MAX_UNDECLARED_WEIGHTS = 256 << 20
+#: at most this many objects (groups, datasets) in a weights file, nested at most this deep
+MAX_H5_OBJECTS, MAX_H5_DEPTH = 100_000, 32
 
 
 def read_keras(path, cell: str) -> dict:
-    """A Keras 3 ``.weights.h5`` file or ``.keras`` archive -> ``{"l0": ..., "l0_reverse": ...}`` canonical."""
+    """A Keras 3 ``.weights.h5`` file or ``.keras`` archive, or a Keras 2 legacy ``.h5`` ->
+    ``{"l0": ..., "l0_reverse": ...}`` canonical.
+
+    Before any weight is read: the archive's members are checked against the sizes the
+    config declares, and the HDF5 file against links (soft, external) and external or
+    virtual storage, which would read bytes from outside the file.
+    """
     import h5py
 
-    _check_cell(cell)
+    from novolstm.convert.safe_io import regular_file_size
+
+    if cell != "novolstm_reference":
+        _check_cell(cell)
+    regular_file_size(path, ConversionError)
     config = None
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if "config.json" not in names or "model.weights.h5" not in names:
-                raise ConversionError(f"{path}: a zip without config.json and model.weights.h5 is not a .keras archive")
-            config = json.loads(archive.read("config.json"))
-            source = io.BytesIO(archive.read("model.weights.h5"))
+        config, source = _read_archive(path)
     else:
         source = path
     try:
@@ -143,8 +191,17 @@ def read_keras(path, cell: str) -> dict:
     except OSError as exc:
         raise ConversionError(f"{path}: not an HDF5 file that Keras' save_weights writes ({exc})") from None
     with handle as f:
+        _check_hdf5(f, path)
         if "layers" not in f:
+            if "layer_names" in f.attrs or "model_weights" in f:
+                return _read_legacy(f, path, cell)
             raise ConversionError(f"{path}: no 'layers' group; expected a Keras 3 model's weights (model.save_weights)")
+        if cell == "novolstm_reference":
+            raise ConversionError(
+                f"{path}: a Keras 3 weights file records variables by position, not by name; the original NovoLSTM "
+                "code's weights are read from its Keras 2 .h5 files (model.save_weights('w.h5')), or with "
+                "novolstm.convert.keras.novolstm_original_to_canonical([(v.path, v.numpy()) for v in layer.weights])"
+            )
         layers = f["layers"]
         if config is None:
             recurrent = [n for n in layers if _GROUP.match(n)]
@@ -164,7 +221,260 @@ def read_keras(path, cell: str) -> dict:
             for suffix, params in _layer(layers[name], name, cell, layer_config, class_name).items():
                 out[f"l{k}{suffix}"] = params
     if len({f"l{k}_reverse" in out for k in range(len(ordered))}) > 1:
-        raise ConversionError(f"{path}: some layers are bidirectional and some are not; canonical stacks are one or the other")
+        raise ConversionError(
+            f"{path}: some layers are bidirectional and some are not; canonical stacks are one or the other"
+        )
+    return out
+
+
+def _read_archive(path) -> tuple[dict, io.BytesIO]:
+    """config.json and model.weights.h5 of a .keras archive, each read within its size limit."""
+    from novolstm.convert.safe_io import loads_json
+
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ConversionError(f"{path}: a corrupt zip archive ({exc})") from None
+    with archive:
+        infos = {info.filename: info for info in archive.infolist()}
+        if "config.json" not in infos or "model.weights.h5" not in infos:
+            raise ConversionError(f"{path}: a zip without config.json and model.weights.h5 is not a .keras archive")
+        config = loads_json(
+            _member(archive, infos["config.json"], MAX_CONFIG_BYTES, path),
+            f"{path}: config.json",
+            ConversionError,
+            MAX_CONFIG_DEPTH,
+        )
+        if not isinstance(config, dict):
+            raise ConversionError(
+                f"{path}: config.json holds a {type(config).__name__}, expected a model config object"
+            )
+        limit = _declared_weight_bytes(config)
+        return config, io.BytesIO(_member(archive, infos["model.weights.h5"], limit, path))
+
+
+def _member(archive, info, limit: int, path) -> bytes:
+    """A zip member's bytes, refused when its declared size (or what it inflates to) passes ``limit``."""
+    if info.file_size > limit:
+        raise ConversionError(
+            f"{path}: {info.filename} declares {info.file_size} bytes uncompressed, more than the {limit} its config's "
+            "layers need; refused before inflating it"
+        )
+    try:
+        with archive.open(info) as fh:
+            data = fh.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise ConversionError(f"{path}: cannot read {info.filename} ({exc})") from None
+    if len(data) > limit:
+        raise ConversionError(f"{path}: {info.filename} inflates past {limit} bytes")
+    return data
+
+
+def _declared_weight_bytes(config: dict) -> int:
+    """An upper bound on model.weights.h5's size from the config: every recurrent layer's
+    tensors in float64, plus HDF5's own overhead; a fixed bound where the config is silent."""
+    entries = config.get("config", {}).get("layers") if isinstance(config.get("config"), dict) else None
+    if not isinstance(entries, list):
+        return MAX_UNDECLARED_WEIGHTS
+    total = H5_OVERHEAD
+    for entry in entries:
+        if not isinstance(entry, dict):
+            return MAX_UNDECLARED_WEIGHTS
+        total += H5_OVERHEAD_PER_LAYER
+        kind = _snake(str(entry.get("class_name", "")))
+        layer_config: dict = entry["config"] if isinstance(entry.get("config"), dict) else {}
+        directions = 1
+        if kind == "bidirectional":
+            directions = 2
+            inner: dict = layer_config["layer"] if isinstance(layer_config.get("layer"), dict) else {}
+            kind, layer_config = (
+                _snake(str(inner.get("class_name", ""))),
+                inner["config"] if isinstance(inner.get("config"), dict) else {},
+            )
+        if kind not in ("lstm", "gru"):
+            continue  # a weight-free layer, or one the reader refuses (before reading its weights) anyway
+        units = layer_config.get("units")
+        shape = (
+            (entry.get("build_config") or {}).get("input_shape")
+            if isinstance(entry.get("build_config"), dict)
+            else None
+        )
+        inputs = shape[-1] if isinstance(shape, list) and shape else None
+        if not (_size(units) and _size(inputs)):
+            return MAX_UNDECLARED_WEIGHTS
+        assert isinstance(units, int) and isinstance(inputs, int)
+        gates = 4 if kind == "lstm" else 3
+        total += directions * 8 * gates * units * (inputs + units + 2)
+    return total
+
+
+def _size(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 < n < 1 << 20
+
+
+def _check_hdf5(f, path) -> None:
+    """Refuse anything in an HDF5 file that reads outside it or more than it holds: soft and
+    external links, external and virtual dataset storage, datasets larger than their stored bytes."""
+    import h5py
+
+    count = 0
+
+    def walk(group, where, depth=0):
+        nonlocal count
+        if depth > MAX_H5_DEPTH:
+            raise ConversionError(
+                f"{path}: groups nested more than {MAX_H5_DEPTH} deep at {where}; not a Keras weights file"
+            )
+        for name in group:
+            count += 1
+            if count > MAX_H5_OBJECTS:
+                raise ConversionError(f"{path}: more than {MAX_H5_OBJECTS} objects; not a Keras weights file")
+            link = group.get(name, getlink=True)
+            here = f"{where}/{name}"
+            if isinstance(link, h5py.ExternalLink):
+                raise ConversionError(
+                    f"{path}: {here} is an external link (to {link.filename}); novolstm reads only what the file holds"
+                )
+            if isinstance(link, h5py.SoftLink):
+                raise ConversionError(
+                    f"{path}: {here} is a soft link (to {link.path}); Keras writes none, novolstm follows none"
+                )
+            if not isinstance(link, h5py.HardLink):
+                raise ConversionError(f"{path}: {here} is a {type(link).__name__}; novolstm follows no links")
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, here, depth + 1)
+            elif isinstance(obj, h5py.Dataset):
+                _check_dataset(obj, here, path)
+
+    walk(f, "")
+
+
+def _check_dataset(ds, where, path) -> None:
+    if ds.external:
+        raise ConversionError(
+            f"{path}: dataset {where} keeps its data in external files {[e[0] for e in ds.external][:3]}; "
+            "novolstm reads only what the file holds"
+        )
+    if ds.is_virtual:
+        raise ConversionError(
+            f"{path}: dataset {where} is virtual (its data lives in other files); novolstm reads only what the file holds"
+        )
+    if ds.dtype.kind not in "fiub":
+        raise ConversionError(f"{path}: dataset {where} has dtype {ds.dtype}; expected numbers")
+    stored = ds.id.get_storage_size()
+    if ds.nbytes > max(stored, 0) and ds.size:
+        raise ConversionError(
+            f"{path}: dataset {where} declares {ds.nbytes} bytes but stores {stored} (compressed or never written); "
+            "Keras writes its weights plainly"
+        )
+
+
+_LEGACY_WEIGHT = re.compile(r"^(kernel|recurrent_kernel|bias)$")
+
+
+def _names(values) -> list[str]:
+    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).reshape(-1).tolist()]
+
+
+def _before(version: str, wanted: tuple) -> bool:
+    """Whether a Keras version string is older than ``wanted`` (unknown versions are not)."""
+    m = re.match(r"^(\d+)\.(\d+)", version)
+    return m is not None and (int(m.group(1)), int(m.group(2))) < wanted
+
+
+def _read_legacy(f, path, cell: str) -> dict:
+    """Keras 2's HDF5 weights (``save_weights('w.h5')``, or ``model.save('m.h5')``'s ``model_weights``).
+
+    Each layer group lists its variables by name (``weight_names``); the names give each
+    variable's role (``lstm_cell/kernel:0``, ``forward_lstm/...``, the original NovoLSTM's
+    ``w_i``), and a full model's ``model_config`` gives each layer's config, which is checked.
+    """
+    from novolstm.convert import keras as layouts
+    from novolstm.convert.safe_io import loads_json
+
+    root = f["model_weights"] if "model_weights" in f else f
+    configs = {}
+    if "model_config" in f.attrs:
+        raw = f.attrs["model_config"]
+        raw = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConversionError(f"{path}: model_config larger than {MAX_CONFIG_BYTES} bytes")
+        model_config = loads_json(raw, f"{path}: model_config", ConversionError, MAX_CONFIG_DEPTH)
+        entries = (model_config.get("config") or {}).get("layers") if isinstance(model_config, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("config"), dict):
+                configs[entry["config"].get("name")] = entry
+    if "layer_names" not in root.attrs:
+        raise ConversionError(f"{path}: a Keras 2 weights file without its layer_names attribute")
+    version = f.attrs.get("keras_version", root.attrs.get("keras_version", b""))
+    version = version.decode("utf-8", "replace") if isinstance(version, bytes) else str(version)
+    if not configs and _before(version, (2, 3)) and cell != "novolstm_reference":
+        raise ConversionError(
+            f"{path}: written by Keras {version}, whose LSTM and GRU used recurrent_activation='hard_sigmoid' by default "
+            "(and GRU reset_after=False), which a weights-only file does not record; save the whole model "
+            "(model.save('m.h5')), whose config records it"
+        )
+    pairs_by_layer = []
+    for name in _names(root.attrs["layer_names"]):
+        if name not in root:
+            raise ConversionError(f"{path}: layer_names lists {name!r}, but the file has no such group")
+        group = root[name]
+        weight_names = _names(group.attrs.get("weight_names", []))
+        pairs = []
+        for weight in weight_names:
+            if weight not in group or not hasattr(group[weight], "shape"):
+                raise ConversionError(f"{path}: layer {name!r} lists weight {weight!r}, which the file does not hold")
+            pairs.append((weight, np.array(group[weight])))
+        if pairs:
+            pairs_by_layer.append((name, pairs))
+    if not pairs_by_layer:
+        raise ConversionError(f"{path}: no layer with weights in the file")
+    migration = (
+        "Keras 2 .h5 files of LSTM, GRU and Bidirectional layers (and the original NovoLSTM code's) are read; "
+        "for anything else, load the model in Keras and save the recurrent part with model.save('m.keras')"
+    )
+    if cell == "novolstm_reference":
+        pairs = [pair for _, layer_pairs in pairs_by_layer for pair in layer_pairs]
+        try:
+            return {"l0": layouts.novolstm_original_to_canonical(pairs)}
+        except ConversionError as exc:
+            raise ConversionError(f"{path}: {exc}; {migration}") from None
+    out = {}
+    for k, (name, pairs) in enumerate(pairs_by_layer):
+        entry = configs.get(name)
+        kind = _snake(str(entry.get("class_name", ""))) if entry else None
+        sides: dict[str, dict] = {}
+        for weight, array in pairs:
+            parts = re.sub(r":\d+$", "", weight).split("/")
+            role = parts[-1]
+            cells = {p for p in parts if p in ("lstm_cell", "gru_cell")}
+            if not _LEGACY_WEIGHT.match(role) or len(cells) != 1:
+                raise ConversionError(
+                    f"{path}: layer {name!r} holds {weight!r}, not an LSTM or GRU weight; {migration}"
+                )
+            found = cells.pop().split("_")[0]
+            if found != LAYER_CLASS[cell]:
+                raise ConversionError(f"{path}: layer {name!r} is a Keras {found.upper()}, which holds no {cell!r}")
+            side = "_reverse" if any(p.startswith("backward_") for p in parts) else ""
+            if side and not any(p.startswith("backward_") or p.startswith("forward_") for p in parts[:-2]):
+                side = ""
+            sides.setdefault(side, {})[role] = array
+        if kind not in (None, "lstm", "gru", "bidirectional"):
+            raise ConversionError(f"{path}: layer {name!r} is a {(entry or {}).get('class_name')}; {migration}")
+        bidirectional = "_reverse" in sides or kind == "bidirectional"
+        config = None if entry is None else entry.get("config", {})
+        if bidirectional:
+            merge_mode = (config or {}).get("merge_mode", "concat")
+            if merge_mode != "concat":
+                raise ConversionError(
+                    f"{path}: layer {name!r}: Bidirectional(merge_mode={merge_mode!r}); canonical bidirectional layers concatenate"
+                )
+            inner = (config or {}).get("layer", {}).get("config") if config else None
+            config = None if inner is None else dict(inner, go_backwards=False)
+        for side, weights in sorted(sides.items()):
+            params = _to_canonical(weights, cell, f"{path}: layer {name!r}", config)
+            out[f"l{k}{side}"] = params
     return out
 
 
@@ -182,7 +492,9 @@ def _ordered_from_config(config: dict, layers, path) -> list:
         group = class_name if count == 0 else f"{class_name}_{count}"
         if class_name in ("lstm", "gru", "bidirectional"):
             if group not in layers:
-                raise ConversionError(f"{path}: config names a {entry.get('class_name')} layer, but model.weights.h5 has no group {group!r}")
+                raise ConversionError(
+                    f"{path}: config names a {entry.get('class_name')} layer, but model.weights.h5 has no group {group!r}"
+                )
             ordered.append((group, class_name, entry.get("config", {}) if class_name == "bidirectional" else entry))
         elif group in layers and _datasets(layers[group]):
             raise ConversionError(
@@ -198,10 +510,13 @@ def write_keras(layers: dict, path, cell: str) -> None:
 
     from novolstm.convert import keras as layouts
     from novolstm.convert.files import structure
+    from novolstm.convert.safe_io import atomic_write
 
     _check_cell(cell)
     if str(path).endswith(".keras"):
-        raise ConversionError(f"{path}: novolstm writes .weights.h5 files (weights only), not .keras archives (which need a model config)")
+        raise ConversionError(
+            f"{path}: novolstm writes .weights.h5 files (weights only), not .keras archives (which need a model config)"
+        )
     count, bidirectional = structure(layers)
     to_keras = layouts.lstm_from_canonical if cell == "lstm" else layouts.gru_from_canonical
     kind = LAYER_CLASS[cell]
@@ -213,7 +528,8 @@ def write_keras(layers: dict, path, cell: str) -> None:
         for i, array in enumerate(to_keras(params)):
             vars_.create_dataset(str(i), data=array)
 
-    with h5py.File(path, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.create_group("vars").attrs["name"] = "sequential"
         for k in range(count):
             if bidirectional:
@@ -224,3 +540,4 @@ def write_keras(layers: dict, path, cell: str) -> None:
             else:
                 name = kind + (f"_{k}" if k else "")
                 cell_group(f.create_group(f"layers/{name}"), layers[f"l{k}"], name)
+    atomic_write(path, buffer.getvalue())

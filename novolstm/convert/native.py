@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -149,25 +150,149 @@ def _flax_run(layer, x, state):
 # ---------------------------------------------------------------- onnx
 
 
+@dataclass
+class _OnnxLayer:
+    """An ONNX model in onnxruntime: novolstm's own LSTM operator model, or one another tool wrote."""
+
+    session: Any
+    path: str
+    x: str = "x"  # the input name of the sequence
+    states: tuple = ("h0", "c0")  # the input names of the initial state ((): the model starts from zeros)
+    batch_first: bool = True  # x (batch, time, input); else (time, batch, input)
+    state_batch_first: bool = True  # h0 (batch, directions, units); else (directions, batch, units)
+    fixed_shape: tuple | None = None  # (batch, time), either None where free: a model exported for one input shape
+    ours: bool = True
+
+    @property
+    def takes_state(self) -> bool:
+        return bool(self.states)
+
+
+_OURS = ({"x", "sequence_lens", "h0", "c0"}, {"x", "sequence_lens", "h0"})  # novolstm's LSTM and GRU models
+_MOVES = {"Identity", "Slice", "Squeeze", "Unsqueeze", "Reshape", "Cast", "Expand"}
+
+
 def _onnx_load(path, cell, input_size, units):
     import onnxruntime
 
     session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-    if names != {"x", "sequence_lens", "h0", "c0"}:
-        raise ConversionError(f"{path}: inputs {sorted(names)}; expected the LSTM operator model novolstm writes (x, sequence_lens, h0, c0)")
-    return session, path
+    if {i.name for i in session.get_inputs()} in _OURS:
+        return _OnnxLayer(session, path)
+    return _foreign_onnx(session, path)
+
+
+def _net_permutation(model, name: str, node_input: str) -> tuple[str | None, list]:
+    """Follow ``node_input`` back to a graph input through data-moving ops: (that input, the
+    composed Transpose permutation from it to ``node_input``)."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    graph_inputs = {i.name for i in model.graph.input}
+    perm = [0, 1, 2]
+    for _ in range(64):
+        if node_input in graph_inputs:
+            return node_input, perm
+        node = producers.get(node_input)
+        if node is None or (node.op_type != "Transpose" and node.op_type not in _MOVES):
+            return None, perm
+        if node.op_type == "Transpose":
+            p = next((list(a.ints) for a in node.attribute if a.name == "perm"), [2, 1, 0])
+            if len(p) != 3:
+                return None, perm
+            perm = [p[i] for i in perm]
+        node_input = node.input[0]
+    return None, perm
+
+
+def _foreign_onnx(session, path):
+    """An ONNX model another tool exported (``torch.onnx.export`` of nn.LSTM, batch-first or not):
+    which input is the sequence, which the initial state, in which layouts."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    lstm = next(n for n in model.graph.node if n.op_type in ("LSTM", "GRU"))
+    node_layout = next((a.i for a in lstm.attribute if a.name == "layout"), 0)
+    x, x_perm = _net_permutation(model, "x", lstm.input[0])
+    inputs = [i for i in session.get_inputs()]
+    if x is None:
+        raise ConversionError(
+            f"{path}: the LSTM node's input X does not come from a model input through transposes and reshapes only"
+        )
+    batch_first = (x_perm == [1, 0, 2]) != bool(node_layout)
+    states, state_batch_first = [], []
+    for position in (5, 6):
+        name = lstm.input[position] if len(lstm.input) > position else ""
+        if not name:
+            continue
+        source, perm = _net_permutation(model, "state", name)
+        if source is None:  # computed inside the model (zeros, as torch exports it without h0): compared from zeros
+            continue
+        states.append(source)
+        state_batch_first.append((perm == [1, 0, 2]) != bool(node_layout))
+    others = sorted({i.name for i in inputs} - {x, *states})
+    if others:
+        raise ConversionError(
+            f"{path}: model inputs {others} are neither the sequence nor the initial state: cannot feed them"
+        )
+    if len(set(state_batch_first)) > 1 or len(states) not in (0, 2 if lstm.op_type == "LSTM" else 1):
+        raise ConversionError(
+            f"{path}: the initial h and c come in different ways (one a model input, or in different layouts)"
+        )
+    shapes = {i.name: list(i.shape) for i in inputs}
+    batch_axis = 0 if batch_first else 1
+    sizes = {"batch": {shapes[x][batch_axis]}, "time": {shapes[x][1 - batch_axis]}}
+    for name in states:
+        sizes["batch"].add(shapes[name][0 if state_batch_first[0] else 1])
+    fixed = tuple(next((d for d in sizes[k] if isinstance(d, int)), None) for k in ("batch", "time"))
+    return _OnnxLayer(
+        session,
+        path,
+        x,
+        tuple(states),
+        batch_first,
+        state_batch_first[0] if states else True,
+        fixed if fixed != (None, None) else None,
+        ours=False,
+    )
 
 
 def _onnx_save(layer, path):
-    shutil.copyfile(layer[1], path)  # the model file is the native artefact; onnxruntime cannot write it back
+    shutil.copyfile(layer.path, path)  # the model file is the native artefact; onnxruntime cannot write it back
 
 
 def _onnx_run(layer, x, state):
-    session, _ = layer
-    feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32), "h0": state[0][:, None], "c0": state[1][:, None]}
-    outputs, h, c = session.run(["outputs", "h", "c"], feeds)
-    return outputs[:, :, 0], (h[:, 0], c[:, 0])
+    if layer.ours:
+        feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32)}
+        feeds.update({name: s[:, None] for name, s in zip(("h0", "c0"), state)})
+        outputs, *finals = layer.session.run(["outputs", "h", "c"][: 1 + len(state)], feeds)
+        return outputs[:, :, 0], tuple(f[:, 0] for f in finals)
+    batch, steps, _ = x.shape
+    feeds = {layer.x: x if layer.batch_first else np.ascontiguousarray(x.transpose(1, 0, 2))}
+    for name, s in zip(layer.states, state):
+        feeds[name] = s[:, None] if layer.state_batch_first else s[None]
+    results = layer.session.run(None, feeds)
+    units = state[0].shape[-1]
+    if layer.batch_first:
+        y = _as(results[0], {(batch, steps, units): None, (batch, steps, 1, units): 2}, "outputs", layer.path)
+    else:
+        y = _as(
+            results[0],
+            {(steps, batch, units): None, (steps, 1, batch, units): 1, (steps, batch, 1, units): 2},
+            "outputs",
+            layer.path,
+        )
+        y = y.transpose(1, 0, 2)
+    finals = tuple(
+        _as(r, {(1, batch, units): 0, (batch, 1, units): 1, (batch, units): None}, "final state", layer.path)
+        for r in results[1 : 1 + len(state)]
+    )
+    return np.ascontiguousarray(y), finals if finals else (y[:, -1],)
+
+
+def _as(array, shapes: dict, what: str, path):
+    """``array`` with the directions' axis (size 1) dropped: ``shapes`` maps each layout it may have to that axis."""
+    for shape, axis in shapes.items():
+        if array.shape == shape:
+            return array if axis is None else np.squeeze(array, axis)
+    raise ConversionError(f"{path}: {what} of shape {array.shape}; expected one of {list(shapes)}")
 
 
 # ---------------------------------------------------------------- novolstm's numpy backend and the reference
@@ -202,7 +327,9 @@ def _reference_run(layer, x, state):
     from novolstm import reference
 
     cell, params = layer
-    outputs, final = reference.run(cell, params, np.asarray(x, np.float64), tuple(np.asarray(s, np.float64) for s in state))
+    outputs, final = reference.run(
+        cell, params, np.asarray(x, np.float64), tuple(np.asarray(s, np.float64) for s in state)
+    )
     return np.asarray(outputs), tuple(np.asarray(s) for s in final)
 
 
@@ -212,11 +339,37 @@ NATIVES = {
     for n in (
         Native("torch", "torch", ".safetensors", ("lstm", "gru"), _torch_load, _torch_save, _torch_run),
         Native("keras", "keras", ".weights.h5", ("lstm", "gru"), _keras_load, _keras_save, _keras_run),
-        Native("flax", "flax", ".msgpack", ("lstm", "gru"), _flax_loader({"lstm": "OptimizedLSTMCell", "gru": "GRUCell"}), _flax_save, _flax_run),
-        Native("flax-lstmcell", "flax", ".msgpack", ("lstm",), _flax_loader({"lstm": "LSTMCell"}), _flax_save, _flax_run),
-        Native("onnx", "onnx", ".onnx", ("lstm",), _onnx_load, _onnx_save, _onnx_run),
-        Native("numpy", "canonical", ".safetensors", ("lstm", "gru"), _canonical_loader(np.float32), _canonical_save, _numpy_run),
-        Native("reference", "canonical", ".safetensors", ("lstm", "gru"), _canonical_loader(np.float64), _canonical_save, _reference_run),
+        Native(
+            "flax",
+            "flax",
+            ".msgpack",
+            ("lstm", "gru"),
+            _flax_loader({"lstm": "OptimizedLSTMCell", "gru": "GRUCell"}),
+            _flax_save,
+            _flax_run,
+        ),
+        Native(
+            "flax-lstmcell", "flax", ".msgpack", ("lstm",), _flax_loader({"lstm": "LSTMCell"}), _flax_save, _flax_run
+        ),
+        Native("onnx", "onnx", ".onnx", ("lstm", "gru"), _onnx_load, _onnx_save, _onnx_run),
+        Native(
+            "numpy",
+            "canonical",
+            ".safetensors",
+            ("lstm", "gru"),
+            _canonical_loader(np.float32),
+            _canonical_save,
+            _numpy_run,
+        ),
+        Native(
+            "reference",
+            "canonical",
+            ".safetensors",
+            ("lstm", "gru"),
+            _canonical_loader(np.float64),
+            _canonical_save,
+            _reference_run,
+        ),
     )
 }
 
@@ -239,7 +392,9 @@ def shapes(layers: dict) -> tuple[int, int]:
     from novolstm.convert.files import structure
 
     if structure(layers) != (1, False):
-        raise ConversionError("a port is checked on one unidirectional layer; these weights are stacked or bidirectional")
+        raise ConversionError(
+            "a port is checked on one unidirectional layer; these weights are stacked or bidirectional"
+        )
     first = next(k for k in sorted(layers["l0"]) if k.startswith("W_"))
     return layers["l0"][first].shape
 

@@ -51,7 +51,7 @@ import numpy as np
 from novolstm.convert import ConversionError, drop  # one error type for every converter
 
 #: spec name -> torch's gate order, and which canonical bias each (bias_ih, bias_hh) block feeds.
-LAYOUTS = {
+LAYOUTS: dict[str, dict] = {
     "lstm": {
         "gates": ("i", "f", "g", "o"),
         # block k of (bias_ih, bias_hh) -> canonical names; one name means the two merge
@@ -63,7 +63,8 @@ LAYOUTS = {
     },
 }
 
-_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(?:_l(\d+)(_reverse)?)?$")
+_KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(?:_l(\d{1,6})(_reverse)?)?$")
+_ANY_LAYER = re.compile(r"^(.*?)(?:weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)(?:_l\d+(?:_reverse)?)?$")
 
 
 def _array(value) -> np.ndarray:
@@ -87,23 +88,124 @@ def _layout(cell: str) -> dict:
 def _group(state_dict, prefix: str) -> dict[str, dict[str, np.ndarray]]:
     """Keys -> {cell key ("" for a cell, "l0", "l0_reverse", ...): {"weight_ih": ..., ...}}."""
     groups: dict[str, dict[str, np.ndarray]] = {}
+    unexpected = []
     for key, value in state_dict.items():
-        if not key.startswith(prefix):
+        if not isinstance(key, str) or not key.startswith(prefix):
             continue
         name = key[len(prefix) :]
         m = _KEY.match(name)
         if m is None:
-            raise ConversionError(f"unexpected key {key!r}: not a torch LSTM/GRU parameter")
+            unexpected.append(key)
+            continue
         kind, layer, reverse = m.groups()
         if kind == "weight_hr":
             raise ConversionError(f"{key!r}: nn.LSTM with proj_size has no canonical form (the spec has no projection)")
-        cell_key = "" if layer is None else f"l{layer}" + ("_reverse" if reverse else "")
+        cell_key = "" if layer is None else f"l{int(layer)}" + ("_reverse" if reverse else "")
         groups.setdefault(cell_key, {})[kind] = _array(value)
+    if unexpected:
+        raise ConversionError(_unexpected_keys(state_dict, prefix, unexpected))
     if not groups:
-        raise ConversionError(f"no torch LSTM/GRU parameters found under prefix {prefix!r}")
+        raise ConversionError(f"no torch LSTM/GRU parameters found under prefix {prefix!r}" + _prefix_hint(state_dict))
     if "" in groups and len(groups) > 1:
         raise ConversionError("the state dict mixes cell keys (weight_ih) and layer keys (weight_ih_l0)")
     return groups
+
+
+def _prefixes(state_dict) -> list[str]:
+    """The prefixes under which a state dict holds recurrent layers (``"encoder.rnn."``)."""
+    found = {m.group(1) for m in map(_ANY_LAYER.match, (k for k in state_dict if isinstance(k, str))) if m}
+    return sorted(p for p in found if p == "" or p.endswith("."))
+
+
+def _prefix_hint(state_dict) -> str:
+    prefixes = [p for p in _prefixes(state_dict) if p]
+    return (
+        f"; the recurrent layers here are under {prefixes[:5]}: pass one as prefix (novolstm convert --prefix)"
+        if prefixes
+        else ""
+    )
+
+
+def _unexpected_keys(state_dict, prefix: str, unexpected: list) -> str:
+    where = f"under prefix {prefix!r}" if prefix else "in the state dict"
+    return (
+        f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} {where}: not torch LSTM/GRU parameters"
+        + _prefix_hint(state_dict)
+    )
+
+
+def read_state_dict(path) -> dict:
+    """The tensors of a torch weight file as NumPy arrays, keyed as the state dict.
+
+    Safetensors files are read by novolstm's own checked reader. Anything else must be a
+    ``torch.save`` file, read with ``torch.load(weights_only=True)``, which unpickles
+    tensors and plain containers only, never code: a pickled module or any other object
+    is refused with how to re-save it. Nested dicts (``{"model": state_dict, ...}``) are
+    flattened with ``.``; entries that are not tensors are left out.
+    """
+    import zipfile
+
+    from novolstm.checkpoint import CheckpointError, read_safetensors
+    from novolstm.convert.safe_io import regular_file_size
+
+    size = regular_file_size(path, ConversionError)
+    with open(path, "rb") as fh:
+        magic = fh.read(16)
+    if zipfile.is_zipfile(path) or magic[:1] == b"\x80":  # torch.save: a zip archive, or a legacy pickle
+        return _torch_load(path, size)
+    try:
+        tensors, _ = read_safetensors(path)
+    except CheckpointError as exc:
+        raise ConversionError(f"not a torch weight file (safetensors or torch.save): {exc}") from None
+    return tensors
+
+
+#: a torch.save archive's members may inflate to at most this many times the file's size (torch stores them uncompressed)
+MAX_INFLATION = 2
+
+
+def _torch_load(path, size: int) -> dict:
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(info.file_size for info in archive.infolist())
+        if declared > MAX_INFLATION * size + (1 << 20):
+            raise ConversionError(
+                f"{path}: its archive members inflate to {declared} bytes from {size}: not a torch.save file"
+            )
+    try:
+        import torch
+    except ImportError:
+        raise ConversionError(
+            f"{path}: a torch.save file needs torch to read (pip install torch), or re-save it as safetensors"
+        ) from None
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, ... for what weights_only refuses
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(
+            f"{path}: torch.load(weights_only=True) refuses it ({first}); novolstm never unpickles code. Re-save the weights "
+            "where you trust the file: torch.save(model.state_dict(), path), or safetensors.torch.save_file(model.state_dict(), path)"
+        ) from None
+    if hasattr(loaded, "state_dict") or not isinstance(loaded, dict):
+        raise ConversionError(
+            f"{path}: holds a {type(loaded).__name__}, not a state dict; re-save it as torch.save(model.state_dict(), path)"
+        )
+    return _flatten(loaded)
+
+
+def _flatten(tree, prefix: str = "", depth: int = 0) -> dict:
+    if depth > 16:
+        raise ConversionError("a torch checkpoint nested more than 16 dicts deep")
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}.", depth + 1))
+        elif hasattr(value, "detach"):
+            out[name] = value
+    return out
 
 
 def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dict[str, np.ndarray]:
@@ -114,7 +216,13 @@ def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dic
             raise ConversionError(f"{where}: missing {required}")
     w_ih, w_hh = group["weight_ih"], group["weight_hh"]
     rows = w_hh.shape[0]
-    if rows % len(gates) or w_hh.ndim != 2 or w_ih.ndim != 2 or w_ih.shape[0] != rows or w_hh.shape[1] * len(gates) != rows:
+    if (
+        rows % len(gates)
+        or w_hh.ndim != 2
+        or w_ih.ndim != 2
+        or w_ih.shape[0] != rows
+        or w_hh.shape[1] * len(gates) != rows
+    ):
         raise ConversionError(
             f"{where}: weight_ih {w_ih.shape} and weight_hh {w_hh.shape} are not ({len(gates)}*H, I) and ({len(gates)}*H, H)"
         )
@@ -141,7 +249,9 @@ def _cell_from_torch(group: dict[str, np.ndarray], cell: str, where: str) -> dic
     return out
 
 
-def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str, lossy: bool = False) -> dict[str, np.ndarray]:
+def _cell_to_torch(
+    params: dict, cell: str, bias: bool, dtype, where: str, lossy: bool = False
+) -> dict[str, np.ndarray]:
     layout = _layout(cell)
     gates = layout["gates"]
     expected = {f"{kind}_{g}" for g in gates for kind in ("W", "U")} | {n for names in layout["biases"] for n in names}
@@ -150,9 +260,9 @@ def _cell_to_torch(params: dict, cell: str, bias: bool, dtype, where: str, lossy
         raise ConversionError(f"{where}: canonical {cell!r} parameters: missing {missing}, unexpected {extra}")
     arrays = {k: _array(v) for k, v in params.items()}
     dtype = np.dtype(dtype) if dtype is not None else np.result_type(*arrays.values())
-    I, H = arrays[f"W_{gates[0]}"].shape
+    inputs, H = arrays[f"W_{gates[0]}"].shape
     for name, a in arrays.items():
-        shape = {"W": (I, H), "U": (H, H)}.get(name[0], (H,))
+        shape = {"W": (inputs, H), "U": (H, H)}.get(name[0], (H,))
         if a.shape != shape:
             raise ConversionError(f"{where}: {name} has shape {a.shape}, expected {shape}")
     b_ih, b_hh = [], []
@@ -187,10 +297,14 @@ def from_torch(state_dict, cell: str = "lstm", prefix: str = ""):
     Raises:
         ConversionError: unknown keys, a projection (``proj_size``), inconsistent shapes.
     """
+    from novolstm.convert.files import structure
+
     groups = _group(state_dict, prefix)
     if "" in groups:
         return _cell_from_torch(groups[""], cell, "cell")
-    return {key: _cell_from_torch(groups[key], cell, key) for key in sorted(groups, key=_order)}
+    layers = {key: _cell_from_torch(groups[key], cell, key) for key in sorted(groups, key=_order)}
+    structure(layers)  # l0 .. l<n-1>, both directions or one, each layer fed by the one below
+    return layers
 
 
 def to_torch(params, cell: str = "lstm", bias: bool = True, dtype=None, lossy: bool = False) -> dict[str, np.ndarray]:
