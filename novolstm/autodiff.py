@@ -30,6 +30,10 @@ BACKWARD_OPS = {
     "sum_units": "sum over the units axis, keeping it",
     "sum_batch": "sum over every axis but the units axis",
     "concat": "blocks placed side by side, zeros where none is given",
+    "gelu_grad": "g * (Phi(z) + z * phi(z)), args g, z (Phi, phi: the standard normal's cdf and density)",
+    "sign": "-1, 0 or 1: the derivative of abs (0 at 0)",
+    "ge_mask": "1 where a >= b, else 0: which argument maximum (or, swapped, minimum) takes; ties go to the first",
+    "in_range": "1 where lo <= z <= hi, else 0: where clip passes its argument through; attrs lo, hi",
 }
 
 _ACTIVATION_GRAD = {"sigmoid": "sigmoid_grad", "tanh": "tanh_grad", "relu": "relu_grad", "softmax": "softmax_grad"}
@@ -133,7 +137,8 @@ class _Differentiator:
                 self.add_contrib(arg, g)
         elif n.op == "sub":
             self.add_contrib(a[0], g)
-            self.add_contrib(a[1], self.negated(g))
+            if self.fwd[a[1]].op != "const":  # (s - 1): no negated adjoint for the literal, never read
+                self.add_contrib(a[1], self.negated(g))
         elif n.op == "neg":
             self.add_contrib(a[0], self.negated(g))
         elif n.op == "mul":
@@ -151,6 +156,10 @@ class _Differentiator:
             # standard deviation (one reduction) rather than keeping it on the tape.
             args = [g, self.read(n.name), self.read(a[0])]
             self.add_contrib(a[0], self.emit("normalize_units_grad", args, n.width, attrs=n.attrs))
+        elif n.op in ("div", "maximum", "minimum"):
+            self.vjp_binary(n, g)
+        elif n.op in ("exp", "log", "sqrt", "abs", "softplus", "gelu", "clip"):
+            self.add_contrib(a[0], self.vjp_unary(n, g))
         elif n.op == "linear":
             attrs = (("weights", n.attr("weights")), ("linear", n.name))
             self.add_contrib(a[0], self.emit("linear_t", [g], self.fwd[a[0]].width, attrs=attrs))
@@ -158,6 +167,50 @@ class _Differentiator:
             self.slices.setdefault(a[0], []).append((n.attr("start"), n.attr("stop"), g))
         else:  # pragma: no cover - the lowering produces no other op
             raise NotImplementedError(f"no VJP rule for {n.op!r}")
+
+    def product(self, op: str, x: str, y: str, attrs=()) -> str:
+        """``op(x, y)`` elementwise, of the wider width, batched if either is."""
+        nx, ny = self.node(x), self.node(y)
+        return self.emit(op, [x, y], _wider(nx.width, ny.width), batched=nx.batched or ny.batched, attrs=attrs)
+
+    def constant(self, value: float) -> str:
+        return self.emit("const", [], 0, batched=False, attrs=(("value", value),))
+
+    def vjp_unary(self, n: Node, g: str) -> str:
+        """The adjoint of an elementwise function's argument, from the adjoint of its result."""
+        z = n.args[0]
+        if n.op == "exp":  # d exp(z) = exp(z)
+            return self.product("mul", g, self.read(n.name))
+        if n.op == "log":  # d log(z) = 1 / z
+            return self.product("div", g, self.read(z))
+        if n.op == "sqrt":  # d sqrt(z) = 1 / (2 sqrt(z))
+            return self.product("mul", self.product("div", g, self.read(n.name)), self.constant(0.5))
+        if n.op == "abs":
+            return self.product("mul", g, self.emit("sign", [self.read(z)], n.width))
+        if n.op == "softplus":  # d softplus(z) = sigmoid(z)
+            return self.product("mul", g, self.emit("sigmoid", [self.read(z)], n.width))
+        if n.op == "gelu":
+            return self.emit("gelu_grad", [g, self.read(z)], n.width)
+        mask = self.emit("in_range", [self.read(z)], n.width, attrs=n.attrs)  # clip
+        return self.product("mul", g, mask)
+
+    def vjp_binary(self, n: Node, g: str):
+        a, b = n.args
+        if n.op == "div":  # d(a / b) = da / b - (a / b) db / b
+            ga = self.product("div", g, self.read(b))
+            if self.fwd[a].op != "const":
+                self.add_contrib(a, ga)
+            if self.fwd[b].op != "const":
+                self.add_contrib(b, self.negated(self.product("mul", ga, self.read(n.name))))
+            return
+        first, second = (a, b) if n.op == "maximum" else (b, a)
+        # Which argument the result is: a where a >= b for maximum, a where a <= b for minimum.
+        takes_a = self.product("ge_mask", self.read(first), self.read(second))
+        ga = self.product("mul", g, takes_a)
+        if self.fwd[a].op != "const":
+            self.add_contrib(a, ga)
+        if self.fwd[b].op != "const":
+            self.add_contrib(b, self.product("sub", g, ga))
 
 
 def _wider(a, b):

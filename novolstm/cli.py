@@ -7,7 +7,8 @@ load, a file of the wrong kind), printed as one line on standard error.
 
 Examples:
     >>> main(["list"])  # doctest: +ELLIPSIS
-    gru ...
+    cifg_lstm ...
+    slstm ...
     0
     >>> main(["check", "--steps", "0"])  # the one-line error goes to standard error
     2

@@ -164,8 +164,35 @@ def tuple_of(names: list[str]) -> str:
 
 
 def assign(names: list[str], values: list[str]) -> str:
-    """``a, b = x, y`` (or ``a = x`` for one name)."""
-    return f"{', '.join(names)} = {', '.join(values)}"
+    """``a, b = x, y`` (or ``a = x`` for one name); one value a line, as ruff formats it, when long."""
+    line = f"{', '.join(names)} = {', '.join(values)}"
+    if len(values) < 2 or len(line) <= WRAP_AT:
+        return line
+    # The magic trailing comma keeps ruff from joining the lines again at any indentation.
+    return "\n".join([f"{', '.join(names)} = (", *(f"    {v}," for v in values), ")"])
+
+
+#: Generated lines longer than this are written one item a line (ruff's limit is 120, less indentation).
+WRAP_AT = 96
+
+
+def dict_items(items: list[str], indent: str, room: int) -> str:
+    """The inside of ``{...}`` for ``items`` (``"key": value``): one line, or one item a line when
+    longer than ``room`` characters. ``indent`` is the indentation of the line holding the braces.
+
+    Examples:
+        >>> dict_items(['"a": 1', '"b": 2'], "    ", 20)
+        '"a": 1, "b": 2'
+        >>> print("{" + dict_items(['"a": 1', '"b": 2'], "", 5) + "}")
+        {
+            "a": 1,
+            "b": 2,
+        }
+    """
+    text = ", ".join(items)
+    if len(text) <= room:
+        return text
+    return "\n" + "".join(f"{indent}    {item},\n" for item in items) + indent
 
 
 def slice_bounds(start: str, stop: str) -> str:

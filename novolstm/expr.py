@@ -1,6 +1,6 @@
 """The expression language of cell specs: parsed with a whitelist, never evaluated.
 
-An expression is built from declared names, numeric literals, ``+ - * @``, unary
+An expression is built from declared names, numeric literals, ``+ - * / @``, unary
 minus and calls of the functions in ``FUNCTIONS``. Python's ``ast`` module
 parses the text in ``eval`` mode; every node type outside the whitelist is
 rejected, so a spec cannot reach attributes, subscripts, keywords, lambdas or
@@ -26,6 +26,18 @@ FUNCTIONS = {
     "softmax": 1,
     "layer_norm": 3,
     "relu": 1,
+    "exp": 1,
+    "log": 1,
+    "sqrt": 1,
+    "abs": 1,
+    "softplus": 1,
+    "log_sigmoid": 1,
+    "gelu": 1,
+    "hard_sigmoid": 1,
+    "keras2_hard_sigmoid": 1,
+    "maximum": 2,
+    "minimum": 2,
+    "clip": 3,
 }
 
 #: A name in a spec: an ASCII identifier, so it can never inject text into generated source.
@@ -37,7 +49,7 @@ MAX_EXPRESSION_LENGTH = 2000
 #: expression tree, here and in the compiler, stays far inside Python's recursion limit.
 MAX_DEPTH = 64
 
-_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.MatMult: "@"}
+_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.MatMult: "@"}
 
 
 @dataclass(frozen=True)
@@ -176,7 +188,7 @@ def functions_in(expr: Expr) -> set[str]:
     return {node.fn for node in walk(expr) if isinstance(node, Call)}
 
 
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "@": 3}
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 3}
 
 
 def format_expression(expr: Expr, parent: int = 0) -> str:

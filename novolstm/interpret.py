@@ -40,6 +40,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 
@@ -93,11 +94,53 @@ def layer_norm(z: np.ndarray, gamma: np.ndarray, beta: np.ndarray, epsilon: floa
         return centred / np.sqrt(variance + epsilon) * gamma + beta
 
 
-_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+def softplus(z: np.ndarray) -> np.ndarray:
+    """``log(1 + exp(z))`` as ``max(z, 0) + log1p(exp(-|z|))``, which never overflows.
+
+    Examples:
+        >>> softplus(np.array([-1000.0, 0.0, 1000.0])).tolist() == [0.0, math.log(2.0), 1000.0]
+        True
+    """
+    with np.errstate(under="ignore"):
+        return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
+def gelu(z: np.ndarray) -> np.ndarray:
+    """The exact GELU, ``z * Phi(z)`` with the standard normal's cdf through ``math.erf``.
+
+    Examples:
+        >>> gelu(np.array([0.0, 1.0])).round(6).tolist()
+        [0.0, 0.841345]
+    """
+    return np.array([0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))) for v in np.ravel(z)]).reshape(np.shape(z))
+
+
+def _ieee(function):
+    # The domain rule: IEEE 754 results (log 0 = -inf, log -1 = nan, 1 / 0 = inf), no warnings.
+    def quiet(*args):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            return function(*args)
+
+    return quiet
+
+
+_UNARY: dict[str, Callable[..., np.ndarray]] = {
     "sigmoid": sigmoid,
     "tanh": np.tanh,
     "relu": lambda z: np.maximum(z, 0.0),
     "softmax": softmax,
+    "exp": _ieee(np.exp),
+    "log": _ieee(np.log),
+    "sqrt": _ieee(np.sqrt),
+    "abs": np.abs,
+    "softplus": softplus,
+    "log_sigmoid": lambda z: -softplus(-z),
+    "gelu": gelu,
+    "hard_sigmoid": lambda z: np.minimum(np.maximum(z + 3.0, 0.0), 6.0) / 6.0,  # relu6(z + 3) / 6
+    "keras2_hard_sigmoid": lambda z: np.clip(0.2 * z + 0.5, 0.0, 1.0),
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "clip": lambda z, lo, hi: np.minimum(np.maximum(z, lo), hi),
 }
 
 
@@ -120,11 +163,13 @@ def _value(expr: Expr, env: dict, epsilon: float):
             return left - right
         if expr.op == "*":
             return left * right
+        if expr.op == "/":
+            return _ieee(np.divide)(left, right)
         return left @ right  # "@": a batch of rows times a parameter matrix (the loader checked it)
     if expr.fn == "layer_norm":
         z, gamma, beta = (_value(a, env, epsilon) for a in expr.args)
         return layer_norm(z, gamma, beta, epsilon)
-    return _UNARY[expr.fn](_value(expr.args[0], env, epsilon))
+    return _UNARY[expr.fn](*(_value(a, env, epsilon) for a in expr.args))
 
 
 def evaluate(spec: Spec, params: dict, x_t: np.ndarray, state: tuple) -> dict:

@@ -8,11 +8,14 @@ Forward ops:
     input, state, hoisted, param, const   leaves
     linear    operand @ concat(weights) + concat(biases); attrs weights, biases
     slice     blocks [start, stop) of a multi-block value
-    add (n-ary), sub, mul, neg, sigmoid, tanh, relu, softmax
+    add (n-ary), sub, mul, div, maximum, minimum, neg, sigmoid, tanh, relu, softmax,
+    exp, log, sqrt, abs, softplus, gelu (exact, erf)
+    clip      z limited to [lo, hi]; attrs lo, hi (numbers)
     normalize_units   (z - mean z) / sqrt(var z + eps) over the units axis, population
                       variance; attr eps (LayerNorm without its affine part)
 Backward-only ops (see ``novolstm.autodiff``):
-    linear_t, sum_units, sum_batch, normalize_units_grad, concat, the activations' grads
+    linear_t, sum_units, sum_batch, normalize_units_grad, concat, the activations' grads,
+    sign, ge_mask, in_range (the masks of abs, maximum / minimum and clip)
 
 Examples:
     >>> import novolstm
@@ -37,6 +40,9 @@ from .spec_model import Spec
 Width = Any  # int (blocks of units), "I" or "S"
 
 ELEMENTWISE_UNARY = ("neg", "sigmoid", "tanh", "relu")
+#: The operations beyond the LSTM family's (see docs/spec-language.md): elementwise, one or two arguments.
+MATH_UNARY = ("exp", "log", "sqrt", "abs", "softplus", "gelu", "clip")
+MATH_BINARY = ("div", "maximum", "minimum")
 LEAVES = ("input", "state", "hoisted", "param", "const")
 
 
@@ -133,12 +139,12 @@ def _expected_width(n: Node, args: list[Node]):
         return n.attr("stop") - n.attr("start")
     if n.op == "sum_units":
         return "S"
-    if n.op in ("add", "sub", "mul"):
+    if n.op in ("add", "sub", "mul") + MATH_BINARY:
         widths = {a.width for a in args if a.batched and a.width != "S"} | {
             a.width for a in args if not a.batched and a.op != "const"
         }
         return widths.pop() if len(widths) == 1 else ("S" if not widths else None)
-    if n.op in ELEMENTWISE_UNARY + ("softmax", "normalize_units"):
+    if n.op in ELEMENTWISE_UNARY + MATH_UNARY + ("softmax", "normalize_units"):
         return args[0].width
     return None
 
@@ -207,7 +213,7 @@ class _Lowering:
         if isinstance(e, Binary) and e.op == "@":
             return self.term(e, target)
         if isinstance(e, Binary):
-            op = {"-": "sub", "*": "mul"}[e.op]
+            op = {"-": "sub", "*": "mul", "/": "div"}[e.op]
             args = [self.expr(e.left), self.expr(e.right)]
             return self.emit(op, args, width=self.elementwise_width(args), batched=self.any_batched(args), name=target)
         if isinstance(e, Neg):
@@ -217,7 +223,29 @@ class _Lowering:
         if e.fn == "layer_norm":
             z, gamma, beta = e.args  # the spec loader checked the arity
             return self.layer_norm(z, cast(Name, gamma), cast(Name, beta), target=target)
-        return self.emit(e.fn, [self.expr(e.args[0])], name=target)
+        if e.fn in ("maximum", "minimum"):
+            args = [self.expr(a) for a in e.args]
+            return self.emit(
+                e.fn, args, width=self.elementwise_width(args), batched=self.any_batched(args), name=target
+            )
+        z = self.expr(e.args[0])
+        if e.fn == "clip":
+            # The loader refused bounds that are not numeric literals (SpecLoader.clip_bounds).
+            lo, hi = (cast(float, constant_value(a)) for a in e.args[1:])
+            return self.clip(z, lo, hi, target)
+        if e.fn == "log_sigmoid":  # -softplus(-z): softplus is the overflow-free primitive
+            return self.emit("neg", [self.emit("softplus", [self.emit("neg", [z])])], name=target)
+        if e.fn == "hard_sigmoid":  # Keras 3 and torch.nn.Hardsigmoid, as Keras 3 writes it: relu6(z + 3) / 6
+            return self.emit(
+                "div", [self.clip(self.emit("add", [z, self.constant(3.0)]), 0.0, 6.0), self.constant(6.0)], name=target
+            )
+        if e.fn == "keras2_hard_sigmoid":  # Keras 2: clip(0.2 z + 0.5, 0, 1)
+            scaled = self.emit("add", [self.emit("mul", [z, self.constant(0.2)]), self.constant(0.5)])
+            return self.clip(scaled, 0.0, 1.0, target)
+        return self.emit(e.fn, [z], name=target)
+
+    def clip(self, z: str, lo: float, hi: float, target: str | None = None) -> str:
+        return self.emit("clip", [z], (("lo", lo), ("hi", hi)), name=target)
 
     def term(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Binary) and e.op == "@":
@@ -258,10 +286,12 @@ def constant_value(e: Expr) -> float | None:
     if isinstance(e, Neg):
         arg = constant_value(e.arg)
         return None if arg is None else -arg
-    if isinstance(e, Binary) and e.op in ("+", "-", "*"):
+    if isinstance(e, Binary) and e.op in ("+", "-", "*", "/"):
         left, right = constant_value(e.left), constant_value(e.right)
-        if left is None or right is None:
-            return None
+        if left is None or right is None or (e.op == "/" and right == 0.0):
+            return None  # a literal division by zero stays a division, under the domain rule
+        if e.op == "/":
+            return left / right
         return {"+": left + right, "-": left - right, "*": left * right}[e.op]
     return None
 

@@ -39,6 +39,25 @@ Cells
     ``o = s(xW_o + hU_o + p_o*c' + b_o)``, ``h' = o*tanh(c')``.
     (TF's ``forget_bias`` is not modelled: fold it into ``b_f``.)
 
+The zoo (one state ``(h,)`` unless said; ``g+(v) = v + 1/2`` for ``v >= 0``, ``s(v)`` below):
+``mingru`` (Feng et al. 2024): ``z = s(xW_z + b_z)``, ``h' = (1-z)*h + z*g+(xW_h + b_h)``.
+``minlstm`` (Feng et al. 2024): ``f = s(xW_f + b_f)``, ``i = s(xW_i + b_i)`` (as ``s(+-d)``, ``d = log f - log i``),
+    ``h' = f/(f+i)*h + i/(f+i)*g+(xW_h + b_h)``.
+``indrnn`` (Li et al. 2018): ``h' = relu(xW + u*h + b)``.
+``cifg_lstm`` (Greff et al. 2017): ``lstm`` with ``i = 1 - f``.
+``janet`` (van der Westhuizen & Lasenby 2018): ``s = xW_f + hU_f + b_f``,
+    ``h' = s(s)*h + (1 - s(s - 1))*tanh(xW_c + hU_c + b_c)``.
+``mgu`` (Zhou et al. 2016): ``f = s(xW_f + hU_f + b_f)``,
+    ``h' = (1-f)*h + f*tanh(xW_h + (f*h)U_h + b_h)``.
+``keras2_lstm``: ``lstm`` with Keras 2's ``hard_sigmoid(z) = clip(0.2z + 0.5, 0, 1)`` for i, f, o.
+``slstm`` (Beck et al. 2024, one head), state ``(h, c, n, m)``:
+    ``m' = max(log s(f~) + m, i~)``, ``i = exp(i~ - m')``, ``f = exp(log s(f~) + m - m')``,
+    ``c' = f*c + i*tanh(z~)``, ``n' = f*n + i``, ``h' = s(o~)*c'/n'``, each ``~`` a
+    pre-activation ``xW + hU + b``.
+``ln_lstm`` (Ba et al. 2016, per gate): each gate ``act(LN(xW; gamma_gx, beta_gx) +
+    LN(hU; gamma_gh, beta_gh) + b)``, ``c' = f*c + i*g``, ``h' = o*tanh(LN(c'; gamma_c, beta_c))``,
+    ``eps = 1e-5``.
+
 LayerNorm ``LN(z; gamma, beta, eps)`` uses ``mu = mean(z)`` and the two-pass
 population variance ``var = mean((z - mu)**2)``:
 ``(z - mu) / sqrt(var + eps) * gamma + beta``, with ``eps = 1e-3`` in the
@@ -195,6 +214,105 @@ def _peephole_lstm(p, x, state):
     return (h_new, c_new), h_new
 
 
+# --- the zoo: cells of current research, each from its paper's equations
+
+
+def _positive(v):
+    """minGRU's g: v + 1/2 for v >= 0, the logistic below (continuous, positive)."""
+    return np.where(v >= 0.0, v + 0.5, sigmoid(np.minimum(v, 0.0)))
+
+
+def _mingru(p, x, state):
+    (h,) = state
+    z = sigmoid(x @ p["W_z"] + p["b_z"])
+    h_new = (1.0 - z) * h + z * _positive(x @ p["W_h"] + p["b_h"])
+    return (h_new,), h_new
+
+
+def _log_sigmoid(z):
+    # log(sigmoid(z)) = -log(1 + exp(-z)), without overflow for any finite z.
+    return np.minimum(z, 0.0) - np.log1p(np.exp(-np.abs(z)))
+
+
+def _minlstm(p, x, state):
+    (h,) = state
+    # f / (f + i) = 1 / (1 + i / f) = s(log f - log i): no 0 / 0 when both gates underflow.
+    d = _log_sigmoid(x @ p["W_f"] + p["b_f"]) - _log_sigmoid(x @ p["W_i"] + p["b_i"])
+    h_new = sigmoid(d) * h + sigmoid(-d) * _positive(x @ p["W_h"] + p["b_h"])
+    return (h_new,), h_new
+
+
+def _indrnn(p, x, state):
+    (h,) = state
+    h_new = np.maximum(x @ p["W"] + p["u"] * h + p["b"], 0.0)
+    return (h_new,), h_new
+
+
+def _cifg_lstm(p, x, state):
+    h, c = state
+    f = sigmoid(_pre(p, "f", x, h))
+    c_new = f * c + (1.0 - f) * np.tanh(_pre(p, "g", x, h))
+    h_new = sigmoid(_pre(p, "o", x, h)) * np.tanh(c_new)
+    return (h_new, c_new), h_new
+
+
+def _janet(p, x, state):
+    (h,) = state
+    s = _pre(p, "f", x, h)
+    h_new = sigmoid(s) * h + (1.0 - sigmoid(s - 1.0)) * np.tanh(_pre(p, "c", x, h))
+    return (h_new,), h_new
+
+
+def _mgu(p, x, state):
+    (h,) = state
+    f = sigmoid(_pre(p, "f", x, h))
+    candidate = np.tanh(x @ p["W_h"] + (f * h) @ p["U_h"] + p["b_h"])
+    h_new = (1.0 - f) * h + f * candidate
+    return (h_new,), h_new
+
+
+def _keras2_hard_sigmoid(z):
+    return np.clip(0.2 * z + 0.5, 0.0, 1.0)
+
+
+def _keras2_lstm(p, x, state):
+    h, c = state
+    i, f, o = (_keras2_hard_sigmoid(_pre(p, gate, x, h)) for gate in "ifo")
+    c_new = f * c + i * np.tanh(_pre(p, "g", x, h))
+    h_new = o * np.tanh(c_new)
+    return (h_new, c_new), h_new
+
+
+def _slstm(p, x, state):
+    h, c, n, m = state
+    i_raw = _pre(p, "i", x, h)
+    log_f = _log_sigmoid(_pre(p, "f", x, h))
+    m_new = np.maximum(log_f + m, i_raw)
+    i = np.exp(i_raw - m_new)
+    f = np.exp(log_f + m - m_new)
+    c_new = f * c + i * np.tanh(_pre(p, "z", x, h))
+    n_new = f * n + i
+    h_new = sigmoid(_pre(p, "o", x, h)) * c_new / n_new
+    return (h_new, c_new, n_new, m_new), h_new
+
+
+_LN_LSTM_EPS = 1e-5
+
+
+def _ln_lstm(p, x, state):
+    h, c = state
+
+    def gate(g):
+        xs = layer_norm(x @ p["W_" + g], p[f"gamma_{g}x"], p[f"beta_{g}x"], _LN_LSTM_EPS)
+        hs = layer_norm(h @ p["U_" + g], p[f"gamma_{g}h"], p[f"beta_{g}h"], _LN_LSTM_EPS)
+        return xs + hs + p["b_" + g]
+
+    i, f, o = sigmoid(gate("i")), sigmoid(gate("f")), sigmoid(gate("o"))
+    c_new = f * c + i * np.tanh(gate("g"))
+    h_new = o * np.tanh(layer_norm(c_new, p["gamma_c"], p["beta_c"], _LN_LSTM_EPS))
+    return (h_new, c_new), h_new
+
+
 # ---------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------
@@ -246,6 +364,22 @@ CELLS: dict[str, CellInfo] = {
             _LSTM_PARAMS + ("p_i", "p_f", "p_o"),
             ("h", "c"),
             _peephole_lstm,
+        ),
+        CellInfo("mingru", ("W_z", "b_z", "W_h", "b_h"), ("h",), _mingru),
+        CellInfo("minlstm", ("W_f", "b_f", "W_i", "b_i", "W_h", "b_h"), ("h",), _minlstm),
+        CellInfo("indrnn", ("W", "u", "b"), ("h",), _indrnn),
+        CellInfo("cifg_lstm", _gate_params("f", "g", "o"), ("h", "c"), _cifg_lstm),
+        CellInfo("janet", _gate_params("f", "c"), ("h",), _janet),
+        CellInfo("mgu", _gate_params("f", "h"), ("h",), _mgu),
+        CellInfo("keras2_lstm", _LSTM_PARAMS, ("h", "c"), _keras2_lstm),
+        CellInfo("slstm", _gate_params("i", "f", "z", "o"), ("h", "c", "n", "m"), _slstm),
+        CellInfo(
+            "ln_lstm",
+            _LSTM_PARAMS
+            + tuple(f"{k}_{g}{side}" for g in "ifgo" for side in "xh" for k in ("gamma", "beta"))
+            + ("gamma_c", "beta_c"),
+            ("h", "c"),
+            _ln_lstm,
         ),
     )
 }

@@ -86,7 +86,7 @@ RESERVED: dict[str, frozenset[str]] = {
         STATE_NAMES Sequence
         UNITS_PARAM backward bidirectional build_graphs build_model cell_step check_inputs contextlib forward
         fuse gemm gemm_for helper importlib init_from_key init_from_table init_param_from_key init_params jax
-        jnp keras nn nnx np numpy
+        jnp keras math nn nnx np numpy
         numpy_helper once_differentiable onnx onnxruntime ops pack_padded_sequence pad_packed_sequence prologue
         run_numpy sequence step tf torch vjp_numpy warnings zlib
     """.split()

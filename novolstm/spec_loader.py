@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from .errors import SpecError
 from .expr import (
@@ -27,6 +27,7 @@ from .expr import (
     ExpressionError,
     Name,
     Neg,
+    format_expression,
     functions_in,
     is_finite_number,
     names_in,
@@ -195,7 +196,7 @@ class _Loader:
     def __init__(self, source: str):
         self.source = source
 
-    def fail(self, message: str):
+    def fail(self, message: str) -> NoReturn:
         raise SpecError(self.source, message)
 
     # -- top level
@@ -482,9 +483,27 @@ class _Loader:
             if args[0] != BATCH_UNITS:
                 self.fail(f"{key}: layer_norm normalizes a batch of units-wide rows, got {args[0].describe()}")
             return BATCH_UNITS
+        if expr.fn == "clip":
+            self.clip_bounds(expr, key)
+        elif expr.fn in ("maximum", "minimum"):
+            if self.elementwise(args, f"{expr.fn}()", key) != BATCH_UNITS:
+                self.fail(
+                    f"{key}: {expr.fn}() needs a batch of units-wide rows as one argument, got {args[0].describe()} and {args[1].describe()}"
+                )
+            return BATCH_UNITS
         if args[0] != BATCH_UNITS:
             self.fail(f"{key}: {expr.fn}() takes a batch of units-wide rows, got {args[0].describe()}")
         return BATCH_UNITS
+
+    def clip_bounds(self, expr: Call, key: str) -> None:
+        # The bounds are numbers, fixed by the spec: clip's gradient mask needs them at compile time.
+        from .ir import constant_value
+
+        lo, hi = (constant_value(a) for a in expr.args[1:])
+        if lo is None or hi is None:
+            self.fail(f"{key}: clip(z, lo, hi) takes numeric literals as lo and hi, got {format_expression(expr)!r}")
+        if not lo < hi:
+            self.fail(f"{key}: clip(z, lo, hi) needs lo < hi, got lo = {lo!r}, hi = {hi!r}")
 
     def elementwise(self, args: list[Kind], what: str, key: str) -> Kind:
         for a in args:

@@ -391,6 +391,77 @@ SPEC_INTERMEDIATES = ("i", "f", "g", "o", "r", "z")
 SPEC_EPSILONS = (1e-3, 1e-2, 0.1)
 
 
+#: Functions the random specs apply to anything. Not gelu: the ONNX backend refuses it in
+#: float64 (onnxruntime has no float64 Erf); OPERATION_SPECS tests it on every backend.
+UNARY_FUNCTIONS = [
+    "sigmoid",
+    "tanh",
+    "relu",
+    "softmax",
+    "abs",
+    "softplus",
+    "log_sigmoid",
+    "hard_sigmoid",
+    "keras2_hard_sigmoid",
+]
+
+#: The operations with a restricted domain or a second argument, in forms that stay finite
+#: for any finite a and b (the domain rule itself has its own tests).
+OPERATION_FORMS = [
+    "{a} / (2 + tanh({b}))",
+    "exp(tanh({a}))",
+    "log(1.5 + tanh({a}))",
+    "sqrt(0.1 + softplus({a}))",
+    "maximum({a}, {b})",
+    "minimum({a}, {b})",
+    "maximum({a}, 0.25)",
+    "clip({a}, -0.5, 0.75)",
+]
+
+#: Per operation of the language beyond the LSTM family's, an expression applying it to ``a``
+#: (a projection of the input and the state) and ``k`` (of the input), in its safe domain.
+OPERATION_BODIES = {
+    "div": "a / (1.5 + tanh(k)) + k / (2 + b * b)",
+    "exp": "exp(a - 1) - k",
+    "log": "log(1.1 + tanh(a)) * k",
+    "sqrt": "sqrt(0.05 + sigmoid(a)) - k",
+    "abs": "abs(a) - k",
+    "softplus": "softplus(3 * a) - k",
+    "log_sigmoid": "log_sigmoid(3 * a) + k",
+    "gelu": "gelu(3 * a) - k",
+    "hard_sigmoid": "hard_sigmoid(5 * a) - k",
+    "keras2_hard_sigmoid": "keras2_hard_sigmoid(5 * a) - k",
+    "maximum": "maximum(a, k) + maximum(a, 0.2) + maximum(b, k)",
+    "minimum": "minimum(a, k) - minimum(0.1, k)",
+    "clip": "clip(2 * a, -0.5, 0.75) + k",
+}
+
+
+def operation_spec(name: str, body: str) -> str:
+    """The text of a one-state spec whose next state is ``tanh(body)``; ``body`` reads ``a``, ``k`` and ``b``."""
+    return f"""
+spec_version = 1
+name = "op_{name}"
+description = "{name} of a projection of the input and the state, bounded by tanh."
+input = "x"
+output = "h_next"
+state = {{ h = "h_next" }}
+params = {{ W = {{ shape = ["input", "units"], init = "glorot_uniform" }}, U = {{ shape = ["units", "units"], init = "orthogonal" }}, V = {{ shape = ["input", "units"], init = "glorot_uniform" }}, b = {{ shape = ["units"], init = "zeros" }} }}
+equations = {{ a = "x @ W + h @ U + b", k = "x @ V", h_next = "tanh({body})" }}
+"""
+
+
+#: One small spec per operation, for per-operation tests on every backend.
+OPERATION_SPECS = {name: operation_spec(name, body) for name, body in OPERATION_BODIES.items()}
+
+#: Every operation in one spec (each term scaled down), for backends where a spec costs a
+#: compilation (JAX, Keras); not gelu, which the ONNX backend refuses in float64.
+ALL_OPERATIONS_SPEC = operation_spec(
+    "all",
+    " + ".join(f"0.1 * ({body})" for name, body in OPERATION_BODIES.items() if name != "gelu") + " + 0.1 * gelu(a)",
+)
+
+
 class _SpecDrawer:
     """Draws one random valid spec as plain data (see ``spec_texts``)."""
 
@@ -445,7 +516,17 @@ class _SpecDrawer:
 
     def batched_expr(self, depth: int) -> str:
         leaves = ["gate", "projection"] + (["name"] if self.batched else [])
-        compound = ["unary", "layer_norm", "binary", "with_constant", "negate", "project", "ln_ln", "softmax_product"]
+        compound = [
+            "unary",
+            "operation",
+            "layer_norm",
+            "binary",
+            "with_constant",
+            "negate",
+            "project",
+            "ln_ln",
+            "softmax_product",
+        ]
         kind = self.choice(leaves + (compound if depth > 0 else []))
         sub = lambda: _paren(self.batched_expr(depth - 1))
         if kind == "gate":  # what the fusion passes look for: x @ W + h @ U + b
@@ -460,7 +541,10 @@ class _SpecDrawer:
         if kind == "name":
             return self.name(self.batched)
         if kind == "unary":
-            return f"{self.choice(['sigmoid', 'tanh', 'relu', 'softmax'])}({self.batched_expr(depth - 1)})"
+            return f"{self.choice(UNARY_FUNCTIONS)}({self.batched_expr(depth - 1)})"
+        if kind == "operation":  # the other operations, each in a form whose domain is safe
+            form = self.choice(OPERATION_FORMS)
+            return form.format(a=sub(), b=sub() if "{b}" in form else "")
         if kind == "layer_norm":
             return self.layer_norm(self.batched_expr(depth - 1))
         if kind == "ln_ln":
@@ -829,3 +913,93 @@ def spec_cases(
         return text, _draw_case(draw, spec, batch, steps, input_size, units, scales)
 
     return build()
+
+
+def operation_cases(
+    op: str | None, max_batch: int = 2, max_units: int = 4, max_extra_steps: int = 3, scales=(0.3, 1.0)
+):
+    """A Hypothesis strategy of ``(spec, case)`` for the spec of ``op`` in ``OPERATION_SPECS``
+    (None: ``ALL_OPERATIONS_SPEC``).
+
+    Examples:
+        >>> from hypothesis import find
+        >>> spec, case = find(operation_cases("clip"), lambda c: c[1].steps > 2)
+        >>> spec.name, case.steps
+        ('op_clip', 3)
+    """
+    from hypothesis import strategies as st
+
+    from .spec_loader import loads_spec
+
+    @st.composite
+    def build(draw):
+        spec = loads_spec(ALL_OPERATIONS_SPEC if op is None else OPERATION_SPECS[op], source=f"<operation {op}>")
+        units = draw(st.integers(1, max_units))
+        steps = draw(st.integers(1, units + max_extra_steps))
+        batch, input_size = draw(st.integers(1, max_batch)), draw(st.integers(1, 3))
+        return spec, _draw_case(draw, spec, batch, steps, input_size, units, scales)
+
+    return build()
+
+
+#: A spec whose log, sqrt and division reach zero and negative arguments.
+DOMAIN_SPEC = """
+spec_version = 1
+name = "domain"
+description = "log, sqrt and a division on values that reach zero and below."
+input = "x"
+output = "y"
+state = { h = "h_next", c = "c_next" }
+params = { W = { shape = ["input", "units"], init = "glorot_uniform" } }
+equations = { k = "x @ W", y = "log(k)", h_next = "sqrt(k)", c_next = "1 / (k * k)" }
+"""
+
+
+def check_operation(backend: str, spec, case, dtype: str) -> float:
+    """Assert ``backend`` runs ``spec`` on ``case`` as the interpreter does (``check_against_interpreter``)."""
+    import novolstm
+
+    def run(params, x, state, mask):
+        return novolstm.run(spec, params, x, state, backend=backend, mask=mask)
+
+    return check_against_interpreter(spec, run, case, dtype, computes_in(backend, dtype))
+
+
+def check_operation_gradients(backend: str, spec, case, seed: int) -> None:
+    """Assert ``backend``'s gradients match central differences of the interpreter (float64, or
+    NumPy's checked ones where it computes float64 in float32) and, in float32, the float64 ones."""
+    import novolstm
+
+    vjp_numpy = novolstm.load_generated(spec, backend).vjp_numpy
+    if computes_in(backend, "float64") == "float64":
+        anchor = check_gradients_against_interpreter(spec, vjp_numpy, case, seed)
+    else:
+        anchor = check_gradients_against_interpreter(spec, novolstm.load_generated(spec, "numpy").vjp_numpy, case, seed)
+    check_gradients_close(spec, vjp_numpy, case, anchor, seed, "float32", computes_in(backend, "float32"))
+
+
+def check_domain_rule(backend: str, dtype: str = "float64") -> None:
+    """Assert the domain rule on ``backend``: log 0 = -inf, log and sqrt of a negative = nan,
+    1 / 0 = inf, as the interpreter computes them (docs/numerics.md)."""
+    import novolstm
+
+    from . import interpret
+
+    spec = novolstm.loads_spec(DOMAIN_SPEC)
+    params = {"W": np.array([[1.0, -1.0, 0.5]], dtype)}
+    x = np.array([[[0.0]], [[2.0]], [[-3.0]]], dtype)
+    expected, expected_state = interpret.run(spec, {"W": params["W"].astype(np.float64)}, x.astype(np.float64))
+    assert np.isneginf(expected[0, 0]).all() and np.isnan(expected[2, 0, 0]) and np.isposinf(expected_state[1][0]).all()
+    module = novolstm.load_generated(spec, backend)
+    outputs, state = module.run_numpy(params, x, None, None)
+    np.testing.assert_allclose(np.asarray(outputs, np.float64), expected, rtol=1e-6, atol=0)
+    for got, want in zip(state, expected_state):
+        np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6, atol=0)
+
+
+#: The cells the heavier per-backend properties run on (JAX and Keras, where each cell costs
+#: compilations): the five original cells and the zoo cells whose operations no other cell
+#: has (sLSTM: exp, log_sigmoid, maximum, division; minLSTM: a linear recurrence; ln_lstm:
+#: six LayerNorms). Every cell still runs on every backend against its reference and
+#: through the conformance kit (tests/test_backends.py, tests/test_conformance.py).
+PROPERTY_CELLS = ("lstm", "novolstm", "novolstm_reference", "gru", "peephole_lstm", "slstm", "minlstm", "ln_lstm")

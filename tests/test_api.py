@@ -121,7 +121,7 @@ def test_generated_source_is_standalone_and_labelled(cell):
             imports |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imports.add((node.module or "").split(".")[0])
-    assert imports <= {"numpy", "zlib"}
+    assert imports <= {"math", "numpy", "zlib"}
 
 
 def test_exported_source_runs_without_novolstm(tmp_path):

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 import novolstm
 from novolstm.spec_loader import parse_spec
 from novolstm.testing import (
+    OPERATION_FORMS,
+    UNARY_FUNCTIONS,
     Case,
     check_against_interpreter,
     check_gradients_against_interpreter,
@@ -64,6 +66,11 @@ def test_numpy_gradients_match_finite_differences_of_the_interpreter(spec_case, 
 # ---------------------------------------------------------------- the strategy itself
 
 
+def _form_regex(form: str):
+    # An OPERATION_FORMS entry with its operands {a} and {b} as any text.
+    return re.compile(".*?".join(re.escape(piece) for piece in re.split(r"\{[ab]\}", form)))
+
+
 def test_random_specs_use_the_whole_language():
     """Over a fixed run of draws, the strategy produces every construct it promises."""
     features = {
@@ -93,13 +100,15 @@ def test_random_specs_use_the_whole_language():
         "shared parameter": lambda s, t: any(
             len(re.findall(rf"\b{p}\b", t.split("[equations]")[1])) > 1 for p in s.param_names
         ),
+        **{f"operation {form}": (lambda s, t, form=form: _form_regex(form).search(t) is not None) for form in OPERATION_FORMS},
+        **{f"function {fn}": (lambda s, t, fn=fn: f"{fn}(" in t) for fn in UNARY_FUNCTIONS},
         "equations out of order": lambda s, t: (
             [n for n, _ in s.equations] != re.findall(r"^(\w+) = ", t.split("[equations]")[1], re.MULTILINE)
         ),
     }
     seen: set[str] = set()
 
-    @settings(max_examples=300, derandomize=True, database=None)
+    @settings(max_examples=500, derandomize=True, database=None)
     @given(spec_texts())
     def draw(text):
         spec = novolstm.loads_spec(text)  # every drawn spec loads

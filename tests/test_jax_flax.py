@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 import novolstm
 from novolstm import reference
 from novolstm.convert import flax as convert
-from novolstm.testing import assert_close, random_params, tolerance
+from novolstm.testing import PROPERTY_CELLS, assert_close, random_params, tolerance
 
-CELLS = novolstm.list_specs()
+CELLS = list(PROPERTY_CELLS)  # every cell: tests/test_backends.py, tests/test_conformance.py
 
 
 def module(cell):

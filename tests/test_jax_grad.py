@@ -14,9 +14,9 @@ from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 import novolstm
-from novolstm.testing import assert_close, cases, random_params, tolerance
+from novolstm.testing import PROPERTY_CELLS, assert_close, cases, random_params, tolerance
 
-CELLS = novolstm.list_specs()
+CELLS = list(PROPERTY_CELLS)  # every cell: tests/test_backends.py, tests/test_conformance.py
 
 
 def x64(dtype):

@@ -128,7 +128,7 @@ BAD_SPECS = {
     "shape conflict": (_mutate("h @ U_g", "h @ W_g"), "W_g has shape \\(input, units\\) but its left operand has units-wide rows"),
     "matrix used elementwise": (_mutate('c_next = "f * c + i * g"', 'c_next = "f * c + i * g + W_g"'), "needs units-wide operands"),
     "input used elementwise": (_mutate('c_next = "f * c + i * g"', 'c_next = "f * c + i * x"'), "needs units-wide operands"),
-    "unknown function": (_mutate("tanh(c_next)", "exp(c_next)"), "unknown function 'exp'"),
+    "unknown function": (_mutate("tanh(c_next)", "erf(c_next)"), "unknown function 'erf'"),
     "cycle": (_mutate('f = "sigmoid(x @ W_f + h @ U_f + b_f)"', 'f = "sigmoid(x @ W_f + h @ U_f + b_f) * o"\no = "sigmoid(x @ W_o + h @ U_o + b_o) * f"').replace('o = "sigmoid(x @ W_o + h @ U_o + b_o)"\n', ""), "cycle"),
     "layer_norm without epsilon": (_mutate('g = "tanh(x @ W_g + h @ U_g + b_g)"', 'g = "layer_norm(tanh(x @ W_g + h @ U_g + b_g), b_g, b_i)"'), "layer_norm_epsilon: required"),
     "state is not a row": (_mutate('c = "c_next"', 'c = "b_f"'), "state.c: 'b_f' is not an equation"),
@@ -162,7 +162,7 @@ HOSTILE_EXPRESSIONS = [
     "sigmoid(x=h)",
     "'{canary}'",
     "h ** 2",
-    "h / h",
+    "h // h",
     "tanh(" * 80 + "h" + ")" * 80,
     "x" * 3000,
 ]

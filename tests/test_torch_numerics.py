@@ -228,8 +228,9 @@ def test_weight_gradients_are_formed_after_the_loop(cell):
     end = next(k for k in range(loop + 1, len(lines)) if not lines[k].startswith("        "))
     calls = [k for k, line in enumerate(lines) if "wgrad(" in line and "=" in line]
     assert calls and all(k > end for k in calls)
-    # the softmax branch of novolstm_reference and the GRU's split biases read their own gradients
-    assert len(calls) == (2 if cell in ("gru", "novolstm_reference") else 1)
+    # the softmax branch of novolstm_reference and the GRU's split biases read their own gradients,
+    # as do ln_lstm's separately normalized projections and MGU's projection of f * h
+    assert len(calls) == {"gru": 2, "novolstm_reference": 2, "ln_lstm": 2, "mgu": 3}.get(cell, 1)
 
 
 def test_init_params_match_novolstm():

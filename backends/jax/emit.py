@@ -51,6 +51,16 @@ OPS = {
     "relu": lambda n, a: f"jnp.maximum({a[0]}, 0.0)",
     "softmax": lambda n, a: f"_softmax({a[0]})",
     "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
+    "div": lambda n, a: f"{a[0]} / {a[1]}",
+    "exp": lambda n, a: f"jnp.exp({a[0]})",
+    "log": lambda n, a: f"jnp.log({a[0]})",
+    "sqrt": lambda n, a: f"jnp.sqrt({a[0]})",
+    "abs": lambda n, a: f"jnp.abs({a[0]})",
+    "softplus": lambda n, a: f"jax.nn.softplus({a[0]})",  # logaddexp(z, 0): no overflow, no threshold
+    "gelu": lambda n, a: f"jax.nn.gelu({a[0]}, approximate=False)",  # JAX's default is the tanh form
+    "maximum": lambda n, a: f"jnp.maximum({a[0]}, {a[1]})",
+    "minimum": lambda n, a: f"jnp.minimum({a[0]}, {a[1]})",
+    "clip": lambda n, a: f"jnp.clip({a[0]}, {n.attr('lo')!r}, {n.attr('hi')!r})",
 }
 
 

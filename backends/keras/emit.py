@@ -59,6 +59,16 @@ OPS = {
     "relu": lambda n, a: f"ops.relu({a[0]})",
     "softmax": lambda n, a: f"_softmax({a[0]})",
     "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
+    "div": lambda n, a: f"ops.divide({a[0]}, {a[1]})",
+    "exp": lambda n, a: f"ops.exp({a[0]})",
+    "log": lambda n, a: f"ops.log({a[0]})",
+    "sqrt": lambda n, a: f"ops.sqrt({a[0]})",
+    "abs": lambda n, a: f"ops.abs({a[0]})",
+    "softplus": lambda n, a: f"_softplus({a[0]})",
+    "gelu": lambda n, a: f"_gelu({a[0]})",
+    "maximum": lambda n, a: f"ops.maximum({a[0]}, {a[1]})",
+    "minimum": lambda n, a: f"ops.minimum({a[0]}, {a[1]})",
+    "clip": lambda n, a: f"ops.clip({a[0]}, {n.attr('lo')!r}, {n.attr('hi')!r})",
 }
 
 
@@ -152,6 +162,14 @@ def generate(plan: LoopPlan) -> str:
         step=render(step, OPS, comments=plan.expressions),
         first_state=var(states[0]),
         output=var(step.outputs["output"]),
-        next_state=tuple_of([f"ops.cast({var(step.outputs[f'state:{s}'])}, dtype)" for s in states]),
+        next_state=_returned_tuple([f"ops.cast({var(step.outputs[f'state:{s}'])}, dtype)" for s in states]),
     )
     return inline_runtime(__package__, docstring, block)
+
+
+def _returned_tuple(items: list[str]) -> str:
+    """The state tuple the step returns: one line, or one item a line (as ruff writes it) when long."""
+    text = tuple_of(items)
+    if len(text) <= 72:  # "    return ops.cast(<output>, dtype), " leaves about this much of 120
+        return text
+    return "(\n" + "".join(f"        {item},\n" for item in items) + "    )"

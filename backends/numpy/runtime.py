@@ -5,6 +5,7 @@ of stand-ins below is replaced by the spec's constants, ``init_params`` and the 
 ``fuse``, ``forward`` and ``backward``; everything else is this code, verbatim.
 """
 
+import math
 import zlib  # noqa: F401 - read by the initializers that generated modules inline here
 
 import numpy as np
@@ -66,6 +67,49 @@ def _normalize_units_grad(g, y, z, eps):
     c = z - z.mean(axis=-1, keepdims=True)
     inv_std = 1.0 / np.sqrt((c * c).mean(axis=-1, keepdims=True) + eps)
     return inv_std * (g - g.mean(axis=-1, keepdims=True) - y * (g * y).mean(axis=-1, keepdims=True))
+
+
+# The domain rule (docs/numerics.md): IEEE 754 results (log 0 = -inf, log of a negative and
+# sqrt of a negative = nan, z / 0 = +-inf, 0 / 0 = nan), never an exception or a warning.
+def _div(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return a / b
+
+
+def _exp(z):
+    with np.errstate(over="ignore", under="ignore"):
+        return np.exp(z)
+
+
+def _log(z):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(z)
+
+
+def _sqrt(z):
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(z)
+
+
+def _softplus(z):
+    # log(1 + exp(z)) as max(z, 0) + log1p(exp(-|z|)): exp never overflows, and no threshold
+    # switches to z (torch's does beyond 20, off by up to 2e-9).
+    with np.errstate(under="ignore"):
+        return np.maximum(z, 0.0) + np.log1p(np.exp(-np.abs(z)))
+
+
+_erf = np.frompyfunc(math.erf, 1, 1)  # NumPy has no erf; math.erf is correctly rounded to an ulp or so
+
+
+def _gelu(z):
+    # The exact GELU, z * Phi(z) with the standard normal's cdf (not the tanh approximation).
+    return (0.5 * z * (1.0 + _erf(z * (1.0 / math.sqrt(2.0))).astype(z.dtype))).astype(z.dtype)
+
+
+def _gelu_grad(g, z):
+    phi = np.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+    cdf = 0.5 * (1.0 + _erf(z * (1.0 / math.sqrt(2.0))).astype(z.dtype))
+    return (g * (cdf + z * phi)).astype(z.dtype)
 
 
 def _linear(a, w, b=None):

@@ -43,6 +43,16 @@ OPS = {
     "relu": lambda n, a: f'g.op("Relu", [{a[0]}])',
     "softmax": lambda n, a: f'g.op("Softmax", [{a[0]}], axis=-1)',
     "normalize_units": lambda n, a: f"g.normalize_units({a[0]}, {n.attr('eps')!r})",
+    "div": lambda n, a: f'g.op("Div", [{a[0]}, {a[1]}])',
+    "exp": lambda n, a: f'g.op("Exp", [{a[0]}])',
+    "log": lambda n, a: f'g.op("Log", [{a[0]}])',
+    "sqrt": lambda n, a: f'g.op("Sqrt", [{a[0]}])',
+    "abs": lambda n, a: f'g.op("Abs", [{a[0]}])',
+    "softplus": lambda n, a: f"g.softplus({a[0]})",
+    "gelu": lambda n, a: f"g.gelu({a[0]})",
+    "maximum": lambda n, a: f'g.op("Max", [{a[0]}, {a[1]}])',
+    "minimum": lambda n, a: f'g.op("Min", [{a[0]}, {a[1]}])',
+    "clip": lambda n, a: f'g.op("Clip", [{a[0]}, g.const({n.attr("lo")!r}), g.const({n.attr("hi")!r})])',
 }
 
 #: The opset of the models generated modules build.

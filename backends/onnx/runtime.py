@@ -84,6 +84,19 @@ class _Graph:
         var = self.op("ReduceMean", [self.op("Mul", [c, c]), self.last_axis()], keepdims=1)
         return self.op("Div", [c, self.op("Sqrt", [self.op("Add", [var, self.const(eps)])])])
 
+    def softplus(self, a):
+        # max(z, 0) + log(1 + exp(-|z|)): exp never overflows (ONNX has no log1p; the
+        # sum differs from log1p by rounding only, 1 + exp(-|z|) being in [1, 2]).
+        decay = self.op("Exp", [self.op("Neg", [self.op("Abs", [a])])])
+        return self.op("Add", [self.op("Relu", [a]), self.op("Log", [self.op("Add", [self.const(1.0), decay])])])
+
+    def gelu(self, a):
+        # The exact GELU, z Phi(z) = z (1 + erf(z / sqrt 2)) / 2 (opset 18 has Erf, not Gelu).
+        if self.dtype == np.float64:  # computing it in float32 would be a wrong answer at float64's tolerance
+            raise NotImplementedError("gelu on the onnx backend: onnxruntime has no float64 Erf kernel; use float32")
+        erf = self.op("Erf", [self.op("Mul", [a, self.const(0.7071067811865476)])])
+        return self.op("Mul", [self.op("Mul", [a, self.const(0.5)]), self.op("Add", [erf, self.const(1.0)])])
+
     def split(self, a, sizes):
         """One Split of ``a``'s last axis into pieces of the given widths: their names."""
         outs = [self.name() for _ in sizes]

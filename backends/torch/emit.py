@@ -29,6 +29,7 @@ from novolstm.codegen import (
     LoopPlan,
     assign,
     concat_op,
+    dict_items,
     docstring_text,
     init_source,
     inline_runtime,
@@ -83,6 +84,20 @@ OPS = {
     "relu": lambda n, a: f"torch.relu({a[0]})",
     "softmax": lambda n, a: f"_softmax({a[0]})",
     "normalize_units": lambda n, a: f"_normalize_units({a[0]}, {n.attr('eps')!r})",
+    "div": lambda n, a: f"{a[0]} / {a[1]}",
+    "exp": lambda n, a: f"torch.exp({a[0]})",
+    "log": lambda n, a: f"torch.log({a[0]})",
+    "sqrt": lambda n, a: f"torch.sqrt({a[0]})",
+    "abs": lambda n, a: f"torch.abs({a[0]})",
+    "softplus": lambda n, a: f"_softplus({a[0]})",
+    "gelu": lambda n, a: f"torch.nn.functional.gelu({a[0]})",
+    "maximum": lambda n, a: f"_maximum({a[0]}, {a[1]})",
+    "minimum": lambda n, a: f"_minimum({a[0]}, {a[1]})",
+    "clip": lambda n, a: f"torch.clamp({a[0]}, {n.attr('lo')!r}, {n.attr('hi')!r})",
+    "gelu_grad": lambda n, a: f"_gelu_grad({a[0]}, {a[1]})",
+    "sign": lambda n, a: f"torch.sign({a[0]})",
+    "ge_mask": lambda n, a: f"{a[0]} >= {a[1]}",
+    "in_range": lambda n, a: f"({a[0]} >= {n.attr('lo')!r}) & ({a[0]} <= {n.attr('hi')!r})",
     # backward-only ops
     "sigmoid_grad": lambda n, a: f"_sigmoid_backward({a[0]}, {a[1]})",
     "tanh_grad": lambda n, a: f"_tanh_backward({a[0]}, {a[1]})",
@@ -259,8 +274,8 @@ def forward(params, x, state, mask=None, keep_tape=False, reverse=False):
     Returns:
         (outputs (time, batch, units), final state tuple, tape or None)
     """
-    H = params[UNITS_PARAM].shape[-1]
-    T, B = x.shape[0], x.shape[1]
+    H = params[UNITS_PARAM].shape[-1]  # noqa: F841 - H and B: read where the spec slices or pads
+    T, B = x.shape[0], x.shape[1]  # noqa: F841
     gemm, pack, wgrad = gemm_for(x)
     fused = fuse(params)
     $load_fused
@@ -542,7 +557,7 @@ def generate(plan: LoopPlan) -> str:
         advance_masked=assign(state_vars, [f"torch.where(m, {nv}, {sv})" for sv, nv in zip(state_vars, next_vars)]),
         output=var(step.outputs["output"]),
         tape_dict=literal({n: Code(f"tp_{n}") for n in tape}, column=15, indent=8),
-        prologue_tape=", ".join(f'"prologue:{n}": {var(n)}' for n in plan.prologue_tape),
+        prologue_tape=dict_items([f'"prologue:{n}": {var(n)}' for n in plan.prologue_tape], "    ", 60),
         final_state=tuple_of(state_vars),
         unpack_g_state=targets(g_states),
         unpack_tape=unpack_tape,

@@ -120,6 +120,31 @@ def _normalize_units_grad(g, y, z, eps):
 _LAYER_NORM_BACKWARD = torch.ops.aten.native_layer_norm_backward.default
 
 
+def _softplus(z):
+    # max(z, 0) + log1p(exp(-|z|)): torch.nn.functional.softplus returns z beyond z = 20,
+    # 2e-9 off, which float64 sees.
+    return torch.clamp_min(z, 0.0) + torch.log1p(torch.exp(-torch.abs(z)))
+
+
+def _as_tensor_like(a, b):
+    # torch.maximum takes two tensors; a spec's literal (a Python float) becomes one.
+    return a if isinstance(a, torch.Tensor) else torch.as_tensor(a, dtype=b.dtype, device=b.device)
+
+
+def _maximum(a, b):
+    return torch.maximum(_as_tensor_like(a, b), _as_tensor_like(b, a))
+
+
+def _minimum(a, b):
+    return torch.minimum(_as_tensor_like(a, b), _as_tensor_like(b, a))
+
+
+def _gelu_grad(g, z):
+    # d/dz z Phi(z) = Phi(z) + z phi(z), the exact GELU's derivative.
+    cdf = 0.5 * (1.0 + torch.erf(z * 0.7071067811865476))
+    return g * (cdf + z * torch.exp(-0.5 * z * z) * 0.3989422804014327)
+
+
 # g * y * (1 - y) and g * (1 - y * y) in one kernel each (the ops autograd itself uses).
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.default
 _tanh_backward = torch.ops.aten.tanh_backward.default
