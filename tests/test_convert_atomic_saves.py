@@ -88,7 +88,7 @@ def test_a_killed_save_leaves_the_previous_file_and_its_temporary_is_swept(tmp_p
     path = tmp_path / "c.safetensors"
     novolstm.save(params(1, KILLED_UNITS), path, spec="lstm")
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER.format(units=KILLED_UNITS), str(path), "2"], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER.format(units=KILLED_UNITS), str(path), "2"], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 30
         while not leftovers(tmp_path) and time.monotonic() < deadline:
@@ -133,7 +133,8 @@ def test_concurrent_saves_from_processes_end_with_one_whole_file(tmp_path):
         for _ in range(5):
             novolstm.save({{k: np.full_like(v, seed, dtype=np.float32) for k, v in base.items()}}, sys.argv[2], spec="lstm")
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(seed), str(path)]) for seed in range(1, 4)]
+    # cwd: away from the source tree, whose novolstm/ would shadow the installed package.
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(seed), str(path)], cwd=tmp_path) for seed in range(1, 4)]
     assert [p.wait() for p in procs] == [0] * 3
     assert written_by(path) in range(1, 4)
     assert leftovers(tmp_path) == []
@@ -181,7 +182,7 @@ def test_a_tampered_embedded_spec_is_refused_by_its_hash(tmp_path):
         novolstm.load(tmp_path / "f.safetensors")
 
 
-def test_converter_modules_are_attributes_without_importing_a_framework():
+def test_converter_modules_are_attributes_without_importing_a_framework(tmp_path):
     code = textwrap.dedent("""
         import sys, novolstm
         mods = [novolstm.convert.torch, novolstm.convert.keras, novolstm.convert.flax, novolstm.convert.onnx, novolstm.convert.files]
@@ -190,5 +191,5 @@ def test_converter_modules_are_attributes_without_importing_a_framework():
         loaded = sorted(m for m in ("torch", "tensorflow", "keras", "jax", "flax", "onnx", "onnxruntime", "h5py") if m in sys.modules)
         print(loaded)
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"

@@ -102,11 +102,11 @@ def test_bad_input_is_refused_by_name(call, message, rng):
         call(params, rng.normal(size=(2, 4, 2)))
 
 
-def test_shares_nothing_with_the_compiler():
+def test_shares_nothing_with_the_compiler(tmp_path):
     code = (
         "import sys, novolstm.interpret; "
         "bad = sorted(m for m in sys.modules if m.startswith(('novolstm.ir', 'novolstm.passes', 'novolstm.autodiff',"
         " 'novolstm.codegen', 'novolstm.backends', 'novolstm.reference', 'novolstm.api'))); print(bad)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout
     assert out.strip() == "[]"

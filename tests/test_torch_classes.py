@@ -159,7 +159,7 @@ def test_a_module_saved_from_another_version_of_its_spec_is_refused():
         pickle.loads(pickle.dumps(layer))
 
 
-def test_the_import_hook_resolves_generated_module_names_and_refuses_changed_specs():
+def test_the_import_hook_resolves_generated_module_names_and_refuses_changed_specs(tmp_path):
     lstm = novolstm.load_spec("lstm")
     code = f"""
 import importlib, pickle
@@ -171,7 +171,7 @@ for name in ("novolstm.generated.torch.lstm_000000000000", "novolstm.generated.t
     except ImportError as exc:
         print(exc)
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     first, second = proc.stdout.strip().splitlines()
     assert "the cells differ, so it is not loaded" in first
