@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from novolstm.bench.harness import plot
-from novolstm.evaluation import Result, plot_curves
+from novolstm.evaluation import load_results, plot_curves
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -27,7 +27,7 @@ def main() -> None:
         plot(json.loads(results.read_text()), results.with_name("ratios.png"), machine=args.machine)
         print(results.with_name("ratios.png").relative_to(DOCS.parent))
     evaluation = DOCS / "evaluation" / "results.json"
-    plot_curves([Result(**r) for r in json.loads(evaluation.read_text())], evaluation.with_name("curves.png"))
+    plot_curves(load_results(evaluation), evaluation.with_name("curves.png"))
     print(evaluation.with_name("curves.png").relative_to(DOCS.parent))
 
 

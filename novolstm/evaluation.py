@@ -20,14 +20,16 @@ Tasks:
 
 Examples:
     >>> results = compare(["lstm"], ["adding"], seeds=[0], steps=3, length=5, units=4, quiet=True)
-    >>> results[0].cell, results[0].task, len(results[0].curve)
-    ('lstm', 'adding T=5', 3)
+    >>> results[0].cell, results[0].task, len(results[0].curve), results[0].test_steps
+    ('lstm', 'adding T=5', 3, [0, 1, 2, 3])
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 
@@ -117,9 +119,38 @@ class Result:
     seed: int
     backend: str
     curve: list  # training loss per step
-    score: float  # the task's metric on its test set
+    score: float  # the task's metric on its test set at the end of training
     metric: str
     baseline: float
+    test_steps: list = field(default_factory=list)  # the steps after which the test set was scored (0: untrained)
+    test_curve: list = field(default_factory=list)  # the task's metric on its test set at those steps
+
+
+def load_results(path) -> list[Result]:
+    """Read a results.json written by ``novolstm compare``, older files included.
+
+    Files written before the test set was scored during training have no ``test_steps`` and
+    ``test_curve``; their one known test score, at the end of training, becomes a curve of one point.
+
+    Args:
+        path: the results.json file.
+
+    Returns:
+        One ``Result`` per row.
+
+    Raises:
+        ValueError: the file is not a list of result rows.
+    """
+    rows = json.loads(Path(path).read_text())
+    known = {f.name for f in fields(Result)}
+    required = known - {"test_steps", "test_curve"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and required <= r.keys() <= known for r in rows):
+        raise ValueError(f"{path}: expected a list of result rows with the fields {sorted(known)}")
+    results = [Result(**r) for r in rows]
+    for r in results:
+        if not r.test_steps:
+            r.test_steps, r.test_curve = [len(r.curve)], [r.score]
+    return results
 
 
 class _Adam:
@@ -187,6 +218,23 @@ def _score(task: Task, prediction, y) -> float:
     return float(-logp[valid, y[valid]].mean())
 
 
+def evaluation_steps(steps: int, evaluations: int = 10) -> list[int]:
+    """The steps after which training scores the test set: evenly spaced from 0 (untrained) to ``steps``.
+
+    Examples:
+        >>> evaluation_steps(300)
+        [0, 30, 60, 90, 120, 150, 180, 210, 240, 270, 300]
+        >>> evaluation_steps(3)
+        [0, 1, 2, 3]
+
+    Raises:
+        ValueError: fewer than one evaluation.
+    """
+    if evaluations < 1:
+        raise ValueError(f"evaluations must be at least 1 (the end of training), got {evaluations}")
+    return sorted({round(steps * k / evaluations) for k in range(evaluations + 1)})
+
+
 def train(
     cell,
     task: Task,
@@ -197,6 +245,7 @@ def train(
     batch: int = 32,
     lr: float = 1e-2,
     progress=None,
+    evaluations: int = 10,
 ) -> Result:
     """Train ``cell`` with a linear readout on ``task`` (Adam, gradients clipped to [-1, 1]).
 
@@ -211,9 +260,12 @@ def train(
         batch: examples per step.
         lr: Adam's learning rate.
         progress: called as ``progress(step, loss)`` after every step, if given.
+        evaluations: how many times (besides before the first step) the test set is scored,
+            evenly spaced, the last after the final step (``evaluation_steps``).
 
     Returns:
-        A ``Result``: the training loss per step and the task's metric on its test set.
+        A ``Result``: the training loss per step, and the task's metric on its test set at
+        each evaluation step and at the end.
 
     Raises:
         ValueError: a backend without the gradient hook (onnx).
@@ -231,6 +283,14 @@ def train(
     params["readout_b"] = np.zeros(task.outputs)
     adam = _Adam(params, lr)
     cell_names = spec.param_names
+
+    def test_score() -> float:
+        outputs, _ = module.run_numpy({k: params[k] for k in cell_names}, task.x_test)
+        _, _, _, prediction = _head(task, np.asarray(outputs), params, task.y_test)
+        return _score(task, prediction, task.y_test)
+
+    test_steps = evaluation_steps(steps, evaluations)
+    test_curve = [test_score()] if test_steps[0] == 0 else []
     curve = []
     for step in range(steps):
         idx = rng.integers(0, len(task.x_train), batch)
@@ -241,12 +301,12 @@ def train(
         grads.update({k: np.asarray(v) for k, v in g_cell.items()})
         adam.step(params, grads)
         curve.append(loss)
+        if step + 1 in test_steps:
+            test_curve.append(test_score())
         if progress:
             progress(step + 1, loss)
-    outputs, _ = module.run_numpy({k: params[k] for k in cell_names}, task.x_test)
-    _, _, _, prediction = _head(task, np.asarray(outputs), params, task.y_test)
     return Result(
-        spec.name, task.name, seed, backend, curve, _score(task, prediction, task.y_test), task.metric, task.baseline
+        spec.name, task.name, seed, backend, curve, test_curve[-1], task.metric, task.baseline, test_steps, test_curve
     )
 
 
@@ -318,23 +378,21 @@ def results_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-#: the training loss each kind of task's curve shows
-_LOSS = {
-    "regression": "training MSE",
-    "sequence": "training cross-entropy (recall)",
-    "classification": "training cross-entropy",
-}
-
-
 def plot_curves(results: list[Result], path, columns: int = 2):
-    """Learning curves as a grid, one panel per task, and a legend panel.
+    """Learning curves as a grid: one panel per task, and a legend panel.
 
-    Each cell's training loss is drawn as the mean over seeds (smoothed over 10 steps) with a
-    band from the lowest to the highest seed, the chance level as a dashed line, and the test
-    score of the results table beside the curves: a diamond with the spread over seeds where the
-    test metric is the loss itself (MSE, cross-entropy), written out where it is not (accuracy).
+    Each panel shows the task's test metric (the one the results table reports) at the evaluation
+    steps of training: per cell the mean over seeds with a band from the lowest to the highest seed,
+    and the table's baseline (guessing) as a dashed line. MSE is drawn on a log axis; cross-entropy
+    and accuracy on linear axes from 0, so a curve sitting at chance looks flat.
 
-    Returns the matplotlib Figure (already written to ``path``).
+    Args:
+        results: the runs (``compare`` or ``load_results``).
+        path: the image file to write.
+        columns: panels per row.
+
+    Returns:
+        The matplotlib Figure (already written to ``path``).
     """
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
@@ -354,76 +412,39 @@ def plot_curves(results: list[Result], path, columns: int = 2):
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax, task in zip(axes.flat, tasks):
         runs = [r for r in results if r.task == task]
-        kind = (
-            "regression"
-            if runs[0].metric.endswith("MSE")
-            else "sequence"
-            if "recall" in runs[0].metric
-            else "classification"
-        )
-        chance = runs[0].baseline if kind != "classification" else float(np.log(round(1 / runs[0].baseline)))
-        last = max(len(r.curve) for r in runs)
-        written = []
-        for k, cell in enumerate(c for c in cells if any(r.cell == c for r in runs)):
+        highest = runs[0].baseline
+        for cell in (c for c in cells if any(r.cell == c for r in runs)):
             mine = [r for r in runs if r.cell == cell]
-            curves = np.array([r.curve for r in mine], dtype=float)
-            window = min(10, curves.shape[1])
-            smooth = np.array([np.convolve(c, np.ones(window) / window, mode="valid") for c in curves])
-            steps = np.arange(window, curves.shape[1] + 1)
-            ax.plot(steps, smooth.mean(0), color=colors[cell], linewidth=1.3)
+            steps = mine[0].test_steps
+            if any(r.test_steps != steps for r in mine):
+                raise ValueError(f"{task}, {cell}: the seeds were scored at different steps; cannot band them")
+            scores = np.array([r.test_curve for r in mine], dtype=float)
+            ax.plot(steps, scores.mean(0), color=colors[cell], linewidth=1.3, marker="o", markersize=2.5)
             if len(mine) > 1:
-                ax.fill_between(steps, smooth.min(0), smooth.max(0), color=colors[cell], alpha=0.2, linewidth=0)
-            scores = np.array([r.score for r in mine])
-            if kind == "classification":
-                written.append((cell, f"{cell} {scores.mean():.3f} ± {scores.std():.3f}"))
-            else:
-                ax.errorbar(
-                    last * (1.06 + 0.035 * k),
-                    scores.mean(),
-                    yerr=scores.std(),
-                    fmt="D",
-                    markersize=4,
-                    color=colors[cell],
-                    capsize=2,
-                    linewidth=1,
-                )
-        ax.axhline(chance, color="black", linestyle="--", linewidth=1)
-        if kind == "regression":
+                ax.fill_between(steps, scores.min(0), scores.max(0), color=colors[cell], alpha=0.2, linewidth=0)
+            highest = max(highest, float(scores.max()))
+        ax.axhline(runs[0].baseline, color="black", linestyle="--", linewidth=1)
+        if runs[0].metric.endswith("MSE"):
             ax.set_yscale("log")
+        elif "accuracy" in runs[0].metric:
+            ax.set_ylim(0, 1)
         else:
-            ax.set_ylim(0, 1.15 * max(chance, *(float(np.max(r.curve[min(10, len(r.curve)) - 1 :])) for r in runs)))
-        for k, (cell, text) in enumerate(written):
-            ax.text(
-                0.97, 0.8 - 0.09 * k, text, transform=ax.transAxes, ha="right", va="top", fontsize=8, color=colors[cell]
-            )
-        if written:
-            ax.text(
-                0.97,
-                0.8 - 0.09 * len(written),
-                runs[0].metric,
-                transform=ax.transAxes,
-                ha="right",
-                va="top",
-                fontsize=8,
-            )
+            ax.set_ylim(0, 1.1 * highest)
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("training step", fontsize=9)
-        ax.set_ylabel(_LOSS[kind], fontsize=9)
+        ax.set_ylabel(runs[0].metric.replace(" on recall steps", "\n(recall steps)"), fontsize=9)
         ax.tick_params(labelsize=8)
     legend = axes.flat[len(tasks)]
     legend.axis("off")
     handles = [Line2D([], [], color=colors[c], linewidth=2, label=c) for c in cells]
-    handles += [
-        Line2D([], [], color="black", linestyle="--", label="chance (guessing)"),
-        Line2D([], [], color="grey", marker="D", linestyle="none", label="test score, ± std over seeds"),
-    ]
+    handles.append(Line2D([], [], color="black", linestyle="--", label="baseline (guessing)"))
     legend.legend(handles=handles, loc="center", fontsize=9, frameon=False)
     for ax in axes.flat[len(tasks) + 1 :]:
         ax.set_visible(False)
     seeds = len({r.seed for r in results})
     fig.suptitle(
-        f"Training loss, mean over {seeds} seed{'s' if seeds > 1 else ''} (band: lowest to highest seed);\n"
-        "right of each panel: the test score of the results table",
+        f"Test metric of the results table during training, mean over {seeds} seed{'s' if seeds > 1 else ''}"
+        + (" (band: lowest to highest seed)" if seeds > 1 else ""),
         fontsize=10,
     )
     fig.savefig(path)

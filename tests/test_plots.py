@@ -10,7 +10,7 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from novolstm.bench.harness import plot
-from novolstm.evaluation import Result, plot_curves
+from novolstm.evaluation import Result, load_results, plot_curves
 
 
 def _ratio(dtype, mode, num, den, ratio, target):
@@ -63,38 +63,78 @@ def test_ratios_without_any_ratio_say_so(tmp_path):
     assert not fig.get_axes() and "no ratios measured" in fig.texts[0].get_text()
 
 
+_TASKS = (("adding T=5", "test MSE", 0.16, 0.2), ("copy T=5", "test cross-entropy on recall steps", 2.08, 2.1),
+          ("digits", "test accuracy", 0.1, 0.1))
+
+
 def _curves(tmp_path) -> list[Result]:
+    """A results.json as compare writes it: every run scored on its test set at 0, 10, ..., 40 steps."""
     rng = np.random.default_rng(0)
     rows = []
-    for task, metric, baseline, start in (("adding T=5", "test MSE", 0.16, 0.2), ("digits", "test accuracy", 0.1, 2.3)):
+    for task, metric, baseline, start in _TASKS:
         for cell in ("lstm", "novolstm"):
             for seed in (0, 1, 2):
-                curve = (start * np.exp(-np.arange(40) / 15) * (1 + 0.1 * rng.random(40))).tolist()
-                rows.append({"cell": cell, "task": task, "seed": seed, "backend": "numpy", "curve": curve,
-                             "score": float(rng.random()), "metric": metric, "baseline": baseline})
+                steps = [0, 10, 20, 30, 40]
+                if metric == "test accuracy":
+                    test = (0.9 - 0.8 * np.exp(-np.array(steps) / 15) + 0.05 * rng.random(5)).tolist()
+                else:
+                    test = (start * np.exp(-np.array(steps) / 30) * (1 + 0.1 * rng.random(5))).tolist()
+                rows.append({"cell": cell, "task": task, "seed": seed, "backend": "numpy",
+                             "curve": rng.random(40).tolist(), "score": test[-1], "metric": metric,
+                             "baseline": baseline, "test_steps": steps, "test_curve": test})
     path = tmp_path / "results.json"
     path.write_text(json.dumps(rows))
-    return [Result(**r) for r in json.loads(path.read_text())]
+    return load_results(path)
 
 
-def test_curves_grid_with_seed_bands_chance_lines_and_the_tables_metric(tmp_path):
+def test_curves_grid_of_the_tables_test_metric_with_seed_bands_and_baselines(tmp_path):
     results = _curves(tmp_path)
     fig = plot_curves(results, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
     visible = [ax for ax in fig.get_axes() if ax.get_visible()]
-    adding, digits, legend = visible
-    assert (adding.get_title(), digits.get_title()) == ("adding T=5", "digits")
-    assert adding.get_yscale() == "log" and digits.get_yscale() == "linear"
-    assert adding.get_ylabel() == "training MSE" and digits.get_ylabel() == "training cross-entropy"
-    for ax, chance in ((adding, 0.16), (digits, np.log(10))):
+    assert len(visible) == len(_TASKS) + 1  # one panel per task and the legend
+    panels, legend = visible[:-1], visible[-1]
+    for ax, (task, metric, baseline, _) in zip(panels, _TASKS):
+        assert ax.get_title() == task
+        assert ax.get_ylabel().replace("\n", " ").replace("(recall steps)", "on recall steps") == metric
+        assert ax.get_yscale() == ("log" if metric == "test MSE" else "linear")
+        assert ax.get_xlabel() == "training step"
         dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
-        assert len(dashed) == 1 and np.isclose(dashed[0].get_ydata()[0], chance)
-        assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 2  # a seed band per cell
-    # The table's test metric: MSE as a marker with its spread beside the curves, accuracy written out.
-    scores = {r.cell: np.mean([s.score for s in results if s.cell == r.cell and s.task == "adding T=5"]) for r in results}
-    markers = [line for line in adding.get_lines() if line.get_marker() == "D"]
-    assert sorted(float(m.get_ydata()[0]) for m in markers) == pytest.approx(sorted(scores.values()))
-    digit_texts = [t.get_text() for t in digits.texts]
-    assert "test accuracy" in digit_texts and any(t.startswith("lstm 0.") for t in digit_texts)
-    assert [t.get_text() for t in legend.get_legend().get_texts()][:2] == ["lstm", "novolstm"]
-    assert "3 seeds" in fig._suptitle.get_text()
+        assert len(dashed) == 1 and np.isclose(dashed[0].get_ydata()[0], baseline)
+        low, high = ax.get_ylim()
+        assert low <= baseline <= high
+        bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        assert len(bands) == 2  # a seed band per cell
+        curves = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+        assert len(curves) == 2
+        for line, band, cell in zip(curves, bands, ("lstm", "novolstm")):
+            runs = np.array([r.test_curve for r in results if r.task == task and r.cell == cell])
+            np.testing.assert_array_equal(line.get_xdata(), [0, 10, 20, 30, 40])
+            np.testing.assert_allclose(line.get_ydata(), runs.mean(0))  # the mean over seeds
+            # The band spans the lowest to the highest seed at every evaluation step.
+            corners = band.get_paths()[0].vertices
+            np.testing.assert_allclose(corners[:, 1].min(), runs.min(), rtol=1e-12)
+            np.testing.assert_allclose(corners[:, 1].max(), runs.max(), rtol=1e-12)
+            # The last point is the score the results table reports.
+            table = np.mean([r.score for r in results if r.task == task and r.cell == cell])
+            assert np.isclose(line.get_ydata()[-1], table)
+    assert panels[1].get_ylim()[0] == 0  # cross-entropy from 0: a curve at chance looks flat
+    assert panels[2].get_ylim() == (0, 1)
+    labels = [t.get_text() for t in legend.get_legend().get_texts()]
+    assert labels == ["lstm", "novolstm", "baseline (guessing)"]
+    assert "Test metric" in fig._suptitle.get_text() and "3 seeds" in fig._suptitle.get_text()
+
+
+def test_results_files_without_test_curves_load_as_one_point_at_the_end(tmp_path):
+    old = {"cell": "lstm", "task": "adding T=5", "seed": 0, "backend": "numpy", "curve": [0.3, 0.2, 0.1],
+           "score": 0.05, "metric": "test MSE", "baseline": 0.16}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps([old]))
+    (result,) = load_results(path)
+    assert (result.test_steps, result.test_curve, result.score) == ([3], [0.05], 0.05)
+    fig = plot_curves([result], tmp_path / "curves.png")
+    (line,) = [line for line in fig.get_axes()[0].get_lines() if line.get_linestyle() == "-"]
+    assert list(line.get_xdata()) == [3] and list(line.get_ydata()) == [0.05]
+    path.write_text(json.dumps([{**old, "surprise": 1}]))
+    with pytest.raises(ValueError, match="expected a list of result rows"):
+        load_results(path)
