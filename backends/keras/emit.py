@@ -149,7 +149,8 @@ def _masked_ops(plan: LoopPlan, operands: tuple[str, ...]) -> dict:
         if n.args[0] not in operands:
             return linear_call(n, a)
         bias = f"b_{n.name}" if any(n.attr("biases")) else "None"
-        return f"_linear({a[0]}, w_{n.name}, {bias}, _masks(masks, {tuple_of([repr(w) for w in weights[n.name]])}))"
+        names = tuple_of([f'"{w}"' for w in weights[n.name]])
+        return f"_linear({a[0]}, w_{n.name}, {bias}, _masks(masks, {names}))"
 
     return {**OPS, "linear": linear}
 

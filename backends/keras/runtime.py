@@ -248,7 +248,7 @@ class Cell(keras.layers.Layer, DropoutRNNCell):
 
     def call(self, inputs, states, training=None):
         states = self.check_state(inputs, states)
-        input_masks, recurrent_masks = self.weight_masks(inputs, states[0], training)
+        input_masks, recurrent_masks = self._weight_masks(inputs, states[0], training)
         if input_masks is None and training and 0.0 < self.dropout < 1.0:
             inputs = inputs * self.get_dropout_mask(inputs)
         params = self.tensors()
@@ -257,7 +257,7 @@ class Cell(keras.layers.Layer, DropoutRNNCell):
         output, new_state = step(params, fused, hoisted, states, self.units, recurrent_masks)
         return output, list(new_state)
 
-    def weight_masks(self, inputs, state, training):
+    def _weight_masks(self, inputs, state, training):
         """``(input masks, recurrent masks)``, each None or a dict of weight name -> mask: with a
         nonzero recurrent_dropout in training, one mask per weight, as LSTMCell's
         ``implementation=1`` (the input's stay None when dropout is 0). Without, both are None
@@ -466,7 +466,7 @@ class Layer(keras.layers.RNN):
             )
         cell.check_state(sequences[:, 0], initial_state)
         # One set of masks for every timestep, as keras.layers.LSTM.
-        masks = cell.weight_masks(sequences[:, 0, :], initial_state[0], training)
+        masks = cell._weight_masks(sequences[:, 0, :], initial_state[0], training)
         if masks[0] is None and training and 0.0 < cell.dropout < 1.0:
             sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
         return _loop(
@@ -505,7 +505,7 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
     """``(last_output, outputs, final_state)`` of the cell with ``params`` (canonical name -> tensor)
     over ``sequences`` (batch, time, input): a function of tensors only, so Keras' backend can
     differentiate it with respect to the parameters as well as the inputs and initial state.
-    ``masks``: the input and recurrent dropout masks per weight (see Cell.weight_masks).
+    ``masks``: the input and recurrent dropout masks per weight (see Cell._weight_masks).
     ``rnn_options``: return_sequences, go_backwards, stateful, unroll, as keras.layers.RNN."""
     units = int(params[UNITS_PARAM].shape[-1])
     fused = fuse(params)  # once per call, not once per step
