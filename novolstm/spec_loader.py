@@ -471,7 +471,10 @@ class _Loader:
                         f" {left.dims[0]}-wide rows; expected ({left.dims[0]}, units)"
                     )
                 return BATCH_UNITS
-            return self.elementwise([left, right], f"'{expr.op}'", key)
+            kind = self.elementwise([left, right], f"'{expr.op}'", key)
+            if kind == SCALAR:
+                self.literal_in_range(expr, key)
+            return kind
         assert isinstance(expr, Call)
         args = [self.kind_of(a, kinds, key) for a in expr.args]
         if expr.fn == "layer_norm":
@@ -494,6 +497,17 @@ class _Loader:
         if args[0] != BATCH_UNITS:
             self.fail(f"{key}: {expr.fn}() takes a batch of units-wide rows, got {args[0].describe()}")
         return BATCH_UNITS
+
+    def literal_in_range(self, expr: Expr, key: str) -> None:
+        # Literals alone fold to one float64 constant (ir.constant_value); one that overflows
+        # (1e308 * 10) would reach generated code as inf, so it is refused here, by name.
+        from .ir import constant_value
+
+        value = constant_value(expr)
+        if value is not None and not is_finite_number(value):
+            self.fail(
+                f"{key}: {format_expression(expr)!r} overflows float64 (it folds to {value!r}); expected a finite number"
+            )
 
     def clip_bounds(self, expr: Call, key: str) -> None:
         # The bounds are numbers, fixed by the spec: clip's gradient mask needs them at compile time.

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -72,32 +71,42 @@ def test_a_failing_replace_leaves_the_previous_file_and_no_temporary(tmp_path, m
 
 
 _SAVER = textwrap.dedent("""
-    import sys, numpy as np, novolstm
+    import sys, time, numpy as np, novolstm
+    from novolstm.convert import safe_io
     path, seed = sys.argv[1], int(sys.argv[2])
     base = novolstm.init_params("lstm", 4 * {units}, {units}, seed=0)
-    print("ready", flush=True)
-    while True:
-        novolstm.save({{k: np.full_like(v, seed, dtype=np.float32) for k, v in base.items()}}, path, spec="lstm")
+
+    def stall(src, dst):  # the bytes are on disk under the temporary name; the target is untouched
+        print("mid-save", flush=True)
+        time.sleep(600)
+
+    safe_io.os.replace = stall
+    novolstm.save({{k: np.full_like(v, seed, dtype=np.float32) for k, v in base.items()}}, path, spec="lstm")
 """)
 
 
 def test_a_killed_save_leaves_the_previous_file_and_its_temporary_is_swept(tmp_path):
-    """SIGKILL to a process that saves in a loop, the moment its temporary file exists (so mid-write):
-    the file always loads whole; the temporary the killed process could not remove goes at the next
-    save to that path."""
+    """SIGKILL to a process stopped mid-save (its temporary written, the rename not done; the
+    child's os.replace waits, so the kill lands there every time rather than by a timing race):
+    the file still loads whole and unchanged; the temporary the killed process could not remove
+    goes at the next save to that path."""
     path = tmp_path / "c.safetensors"
     novolstm.save(params(1, KILLED_UNITS), path, spec="lstm")
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER.format(units=KILLED_UNITS), str(path), "2"], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
-        assert proc.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 30
-        while not leftovers(tmp_path) and time.monotonic() < deadline:
-            time.sleep(0.001)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        assert leftovers(tmp_path), "the kill did not land mid-save"
-        assert written_by(path) in (1, 2)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SAVER.format(units=KILLED_UNITS), str(path), "2"],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,  # away from the source tree, whose novolstm/ would shadow the installed package
+        )
+        try:
+            assert proc.stdout.readline().strip() == "mid-save"
+            assert leftovers(tmp_path), "the stalled save has no temporary on disk"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stdout.close()
+        assert written_by(path) == 1
     novolstm.save(params(3, KILLED_UNITS), path, spec="lstm")  # sweeps what the killed processes left
     assert written_by(path) == 3
     assert leftovers(tmp_path) == []

@@ -379,6 +379,15 @@ def test_literals_outside_float_range_are_refused(literal):
         loads_spec(text)
 
 
+@pytest.mark.parametrize("product", ["(1e308 * 10)", "(-(1e200 * 1e200))", "(1e308 + 1e308)", "(1e308 * 2 * 3)"])
+def test_literals_that_fold_past_float_range_are_refused(product):
+    # Literal-only subexpressions fold to one float64 constant; an overflow would reach generated code.
+    text = _mutate('c_next = "f * c + i * g"', f'c_next = "f * c + i * g * {product}"')
+    with pytest.raises(SpecError, match="equations.c_next: .* overflows float64"):
+        loads_spec(text)
+    loads_spec(_mutate('c_next = "f * c + i * g"', 'c_next = "f * c + i * g * (1e300 * 10)"'))  # in range: loads
+
+
 @pytest.mark.parametrize("init", [{"name": "uniform", "limit": -0.1}, {"name": "normal", "stddev": -1.0}])
 def test_negative_initializer_limits_are_refused(init):
     data = novolstm.load_spec("lstm").to_dict()
