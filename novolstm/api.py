@@ -72,10 +72,12 @@ def _load(spec: Spec, backend: str) -> types.ModuleType:
 
 
 def clear_caches() -> None:
-    """Forget every generated source and module (the benchmarks time generation from scratch)."""
+    """Forget every generated source (the benchmarks time generation from scratch).
+
+    Loaded modules stay: their classes are the named classes users hold, pickle and save.
+    """
     with _CACHE_LOCK:
         _generate_once.cache_clear()
-        _load_once.cache_clear()
 
 
 @functools.lru_cache(maxsize=64)
@@ -85,12 +87,17 @@ def _generate_once(spec: Spec, backend: str) -> str:
     return emitter(backend).generate(plan(spec))
 
 
-@functools.lru_cache(maxsize=64)
 def _load_once(spec: Spec, backend: str) -> types.ModuleType:
     from novolstm import generated
 
-    source = _generate(spec, backend)
+    # sys.modules is the cache, never evicted: a generated class must stay the same object for
+    # the life of the process (pickle and the named classes in novolstm.torch and the others
+    # look it up by module name). A bounded cache evicted built-in cells after many others.
     name = generated.module_name(spec, backend)
+    loaded = sys.modules.get(name)
+    if loaded is not None and vars(loaded).get("SPEC") == spec:
+        return loaded
+    source = _generate(spec, backend)
     filename = f"<novolstm generated {backend} {spec.name} {spec.hash[:12]}>"
     # Registered with linecache so tracebacks and inspect show the generated lines.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)

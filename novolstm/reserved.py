@@ -83,7 +83,7 @@ RESERVED: dict[str, frozenset[str]] = {
         """
         BACKWARDS BIAS_NAMES CLASS_NAME Cell DropoutRNNCell FUSED_CELL FUSED_KERNEL HOISTED_WIDTHS INITIALIZERS INPUT_PARAM JAX_INITIALIZERS Layer LinenCell
         NATIVE_ARGUMENTS NNXCell OPSET PARAM_NAMES PARAM_TABLE PackedSequence ROLES SPEC SPEC_HASH SPEC_NAME SPEC_TOML
-        STATE_NAMES Sequence
+        STATE_NAMES Sequence KERNEL_NAMES RECURRENT_NAMES
         UNITS_PARAM backward bidirectional build_graphs build_model cell_step check_inputs contextlib forward
         fuse gemm gemm_for helper importlib init_from_key init_from_table init_param_from_key init_params jax
         jnp keras math nn nnx np numpy

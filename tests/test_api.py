@@ -245,3 +245,13 @@ def test_eight_threads_get_one_numpy_class():
     modules = concurrent_calls(lambda: novolstm.load_generated(spec, "numpy"))
     assert all(m is modules[0] for m in modules)
     assert modules[0].Cell is novolstm.get_cell("numpy", spec)
+
+
+def test_a_cell_class_stays_the_same_object_however_many_specs_load_after_it():
+    # Pickles and the named classes look generated classes up by module name: a bounded cache that
+    # evicted a built-in cell after 64 others made get_cell return a second, different class.
+    first = novolstm.get_cell("numpy", "lstm")
+    text = novolstm.load_spec("lstm").dumps()
+    for k in range(80):
+        novolstm.get_cell("numpy", novolstm.loads_spec(text.replace('name = "lstm"', f'name = "lstm{k}"')))
+    assert novolstm.get_cell("numpy", "lstm") is first

@@ -139,6 +139,7 @@ def test_module_docstring_example():
 
 NATIVE = {
     "dropout": 0.25,
+    "recurrent_dropout": 0.125,
     "use_bias": False,
     "kernel_initializer": "zeros",
     "recurrent_initializer": "identity",
@@ -168,7 +169,7 @@ def test_get_config_round_trips_every_native_argument(kind, tmp_path):
 
 
 def test_initializers_regularizers_constraints_and_use_bias_act_by_role(rng):
-    cell = nk.NovoLSTMCell(H, seed=0, **{k: v for k, v in NATIVE.items() if k not in ("dropout", "activity_regularizer")})
+    cell = nk.NovoLSTMCell(H, seed=0, **{k: v for k, v in NATIVE.items() if k not in ("dropout", "recurrent_dropout", "activity_regularizer")})
     rnn = keras.layers.RNN(cell)
     rnn(rng.normal(size=(2, 5, I)).astype("float32"))
     roles = {"kernel": [], "recurrent": [], "bias": [], None: []}
@@ -188,13 +189,6 @@ def test_initializers_regularizers_constraints_and_use_bias_act_by_role(rng):
     assert all(getattr(cell, n).constraint is not None for n in roles["kernel"] + roles["recurrent"])
     with pytest.raises(ValueError, match="use_bias=False, so the biases"):
         cell.load_params({**cell.export_params(), roles["bias"][0]: np.ones(H)})
-
-
-def test_recurrent_dropout_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"recurrent_dropout=0.2: not supported"):
-        nk.GRUCell(H, recurrent_dropout=0.2)
-    with pytest.raises(ValueError, match="recurrent_dropout=0.2: not supported"):
-        nk.GRU(H, recurrent_dropout=0.2)
 
 
 def _keras_lstm_weights(params):
@@ -224,6 +218,71 @@ def test_dropout_draws_the_masks_keras_lstm_draws(seed, rng):
     inference = keras.ops.convert_to_numpy(ours(x))
     assert not np.allclose(inference, expected)  # dropout acts in training only
     np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(native(x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_recurrent_dropout_draws_the_masks_keras_lstm_draws(seed, rng):
+    # With a nonzero recurrent_dropout, keras.layers.LSTMCell draws one input mask and one
+    # recurrent mask per gate (implementation=1); ours draws one per weight in the spec's order.
+    params = {k: v.astype("float32") for k, v in random_params_keras(rng).items()}
+    x = rng.normal(size=(3, 6, I)).astype("float32")
+    rates = {"dropout": 0.3, "recurrent_dropout": 0.4}
+    layers = [nk.LSTM(H, seed=seed, return_sequences=True, **rates)]
+    layers.append(nk.LSTM(H, seed=seed, return_sequences=True, hoist_input=True, **rates))
+    layers.append(keras.layers.RNN(nk.LSTMCell(H, seed=seed, **rates), return_sequences=True))
+    for layer in layers:
+        layer.build(x.shape)
+        layer.cell.load_params(params)
+    native = keras.layers.LSTM(H, seed=seed, return_sequences=True, **rates)
+    native.build(x.shape)
+    native.set_weights(_keras_lstm_weights(params))
+    for _ in range(2):  # new masks on every call, the same sequence of masks as Keras'
+        expected = keras.ops.convert_to_numpy(native(x, training=True))
+        for layer in layers:
+            got = keras.ops.convert_to_numpy(layer(x, training=True))
+            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    without = keras.layers.LSTM(H, seed=seed, return_sequences=True, dropout=0.3)
+    without.build(x.shape)
+    without.set_weights(_keras_lstm_weights(params))
+    assert not np.allclose(keras.ops.convert_to_numpy(without(x, training=True)), expected)  # the state was dropped
+    inference = keras.ops.convert_to_numpy(native(x))
+    for layer in layers:  # inference: no mask at all
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), inference, rtol=1e-5, atol=1e-6)
+
+
+def test_recurrent_dropout_masks_a_state_only_where_it_is_projected(rng):
+    # The GRU reads h in three projections (h @ U_r, h @ U_z, h @ U_n) and elementwise (z * h):
+    # the cell's own masks, one per recurrent weight, must multiply h in the projections only.
+    from novolstm.testing import assert_close, computes_in, random_params, tolerance
+
+    params = random_params("gru", I, H, rng)
+    x = rng.normal(size=(3, 5, I))
+    h = rng.normal(size=(3, H))
+    cell = nk.GRUCell(H, seed=11, dropout=0.25, recurrent_dropout=0.5, dtype="float64")
+    cell.build((None, I))
+    cell.load_params(params)
+    dp = [keras.ops.convert_to_numpy(m) for m in cell.get_dropout_mask(keras.ops.convert_to_tensor(x[:, 0]))]
+    rdp = [keras.ops.convert_to_numpy(m) for m in cell.get_recurrent_dropout_mask(keras.ops.convert_to_tensor(h))]
+    assert len(dp) == len(rdp) == 3 and all(not np.array_equal(rdp[0], m) for m in rdp[1:])
+    assert all(np.isin(m, (0.0, 2.0)).all() and (m == 0).any() for m in rdp)  # kept values scaled by 1 / (1 - 0.5)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    p = params
+    state, outputs = h, []
+    for t in range(x.shape[1]):
+        xt = x[:, t]
+        r = sigmoid((xt * dp[0]) @ p["W_r"] + (state * rdp[0]) @ p["U_r"] + p["b_r"])
+        z = sigmoid((xt * dp[1]) @ p["W_z"] + (state * rdp[1]) @ p["U_z"] + p["b_z"])
+        n = np.tanh((xt * dp[2]) @ p["W_n"] + p["b_n"] + r * ((state * rdp[2]) @ p["U_n"] + p["b_hn"]))
+        state = (1 - z) * n + z * state  # h elementwise: never masked
+        outputs.append(state)
+    state_t = [keras.ops.convert_to_tensor(h)]
+    for t in range(x.shape[1]):  # the cached masks serve every step, as inside keras.layers.RNN
+        out, state_t = cell(keras.ops.convert_to_tensor(x[:, t]), state_t, training=True)
+        # novolstm.testing.PRECISION_LIMITS: Keras on JAX and torch holds float64 to float32's tolerance.
+        tol = tolerance(computes_in("keras", "float64", keras.backend.backend()), steps=t + 1)
+        assert_close(keras.ops.convert_to_numpy(out), outputs[t], tol, what=f"output at step {t}")
+    cell.reset_dropout_mask()
+    cell.reset_recurrent_dropout_mask()
 
 
 def random_params_keras(rng):

@@ -53,6 +53,14 @@ class CompiledUnavailable(RuntimeError):
     """The compiled path cannot run this spec here (the message says why)."""
 
 
+class CompiledUnsupported(CompiledUnavailable):
+    """The C++ emitter does not compile this spec's operations: the generated loop is its path.
+
+    Unlike a missing compiler, this is by design, so the Layer falls back without a warning
+    (``compiled=True`` still raises).
+    """
+
+
 _LOCK = threading.Lock()
 _LOADED: dict[str, CompiledSequence | CompiledUnavailable] = {}
 
@@ -101,7 +109,7 @@ def _build(spec_toml: str) -> CompiledSequence:
     try:
         draft = generate(plan(spec), namespace="NAMESPACE")
     except Unsupported as e:
-        raise CompiledUnavailable(f"spec {spec.name!r}: the C++ emitter does not compile {e}") from None
+        raise CompiledUnsupported(f"spec {spec.name!r}: the C++ emitter does not compile {e}") from None
     digest = hashlib.sha256(
         "\n".join([draft.source, torch.__version__, *CFLAGS, *_cpu_flags(), *LDFLAGS]).encode()
     ).hexdigest()
@@ -282,4 +290,4 @@ def _not_twice_differentiable(grads):
     return tuple([swap(g) for g in item] if isinstance(item, list) else swap(item) for item in grads)
 
 
-__all__ = ["CompiledSequence", "CompiledUnavailable", "cache_dir", "compiled_sequence"]
+__all__ = ["CompiledSequence", "CompiledUnavailable", "CompiledUnsupported", "cache_dir", "compiled_sequence"]

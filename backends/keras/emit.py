@@ -96,19 +96,24 @@ def fuse(params):
     }
 
 
-def prologue(params, fused, v_$input, H):
+def prologue(params, fused, v_$input, H, masks=None):
     """Every value of the step that does not depend on the state, for x with any leading axes.
 
     Called on x (batch, time, input) it computes the input projection of every
     timestep as one GEMM; called on x (batch, input) it is the first half of a step.
+    ``masks``: None, or a dropout mask (broadcast against x) per input weight (parameter name).
     """
     $load_prologue
     $prologue
     return $hoisted_vars
 
 
-def step(params, fused, hoisted, state, H):
-    """One timestep: the values ``prologue`` gave for this timestep, and the state -> (output, new state)."""
+def step(params, fused, hoisted, state, H, masks=None):
+    """One timestep: the values ``prologue`` gave for this timestep, and the state -> (output, new state).
+
+    ``masks``: None, or a recurrent dropout mask per recurrent weight (parameter name), applied to a
+    state only where it is the operand of a projection.
+    """
     $load_step
     $unpack_hoisted = hoisted
     $unpack_state = state
@@ -134,6 +139,22 @@ def _graph_reads(graph, plan):
     return lines
 
 
+def _masked_ops(plan: LoopPlan, operands: tuple[str, ...]) -> dict:
+    """OPS whose ``linear`` drops its operand block by block (one mask per weight) where the operand
+    is one of ``operands`` (the input, or a state): keras.layers.LSTMCell's dropout with
+    ``implementation=1``, one mask per gate, applied where the value enters a projection only."""
+    weights = {L.name: L.weights for L in plan.linears}
+
+    def linear(n, a):
+        if n.args[0] not in operands:
+            return linear_call(n, a)
+        bias = f"b_{n.name}" if any(n.attr("biases")) else "None"
+        names = tuple_of([f'"{w}"' for w in weights[n.name]])
+        return f"_linear({a[0]}, w_{n.name}, {bias}, _masks(masks, {names}))"
+
+    return {**OPS, "linear": linear}
+
+
 def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, plan.program
     step = program.step
@@ -154,12 +175,12 @@ def generate(plan: LoopPlan) -> str:
         ),
         input=spec.input,
         load_prologue=_graph_reads(program.prologue, plan) or ["pass"],
-        prologue=render(program.prologue, OPS, comments=plan.expressions),
+        prologue=render(program.prologue, _masked_ops(plan, (spec.input,)), comments=plan.expressions),
         hoisted_vars=tuple_of([var(h) for h in program.hoisted]),
         load_step=_graph_reads(step, plan),
         unpack_hoisted=targets([var(h) for h in program.hoisted]) if program.hoisted else "()",
         unpack_state=targets([var(s) for s in states]),
-        step=render(step, OPS, comments=plan.expressions),
+        step=render(step, _masked_ops(plan, tuple(states)), comments=plan.expressions),
         first_state=var(states[0]),
         output=var(step.outputs["output"]),
         next_state=_returned_tuple([f"ops.cast({var(step.outputs[f'state:{s}'])}, dtype)" for s in states]),

@@ -41,21 +41,31 @@ def fuse(params):
     raise NotImplementedError("generated per spec")
 
 
-def prologue(params, fused, x, H):
+def prologue(params, fused, x, H, masks=None):
     raise NotImplementedError("generated per spec")
 
 
-def step(params, fused, hoisted, state, H):
+def step(params, fused, hoisted, state, H, masks=None):
     raise NotImplementedError("generated per spec")
 
 
 # --- end of spec block
 
 
-def _linear(a, w, b=None):
-    # One GEMM over every leading axis (batch, or batch and time).
-    out = ops.matmul(a, w)
+def _linear(a, w, b=None, masks=None):
+    # One GEMM over every leading axis (batch, or batch and time); with dropout masks (one per
+    # weight block of w), one GEMM per block on the operand times its own mask.
+    if masks is None:
+        out = ops.matmul(a, w)
+    else:
+        blocks = ops.split(w, len(masks), axis=-1) if len(masks) > 1 else [w]
+        out = ops.concatenate([ops.matmul(a * m, wb) for m, wb in zip(masks, blocks)], axis=-1)
     return out if b is None else out + b
+
+
+def _masks(masks, names):
+    # The masks of the weights ``names`` (a fused matrix's blocks), or None without dropout.
+    return None if masks is None else [masks[name] for name in names]
 
 
 def _normalize_units(z, eps):
@@ -115,6 +125,11 @@ ROLES = {
     name: "bias" if name in BIAS_NAMES else {("input", "units"): "kernel", ("units", "units"): "recurrent"}.get(dims)
     for name, (dims, _, _) in PARAM_TABLE.items()
 }
+#: The weights each dropout mask belongs to, in the spec's order (LSTMCell's gate order i, f, c, o
+#: for the LSTM spec): the k-th input mask multiplies x where it enters the k-th kernel, the k-th
+#: recurrent mask the state where it enters the k-th recurrent kernel.
+KERNEL_NAMES = tuple(name for name, role in ROLES.items() if role == "kernel")
+RECURRENT_NAMES = tuple(name for name, role in ROLES.items() if role == "recurrent")
 #: The keras.layers.LSTMCell arguments Cell takes, with their defaults (see Cell).
 NATIVE_ARGUMENTS = {
     "dropout": 0.0,
@@ -141,7 +156,10 @@ class Cell(keras.layers.Layer, DropoutRNNCell):
             the seed of the dropout masks, as in keras.layers.LSTMCell.
         dropout: as keras.layers.LSTMCell: the fraction of the inputs dropped in training, one
             mask per call shared by every gate and timestep.
-        recurrent_dropout: 0 only; a nonzero rate is refused (see docs/keras.md).
+        recurrent_dropout: as keras.layers.LSTMCell: the fraction of each state dropped in training
+            where it enters a recurrent projection (never where it is used elementwise). A
+            nonzero rate switches both dropouts to one mask per weight (per gate), as
+            LSTMCell's ``implementation=1`` does; masks are drawn once per call.
         use_bias: False holds the projection biases (BIAS_NAMES) at zero, not trained.
         kernel_initializer, recurrent_initializer, bias_initializer: None draws the spec's
             initializers; a Keras initializer replaces them for the input projections, the
@@ -186,12 +204,11 @@ class Cell(keras.layers.Layer, DropoutRNNCell):
         if not 0.0 <= self.dropout <= 1.0:
             raise ValueError(f"dropout: expected a rate in [0, 1], got {native['dropout']!r}")
         self.recurrent_dropout = float(native["recurrent_dropout"])
-        if self.recurrent_dropout:
-            raise ValueError(
-                f"recurrent_dropout={native['recurrent_dropout']!r}: not supported; keras.layers.LSTMCell drops the "
-                "state only where it enters a recurrent projection, which novolstm cells do not do yet: leave it 0"
-            )
-        if self.dropout > 0:  # the generator's state is a variable: created only when it is used
+        if not 0.0 <= self.recurrent_dropout <= 1.0:
+            raise ValueError(f"recurrent_dropout: expected a rate in [0, 1], got {native['recurrent_dropout']!r}")
+        if self.recurrent_dropout > 0:  # LSTMCell's implementation=1: a mask per gate, for both
+            self.dropout_mask_count = max(len(KERNEL_NAMES), len(RECURRENT_NAMES), 1)
+        if self.dropout > 0 or self.recurrent_dropout > 0:  # a variable: created only when it is used
             self.seed_generator = keras.random.SeedGenerator(seed=self.seed)
         self.use_bias = bool(native["use_bias"])
         for key, value in native.items():
@@ -231,12 +248,26 @@ class Cell(keras.layers.Layer, DropoutRNNCell):
 
     def call(self, inputs, states, training=None):
         states = self.check_state(inputs, states)
-        if training and 0.0 < self.dropout < 1.0:
+        input_masks, recurrent_masks = self._weight_masks(inputs, states[0], training)
+        if input_masks is None and training and 0.0 < self.dropout < 1.0:
             inputs = inputs * self.get_dropout_mask(inputs)
         params = self.tensors()
         fused = fuse(params)
-        output, new_state = step(params, fused, prologue(params, fused, inputs, self.units), states, self.units)
+        hoisted = prologue(params, fused, inputs, self.units, input_masks)
+        output, new_state = step(params, fused, hoisted, states, self.units, recurrent_masks)
         return output, list(new_state)
+
+    def _weight_masks(self, inputs, state, training):
+        """``(input masks, recurrent masks)``, each None or a dict of weight name -> mask: with a
+        nonzero recurrent_dropout in training, one mask per weight, as LSTMCell's
+        ``implementation=1`` (the input's stay None when dropout is 0). Without, both are None
+        and a nonzero dropout is one mask on the inputs, as LSTMCell's default."""
+        if not (training and 0.0 < self.recurrent_dropout < 1.0):
+            return None, None
+        input_masks = None
+        if 0.0 < self.dropout < 1.0:
+            input_masks = dict(zip(KERNEL_NAMES, self.get_dropout_mask(inputs)))
+        return input_masks, dict(zip(RECURRENT_NAMES, self.get_recurrent_dropout_mask(state)))
 
     def check_state(self, inputs, states):
         """The states as a tuple, after checking the sizes the graph cannot check itself."""
@@ -325,9 +356,10 @@ class _Step:
     outputs zeros, and one more state carries the last real output.
     """
 
-    def __init__(self, units, input_size, params, fused, hoisted, masked):
+    def __init__(self, units, input_size, params, fused, hoisted, masked, masks=(None, None)):
         H = units
         self.units, self.params, self.fused, self.hoisted, self.masked = H, params, fused, hoisted, masked
+        self.input_masks, self.recurrent_masks = masks
         self.state_size = [H] * len(STATE_NAMES) + ([H] if masked else [])
         self.output_size = H
         ends = [H * sum(HOISTED_WIDTHS[: k + 1]) for k in range(len(HOISTED_WIDTHS))] if hoisted else [input_size]
@@ -336,10 +368,13 @@ class _Step:
     def call(self, inputs, states):
         pieces = ops.split(inputs, self.cuts, axis=-1) if self.cuts else [inputs]
         real = pieces.pop() > 0.5 if self.masked else None  # (batch, 1): the mask column, 1.0 on real steps
-        values = tuple(pieces) if self.hoisted else prologue(self.params, self.fused, pieces[0], self.units)
+        if self.hoisted:
+            values = tuple(pieces)
+        else:
+            values = prologue(self.params, self.fused, pieces[0], self.units, self.input_masks)
         states = tuple(states)
         state = states[:-1] if self.masked else states
-        output, new_state = step(self.params, self.fused, values, state, self.units)
+        output, new_state = step(self.params, self.fused, values, state, self.units, self.recurrent_masks)
         if not self.masked:
             return output, list(new_state)
         new_state = [ops.where(real, new, old) for new, old in zip(new_state, state)]
@@ -430,7 +465,9 @@ class Layer(keras.layers.RNN):
                 f"{SPEC_NAME} Layer: built for input_size {cell.input_size}, got inputs of shape {tuple(sequences.shape)}"
             )
         cell.check_state(sequences[:, 0], initial_state)
-        if training and 0.0 < cell.dropout < 1.0:  # one mask for every timestep, as keras.layers.LSTM
+        # One set of masks for every timestep, as keras.layers.LSTM.
+        masks = cell._weight_masks(sequences[:, 0, :], initial_state[0], training)
+        if masks[0] is None and training and 0.0 < cell.dropout < 1.0:
             sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
         return _loop(
             cell.tensors(),
@@ -443,6 +480,7 @@ class Layer(keras.layers.RNN):
             go_backwards=self.go_backwards,
             stateful=self.stateful,
             unroll=self.unroll,
+            masks=masks,
         )
 
     def get_config(self):
@@ -463,14 +501,20 @@ class Layer(keras.layers.RNN):
         return cls(**config)
 
 
-def _loop(params, sequences, initial_state, mask, hoist_input=False, training=False, **rnn_options):
+def _loop(params, sequences, initial_state, mask, hoist_input=False, training=False, masks=(None, None), **rnn_options):
     """``(last_output, outputs, final_state)`` of the cell with ``params`` (canonical name -> tensor)
     over ``sequences`` (batch, time, input): a function of tensors only, so Keras' backend can
     differentiate it with respect to the parameters as well as the inputs and initial state.
+    ``masks``: the input and recurrent dropout masks per weight (see Cell._weight_masks).
     ``rnn_options``: return_sequences, go_backwards, stateful, unroll, as keras.layers.RNN."""
     units = int(params[UNITS_PARAM].shape[-1])
     fused = fuse(params)  # once per call, not once per step
-    columns = prologue(params, fused, sequences, units) if hoist_input else (sequences,)
+    input_masks, recurrent_masks = masks
+    if hoist_input:
+        over_time = None if input_masks is None else {k: ops.expand_dims(m, 1) for k, m in input_masks.items()}
+        columns = prologue(params, fused, sequences, units, over_time)
+    else:
+        columns = (sequences,)
     initial_state = list(initial_state)
     if mask is not None:
         # The mask travels as one more input column and the step applies the rule itself:
@@ -481,7 +525,7 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
     # keras.layers.RNN's own loop over the step: the backend's rnn (tf.while_loop, lax.scan, ...).
     input_size = int(params[INPUT_PARAM].shape[PARAM_TABLE[INPUT_PARAM][0].index("input")])
     loop = keras.layers.RNN(
-        _Step(units, input_size, params, fused, hoisted=hoist_input, masked=mask is not None), **rnn_options
+        _Step(units, input_size, params, fused, hoist_input, mask is not None, masks), **rnn_options
     )
     last_output, outputs, states = loop.inner_loop(inputs, initial_state, None, training)
     if mask is not None:

@@ -519,7 +519,7 @@ def _compiled_op(x, required=False):
         why = "traced and exported ONNX graphs keep the generated loop"
     else:
         try:
-            from novolstm.backends.cpp.torch_ext import CompiledUnavailable, compiled_sequence
+            from novolstm.backends.cpp.torch_ext import CompiledUnavailable, CompiledUnsupported, compiled_sequence
         except ImportError:
             why = "novolstm (which builds it) is not installed"
         else:
@@ -527,7 +527,8 @@ def _compiled_op(x, required=False):
                 return compiled_sequence(SPEC_TOML)
             except CompiledUnavailable as e:
                 why = str(e)
-                if not required and not _COMPILED_WARNED:
+                # A spec whose operations the C++ emitter does not compile runs the loop by design.
+                if not required and not _COMPILED_WARNED and not isinstance(e, CompiledUnsupported):
                     _COMPILED_WARNED.append(why)
                     warnings.warn(
                         f"novolstm: the compiled kernel is unavailable, running the generated loop: {why}",
