@@ -273,6 +273,7 @@ def export_onnx(spec: SpecLike, params: dict, path=None, dtype: Any = "float32",
     else:
         model = load_generated(spec, "onnx").build_model({k: np.asarray(v, dtype) for k, v in params.items()}, dtype)
     if path is not None:
-        with open(path, "wb") as fh:
-            fh.write(model.SerializeToString())
+        from .convert.safe_io import atomic_write
+
+        atomic_write(path, model.SerializeToString())
     return model

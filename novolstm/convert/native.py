@@ -136,8 +136,9 @@ def _flax_loader(cell_class_for: dict):
 def _flax_save(layer, path):
     from flax import serialization
 
-    with open(path, "wb") as fh:
-        fh.write(serialization.to_bytes(layer.variables))
+    from .safe_io import atomic_write
+
+    atomic_write(path, serialization.to_bytes(layer.variables))
 
 
 def _flax_run(layer, x, state):
