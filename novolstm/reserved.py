@@ -68,7 +68,7 @@ RESERVED: dict[str, frozenset[str]] = {
         """
         batch_first bias bidirectional canonical_params cell cells check_state dropout export_canonical
         export_params features from_params fused get_initial_state go_backwards hidden_features hidden_size
-        hoist_input in_features initial_state initialize_carry inner_loop input_size load_canonical load_params
+        hoist_input in_features initial_state initialize_carry inner_loop input_size jit_compile load_canonical load_params
         num_directions num_feature_axes num_layers output_size param_dtype params reset_parameters reset_state
         reset_states return_sequences return_state seed sequence sequence_with_vjp single_state spec_hash
         spec_name state_names state_size stateful states step tensors units unroll zero_output_for_mask

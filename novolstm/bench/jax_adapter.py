@@ -9,15 +9,29 @@ Every candidate is jitted: the harness reports its compile time (first call minu
 state), and XLA's own memory analysis of the compiled forward+backward (its temporaries
 plus outputs) as the framework's peak. Float32 and bfloat16: parameters, inputs and
 Flax's computation all in the requested dtype.
+
+Beside the default loop (``sequence``: ``unroll=1``, ``remat=True``), NovoLSTM runs with the
+settings measured against it (``remat=False``, ``unroll=4``), and as a profile: the same scan
+with its LayerNorm and softmax replaced by the identity (the GEMMs and the LSTM-like
+elementwise work only), which shows what those reductions cost per step on XLA.
 """
 
 from __future__ import annotations
 
 from novolstm.api import load_generated
-from novolstm.bench import Candidate
+from novolstm.bench import Candidate, harness
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
 DTYPES = ("float32", "bfloat16")
+
+#: the harness's targets, plus issue 17's: NovoLSTM against Flax's OptimizedLSTMCell
+TARGETS = {
+    **harness.TARGETS,
+    ("novolstm spec", "native", "forward"): 1.3,
+    ("novolstm spec", "native", "forward+backward"): 1.3,
+}
+#: (name suffix, sequence keywords) of the NovoLSTM loop settings measured beside the default
+VARIANTS = ((", remat=False", {"remat": False}), (", unroll=4", {"unroll": 4}))
 
 
 def compiled_bytes(jitted, *args) -> int:
@@ -63,7 +77,27 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         else:
             params = m.Cell(units, dtype=dtype).init(0, units)
         yield Candidate(f"{cell} spec", **_modes(lambda p, x, m=m: m.sequence(p, x)[0], params, x))
+        if cell == "novolstm":
+            for suffix, options in VARIANTS:
+                apply = lambda p, x, m=m, options=options: m.sequence(p, x, **options)[0]  # noqa: E731
+                yield Candidate(f"{cell} spec{suffix}", **_modes(apply, params, x))
+            yield Candidate(f"{cell} skeleton (profile)", **_modes(_skeleton(m), params, x))
     yield Candidate("native: flax OptimizedLSTMCell (nn.RNN)", **_modes(native.apply, variables, x))
+
+
+def _skeleton(m):
+    """NovoLSTM's ``sequence`` with its LayerNorm and softmax as the identity: the cost of the
+    rest of the step, measured, not a cell anyone should run."""
+
+    def apply(params, x):
+        normalize, softmax = m._normalize_units, m._softmax
+        m._normalize_units, m._softmax = (lambda z, eps: z), (lambda z: z)
+        try:  # the step reads these module globals while jax traces it, here
+            return m.sequence(params, x)[0]
+        finally:
+            m._normalize_units, m._softmax = normalize, softmax
+
+    return apply
 
 
 def matmul(batch: int, steps: int, units: int, dtype: str = "float32"):

@@ -1,10 +1,16 @@
 """Keras candidates: the generated sequence layers against keras.layers.LSTM, on the Keras
 backend this process runs (KERAS_BACKEND), each compiled the way that backend compiles:
-tf.function on TensorFlow (no XLA, Keras' own default on CPU), jax.jit on JAX, eager on torch.
+tf.function on TensorFlow, jax.jit on JAX, eager on torch.
 Forward+backward is the gradient of sum(outputs) with respect to the inputs and every weight.
-The harness reports the compile time (tf.function's trace, or jax.jit's compile) as the
-first call minus the steady state. Float32 and bfloat16: each layer (native included)
-is built with that dtype as its Keras dtype policy, inputs cast to it.
+The harness reports the compile time (tf.function's trace and XLA's compile, or jax.jit's
+compile) as the first call minus the steady state. Float32 and bfloat16: each layer (native
+included) is built with that dtype as its Keras dtype policy, inputs cast to it.
+
+On TensorFlow the generated layers run their loop through XLA where no tape records
+(``jit_compile=True``, their default: here the forward), and TensorFlow's while loop under a
+tape. Beside them: the previous default (``jit_compile=False``: TensorFlow's loop for the
+forward too), and the generated and native layers with the whole call, forward and backward,
+under ``tf.function(jit_compile=True)``, as ``model.compile(jit_compile=True)`` runs a train step.
 """
 
 from __future__ import annotations
@@ -12,26 +18,37 @@ from __future__ import annotations
 import numpy as np
 
 from novolstm.api import get_layer
-from novolstm.bench import Candidate
+from novolstm.bench import Candidate, harness
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
 DTYPES = ("float32", "bfloat16")
 
+#: the harness's targets, plus issue 17's: NovoLSTM against keras.layers.LSTM (the native
+#: layer as Keras runs it by default), and like for like with the whole call in XLA
+TARGETS = {
+    **harness.TARGETS,
+    ("novolstm spec", "native", "forward"): 1.3,
+    ("novolstm spec", "native", "forward+backward"): 1.3,
+    ("novolstm spec, whole call in XLA", "keras.layers.LSTM, whole call in XLA", "forward"): 1.3,
+    ("novolstm spec, whole call in XLA", "keras.layers.LSTM, whole call in XLA", "forward+backward"): 1.3,
+}
 
-def _compile(layer, x) -> dict:
+
+def _compile(layer, x, xla: bool = False) -> dict:
     """The Candidate fields: forward and forward_backward callables that return only when
-    the work is done, and how they were compiled."""
+    the work is done, and how they were compiled. ``xla``: on TensorFlow, the whole call
+    (and its gradient) under tf.function(jit_compile=True)."""
     import keras
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        @tf.function
+        @tf.function(jit_compile=xla)
         def forward():
             return layer(x)
 
-        @tf.function
+        @tf.function(jit_compile=xla)
         def forward_backward():
             with tf.GradientTape() as tape:
                 tape.watch(x)
@@ -41,7 +58,7 @@ def _compile(layer, x) -> dict:
         return dict(
             forward=lambda: forward().numpy(),
             forward_backward=lambda: [g.numpy() for g in forward_backward()],
-            jit="tf.function",
+            jit="tf.function(jit_compile=True)" if xla else "tf.function",
         )
     if backend == "jax":
         import jax
@@ -83,10 +100,16 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
 
     # Drawn in float32 and cast: NumPy itself has no bfloat16.
     x = keras.ops.cast(np.random.default_rng(0).normal(size=(batch, steps, units)).astype("float32"), dtype)
+    tensorflow = keras.backend.backend() == "tensorflow"
     for cell in CELLS:
         layer = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype)
         layer(x)  # build
         yield Candidate(f"{cell} spec", **_compile(layer, x))
+        if tensorflow and cell == "novolstm":
+            loop = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype, jit_compile=False)
+            loop(x)
+            yield Candidate(f"{cell} spec, jit_compile=False (TensorFlow's loop)", **_compile(loop, x))
+            yield Candidate(f"{cell} spec, whole call in XLA", **_compile(layer, x, xla=True))
     # TensorFlow's QR (behind the orthogonal recurrent initializer) has no bfloat16: the
     # native layer is initialized in float32 and its weights copied into the dtype's layer.
     twin = keras.layers.LSTM(units, return_sequences=True, dtype="float32")
@@ -95,6 +118,8 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     native(x)
     native.set_weights(twin.get_weights())
     yield Candidate("native: keras.layers.LSTM", **_compile(native, x))
+    if tensorflow:
+        yield Candidate("keras.layers.LSTM, whole call in XLA", **_compile(native, x, xla=True))
 
 
 def matmul(batch: int, steps: int, units: int, dtype: str = "float32"):

@@ -1,0 +1,156 @@
+"""The generated Keras layer's ``jit_compile`` (on by default): on TensorFlow a call that no
+gradient tape records runs its loop as one XLA computation; a recorded call keeps
+TensorFlow's loop. Held to the float64 oracle (outputs) and to the NumPy backend's generated
+backward pass (the gradient of a graph traced without a tape, then differentiated), on every
+Keras backend (on JAX and torch the option does nothing, and the tests say so).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import novolstm
+from novolstm.testing import assert_close, computes_in, random_params, tolerance
+
+TENSORFLOW = keras.backend.backend() == "tensorflow"
+
+
+def tol(steps, kind="outputs"):
+    return tolerance(computes_in("keras", "float64", keras.backend.backend()), steps=steps, kind=kind)
+
+
+def module_of(layer):
+    cls = type(layer)
+    return sys.modules[getattr(cls, "generated_module", cls.__module__)]
+
+
+def make(name, units, jit_compile, **kwargs):
+    return novolstm.get_layer("keras", name)(
+        units, jit_compile=jit_compile, return_sequences=True, return_state=True, dtype="float64", **kwargs
+    )
+
+
+@settings(max_examples=8)
+@given(
+    name=st.sampled_from(novolstm.list_specs()),
+    batch=st.integers(1, 3),
+    steps=st.integers(1, 5),
+    input_size=st.integers(1, 4),
+    units=st.integers(1, 4),
+    go_backwards=st.booleans(),
+    masked=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_compiled_loop_matches_reference(name, batch, steps, input_size, units, go_backwards, masked, seed):
+    rng = np.random.default_rng(seed)
+    spec = novolstm.load_spec(name)
+    params = random_params(spec, input_size, units, rng)
+    x = rng.normal(size=(batch, steps, input_size))
+    state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
+    mask = rng.random((batch, steps)) < 0.7 if masked else None
+    layer = make(name, units, True, go_backwards=go_backwards)
+    layer.cell.load_params(params)
+    module = module_of(layer)
+    module._XLA_LOOPS.clear()
+    kwargs = {} if mask is None else {"mask": mask}
+    y, *final = layer(x, initial_state=list(state), **kwargs)
+    # The XLA loop ran on TensorFlow, and only there.
+    assert bool(module._XLA_LOOPS) == TENSORFLOW
+    flip = (lambda a: a[:, ::-1]) if go_backwards else (lambda a: a)
+    ref_y, ref_state = novolstm.reference.run(
+        name, params, flip(x), state, mask=None if mask is None else flip(mask)
+    )
+    assert_close(keras.ops.convert_to_numpy(y), ref_y, tol(steps), "outputs")
+    for s, r in zip(final, ref_state):
+        assert_close(keras.ops.convert_to_numpy(s), r, tol(steps), "final state")
+
+
+def test_last_output_and_config(rng):
+    """return_sequences=False gives each sequence's last real output through XLA too, and the
+    option survives get_config / from_config."""
+    B, T, I, H = 3, 6, 4, 5
+    params = random_params(novolstm.load_spec("novolstm"), I, H, rng)
+    x = rng.normal(size=(B, T, I))
+    mask = np.ones((B, T), bool)
+    mask[1, 4:] = False
+    Layer = novolstm.get_layer("keras", "novolstm")
+    layer = Layer(H, jit_compile=True, dtype="float64")
+    layer.cell.load_params(params)
+    ref_y, _ = novolstm.reference.run("novolstm", params, x, mask=mask)
+    last = keras.ops.convert_to_numpy(layer(x, mask=mask))
+    assert_close(last, ref_y[np.arange(B), [5, 3, 5]], tol(T), "last real output")
+    assert layer.get_config()["jit_compile"] is True
+    assert Layer.from_config(Layer(H, jit_compile=False).get_config()).jit_compile is False
+
+
+def test_recorded_calls_keep_the_backends_loop(rng):
+    """Under a gradient tape the loop is TensorFlow's (whose gradient measured faster than XLA's)."""
+    if not TENSORFLOW:
+        pytest.skip("GradientTape is TensorFlow's; on this Keras backend jit_compile does nothing")
+    import tensorflow as tf
+
+    layer = make("lstm", 3, True)
+    module = module_of(layer)
+    x = tf.constant(rng.normal(size=(2, 4, 3)))
+    layer(x)  # build
+    module._XLA_LOOPS.clear()
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)[0]
+    assert tape.gradient(y, x) is not None
+    assert not module._XLA_LOOPS
+
+
+@pytest.mark.parametrize("name", ["novolstm", "gru", "slstm"])
+def test_gradient_of_a_graph_traced_without_a_tape(name, rng):
+    """A tf.function traced for inference (the XLA loop), then called under a tape: its
+    gradient is exact (recomputed through TensorFlow's loop), as the NumPy backward pass."""
+    if not TENSORFLOW:
+        pytest.skip("tf.function is TensorFlow's; on this Keras backend jit_compile does nothing")
+    import tensorflow as tf
+
+    B, T, I, H = 3, 5, 4, 3
+    spec = novolstm.load_spec(name)
+    params = random_params(spec, I, H, rng, scale=0.5)
+    x = rng.normal(size=(B, T, I))
+    state = tuple(rng.normal(size=(B, H)) for _ in spec.state_names)
+    mask = np.ones((B, T), bool)
+    mask[0, 2] = False
+    mask[1, 3:] = False
+    g_out = rng.normal(size=(B, T, H))
+    numpy_module = novolstm.load_generated(name, "numpy")
+    _, _, saved = numpy_module.forward(params, x, state, mask, keep_tape=True)
+    ref_gx, ref_gs, ref_gp = numpy_module.backward(params, saved, g_out, None)
+
+    layer = make(name, H, True)
+    layer.cell.load_params(params)
+    inputs, initial = tf.constant(x), [tf.constant(s) for s in state]
+
+    @tf.function
+    def outputs(inputs, initial):
+        return layer(inputs, initial_state=initial, mask=tf.constant(mask))[0]
+
+    module = module_of(layer)
+    module._XLA_LOOPS.clear()
+    outputs(inputs, initial)  # traced here, without a tape: the XLA loop
+    assert module._XLA_LOOPS
+    with tf.GradientTape() as tape:
+        tape.watch([inputs, *initial])
+        total = tf.reduce_sum(outputs(inputs, initial) * g_out)
+    assert outputs.experimental_get_tracing_count() == 1, "the taped call must reuse the XLA graph"
+    variables = layer.cell.trainable_variables
+    gx, gs, gv = tape.gradient(total, [inputs, initial, variables])
+    gtol = tol(T, kind="gradients")
+    assert_close(np.asarray(gx), ref_gx, gtol, "d/dx")
+    for a, b in zip(gs, ref_gs):
+        assert_close(np.asarray(a), b, gtol, "d/d(initial state)")
+    got = {v.name.split("/")[-1]: np.asarray(g) for v, g in zip(variables, gv)}
+    assert sorted(got) == sorted(ref_gp)
+    for n in ref_gp:
+        assert_close(got[n], ref_gp[n], gtol, f"d/d{n}")
