@@ -1,7 +1,7 @@
-"""The generated Keras layer's ``jit_compile`` (on by default): on TensorFlow a call that no
-gradient tape records runs its loop as one XLA computation; a recorded call keeps
-TensorFlow's loop. Held to the float64 oracle (outputs) and to the NumPy backend's generated
-backward pass (the gradient of a graph traced without a tape, then differentiated), on every
+"""The generated Keras layer's ``jit_compile`` (on by default): on TensorFlow the loop runs as
+one XLA computation and, under a gradient tape, its gradient as another. Held to the float64
+oracle (outputs) and to the NumPy backend's generated backward pass (gradients of an eager
+call under a tape, and of a graph traced without a tape then differentiated), on every
 Keras backend (on JAX and torch the option does nothing, and the tests say so).
 """
 
@@ -89,28 +89,24 @@ def test_last_output_and_config(rng):
     assert Layer.from_config(Layer(H, jit_compile=False).get_config()).jit_compile is False
 
 
-def test_recorded_calls_keep_the_backends_loop(rng):
-    """Under a gradient tape the loop is TensorFlow's (whose gradient measured faster than XLA's)."""
-    if not TENSORFLOW:
-        pytest.skip("GradientTape is TensorFlow's; on this Keras backend jit_compile does nothing")
-    import tensorflow as tf
-
-    layer = make("lstm", 3, True)
+def test_training_with_recurrent_dropout_keeps_the_backends_loop(rng):
+    """Recurrent dropout's masks enter the step: that loop stays TensorFlow's (on other backends, theirs)."""
+    layer = make("lstm", 3, True, recurrent_dropout=0.5, seed=1)
     module = module_of(layer)
-    x = tf.constant(rng.normal(size=(2, 4, 3)))
+    x = rng.normal(size=(2, 4, 3))
     layer(x)  # build
     module._XLA_LOOPS.clear()
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        y = layer(x)[0]
-    assert tape.gradient(y, x) is not None
+    layer(x, training=True)
     assert not module._XLA_LOOPS
+    layer(x, training=False)
+    assert bool(module._XLA_LOOPS) == TENSORFLOW
 
 
+@pytest.mark.parametrize("traced", ["eager", "tape-in-function", "traced-without-tape"])
 @pytest.mark.parametrize("name", ["novolstm", "gru", "slstm"])
-def test_gradient_of_a_graph_traced_without_a_tape(name, rng):
-    """A tf.function traced for inference (the XLA loop), then called under a tape: its
-    gradient is exact (recomputed through TensorFlow's loop), as the NumPy backward pass."""
+def test_gradients_match_numpy_backward(name, traced, rng):
+    """Under a tape the gradient is XLA's (the loop recomputed and differentiated inside XLA),
+    for an eager call and for a tf.function traced for inference and called under a tape later."""
     if not TENSORFLOW:
         pytest.skip("tf.function is TensorFlow's; on this Keras backend jit_compile does nothing")
     import tensorflow as tf
@@ -132,20 +128,33 @@ def test_gradient_of_a_graph_traced_without_a_tape(name, rng):
     layer.cell.load_params(params)
     inputs, initial = tf.constant(x), [tf.constant(s) for s in state]
 
-    @tf.function
-    def outputs(inputs, initial):
+    def call(inputs, initial):
         return layer(inputs, initial_state=initial, mask=tf.constant(mask))[0]
 
+    variables = layer.cell.trainable_variables
     module = module_of(layer)
     module._XLA_LOOPS.clear()
-    outputs(inputs, initial)  # traced here, without a tape: the XLA loop
-    assert module._XLA_LOOPS
-    with tf.GradientTape() as tape:
-        tape.watch([inputs, *initial])
-        total = tf.reduce_sum(outputs(inputs, initial) * g_out)
-    assert outputs.experimental_get_tracing_count() == 1, "the taped call must reuse the XLA graph"
-    variables = layer.cell.trainable_variables
-    gx, gs, gv = tape.gradient(total, [inputs, initial, variables])
+    if traced == "tape-in-function":  # as a Keras train step without jit_compile
+
+        @tf.function
+        def gradients(inputs, initial):
+            with tf.GradientTape() as tape:
+                tape.watch([inputs, *initial])
+                total = tf.reduce_sum(call(inputs, initial) * g_out)
+            return tape.gradient(total, [inputs, initial, variables])
+
+        gx, gs, gv = gradients(inputs, initial)
+    else:
+        outputs = tf.function(call) if traced == "traced-without-tape" else call
+        if traced == "traced-without-tape":
+            outputs(inputs, initial)  # traced here, without a tape
+        with tf.GradientTape() as tape:
+            tape.watch([inputs, *initial])
+            total = tf.reduce_sum(outputs(inputs, initial) * g_out)
+        if traced == "traced-without-tape":
+            assert outputs.experimental_get_tracing_count() == 1, "the taped call must reuse the traced graph"
+        gx, gs, gv = tape.gradient(total, [inputs, initial, variables])
+    assert module._XLA_LOOPS, "the XLA loop ran"
     gtol = tol(T, kind="gradients")
     assert_close(np.asarray(gx), ref_gx, gtol, "d/dx")
     for a, b in zip(gs, ref_gs):

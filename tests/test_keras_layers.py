@@ -340,9 +340,9 @@ def test_generated_source_imports_only_keras_and_numpy(name):
     assert "Generated, do not edit" in source and novolstm.load_spec(name).hash in source
     tree = ast.parse(source)
     # Keras 3 has no backend-neutral gradient API nor XLA switch: _with_pullback (behind vjp_numpy)
-    # and the XLA loop of Layer(jit_compile=True) (_inference_only, _compiled_loop) alone ask which
+    # and the XLA loop of Layer(jit_compile=True) (_compiled_loop, _xla_pair) alone ask which
     # backend Keras runs on and import that framework. Everything else is keras.ops.
-    seams = {"_with_pullback", "_inference_only", "_compiled_loop"}
+    seams = {"_with_pullback", "_compiled_loop", "_xla_pair"}
     found = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in seams]
     assert {n.name for n in found} == seams
     for node in found:
