@@ -38,7 +38,7 @@ from .spec_loader import load_spec
 from .spec_model import Spec
 from .validate import prepare_call
 
-__all__ = ["linear_recurrence", "associative_scan", "run"]
+__all__ = ["linear_recurrence", "scan_output_index", "associative_scan", "run"]
 
 #: Ops through which an affine value stays affine (with the other operand state-free).
 _AFFINE_OPS = ("add", "sub", "neg", "mul", "div")
@@ -88,6 +88,28 @@ def linear_recurrence(spec: Spec) -> tuple[str, ...] | None:
     if graph.outputs["output"] not in {graph.outputs[f"state:{s}"] for s in spec.state_names}:
         return None
     return tuple(spec.state_names)
+
+
+def scan_output_index(spec: Spec) -> int | None:
+    """Where ``spec`` is a linear recurrence, the index of the state its output is; else None.
+
+    What a generated module needs to run the scan (``LINEAR_SCAN``): the output of such a
+    cell is one of its next states.
+
+    Args:
+        spec: A loaded spec.
+
+    Returns:
+        An index into ``spec.state_names``, or None.
+
+    Examples:
+        >>> import novolstm
+        >>> scan_output_index(novolstm.load_spec("mingru")), scan_output_index(novolstm.load_spec("lstm"))
+        (0, None)
+    """
+    if linear_recurrence(spec) is None:
+        return None
+    return [nxt for _, nxt in spec.state].index(spec.output)
 
 
 def associative_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray) -> np.ndarray:
