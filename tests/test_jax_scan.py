@@ -97,7 +97,7 @@ def test_a_spec_that_is_not_a_linear_recurrence_never_runs_the_scan(text):
 
 
 @pytest.mark.parametrize("cell", LINEAR)
-def test_sequence_runs_the_associative_scan_unless_scan_is_false(cell, monkeypatch):
+def test_sequence_runs_the_associative_scan_with_scan_true_and_jax_lax_scan_on_the_cpu(cell, monkeypatch):
     module = novolstm.load_generated(cell, "jax")
     calls = []
     real = jax.lax.associative_scan
@@ -105,8 +105,9 @@ def test_sequence_runs_the_associative_scan_unless_scan_is_false(cell, monkeypat
     params = novolstm.init_params(cell, 3, 4, dtype="float32")
     x = np.ones((2, 5, 3), np.float32)
     module.sequence(params, x, scan=False)
-    assert not calls
     module.sequence(params, x)
+    assert not calls and jax.default_backend() == "cpu"  # auto, on the CPU: jax.lax.scan
+    module.sequence(params, x, scan=True)
     assert calls
     with pytest.raises(ValueError, match="scan: expected None"):
         module.sequence(params, x, scan="yes")

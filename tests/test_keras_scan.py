@@ -61,15 +61,16 @@ def test_the_scan_equals_the_loop_with_its_gradients(cell, go_backwards, data):
 
 
 @pytest.mark.parametrize("cell", LINEAR)
-def test_layer_runs_the_scan_unless_scan_is_false(cell, monkeypatch):
+def test_layer_runs_the_scan_with_scan_true_only(cell, monkeypatch):
     module = novolstm.load_generated(cell, "keras")
     calls = []
     real = module._scan
     monkeypatch.setattr(module, "_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = np.ones((2, 5, 3), "float32")
     module.Layer(4, scan=False)(x)
-    assert not calls
     module.Layer(4)(x)
+    assert not calls
+    module.Layer(4, scan=True)(x)
     assert calls
     assert module.Layer.from_config(module.Layer(4, scan=False).get_config()).scan is False
 

@@ -89,20 +89,27 @@ def test_a_spec_that_is_not_a_linear_recurrence_never_runs_the_scan(text):
 
 
 @pytest.mark.parametrize("cell", LINEAR)
-def test_layer_runs_the_scan_and_scan_false_the_loop(cell, monkeypatch):
+def test_layer_runs_the_scan_off_the_cpu_or_with_scan_true_and_the_loop_otherwise(cell, monkeypatch):
     module = novolstm.load_generated(cell, "torch")
     calls = []
     real = module._scan_sequence
     monkeypatch.setattr(module, "_scan_sequence", lambda *a: calls.append(1) or real(*a))
-    layer = module.Layer(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, batch_first=True)
-    looped = module.Layer(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64, batch_first=True, scan=False)
-    looped.load_state_dict(layer.state_dict())
+    options = dict(num_layers=2, bidirectional=True, dtype=torch.float64, batch_first=True)
+    layers = {scan: module.Layer(3, 4, scan=scan, **options) for scan in (True, False, None)}
+    for layer in layers.values():
+        layer.load_state_dict(layers[True].state_dict())
     x = torch.randn(2, 30, 3, dtype=torch.float64)
     lengths = torch.tensor([30, 17])
-    (y1, f1), (y2, f2) = layer(x, lengths=lengths), looped(x, lengths=lengths)
-    assert len(calls) == 4  # two layers, two directions; scan=False never called it
+    (y1, f1) = layers[True](x, lengths=lengths)
+    assert len(calls) == 4  # two layers, two directions
+    (y2, f2), _ = layers[False](x, lengths=lengths), layers[None](x, lengths=lengths)
+    assert len(calls) == 4  # scan=False and, on the CPU, auto run the loop
+    assert (
+        module._scan_unavailable(x, None) == "on the CPU the generated loop is as fast (scan=True runs the scan there)"
+    )
+    assert module._scan_unavailable(x.to("meta"), None) is None  # off the CPU, auto runs the scan
     assert torch.abs(y1 - y2).max() <= 1e-12 and torch.abs(f1 - f2).max() <= 1e-12
-    assert "scan=False" in repr(looped)
+    assert "scan=False" in repr(layers[False])
     with pytest.raises(ValueError, match="scan: expected None"):
         module.Layer(3, 4, scan="yes")
 

@@ -193,8 +193,9 @@ def sequence(
         remat: under differentiation, save only each step's matmul results and recompute
             the rest in the backward pass (jax.checkpoint); False saves every intermediate.
         scan: None (auto): a linear recurrence (LINEAR_SCAN) runs as jax.lax.associative_scan
-            (see _scan_sequence), other cells as jax.lax.scan; False: jax.lax.scan; True: the
-            associative scan, or raise.
+            (see _scan_sequence) off the CPU, and as jax.lax.scan on the CPU, where that measured
+            faster (docs/scan.md); other cells as jax.lax.scan. False: jax.lax.scan; True: the
+            associative scan on any device, or raise.
 
     Returns:
         (outputs (batch, time, units) or as x's layout, final state tuple)
@@ -236,7 +237,7 @@ def sequence(
         raise ValueError(f"scan: expected None (auto), True or False, got {scan!r}")
     if scan and LINEAR_SCAN is None:
         raise ValueError(f"scan=True: spec {SPEC_NAME!r} is not a linear recurrence (novolstm.scan.linear_recurrence)")
-    if LINEAR_SCAN is not None and scan is not False and steps > 0:
+    if LINEAR_SCAN is not None and steps > 0 and (scan or (scan is None and jax.default_backend() != "cpu")):
         final, ys = _scan_sequence(fuse(params, dtype), hoisted, state, mask, reverse)
     else:
         final, ys = _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat)

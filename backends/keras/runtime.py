@@ -404,6 +404,9 @@ class Layer(keras.layers.RNN):
             (the (batch, time, k * units) intermediate costs more memory traffic than
             the per-step matmuls it replaces), so off by default.
         return_sequences, return_state, go_backwards, stateful, unroll: as keras.layers.RNN.
+        scan: True runs a linear recurrence (LINEAR_SCAN) as keras.ops.associative_scan
+            (see _scan; not with dropout or unroll); None (auto) and False run the loop, which
+            measured faster on the CPU (docs/scan.md).
 
     Examples:
         >>> layer = Layer(4, seed=0, return_sequences=True)
@@ -480,7 +483,9 @@ class Layer(keras.layers.RNN):
         masks = cell._weight_masks(sequences[:, 0, :], initial_state[0], training)
         if masks[0] is None and training and 0.0 < cell.dropout < 1.0:
             sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
-        if LINEAR_SCAN is not None and self.scan is not False and masks == (None, None) and not self.unroll:
+        # Auto (scan=None) keeps the loop: on the CPU it measured faster (docs/scan.md), and
+        # Keras does not say portably where a call will run.
+        if LINEAR_SCAN is not None and self.scan and masks == (None, None) and not self.unroll:
             return _scan(cell.tensors(), sequences, initial_state, mask, go_backwards=self.go_backwards)
         if self.scan:
             raise ValueError(

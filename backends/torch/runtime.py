@@ -571,6 +571,10 @@ def _scan_unavailable(x, choice):
         return "scan=False"
     if x.shape[0] == 0:
         return "an empty sequence"
+    if choice is None and x.device.type == "cpu":
+        # Measured (benchmarks/bench_scan.py, docs/scan.md): on the CPU the generated loop, whose
+        # state-free work is already hoisted out of the steps, is as fast or faster.
+        return "on the CPU the generated loop is as fast (scan=True runs the scan there)"
     if torch._C._are_functorch_transforms_active():
         return "torch.func transforms run the generated forward on torch's tape"
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
