@@ -45,11 +45,11 @@ def run_both(module, case, go_backwards):
     return results
 
 
-@pytest.mark.parametrize("cell", LINEAR)
-@settings(max_examples=4, deadline=None)
-@given(go_backwards=st.booleans(), data=st.data())
+# Few examples: each one traces Keras' loop and its gradient afresh (about 20 s on Keras' JAX backend).
+@settings(max_examples=3, deadline=None)
+@given(cell=st.sampled_from(LINEAR), go_backwards=st.booleans(), data=st.data())
 def test_the_scan_equals_the_loop_with_its_gradients(cell, go_backwards, data):
-    case = data.draw(cases(cell, min_steps=1, max_steps=60))
+    case = data.draw(cases(cell, min_steps=1, max_steps=40))
     (v1, g1), (v2, g2) = run_both(novolstm.load_generated(cell, "keras"), case, go_backwards)
     exact = computes_in("keras", "float64", keras.backend.backend()) == "float64"
     for what, got, want in [("values", v1, v2), ("gradients", g1, g2)]:
