@@ -103,11 +103,13 @@ def test_layer_runs_the_scan_off_the_cpu_or_with_scan_true_and_the_loop_otherwis
     (y1, f1) = layers[True](x, lengths=lengths)
     assert len(calls) == 4  # two layers, two directions
     (y2, f2), _ = layers[False](x, lengths=lengths), layers[None](x, lengths=lengths)
-    assert len(calls) == 4  # scan=False and, on the CPU, auto run the loop
-    assert (
-        module._scan_unavailable(x, None) == "on the CPU the generated loop is as fast (scan=True runs the scan there)"
-    )
-    assert module._scan_unavailable(x.to("meta"), None) is None  # off the CPU, auto runs the scan
+    assert len(calls) == 4  # scan=False and, on the CPU for 30 steps, auto run the loop
+    time_major = x.transpose(0, 1)
+    assert "on the CPU the loop is as fast below 256 steps" in module._scan_unavailable(time_major, None, 4)
+    assert module._scan_unavailable(time_major.to("meta"), None, 4) is None  # off the CPU, auto runs the scan
+    long = torch.zeros(module.SCAN_CPU_MIN_STEPS, 2, 3)  # on the CPU: long sequences of a narrow batch
+    assert module._scan_unavailable(long, None, module.SCAN_CPU_MAX_WIDTH // 2) is None
+    assert module._scan_unavailable(long, None, module.SCAN_CPU_MAX_WIDTH) is not None
     assert torch.abs(y1 - y2).max() <= 1e-12 and torch.abs(f1 - f2).max() <= 1e-12
     assert "scan=False" in repr(layers[False])
     with pytest.raises(ValueError, match="scan: expected None"):

@@ -393,10 +393,11 @@ than fall back."""
 
 SCAN_DOC = """\
 This spec is a linear recurrence (every next state a * state + b, with a and b free of any
-state; novolstm.scan.linear_recurrence): off the CPU, Layer and sequence run it as a parallel
-scan, the step evaluated for every timestep at once and the pairs (a, b) combined in chunks,
-with its own backward pass; on the CPU, where the loop measured as fast, they run the loop.
-scan=True runs the scan on any device (and raises rather than fall back), scan=False (or
+state; novolstm.scan.linear_recurrence): Layer and sequence run it as a parallel scan, the
+step evaluated for every timestep at once and the pairs (a, b) combined in chunks, with its
+own backward pass: off the CPU, and on the CPU where it measured faster (at least
+SCAN_CPU_MIN_STEPS steps, batch * units at most SCAN_CPU_MAX_WIDTH); elsewhere the loop.
+scan=True runs the scan everywhere (and raises rather than fall back), scan=False (or
 compiled=True, or backward="autograd") the loop."""
 
 

@@ -363,8 +363,9 @@ def sequence(params, x, state=None, mask=None, reverse=False, scan=None):
         state: tuple of (batch, units) tensors in STATE_NAMES order, zeros if None.
         mask: bool (batch, time), True on real steps, or None.
         reverse: run from the last timestep to the first.
-        scan: None (auto): a linear recurrence (LINEAR_SCAN) runs as a parallel scan, other
-            cells as the generated loop; False: the loop; True: the scan, or raise.
+        scan: None (auto): a linear recurrence (LINEAR_SCAN) runs as a parallel scan off the
+            CPU, and on the CPU where it measured faster (SCAN_CPU_MIN_STEPS, SCAN_CPU_MAX_WIDTH);
+            other cells as the generated loop. False: the loop; True: the scan, or raise.
 
     Returns:
         (outputs (batch, time, units), final state tuple)
@@ -377,7 +378,7 @@ def sequence(params, x, state=None, mask=None, reverse=False, scan=None):
     mask = _check_mask(mask, B, T, ref.device)
     if scan not in (None, True, False):
         raise ValueError(f"scan: expected None (auto), True or False, got {scan!r}")
-    why = _scan_unavailable(x.transpose(0, 1), scan)
+    why = _scan_unavailable(x.transpose(0, 1), scan, state[0].shape[-1])
     if why is None:
         outs = _scan_sequence(x.transpose(0, 1), mask, reverse, state, tensors)
     elif scan:
@@ -563,8 +564,19 @@ def _compiled_op(x, required=False):
 # pair (1, 0) and outputs zero, the loops' rule.
 
 
-def _scan_unavailable(x, choice):
-    """None when the parallel scan runs this call (scan=None or True), else why not."""
+#: Where scan=None runs the scan on the CPU: sequences of at least SCAN_CPU_MIN_STEPS steps whose
+#: batch * units is at most SCAN_CPU_MAX_WIDTH. Measured (docs/scan.md): there the loop's steps
+#: are all overhead and the scan is 2x to 20x faster; from batch * units = 512 on it is at parity
+#: or slower, since the loop already computes every state-free value before its steps.
+SCAN_CPU_MIN_STEPS = 256
+SCAN_CPU_MAX_WIDTH = 256
+
+
+def _scan_unavailable(x, choice, units=1):
+    """None when the parallel scan runs this call (scan=None or True), else why not.
+
+    x: (time, batch, input); units: the state's width.
+    """
     if LINEAR_SCAN is None:
         return f"spec {SPEC_NAME!r} is not a linear recurrence (novolstm.scan.linear_recurrence)"
     if choice is False:
@@ -572,9 +584,11 @@ def _scan_unavailable(x, choice):
     if x.shape[0] == 0:
         return "an empty sequence"
     if choice is None and x.device.type == "cpu":
-        # Measured (benchmarks/bench_scan.py, docs/scan.md): on the CPU the generated loop, whose
-        # state-free work is already hoisted out of the steps, is as fast or faster.
-        return "on the CPU the generated loop is as fast (scan=True runs the scan there)"
+        if x.shape[0] < SCAN_CPU_MIN_STEPS or x.shape[1] * units > SCAN_CPU_MAX_WIDTH:
+            return (
+                f"on the CPU the loop is as fast below {SCAN_CPU_MIN_STEPS} steps and above batch * units = "
+                f"{SCAN_CPU_MAX_WIDTH} (scan=True runs the scan there)"
+            )
     if torch._C._are_functorch_transforms_active():
         return "torch.func transforms run the generated forward on torch's tape"
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
@@ -1070,7 +1084,7 @@ class Layer(nn.Module):
         choice = getattr(self, "scan", None)  # modules pickled before the option existed: auto
         if self.compiled or self.backward == "autograd":
             choice = False
-        why = _scan_unavailable(x, choice)
+        why = _scan_unavailable(x, choice, state[0].shape[-1])
         if why is None:
             return _scan_sequence(x, mask, reverse, state, params)
         if choice:
