@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .ir import ELEMENTWISE_UNARY, Graph, NameAllocator, Node, check_graph, lower, prune, rewrite
+from .ir import ELEMENTWISE_UNARY, Graph, NameAllocator, Node, check_graph, constant_name, lower, prune, rewrite
 from .spec_model import Spec
 
 
@@ -538,6 +538,8 @@ def readable_names(program: Program) -> Program:
             continue
         if n.op == "linear":
             base = f"z_{new(n.args[0])}"
+        elif n.op == "const":
+            base = constant_name(n.attr("value"))
         elif n.op == "add" and n.name in gates:
             base = f"z_{joined(gates[n.name])}"
         elif n.op == "slice" and n.name in gates:
