@@ -10,8 +10,10 @@ weight gradient as one GEMM over all timesteps rather than one per step).
 Backward values are named after the forward value whose cotangent they are: ``d_c_next``
 is what reaches ``c_next`` from all its readers, ``d_c_next_via_tanh_c_next`` the part
 that comes through ``tanh_c_next``, ``d_h_next_as_h`` the seed arriving at ``h_next``
-where it becomes the next step's ``h``. Each one's ``Note`` says which forward value it
-differentiates, for the comment generated code writes beside its line.
+where it becomes the next step's ``h``, ``d_o_over_d_o_sum`` a derivative factor (where
+``clip``, ``abs``, ``maximum`` or ``softplus`` pass their argument's change on). Each one's
+``Note`` says which forward value it differentiates, for the comment generated code writes
+beside its line.
 
 Examples:
     >>> import novolstm
@@ -50,7 +52,7 @@ BACKWARD_OPS = {
 
 _ACTIVATION_GRAD = {"sigmoid": "sigmoid_grad", "tanh": "tanh_grad", "relu": "relu_grad", "softmax": "softmax_grad"}
 
-#: Backward ops that compute a derivative factor (``dy_dz``), not a cotangent.
+#: Backward ops that compute a derivative factor (``d_y_over_d_z``), not a cotangent.
 _FACTORS = ("sign", "sigmoid", "in_range", "ge_mask")
 
 
@@ -241,7 +243,7 @@ class _Differentiator:
 
     def base_name(self, n: Node) -> str:
         """What a backward value is called: ``d_<of>`` for a forward value's whole cotangent,
-        ``d_<of>_via_<through>`` for one reader's part of it, ``d<y>_d<z>`` for a derivative factor."""
+        ``d_<of>_via_<through>`` for one reader's part of it, ``d_<through>_over_d_<of>`` for a derivative factor."""
         if n.name in self.whole:
             return f"d_{self.whole[n.name]}"
         if n.op == "seed":  # one of several seeds arriving at the same output
@@ -255,7 +257,7 @@ class _Differentiator:
         if n.op == "const":
             return constant_name(n.attr("value"))
         if n.op in _FACTORS:
-            return f"d{through}_d{of}"
+            return f"d_{through}_over_d_{of}"
         return f"d_{of}_via_{through}_part"
 
     def vjp(self, n: Node, g: str):
