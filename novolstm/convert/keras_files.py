@@ -507,7 +507,8 @@ def _read_legacy(f, path, cell: str) -> dict:
     from novolstm.convert import keras as layouts
 
     root = f["model_weights"] if "model_weights" in f else f
-    configs = _legacy_configs(f, path)
+    # the original NovoLSTM code's weights are found by name; its custom layer's config says nothing more
+    configs = _legacy_configs(f, path) if cell != "novolstm_reference" else None
     if "layer_names" not in root.attrs:
         raise ConversionError(f"{path}: a Keras 2 weights file without its layer_names attribute")
     version = f.attrs.get("keras_version", root.attrs.get("keras_version", b""))
