@@ -21,7 +21,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from keras import ops
 
@@ -310,3 +310,65 @@ def test_keras2_lstm_weights_in_and_out_of_a_keras_lstm_in_memory(rng):
     assert convert.keras2_lstm_to_canonical(native.get_weights(), {"recurrent_activation": "hard_sigmoid"}, "2.15.0").keys() == params.keys()
     with pytest.raises(ConversionError, match="unexpected"):
         convert.keras2_lstm_from_canonical(novolstm.init_params("peephole_lstm", 3, 4, seed=0))
+
+
+# ---------------------------------------------------------------- any Keras-2-like file: an answer or a ConversionError
+
+_PARTS = ["lstm_1", "gru_1", "bidirectional_1", "forward_lstm_1", "backward_lstm_1", "lstm_cell", "gru_cell", "model"]
+_ROLES = ["kernel", "recurrent_kernel", "bias", "w_i", "gamma"]
+_SHAPES = [(3, 8), (2, 8), (8,), (3, 6), (2, 6), (6,), (2, 2, 6), (0,), ()]
+
+
+@st.composite
+def keras2_like_files(draw):
+    layers = {}
+    for name in draw(st.lists(st.sampled_from(["lstm_1", "gru_1", "bidirectional_1", "dense_1"]), min_size=1, max_size=3, unique=True)):
+        weights = {}
+        if draw(st.booleans()):  # start from a well-formed Keras 2.0-2.3 layer of 2 inputs and 2 units, then add to it
+            gates = draw(st.sampled_from([4, 3]))
+            weights = {f"{name}/kernel:0": (2, 2 * gates), f"{name}/recurrent_kernel:0": (2, 2 * gates), f"{name}/bias:0": (2 * gates,)}
+        for _ in range(draw(st.integers(0, 3))):
+            parts = draw(st.lists(st.sampled_from(_PARTS), max_size=3))
+            weights["/".join([name, *parts, draw(st.sampled_from(_ROLES))]) + draw(st.sampled_from(["", ":0"]))] = draw(st.sampled_from(_SHAPES))
+        layers[name] = weights
+    classes = ["LSTM", "GRU", "Dense", "CuDNNLSTM"]
+    config = draw(st.none() | st.just([
+        {"class_name": "Bidirectional", "config": {"name": name, "merge_mode": draw(st.sampled_from(["concat", "sum"])),
+                                                   "layer": _layer_config(name, 2, draw(st.sampled_from(classes)),
+                                                                          draw(st.sampled_from(["hard_sigmoid", "sigmoid", "relu"])))}}
+        if name.startswith("bi") else _layer_config(name, 2, draw(st.sampled_from(classes)), draw(st.sampled_from(["hard_sigmoid", "sigmoid"])))
+        for name in layers]))  # fmt: skip
+    return layers, config, draw(st.sampled_from(["2.2.4", "2.3.1", "2.2.4-tf", "3.1.0", ""])), draw(st.integers(0, 99))
+
+
+@settings(max_examples=40, deadline=None)
+@given(file=keras2_like_files(), cell=st.sampled_from(["lstm", "keras2_lstm", "gru", "novolstm_reference"]))
+def test_any_keras2_like_file_converts_or_is_refused_by_name(file, cell):
+    layers, config, version, seed = file
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "fuzz.h5")
+        with h5py.File(path, "w") as f:
+            root = f
+            if config is not None:
+                f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {"layers": config}})
+                root = f.create_group("model_weights")
+            root.attrs["keras_version"], root.attrs["layer_names"] = version, [n.encode() for n in layers]
+            for name, weights in layers.items():
+                group = root.create_group(name)
+                group.attrs["weight_names"] = [n.encode() for n in weights]
+                for n, shape in weights.items():
+                    if n not in group:  # a name that is a prefix of another is left out: weight_names still lists it
+                        try:
+                            group.create_dataset(n, data=rng.normal(size=shape).astype(np.float32))
+                        except ValueError:  # h5py: a group already sits at that name
+                            pass
+        try:
+            layers_read = files.read(path, "keras", cell)
+        except ConversionError:
+            event("refused")
+            return
+    event("converted")
+    spec = novolstm.load_spec(cell)
+    for params in layers_read.values():
+        assert sorted(params) == sorted(spec.param_names)
