@@ -164,7 +164,7 @@ def convert_cli(source, folder, spec="keras2_lstm"):
 @given(
     inputs=st.integers(1, 4), units=st.integers(1, 4), layers=st.integers(1, 2), bidirectional=st.booleans(),
     naming=st.sampled_from(["keras2", "tf.keras"]), use_bias=st.booleans(),
-    how=st.sampled_from(["weights 2.2.4", "model 2.2.4", "model 2.1.6 (list config)", "model 2.15.0"]),
+    how=st.sampled_from(["weights 2.2.4", "weights 2.1.6-tf", "model 2.2.4", "model 2.1.6 (list config)", "model 2.15.0"]),
     scale=st.sampled_from([0.5, 1.5, 4.0]), seed=st.integers(0, 2**32 - 1),
 )  # fmt: skip
 def test_keras2_files_convert_to_keras2_lstm_exactly(inputs, units, layers, bidirectional, naming, use_bias, how, scale, seed):
@@ -222,9 +222,9 @@ def _refusals(folder, rng):
         (file("k3_lstm.h5", version="3.15.1"), "lstm", r"Keras 3's hard_sigmoid is relu6\(z\+3\)/6"),
         (file("unversioned.h5", version=""), "keras2_lstm", "records no Keras version"),
         (file("w23.h5", version="2.3.1", whole_model=False), "keras2_lstm",
-         "Keras 2.3.1's LSTM defaults to recurrent_activation='sigmoid'.*save the whole model"),
+         "Keras 2.3.1, whose LSTM defaults to recurrent_activation='sigmoid' \\(spec 'lstm'\\).*save the whole model"),
         (file("w_tf.h5", version="2.2.4-tf", whole_model=False, naming="tf.keras"), "keras2_lstm",
-         "tf.keras 2.2.4-tf came with TensorFlow 1.*TensorFlow 2.0 and 2.1"),
+         "tf.keras 2.2.4-tf, which came with TensorFlow 1.*TensorFlow 2.0 and 2.1"),
         (file("w22.h5", version="2.2.4", whole_model=False), "lstm", "an LSTM that kept that default is spec 'keras2_lstm'"),
         (file("gru.h5", stack=gru, kind="GRU"), "gru", "no built-in spec computes a GRU with it"),
         (file("gru_k2.h5", stack=gru, kind="GRU"), "keras2_lstm", "is a Keras GRU, which holds no 'keras2_lstm'"),

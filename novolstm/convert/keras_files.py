@@ -397,9 +397,14 @@ def _names(values) -> list[str]:
 
 
 def _before(version: str, wanted: tuple) -> bool:
-    """Whether a Keras version string is older than ``wanted`` (unknown versions are not)."""
-    m = re.match(r"^(\d+)\.(\d+)", version)
-    return m is not None and (int(m.group(1)), int(m.group(2))) < wanted
+    """Whether a Keras version string is older than ``wanted`` (unknown versions are not).
+
+    Examples:
+        >>> _before("2.2.4-tf", (2, 3)), _before("2.2.4-tf", (2, 2, 4)), _before("2.1.6-tf", (2, 2, 4)), _before("", (2, 3))
+        (True, False, True, False)
+    """
+    m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return m is not None and tuple(int(g or 0) for g in m.groups())[: len(wanted)] < wanted
 
 
 def _legacy_configs(f, path) -> dict | None:
@@ -428,28 +433,30 @@ def _legacy_configs(f, path) -> dict | None:
 
 
 def _check_weights_only(version: str, cell: str, path) -> None:
-    """A weights-only file records no activation: it holds what the writing Keras' layers compute by default."""
-    tf_keras = "-tf" in version
+    """A weights-only file records no activation: it holds what the writing Keras' layers compute by default.
+
+    Keras 2.0 to 2.2 and TensorFlow 1's tf.keras defaulted to ``hard_sigmoid`` (Keras 2's);
+    Keras 2.3 on, and TensorFlow 2's tf.keras, to ``sigmoid``. tf.keras ``2.2.4-tf`` came
+    with both TensorFlow 1.13 to 1.15 and TensorFlow 2.0 and 2.1, so its default is unknown.
+    """
+    unknown = "-tf" in version and not _before(version, (2, 2, 4)) and _before(version, (2, 3))
+    hard_sigmoid = _before(version, (2, 3)) and not unknown
     written = f"Keras {version}" if version else "a Keras that did not record its version"
-    if cell == "keras2_lstm":
-        if _before(version, (2, 3)) and not tf_keras:
-            return  # Keras 2.0 to 2.2's LSTM: recurrent_activation='hard_sigmoid' (Keras 2's) by default
-        why = (
-            f"tf.keras {version} came with TensorFlow 1 (LSTM recurrent_activation='hard_sigmoid' by default) and "
-            "TensorFlow 2.0 and 2.1 (sigmoid by default)"
-            if tf_keras and _before(version, (2, 3))
-            else f"{written}'s LSTM defaults to recurrent_activation='sigmoid' (spec 'lstm')"
-        )
+    if unknown:
         raise ConversionError(
-            f"{path}: written by {written}; {why}, and a weights-only file does not record which the model used: "
-            "save the whole model (model.save('m.h5')), whose config records it"
+            f"{path}: written by tf.keras {version}, which came with TensorFlow 1 (LSTM and GRU "
+            "recurrent_activation='hard_sigmoid' by default) and TensorFlow 2.0 and 2.1 (sigmoid by default); a "
+            "weights-only file does not record which the model used: save the whole model (model.save('m.h5')), "
+            "whose config records it"
         )
-    if _before(version, (2, 3)):
-        kept = (
-            "an LSTM that kept that default is spec 'keras2_lstm' (--spec keras2_lstm); "
-            if cell == "lstm" and not tf_keras
-            else ""
+    if cell == "keras2_lstm" and not hard_sigmoid:
+        raise ConversionError(
+            f"{path}: written by {written}, whose LSTM defaults to recurrent_activation='sigmoid' (spec 'lstm'), and a "
+            "weights-only file does not record a hard_sigmoid: save the whole model (model.save('m.h5')), whose "
+            "config records it"
         )
+    if cell != "keras2_lstm" and hard_sigmoid:
+        kept = "an LSTM that kept that default is spec 'keras2_lstm' (--spec keras2_lstm); " if cell == "lstm" else ""
         raise ConversionError(
             f"{path}: written by Keras {version}, whose LSTM and GRU used recurrent_activation='hard_sigmoid' by default "
             f"(and GRU reset_after=False), which a weights-only file does not record; {kept}otherwise save the whole "
