@@ -103,11 +103,16 @@ def _layer_config(name, units, kind="LSTM", recurrent_activation="hard_sigmoid",
 
 
 def write_keras2(path, stack, *, version="2.2.4", whole_model=True, naming="keras2", list_config=False,
-                 recurrent_activation="hard_sigmoid", kind="LSTM"):
-    """What Keras 2's model.save('m.h5') (whole_model) or save_weights('w.h5') wrote for a Sequential
-    of LSTM (or Bidirectional(LSTM)) layers: ``stack`` is [(forward arrays, backward arrays or None)]."""
+                 recurrent_activation="hard_sigmoid", kind="LSTM", functional=False):
+    """What Keras 2's model.save('m.h5') (whole_model) or save_weights('w.h5') wrote for a Sequential (or a
+    functional Model, with its weight-free InputLayer) of LSTM (or Bidirectional(LSTM)) layers: ``stack`` is
+    [(forward arrays, backward arrays or None)]."""
     counters = {}
     entries, groups = [], {}
+    if functional:
+        entries.append({"name": "input_1", "class_name": "InputLayer", "inbound_nodes": [],
+                        "config": {"name": "input_1", "batch_input_shape": [None, None, np.shape(stack[0][0][0])[0]]}})
+        groups["input_1"] = {}
     for forward, backward in stack:
         base = "bidirectional" if backward is not None else kind.lower()
         counters[base] = counters.get(base, 0) + 1
@@ -127,7 +132,12 @@ def write_keras2(path, stack, *, version="2.2.4", whole_model=True, naming="kera
         root = f
         if whole_model:
             config = entries if list_config else {"name": "sequential_1", "layers": entries}
-            f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": config}).encode()
+            if functional:
+                for before, entry in zip(entries, entries[1:]):
+                    entry.update(name=entry["config"]["name"], inbound_nodes=[[[before["name"], 0, 0, {}]]])
+                config = {"name": "model_1", "layers": entries, "input_layers": [["input_1", 0, 0]],
+                          "output_layers": [[entries[-1]["name"], 0, 0]]}
+            f.attrs["model_config"] = json.dumps({"class_name": "Model" if functional else "Sequential", "config": config}).encode()
             f.attrs["training_config"] = json.dumps({"loss": "mse", "optimizer_config": {}}).encode()
             f.attrs["keras_version"], f.attrs["backend"] = version.encode(), b"tensorflow"
             root = f.create_group("model_weights")
@@ -164,7 +174,7 @@ def convert_cli(source, folder, spec="keras2_lstm"):
 @given(
     inputs=st.integers(1, 4), units=st.integers(1, 4), layers=st.integers(1, 2), bidirectional=st.booleans(),
     naming=st.sampled_from(["keras2", "tf.keras"]), use_bias=st.booleans(),
-    how=st.sampled_from(["weights 2.2.4", "weights 2.1.6-tf", "model 2.2.4", "model 2.1.6 (list config)", "model 2.15.0"]),
+    how=st.sampled_from(["weights 2.2.4", "weights 2.1.6-tf", "model 2.2.4", "model 2.2.4 (functional)", "model 2.1.6 (list config)", "model 2.15.0"]),
     scale=st.sampled_from([0.5, 1.5, 4.0]), seed=st.integers(0, 2**32 - 1),
 )  # fmt: skip
 def test_keras2_files_convert_to_keras2_lstm_exactly(inputs, units, layers, bidirectional, naming, use_bias, how, scale, seed):
@@ -179,7 +189,8 @@ def test_keras2_files_convert_to_keras2_lstm_exactly(inputs, units, layers, bidi
     x = rng.normal(size=(2, STEPS, inputs))
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "keras2.h5")
-        write_keras2(path, stack, version=version, whole_model=whole_model, naming=naming, list_config="list" in how)
+        write_keras2(path, stack, version=version, whole_model=whole_model, naming=naming, list_config="list" in how,
+                     functional="functional" in how)
         converted = convert_cli(path, folder)
     expected = keras2_model(stack, x)
     assert_close(run_converted(converted, x), expected, tolerance("float64", layers * STEPS), "converted keras2_lstm vs Keras 2")
