@@ -75,7 +75,7 @@ RESERVED: dict[str, frozenset[str]] = {
         bias_constraint bias_initializer bias_regularizer compiled generated_module get_dropout_mask
         get_recurrent_dropout_mask kernel_constraint kernel_initializer kernel_regularizer native_config proj_size
         recurrent_constraint recurrent_dropout recurrent_initializer recurrent_regularizer reset_dropout_mask
-        reset_recurrent_dropout_mask spec_text use_bias
+        reset_recurrent_dropout_mask scan spec_text use_bias
     """.split()
     ),
     # Module-level names of the generated sources (imports, constants, functions, classes), every backend.
