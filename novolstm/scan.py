@@ -3,11 +3,13 @@
 A cell whose every next state is affine in that state alone, with coefficients that do not
 depend on any state (``h' = a * h + b``, ``a`` and ``b`` functions of the input: minGRU,
 minLSTM), need not run as a loop: the pairs ``(a_t, b_t)`` compose associatively,
-``(a1, b1) then (a2, b2) = (a2 * a1, a2 * b1 + b2)``, so a log-depth scan gives every
-``h_t`` at once. ``linear_recurrence`` decides this structurally on the lowered IR (as
+``(a1, b1) then (a2, b2) = (a2 * a1, a2 * b1 + b2)``, so a parallel scan gives every
+``h_t`` in far fewer than ``T`` sequential steps (``associative_scan``: about
+``2 sqrt(T)``). ``linear_recurrence`` decides this structurally on the lowered IR (as
 ``novolstm.ir.computes_standard_lstm`` decides the standard LSTM), whatever the names;
 ``run`` evaluates the coefficients for every timestep at once (float64 or float32 NumPy)
-and scans them.
+and scans them. The generated torch, JAX and Keras modules run the same scan (``scan=``;
+see docs/scan.md), deciding with ``scan_output_index``.
 
 Masking follows the project rule: a masked step is the identity pair ``(1, 0)`` (the state
 carries through) and outputs zero. ``reverse=True`` scans from the last step to the first.
