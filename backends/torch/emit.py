@@ -45,6 +45,7 @@ from novolstm.codegen import (
 )
 from novolstm.ir import Graph, computes_standard_gru, live_names
 from novolstm.passes import LEAVES, split_slices
+from novolstm.scan import scan_output_index
 from novolstm.template import fill
 
 NAME = "torch"
@@ -390,10 +391,20 @@ compiler are present, else the generated loop and backward pass, after one warni
 Layer(..., compiled=False) always runs the generated loop; compiled=True raises rather
 than fall back."""
 
+SCAN_DOC = """\
+This spec is a linear recurrence (every next state a * state + b, with a and b free of any
+state; novolstm.scan.linear_recurrence): Layer and sequence run it as a parallel scan, the
+step evaluated for every timestep at once and the pairs (a, b) combined in chunks, with its
+own backward pass: off the CPU, and on the CPU where it measured faster (at least
+SCAN_CPU_MIN_STEPS steps, batch * units at most SCAN_CPU_MAX_WIDTH); elsewhere the loop.
+scan=True runs the scan everywhere (and raises rather than fall back), scan=False (or
+compiled=True, or backward="autograd") the loop."""
+
 
 def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, plan.program
     standard_gru = computes_standard_gru(spec)
+    scan_output = scan_output_index(spec)
     step, back = program.step, plan.step_backward
     pro_back = plan.prologue_backward
     states = spec.state_names
@@ -487,8 +498,8 @@ def generate(plan: LoopPlan) -> str:
     g_input_name = pro_back.outputs[f"grad:{spec.input}"]
     other_roots = [n for r, n in pro_back.outputs.items() if r != f"grad:{spec.input}"]
     only_input = live_names(pro_back.nodes, [g_input_name]) - live_names(pro_back.nodes, other_roots)
-    body = render_fused(pro_back, skip=only_input)
-    input_part = render_fused(pro_back, only=only_input)
+    body = render_fused(pro_back, skip=only_input, comments=plan.prologue_backward_comments)
+    input_part = render_fused(pro_back, only=only_input, comments=plan.prologue_backward_comments)
 
     pro_grads = []
     for p in plan.vector_params:
@@ -504,7 +515,7 @@ def generate(plan: LoopPlan) -> str:
         program.prologue, keep=set(plan.prologue_tape) | set(program.hoisted), comments=plan.expressions
     )
     step_lines = render_fused(step, keep=set(tape), comments=plan.expressions)
-    step_backward = render_fused(back, skip=skip_step, outs=buffers)
+    step_backward = render_fused(back, skip=skip_step, outs=buffers, comments=plan.step_backward_comments)
     load_tape = used_loads([f"{var(n)} = tp_{n}[t]" for n in tape], step_backward)
     backward_lines = step_backward + body + input_part + weight_grads + pro_grads + stack_grads + store
     unpack_tape = used_loads([f'tp_{n} = tape["{n}"]' for n in tape], load_tape, backward_lines)
@@ -525,7 +536,8 @@ def generate(plan: LoopPlan) -> str:
         header=plan.header(NAME),
         fused_doc=(FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_GRU if standard_gru else FUSED_DOC_OTHER)
         + "\n\n"
-        + COMPILED_DOC,
+        + COMPILED_DOC
+        + ("\n\n" + SCAN_DOC if scan_output is not None else ""),
         description=docstring_text(spec.description),
         state_doc=", ".join(states),
         param_doc=", ".join(spec.param_names),
@@ -536,6 +548,7 @@ def generate(plan: LoopPlan) -> str:
             FUSED_KERNEL=plan.standard_lstm or standard_gru,
             FUSED_CELL="lstm" if plan.standard_lstm else "gru" if standard_gru else None,
             SPEC_TOML=Code(repr(spec.dumps())),  # repr: the quotes ruff format prefers for TOML text
+            LINEAR_SCAN=scan_output,
         ),
         init_source=init_source(),
         fusion=plan.fusion_entries(
