@@ -6,11 +6,11 @@ The harness reports the compile time (tf.function's trace and XLA's compile, or 
 compile) as the first call minus the steady state. Float32 and bfloat16: each layer (native
 included) is built with that dtype as its Keras dtype policy, inputs cast to it.
 
-On TensorFlow the generated layers run their loop through XLA where no tape records
-(``jit_compile=True``, their default: here the forward), and TensorFlow's while loop under a
-tape. Beside them: the previous default (``jit_compile=False``: TensorFlow's loop for the
-forward too), and the generated and native layers with the whole call, forward and backward,
-under ``tf.function(jit_compile=True)``, as ``model.compile(jit_compile=True)`` runs a train step.
+On TensorFlow the generated layers run their loop as an XLA computation and, under a tape,
+its gradient as another (``jit_compile=True``, their default). Beside them: the previous
+default (``jit_compile=False``: TensorFlow's while loop), and the generated and native layers
+with the whole call, forward and backward, under ``tf.function(jit_compile=True)``, as
+``model.compile(jit_compile=True)`` runs a train step.
 """
 
 from __future__ import annotations
