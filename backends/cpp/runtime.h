@@ -86,6 +86,48 @@ inline T tanh(T x) {
 
 inline double tanh(double x) { return std::tanh(x); }
 
+// The newer spec functions, with NumPy's NaN rules: maximum, minimum and clip return a NaN
+// argument (a bare comparison would drop it), sign(NaN) is NaN.
+template <typename T>
+inline T maximum(T a, T b) {
+  return a >= b || a != a ? a : b;
+}
+
+template <typename T>
+inline T minimum(T a, T b) {
+  return a <= b || a != a ? a : b;
+}
+
+template <typename T>
+inline T clip(T z, T lo, T hi) {
+  return z < lo ? lo : (z > hi ? hi : z);
+}
+
+template <typename T>
+inline T sign(T z) {
+  return z > T(0) ? T(1) : (z < T(0) ? T(-1) : z);
+}
+
+// log(1 + exp(z)) as max(z, 0) + log1p(exp(-|z|)): exp never overflows, no threshold switch.
+template <typename T>
+inline T softplus(T z) {
+  return (z > T(0) ? z : T(0)) + std::log1p(std::exp(-std::fabs(z)));
+}
+
+// The exact GELU, z Phi(z) with the standard normal's cdf through erf (not the tanh form).
+template <typename T>
+inline T gelu(T z) {
+  return T(0.5) * z * (T(1) + std::erf(z * T(0.70710678118654752440)));
+}
+
+// g (Phi(z) + z phi(z)): the GELU's VJP.
+template <typename T>
+inline T gelu_grad(T g, T z) {
+  const T cdf = T(0.5) * (T(1) + std::erf(z * T(0.70710678118654752440)));
+  const T pdf = std::exp(T(-0.5) * z * z) * T(0.39894228040143267794);
+  return g * (cdf + z * pdf);
+}
+
 // Row reductions with independent partial sums in kLanes lanes: a single running sum is one
 // chain of dependent additions (its latency, not the vector units, sets the pace), and the
 // compiler may not reorder floating-point sums on its own. The lanes vectorize.
