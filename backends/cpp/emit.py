@@ -728,6 +728,7 @@ class _Emitter:
                     raise Unsupported("a batched parameter gradient in the prologue")
                 L.append(f"  gp_{p}.add_({pro_all.tensor(value)});")
         # weight gradients: one GEMM per projection over every timestep
+        rhs: dict[str, str] = {}  # gradient tensor -> its weight_grad_rhs
         for Lin in plan.linears:
             if Lin.in_step and Lin.name not in glin or not Lin.in_step and f"grad:{Lin.name}" not in pro_back.outputs:
                 L.append(
@@ -751,7 +752,10 @@ class _Emitter:
                 width = prog.prologue[Lin.operand].width
                 base = "x2d" if entry == "x" else f"tp_{entry}"
                 operand = f"{base}.narrow(1, {elems(off) if off else '0'}, {elems(width)})"
-            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {g});")
+            if g not in rhs:  # one gradient feeds several weights (W and U of the same gates): prepared once
+                rhs[g] = f"rhs_{len(rhs)}"
+                L.append(f"  const at::Tensor {rhs[g]} = rt::weight_grad_rhs<T>({g});")
+            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {rhs[g]});")
             if Lin.has_bias:
                 L.append(f"  const at::Tensor gbias_{Lin.name} = {g}.sum(0);")
         results = ["g_x"] + [f"*gcur_{k}" for k in range(ns)]

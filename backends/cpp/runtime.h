@@ -293,14 +293,24 @@ inline at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w, const 
 }
 
 // operand^T @ g over every row (time and batch): a weight gradient, one GEMM after the loop.
-// oneDNN reads both with the rows along the contiguous axis, so both are transposed once
-// (measured 2.3x faster than at::mm's BLAS here at 3200 rows, 128 by 640).
+// oneDNN reads both with the rows along the contiguous axis, so both are transposed
+// (measured 2.3x faster than at::mm's BLAS here at 3200 rows, 128 by 640); g, which
+// several weights share, once (weight_grad_rhs).
 template <typename T>
-inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& g) {
-  if (std::is_same<T, float>::value && onednn_linear_op() != nullptr) {
-    return onednn_linear(operand.t().contiguous(), g.t().contiguous(), at::Tensor());
-  }
-  return at::mm(operand.t(), g);
+inline bool weight_grad_on_onednn() {
+  return std::is_same<T, float>::value && onednn_linear_op() != nullptr;
+}
+
+// g as weight_grad takes it: transposed for oneDNN, as it is for BLAS.
+template <typename T>
+inline at::Tensor weight_grad_rhs(const at::Tensor& g) {
+  return weight_grad_on_onednn<T>() ? g.t().contiguous() : g;
+}
+
+template <typename T>
+inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& rhs) {
+  if (weight_grad_on_onednn<T>()) return onednn_linear(operand.t().contiguous(), rhs, at::Tensor());
+  return at::mm(operand.t(), rhs);
 }
 
 // a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: packed once into oneDNN's
