@@ -313,20 +313,57 @@ inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& rhs) 
   return at::mm(operand.t(), rhs);
 }
 
-// a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: packed once into oneDNN's
-// layout (float32, where oneDNN is present), else through at::mm / at::addmm.
+// A product of a few rows (the latency shape, batch 1): oneDNN's and BLAS's call overheads
+// (10 and 3 us at 1 by 64 by 320 here) dwarf the arithmetic, so it runs as a plain loop
+// over the weight's rows (each read once, axpy into every output row) into a buffer of its own.
+constexpr int64_t kSmallRows = 4;
+
+template <typename T>
+inline void small_gemm(const T* a, int64_t lda, const T* w, const T* bias, T* out, int64_t rows, int64_t k, int64_t n) {
+  for (int64_t b = 0; b < rows; ++b) {
+    T* o = out + b * n;
+    if (bias != nullptr) {
+      std::memcpy(o, bias, sizeof(T) * n);
+    } else {
+      std::fill(o, o + n, T(0));
+    }
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const T* wr = w + kk * n;
+    for (int64_t b = 0; b < rows; ++b) {
+      const T ab = a[b * lda + kk];
+      T* o = out + b * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) o[j] += ab * wr[j];
+    }
+  }
+}
+
+// a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: a plain loop for a few rows
+// (small_gemm), else packed once into oneDNN's layout (float32, where oneDNN is present),
+// else through at::mm / at::addmm.
 template <typename T>
 struct Linear {
   at::Tensor w;       // (K, N)
-  at::Tensor packed;  // oneDNN's layout of w^T (N, K); undefined on the BLAS path
+  at::Tensor packed;  // oneDNN's layout of w^T (N, K); undefined on the other paths
+  at::Tensor out;     // the small path's result, rewritten by every call
   Linear(const at::Tensor& w_, int64_t rows) : w(w_) {
-    if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
+    if (rows <= kSmallRows) {
+      w = w_.contiguous();
+      out = at::empty({rows, w.size(1)}, w.options());
+    } else if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
       torch::jit::Stack stack{c10::IValue(w.t().contiguous()), c10::IValue(rows)};
       onednn_reorder_op()->callBoxed(&stack);
       packed = stack[0].toTensor();
     }
   }
   at::Tensor operator()(const at::Tensor& a, const at::Tensor& bias = at::Tensor()) const {
+    if (out.defined() && a.size(0) == out.size(0) && a.stride(1) == 1) {
+      const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
+      small_gemm<T>(a.data_ptr<T>(), a.stride(0), w.data_ptr<T>(), b.defined() ? b.data_ptr<T>() : nullptr,
+                    out.data_ptr<T>(), a.size(0), w.size(0), w.size(1));
+      return out;
+    }
     if (packed.defined()) return onednn_linear(a, packed, bias);
     return bias.defined() ? at::addmm(bias, a, w) : at::mm(a, w);
   }
