@@ -108,6 +108,16 @@ class NameAllocator:
         return name
 
 
+def constant_name(value: float) -> str:
+    """The name of a literal in generated code, after its value.
+
+    Examples:
+        >>> constant_name(0.5), constant_name(-1.0)
+        ('const_0_5', 'const_minus_1_0')
+    """
+    return "const_" + repr(float(value)).replace(".", "_").replace("-", "minus_").replace("+", "")
+
+
 class IRError(AssertionError):
     """An IR invariant broke between passes: a bug in novolstm, never in a spec."""
 
@@ -161,6 +171,7 @@ class _Lowering:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.nodes: list[Node] = []
+        self.by_name: dict[str, Node] = {}  # kind() runs once per subexpression: a scan would be quadratic
         self.new_name = NameAllocator(
             [spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)]
         )
@@ -169,7 +180,9 @@ class _Lowering:
 
     def emit(self, op: str, args=(), attrs=(), width: Width = 1, batched: bool = True, name: str | None = None) -> str:
         name = name or self.new_name()
-        self.nodes.append(Node(name, op, tuple(args), tuple(attrs), width, batched))
+        node = Node(name, op, tuple(args), tuple(attrs), width, batched)
+        self.nodes.append(node)
+        self.by_name[name] = node
         return name
 
     def run(self) -> Graph:
@@ -194,7 +207,7 @@ class _Lowering:
         return self.consts[value]
 
     def kind(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
+        return self.by_name[name]
 
     def expr(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Name):
