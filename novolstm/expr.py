@@ -199,6 +199,8 @@ def format_expression(expr: Expr, parent: int = 0) -> str:
     Examples:
         >>> format_expression(parse_expression("f * c + (i * g)"))
         'f * c + i * g'
+        >>> format_expression(parse_expression("f * (x @ W) + (f * x) @ W"))
+        'f * (x @ W) + f * x @ W'
     """
     if isinstance(expr, Name):
         return expr.id

@@ -2,11 +2,14 @@
 one C++ kernel exposed as torch operators. Held to the float64 reference (outputs, state), to
 the NumPy generated backward (float64 gradients, itself checked against finite differences of
 the reference) and to the generated loop (float32 gradients, reverse direction, several
-layers), for every built-in spec; through autograd's gradcheck, torch.compile with no graph
-break and torch.export; and the fallback when no compiler is present.
+layers), for every built-in spec; every operation of the language (one spec holding them all),
+the domain rule and random specs of the fuzzing strategy against the interpreter and its
+central differences; both GEMM paths of the step (a plain loop up to 4 rows, oneDNN / BLAS
+above); through autograd's gradcheck, torch.compile with no graph break and torch.export; and
+the fallbacks when no compiler is present or the emitter lacks an operation.
 
 Kernels build once per spec into NOVOLSTM_CACHE_DIR (tox points it into the env's tmp dir),
-about 20 seconds each on one core.
+about 20 seconds each on one core; the random specs cost one build per example.
 """
 
 from __future__ import annotations
