@@ -161,6 +161,7 @@ class _Lowering:
     def __init__(self, spec: Spec):
         self.spec = spec
         self.nodes: list[Node] = []
+        self.by_name: dict[str, Node] = {}  # kind() runs once per subexpression: a scan would be quadratic
         self.new_name = NameAllocator(
             [spec.input, *spec.state_names, *spec.param_names, *(n for n, _ in spec.equations)]
         )
@@ -169,7 +170,9 @@ class _Lowering:
 
     def emit(self, op: str, args=(), attrs=(), width: Width = 1, batched: bool = True, name: str | None = None) -> str:
         name = name or self.new_name()
-        self.nodes.append(Node(name, op, tuple(args), tuple(attrs), width, batched))
+        node = Node(name, op, tuple(args), tuple(attrs), width, batched)
+        self.nodes.append(node)
+        self.by_name[name] = node
         return name
 
     def run(self) -> Graph:
@@ -194,7 +197,7 @@ class _Lowering:
         return self.consts[value]
 
     def kind(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
+        return self.by_name[name]
 
     def expr(self, e: Expr, target: str | None = None) -> str:
         if isinstance(e, Name):

@@ -129,8 +129,13 @@ def load_spec(spec: str | os.PathLike | Spec) -> Spec:
         return loads_spec(raw, source=path)
     if isinstance(spec, str):
         if not IDENTIFIER.fullmatch(spec) or spec not in list_specs():
+            # A long or multi-line string is most likely spec text passed to the wrong loader:
+            # show its start, not all of it, and name the loader that reads text.
+            shown = repr(spec) if len(spec) <= 60 else repr(spec[:57]) + "..."
+            hint = "; spec text is read by novolstm.loads_spec" if "\n" in spec or "=" in spec else ""
             raise SpecError(
-                repr(spec), f"no built-in spec of that name; expected one of {list_specs()} or a path to a .toml file"
+                shown,
+                f"no built-in spec of that name; expected one of {list_specs()} or a path to a .toml file{hint}",
             )
         raw = resources.files("novolstm.spec").joinpath(f"{spec}.toml").read_bytes()
         return loads_spec(raw, source=f"<builtin {spec}.toml>")

@@ -43,6 +43,7 @@ def randomize(layer, rng):
     "spec, to_keras, from_keras",
     [
         ("lstm", convert.lstm_from_canonical, convert.lstm_to_canonical),
+        ("keras2_lstm", convert.keras2_lstm_from_canonical, convert.keras2_lstm_to_canonical),
         ("gru", convert.gru_from_canonical, convert.gru_to_canonical),
         ("novolstm_reference", convert.novolstm_original_from_canonical, convert.novolstm_original_to_canonical),
     ],

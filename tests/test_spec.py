@@ -113,6 +113,14 @@ def test_unknown_builtin_lists_the_known_ones():
         novolstm.load_spec("novolstm2")
 
 
+def test_spec_text_given_to_load_spec_is_named_briefly():
+    # A whole spec passed where a name is expected: the error shows its start, not all of it,
+    # and points at the loader that reads text.
+    with pytest.raises(SpecError, match="loads_spec") as info:
+        novolstm.load_spec(LSTM_TEXT * 20)
+    assert len(str(info.value)) < 600 and LSTM_TEXT[:40] not in str(info.value)[80:]
+
+
 def _mutate(old: str, new: str) -> str:
     assert old in LSTM_TEXT, old
     return LSTM_TEXT.replace(old, new)

@@ -18,7 +18,8 @@ Formats:
         ``torch.onnx.export`` writes for ``num_layers=2``), each forward, reverse or
         bidirectional.
     keras: a Keras 3 ``.weights.h5`` (``model.save_weights``) or ``.keras`` archive of
-        LSTM / GRU / Bidirectional layers (``novolstm.convert.keras_files``).
+        LSTM / GRU / Bidirectional layers, or a Keras 2 ``.h5`` (whose hard-sigmoid LSTMs
+        read as ``keras2_lstm``; ``novolstm.convert.keras_files``).
     flax: ``flax.serialization.to_bytes`` of a linen or nnx cell's parameters, the
         ``layout`` option naming (or, reading, detected as) the cell
         (``novolstm.convert.flax_files``).
@@ -289,6 +290,8 @@ HOLDS = {
 ELSEWHERE = {
     "onnx": "novolstm.export_onnx(spec, params) exports any cell as a standard ONNX graph (a Scan); "
     "the LSTM and GRU operators compute only lstm, peephole_lstm and gru",
+    "keras": "Keras 3's layers compute only lstm and gru (keras2_lstm is read from Keras 2 .h5 files, not written): "
+    "write the canonical format and load it into novolstm.get_layer('keras', spec)",
 }
 
 

@@ -44,7 +44,9 @@ import numpy as np
 from novolstm.convert import ConversionError
 
 #: spec -> the Keras layer class (snake case, as in the file) that computes it
-LAYER_CLASS = {"lstm": "lstm", "gru": "gru"}
+LAYER_CLASS = {"lstm": "lstm", "gru": "gru", "keras2_lstm": "lstm"}
+#: specs that only Keras 2's files hold: Keras 3 has no built-in layer computing them
+KERAS2_ONLY = ("keras2_lstm",)
 _GROUP = re.compile(r"^(lstm|gru|bidirectional)(?:_(\d+))?$")
 
 
@@ -77,13 +79,17 @@ def _cell_weights(group, where: str) -> list[np.ndarray]:
     return arrays
 
 
-def _to_canonical(weights, cell: str, where: str, config=None) -> dict:
+def _to_canonical(weights, cell: str, where: str, config=None, keras_version=None) -> dict:
+    """One cell's weights -> canonical, its config (if any) checked as written by ``keras_version`` (None: Keras 3)."""
     from novolstm.convert import keras as layouts
 
+    to_canonical = {
+        "lstm": layouts.lstm_to_canonical,
+        "keras2_lstm": layouts.keras2_lstm_to_canonical,
+        "gru": layouts.gru_to_canonical,
+    }[cell]
     try:
-        if cell == "lstm":
-            return layouts.lstm_to_canonical(weights, config=config)
-        return layouts.gru_to_canonical(weights, config=config)
+        return to_canonical(weights, config=config, keras_version=keras_version)
     except ConversionError as exc:
         raise ConversionError(f"{where}: {exc}") from None
 
@@ -133,6 +139,16 @@ def _check_cell(cell: str) -> None:
     if cell not in LAYER_CLASS:
         raise ConversionError(
             f"Keras files hold LSTM or GRU layers; spec {cell!r} has no Keras layer (expected one of {sorted(LAYER_CLASS)})"
+        )
+
+
+def _keras3_refuses(cell: str, path) -> None:
+    if cell in KERAS2_ONLY:
+        raise ConversionError(
+            f"{path}: a Keras 3 file; spec {cell!r} (Keras 2's hard_sigmoid, clip(0.2z+0.5, 0, 1)) is read from Keras 2 "
+            ".h5 files (model.save('m.h5'), save_weights('w.h5')): Keras 3's hard_sigmoid is relu6(z+3)/6, and a Keras 3 "
+            "layer computes Keras 2's only through a custom function its file cannot prove; convert such a layer in memory "
+            "with novolstm.convert.keras.keras2_lstm_to_canonical(layer.get_weights())"
         )
 
 
@@ -196,6 +212,7 @@ def read_keras(path, cell: str) -> dict:
             if "layer_names" in f.attrs or "model_weights" in f:
                 return _read_legacy(f, path, cell)
             raise ConversionError(f"{path}: no 'layers' group; expected a Keras 3 model's weights (model.save_weights)")
+        _keras3_refuses(cell, path)
         if cell == "novolstm_reference":
             raise ConversionError(
                 f"{path}: a Keras 3 weights file records variables by position, not by name; the original NovoLSTM "
@@ -371,6 +388,8 @@ def _check_dataset(ds, where, path) -> None:
 
 
 _LEGACY_WEIGHT = re.compile(r"^(kernel|recurrent_kernel|bias)$")
+#: the cell scope tf.keras and Keras 3 put in a weight's name (``lstm/lstm_cell/kernel:0``); Keras 2.0 to 2.3 had none
+_LEGACY_CELL = re.compile(r"^(lstm|gru)_cell(?:_\d+)?$")
 
 
 def _names(values) -> list[str]:
@@ -378,43 +397,131 @@ def _names(values) -> list[str]:
 
 
 def _before(version: str, wanted: tuple) -> bool:
-    """Whether a Keras version string is older than ``wanted`` (unknown versions are not)."""
-    m = re.match(r"^(\d+)\.(\d+)", version)
-    return m is not None and (int(m.group(1)), int(m.group(2))) < wanted
+    """Whether a Keras version string is older than ``wanted`` (unknown versions are not).
+
+    Examples:
+        >>> _before("2.2.4-tf", (2, 3)), _before("2.2.4-tf", (2, 2, 4)), _before("2.1.6-tf", (2, 2, 4)), _before("", (2, 3))
+        (True, False, True, False)
+    """
+    m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", version)
+    return m is not None and tuple(int(g or 0) for g in m.groups())[: len(wanted)] < wanted
+
+
+def _legacy_configs(f, path) -> dict | None:
+    """A Keras 2 model file's layer configs by layer name; None for a weights-only file."""
+    from novolstm.convert.safe_io import loads_json
+
+    if "model_config" not in f.attrs:
+        return None
+    raw = f.attrs["model_config"]
+    raw = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConversionError(f"{path}: model_config larger than {MAX_CONFIG_BYTES} bytes")
+    model_config = loads_json(raw, f"{path}: model_config", ConversionError, MAX_CONFIG_DEPTH)
+    inner = model_config.get("config") if isinstance(model_config, dict) else None
+    # Keras 2.2+ and tf.keras: {"layers": [...]}; Keras 2.0 and 2.1 wrote a Sequential's config as the list itself
+    entries = inner if isinstance(inner, list) else inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(entries, list):
+        raise ConversionError(
+            f"{path}: model_config has no layer list; expected a Keras Sequential or functional model"
+        )
+    return {
+        entry["config"].get("name"): entry
+        for entry in entries
+        if isinstance(entry, dict) and isinstance(entry.get("config"), dict)
+    }
+
+
+def _check_weights_only(version: str, cell: str, path) -> None:
+    """A weights-only file records no activation: it holds what the writing Keras' layers compute by default.
+
+    Keras 2.0 to 2.2 and TensorFlow 1's tf.keras defaulted to ``hard_sigmoid`` (Keras 2's);
+    Keras 2.3 on, and TensorFlow 2's tf.keras, to ``sigmoid``. tf.keras ``2.2.4-tf`` came
+    with both TensorFlow 1.13 to 1.15 and TensorFlow 2.0 and 2.1, so its default is unknown.
+    """
+    unknown = "-tf" in version and not _before(version, (2, 2, 4)) and _before(version, (2, 3))
+    hard_sigmoid = _before(version, (2, 3)) and not unknown
+    written = f"Keras {version}" if version else "a Keras that did not record its version"
+    if unknown:
+        raise ConversionError(
+            f"{path}: written by tf.keras {version}, which came with TensorFlow 1 (LSTM and GRU "
+            "recurrent_activation='hard_sigmoid' by default) and TensorFlow 2.0 and 2.1 (sigmoid by default); a "
+            "weights-only file does not record which the model used: save the whole model (model.save('m.h5')), "
+            "whose config records it"
+        )
+    if cell == "keras2_lstm" and not hard_sigmoid:
+        raise ConversionError(
+            f"{path}: written by {written}, whose LSTM defaults to recurrent_activation='sigmoid' (spec 'lstm'), and a "
+            "weights-only file does not record a hard_sigmoid: save the whole model (model.save('m.h5')), whose "
+            "config records it"
+        )
+    if cell != "keras2_lstm" and hard_sigmoid:
+        kept = "an LSTM that kept that default is spec 'keras2_lstm' (--spec keras2_lstm); " if cell == "lstm" else ""
+        raise ConversionError(
+            f"{path}: written by Keras {version}, whose LSTM and GRU used recurrent_activation='hard_sigmoid' by default "
+            f"(and GRU reset_after=False), which a weights-only file does not record; {kept}otherwise save the whole "
+            "model (model.save('m.h5')), whose config records it"
+        )
+
+
+def _legacy_sides(name: str, pairs, path, migration: str) -> tuple[dict, set]:
+    """One layer's weights by direction (``""``, ``"_reverse"``) and role, and the cell kinds their names show.
+
+    Names are ``lstm_1/kernel:0`` (Keras 2.0 to 2.3), ``lstm/lstm_cell/kernel:0`` (tf.keras),
+    ``sequential/lstm/lstm_cell/kernel`` (Keras 3); a Bidirectional puts ``forward_<layer>`` or
+    ``backward_<layer>`` after its own name.
+    """
+    sides: dict[str, dict] = {}
+    kinds = set()
+    for weight, array in pairs:
+        parts = re.sub(r":\d+$", "", weight).split("/")
+        role = parts[-1]
+        scopes = parts[:-1]
+        scopes = scopes[scopes.index(name) + 1 :] if name in scopes else scopes[1:]  # what lies below the layer
+        cells = [m.group(1) for m in map(_LEGACY_CELL.match, scopes) if m]
+        if not _LEGACY_WEIGHT.match(role) or len(cells) > 1:
+            raise ConversionError(f"{path}: layer {name!r} holds {weight!r}, not an LSTM or GRU weight; {migration}")
+        kinds.update(cells)
+        directions = [p for p in scopes if p.startswith(("forward_", "backward_"))]
+        side = "_reverse" if directions and directions[0].startswith("backward_") else ""
+        if role in sides.get(side, {}):
+            raise ConversionError(
+                f"{path}: layer {name!r} holds two {role!r} weights for one direction (at {weight!r})"
+            )
+        sides.setdefault(side, {})[role] = array
+    for weights in sides.values():
+        if "recurrent_kernel" not in weights:  # a Dense's kernel and bias look alike by name
+            raise ConversionError(
+                f"{path}: layer {name!r} holds {pairs[0][0]!r}, not an LSTM or GRU weight (no recurrent_kernel); {migration}"
+            )
+    for weights in sides.values():  # Keras 2.0 to 2.3 name no cell: the recurrent kernel's shape does
+        recurrent = np.shape(weights.get("recurrent_kernel", ()))
+        if len(recurrent) == 2 and recurrent[0] and recurrent[1] in (3 * recurrent[0], 4 * recurrent[0]):
+            kinds.add("lstm" if recurrent[1] == 4 * recurrent[0] else "gru")
+    return sides, kinds
 
 
 def _read_legacy(f, path, cell: str) -> dict:
     """Keras 2's HDF5 weights (``save_weights('w.h5')``, or ``model.save('m.h5')``'s ``model_weights``).
 
     Each layer group lists its variables by name (``weight_names``); the names give each
-    variable's role (``lstm_cell/kernel:0``, ``forward_lstm/...``, the original NovoLSTM's
-    ``w_i``), and a full model's ``model_config`` gives each layer's config, which is checked.
+    variable's role and direction (``lstm_1/kernel:0``, ``lstm/lstm_cell/kernel:0``,
+    ``forward_lstm/...``, the original NovoLSTM's ``w_i``), the shapes or names whether it is
+    an LSTM or a GRU, and a full model's ``model_config`` each layer's config, which is checked
+    as the Keras version that wrote the file defines it (its ``hard_sigmoid`` included). A
+    weights-only file records no config: it converts to the spec its Keras' defaults compute.
     """
     from novolstm.convert import keras as layouts
-    from novolstm.convert.safe_io import loads_json
 
     root = f["model_weights"] if "model_weights" in f else f
-    configs = {}
-    if "model_config" in f.attrs:
-        raw = f.attrs["model_config"]
-        raw = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
-        if len(raw) > MAX_CONFIG_BYTES:
-            raise ConversionError(f"{path}: model_config larger than {MAX_CONFIG_BYTES} bytes")
-        model_config = loads_json(raw, f"{path}: model_config", ConversionError, MAX_CONFIG_DEPTH)
-        entries = (model_config.get("config") or {}).get("layers") if isinstance(model_config, dict) else None
-        for entry in entries if isinstance(entries, list) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("config"), dict):
-                configs[entry["config"].get("name")] = entry
+    # the original NovoLSTM code's weights are found by name; its custom layer's config says nothing more
+    configs = _legacy_configs(f, path) if cell != "novolstm_reference" else None
     if "layer_names" not in root.attrs:
         raise ConversionError(f"{path}: a Keras 2 weights file without its layer_names attribute")
     version = f.attrs.get("keras_version", root.attrs.get("keras_version", b""))
     version = version.decode("utf-8", "replace") if isinstance(version, bytes) else str(version)
-    if not configs and _before(version, (2, 3)) and cell != "novolstm_reference":
-        raise ConversionError(
-            f"{path}: written by Keras {version}, whose LSTM and GRU used recurrent_activation='hard_sigmoid' by default "
-            "(and GRU reset_after=False), which a weights-only file does not record; save the whole model "
-            "(model.save('m.h5')), whose config records it"
-        )
+    if configs is None and cell != "novolstm_reference":
+        _check_weights_only(version, cell, path)
     pairs_by_layer = []
     for name in _names(root.attrs["layer_names"]):
         if name not in root:
@@ -442,38 +549,51 @@ def _read_legacy(f, path, cell: str) -> dict:
             raise ConversionError(f"{path}: {exc}; {migration}") from None
     out = {}
     for k, (name, pairs) in enumerate(pairs_by_layer):
-        entry = configs.get(name)
-        kind = _snake(str(entry.get("class_name", ""))) if entry else None
-        sides: dict[str, dict] = {}
-        for weight, array in pairs:
-            parts = re.sub(r":\d+$", "", weight).split("/")
-            role = parts[-1]
-            cells = {p for p in parts if p in ("lstm_cell", "gru_cell")}
-            if not _LEGACY_WEIGHT.match(role) or len(cells) != 1:
+        sides, kinds = _legacy_sides(name, pairs, path, migration)
+        entry = None
+        if configs is not None:
+            entry = configs.get(name)
+            if entry is None:
                 raise ConversionError(
-                    f"{path}: layer {name!r} holds {weight!r}, not an LSTM or GRU weight; {migration}"
+                    f"{path}: layer {name!r} holds weights but model_config has no layer of that name"
                 )
-            found = cells.pop().split("_")[0]
-            if found != LAYER_CLASS[cell]:
-                raise ConversionError(f"{path}: layer {name!r} is a Keras {found.upper()}, which holds no {cell!r}")
-            side = "_reverse" if any(p.startswith("backward_") for p in parts) else ""
-            if side and not any(p.startswith("backward_") or p.startswith("forward_") for p in parts[:-2]):
-                side = ""
-            sides.setdefault(side, {})[role] = array
-        if kind not in (None, "lstm", "gru", "bidirectional"):
-            raise ConversionError(f"{path}: layer {name!r} is a {(entry or {}).get('class_name')}; {migration}")
-        bidirectional = "_reverse" in sides or kind == "bidirectional"
-        config = None if entry is None else entry.get("config", {})
-        if bidirectional:
-            merge_mode = (config or {}).get("merge_mode", "concat")
+        class_name = str(entry.get("class_name", "")) if entry is not None else ""
+        kind = _snake(class_name) if entry is not None else None
+        config: dict = entry.get("config", {}) if entry is not None else {}
+        side_configs: dict = {"": config if entry is not None else None}
+        if kind == "bidirectional":
+            merge_mode = config.get("merge_mode", "concat")
             if merge_mode != "concat":
                 raise ConversionError(
                     f"{path}: layer {name!r}: Bidirectional(merge_mode={merge_mode!r}); canonical bidirectional layers concatenate"
                 )
-            inner = (config or {}).get("layer", {}).get("config") if config else None
-            config = None if inner is None else dict(inner, go_backwards=False)
+            if set(sides) != {"", "_reverse"}:
+                raise ConversionError(
+                    f"{path}: layer {name!r} is a Bidirectional without a forward and a backward layer"
+                )
+            inner, backward = config.get("layer"), config.get("backward_layer")
+            inner = inner if isinstance(inner, dict) else {}
+            backward = backward if isinstance(backward, dict) else inner
+            kind = _snake(str(inner.get("class_name", "")))
+            for side, layer in (("", inner), ("_reverse", backward)):
+                inner_config = layer.get("config")  # the wrapper reverses: go_backwards is its business
+                side_configs[side] = dict(inner_config, go_backwards=False) if isinstance(inner_config, dict) else None
+        elif kind is not None and "_reverse" in sides:
+            raise ConversionError(f"{path}: layer {name!r} is a {class_name} with backward_ weights")
+        if kind not in (None, "lstm", "gru"):
+            raise ConversionError(f"{path}: layer {name!r} is a {class_name}; {migration}")
+        if kind is not None:
+            kinds.add(kind)
+        if len(kinds) > 1:
+            raise ConversionError(
+                f"{path}: layer {name!r}: its names, shapes and config disagree on LSTM or GRU {sorted(kinds)}"
+            )
+        if kinds and kinds != {LAYER_CLASS[cell]}:
+            raise ConversionError(f"{path}: layer {name!r} is a Keras {kinds.pop().upper()}, which holds no {cell!r}")
+        if set(sides) == {"_reverse"}:
+            raise ConversionError(f"{path}: layer {name!r} holds only backward_ weights; not one recurrent layer")
         for side, weights in sorted(sides.items()):
-            params = _to_canonical(weights, cell, f"{path}: layer {name!r}", config)
+            params = _to_canonical(weights, cell, f"{path}: layer {name!r}", side_configs.get(side), version)
             out[f"l{k}{side}"] = params
     return out
 
@@ -513,6 +633,13 @@ def write_keras(layers: dict, path, cell: str) -> None:
     from novolstm.convert.safe_io import atomic_write
 
     _check_cell(cell)
+    if cell in KERAS2_ONLY:
+        raise ConversionError(
+            f"{path}: no Keras 3 layer computes spec {cell!r} (Keras 3's hard_sigmoid is relu6(z+3)/6, not Keras 2's "
+            "clip(0.2z+0.5, 0, 1)), and a .weights.h5 records no activation: write the canonical format and load it into "
+            f"novolstm.get_layer('keras', {cell!r}), or set keras2_lstm_from_canonical(params) on a Keras LSTM whose "
+            "recurrent_activation is Keras 2's formula"
+        )
     if str(path).endswith(".keras"):
         raise ConversionError(
             f"{path}: novolstm writes .weights.h5 files (weights only), not .keras archives (which need a model config)"
