@@ -25,6 +25,7 @@ from novolstm.codegen import (
     literal,
     render,
     render_node,
+    slice_bounds,
     targets,
     tuple_of,
     units_offset,
@@ -255,7 +256,8 @@ def _buffered(n, step) -> bool:
 
 
 def _target(line: str) -> str:
-    return line.split(" = ", 1)[0].strip()
+    """The name a setup line assigns (or assigns into: ``a[...] = 0.5``)."""
+    return re.split(r"[\[ ]", line.strip(), maxsplit=1)[0]
 
 
 def _names_read(lines: list[str]) -> set[str]:
@@ -265,6 +267,48 @@ def _names_read(lines: list[str]) -> set[str]:
     return {
         name for line in lines for name in re.findall(r"(?<![.\w])[A-Za-z_]\w*", line.split("#")[0].split(" = ", 1)[-1])
     }
+
+
+def _activated_sums(step, kind: dict[str, str]) -> dict[str, dict]:
+    """Sums whose blocks only sigmoids and tanhs read (the LSTM's gates), for one tanh call over
+    the whole sum: node name -> {"sigmoids": [(node, start, stop)], "tanhs": [...], "args": [...]}.
+
+    sigmoid(z) = 0.5 * tanh(0.5 * z) + 0.5, and the 0.5 moves into the sum's terms, once per call:
+    the projection's columns and the hoisted values' (exact: halving a float is exact, and so is
+    every product and sum of halved terms, barring subnormals, which the sigmoid maps to 0.5 either
+    way). Then one tanh over the sum serves every sigmoid and tanh block, and a sigmoid costs two
+    calls more instead of four. A sum qualifies where every term (a hoisted value or a projection
+    of the step) feeds only it, and its blocks are read by slices that feed only sigmoids, only
+    tanhs, or neither (a block both halved and read otherwise does not qualify).
+    """
+    users: dict[str, list[str]] = {n.name: [] for n in step.nodes}
+    for n in step.nodes:
+        for a in n.args:
+            users[a].append(n.name)
+    found = {}
+    for z in step.nodes:
+        if z.op != "add" or kind.get(z.name) != "buffer" or not isinstance(z.width, int):
+            continue
+        if not all(
+            users[a] == [z.name] and (step[a].op == "hoisted" or (step[a].op == "linear" and kind.get(a) == "buffer"))
+            for a in z.args
+        ):
+            continue
+        sigmoids, tanhs, others = [], [], []
+        for u in users[z.name]:
+            start, stop = (step[u].attr("start"), step[u].attr("stop")) if step[u].op == "slice" else (0, z.width)
+            readers = [u] if step[u].op != "slice" else users[u]
+            ops = {step[r].op for r in readers}
+            if readers and ops == {"sigmoid"} and all(kind.get(r) == "buffer" for r in readers):
+                sigmoids += [(r, start, stop) for r in readers]
+            elif readers and ops == {"tanh"} and all(kind.get(r) == "buffer" for r in readers):
+                tanhs += [(r, start, stop) for r in readers]
+            else:
+                others.append((start, stop))
+        halved = [(a, b) for _, a, b in sigmoids]
+        if sigmoids and not any(a < d and c < b for a, b in halved for c, d in others + [(a, b) for _, a, b in tanhs]):
+            found[z.name] = {"sigmoids": sigmoids, "tanhs": tanhs, "args": list(z.args)}
+    return found
 
 
 def inference_loop(plan: LoopPlan) -> list[str]:
@@ -309,11 +353,40 @@ def inference_loop(plan: LoopPlan) -> list[str]:
         return step[name].op == "slice" and kind.get(root(name)) == "buffer"
 
     setup, body, comments = [], [], plan.expressions
+    sums = _activated_sums(step, kind)
+    activated: dict[str, tuple[str, int, int]] = {}  # sigmoid or tanh node -> (its sum, start, stop)
+    for z, found in sums.items():
+        scale = f"halves_{z}"  # 0.5 on the sigmoids' blocks, 1 elsewhere
+        setup.append(f"{scale} = np.ones({units_offset(step[z].width)}, x.dtype)")
+        setup += [
+            f"{scale}[..., {slice_bounds(units_offset(a), units_offset(b))}] = 0.5" for _, a, b in found["sigmoids"]
+        ]
+        for a in found["args"]:
+            L = step[a]
+            if L.op == "hoisted":
+                setup.append(f"seq_{a} = seq_{a} * {scale}")
+            else:
+                setup.append(f"w_{a} = w_{a} * {scale}")
+                if any(L.attr("biases")):
+                    setup.append(f"b_{a} = b_{a} * {scale}")
+        setup.append(f"tanh_{z} = np.empty((B, {units_offset(step[z].width)}), x.dtype)")
+        activated |= {r: (z, a, b) for r, a, b in found["sigmoids"] + found["tanhs"]}
+    done = set()
     for n in step.nodes:
         if n.op in ("state", "param", "hoisted", "input"):
             continue
         args = [var(a) for a in n.args]
-        if n.op == "const":
+        if n.name in activated:  # a block of its sum's one tanh (see _activated_sums)
+            z, a, b = activated[n.name]
+            setup.append(f"{var(n.name)} = tanh_{z}[..., {slice_bounds(units_offset(a), units_offset(b))}]")
+            if z not in done:
+                done.add(z)
+                body.append(f"tanh({var(z)}, tanh_{z})  # halved where a sigmoid reads it")
+            if n.op == "sigmoid":
+                out = var(n.name)
+                body += with_comment(f"multiply({out}, half, {out})", comments.get(n.name, ""), indent=12)
+                body.append(f"add({out}, half, {out})")
+        elif n.op == "const":
             setup.append(f"{var(n.name)} = np.asarray({n.attr('value')!r}, x.dtype)")
         elif fixed_view(n.name):
             setup.extend(render_node(n, OPS, comments))
