@@ -400,7 +400,8 @@ def inference_loop(plan: LoopPlan) -> list[str]:
             body.extend(with_comment(lines[0], comments.get(n.name, ""), indent=12) + lines[1:])
         else:  # allocates, as in the taped loop
             body.extend(with_comment(render_node(n, OPS)[0], comments.get(n.name, ""), indent=12))
-    setup = [line for line in INTO_LOCALS + setup if _target(line) in _names_read(setup + body)]
+    read = _names_read(setup + body)
+    setup = [line for line in INTO_LOCALS + setup if _target(line) in read]
     state_vars = [var(s) for s in states]
     advance = [] if kind.get(output) == "row" else [f"ys[t] = {var(output)}"]
     advance.append(assign(state_vars, [var(nxt) for nxt in nexts.values()]))
