@@ -219,6 +219,39 @@ def _linear_into(n, a: list[str], out: str) -> list[str]:
     return [f"dot({a[0]}, w_{n.name}, {out})", *bias]
 
 
+def _mean_into(a: str, row: str, count: str) -> list[str]:
+    # what a.mean(axis=-1, keepdims=True) does for a float array: the sum, then a division by
+    # the count as an intp, computed as NumPy's _mean computes it
+    return [f"add.reduce({a}, -1, None, {row}, True)", f'divide({row}, {count}, {row}, casting="unsafe")']
+
+
+def _normalize_units_into(n, a: list[str], out: str) -> list[str]:
+    # _normalize_units, a call at a time, in its order: c = z - mean(z); c * (1 / sqrt(mean(c * c) + eps))
+    row, sq, count = f"row_{n.name}", f"sq_{n.name}", f"count_{n.name}"
+    return [
+        *_mean_into(a[0], row, count),
+        f"subtract({a[0]}, {row}, {out})",
+        f"multiply({out}, {out}, {sq})",
+        *_mean_into(sq, row, count),
+        f"add({row}, {n.attr('eps')!r}, {row})",
+        f"np.sqrt({row}, {row})",
+        f"divide(1.0, {row}, {row})",
+        f"multiply({out}, {row}, {out})",
+    ]
+
+
+def _softmax_into(n, a: list[str], out: str) -> list[str]:
+    # _softmax, a call at a time: e = exp(z - max(z)); e / sum(e)
+    row = f"row_{n.name}"
+    return [
+        f"maximum.reduce({a[0]}, -1, None, {row}, True)",
+        f"subtract({a[0]}, {row}, {out})",
+        f"np.exp({out}, {out})",
+        f"add.reduce({out}, -1, None, {row}, True)",
+        f"divide({out}, {row}, {out})",
+    ]
+
+
 #: op -> the statements that compute it into ``out`` (ops not here allocate, as in the taped loop).
 INTO = {
     "add": _fold("add"),
@@ -238,11 +271,17 @@ INTO = {
         f"add({out}, half, {out})",
     ],
     "linear": _linear_into,
+    "normalize_units": _normalize_units_into,
+    "softmax": _softmax_into,
 }
+
+#: ops whose statements use scratch: "row_<node>" (batch, 1), "sq_<node>" (like the node), and
+#: "count_<node>", the units it averages over as np.intp
+SCRATCH = {"normalize_units": ("row", "sq", "count"), "softmax": ("row",)}
 
 #: what the INTO statements read, made once per call: NumPy's functions as locals (one lookup
 #: rather than two per call), the constants as 0-d arrays in the input's dtype
-INTO_LOCALS = [f"{name} = np.{name}" for name in ("dot", "add", "subtract", "multiply", "maximum", "minimum")]
+INTO_LOCALS = [f"{name} = np.{name}" for name in ("dot", "add", "subtract", "multiply", "divide", "maximum", "minimum")]
 INTO_LOCALS += [f"{name} = np.{name}" for name in ("negative", "tanh", "absolute")]
 INTO_LOCALS += ["half = np.asarray(0.5, x.dtype)", "zero = np.asarray(0.0, x.dtype)"]
 
@@ -252,7 +291,7 @@ def _buffered(n, step) -> bool:
     argument an array (a linear's a (batch, in) one)."""
     if n.op not in INTO or not isinstance(n.width, int) or all(step[a].op == "const" for a in n.args):
         return False
-    return n.op != "linear" or (n.batched and step[n.args[0]].batched)
+    return (n.op != "linear" and n.op not in SCRATCH) or (n.batched and step[n.args[0]].batched)
 
 
 def _target(line: str) -> str:
@@ -396,6 +435,10 @@ def inference_loop(plan: LoopPlan) -> list[str]:
                 body.append(f"{out} = ys[t]")
             else:
                 setup.append(f"{out} = np.empty({f'(B, {width})' if n.batched else width}, x.dtype)")
+            scratch = SCRATCH.get(n.op, ())
+            setup += [f"row_{n.name} = np.empty((B, 1), x.dtype)"] if "row" in scratch else []
+            setup += [f"sq_{n.name} = np.empty((B, {width}), x.dtype)"] if "sq" in scratch else []
+            setup += [f"count_{n.name} = np.intp({width})"] if "count" in scratch else []
             lines = INTO[n.op](n, args, out)
             body.extend(with_comment(lines[0], comments.get(n.name, ""), indent=12) + lines[1:])
         else:  # allocates, as in the taped loop
