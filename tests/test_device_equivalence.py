@@ -73,10 +73,11 @@ def _expected(cell, params, x, state, mask, g_out, g_state):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_torch_on_device_matches_the_reference(cell, dtype, path, device):
-    """``layer``: the path Layer picks on this device (cuDNN for the LSTM and the GRU);
-    ``generated loop``: the same layer held to the generated loop."""
+    """``layer``: the path Layer picks on this device, unmasked (so that the LSTM and the GRU run
+    cuDNN, which takes no mask); ``generated loop``: the same layer held to the generated loop,
+    with right-padded rows (the mask's rule on the device)."""
     spec, params, x, state, g_out, g_state = _case(cell, seed=novolstm.list_specs().index(cell))
-    mask = np.arange(T)[None] < LENGTHS[:, None]
+    mask = None if path == "layer" else np.arange(T)[None] < LENGTHS[:, None]
     options = {} if path == "layer" else {"fused": False, "compiled": False}
     layer = novolstm.get_layer("torch", spec=cell)(
         I, H, batch_first=True, dtype=getattr(torch, dtype), device=device, **options
@@ -85,7 +86,8 @@ def test_torch_on_device_matches_the_reference(cell, dtype, path, device):
     as_tensor = lambda a: torch.tensor(np.asarray(a), dtype=getattr(torch, dtype), device=device)  # noqa: E731
     xt = as_tensor(x).requires_grad_(True)
     s0 = tuple(as_tensor(s[None]).requires_grad_(True) for s in state)
-    out, final = layer(xt, s0 if len(s0) > 1 else s0[0], lengths=torch.tensor(LENGTHS))
+    lengths = None if mask is None else torch.tensor(LENGTHS)
+    out, final = layer(xt, s0 if len(s0) > 1 else s0[0], lengths=lengths)
     final = final if isinstance(final, tuple) else (final,)
     loss = (out * as_tensor(g_out)).sum() + sum((f[0] * as_tensor(g)).sum() for f, g in zip(final, g_state))
     loss.backward()
