@@ -44,7 +44,7 @@ _EXPORTS = {
     "save": "checkpoint",
     "save_module": "checkpoint",
 }
-_MODULES = ("reference", "interpret", "testing", "conformance", "golden", "evaluation", "convert")
+_MODULES = ("reference", "interpret", "testing", "conformance", "evaluation", "convert")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES)
 
@@ -65,7 +65,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:  # for type checkers and documentation tools, which do not run __getattr__
-    from . import conformance, convert, evaluation, golden, interpret, reference, testing
+    from . import conformance, convert, evaluation, interpret, reference, testing
     from .api import export_onnx, generate_source, get_cell, get_layer, init_params, list_backends, load_generated, run
     from .checkpoint import CheckpointError, load, load_into, save, save_module
     from .errors import SpecError

@@ -12,10 +12,10 @@ from typing import Any, TypeAlias
 
 import numpy as np
 
+from .call import prepare_call
 from .codegen import param_table, plan
 from .spec_loader import load_spec
 from .spec_model import Spec
-from .validate import prepare_call
 
 #: What every entry point takes as a spec: a built-in name, a path to a spec file, or a loaded spec.
 SpecLike: TypeAlias = str | os.PathLike | Spec

@@ -451,8 +451,8 @@ def _generate(args) -> int:
 
 
 def _check(args) -> int:
-    from .check import check, format_table, installed_backends
     from .progress import progress_bar
+    from .selfcheck import check, format_table, installed_backends
     from .spec_loader import list_specs
 
     installed = installed_backends()

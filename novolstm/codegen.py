@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import __version__
-from .autodiff import differentiate
+from .autodiff import Note, differentiate_with_notes
 from .ir import Graph, Node, computes_standard_lstm
 from .passes import LEAVES, Program, build_program, cse, readable_names, split_slices
 from .spec_model import Spec
@@ -407,6 +407,8 @@ class LoopPlan:
     step_tape: tuple[str, ...]  # forward step values the backward pass reads per timestep
     prologue_tape: tuple[str, ...]  # prologue values the prologue's backward pass reads
     vector_params: tuple[str, ...]  # unbatched parameters read by any graph
+    step_backward_comments: dict[str, str]  # backward value -> what it differentiates (see backward_comments)
+    prologue_backward_comments: dict[str, str]
 
     @property
     def spec(self) -> Spec:
@@ -513,10 +515,34 @@ def _block(array: str, k: int, count: int) -> str:
     return array if count == 1 else f"{array}[..., {slice_bounds(units_offset(k), units_offset(k + 1))}]"
 
 
+def backward_comments(notes: dict[str, Note], forward: dict[str, str]) -> dict[str, str]:
+    """Backward value -> the comment generated code writes beside its line: ``d(<expression>) / d(<value>)``,
+    the derivative of a forward spec expression it applies (``forward``: see ``expressions``), or
+    ``d(loss) / d(<value>)`` where it gathers all of a value's cotangent.
+
+    Examples:
+        >>> import novolstm
+        >>> from novolstm.autodiff import differentiate_with_notes
+        >>> program = readable_names(build_program(novolstm.load_spec("lstm")))
+        >>> _, notes = differentiate_with_notes(program.step)
+        >>> comments = backward_comments(notes, expressions(program))
+        >>> comments["d_tanh_c_next"], comments["d_c_next"]
+        ('d(o * tanh(c_next)) / d(tanh_c_next)', 'd(loss) / d(c_next)')
+    """
+    return {
+        name: f"d({forward.get(through, through)}) / d({of})" if through else f"d(loss) / d({of})"
+        for name, (of, through) in notes.items()
+    }
+
+
 def plan(spec: Spec) -> LoopPlan:
     program = readable_names(build_program(spec))
-    step_back = cse(differentiate(program.step))
-    pro_back = cse(differentiate(program.prologue))
+    # Both backward passes run in one generated function: neither takes a name of the other's graphs.
+    every_name = [n.name for graph in (program.prologue, program.step) for n in graph.nodes]
+    step_back, step_notes = differentiate_with_notes(program.step, every_name)
+    pro_back, pro_notes = differentiate_with_notes(program.prologue, every_name + [n.name for n in step_back.nodes])
+    step_back, pro_back = cse(step_back), cse(pro_back)
+    forward = expressions(program)
     linears = tuple(
         LinearInfo(n.name, n.args[0], n.attr("weights"), n.attr("biases"), in_step)
         for graph, in_step in ((program.prologue, False), (program.step, True))
@@ -540,4 +566,6 @@ def plan(spec: Spec) -> LoopPlan:
         tuple(step_tape),
         tuple(prologue_tape),
         tuple(dict.fromkeys(vector_params)),
+        backward_comments({k: v for k, v in step_notes.items() if k in step_back}, forward),
+        backward_comments({k: v for k, v in pro_notes.items() if k in pro_back}, forward),
     )

@@ -46,10 +46,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .call import prepare_call
 from .expr import Binary, Const, Expr, Name, Neg
 from .spec_loader import load_spec
 from .spec_model import Spec
-from .validate import prepare_call
 
 __all__ = ["evaluate", "layer_norm", "run", "sigmoid", "softmax", "step"]
 

@@ -108,6 +108,16 @@ class NameAllocator:
         return name
 
 
+def constant_name(value: float) -> str:
+    """The name of a literal in generated code, after its value.
+
+    Examples:
+        >>> constant_name(0.5), constant_name(-1.0)
+        ('const_0_5', 'const_minus_1_0')
+    """
+    return "const_" + repr(float(value)).replace(".", "_").replace("-", "minus_").replace("+", "")
+
+
 class IRError(AssertionError):
     """An IR invariant broke between passes: a bug in novolstm, never in a spec."""
 

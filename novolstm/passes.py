@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .ir import ELEMENTWISE_UNARY, Graph, NameAllocator, Node, check_graph, lower, prune, rewrite
+from .ir import ELEMENTWISE_UNARY, Graph, NameAllocator, Node, check_graph, constant_name, lower, prune, rewrite
 from .spec_model import Spec
 
 
@@ -475,8 +475,8 @@ def readable_names(program: Program) -> Program:
     Spec names (input, state, parameters, equation results) stay. A projection is ``z_<operand>``
     (``z_x``, ``z_h``), their sum ``z_<gates>``, a slice of either or of their activation names its gates
     by the projections' weights (``W_i`` -> ``i``: ``z_ifog``, ``z_ifo``, ``sigmoid_ifo``, ``z_g``); a product
-    of two named values is ``<a>_times_<b>`` and a function of one ``<function>_<value>``
-    (``tanh_c_next``); any other temporary is named after the spec value it leads to and its op
+    of two named values is ``<a>_times_<b>``, a literal ``const_<value>`` (``const_0_5``) and a function
+    of one ``<function>_<value>`` (``tanh_c_next``); any other temporary is named after the spec value it leads to and its op
     (``i_norm``).
 
     Examples:
@@ -538,6 +538,8 @@ def readable_names(program: Program) -> Program:
             continue
         if n.op == "linear":
             base = f"z_{new(n.args[0])}"
+        elif n.op == "const":
+            base = constant_name(n.attr("value"))
         elif n.op == "add" and n.name in gates:
             base = f"z_{joined(gates[n.name])}"
         elif n.op == "slice" and n.name in gates:

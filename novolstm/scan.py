@@ -32,11 +32,11 @@ import os
 import numpy as np
 
 from . import interpret
+from .call import prepare_call
 from .expr import Binary, Call, Const, Expr, Name, Neg
 from .ir import lower
 from .spec_loader import load_spec
 from .spec_model import Spec
-from .validate import prepare_call
 
 __all__ = ["linear_recurrence", "associative_scan", "run"]
 

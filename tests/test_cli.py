@@ -207,7 +207,7 @@ def test_user_errors_are_one_line_and_exit_2(implementations, capsys):
 
 
 def test_check_names_a_backend_whose_framework_is_missing(capsys):
-    from novolstm.check import installed_backends
+    from novolstm.selfcheck import installed_backends
 
     missing = [b for b in novolstm.list_backends() if b not in installed_backends()]
     if not missing:

@@ -11,7 +11,7 @@ import pytest
 import novolstm
 from novolstm import conformance
 from novolstm.cli import main
-from novolstm.golden import load_golden, make_golden
+from novolstm.conformance.golden import load_golden, make_golden
 
 
 def numpy_impl(spec):
@@ -21,7 +21,7 @@ def numpy_impl(spec):
 @pytest.mark.parametrize("cell", novolstm.list_specs())
 def test_golden_vectors_match_the_current_spec(cell):
     meta, cases = load_golden(cell)
-    assert meta["spec_hash"] == novolstm.load_spec(cell).hash, "regenerate with: python -m novolstm.golden spec/golden"
+    assert meta["spec_hash"] == novolstm.load_spec(cell).hash, "regenerate with: python -m novolstm.conformance spec/golden"
     fresh_meta, fresh = make_golden(cell)
     assert fresh_meta == meta
     shipped = {f"{c.name}.outputs": c.outputs for c in cases}
@@ -300,7 +300,7 @@ def test_cli_round_trip_for_implementations_outside_python(tmp_path, capsys):
 
 
 def test_novolstm_check_holds_a_users_spec_to_the_interpreter(tmp_path):
-    from novolstm.check import check
+    from novolstm.selfcheck import check
 
     path = tmp_path / "damped_lstm.toml"
     path.write_text(damped_lstm_text())
@@ -311,7 +311,7 @@ def test_novolstm_check_holds_a_users_spec_to_the_interpreter(tmp_path):
 @pytest.mark.parametrize("cell", ["novolstm", "gru", "peephole_lstm"])
 def test_the_golden_cases_show_every_mistake_the_kit_knows_even_in_float32(cell):
     """No mistake model is invisible: in some case its outputs leave the float32 tolerance."""
-    from novolstm.mistakes import catalogue
+    from novolstm.conformance.mistakes import catalogue
     from novolstm.testing import tolerance
 
     cases = load_golden(cell)[1]

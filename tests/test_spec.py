@@ -314,9 +314,13 @@ def test_generated_module_names_are_reserved(emitter_name):
             if isinstance(name, str) and "Q" not in name:
                 prefixed.update(name[len(p):] for p in SPEC_NAME_PREFIXES if name.startswith(p))
     assert unreserved(top) == []
-    # The compiler's temporaries: numbered ones (NameAllocator) and the readable ones of
-    # passes.readable_names (z_ifo, sigmoid_ifo, f_times_c); both allocators avoid the spec's names.
-    temporaries = re.compile(r"[a-zA-Z]+_?[0-9]+|z_\w+|(sigmoid|tanh|relu|softmax|neg|normalize_units)_\w+|\w+_times_\w+")
+    # The compiler's temporaries: numbered ones (NameAllocator), the readable ones of
+    # passes.readable_names (z_ifo, sigmoid_ifo, f_times_c, const_0_5) and the backward values of
+    # autodiff (d_c_next, d_h_next_as_h, d_y_over_d_z); all avoid the spec's names.
+    temporaries = re.compile(
+        r"[a-zA-Z]+_?[0-9]+|z_\w+|(sigmoid|tanh|relu|softmax|neg|normalize_units)_\w+|\w+_times_\w+"
+        r"|const_\w+|d_\w+"
+    )
     # g_x, the input's cotangent, lives in functions that hold no state's cotangent g_<state>.
     assert unreserved(n for n in prefixed - {"x"} if not temporaries.fullmatch(n)) == []
 

@@ -518,7 +518,8 @@ def generate(plan: LoopPlan) -> str:
     prologue_lines = render(program.prologue, OPS, comments=plan.expressions)
     step_lines = render(step, OPS, comments=plan.expressions)
     forward_lines = prologue_lines + step_lines
-    step_backward, pro_backward = render(back, OPS), render(pro_back, OPS)
+    step_backward = render(back, OPS, comments=plan.step_backward_comments)
+    pro_backward = render(pro_back, OPS, comments=plan.prologue_backward_comments)
     backward_lines = step_backward + pro_backward + step_wgrads + pro_grads
     load_fused = [
         f'{k} = fused["{k}"]' for L in plan.linears for k in (f"w_{L.name}", f"b_{L.name}") if k[0] == "w" or L.has_bias

@@ -487,8 +487,8 @@ def generate(plan: LoopPlan) -> str:
     g_input_name = pro_back.outputs[f"grad:{spec.input}"]
     other_roots = [n for r, n in pro_back.outputs.items() if r != f"grad:{spec.input}"]
     only_input = live_names(pro_back.nodes, [g_input_name]) - live_names(pro_back.nodes, other_roots)
-    body = render_fused(pro_back, skip=only_input)
-    input_part = render_fused(pro_back, only=only_input)
+    body = render_fused(pro_back, skip=only_input, comments=plan.prologue_backward_comments)
+    input_part = render_fused(pro_back, only=only_input, comments=plan.prologue_backward_comments)
 
     pro_grads = []
     for p in plan.vector_params:
@@ -504,7 +504,7 @@ def generate(plan: LoopPlan) -> str:
         program.prologue, keep=set(plan.prologue_tape) | set(program.hoisted), comments=plan.expressions
     )
     step_lines = render_fused(step, keep=set(tape), comments=plan.expressions)
-    step_backward = render_fused(back, skip=skip_step, outs=buffers)
+    step_backward = render_fused(back, skip=skip_step, outs=buffers, comments=plan.step_backward_comments)
     load_tape = used_loads([f"{var(n)} = tp_{n}[t]" for n in tape], step_backward)
     backward_lines = step_backward + body + input_part + weight_grads + pro_grads + stack_grads + store
     unpack_tape = used_loads([f'tp_{n} = tape["{n}"]' for n in tape], load_tape, backward_lines)

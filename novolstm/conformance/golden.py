@@ -3,7 +3,7 @@
 Each cell has ``spec/golden/<cell>.npz`` (arrays, no pickles) and
 ``spec/golden/<cell>.json`` (metadata: spec name and hash, cases, array keys). They
 are produced from the float64 reference by ``make_golden`` (``python -m
-novolstm.golden``); a test proves they match the current spec. The same stress cases
+novolstm.conformance``); a test proves they match the current spec. The same stress cases
 are made for any other spec by ``stress_cases``, with the spec interpreter as the
 reference. Another language can
 implement a spec from these files alone: read the inputs, run, compare.
@@ -24,10 +24,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from .expr import Binary, Call, Name, walk
-from .spec_loader import list_specs, load_spec
-from .spec_model import Spec
-from .testing import Case, random_params
+from ..expr import Binary, Call, Name, walk
+from ..spec_loader import list_specs, load_spec
+from ..spec_model import Spec
+from ..testing import Case, random_params
 
 #: name -> (weight scale, batch, steps, input size, units, what it stresses)
 STRESS_CASES = {
@@ -88,7 +88,7 @@ def reference_for(spec: Spec):
     content hash), the spec interpreter ``novolstm.interpret`` for every other spec;
     neither shares code with code generation.
     """
-    from . import interpret, reference
+    from .. import interpret, reference
 
     spec = load_spec(spec)
     if spec.name in reference.CELLS and spec.name in list_specs() and load_spec(spec.name).hash == spec.hash:
@@ -215,9 +215,3 @@ def cases_from_arrays(meta: dict, arrays: dict[str, np.ndarray]) -> list[GoldenC
         final = tuple(arrays[f"{name}.state.{s}"] for s in meta["state_names"])
         out.append(GoldenCase(name, info["description"], case, arrays[f"{name}.outputs"], final))
     return out
-
-
-if __name__ == "__main__":  # pragma: no cover - the script that writes spec/golden/
-    import sys
-
-    write_golden(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("spec/golden"))

@@ -5,7 +5,7 @@ backend and the oracle, and reports the largest deviation of outputs and final
 state, whether it is within the tolerance table, and the time per step. The oracle is
 the hand-written ``novolstm.reference`` for the built-in cells and the spec
 interpreter ``novolstm.interpret`` for any other spec
-(``novolstm.golden.reference_for``): never the generated code under test.
+(``novolstm.conformance.golden.reference_for``): never the generated code under test.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def check(cells=None, backends=None, dtypes=("float64", "float32"), batch=4, ste
         and the best of three times per step. The oracle is ``novolstm.reference`` for the
         built-in cells and the spec interpreter for any other spec.
     """
-    from .golden import reference_for
+    from .conformance.golden import reference_for
 
     rng = np.random.default_rng(seed)
     for cell in cells or list_specs():

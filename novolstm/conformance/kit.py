@@ -1,25 +1,6 @@
-"""Check any implementation of a spec: pass or fail against the tolerance table, per-step
-error growth, and a diagnosis of what went wrong.
-
-An implementation is a callable ``fn(params, x, state, mask) -> (outputs, final_state)``
-taking canonical float parameters, inputs (batch, time, input), the initial state
-tuple and a bool mask (batch, time), returning arrays NumPy can read. Implementations
-outside Python run the golden vectors (``novolstm.golden``) and hand back their
-results as an ``.npz`` (see ``check_results``).
-
-The expected values come from a float64 oracle that shares nothing with code
-generation: the hand-written ``novolstm.reference`` for the built-in cells, the
-spec interpreter ``novolstm.interpret`` for any other spec. Every compared array
-must be finite where the reference is: NaN or inf fails.
-
-When a case fails, the report names the first step and quantity that diverge and
-tries the mistakes porting code makes (``novolstm.mistakes``: gate order, another
-LayerNorm epsilon or the sample variance, softmax over the batch axis or without its
-maximum subtracted, a hard sigmoid, a dropped bias or recurrent term, gates swapping
-roles in a state update, an old state read, masking done wrong, another cell, the
-state tuple reordered, a lower precision than asked): each one that reproduces the
-implementation's outputs is listed, and the report names the one that reproduces
-the most failing cases.
+"""The conformance kit itself: ``check`` and ``check_results`` run the cases and compare,
+``Report`` and ``CaseResult`` hold the verdict, and the diagnosis names the known mistakes that
+reproduce a failing implementation's outputs (see ``novolstm.conformance``).
 
 Examples:
     >>> import novolstm
@@ -36,11 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..spec_loader import list_specs, load_spec
+from ..spec_model import Spec
+from ..testing import tolerance
 from .golden import GoldenCase, load_golden, stress_cases
 from .mistakes import catalogue
-from .spec_loader import list_specs, load_spec
-from .spec_model import Spec
-from .testing import tolerance
 
 #: Precisions below each dtype, for the diagnosis "computes in a lower precision than asked".
 LOWER_PRECISIONS = {"float64": ("float32",), "float32": ("float16", "bfloat16")}
@@ -266,7 +247,7 @@ def _diagnose(spec: Spec, failures: list, dtype) -> None:
 
 def known_mistakes(spec: Spec):
     """Yield ``(label, run)``: float64 runs of ``spec`` with one known porting mistake each
-    (see ``novolstm.mistakes``)."""
+    (see ``novolstm.conformance.mistakes``)."""
     return ((m.label, m.run) for m in catalogue(spec))
 
 
@@ -286,7 +267,7 @@ def diagnose_mistakes(
 ) -> list[str]:
     """Labels of the known mistakes whose outputs (and final state) match the implementation's.
 
-    ``models``: the ``novolstm.mistakes.Mistake`` to try, by default ``catalogue(spec)``.
+    ``models``: the ``novolstm.conformance.mistakes.Mistake`` to try, by default ``catalogue(spec)``.
     ``lower_precision``: where no model reproduces the outputs, try whether they are right
     to a lower precision's tolerance.
     """

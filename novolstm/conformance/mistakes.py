@@ -11,7 +11,7 @@ not, the diagnosis names it.
 The models evaluate a spec's parsed equations step by step, as
 ``novolstm.interpret`` does, with the functions and the masking of the port;
 they share nothing with code generation. They are models of mistakes, never the
-reference: the kit's expected values come from ``novolstm.golden.reference_for``.
+reference: the kit's expected values come from ``novolstm.conformance.golden.reference_for``.
 
 Examples:
     >>> import numpy as np, novolstm
@@ -32,11 +32,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import interpret
-from .errors import SpecError
-from .expr import Binary, Call, Const, Expr, Name, Neg, format_expression, functions_in, names_in
-from .spec_loader import list_specs, load_spec, parse_spec
-from .spec_model import Spec
+from .. import interpret
+from ..errors import SpecError
+from ..expr import Binary, Call, Const, Expr, Name, Neg, format_expression, functions_in, names_in
+from ..spec_loader import list_specs, load_spec, parse_spec
+from ..spec_model import Spec
 
 #: A model: ``run(params, x, state, mask) -> (outputs, final_state)``, float64.
 Model = Callable
