@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, note, settings, target
+from hypothesis import given, settings, target
 from hypothesis import strategies as st
 
 import novolstm
 from novolstm import reference
-from novolstm.testing import Case, assert_close, cases, check_against_reference, random_params, spec_cases
+from novolstm.testing import Case, assert_close, cases, check_against_reference, random_params
 
 CELLS = novolstm.list_specs()
 
@@ -133,63 +133,3 @@ def test_one_unit_layer_norm_gives_beta():
     ours, _ = novolstm.run(spec, params, x)
     theirs, _ = reference.run("novolstm", params, x)
     assert_close(ours, theirs)
-
-
-def _inference_and_taped(spec, case: Case, dtype):
-    """``forward`` on ``case`` (no mask) both ways: the inference loop (no tape) and the taped loop."""
-    module = novolstm.load_generated(spec, "numpy")
-    c = case.cast(dtype)
-    state = None if c.state is None else tuple(s.copy() for s in c.state)
-    fast = module.forward(c.params, c.x, state)
-    taped = module.forward(c.params, c.x, c.state, keep_tape=True)
-    if state is not None:  # the inference loop writes its own buffers, never the caller's state
-        for given_state, kept in zip(state, c.state):
-            np.testing.assert_array_equal(given_state, kept)
-    return fast, taped
-
-
-def _assert_same_bits(fast, taped):
-    """The inference loop computes each value as the taped loop does, op for op: equal bits, and
-    final states that share no memory with the outputs."""
-    np.testing.assert_array_equal(fast[0], taped[0])
-    for f, t in zip(fast[1], taped[1]):
-        np.testing.assert_array_equal(f, t)
-        assert not np.shares_memory(f, fast[0])
-    assert fast[2] is None
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@settings(max_examples=10)
-@given(data=st.data())
-def test_inference_loop_matches_the_taped_loop_bit_for_bit(cell, dtype, data):
-    case = data.draw(cases(cell))
-    _assert_same_bits(*_inference_and_taped(cell, Case(case.params, case.x, case.state, None), dtype))
-
-
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@settings(max_examples=15)
-@given(spec_case=spec_cases(max_batch=2, max_units=4, max_extra_steps=4))
-def test_inference_loop_matches_the_taped_loop_on_random_specs(dtype, spec_case):
-    text, case = spec_case
-    note(text)
-    spec = novolstm.loads_spec(text)
-    _assert_same_bits(*_inference_and_taped(spec, Case(case.params, case.x, case.state, None), dtype))
-
-
-def test_inference_loop_is_generated_and_can_fail():
-    """The loop the tests above hold to the taped one exists, and a wrong op in it shows: the
-    same check fails on a module whose inference loop adds where the spec multiplies."""
-    source = novolstm.generate_source("lstm", "numpy")
-    assert "if ms is None and not keep_tape:" in source
-    mutant = source.replace("multiply(v_f, v_c, v_f_times_c)", "add(v_f, v_c, v_f_times_c)", 1)
-    assert mutant != source
-    namespace: dict = {}
-    exec(compile(mutant, "<mutant lstm>", "exec"), namespace)
-    module = novolstm.load_generated("lstm", "numpy")
-    rng = np.random.default_rng(0)
-    params = random_params("lstm", 3, 4, rng)
-    x = rng.normal(size=(2, 5, 3))
-    taped = module.forward(params, x, keep_tape=True)
-    with pytest.raises(AssertionError):
-        _assert_same_bits(namespace["forward"](params, x), taped)

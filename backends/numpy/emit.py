@@ -10,8 +10,6 @@ Examples:
 
 from __future__ import annotations
 
-import re
-
 from novolstm.codegen import (
     ARRAY_OPS,
     LoopPlan,
@@ -24,14 +22,11 @@ from novolstm.codegen import (
     linear_call,
     literal,
     render,
-    render_node,
-    slice_bounds,
     targets,
     tuple_of,
     units_offset,
     used_loads,
     var,
-    with_comment,
 )
 from novolstm.template import fill
 
@@ -120,7 +115,6 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
     $unpack_state = state
     ms = None if mask is None else np.swapaxes(np.asarray(mask), 0, 1)[..., None]
     ys = np.empty((T, B, H), dtype=x.dtype)
-    $inference
     # the step values the backward pass reads
     step_tape = $step_tape
     tape = {name: [] for name in step_tape} if keep_tape else None
@@ -192,271 +186,6 @@ $header
 $description
 
 State: $state_doc. Parameters use the canonical names of novolstm."""
-
-
-# The inference loop: ``forward`` without a tape or a mask. Every step value gets a buffer,
-# allocated once, that its op writes into (``out`` passed positionally, which NumPy parses
-# faster than the keyword); slices of buffers are views made once; constants are 0-d arrays
-# of the dtype (a Python float costs a conversion per call). At batch 1 a step is a dozen
-# calls on rows of a few hundred numbers, so the calls' overhead is the cost, and this loop
-# allocates and slices nothing per step. Each op computes what the taped loop's expression
-# computes, in the same order: the two loops agree bit for bit.
-def _fold(ufunc: str, out_keyword: bool = False):
-    # np.maximum and np.minimum deprecate a positional out (it reads as a third input)
-    def op(n, a: list[str], out: str) -> list[str]:
-        into = f"out={out}" if out_keyword else out
-        return [f"{ufunc}({a[0]}, {a[1]}, {into})"] + [f"{ufunc}({out}, {b}, {into})" for b in a[2:]]
-
-    return op
-
-
-def _unary(ufunc: str):
-    return lambda n, a, out: [f"{ufunc}({a[0]}, {out})"]
-
-
-def _linear_into(n, a: list[str], out: str) -> list[str]:
-    bias = [f"add({out}, b_{n.name}, {out})"] if any(n.attr("biases")) else []
-    return [f"dot({a[0]}, w_{n.name}, {out})", *bias]
-
-
-def _mean_into(a: str, row: str, count: str) -> list[str]:
-    # what a.mean(axis=-1, keepdims=True) does for a float array: the sum, then a division by
-    # the count as an intp, computed as NumPy's _mean computes it
-    return [f"add.reduce({a}, -1, None, {row}, True)", f'divide({row}, {count}, {row}, casting="unsafe")']
-
-
-def _normalize_units_into(n, a: list[str], out: str) -> list[str]:
-    # _normalize_units, a call at a time, in its order: c = z - mean(z); c * (1 / sqrt(mean(c * c) + eps))
-    row, sq, count = f"row_{n.name}", f"sq_{n.name}", f"count_{n.name}"
-    return [
-        *_mean_into(a[0], row, count),
-        f"subtract({a[0]}, {row}, {out})",
-        f"multiply({out}, {out}, {sq})",
-        *_mean_into(sq, row, count),
-        f"add({row}, {n.attr('eps')!r}, {row})",
-        f"np.sqrt({row}, {row})",
-        f"divide(1.0, {row}, {row})",
-        f"multiply({out}, {row}, {out})",
-    ]
-
-
-def _softmax_into(n, a: list[str], out: str) -> list[str]:
-    # _softmax, a call at a time: e = exp(z - max(z)); e / sum(e)
-    row = f"row_{n.name}"
-    return [
-        f"maximum.reduce({a[0]}, -1, None, {row}, True)",
-        f"subtract({a[0]}, {row}, {out})",
-        f"np.exp({out}, {out})",
-        f"add.reduce({out}, -1, None, {row}, True)",
-        f"divide({out}, {row}, {out})",
-    ]
-
-
-#: op -> the statements that compute it into ``out`` (ops not here allocate, as in the taped loop).
-INTO = {
-    "add": _fold("add"),
-    "sub": _fold("subtract"),
-    "mul": _fold("multiply"),
-    "maximum": _fold("maximum", out_keyword=True),
-    "minimum": _fold("minimum", out_keyword=True),
-    "neg": _unary("negative"),
-    "tanh": _unary("tanh"),
-    "abs": _unary("absolute"),
-    "relu": lambda n, a, out: [f"maximum({a[0]}, zero, out={out})"],
-    # _sigmoid's 0.5 * tanh(0.5 * z) + 0.5, one call at a time
-    "sigmoid": lambda n, a, out: [
-        f"multiply({a[0]}, half, {out})",
-        f"tanh({out}, {out})",
-        f"multiply({out}, half, {out})",
-        f"add({out}, half, {out})",
-    ],
-    "linear": _linear_into,
-    "normalize_units": _normalize_units_into,
-    "softmax": _softmax_into,
-}
-
-#: ops whose statements use scratch: "row_<node>" (batch, 1), "sq_<node>" (like the node), and
-#: "count_<node>", the units it averages over as np.intp
-SCRATCH = {"normalize_units": ("row", "sq", "count"), "softmax": ("row",)}
-
-#: what the INTO statements read, made once per call: NumPy's functions as locals (one lookup
-#: rather than two per call), the constants as 0-d arrays in the input's dtype
-INTO_LOCALS = [f"{name} = np.{name}" for name in ("dot", "add", "subtract", "multiply", "divide", "maximum", "minimum")]
-INTO_LOCALS += [f"{name} = np.{name}" for name in ("negative", "tanh", "absolute")]
-INTO_LOCALS += ["half = np.asarray(0.5, x.dtype)", "zero = np.asarray(0.0, x.dtype)"]
-
-
-def _buffered(n, step) -> bool:
-    """Whether a node can compute into a buffer: an INTO op on whole blocks of units, every
-    argument an array (a linear's a (batch, in) one)."""
-    if n.op not in INTO or not isinstance(n.width, int) or all(step[a].op == "const" for a in n.args):
-        return False
-    return (n.op != "linear" and n.op not in SCRATCH) or (n.batched and step[n.args[0]].batched)
-
-
-def _target(line: str) -> str:
-    """The name a setup line assigns (or assigns into: ``a[...] = 0.5``)."""
-    return re.split(r"[\[ ]", line.strip(), maxsplit=1)[0]
-
-
-def _names_read(lines: list[str]) -> set[str]:
-    # codegen.names_read takes "f(a, out=b)" for an assignment; these lines assign one name
-    # with " = " or call a function with keyword arguments, never both.
-    # (np.name is NumPy's, not a local: the lookbehind skips it; comments read nothing)
-    return {
-        name for line in lines for name in re.findall(r"(?<![.\w])[A-Za-z_]\w*", line.split("#")[0].split(" = ", 1)[-1])
-    }
-
-
-def _activated_sums(step, kind: dict[str, str]) -> dict[str, dict]:
-    """Sums whose blocks only sigmoids and tanhs read (the LSTM's gates), for one tanh call over
-    the whole sum: node name -> {"sigmoids": [(node, start, stop)], "tanhs": [...], "args": [...]}.
-
-    sigmoid(z) = 0.5 * tanh(0.5 * z) + 0.5, and the 0.5 moves into the sum's terms, once per call:
-    the projection's columns and the hoisted values' (exact: halving a float is exact, and so is
-    every product and sum of halved terms, barring subnormals, which the sigmoid maps to 0.5 either
-    way). Then one tanh over the sum serves every sigmoid and tanh block, and a sigmoid costs two
-    calls more instead of four. A sum qualifies where every term (a hoisted value or a projection
-    of the step) feeds only it, and its blocks are read by slices that feed only sigmoids, only
-    tanhs, or neither (a block both halved and read otherwise does not qualify).
-    """
-    users: dict[str, list[str]] = {n.name: [] for n in step.nodes}
-    for n in step.nodes:
-        for a in n.args:
-            users[a].append(n.name)
-    found = {}
-    for z in step.nodes:
-        if z.op != "add" or kind.get(z.name) != "buffer" or not isinstance(z.width, int):
-            continue
-        if not all(
-            users[a] == [z.name] and (step[a].op == "hoisted" or (step[a].op == "linear" and kind.get(a) == "buffer"))
-            for a in z.args
-        ):
-            continue
-        sigmoids, tanhs, others = [], [], []
-        for u in users[z.name]:
-            start, stop = (step[u].attr("start"), step[u].attr("stop")) if step[u].op == "slice" else (0, z.width)
-            readers = [u] if step[u].op != "slice" else users[u]
-            ops = {step[r].op for r in readers}
-            if readers and ops == {"sigmoid"} and all(kind.get(r) == "buffer" for r in readers):
-                sigmoids += [(r, start, stop) for r in readers]
-            elif readers and ops == {"tanh"} and all(kind.get(r) == "buffer" for r in readers):
-                tanhs += [(r, start, stop) for r in readers]
-            else:
-                others.append((start, stop))
-        halved = [(a, b) for _, a, b in sigmoids]
-        if sigmoids and not any(a < d and c < b for a, b in halved for c, d in others + [(a, b) for _, a, b in tanhs]):
-            found[z.name] = {"sigmoids": sigmoids, "tanhs": tanhs, "args": list(z.args)}
-    return found
-
-
-def inference_loop(plan: LoopPlan) -> list[str]:
-    """The lines of ``forward``'s inference branch, or none where a state's next value (or the
-    output) is a state's previous one: advancing would then need copies, and the taped loop serves."""
-    step = plan.program.step
-    states = plan.spec.state_names
-    index = {n.name: k for k, n in enumerate(step.nodes)}
-    output = step.outputs["output"]
-    nexts = {s: step.outputs[f"state:{s}"] for s in states}
-
-    def root(name: str) -> str:  # the node whose memory a slice reads
-        while step[name].op == "slice":
-            name = step[name].args[0]
-        return name
-
-    if any(step[root(v)].op == "state" for v in [output, *nexts.values()]):
-        return []
-    # "buffer": written into a buffer made before the loop; "row": written into ys[t], a new row
-    # each step; anything else allocates as in the taped loop.
-    kind = {n.name: "buffer" for n in step.nodes if _buffered(n, step)}
-    if output in kind:
-        kind[output] = "row"
-    # A state's next value stays in its node's buffer, which the next step writes again: only
-    # after every read of the state, or the state's value is lost. Otherwise the node allocates.
-    while True:
-        clash = [
-            root(nxt)
-            for s, nxt in nexts.items()
-            if kind.get(root(nxt)) == "buffer"
-            and max(
-                (index[n.name] for n in step.nodes if n.op != "slice" and any(root(a) == s for a in n.args)), default=-1
-            )
-            >= index[root(nxt)]
-        ]
-        if not clash:
-            break
-        for name in clash:
-            kind.pop(name)
-
-    def fixed_view(name: str) -> bool:  # a slice of a buffer: one view, made before the loop
-        return step[name].op == "slice" and kind.get(root(name)) == "buffer"
-
-    setup, body, comments = [], [], plan.expressions
-    sums = _activated_sums(step, kind)
-    activated: dict[str, tuple[str, int, int]] = {}  # sigmoid or tanh node -> (its sum, start, stop)
-    for z, found in sums.items():
-        scale = f"halves_{z}"  # 0.5 on the sigmoids' blocks, 1 elsewhere
-        setup.append(f"{scale} = np.ones({units_offset(step[z].width)}, x.dtype)")
-        setup += [
-            f"{scale}[..., {slice_bounds(units_offset(a), units_offset(b))}] = 0.5" for _, a, b in found["sigmoids"]
-        ]
-        for a in found["args"]:
-            L = step[a]
-            if L.op == "hoisted":
-                setup.append(f"seq_{a} = seq_{a} * {scale}")
-            else:
-                setup.append(f"w_{a} = w_{a} * {scale}")
-                if any(L.attr("biases")):
-                    setup.append(f"b_{a} = b_{a} * {scale}")
-        setup.append(f"tanh_{z} = np.empty((B, {units_offset(step[z].width)}), x.dtype)")
-        activated |= {r: (z, a, b) for r, a, b in found["sigmoids"] + found["tanhs"]}
-    done = set()
-    for n in step.nodes:
-        if n.op in ("state", "param", "hoisted", "input"):
-            continue
-        args = [var(a) for a in n.args]
-        if n.name in activated:  # a block of its sum's one tanh (see _activated_sums)
-            z, a, b = activated[n.name]
-            setup.append(f"{var(n.name)} = tanh_{z}[..., {slice_bounds(units_offset(a), units_offset(b))}]")
-            if z not in done:
-                done.add(z)
-                body.append(f"tanh({var(z)}, tanh_{z})  # halved where a sigmoid reads it")
-            if n.op == "sigmoid":
-                out = var(n.name)
-                body += with_comment(f"multiply({out}, half, {out})", comments.get(n.name, ""), indent=12)
-                body.append(f"add({out}, half, {out})")
-        elif n.op == "const":
-            setup.append(f"{var(n.name)} = np.asarray({n.attr('value')!r}, x.dtype)")
-        elif fixed_view(n.name):
-            setup.extend(render_node(n, OPS, comments))
-        elif n.name in kind:
-            width, out = units_offset(n.width), var(n.name)
-            if kind[n.name] == "row":
-                body.append(f"{out} = ys[t]")
-            else:
-                setup.append(f"{out} = np.empty({f'(B, {width})' if n.batched else width}, x.dtype)")
-            scratch = SCRATCH.get(n.op, ())
-            setup += [f"row_{n.name} = np.empty((B, 1), x.dtype)"] if "row" in scratch else []
-            setup += [f"sq_{n.name} = np.empty((B, {width}), x.dtype)"] if "sq" in scratch else []
-            setup += [f"count_{n.name} = np.intp({width})"] if "count" in scratch else []
-            lines = INTO[n.op](n, args, out)
-            body.extend(with_comment(lines[0], comments.get(n.name, ""), indent=12) + lines[1:])
-        else:  # allocates, as in the taped loop
-            body.extend(with_comment(render_node(n, OPS)[0], comments.get(n.name, ""), indent=12))
-    read = _names_read(setup + body)
-    setup = [line for line in INTO_LOCALS + setup if _target(line) in read]
-    state_vars = [var(s) for s in states]
-    advance = [] if kind.get(output) == "row" else [f"ys[t] = {var(output)}"]
-    advance.append(assign(state_vars, [var(nxt) for nxt in nexts.values()]))
-    return [
-        "if ms is None and not keep_tape:",
-        *(f"    {line}" for line in setup),
-        "    for t in range(T):",
-        *(f"        {line}" for h in plan.program.hoisted for line in [f"{var(h)} = seq_{h}[t]"]),
-        *(f"        {line}" for line in body + advance),
-        "    # copies: a state may be a view of a buffer or of the outputs",
-        f"    return np.swapaxes(ys, 0, 1), {tuple_of([f'{v}.copy()' for v in state_vars])}, None",
-    ]
 
 
 def generate(plan: LoopPlan) -> str:
@@ -555,7 +284,6 @@ def generate(plan: LoopPlan) -> str:
         output=var(step.outputs["output"]),
         prologue_tape=dict_items([f'"prologue:{n}": {var(n)}' for n in plan.prologue_tape], "    ", 60),
         final_state=tuple_of(state_vars),
-        inference=inference_loop(plan),
         unpack_g_state=targets(g_states),
         init_grads=init_grads,
         load_tape=used_loads(load_tape, step_backward),
