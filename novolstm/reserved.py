@@ -75,13 +75,13 @@ RESERVED: dict[str, frozenset[str]] = {
         bias_constraint bias_initializer bias_regularizer compiled generated_module get_dropout_mask
         get_recurrent_dropout_mask kernel_constraint kernel_initializer kernel_regularizer native_config proj_size
         recurrent_constraint recurrent_dropout recurrent_initializer recurrent_regularizer reset_dropout_mask
-        reset_recurrent_dropout_mask spec_text use_bias
+        reset_recurrent_dropout_mask scan spec_text use_bias
     """.split()
     ),
     # Module-level names of the generated sources (imports, constants, functions, classes), every backend.
     "a generated module": frozenset(
         """
-        BACKWARDS BIAS_NAMES CLASS_NAME Cell DropoutRNNCell FUSED_CELL FUSED_KERNEL HOISTED_WIDTHS INITIALIZERS INPUT_PARAM JAX_INITIALIZERS Layer LinenCell
+        BACKWARDS BIAS_NAMES CLASS_NAME Cell DropoutRNNCell FUSED_CELL FUSED_KERNEL HOISTED_WIDTHS INITIALIZERS INPUT_PARAM JAX_INITIALIZERS LINEAR_SCAN Layer LinearScan LinenCell SCAN_CPU_MAX_WIDTH SCAN_CPU_MIN_STEPS
         NATIVE_ARGUMENTS NNXCell OPSET PARAM_NAMES PARAM_TABLE PackedSequence ROLES SPEC SPEC_HASH SPEC_NAME SPEC_TOML
         STATE_NAMES Sequence KERNEL_NAMES RECURRENT_NAMES
         UNITS_PARAM backward bidirectional build_graphs build_model cell_step check_inputs contextlib forward

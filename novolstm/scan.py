@@ -3,11 +3,13 @@
 A cell whose every next state is affine in that state alone, with coefficients that do not
 depend on any state (``h' = a * h + b``, ``a`` and ``b`` functions of the input: minGRU,
 minLSTM), need not run as a loop: the pairs ``(a_t, b_t)`` compose associatively,
-``(a1, b1) then (a2, b2) = (a2 * a1, a2 * b1 + b2)``, so a log-depth scan gives every
-``h_t`` at once. ``linear_recurrence`` decides this structurally on the lowered IR (as
+``(a1, b1) then (a2, b2) = (a2 * a1, a2 * b1 + b2)``, so a parallel scan gives every
+``h_t`` in far fewer than ``T`` sequential steps (``associative_scan``: about
+``2 sqrt(T)``). ``linear_recurrence`` decides this structurally on the lowered IR (as
 ``novolstm.ir.computes_standard_lstm`` decides the standard LSTM), whatever the names;
 ``run`` evaluates the coefficients for every timestep at once (float64 or float32 NumPy)
-and scans them.
+and scans them. The generated torch, JAX and Keras modules run the same scan (``scan=``;
+see docs/scan.md), deciding with ``scan_output_index``.
 
 Masking follows the project rule: a masked step is the identity pair ``(1, 0)`` (the state
 carries through) and outputs zero. ``reverse=True`` scans from the last step to the first.
@@ -27,18 +29,19 @@ Examples:
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
 
 from . import interpret
 from .call import prepare_call
-from .expr import Binary, Call, Const, Expr, Name, Neg
+from .expr import Binary, Call, Const, Expr, Name, Neg, names_in
 from .ir import lower
 from .spec_loader import load_spec
 from .spec_model import Spec
 
-__all__ = ["linear_recurrence", "associative_scan", "run"]
+__all__ = ["linear_recurrence", "scan_output_index", "associative_scan", "run"]
 
 #: Ops through which an affine value stays affine (with the other operand state-free).
 _AFFINE_OPS = ("add", "sub", "neg", "mul", "div")
@@ -90,13 +93,40 @@ def linear_recurrence(spec: Spec) -> tuple[str, ...] | None:
     return tuple(spec.state_names)
 
 
-def associative_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray) -> np.ndarray:
-    """Every ``h_t = a_t * h_{t-1} + b_t`` (time on axis 0) by a log-depth scan.
+def scan_output_index(spec: Spec) -> int | None:
+    """Where ``spec`` is a linear recurrence, the index of the state its output is; else None.
 
-    In chunks of ``CHUNK`` steps: Hillis and Steele's scan inside every chunk at once
-    (``log2 CHUNK`` rounds, each composing every pair with the one ``d`` steps before it),
-    the chunks' totals scanned the same way (recursively), then each chunk's incoming state
-    applied: about ``T * (log2 CHUNK + 2)`` products where a flat scan takes ``T * log2 T``.
+    What a generated module needs to run the scan (``LINEAR_SCAN``): the output of such a
+    cell is one of its next states.
+
+    Args:
+        spec: A loaded spec.
+
+    Returns:
+        An index into ``spec.state_names``, or None.
+
+    Examples:
+        >>> import novolstm
+        >>> scan_output_index(novolstm.load_spec("mingru")), scan_output_index(novolstm.load_spec("lstm"))
+        (0, None)
+    """
+    if linear_recurrence(spec) is None:
+        return None
+    return [nxt for _, nxt in spec.state].index(spec.output)
+
+
+def associative_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray) -> np.ndarray:
+    """Every ``h_t = a_t * h_{t-1} + b_t`` (time on axis 0), in about ``2 sqrt(T)`` vectorized steps.
+
+    The steps are cut into ``n`` chunks of ``C = ceil(sqrt(T))``: one pass walks the ``C``
+    positions of every chunk at once (each chunk's running product and its state from zero),
+    one walks the ``n`` chunks (the state entering each), and one broadcast adds
+    ``product * entering``. Only products and sums, in the loop's order within a chunk: no
+    division or logarithm, so ``a`` may be zero or negative and float64 agrees with the loop
+    to rounding. (Measured against Hillis and Steele's log-depth scan in chunks, which does
+    ``log2 C`` full passes, and the log-space form, which needs ``a, b > 0`` and loses digits in
+    its global cumulative sums: this is faster than both on CPU; see docs/scan.md.) The torch
+    and JAX backends run the same formulation (torch) or jax.lax.associative_scan (JAX).
 
     Args:
         a: Coefficients (time, ...).
@@ -112,33 +142,37 @@ def associative_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray) -> np.ndarray
         [1.0, 1.5, 1.75, 1.875, 1.9375]
     """
     steps = len(a)
-    if steps <= CHUNK:
-        a, b = _scan_pairs(a[None], b[None])
-        return a[0] * h0 + b[0]
-    chunks = -(-steps // CHUNK)
-    pad = chunks * CHUNK - steps  # identity pairs (1, 0) after the last step
-    a = np.concatenate([a, np.ones((pad,) + a.shape[1:], a.dtype)]).reshape((chunks, CHUNK) + a.shape[1:])
-    b = np.concatenate([b, np.zeros((pad,) + b.shape[1:], b.dtype)]).reshape((chunks, CHUNK) + b.shape[1:])
-    a, b = _scan_pairs(a, b)
-    ends = associative_scan(a[:, -1], b[:, -1], h0)  # the state at the end of every chunk
-    incoming = np.concatenate([h0[None], ends[:-1]])[:, None]
-    return (a * incoming + b).reshape((chunks * CHUNK,) + a.shape[2:])[:steps]
+    if steps == 0:
+        return np.array(b, copy=True)
+    size = math.isqrt(steps - 1) + 1  # chunk length: ceil(sqrt(T))
+    chunks = -(-steps // size)
+    pad = chunks * size - steps  # identity pairs (1, 0) after the last step
+    a = np.concatenate([a, np.ones((pad,) + a.shape[1:], a.dtype)]).reshape((chunks, size) + a.shape[1:])
+    b = np.concatenate([b, np.zeros((pad,) + b.shape[1:], b.dtype)]).reshape((chunks, size) + b.shape[1:])
+    prod, h = np.empty_like(a), np.empty_like(b)
+    prod[:, 0], h[:, 0] = a[:, 0], b[:, 0]
+    for k in range(1, size):
+        np.multiply(a[:, k], prod[:, k - 1], out=prod[:, k])
+        np.multiply(a[:, k], h[:, k - 1], out=h[:, k])
+        h[:, k] += b[:, k]
+    entering = np.empty((chunks,) + a.shape[2:], a.dtype)
+    entering[0] = h0
+    for c in range(1, chunks):
+        entering[c] = prod[c - 1, -1] * entering[c - 1] + h[c - 1, -1]
+    h += prod * entering[:, None]
+    return h.reshape((chunks * size,) + h.shape[2:])[:steps]
 
 
-#: Steps per chunk of ``associative_scan``.
-CHUNK = 64
-
-
-def _scan_pairs(a, b):
-    """Inclusive scans of the pairs along axis 1 (a fresh copy): Hillis and Steele."""
-    a, b = a.copy(), b.copy()
-    d = 1
-    while d < a.shape[1]:
-        # (a, b) at t becomes (a_t a_{t-d}, a_t b_{t-d} + b_t): the composition of the 2d steps ending at t.
-        b[:, d:] = a[:, d:] * b[:, :-d] + b[:, d:]
-        a[:, d:] = a[:, d:] * a[:, :-d]
-        d *= 2
-    return a, b
+def _reads(spec: Spec, root: str) -> set[str]:
+    """The equations ``root`` depends on, itself included."""
+    equations = dict(spec.equations)
+    found, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        if name in equations and name not in found:
+            found.add(name)
+            todo.extend(names_in(equations[name]))
+    return found
 
 
 def _affine(expr: Expr, env: dict, state: str, epsilon) -> tuple:
@@ -215,8 +249,10 @@ def run(
     masks = None if call.mask is None else np.swapaxes(call.mask, 0, 1)[:: -1 if reverse else 1][..., None]
     for k, (name, nxt) in enumerate(spec.state):
         env_k = dict(env)
+        needed = _reads(spec, nxt)  # not another state's equations: they read that state
         for eq, expr in spec.equations:
-            env_k[eq] = _affine(expr, env_k, name, epsilon)
+            if eq in needed:
+                env_k[eq] = _affine(expr, env_k, name, epsilon)
         a, b = env_k[nxt]
         shape = (steps, batch, units)
         a = np.broadcast_to(0.0 if a is None else a, shape).astype(xs.dtype)

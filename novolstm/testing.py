@@ -1003,3 +1003,73 @@ def check_domain_rule(backend: str, dtype: str = "float64") -> None:
 #: six LayerNorms). Every cell still runs on every backend against its reference and
 #: through the conformance kit (tests/test_backends.py, tests/test_conformance.py).
 PROPERTY_CELLS = ("lstm", "novolstm", "novolstm_reference", "gru", "peephole_lstm", "slstm", "minlstm", "ln_lstm")
+
+
+#: Next-state forms affine in the state ``{s}`` with state-free gate ``{g}`` and candidate ``{c}``.
+LINEAR_FORMS = (
+    "(1 - {g}) * {s} + {g} * {c}",
+    "{g} * {s} + {c}",
+    "({s} - {g} * {s}) / (1 + {g}) + {c}",
+    "{c} - {g} * ({c} - {s})",
+    "-({g} * -{s}) + {c} * {k}",
+    "{s} * {k} * {g} - {c}",
+)
+
+
+def linear_spec_texts(max_states: int = 2):
+    """A Hypothesis strategy of random linear recurrences (``novolstm.scan.linear_recurrence``), as TOML text.
+
+    Each state ``s`` moves by one of ``LINEAR_FORMS``: its gate is ``sigmoid`` of an input
+    projection, its candidate a ``tanh`` of one or a bare projection, ``k`` a units-wide
+    parameter; every name (input, states, parameters, equations) is drawn at random, so the
+    analysis can only be structural. The output is one of the next states.
+
+    Examples:
+        >>> import novolstm
+        >>> from hypothesis import find
+        >>> from novolstm.scan import linear_recurrence
+        >>> text = find(linear_spec_texts(), lambda t: True)
+        >>> linear_recurrence(novolstm.loads_spec(text)) is not None
+        True
+    """
+    from hypothesis import strategies as st
+
+    from .reserved import reserved_by
+    from .spec_model import dump_toml
+
+    name = st.from_regex(r"[a-z][a-z]{1,3}[0-9]", fullmatch=True).filter(lambda n: reserved_by(n) is None)
+
+    @st.composite
+    def build(draw):
+        count = draw(st.integers(1, max_states))
+        names = draw(st.lists(name, min_size=1 + 7 * count, max_size=1 + 7 * count, unique=True))
+        x, names = names[0], names[1:]
+        params: dict = {}
+        equations: dict = {}
+        state: dict = {}
+        for k in range(count):
+            s, nxt, g, c, w_g, w_c, scale = names[7 * k : 7 * k + 7]
+            params[w_g] = {"shape": ["input", "units"], "init": "glorot_uniform"}
+            params[w_c] = {"shape": ["input", "units"], "init": "glorot_uniform"}
+            params[scale] = {"shape": ["units"], "init": "ones"}
+            equations[g] = f"sigmoid({x} @ {w_g})"
+            equations[c] = draw(st.sampled_from([f"tanh({x} @ {w_c})", f"{x} @ {w_c}"]))
+            form = draw(st.sampled_from(LINEAR_FORMS))
+            equations[nxt] = form.format(s=s, g=g, c=c, k=scale)
+            if "{k}" not in form:  # every parameter must be used
+                equations[nxt] += f" + 0 * {scale}"
+            state[s] = nxt
+        return dump_toml(
+            {
+                "spec_version": 1,
+                "name": "random_linear",
+                "description": "A random linear recurrence.",
+                "input": x,
+                "output": draw(st.sampled_from(sorted(state.values()))),
+                "state": state,
+                "params": params,
+                "equations": equations,
+            }
+        )
+
+    return build()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import novolstm
 from novolstm import reference, scan
-from novolstm.testing import assert_close, cases, tolerance
+from novolstm.testing import assert_close, cases, linear_spec_texts, spec_texts, tolerance
 
 LINEAR = ["mingru", "minlstm"]
 
@@ -47,7 +47,7 @@ def test_the_analysis_is_structural_whatever_the_names(change, linear):
     if change:
         text = text.replace(*change)
         if "s @ C" in text:
-            text = text.replace('k = {', 'C = { shape = ["units", "units"], init = "orthogonal" }, k = {')
+            text = text.replace("k = {", 'C = { shape = ["units", "units"], init = "orthogonal" }, k = {')
     spec = novolstm.loads_spec(text)
     assert (scan.linear_recurrence(spec) is not None) == linear
     if linear:
@@ -84,9 +84,52 @@ def test_the_float32_scan_at_4096_steps_is_within_the_tolerance_table(cell):
     params = {k: v.astype(np.float32) for k, v in novolstm.init_params(spec, input_size=4, units=8, seed=3).items()}
     x = rng.normal(size=(3, 4096, 4)).astype(np.float32)
     mask = rng.random((3, 4096)) > 0.1
-    expected, expected_final = reference.run(cell, {k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), mask=mask)
+    expected, expected_final = reference.run(
+        cell, {k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), mask=mask
+    )
     outputs, final = scan.run(cell, params, x, mask=mask, dtype="float32")
     assert outputs.dtype == np.float32
     tol = tolerance("float32", 4096)
     assert_close(outputs, expected, tol, what=f"{cell} float32 scan outputs")
     assert_close(final[0], expected_final[0], tol, what=f"{cell} float32 scan final state")
+
+
+@settings(max_examples=10, deadline=None)
+@given(text=linear_spec_texts(), reverse=st.booleans(), data=st.data())
+def test_random_linear_recurrences_whatever_their_names_scan_as_they_loop(text, reverse, data):
+    spec = novolstm.loads_spec(text)
+    assert scan.linear_recurrence(spec) is not None
+    case = data.draw(cases(spec, min_steps=1, max_steps=120))
+    outputs, final = scan.run(spec, case.params, case.x, case.state, mask=case.mask, reverse=reverse)
+    flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
+    mask = None if case.mask is None else flip(case.mask)
+    looped, looped_final = novolstm.run(spec, case.params, flip(case.x), case.state, mask=mask)
+    assert np.abs(outputs - flip(looped)).max(initial=0.0) <= 1e-12
+    for a, b in zip(final, looped_final):
+        assert np.abs(a - b).max(initial=0.0) <= 1e-12
+
+
+@settings(max_examples=10, deadline=None)
+@given(text=spec_texts(max_states=2, max_intermediates=2))
+def test_random_non_linear_specs_are_refused(text):
+    spec = novolstm.loads_spec(text)  # every next state is a tanh: never a linear recurrence
+    assert scan.linear_recurrence(spec) is None
+    with pytest.raises(ValueError, match="not a recurrence linear in its state"):
+        scan.run(spec, novolstm.init_params(spec, input_size=2, units=2), np.ones((1, 2, 2)))
+
+
+@settings(max_examples=20, deadline=None)
+@given(steps=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+def test_the_chunked_scan_equals_the_recurrence_with_any_coefficients(steps, seed):
+    rng = np.random.default_rng(seed)
+    a, b, h0 = rng.normal(size=(steps, 2, 3)), rng.normal(size=(steps, 2, 3)), rng.normal(size=(2, 3))
+    a[rng.random(a.shape) < 0.1] = 0.0  # zero and negative coefficients: no logarithm, no division
+    expected, h = [], h0
+    for t in range(steps):
+        h = a[t] * h + b[t]
+        expected.append(h)
+    got = scan.associative_scan(a, b, h0)
+    assert got.shape == a.shape
+    assert np.abs(got - np.array(expected).reshape(a.shape)).max(initial=0.0) <= 1e-12 * max(
+        1.0, np.abs(got).max(initial=0.0)
+    )

@@ -29,6 +29,7 @@ from novolstm.codegen import (
     var,
 )
 from novolstm.passes import split_blocks
+from novolstm.scan import scan_output_index
 from novolstm.template import fill
 
 NAME = "jax"
@@ -153,7 +154,7 @@ def generate(plan: LoopPlan) -> str:
     )
     block = fill(
         SPEC_BLOCK,
-        constants=plan.constants(),
+        constants=plan.constants(LINEAR_SCAN=scan_output_index(spec)),
         init_source=init_source(),
         fusion=fusion,
         input=spec.input,

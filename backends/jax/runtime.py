@@ -27,6 +27,11 @@ UNITS_PARAM = "W"  # gives the number of units
 BIAS_NAMES: tuple[str, ...] = ()
 
 
+#: Where the spec is a linear recurrence (novolstm.scan.linear_recurrence), the index in STATE_NAMES
+#: of the state its output is, so that sequence may run jax.lax.associative_scan; else None.
+LINEAR_SCAN: int | None = None
+
+
 def init_params(input_size, units, seed=0, dtype="float64"):
     """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
     return init_from_table(PARAM_TABLE, input_size, units, seed, dtype)
@@ -168,7 +173,9 @@ def step(params, state, x):
     return cell_step(w, state, prologue(w, x.astype(dtype), units))
 
 
-def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True):
+def sequence(
+    params, x, state=None, mask=None, lengths=None, *, reverse=False, unroll=1, time_major=False, remat=True, scan=None
+):
     """Run the cell over a sequence with jax.lax.scan.
 
     Args:
@@ -185,6 +192,10 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
         time_major: x and the outputs are (time, batch, ...).
         remat: under differentiation, save only each step's matmul results and recompute
             the rest in the backward pass (jax.checkpoint); False saves every intermediate.
+        scan: None (auto): a linear recurrence (LINEAR_SCAN) runs as jax.lax.associative_scan
+            (see _scan_sequence) off the CPU, and as jax.lax.scan on the CPU, where that measured
+            faster (docs/scan.md); other cells as jax.lax.scan. False: jax.lax.scan; True: the
+            associative scan on any device, or raise.
 
     Returns:
         (outputs (batch, time, units) or as x's layout, final state tuple)
@@ -222,6 +233,21 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
         mask = mask.T[..., None]  # (time, batch, 1), broadcasting over the units
 
     hoisted = prologue(fuse(params, dtype), xs, units)
+    if scan not in (None, True, False):
+        raise ValueError(f"scan: expected None (auto), True or False, got {scan!r}")
+    if scan and LINEAR_SCAN is None:
+        raise ValueError(f"scan=True: spec {SPEC_NAME!r} is not a linear recurrence (novolstm.scan.linear_recurrence)")
+    if LINEAR_SCAN is not None and steps > 0 and (scan or (scan is None and jax.default_backend() != "cpu")):
+        final, ys = _scan_sequence(fuse(params, dtype), hoisted, state, mask, reverse)
+    else:
+        final, ys = _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat)
+    if unbatched:
+        return ys[:, 0], tuple(s[0] for s in final)
+    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final
+
+
+def _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat):
+    """(final state, outputs (time, batch, units)) by jax.lax.scan over the steps."""
 
     def one_step(carry, hoisted_t):
         # The step's fused matrices are concatenated inside the loop body: XLA hoists that out
@@ -246,10 +272,40 @@ def sequence(params, x, state=None, mask=None, lengths=None, *, reverse=False, u
         # results instead of reading a dozen stacked intermediates: less memory traffic.
         # prevent_cse=False: scan already keeps the steps apart.
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable, prevent_cse=False)
-    final, ys = jax.lax.scan(body, state, inputs, reverse=reverse, unroll=unroll)
-    if unbatched:
-        return ys[:, 0], tuple(s[0] for s in final)
-    return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final
+    return jax.lax.scan(body, state, inputs, reverse=reverse, unroll=unroll)
+
+
+def _compose(earlier, later):
+    """Two affine steps h -> a * h + b as one: the associative operation of the scan."""
+    (a1, b1), (a2, b2) = earlier, later
+    return a2 * a1, a2 * b1 + b2
+
+
+def _scan_sequence(w, hoisted, state, mask, reverse):
+    """(final state, outputs (time, batch, units)) of a linear recurrence by jax.lax.associative_scan.
+
+    Every next state is a * state + b with a and b free of any state: one evaluation of the
+    step over all timesteps at once, as a Jacobian-vector product at the zero state, gives b
+    (its value) and a (its derivative, exact for an affine step). A masked step is the
+    identity pair (1, 0) and outputs zero; the initial state enters through the first pair.
+    """
+    steps = jax.tree_util.tree_leaves(hoisted)[0].shape[0]
+    zeros = tuple(jnp.zeros((steps,) + s.shape, s.dtype) for s in state)
+    ones = tuple(jnp.ones_like(z) for z in zeros)
+    b, a = jax.jvp(lambda s: cell_step(w, s, hoisted)[0], (zeros,), (ones,))
+    order = (lambda v: jnp.flip(v, 0)) if reverse else (lambda v: v)  # scan from the last step
+    m = None if mask is None else order(mask)
+    hs = []
+    for ak, bk, h0 in zip(a, b, state):
+        ak, bk = order(jnp.broadcast_to(ak, bk.shape)), order(bk)
+        if m is not None:
+            ak, bk = jnp.where(m, ak, 1.0), jnp.where(m, bk, 0.0)
+        bk = bk.at[0].set(ak[0] * h0 + bk[0])
+        hs.append(jax.lax.associative_scan(_compose, (ak, bk))[1])
+    ys = hs[LINEAR_SCAN or 0]
+    if m is not None:
+        ys = jnp.where(m, ys, jnp.zeros_like(ys))
+    return tuple(h[-1] for h in hs), order(ys)
 
 
 def bidirectional(
@@ -284,7 +340,7 @@ def bidirectional(
     return merges[merge](y_fw, y_bw), (final_fw, final_bw)
 
 
-_jit_sequence = jax.jit(sequence, static_argnames=("reverse", "unroll", "time_major", "remat"))
+_jit_sequence = jax.jit(sequence, static_argnames=("reverse", "unroll", "time_major", "remat", "scan"))
 
 
 def _precision(x):

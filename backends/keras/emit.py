@@ -40,6 +40,7 @@ from novolstm.codegen import (
     tuple_of,
     var,
 )
+from novolstm.scan import scan_output_index
 from novolstm.template import fill
 
 NAME = "keras"
@@ -167,7 +168,7 @@ def generate(plan: LoopPlan) -> str:
     )
     block = fill(
         SPEC_BLOCK,
-        constants=plan.constants(HOISTED_WIDTHS=widths),
+        constants=plan.constants(HOISTED_WIDTHS=widths, LINEAR_SCAN=scan_output_index(spec)),
         init_source=init_source(),
         fusion=plan.fusion_entries(
             lambda xs: f"ops.concatenate([{', '.join(xs)}], axis=-1)",

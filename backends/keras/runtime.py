@@ -30,6 +30,9 @@ UNITS_PARAM = "W"
 BIAS_NAMES: tuple[str, ...] = ()
 #: widths, in units, of the prologue values the step reads at each timestep
 HOISTED_WIDTHS: tuple[int, ...] = ()
+#: Where the spec is a linear recurrence (novolstm.scan.linear_recurrence), the index in STATE_NAMES
+#: of the state its output is, so that Layer may run keras.ops.associative_scan; else None.
+LINEAR_SCAN: int | None = None
 
 
 def init_params(input_size, units, seed=0, dtype="float64"):
@@ -401,6 +404,9 @@ class Layer(keras.layers.RNN):
             (the (batch, time, k * units) intermediate costs more memory traffic than
             the per-step matmuls it replaces), so off by default.
         return_sequences, return_state, go_backwards, stateful, unroll: as keras.layers.RNN.
+        scan: True runs a linear recurrence (LINEAR_SCAN) as keras.ops.associative_scan
+            (see _scan; not with dropout or unroll); None (auto) and False run the loop, which
+            measured faster on the CPU (docs/scan.md).
 
     Examples:
         >>> layer = Layer(4, seed=0, return_sequences=True)
@@ -418,9 +424,16 @@ class Layer(keras.layers.RNN):
         go_backwards=False,
         stateful=False,
         unroll=False,
+        scan=None,
         **kwargs,
     ):
         kwargs.pop("spec", None)  # as in Cell
+        if scan not in (None, True, False):
+            raise ValueError(f"scan: expected None (auto), True or False, got {scan!r}")
+        if scan and LINEAR_SCAN is None:
+            raise ValueError(
+                f"scan=True: spec {SPEC_NAME!r} is not a linear recurrence (novolstm.scan.linear_recurrence)"
+            )
         native = {key: kwargs.pop(key) for key in NATIVE_ARGUMENTS if key in kwargs}
         cell = Cell(
             units,
@@ -441,6 +454,7 @@ class Layer(keras.layers.RNN):
             **kwargs,
         )
         self.hoist_input = bool(hoist_input)
+        self.scan = scan
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
     @property
@@ -469,6 +483,14 @@ class Layer(keras.layers.RNN):
         masks = cell._weight_masks(sequences[:, 0, :], initial_state[0], training)
         if masks[0] is None and training and 0.0 < cell.dropout < 1.0:
             sequences = sequences * ops.expand_dims(cell.get_dropout_mask(sequences[:, 0, :]), 1)
+        # Auto (scan=None) keeps the loop: on the CPU it measured faster (docs/scan.md), and
+        # Keras does not say portably where a call will run.
+        if LINEAR_SCAN is not None and self.scan and masks == (None, None) and not self.unroll:
+            return _scan(cell.tensors(), sequences, initial_state, mask, go_backwards=self.go_backwards)
+        if self.scan:
+            raise ValueError(
+                "scan=True, but the parallel scan cannot run this call: it runs without dropout and unroll"
+            )
         return _loop(
             cell.tensors(),
             sequences,
@@ -491,6 +513,7 @@ class Layer(keras.layers.RNN):
             "units": self.cell.units,
             "seed": self.cell.seed,
             "hoist_input": self.hoist_input,
+            "scan": self.scan,
             **self.cell.native_config(),
             "spec_hash": SPEC_HASH,
             **({} if self.cell.spec_text is None else {"spec": self.cell.spec_text}),
@@ -531,6 +554,48 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
     if mask is not None:
         last_output, states = states[-1], states[:-1]
     return last_output, outputs, list(states)
+
+
+def _compose(earlier, later):
+    """Two affine steps h -> a * h + b as one: the associative operation of the scan."""
+    (a1, b1), (a2, b2) = earlier, later
+    return a2 * a1, a2 * b1 + b2
+
+
+def _scan(params, sequences, initial_state, mask, go_backwards=False):
+    """``(last_output, outputs, final_state)`` of a linear recurrence (LINEAR_SCAN) by keras.ops.associative_scan.
+
+    Every next state is a * state + b with a and b free of any state: the step evaluated for
+    every timestep at once from a zero and from a unit state gives b and a + b. A masked step
+    is the identity pair (1, 0) and outputs zero; the last output is that of the last real
+    step (zero where there is none), as ``_loop`` gives it; go_backwards walks the time
+    axis backwards and returns the outputs in that order, as keras.layers.RNN does.
+    """
+    units = int(params[UNITS_PARAM].shape[-1])
+    fused = fuse(params)
+    if go_backwards:
+        sequences = ops.flip(sequences, axis=1)
+        mask = None if mask is None else ops.flip(mask, axis=1)
+    hoisted = prologue(params, fused, sequences, units)  # (batch, time, ...): every timestep at once
+    zero = ops.zeros_like(sequences[..., :1])  # (batch, time, 1), dynamic shapes allowed
+    zeros = [zero + ops.zeros_like(ops.expand_dims(s, 1)) for s in initial_state]
+    b = step(params, fused, hoisted, zeros, units)[1]
+    ab = step(params, fused, hoisted, [z + 1.0 for z in zeros], units)[1]
+    real = None if mask is None else ops.expand_dims(ops.cast(mask, "bool"), -1)
+    hs = []
+    for bk, abk, h0 in zip(b, ab, initial_state):
+        ak = abk - bk
+        if real is not None:
+            ak, bk = ops.where(real, ak, ops.ones_like(ak)), ops.where(real, bk, ops.zeros_like(bk))
+        # The initial state enters through the first pair.
+        bk = ops.concatenate([ops.expand_dims(ak[:, 0] * h0 + bk[:, 0], 1), bk[:, 1:]], axis=1)
+        hs.append(ops.associative_scan(_compose, (ak, bk), axis=1)[1])
+    outputs = hs[LINEAR_SCAN or 0]
+    last = outputs[:, -1]
+    if real is not None:
+        outputs = ops.where(real, outputs, ops.zeros_like(outputs))
+        last = ops.where(ops.any(real, axis=1), last, ops.zeros_like(last))
+    return last, outputs, [h[:, -1] for h in hs]
 
 
 def run_numpy(params, x, state=None, mask=None):

@@ -45,6 +45,7 @@ from novolstm.codegen import (
 )
 from novolstm.ir import Graph, computes_standard_gru, live_names
 from novolstm.passes import LEAVES, split_slices
+from novolstm.scan import scan_output_index
 from novolstm.template import fill
 
 NAME = "torch"
@@ -390,10 +391,20 @@ compiler are present, else the generated loop and backward pass, after one warni
 Layer(..., compiled=False) always runs the generated loop; compiled=True raises rather
 than fall back."""
 
+SCAN_DOC = """\
+This spec is a linear recurrence (every next state a * state + b, with a and b free of any
+state; novolstm.scan.linear_recurrence): Layer and sequence run it as a parallel scan, the
+step evaluated for every timestep at once and the pairs (a, b) combined in chunks, with its
+own backward pass: off the CPU, and on the CPU where it measured faster (at least
+SCAN_CPU_MIN_STEPS steps, batch * units at most SCAN_CPU_MAX_WIDTH); elsewhere the loop.
+scan=True runs the scan everywhere (and raises rather than fall back), scan=False (or
+compiled=True, or backward="autograd") the loop."""
+
 
 def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, plan.program
     standard_gru = computes_standard_gru(spec)
+    scan_output = scan_output_index(spec)
     step, back = program.step, plan.step_backward
     pro_back = plan.prologue_backward
     states = spec.state_names
@@ -525,7 +536,8 @@ def generate(plan: LoopPlan) -> str:
         header=plan.header(NAME),
         fused_doc=(FUSED_DOC_STANDARD if plan.standard_lstm else FUSED_DOC_GRU if standard_gru else FUSED_DOC_OTHER)
         + "\n\n"
-        + COMPILED_DOC,
+        + COMPILED_DOC
+        + ("\n\n" + SCAN_DOC if scan_output is not None else ""),
         description=docstring_text(spec.description),
         state_doc=", ".join(states),
         param_doc=", ".join(spec.param_names),
@@ -536,6 +548,7 @@ def generate(plan: LoopPlan) -> str:
             FUSED_KERNEL=plan.standard_lstm or standard_gru,
             FUSED_CELL="lstm" if plan.standard_lstm else "gru" if standard_gru else None,
             SPEC_TOML=Code(repr(spec.dumps())),  # repr: the quotes ruff format prefers for TOML text
+            LINEAR_SCAN=scan_output,
         ),
         init_source=init_source(),
         fusion=plan.fusion_entries(

@@ -15,6 +15,7 @@ Contents of a generated module:
     run_numpy        NumPy in, NumPy out (novolstm.run)
 """
 
+import math
 import warnings
 import zlib  # noqa: F401 - read by the initializers that generated modules inline here
 
@@ -43,6 +44,9 @@ FUSED_KERNEL = False
 FUSED_CELL: str | None = None
 #: The spec as canonical TOML: novolstm.backends.cpp builds the compiled kernel from it.
 SPEC_TOML = ""
+#: Where the spec is a linear recurrence (novolstm.scan.linear_recurrence), the index in STATE_NAMES
+#: of the state its output is, so that Layer may run the sequence as a parallel scan; else None.
+LINEAR_SCAN: int | None = None
 
 
 def init_params(input_size, units, seed=0, dtype="float64"):
@@ -350,7 +354,7 @@ def _run(backward_mode, x, mask, reverse, state, tensors):
     return Sequence.apply(x, mask, reverse, torch.is_grad_enabled(), *state, *tensors)
 
 
-def sequence(params, x, state=None, mask=None, reverse=False):
+def sequence(params, x, state=None, mask=None, reverse=False, scan=None):
     """Differentiable run over a batch-first sequence with canonical parameters.
 
     Args:
@@ -359,6 +363,9 @@ def sequence(params, x, state=None, mask=None, reverse=False):
         state: tuple of (batch, units) tensors in STATE_NAMES order, zeros if None.
         mask: bool (batch, time), True on real steps, or None.
         reverse: run from the last timestep to the first.
+        scan: None (auto): a linear recurrence (LINEAR_SCAN) runs as a parallel scan off the
+            CPU, and on the CPU where it measured faster (SCAN_CPU_MIN_STEPS, SCAN_CPU_MAX_WIDTH);
+            other cells as the generated loop. False: the loop; True: the scan, or raise.
 
     Returns:
         (outputs (batch, time, units), final state tuple)
@@ -369,7 +376,15 @@ def sequence(params, x, state=None, mask=None, reverse=False):
     B, T = x.shape[0], x.shape[1]
     state = _initial_state(state, B, ref)
     mask = _check_mask(mask, B, T, ref.device)
-    outs = Sequence.apply(x.transpose(0, 1), mask, reverse, torch.is_grad_enabled(), *state, *tensors)
+    if scan not in (None, True, False):
+        raise ValueError(f"scan: expected None (auto), True or False, got {scan!r}")
+    why = _scan_unavailable(x.transpose(0, 1), scan, state[0].shape[-1])
+    if why is None:
+        outs = _scan_sequence(x.transpose(0, 1), mask, reverse, state, tensors)
+    elif scan:
+        raise RuntimeError(f"scan=True, but the parallel scan cannot run this call: {why}")
+    else:
+        outs = Sequence.apply(x.transpose(0, 1), mask, reverse, torch.is_grad_enabled(), *state, *tensors)
     return outs[0].transpose(0, 1), tuple(outs[1:])
 
 
@@ -538,6 +553,141 @@ def _compiled_op(x, required=False):
     if required:
         raise RuntimeError(f"compiled=True, but the compiled kernel cannot run this call: {why}")
     return None
+
+
+# ---------------------------------------------------------------- the parallel scan
+
+# A linear recurrence (every next state a * state + b, with a and b free of any state) needs no
+# loop: the step is evaluated for every timestep at once (time folded into the batch), which
+# gives b (the next state from a zero state) and a (its derivative in the state, exactly), and
+# the pairs are then combined in chunks (see _chunked_scan). A masked step is the identity
+# pair (1, 0) and outputs zero, the loops' rule.
+
+
+#: Where scan=None runs the scan on the CPU: sequences of at least SCAN_CPU_MIN_STEPS steps whose
+#: batch * units is at most SCAN_CPU_MAX_WIDTH. Measured (docs/scan.md): there the loop's steps
+#: are all overhead and the scan is 2x to 20x faster; from batch * units = 512 on it is at parity
+#: or slower, since the loop already computes every state-free value before its steps.
+SCAN_CPU_MIN_STEPS = 256
+SCAN_CPU_MAX_WIDTH = 256
+
+
+def _scan_unavailable(x, choice, units=1):
+    """None when the parallel scan runs this call (scan=None or True), else why not.
+
+    x: (time, batch, input); units: the state's width.
+    """
+    if LINEAR_SCAN is None:
+        return f"spec {SPEC_NAME!r} is not a linear recurrence (novolstm.scan.linear_recurrence)"
+    if choice is False:
+        return "scan=False"
+    if x.shape[0] == 0:
+        return "an empty sequence"
+    if choice is None and x.device.type == "cpu":
+        if x.shape[0] < SCAN_CPU_MIN_STEPS or x.shape[1] * units > SCAN_CPU_MAX_WIDTH:
+            return (
+                f"on the CPU the loop is as fast below {SCAN_CPU_MIN_STEPS} steps and above batch * units = "
+                f"{SCAN_CPU_MAX_WIDTH} (scan=True runs the scan there)"
+            )
+    if torch._C._are_functorch_transforms_active():
+        return "torch.func transforms run the generated forward on torch's tape"
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+        return "traced, exported and compiled graphs keep the generated loop"
+    return None
+
+
+def _chunked_scan(a, b, h0):
+    """Every h_t = a_t * h_{t-1} + b_t along axis 0, without autograd.
+
+    The T steps are cut into about sqrt(T) chunks of about sqrt(T) steps: one pass walks the
+    positions of every chunk at once (a chunk's running product A and its state from zero H),
+    one walks the chunks (the state entering each), and one broadcast adds A * entering to H.
+    2 sqrt(T) small steps instead of T, and only products and sums, as the loop computes
+    them (no division or logarithm, so any a, also zero or negative, is exact to rounding).
+    """
+    steps = a.shape[0]
+    size = math.isqrt(steps - 1) + 1  # chunk length: ceil(sqrt(T))
+    chunks = -(-steps // size)
+    pad = chunks * size - steps  # identity pairs (1, 0) after the last step
+    if pad:
+        a = torch.cat([a, a.new_ones((pad,) + a.shape[1:])])
+        b = torch.cat([b, b.new_zeros((pad,) + b.shape[1:])])
+    a, b = a.reshape((chunks, size) + a.shape[1:]), b.reshape((chunks, size) + b.shape[1:])
+    prod, h = torch.empty_like(a), torch.empty_like(b)
+    prod[:, 0], h[:, 0] = a[:, 0], b[:, 0]
+    for k in range(1, size):
+        torch.mul(a[:, k], prod[:, k - 1], out=prod[:, k])
+        torch.addcmul(b[:, k], a[:, k], h[:, k - 1], out=h[:, k])
+    entering = torch.empty((chunks,) + a.shape[2:], dtype=a.dtype, device=a.device)
+    entering[0] = h0
+    for c in range(1, chunks):
+        torch.addcmul(h[c - 1, -1], prod[c - 1, -1], entering[c - 1], out=entering[c])
+    h.addcmul_(prod, entering[:, None])
+    return h.reshape((chunks * size,) + h.shape[2:])[:steps]
+
+
+class LinearScan(torch.autograd.Function):
+    """hs = LinearScan.apply(a, b, h0): h_t = a_t * h_{t-1} + b_t (time on axis 0), differentiable.
+
+    The backward pass is the same recurrence run backwards in time: the cotangent of h_{t-1}
+    is g_{t-1} + a_t * (that of h_t), then g_a_t = (that of h_t) * h_{t-1}, g_b_t = that of h_t.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        hs = _chunked_scan(a, b, h0)
+        ctx.save_for_backward(a, hs, h0)
+        return hs
+
+    @staticmethod
+    def backward(ctx, g):
+        a, hs, h0 = ctx.saved_tensors
+        create_graph = torch.is_grad_enabled()
+        with torch.no_grad():
+            a_next = torch.cat([a[1:], a.new_zeros((1,) + a.shape[1:])])  # what h_t is multiplied by next
+            state_cotangent = _chunked_scan(a_next.flip(0), g.flip(0), torch.zeros_like(h0)).flip(0)
+            grads = (state_cotangent * torch.cat([h0[None], hs[:-1]]), state_cotangent, a[0] * state_cotangent[0])
+        return _not_twice_differentiable(grads) if create_graph else grads
+
+
+def _scan_coefficients(params, x, state):
+    """(a, b) of every state, each (time, batch, units), from one evaluation of the step over all timesteps.
+
+    b is the next state from a zero state; a its derivative in that state (the recurrence is
+    affine, so the derivative is exact), taken with create_graph while gradients are recorded
+    so that they reach the parameters and x through a as through b.
+    """
+    steps, batch = x.shape[0], x.shape[1]
+    recording = torch.is_grad_enabled()
+    if not recording:  # the step's state-free part need not be on the tape that gives a
+        params = {k: v.detach() for k, v in params.items()}
+        x = x.detach()
+    with torch.enable_grad():
+        zeros = tuple(s.new_zeros((steps * batch, s.shape[-1])).requires_grad_() for s in state)
+        _, b, _ = forward(params, x.reshape(1, steps * batch, x.shape[-1]), zeros)
+        # Each next state reads only its own state, so the summed derivative is each one's own.
+        a = torch.autograd.grad(b, zeros, [torch.ones_like(v) for v in b], create_graph=recording, allow_unused=True)
+    a = [torch.zeros_like(bk) if ak is None else ak for ak, bk in zip(a, b)]
+    if not recording:
+        a, b = [v.detach() for v in a], [v.detach() for v in b]
+    return [v.reshape(steps, batch, -1) for v in a], [v.reshape(steps, batch, -1) for v in b]
+
+
+def _scan_sequence(x, mask, reverse, state, tensors):
+    """(outputs, *final_state) of a linear recurrence by the parallel scan: x (time, batch, input),
+    mask bool (time, batch, 1) or None, the arguments of Sequence.apply."""
+    a, b = _scan_coefficients(dict(zip(PARAM_NAMES, tensors)), x, state)
+    if reverse:  # scan from the last step; outputs flip back to time order
+        a, b = [v.flip(0) for v in a], [v.flip(0) for v in b]
+        mask = None if mask is None else mask.flip(0)
+    if mask is not None:  # a masked step is the identity pair: the state carries through
+        a = [torch.where(mask, v, 1.0) for v in a]
+        b = [torch.where(mask, v, 0.0) for v in b]
+    hs = [LinearScan.apply(ak, bk, h0) for ak, bk, h0 in zip(a, b, state)]
+    ys = hs[LINEAR_SCAN or 0]
+    if mask is not None:
+        ys = torch.where(mask, ys, 0.0)
+    return (ys.flip(0) if reverse else ys, *(h[-1] for h in hs))
 
 
 # ---------------------------------------------------------------- modules
@@ -734,6 +884,7 @@ class Layer(nn.Module):
         seed=0,
         fused=None,
         compiled=None,
+        scan=None,
         *,
         hidden_size=None,
         proj_size=0,
@@ -757,6 +908,13 @@ class Layer(nn.Module):
                 "compiled=True and backward='autograd': the compiled kernel has a backward pass of its own"
             )
         self.compiled = compiled
+        if scan not in (None, True, False):
+            raise ValueError(f"scan: expected None (auto), True or False, got {scan!r}")
+        if scan and LINEAR_SCAN is None:
+            raise ValueError(f"scan=True: {_scan_unavailable(torch.empty(1), True)}")
+        if scan and (compiled or backward == "autograd"):
+            raise ValueError("scan=True runs the parallel scan: give it without compiled=True or backward='autograd'")
+        self.scan = scan
         if fused and not FUSED_KERNEL:
             raise ValueError(f"fused=True: {_NOT_STANDARD}")
         self.fused = fused
@@ -798,6 +956,7 @@ class Layer(nn.Module):
             ("bidirectional", False),
             ("fused", None),
             ("compiled", None),
+            ("scan", None),
             ("backward", "generated"),
         ):
             if getattr(self, key) != default:
@@ -919,7 +1078,17 @@ class Layer(nn.Module):
     def _sequence(self, x, mask, reverse, state, params):
         """One cell over the sequence: (outputs, *final_state), through the compiled kernel where
         it runs (see _compiled_op), else the generated loop; with backward="autograd" or under
-        torch.func transforms, always the generated forward on torch's tape (see _run)."""
+        torch.func transforms, always the generated forward on torch's tape (see _run). A linear
+        recurrence runs as a parallel scan (see _scan_sequence) unless scan=False, compiled=True
+        or backward="autograd" say otherwise."""
+        choice = getattr(self, "scan", None)  # modules pickled before the option existed: auto
+        if self.compiled or self.backward == "autograd":
+            choice = False
+        why = _scan_unavailable(x, choice, state[0].shape[-1])
+        if why is None:
+            return _scan_sequence(x, mask, reverse, state, params)
+        if choice:
+            raise RuntimeError(f"scan=True, but the parallel scan cannot run this call: {why}")
         if self.backward == "autograd" or torch._C._are_functorch_transforms_active():
             return _run(self.backward, x, mask, reverse, state, params)
         op = None if self.compiled is False else _compiled_op(x, required=bool(self.compiled))
