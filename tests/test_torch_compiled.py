@@ -371,3 +371,24 @@ def test_random_specs_compiled_match_interpreter_and_finite_differences(text_cas
     text, case = text_case
     spec = novolstm.loads_spec(text, source="<random spec>")
     check_compiled_against_interpreter(spec, case, seed=case.x.size)
+
+
+def test_compiled_nan_propagates_through_relu_maximum_and_clip():
+    """A NaN stays NaN through relu, maximum and clip, as in the interpreter (a bare comparison drops it)."""
+    from novolstm import interpret
+
+    spec = novolstm.loads_spec(
+        DOMAIN_SPEC.replace('name = "domain"', 'name = "nan_paths"').replace(
+            'y = "log(k)", h_next = "sqrt(k)", c_next = "1 / (k * k)"',
+            'n = "log(k)", y = "relu(n)", h_next = "maximum(n, 0.5)", c_next = "clip(n, -1, 1)"',
+        )
+    )
+    vjp_numpy = compiled_run_and_vjp(spec)
+    x = np.array([[[-1.0], [2.0]]])  # log of a negative: NaN inside the step
+    params = {"W": np.array([[1.0, -1.0, 0.5]])}
+    expected, expected_state = interpret.run(spec, params, x)
+    assert np.isnan(expected[0, 0]).sum() == 2 and np.isnan(expected_state[1]).any()
+    outputs, state, _ = vjp_numpy(params, x, None, None)
+    np.testing.assert_array_equal(outputs, expected)
+    for got, want in zip(state, expected_state):
+        np.testing.assert_array_equal(got, want)

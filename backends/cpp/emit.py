@@ -44,7 +44,7 @@ OPS: dict[str, Callable[[Node, list[str]], str]] = {
     "neg": lambda n, a: f"-{a[0]}",
     "sigmoid": lambda n, a: f"rt::sigmoid({a[0]})",
     "tanh": lambda n, a: f"rt::tanh({a[0]})",
-    "relu": lambda n, a: f"({a[0]} > T(0) ? {a[0]} : T(0))",
+    "relu": lambda n, a: f"rt::maximum({a[0]}, T(0))",  # NaN stays NaN, as np.maximum and torch.relu
     "sigmoid_grad": lambda n, a: f"{a[0]} * {a[1]} * (T(1) - {a[1]})",
     "tanh_grad": lambda n, a: f"{a[0]} * (T(1) - {a[1]} * {a[1]})",
     "relu_grad": lambda n, a: f"({a[1]} > T(0) ? {a[0]} : T(0))",
