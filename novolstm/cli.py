@@ -239,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         "benchmark generated cells against native LSTMs, side by side",
         "Time the generated cells against each framework's own LSTM in one run, interleaved, "
-        "and report ratios. Writes results.json, results.md and ratios.png.",
+        "and report ratios. The paths table puts each cell's paths side by side (its generated "
+        "loop, its compiled or fused kernels, its jitted forms) with the native kernel, each as "
+        "a multiple of the loop and of the native, with compile times. "
+        "Writes results.json, results.md and ratios.png.",
         "novolstm bench --smoke\nnovolstm bench --backends torch --shapes typical --dtype float32 bfloat16\n"
         "novolstm bench --backends numpy --json",
     )

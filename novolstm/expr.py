@@ -188,7 +188,9 @@ def functions_in(expr: Expr) -> set[str]:
     return {node.fn for node in walk(expr) if isinstance(node, Call)}
 
 
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 3}
+# "@" binds as "*" and "/" do (the parser follows Python): a product with a projection on its right
+# needs its parentheses, f * (x @ W).
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2}
 
 
 def format_expression(expr: Expr, parent: int = 0) -> str:
@@ -197,6 +199,8 @@ def format_expression(expr: Expr, parent: int = 0) -> str:
     Examples:
         >>> format_expression(parse_expression("f * c + (i * g)"))
         'f * c + i * g'
+        >>> format_expression(parse_expression("f * (x @ W) + (f * x) @ W"))
+        'f * (x @ W) + f * x @ W'
     """
     if isinstance(expr, Name):
         return expr.id

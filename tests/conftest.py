@@ -55,6 +55,10 @@ def pytest_ignore_collect(collection_path, config):
     for backend in novolstm.list_backends():
         if name.startswith(f"test_{backend}_") and backend not in requested_backends():
             return True
+    # tests/test_device_*.py run the cells on an accelerator (benchmarks/gpu.py): collected
+    # exactly when NOVOLSTM_DEVICE names one, so a CPU-only run never collects them.
+    if name.startswith("test_device_") and not os.environ.get("NOVOLSTM_DEVICE"):
+        return True
     return None
 
 
@@ -119,3 +123,47 @@ def rng():
 def computes_in(backend):
     """``computes_in(dtype)``: the dtype whose tolerance applies to ``backend`` asked for ``dtype``."""
     return lambda dtype: _computes_in(backend, dtype)
+
+
+PATHS_HEADER = (
+    "| backend | shape | dtype | cell | path | forward ms | x loop | x native "
+    "| forward+backward ms | x loop | x native | compile s (fwd / fwd+bwd) |"
+)
+
+
+def paths_rows(printed: str) -> list[list[str]]:
+    """The printed paths table's rows, as lists of cells (the header checked)."""
+    lines = printed.splitlines()
+    start = lines.index(PATHS_HEADER) + 2
+    end = next(k for k in range(start, len(lines)) if not lines[k].startswith("|"))
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[start:end]]
+    assert all(len(r) == 12 for r in rows), rows
+    return rows
+
+
+def _check_paths_table(printed: str, data: dict) -> dict[tuple[str, str, str], list[str]]:
+    """The paths table holds one row per measured candidate, each time as results.json has it,
+    and each x loop as that time over its cell's generated loop's.
+
+    Returns:
+        (dtype, cell, path) -> the row's cells.
+    """
+    rows = {(r[2], r[3], r[4]): r for r in paths_rows(printed)}
+    measured = [r for r in data["rows"] if not r.get("skipped")]
+    assert len(rows) == len(measured), (sorted(rows), len(measured))
+    for r in measured:
+        native = r["candidate"].startswith(("native", "context"))
+        row = rows[(r["dtype"], r["candidate"] if native else r["cell"], r["path"])]
+        assert row[5] == f"{1e3 * r['forward_s']:.2f}"
+        same = [q for q in measured if q["dtype"] == r["dtype"] and q["cell"] == r["cell"]]
+        loop = next((q for q in same if q["path"] == "generated loop"), None)
+        if loop and not native:
+            assert row[6] == f"{r['forward_s'] / loop['forward_s']:.2f}"
+    return rows
+
+
+@pytest.fixture
+def check_paths_table():
+    """``check_paths_table(printed, results)``: the paths table ``novolstm bench`` printed, checked
+    against its results.json; returns (dtype, cell, path) -> the row's cells."""
+    return _check_paths_table

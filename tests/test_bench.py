@@ -46,3 +46,18 @@ def test_a_candidate_that_cannot_compile_here_is_shown_with_its_reason():
     # A candidate not marked may_fail that raises is a bug, and the error propagates.
     with pytest.raises(RuntimeError):
         _first_calls([Candidate("bug", no_compiler, None)], quiet=True)
+
+
+
+def test_bench_prints_each_cells_paths_beside_its_loop_and_native(tmp_path, capsys, check_paths_table):
+    assert main(["bench", "--smoke", "--backends", "numpy", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = {key[1:]: row for key, row in check_paths_table(printed, data).items()}  # one dtype: float32
+    native = "native: per-example cell (seed 001)"
+    assert set(rows) == {(c, "generated loop") for c in ("lstm", "novolstm", "novolstm_reference")} | {(native, "native")}
+    seed = next(r for r in data["rows"] if r["candidate"] == native)
+    for cell in ("lstm", "novolstm", "novolstm_reference"):
+        row, r = rows[(cell, "generated loop")], next(r for r in data["rows"] if r["cell"] == cell)
+        assert row[6] == "1.00" and row[7] == f"{r['forward_s'] / seed['forward_s']:.2f}"
+    assert "| cell | path |" in (tmp_path / "results.md").read_text()

@@ -7,7 +7,7 @@ import json
 from novolstm.cli import main
 
 
-def test_bench_smoke_jax(tmp_path, capsys):
+def test_bench_smoke_jax(tmp_path, capsys, check_paths_table):
     assert main(["bench", "--smoke", "--backends", "jax", "--dtype", "float32", "bfloat16", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     names = {r["candidate"] for r in data["rows"]}
@@ -17,4 +17,10 @@ def test_bench_smoke_jax(tmp_path, capsys):
     # Every candidate is jitted: compile time, and XLA's memory analysis next to the RSS peak.
     assert all(r["jit"] == "jax.jit" and r["compile_forward_s"] >= 0 and r["framework_peak_bytes_forward_backward"] > 0
                for r in data["rows"])
-    assert "| jax | smoke (2x5x8) | bfloat16 |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| jax | smoke (2x5x8) | bfloat16 |" in printed
+    # each cell's jitted form beside Flax's, with its compile time
+    rows = check_paths_table(printed, data)
+    assert {path for _, _, path in rows} == {"jax.jit", "native, jax.jit"}
+    assert {dtype for dtype, _, _ in rows} == {"float32", "bfloat16"}
+    assert all(row[11].endswith("(jax.jit)") for row in rows.values())

@@ -7,7 +7,7 @@ import json
 from novolstm.cli import main
 
 
-def test_bench_smoke_torch(tmp_path, capsys):
+def test_bench_smoke_torch(tmp_path, capsys, check_paths_table):
     assert main(["bench", "--smoke", "--backends", "torch", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     names = {r["candidate"] for r in data["rows"]}
@@ -21,7 +21,17 @@ def test_bench_smoke_torch(tmp_path, capsys):
         row = next(r for r in data["rows"] if r["candidate"] == f"{cell} spec, torch.compile")
         assert row.get("skipped") or (row["jit"] == "torch.compile" and row["compile_forward_s"] >= 0)
     assert all("peak_rss_bytes_forward_backward" in r for r in data["rows"] if r.get("forward_backward_s"))
-    assert "| torch | smoke" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| torch | smoke" in printed
+    # Each cell's paths side by side: the fused kernels, the C++ kernel with its build (or
+    # cache load) time, torch.compile, the generated loop, and the native kernels.
+    rows = {key[1:]: row for key, row in check_paths_table(printed, data).items()}  # one dtype: float32
+    paths = {cell: {path for c, path in rows if c == cell} for cell, _ in rows}
+    assert paths["lstm"] >= {"torch fused LSTM kernel", "generated loop", "C++ kernel"}
+    assert paths["novolstm"] >= {"C++ kernel", "generated loop"}
+    assert paths["gru"] == {"torch fused GRU kernel"}
+    assert {"native: torch.nn.LSTM", "native: torch.nn.GRU"} <= set(paths)
+    assert rows[("novolstm", "C++ kernel")][11].endswith("(C++ kernel)")
 
 
 def test_torch_builds_every_candidate_in_bfloat16():

@@ -2,11 +2,14 @@
 one C++ kernel exposed as torch operators. Held to the float64 reference (outputs, state), to
 the NumPy generated backward (float64 gradients, itself checked against finite differences of
 the reference) and to the generated loop (float32 gradients, reverse direction, several
-layers), for every built-in spec; through autograd's gradcheck, torch.compile with no graph
-break and torch.export; and the fallback when no compiler is present.
+layers), for every built-in spec; every operation of the language (one spec holding them all),
+the domain rule and random specs of the fuzzing strategy against the interpreter and its
+central differences; both GEMM paths of the step (a plain loop up to 4 rows, oneDNN / BLAS
+above); through autograd's gradcheck, torch.compile with no graph break and torch.export; and
+the fallbacks when no compiler is present or the emitter lacks an operation.
 
 Kernels build once per spec into NOVOLSTM_CACHE_DIR (tox points it into the env's tmp dir),
-about 20 seconds each on one core.
+about 20 seconds each on one core; the random specs cost one build per example.
 """
 
 from __future__ import annotations
@@ -14,43 +17,53 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 
 import novolstm
-from novolstm.testing import assert_close, cases, check_against_reference, pairwise_tolerance, tolerance
+from novolstm.testing import (
+    DOMAIN_SPEC,
+    OPERATION_SPECS,
+    assert_close,
+    cases,
+    check_against_interpreter,
+    check_against_reference,
+    check_gradients_against_interpreter,
+    check_gradients_close,
+    operation_cases,
+    pairwise_tolerance,
+    spec_cases,
+    tolerance,
+)
+
+#: Every built-in spec runs the compiled path (test_every_built_in_spec_compiles).
+SPECS = novolstm.list_specs()
 
 
-
-def compiles(spec: str) -> bool:
-    """Whether the C++ emitter compiles ``spec`` (the zoo's newer operations it does not, yet)."""
-    from novolstm.backends.cpp.emit import Unsupported, generate
+def test_every_built_in_spec_compiles():
+    # A spec the emitter refused would silently run the generated loop: none may.
+    from novolstm.backends.cpp.emit import generate
     from novolstm.codegen import plan
 
-    try:
-        generate(plan(novolstm.load_spec(spec)), namespace="probe")
-    except Unsupported:
-        return False
-    return True
+    for spec in SPECS:
+        kernel = generate(plan(novolstm.load_spec(spec)), namespace="probe")
+        assert "TORCH_LIBRARY(probe, m)" in kernel.source
 
 
-SPECS = [spec for spec in novolstm.list_specs() if compiles(spec)]
-UNCOMPILED = [spec for spec in novolstm.list_specs() if not compiles(spec)]
+def test_a_spec_the_emitter_does_not_compile_runs_the_loop_without_a_warning(monkeypatch, rng):
+    """An operation the C++ table lacks (gelu taken out of it): the loop, no warning; compiled=True says why."""
+    from novolstm.backends.cpp import emit
 
-
-def test_the_compiled_specs_include_every_lstm_family_cell():
-    # The coverage this file gives cannot shrink silently: the five original cells always compile.
-    assert {"lstm", "gru", "novolstm", "novolstm_reference", "peephole_lstm"} <= set(SPECS)
-
-
-@pytest.mark.parametrize("spec", UNCOMPILED)
-def test_a_spec_the_emitter_does_not_compile_runs_the_loop_without_a_warning(spec, rng):
+    monkeypatch.delitem(emit.OPS, "gelu")
+    spec = novolstm.loads_spec(OPERATION_SPECS["gelu"].replace('name = "op_gelu"', 'name = "op_gelu_uncompiled"'))
     Layer = novolstm.get_layer("torch", spec=spec)
     x = torch.tensor(rng.normal(size=(5, 2, 3)))
     auto, loop = Layer(3, 4, dtype=torch.float64), Layer(3, 4, dtype=torch.float64, compiled=False)
     loop.load_state_dict(auto.state_dict())
     assert torch.equal(auto(x)[0], loop(x)[0])  # warnings are errors here: none was raised
-    with pytest.raises(RuntimeError, match="compiled=True.*the C\\+\\+ emitter does not compile"):
+    with pytest.raises(RuntimeError, match="compiled=True.*the C\\+\\+ emitter does not compile op 'gelu'"):
         Layer(3, 4, dtype=torch.float64, compiled=True)(x)
+
+
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -162,6 +175,32 @@ def test_compiled_stacked_bidirectional_matches_loop(spec, rng):
         assert_close(results[0][3][name].numpy(), g.numpy(), gtol, what=f"grad {name}")
 
 
+@pytest.mark.parametrize("batch", [1, 9])  # the step's GEMMs: a plain loop up to 4 rows, oneDNN / BLAS above
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("spec", ["novolstm", "gru"])
+def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, rng):
+    Layer = novolstm.get_layer("torch", spec=spec)
+    compiled = Layer(5, 6, compiled=True, fused=False, dtype=DTYPES[dtype])
+    loop = Layer(5, 6, compiled=False, fused=False, dtype=DTYPES[dtype])
+    compiled.load_canonical(novolstm.testing.random_params(spec, 5, 6, rng))
+    loop.load_state_dict(compiled.state_dict())
+    T = 8
+    x = rng.normal(size=(T, batch, 5))
+    mask = torch.tensor(rng.random((batch, T)) < 0.8)
+    results = []
+    for layer in (compiled, loop):
+        xt = torch.tensor(x, dtype=DTYPES[dtype], requires_grad=True)
+        out, _ = layer(xt, mask=mask)
+        out.square().sum().backward()
+        results.append((out.detach(), xt.grad, {n: p.grad for n, p in layer.named_parameters()}))
+    tol = pairwise_tolerance(dtype, dtype, T)
+    gtol = pairwise_tolerance(dtype, dtype, T, kind="gradients")
+    assert_close(results[0][0].double().numpy(), results[1][0].double().numpy(), tol, what="outputs")
+    assert_close(results[0][1].double().numpy(), results[1][1].double().numpy(), gtol, what="grad x")
+    for name, g in results[1][2].items():
+        assert_close(results[0][2][name].double().numpy(), g.double().numpy(), gtol, what=f"grad {name}")
+
+
 def compiled_op(spec):
     from novolstm.backends.cpp.torch_ext import compiled_sequence
 
@@ -247,3 +286,109 @@ def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, rng):
     assert torch.equal(out, loop(x)[0])
     with pytest.raises(RuntimeError, match="compiled=True.*no C\\+\\+ compiler"):
         Layer(3, 4, fused=False, compiled=True)(x)
+
+
+# ---------------------------------------------------------------- any spec: the operations, random specs
+
+
+def compiled_run_and_vjp(spec):
+    """``vjp_numpy(params, x, state, mask) -> (outputs, final_state, vjp)`` through the compiled op
+    (its own backward kernel, reached by autograd), as the generated modules give it; batch-major
+    NumPy in and out, so that novolstm.testing's interpreter checks take it."""
+    from novolstm.backends.cpp.torch_ext import compiled_sequence
+
+    op = compiled_sequence(spec.dumps())
+    units_param, units_axis = op.layout.units_param, op.layout.units_axis
+
+    def vjp_numpy(params, x, state, mask):
+        batch, units = x.shape[0], params[units_param].shape[units_axis]
+        if state is None:
+            state = tuple(np.zeros((batch, units), x.dtype) for _ in spec.state_names)
+        xt = torch.tensor(x.transpose(1, 0, 2), requires_grad=True)
+        s0 = [torch.tensor(s, requires_grad=True) for s in state]
+        ps = [torch.tensor(params[p], requires_grad=True) for p in spec.param_names]
+        m = None if mask is None else torch.tensor(np.ascontiguousarray(mask.T))
+        ys, final = op(xt, m, False, s0, ps)
+
+        def vjp(g_out, g_state):
+            loss = (ys * torch.tensor(g_out.transpose(1, 0, 2))).sum() + sum(
+                (f * torch.tensor(g)).sum() for f, g in zip(final, g_state)
+            )
+            grads = torch.autograd.grad(loss, [xt, *s0, *ps])
+            g_x = grads[0].numpy().transpose(1, 0, 2)
+            g_s = tuple(g.numpy() for g in grads[1 : 1 + len(s0)])
+            return g_x, g_s, {p: g.numpy() for p, g in zip(spec.param_names, grads[1 + len(s0) :])}
+
+        return ys.detach().numpy().transpose(1, 0, 2), tuple(f.detach().numpy() for f in final), vjp
+
+    return vjp_numpy
+
+
+def check_compiled_against_interpreter(spec, case, seed):
+    """Outputs and final state (float64, float32) and gradients (float64 against central differences
+    of the interpreter, float32 against those) of the compiled op, on ``case``."""
+    vjp_numpy = compiled_run_and_vjp(spec)
+    for dtype in ("float64", "float32"):
+        check_against_interpreter(spec, lambda *a: vjp_numpy(*a)[:2], case, dtype)
+    anchor = check_gradients_against_interpreter(spec, vjp_numpy, case, seed)
+    check_gradients_close(spec, vjp_numpy, case, anchor, seed, "float32")
+
+
+@settings(max_examples=6)
+@given(spec_case=operation_cases(None))
+def test_every_operation_compiled_matches_interpreter_and_finite_differences(spec_case):
+    # One spec holding every operation of the language: one build.
+    spec, case = spec_case
+    check_compiled_against_interpreter(spec, case, seed=case.x.size)
+
+
+def test_compiled_domain_rule():
+    """log 0 = -inf, log and sqrt of a negative = nan, 1 / 0 = inf: IEEE values, as the interpreter's."""
+    from novolstm import interpret
+
+    spec = novolstm.loads_spec(DOMAIN_SPEC)
+    vjp_numpy = compiled_run_and_vjp(spec)
+    for dtype in (np.float64, np.float32):
+        params = {"W": np.array([[1.0, -1.0, 0.5]], dtype)}
+        x = np.array([[[0.0], [2.0], [-3.0]]], dtype)  # batch 1, three steps
+        expected, expected_state = interpret.run(spec, {"W": params["W"].astype(np.float64)}, x.astype(np.float64))
+        assert np.isneginf(expected[0, 0]).any() and np.isnan(expected[0, 2]).any()
+        outputs, state, _ = vjp_numpy(params, x, None, None)
+        np.testing.assert_allclose(outputs.astype(np.float64), expected, rtol=1e-6, atol=0)
+        for got, want in zip(state, expected_state):
+            np.testing.assert_allclose(got.astype(np.float64), want, rtol=1e-6, atol=0)
+
+
+#: Random specs: each example builds a kernel of its own (about 20 s on one core), so few.
+RANDOM_SPEC_EXAMPLES = 3
+
+
+# No shrinking: every shrunk spec is a build of its own (Hypothesis spent minutes on one); the
+# failing example prints as drawn.
+@settings(max_examples=RANDOM_SPEC_EXAMPLES, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(text_case=spec_cases())
+def test_random_specs_compiled_match_interpreter_and_finite_differences(text_case):
+    text, case = text_case
+    spec = novolstm.loads_spec(text, source="<random spec>")
+    check_compiled_against_interpreter(spec, case, seed=case.x.size)
+
+
+def test_compiled_nan_propagates_through_relu_maximum_and_clip():
+    """A NaN stays NaN through relu, maximum and clip, as in the interpreter (a bare comparison drops it)."""
+    from novolstm import interpret
+
+    spec = novolstm.loads_spec(
+        DOMAIN_SPEC.replace('name = "domain"', 'name = "nan_paths"').replace(
+            'y = "log(k)", h_next = "sqrt(k)", c_next = "1 / (k * k)"',
+            'n = "log(k)", y = "relu(n)", h_next = "maximum(n, 0.5)", c_next = "clip(n, -1, 1)"',
+        )
+    )
+    vjp_numpy = compiled_run_and_vjp(spec)
+    x = np.array([[[-1.0], [2.0]]])  # log of a negative: NaN inside the step
+    params = {"W": np.array([[1.0, -1.0, 0.5]])}
+    expected, expected_state = interpret.run(spec, params, x)
+    assert np.isnan(expected[0, 0]).sum() == 2 and np.isnan(expected_state[1]).any()
+    outputs, state, _ = vjp_numpy(params, x, None, None)
+    np.testing.assert_array_equal(outputs, expected)
+    for got, want in zip(state, expected_state):
+        np.testing.assert_array_equal(got, want)

@@ -44,10 +44,27 @@ OPS: dict[str, Callable[[Node, list[str]], str]] = {
     "neg": lambda n, a: f"-{a[0]}",
     "sigmoid": lambda n, a: f"rt::sigmoid({a[0]})",
     "tanh": lambda n, a: f"rt::tanh({a[0]})",
-    "relu": lambda n, a: f"({a[0]} > T(0) ? {a[0]} : T(0))",
+    "relu": lambda n, a: f"rt::maximum({a[0]}, T(0))",  # NaN stays NaN, as np.maximum and torch.relu
     "sigmoid_grad": lambda n, a: f"{a[0]} * {a[1]} * (T(1) - {a[1]})",
     "tanh_grad": lambda n, a: f"{a[0]} * (T(1) - {a[1]} * {a[1]})",
     "relu_grad": lambda n, a: f"({a[1]} > T(0) ? {a[0]} : T(0))",
+    # The domain rule (docs/numerics.md): IEEE values, never a trap (the build has -fno-trapping-math).
+    "div": lambda n, a: f"{a[0]} / {a[1]}",
+    "exp": lambda n, a: f"std::exp({a[0]})",
+    "log": lambda n, a: f"std::log({a[0]})",
+    "sqrt": lambda n, a: f"std::sqrt({a[0]})",
+    "abs": lambda n, a: f"std::fabs({a[0]})",
+    "softplus": lambda n, a: f"rt::softplus({a[0]})",
+    "gelu": lambda n, a: f"rt::gelu({a[0]})",
+    "maximum": lambda n, a: f"rt::maximum({a[0]}, {a[1]})",
+    "minimum": lambda n, a: f"rt::minimum({a[0]}, {a[1]})",
+    "clip": lambda n, a: f"rt::clip({a[0]}, T({float(n.attr('lo'))!r}), T({float(n.attr('hi'))!r}))",
+    "gelu_grad": lambda n, a: f"rt::gelu_grad({a[0]}, {a[1]})",
+    "sign": lambda n, a: f"rt::sign({a[0]})",
+    "ge_mask": lambda n, a: f"({a[0]} >= {a[1]} ? T(1) : T(0))",
+    "in_range": lambda n, a: (
+        f"({a[0]} >= T({float(n.attr('lo'))!r}) && {a[0]} <= T({float(n.attr('hi'))!r}) ? T(1) : T(0))"
+    ),
 }
 
 #: Row ops: op -> C++ statement over one row (``o`` the output row, ``a<k>`` argument rows, ``n`` elements).
@@ -84,11 +101,12 @@ def elems_of(width, units: int, inputs: int) -> int:
 
 @dataclass(frozen=True)
 class TapeEntry:
-    """One tensor of the tape: ``(time, batch, elements of width)``."""
+    """One tensor of the tape: ``(time, batch, elements of width)``, or ``(elements,)`` when not batched."""
 
     name: str
     width: object
     per_step: bool  # True: copied at every step; False: a prologue buffer, returned whole
+    batched: bool = True  # False: a prologue value of the parameters only (one row every row reads)
 
 
 @dataclass(frozen=True)
@@ -201,7 +219,10 @@ class GraphCode:
             if n.op in LEAVES or n.name in self.skip:
                 continue
             if n.op == "slice":
-                work.append(slice_lines[n.name])
+                if self._static(n.name):
+                    self.alloc.append(slice_lines[n.name])  # a fixed buffer's view: made once, before the loop
+                else:
+                    work.append(slice_lines[n.name])
                 continue
             if n.batched and (n.op in OPS or n.op in ROW_OPS or n.op in ("sum_units", "concat")):
                 if work and isinstance(work[-1], list):
@@ -232,6 +253,15 @@ class GraphCode:
             else:
                 raise Unsupported(f"op {item.op!r}")
         self.body.extend(pending)
+
+    def _static(self, name: str) -> bool:
+        """Whether value ``name`` lives in one buffer for the whole call (so a view of it is made once).
+
+        Leaves are views made per step; a GEMM returns a new tensor at every call.
+        """
+        root, _ = _root(self.g, name)
+        node = self.g[root]
+        return root not in self.leaves and root not in self.skip and node.op not in LEAVES and node.op not in GEMM_OPS
 
     def _row_loop(self, nodes: list[Node], rows: str) -> list[str]:
         inner = []
@@ -349,9 +379,7 @@ class _Emitter:
             node = pro[root]
             if node.op == "input":
                 return "x", off
-            if not node.batched:
-                raise Unsupported("an unbatched prologue value on the tape")
-            entries.setdefault(f"p_{root}", TapeEntry(f"p_{root}", node.width, False))
+            entries.setdefault(f"p_{root}", TapeEntry(f"p_{root}", node.width, False, node.batched))
             return f"p_{root}", off
 
         saved = [n.name for n in self.plan.step_backward.nodes if n.op == "saved" and n.attr("of") != "param"]
@@ -365,9 +393,8 @@ class _Emitter:
             elif node.op == "input":
                 raise Unsupported("the input read inside the step")
             else:
-                if not node.batched:
-                    raise Unsupported("an unbatched step value on the tape")
-                entries.setdefault(f"s_{root}", TapeEntry(f"s_{root}", node.width, True))
+                # an unbatched step value reads only parameters and constants: one row, the same every step
+                entries.setdefault(f"s_{root}", TapeEntry(f"s_{root}", node.width, True, node.batched))
                 where[name] = (f"s_{root}", off)
         pro_saved = [n.name for n in self.plan.prologue_backward.nodes if n.op == "saved" and n.attr("of") != "param"]
         for name in dict.fromkeys(pro_saved + [L.operand for L in self.plan.linears if not L.in_step]):
@@ -478,9 +505,8 @@ class _Emitter:
         L.append("  at::Tensor ys = at::empty({Tn, B, H}, opts);")
         for e in self.entries:
             if e.per_step:
-                L.append(
-                    f"  at::Tensor tape_{e.name} = keep_tape ? at::empty({{Tn, B, {elems(e.width)}}}, opts) : at::empty({{0}}, opts);"
-                )
+                shape = f"{{Tn, B, {elems(e.width)}}}" if e.batched else f"{{{elems(e.width)}}}"
+                L.append(f"  at::Tensor tape_{e.name} = keep_tape ? at::empty({shape}, opts) : at::empty({{0}}, opts);")
         L += [f"  {s}" for s in step.alloc]
         L += [
             "  for (int64_t s = 0; s < Tn; ++s) {",
@@ -496,7 +522,11 @@ class _Emitter:
         )
         L.append("    if (keep_tape) {")
         for e in self.entries:
-            if e.per_step:
+            if e.per_step and not e.batched:
+                L.append(
+                    f"      std::memcpy(tape_{e.name}.data_ptr<T>(), {step.view(e.name[2:])}.p, sizeof(T) * {elems(e.width)});"
+                )
+            elif e.per_step:
                 src = e.name[2:]
                 L.append(
                     f"      rt::select_rows(rt::View<T>{{tape_{e.name}.data_ptr<T>() + t * B * {elems(e.width)}, {elems(e.width)}}}, {step.view(src)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {elems(e.width)});"
@@ -510,6 +540,8 @@ class _Emitter:
         for e in self.entries:
             if e.per_step:
                 results.append(f"tape_{e.name}")
+            elif not e.batched:
+                results.append(f"keep_tape ? {pro.t(e.name[2:])} : at::empty({{0}}, opts)")
             else:
                 results.append(
                     f"keep_tape ? {pro.t(e.name[2:])}.view({{Tn, B, {elems(e.width)}}}) : at::empty({{0}}, opts)"
@@ -537,13 +569,14 @@ class _Emitter:
         states = spec.state_names
         back, pro_back = plan.step_backward, plan.prologue_backward
         tape_index = {e.name: k for k, e in enumerate(self.entries)}
+        entries = {e.name: e for e in self.entries}
 
         def tape_view(entry: str, off: int, at_t: bool) -> str:
             if entry == "x":
                 base = "vx"
                 return f"rt::View<T>{{{base}.p + {elems(off) if off else '0'}, {base}.ld}}"
             base = f"vt_{entry}"
-            row = f" + t * B * {base}.ld" if at_t else ""
+            row = f" + t * B * {base}.ld" if at_t and entries[entry].batched else ""
             return f"rt::View<T>{{{base}.p{row} + {elems(off) if off else '0'}, {base}.ld}}"
 
         # step backward leaves
@@ -624,7 +657,8 @@ class _Emitter:
         ]
         for e in self.entries:
             k = tape_index[e.name]
-            L.append(f"  const at::Tensor tp_{e.name} = tape[{k}].contiguous().view({{R, {elems(e.width)}}});")
+            shape = f"{{R, {elems(e.width)}}}" if e.batched else f"{{{elems(e.width)}}}"  # 1-D: a row read by every row
+            L.append(f"  const at::Tensor tp_{e.name} = tape[{k}].contiguous().view({shape});")
             L.append(f"  const rt::View<T> vt_{e.name} = rt::view_of<T>(tp_{e.name});")
         for k in range(ns):
             L += [
@@ -694,6 +728,7 @@ class _Emitter:
                     raise Unsupported("a batched parameter gradient in the prologue")
                 L.append(f"  gp_{p}.add_({pro_all.tensor(value)});")
         # weight gradients: one GEMM per projection over every timestep
+        rhs: dict[str, str] = {}  # gradient tensor -> its weight_grad_rhs
         for Lin in plan.linears:
             if Lin.in_step and Lin.name not in glin or not Lin.in_step and f"grad:{Lin.name}" not in pro_back.outputs:
                 L.append(
@@ -717,7 +752,10 @@ class _Emitter:
                 width = prog.prologue[Lin.operand].width
                 base = "x2d" if entry == "x" else f"tp_{entry}"
                 operand = f"{base}.narrow(1, {elems(off) if off else '0'}, {elems(width)})"
-            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {g});")
+            if g not in rhs:  # one gradient feeds several weights (W and U of the same gates): prepared once
+                rhs[g] = f"rhs_{len(rhs)}"
+                L.append(f"  const at::Tensor {rhs[g]} = rt::weight_grad_rhs<T>({g});")
+            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {rhs[g]});")
             if Lin.has_bias:
                 L.append(f"  const at::Tensor gbias_{Lin.name} = {g}.sum(0);")
         results = ["g_x"] + [f"*gcur_{k}" for k in range(ns)]

@@ -86,6 +86,48 @@ inline T tanh(T x) {
 
 inline double tanh(double x) { return std::tanh(x); }
 
+// The newer spec functions, with NumPy's NaN rules: maximum, minimum and clip return a NaN
+// argument (a bare comparison would drop it), sign(NaN) is NaN.
+template <typename T>
+inline T maximum(T a, T b) {
+  return a >= b || a != a ? a : b;
+}
+
+template <typename T>
+inline T minimum(T a, T b) {
+  return a <= b || a != a ? a : b;
+}
+
+template <typename T>
+inline T clip(T z, T lo, T hi) {
+  return z < lo ? lo : (z > hi ? hi : z);
+}
+
+template <typename T>
+inline T sign(T z) {
+  return z > T(0) ? T(1) : (z < T(0) ? T(-1) : z);
+}
+
+// log(1 + exp(z)) as max(z, 0) + log1p(exp(-|z|)): exp never overflows, no threshold switch.
+template <typename T>
+inline T softplus(T z) {
+  return (z > T(0) ? z : T(0)) + std::log1p(std::exp(-std::fabs(z)));
+}
+
+// The exact GELU, z Phi(z) with the standard normal's cdf through erf (not the tanh form).
+template <typename T>
+inline T gelu(T z) {
+  return T(0.5) * z * (T(1) + std::erf(z * T(0.70710678118654752440)));
+}
+
+// g (Phi(z) + z phi(z)): the GELU's VJP.
+template <typename T>
+inline T gelu_grad(T g, T z) {
+  const T cdf = T(0.5) * (T(1) + std::erf(z * T(0.70710678118654752440)));
+  const T pdf = std::exp(T(-0.5) * z * z) * T(0.39894228040143267794);
+  return g * (cdf + z * pdf);
+}
+
 // Row reductions with independent partial sums in kLanes lanes: a single running sum is one
 // chain of dependent additions (its latency, not the vector units, sets the pace), and the
 // compiler may not reorder floating-point sums on its own. The lanes vectorize.
@@ -251,30 +293,77 @@ inline at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w, const 
 }
 
 // operand^T @ g over every row (time and batch): a weight gradient, one GEMM after the loop.
-// oneDNN reads both with the rows along the contiguous axis, so both are transposed once
-// (measured 2.3x faster than at::mm's BLAS here at 3200 rows, 128 by 640).
+// oneDNN reads both with the rows along the contiguous axis, so both are transposed
+// (measured 2.3x faster than at::mm's BLAS here at 3200 rows, 128 by 640); g, which
+// several weights share, once (weight_grad_rhs).
 template <typename T>
-inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& g) {
-  if (std::is_same<T, float>::value && onednn_linear_op() != nullptr) {
-    return onednn_linear(operand.t().contiguous(), g.t().contiguous(), at::Tensor());
-  }
-  return at::mm(operand.t(), g);
+inline bool weight_grad_on_onednn() {
+  return std::is_same<T, float>::value && onednn_linear_op() != nullptr;
 }
 
-// a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: packed once into oneDNN's
-// layout (float32, where oneDNN is present), else through at::mm / at::addmm.
+// g as weight_grad takes it: transposed for oneDNN, as it is for BLAS.
+template <typename T>
+inline at::Tensor weight_grad_rhs(const at::Tensor& g) {
+  return weight_grad_on_onednn<T>() ? g.t().contiguous() : g;
+}
+
+template <typename T>
+inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& rhs) {
+  if (weight_grad_on_onednn<T>()) return onednn_linear(operand.t().contiguous(), rhs, at::Tensor());
+  return at::mm(operand.t(), rhs);
+}
+
+// A product of a few rows (the latency shape, batch 1): oneDNN's and BLAS's call overheads
+// (10 and 3 us at 1 by 64 by 320 here) dwarf the arithmetic, so it runs as a plain loop
+// over the weight's rows (each read once, axpy into every output row) into a buffer of its own.
+constexpr int64_t kSmallRows = 4;
+
+template <typename T>
+inline void small_gemm(const T* a, int64_t lda, const T* w, const T* bias, T* out, int64_t rows, int64_t k, int64_t n) {
+  for (int64_t b = 0; b < rows; ++b) {
+    T* o = out + b * n;
+    if (bias != nullptr) {
+      std::memcpy(o, bias, sizeof(T) * n);
+    } else {
+      std::fill(o, o + n, T(0));
+    }
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const T* wr = w + kk * n;
+    for (int64_t b = 0; b < rows; ++b) {
+      const T ab = a[b * lda + kk];
+      T* o = out + b * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) o[j] += ab * wr[j];
+    }
+  }
+}
+
+// a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: a plain loop for a few rows
+// (small_gemm), else packed once into oneDNN's layout (float32, where oneDNN is present),
+// else through at::mm / at::addmm.
 template <typename T>
 struct Linear {
   at::Tensor w;       // (K, N)
-  at::Tensor packed;  // oneDNN's layout of w^T (N, K); undefined on the BLAS path
+  at::Tensor packed;  // oneDNN's layout of w^T (N, K); undefined on the other paths
+  at::Tensor out;     // the small path's result, rewritten by every call
   Linear(const at::Tensor& w_, int64_t rows) : w(w_) {
-    if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
+    if (rows <= kSmallRows) {
+      w = w_.contiguous();
+      out = at::empty({rows, w.size(1)}, w.options());
+    } else if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
       torch::jit::Stack stack{c10::IValue(w.t().contiguous()), c10::IValue(rows)};
       onednn_reorder_op()->callBoxed(&stack);
       packed = stack[0].toTensor();
     }
   }
   at::Tensor operator()(const at::Tensor& a, const at::Tensor& bias = at::Tensor()) const {
+    if (out.defined() && a.size(0) == out.size(0) && a.stride(1) == 1) {
+      const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
+      small_gemm<T>(a.data_ptr<T>(), a.stride(0), w.data_ptr<T>(), b.defined() ? b.data_ptr<T>() : nullptr,
+                    out.data_ptr<T>(), a.size(0), w.size(0), w.size(1));
+      return out;
+    }
     if (packed.defined()) return onednn_linear(a, packed, bias);
     return bias.defined() ? at::addmm(bias, a, w) : at::mm(a, w);
   }

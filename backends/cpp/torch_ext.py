@@ -46,7 +46,9 @@ LDFLAGS = ("-fopenmp",)
 def _cpu_flags() -> tuple[str, ...]:
     """Vector instructions for the CPU torch itself dispatches to (part of the cache key)."""
     capability = torch.backends.cpu.get_cpu_capability()
-    return ("-mavx2", "-mfma") if capability in ("AVX2", "AVX512") else ()
+    if capability == "AVX512":  # the set torch's own AVX512 kernels are built with
+        return ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")
+    return ("-mavx2", "-mfma") if capability == "AVX2" else ()
 
 
 class CompiledUnavailable(RuntimeError):
@@ -236,7 +238,8 @@ def _register(layout: Layout):
         H = units(params)
         outs = [x.new_empty((steps, batch, H))] + [s.new_empty(s.shape) for s in state]
         for e in layout.tape:
-            outs.append(x.new_empty((steps, batch, elems_of(e.width, H, inputs))) if keep_tape else x.new_empty((0,)))
+            shape = (steps, batch, elems_of(e.width, H, inputs)) if e.batched else (elems_of(e.width, H, inputs),)
+            outs.append(x.new_empty(shape) if keep_tape else x.new_empty((0,)))
         return tuple(outs)
 
     @torch.library.register_fake(f"{name}::backward")

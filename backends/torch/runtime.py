@@ -645,8 +645,8 @@ class LinearScan(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         with torch.no_grad():
             a_next = torch.cat([a[1:], a.new_zeros((1,) + a.shape[1:])])  # what h_t is multiplied by next
-            g_h = _chunked_scan(a_next.flip(0), g.flip(0), torch.zeros_like(h0)).flip(0)
-            grads = (g_h * torch.cat([h0[None], hs[:-1]]), g_h, a[0] * g_h[0])
+            state_cotangent = _chunked_scan(a_next.flip(0), g.flip(0), torch.zeros_like(h0)).flip(0)
+            grads = (state_cotangent * torch.cat([h0[None], hs[:-1]]), state_cotangent, a[0] * state_cotangent[0])
         return _not_twice_differentiable(grads) if create_graph else grads
 
 

@@ -46,6 +46,9 @@ class Candidate:
     may_fail: bool = False
     #: why this candidate does not run here; shown in the table in place of its times
     skipped: str | None = None
+    #: how it runs, where neither ``jit`` nor the name says (a framework's fused kernel): the
+    #: paths table's "path" (see harness.path_of)
+    path: str | None = None
 
 
 def adapter(backend: str):

@@ -145,6 +145,8 @@ def _measure(results: dict, ad, backend: str, shape_name: str, dtype: str, repea
             "shape": shape_name,
             "dtype": dtype,
             "candidate": c.name,
+            "cell": cell_of(c.name),
+            "path": path_of(c),
             "batch": batch,
             "steps": steps,
             "units": units,
@@ -189,6 +191,70 @@ def _measure(results: dict, ad, backend: str, shape_name: str, dtype: str, repea
     bar(5)
 
 
+def cell_of(name: str) -> str:
+    """The cell a candidate runs: ``"novolstm"`` for ``"novolstm spec, generated loop"``; a
+    native or context candidate is its own."""
+    return name.split(" spec", 1)[0] if " spec" in name else name
+
+
+def path_of(c) -> str:
+    """How a candidate runs: what its adapter says (``path``), else how it is compiled (``jit``:
+    "C++ kernel", "torch.compile", "jax.jit", "tf.function"), else the generated loop; a native
+    or context candidate says so first.
+
+    Examples:
+        >>> from novolstm.bench import Candidate
+        >>> path_of(Candidate("lstm spec", None, None)), path_of(Candidate("gru spec", None, None, jit="C++ kernel"))
+        ('generated loop', 'C++ kernel')
+        >>> path_of(Candidate("native: flax OptimizedLSTMCell (nn.RNN)", None, None, jit="jax.jit"))
+        'native, jax.jit'
+    """
+    own = c.path or c.jit
+    for kind in ("native", "context"):
+        if c.name.startswith(kind):
+            return f"{kind}, {own}" if own else kind
+    return own or "generated loop"
+
+
+def paths_table(results: dict) -> list[str]:
+    """Markdown lines: each cell's paths side by side (its generated loop, its compiled or fused
+    paths, and the native kernels), each time also as a multiple of the cell's generated loop
+    and of its native baseline (the adapter's target denominator, else the first native), with
+    the compile time of compiled paths."""
+    lines = [
+        "| backend | shape | dtype | cell | path | forward ms | x loop | x native "
+        "| forward+backward ms | x loop | x native | compile s (fwd / fwd+bwd) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[dict]] = {}  # (backend, shape, dtype) -> rows
+    for r in results["rows"]:
+        if not r.get("skipped") and "path" in r:
+            groups.setdefault((r["backend"], r["shape"], r.get("dtype", "")), []).append(r)
+    # a cell's own native: its targets' denominator (gru spec -> native: torch.nn.GRU)
+    own = {q["numerator"]: q["denominator"] for q in results["ratios"] if q["denominator"].startswith("native")}
+
+    def line(r, cell, loop=None, native=None) -> str:
+        times = "".join(
+            f"| {_ms(r[key])} | {_times(r[key], loop and loop[key])} | {_times(r[key], native and native[key])} "
+            for key in ("forward_s", "forward_backward_s")
+        )
+        return f"| {r['backend']} | {r['shape']} | {r.get('dtype', '')} | {cell} | {r['path']} {times}| {_compile(r)} |"
+
+    for rows in groups.values():
+        natives = [r for r in rows if r["candidate"].startswith(("native", "context"))]
+        for cell in dict.fromkeys(r["cell"] for r in rows if r not in natives):
+            loop = next((r for r in rows if r["cell"] == cell and r["path"] == "generated loop"), None)
+            name = own.get(f"{cell} spec", natives[0]["candidate"] if natives else None)
+            native = next((r for r in natives if r["candidate"] == name), None)
+            lines.extend(line(r, cell, loop, native) for r in rows if r["cell"] == cell)
+        lines.extend(line(r, r["candidate"]) for r in natives)
+    return lines
+
+
+def _times(seconds, base) -> str:
+    return "" if not seconds or not base else f"{seconds / base:.2f}"
+
+
 def _ms(seconds) -> str:
     return "" if seconds is None else f"{1e3 * seconds:.2f}"
 
@@ -228,6 +294,12 @@ def markdown(results: dict, extras: dict) -> str:
             f"| {r['backend']} | {shape} | {r.get('dtype', '')} | {r['candidate']} | {_ms(r['forward_s'])} | {both} | {frac} "
             f"| {_mb(r.get('peak_rss_bytes_forward_backward'))} | {_mb(r.get('framework_peak_bytes_forward_backward'))} | {_compile(r)} |"
         )
+    if any("path" in r for r in results["rows"]):
+        lines += [
+            "",
+            "Each cell's paths side by side: x loop and x native are times over its generated loop's and its native's.",
+        ]
+        lines += ["", *paths_table(results)]
     lines += [
         "",
         "| backend | shape | dtype | mode | ratio | value | target | met |",

@@ -80,7 +80,8 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         # the first call builds the compiled kernel (or loads it from the cache): its "compile time"
         kernel = "C++ kernel" if cell != "lstm" and dtype in ("float32", "float64") else None
         forward, forward_backward = _modes(layer, x)
-        yield Candidate(f"{cell} spec", forward, forward_backward, jit=kernel)
+        fused = "torch fused LSTM kernel" if cell == "lstm" else None
+        yield Candidate(f"{cell} spec", forward, forward_backward, jit=kernel, path=fused)
     loop = get_layer("torch", spec="lstm")(units, units, dtype=torch_dtype, fused=False, compiled=False)
     loop.load_state_dict(layers["lstm"].state_dict())
     yield Candidate("lstm spec, generated loop", *_modes(loop, x))
@@ -95,7 +96,8 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         yield Candidate("lstm spec, compiled", forward, forward_backward, jit="C++ kernel")
     yield Candidate("native: torch.nn.LSTM", *_modes(native, x))  # the first native: the harness's "native"
     # the GRU spec (torch's fused GRU kernel) against nn.GRU
-    yield Candidate("gru spec", *_modes(get_layer("torch", spec="gru")(units, units, dtype=torch_dtype), x))
+    forward, forward_backward = _modes(get_layer("torch", spec="gru")(units, units, dtype=torch_dtype), x)
+    yield Candidate("gru spec", forward, forward_backward, path="torch fused GRU kernel")
     yield Candidate("native: torch.nn.GRU", *_modes(torch.nn.GRU(units, units, dtype=torch_dtype), x))
     for cell in COMPILED:
         name = f"{cell} spec, torch.compile"
