@@ -22,7 +22,11 @@ def test_keras_adapter_smoke(tmp_path, capsys, check_paths_table):
     printed = capsys.readouterr().out
     assert "| keras | smoke (2x5x8) | bfloat16 |" in printed
     # each cell's compiled form (tf.function, jax.jit; eager on torch) beside keras.layers.LSTM's
-    for (_, cell, path), row in check_paths_table(printed, data).items():
-        jit = next(r.get("jit") for r in data["rows"] if r["candidate"] in (cell, f"{cell} spec"))
+    for (dtype, cell, path), row in check_paths_table(printed, data).items():
+        jit = next(
+            r.get("jit")
+            for r in data["rows"]
+            if r["dtype"] == dtype and r.get("path") == path and cell in (r["candidate"], r["cell"])
+        )
         assert path == ("native" if cell.startswith("native") else "generated loop") if jit is None else path.endswith(jit)
         assert row[11].endswith(f"({jit})") if jit else row[11] == ""

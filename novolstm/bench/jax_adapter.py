@@ -80,7 +80,7 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         if cell == "novolstm":
             for suffix, options in VARIANTS:
                 apply = lambda p, x, m=m, options=options: m.sequence(p, x, **options)[0]  # noqa: E731
-                yield Candidate(f"{cell} spec{suffix}", **_modes(apply, params, x))
+                yield Candidate(f"{cell} spec{suffix}", path=f"jax.jit{suffix}", **_modes(apply, params, x))
             yield Candidate(f"{cell} skeleton (profile)", **_modes(_skeleton(m), params, x))
     yield Candidate("native: flax OptimizedLSTMCell (nn.RNN)", **_modes(native.apply, variables, x))
 

@@ -29,8 +29,8 @@ TARGETS = {
     **harness.TARGETS,
     ("novolstm spec", "native", "forward"): 1.3,
     ("novolstm spec", "native", "forward+backward"): 1.3,
-    ("novolstm spec, whole call in XLA", "keras.layers.LSTM, whole call in XLA", "forward"): 1.3,
-    ("novolstm spec, whole call in XLA", "keras.layers.LSTM, whole call in XLA", "forward+backward"): 1.3,
+    ("novolstm spec, whole call in XLA", "native: keras.layers.LSTM, whole call in XLA", "forward"): 1.3,
+    ("novolstm spec, whole call in XLA", "native: keras.layers.LSTM, whole call in XLA", "forward+backward"): 1.3,
 }
 
 
@@ -104,11 +104,16 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     for cell in CELLS:
         layer = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype)
         layer(x)  # build
-        yield Candidate(f"{cell} spec", **_compile(layer, x))
+        # On TensorFlow the path names the loop: XLA's (jit_compile=True, the default) or TensorFlow's.
+        yield Candidate(f"{cell} spec", path="XLA loop, tf.function" if tensorflow else None, **_compile(layer, x))
         if tensorflow and cell == "novolstm":
             loop = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype, jit_compile=False)
             loop(x)
-            yield Candidate(f"{cell} spec, jit_compile=False (TensorFlow's loop)", **_compile(loop, x))
+            yield Candidate(
+                f"{cell} spec, jit_compile=False (TensorFlow's loop)",
+                path="TensorFlow loop, tf.function",
+                **_compile(loop, x),
+            )
             yield Candidate(f"{cell} spec, whole call in XLA", **_compile(layer, x, xla=True))
     # TensorFlow's QR (behind the orthogonal recurrent initializer) has no bfloat16: the
     # native layer is initialized in float32 and its weights copied into the dtype's layer.
@@ -119,7 +124,7 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     native.set_weights(twin.get_weights())
     yield Candidate("native: keras.layers.LSTM", **_compile(native, x))
     if tensorflow:
-        yield Candidate("keras.layers.LSTM, whole call in XLA", **_compile(native, x, xla=True))
+        yield Candidate("native: keras.layers.LSTM, whole call in XLA", **_compile(native, x, xla=True))
 
 
 def matmul(batch: int, steps: int, units: int, dtype: str = "float32"):
