@@ -20,8 +20,8 @@ import pathlib
 import signal
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

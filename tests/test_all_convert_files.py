@@ -99,8 +99,9 @@ def test_all_keras_archive_configs_are_checked(keras, tmp_path):
 def test_all_flax_nnx_files_both_ways(rng, tmp_path, kind, layout, cell):
     """A real nnx cell's to_bytes file -> canonical -> novolstm computes the cell's outputs; and back into a fresh cell."""
     import jax
-    import novolstm
     from flax import nnx, serialization
+
+    import novolstm
 
     def run(c, x, state):
         carry = (state[1], state[0]) if cell == "lstm" else state[0]

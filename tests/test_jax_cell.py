@@ -235,7 +235,7 @@ def test_init_from_key(cell):
     assert all(v.dtype == jnp.float32 for v in params.values())
     again = cell_.init(jax.random.key(0), 5)
     other = cell_.init(jax.random.key(1), 5)
-    for name, (dims, init, _) in m.PARAM_TABLE.items():
+    for name, (_dims, init, _) in m.PARAM_TABLE.items():
         np.testing.assert_array_equal(np.asarray(params[name]), np.asarray(again[name]))
         if init in ("glorot_uniform", "orthogonal", "uniform", "normal"):
             assert not np.array_equal(np.asarray(params[name]), np.asarray(other[name]))
@@ -295,7 +295,7 @@ def test_generated_source_is_standalone_and_documented(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_generated_module_examples(cell):
     m = module(cell)
-    m.NNXCell, m.LinenCell  # built on first access, then their examples run too
+    m.NNXCell, m.LinenCell  # noqa: B018 - built on first access, then their examples run too
     result = doctest.testmod(m, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
 

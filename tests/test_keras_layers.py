@@ -6,9 +6,9 @@ compiled paths and clear errors. Values are always checked against the float64 o
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
-import keras
 
 import novolstm
 from novolstm.testing import assert_close, computes_in, random_params, tolerance

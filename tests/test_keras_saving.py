@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 import novolstm
-from novolstm.testing import random_params
 
 I, H = 4, 5
 

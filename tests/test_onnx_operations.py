@@ -10,7 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from novolstm.testing import OPERATION_SPECS, check_domain_rule, check_operation, check_operation_gradients, operation_cases
+from novolstm.testing import (
+    OPERATION_SPECS,
+    check_domain_rule,
+    check_operation,
+    operation_cases,
+)
 
 BACKEND = "onnx"
 OPERATIONS = sorted(OPERATION_SPECS)

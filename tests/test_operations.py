@@ -17,7 +17,13 @@ from hypothesis import strategies as st
 import novolstm
 from novolstm import interpret
 from novolstm.errors import SpecError
-from novolstm.testing import OPERATION_SPECS, check_domain_rule, check_operation, check_operation_gradients, operation_cases
+from novolstm.testing import (
+    OPERATION_SPECS,
+    check_domain_rule,
+    check_operation,
+    check_operation_gradients,
+    operation_cases,
+)
 
 OPERATIONS = sorted(OPERATION_SPECS)
 

@@ -4,6 +4,7 @@ The cells are checked against hand computations in pure Python (``math``
 and lists, no NumPy), so the oracle is never checked against itself.
 """
 
+import dataclasses
 import doctest
 import math
 import warnings
@@ -631,7 +632,7 @@ def test_cells_registry():
     assert "U_s" in CELLS["novolstm"].param_names
     assert "U_s" not in CELLS["novolstm_reference"].param_names
     assert {"p_i", "p_f", "p_o"} <= set(CELLS["peephole_lstm"].param_names)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         CELLS["lstm"].name = "other"  # frozen dataclass
 
 

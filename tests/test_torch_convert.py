@@ -155,7 +155,6 @@ def test_spec_with_native_weights_matches_native_module(cell, num_layers, bidire
     x = torch.tensor(rng.normal(size=(B, T, I) if batch_first else (T, B, I)))
     rows = num_layers * (2 if bidirectional else 1)
     h0 = tuple(torch.tensor(0.5 * rng.normal(size=(rows, B, H))) for _ in novolstm.load_spec(cell).state_names)
-    hx = h0 if len(h0) > 1 else h0[0]
     results = []
     for module in (native, ours):
         xi = x.clone().requires_grad_()

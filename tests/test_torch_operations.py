@@ -5,12 +5,18 @@ and the domain rule (see tests/test_operations.py for NumPy and the language's r
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (a requested backend that cannot load fails here)
 import pytest
+import torch  # noqa: F401  (a requested backend that cannot load fails here)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from novolstm.testing import OPERATION_SPECS, check_domain_rule, check_operation, check_operation_gradients, operation_cases
+from novolstm.testing import (
+    OPERATION_SPECS,
+    check_domain_rule,
+    check_operation,
+    check_operation_gradients,
+    operation_cases,
+)
 
 BACKEND = "torch"
 OPERATIONS = sorted(OPERATION_SPECS)
