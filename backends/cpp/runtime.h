@@ -26,8 +26,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace novolstm_rt {
 
@@ -339,29 +344,138 @@ inline void small_gemm(const T* a, int64_t lda, const T* w, const T* bias, T* ou
   }
 }
 
+// A float32 GEMM for one weight read by every step: w (K, N) packed once, when the Linear is
+// made, into panels of kPanelCols columns (k-major within a panel, zero-padded on the right),
+// then a register-blocked AVX-512 kernel of kBlockRows rows by the panel's width. oneDNN's inner
+// product (the fallback) re-reads its operands through generic blocking and pays a dispatch per
+// call; at a step's sizes (32 by 128 by 640) this kernel measured faster
+// (benchmarks/bench_step_gemm.py). Sums run over k in order, one fused multiply-add per term.
+#if defined(__AVX512F__)
+constexpr int64_t kPanelVectors = 4;                 // zmm registers across a panel
+constexpr int64_t kPanelCols = 16 * kPanelVectors;   // columns of one panel
+constexpr int64_t kBlockRows = 6;                     // rows of a register block (24 accumulators)
+
+// out[r, panel cols] = bias + a[r, :] @ panel for `R` rows (R <= kBlockRows).
+template <int R>
+inline void panel_block(const float* a, int64_t lda, const float* panel, int64_t k, const float* bias,
+                        float* out, int64_t ldo, __mmask16 mask[kPanelVectors]) {
+  __m512 acc[R][kPanelVectors];
+  for (int64_t v = 0; v < kPanelVectors; ++v) {
+    const __m512 b0 = bias == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[v], bias + 16 * v);
+    for (int r = 0; r < R; ++r) acc[r][v] = b0;
+  }
+  for (int64_t kk = 0; kk < k; ++kk) {
+    __m512 w[kPanelVectors];
+    for (int64_t v = 0; v < kPanelVectors; ++v) w[v] = _mm512_loadu_ps(panel + kk * kPanelCols + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(a[r * lda + kk]);
+      for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < kPanelVectors; ++v) _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask[v], acc[r][v]);
+  }
+}
+
+template <int R>
+inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t k, const float* bias,
+                       float* out, int64_t ldo, __mmask16 mask[kPanelVectors], int64_t rows) {
+  if constexpr (R > 1) {
+    if (rows < R) return panel_rows<R - 1>(a, lda, panel, k, bias, out, ldo, mask, rows);
+  }
+  panel_block<R>(a, lda, panel, k, bias, out, ldo, mask);
+}
+
+struct PackedGemm {
+  at::Tensor panels;  // (N / kPanelCols rounded up, K, kPanelCols)
+  int64_t k = 0, n = 0;
+  explicit PackedGemm(const at::Tensor& w) : k(w.size(0)), n(w.size(1)) {
+    const int64_t count = (n + kPanelCols - 1) / kPanelCols;
+    panels = at::zeros({count, k, kPanelCols}, w.options().dtype(at::kFloat));
+    const at::Tensor wc = w.contiguous();
+    const float* src = wc.data_ptr<float>();
+    float* dst = panels.data_ptr<float>();
+    for (int64_t p = 0; p < count; ++p) {
+      const int64_t cols = std::min(kPanelCols, n - p * kPanelCols);
+      for (int64_t kk = 0; kk < k; ++kk) {
+        std::memcpy(dst + (p * k + kk) * kPanelCols, src + kk * n + p * kPanelCols, sizeof(float) * cols);
+      }
+    }
+  }
+  // out (rows, N) = a (rows, K; unit column stride) @ w (+ bias, N contiguous or null).
+  void operator()(const float* a, int64_t lda, int64_t rows, const float* bias, float* out) const {
+    const int64_t count = panels.size(0);
+    const float* base = panels.data_ptr<float>();
+    auto run = [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        __mmask16 mask[kPanelVectors];
+        for (int64_t v = 0; v < kPanelVectors; ++v) {
+          const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, n - p * kPanelCols - 16 * v));
+          mask[v] = static_cast<__mmask16>((1u << left) - 1u);
+        }
+        const float* panel = base + p * k * kPanelCols;
+        const float* pb = bias == nullptr ? nullptr : bias + p * kPanelCols;
+        for (int64_t r = 0; r < rows; r += kBlockRows) {
+          panel_rows<kBlockRows>(a + r * lda, lda, panel, k, pb, out + r * n + p * kPanelCols, n, mask,
+                                 std::min(kBlockRows, rows - r));
+        }
+      }
+    };
+    // One task per thread when the product is big enough to pay a fork (about 1 us).
+    if (rows * k * n >= (int64_t(1) << 20) && at::get_num_threads() > 1) {
+      at::parallel_for(0, count, 1, run);
+    } else {
+      run(0, count);
+    }
+  }
+};
+#endif
+
 // a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: a plain loop for a few rows
-// (small_gemm), else packed once into oneDNN's layout (float32, where oneDNN is present),
-// else through at::mm / at::addmm.
+// (small_gemm); else, in float32, packed once into column panels for the AVX-512 kernel
+// (PackedGemm) where the build has AVX-512, or into oneDNN's layout where oneDNN is present;
+// else through at::mm / at::addmm. The small and packed paths write one buffer, rewritten by
+// every call.
 template <typename T>
 struct Linear {
   at::Tensor w;       // (K, N)
   at::Tensor packed;  // oneDNN's layout of w^T (N, K); undefined on the other paths
-  at::Tensor out;     // the small path's result, rewritten by every call
+  at::Tensor out;     // the small and packed paths' result
+#if defined(__AVX512F__)
+  std::shared_ptr<const PackedGemm> gemm;  // the packed path's panels; null on the others
+#endif
   Linear(const at::Tensor& w_, int64_t rows) : w(w_) {
     if (rows <= kSmallRows) {
       w = w_.contiguous();
       out = at::empty({rows, w.size(1)}, w.options());
-    } else if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
+      return;
+    }
+    if (!std::is_same<T, float>::value) return;
+#if defined(__AVX512F__)
+    gemm = std::make_shared<const PackedGemm>(w_);
+    out = at::empty({rows, w.size(1)}, w.options());
+#else
+    if (onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
       torch::jit::Stack stack{c10::IValue(w.t().contiguous()), c10::IValue(rows)};
       onednn_reorder_op()->callBoxed(&stack);
       packed = stack[0].toTensor();
     }
+#endif
   }
   at::Tensor operator()(const at::Tensor& a, const at::Tensor& bias = at::Tensor()) const {
-    if (out.defined() && a.size(0) == out.size(0) && a.stride(1) == 1) {
+    if (out.defined() && a.size(0) == out.size(0) && a.size(1) == w.size(0) && a.stride(1) == 1) {
       const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
-      small_gemm<T>(a.data_ptr<T>(), a.stride(0), w.data_ptr<T>(), b.defined() ? b.data_ptr<T>() : nullptr,
-                    out.data_ptr<T>(), a.size(0), w.size(0), w.size(1));
+      const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
+#if defined(__AVX512F__)
+      if constexpr (std::is_same<T, float>::value) {
+        if (gemm) {
+          (*gemm)(a.data_ptr<float>(), a.stride(0), a.size(0), bp, out.data_ptr<float>());
+          return out;
+        }
+      }
+#endif
+      small_gemm<T>(a.data_ptr<T>(), a.stride(0), w.data_ptr<T>(), bp, out.data_ptr<T>(), a.size(0), w.size(0),
+                    w.size(1));
       return out;
     }
     if (packed.defined()) return onednn_linear(a, packed, bias);
