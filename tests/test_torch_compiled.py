@@ -175,17 +175,20 @@ def test_compiled_stacked_bidirectional_matches_loop(spec, rng):
         assert_close(results[0][3][name].numpy(), g.numpy(), gtol, what=f"grad {name}")
 
 
-@pytest.mark.parametrize("batch", [1, 9])  # the step's GEMMs: a plain loop up to 4 rows, oneDNN / BLAS above
+# The step's GEMMs: a plain loop up to 4 rows; above, the packed AVX-512 kernel in float32 (or
+# oneDNN / BLAS): row blocks with a tail (9 and 45 rows), one partial column panel (6 units) or
+# several with a partial last one (70 units), big enough at 45 by 70 to split across threads.
+@pytest.mark.parametrize("batch, inputs, units", [(1, 5, 6), (9, 5, 6), (45, 50, 70)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("spec", ["novolstm", "gru"])
-def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, rng):
+def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, units, rng):
     Layer = novolstm.get_layer("torch", spec=spec)
-    compiled = Layer(5, 6, compiled=True, fused=False, dtype=DTYPES[dtype])
-    loop = Layer(5, 6, compiled=False, fused=False, dtype=DTYPES[dtype])
-    compiled.load_canonical(novolstm.testing.random_params(spec, 5, 6, rng))
+    compiled = Layer(inputs, units, compiled=True, fused=False, dtype=DTYPES[dtype])
+    loop = Layer(inputs, units, compiled=False, fused=False, dtype=DTYPES[dtype])
+    compiled.load_canonical(novolstm.testing.random_params(spec, inputs, units, rng))
     loop.load_state_dict(compiled.state_dict())
     T = 8
-    x = rng.normal(size=(T, batch, 5))
+    x = rng.normal(size=(T, batch, inputs))
     mask = torch.tensor(rng.random((batch, T)) < 0.8)
     results = []
     for layer in (compiled, loop):
