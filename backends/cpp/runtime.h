@@ -346,10 +346,10 @@ inline void small_gemm(const T* a, int64_t lda, const T* w, const T* bias, T* ou
 
 // A float32 GEMM for one weight read by every step: w (K, N) packed once, when the Linear is
 // made, into panels of kPanelCols columns (k-major within a panel, zero-padded on the right),
-// then a register-blocked AVX-512 kernel of kBlockRows rows by a panel's width, a panel
-// (32 KB at K 128) staying in L1 while every row block reads it. At a step's sizes (32 by 128 by 640, one
-// thread) it measured 1.5x the throughput of oneDNN's inner product on a packed weight, and at
-// par with it for a whole sequence's 3200 rows (benchmarks/bench_step_gemm.py). Each sum runs
+// then a register-blocked AVX-512 kernel of kBlockRows rows by a panel's width, a panel (32 KB
+// at K 128) staying in L1 while every row block reads it. At a step's sizes (32 by 128 by 640,
+// one thread) it measured 1.5x the throughput of oneDNN's inner product on a packed weight, and
+// at par with it for a whole sequence's 3200 rows (benchmarks/bench_step_gemm.py). Each sum runs
 // over k in order, one fused multiply-add per term; threads split the columns, never a sum,
 // so the result does not depend on the thread count.
 #if defined(__AVX512F__)
