@@ -2,8 +2,9 @@
 
 The same ``LoopPlan`` the Python emitters render is rendered here
 into C++ for PyTorch's CPU extension API (ATen): the prologue (the input projection of
-every timestep, one GEMM) before the loop, one recurrent GEMM per step through ATen
-(MKL / oneDNN), and the step's elementwise work fused into one loop over the batch rows,
+every timestep, one GEMM) before the loop, one recurrent GEMM per step (in float32 with
+AVX-512 the runtime's kernel on a weight packed once per call, else oneDNN or BLAS through
+ATen), and the step's elementwise work fused into one loop over the batch rows,
 each row's values computed node after node while they sit in the cache. The backward
 pass runs the step's backward graph in reverse time and forms the weight gradients as
 one GEMM per projection after the loop. ``runtime.h`` holds
