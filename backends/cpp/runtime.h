@@ -350,32 +350,44 @@ inline void small_gemm(const T* a, int64_t lda, const T* w, const T* bias, T* ou
 // at K 128) staying in L1 while every row block reads it. At a step's sizes (32 by 128 by 640,
 // one thread) it measured 1.5x the throughput of oneDNN's inner product on a packed weight, and
 // at par with it for a whole sequence's 3200 rows (benchmarks/bench_step_gemm.py). Each sum runs
-// over k in order, one fused multiply-add per term; threads split the columns, never a sum,
-// so the result does not depend on the thread count.
+// over k in chunks (kDepth), one fused multiply-add per term; threads split the columns, never a
+// sum, so the result does not depend on the thread count.
 #if defined(__AVX512F__)
 constexpr int64_t kPanelVectors = 4;                 // zmm registers across a panel
 constexpr int64_t kPanelCols = 16 * kPanelVectors;   // columns of one panel
 constexpr int64_t kBlockRows = 6;                     // rows of a register block (24 accumulators)
 
-// out[r, panel cols] = bias + a[r, :] @ panel for `R` rows (R <= kBlockRows).
+// out[r, panel cols] = bias + a[r, :] @ panel for `R` rows (R <= kBlockRows). The sum over k runs
+// in chunks of kDepth terms, each in registers from zero, then added to the row in memory: a
+// rounding error that grows with kDepth, not K, as in BLAS's own blocking over K.
+constexpr int64_t kDepth = 128;
+
 template <int R>
 inline void panel_block(const float* a, int64_t lda, const float* panel, int64_t k, const float* bias,
                         float* out, int64_t ldo, __mmask16 mask[kPanelVectors]) {
-  __m512 acc[R][kPanelVectors];
-  for (int64_t v = 0; v < kPanelVectors; ++v) {
-    const __m512 b0 = bias == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[v], bias + 16 * v);
-    for (int r = 0; r < R; ++r) acc[r][v] = b0;
-  }
-  for (int64_t kk = 0; kk < k; ++kk) {
-    __m512 w[kPanelVectors];
-    for (int64_t v = 0; v < kPanelVectors; ++v) w[v] = _mm512_loadu_ps(panel + kk * kPanelCols + 16 * v);
-    for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(a[r * lda + kk]);
-      for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
+    __m512 acc[R][kPanelVectors];
+    for (int64_t v = 0; v < kPanelVectors; ++v) {
+      const __m512 b0 =
+          k0 > 0 || bias == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[v], bias + 16 * v);
+      for (int r = 0; r < R; ++r) acc[r][v] = b0;
     }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int64_t v = 0; v < kPanelVectors; ++v) _mm512_mask_storeu_ps(out + r * ldo + 16 * v, mask[v], acc[r][v]);
+    const int64_t k1 = std::min(k, k0 + kDepth);
+    for (int64_t kk = k0; kk < k1; ++kk) {
+      __m512 w[kPanelVectors];
+      for (int64_t v = 0; v < kPanelVectors; ++v) w[v] = _mm512_loadu_ps(panel + kk * kPanelCols + 16 * v);
+      for (int r = 0; r < R; ++r) {
+        const __m512 x = _mm512_set1_ps(a[r * lda + kk]);
+        for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int64_t v = 0; v < kPanelVectors; ++v) {
+        float* o = out + r * ldo + 16 * v;
+        const __m512 sum = k0 > 0 ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], o), acc[r][v]) : acc[r][v];
+        _mm512_mask_storeu_ps(o, mask[v], sum);
+      }
+    }
   }
 }
 
