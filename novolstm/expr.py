@@ -188,9 +188,10 @@ def functions_in(expr: Expr) -> set[str]:
     return {node.fn for node in walk(expr) if isinstance(node, Call)}
 
 
-# "@" binds as "*" and "/" do (the parser follows Python): a product with a projection on its right
-# needs its parentheses, f * (x @ W).
-_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 2}
+# Printing ranks "@" above "*" and "/", so that (f * h) @ U keeps the parentheses the canonical
+# text (and so every spec's hash) has always had; the parser, as Python, binds all three alike,
+# so a projection on the right of "*" or "/" needs parentheses of its own: f * (x @ W).
+_PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2, "@": 3}
 
 
 def format_expression(expr: Expr, parent: int = 0) -> str:
@@ -200,7 +201,7 @@ def format_expression(expr: Expr, parent: int = 0) -> str:
         >>> format_expression(parse_expression("f * c + (i * g)"))
         'f * c + i * g'
         >>> format_expression(parse_expression("f * (x @ W) + (f * x) @ W"))
-        'f * (x @ W) + f * x @ W'
+        'f * (x @ W) + (f * x) @ W'
     """
     if isinstance(expr, Name):
         return expr.id
@@ -211,6 +212,8 @@ def format_expression(expr: Expr, parent: int = 0) -> str:
     if isinstance(expr, Call):
         return f"{expr.fn}({', '.join(format_expression(a) for a in expr.args)})"
     prec = _PRECEDENCE[expr.op]
-    # Left-associative: the right operand needs parentheses at equal precedence.
-    text = f"{format_expression(expr.left, prec)} {expr.op} {format_expression(expr.right, prec + 1)}"
+    # Left-associative: the right operand needs parentheses at equal precedence, and a projection
+    # right of "*" or "/" is at equal precedence for the parser.
+    right = prec + 2 if expr.op in ("*", "/") else prec + 1
+    text = f"{format_expression(expr.left, prec)} {expr.op} {format_expression(expr.right, right)}"
     return f"({text})" if prec < parent else text

@@ -1073,3 +1073,41 @@ def linear_spec_texts(max_states: int = 2):
         )
 
     return build()
+
+
+def nonlinear_variant(text: str) -> str:
+    """A linear recurrence's spec text with its first state, where an equation first reads it,
+    put through ``tanh``: the same cell but for the one change that makes it a loop.
+
+    Examples:
+        >>> import novolstm
+        >>> from novolstm.scan import linear_recurrence
+        >>> linear_recurrence(novolstm.loads_spec(nonlinear_variant(novolstm.load_spec("mingru").dumps())))
+    """
+    import re
+
+    from .spec_loader import loads_spec
+
+    head, equations = text.split("[equations]")
+    state = loads_spec(text).state_names[0]
+    return head + "[equations]" + re.sub(rf"\b{state}\b", f"tanh({state})", equations, count=1)
+
+
+def assert_scan_equals_loop(scanned, looped, bound: float = 1e-12) -> None:
+    """Assert two ``(outputs, final states, gradients)`` results agree to ``bound`` relative to
+    the size of each: a linear recurrence whose factor exceeds one grows geometrically, and the
+    scan multiplies in another order than the loop, so their difference scales with the values.
+
+    Examples:
+        >>> import numpy as np
+        >>> result = (np.ones(3), [np.zeros(2)], [np.full(2, 100.0)])
+        >>> assert_scan_equals_loop(result, (np.ones(3), [np.zeros(2)], [np.full(2, 100.0 + 1e-11)]))
+    """
+    (o1, f1, g1), (o2, f2, g2) = scanned, looped
+    pairs = [("outputs", o1, o2)] + [("final state", a, b) for a, b in zip(f1, f2)]
+    pairs += [("gradient", a, b) for a, b in zip(g1, g2)]
+    for what, a, b in pairs:
+        scale = max(1.0, float(np.abs(b).max(initial=0.0)))
+        assert np.abs(a - b).max(initial=0.0) <= bound * scale, (
+            f"{what}: {np.abs(a - b).max()} beyond {bound} x {scale}"
+        )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import novolstm
 from novolstm import reference, scan
-from novolstm.testing import assert_close, cases, linear_spec_texts, spec_texts, tolerance
+from novolstm.testing import assert_close, assert_scan_equals_loop, cases, linear_spec_texts, spec_texts, tolerance
 
 LINEAR = ["mingru", "minlstm"]
 
@@ -104,9 +104,7 @@ def test_random_linear_recurrences_whatever_their_names_scan_as_they_loop(text, 
     flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
     mask = None if case.mask is None else flip(case.mask)
     looped, looped_final = novolstm.run(spec, case.params, flip(case.x), case.state, mask=mask)
-    assert np.abs(outputs - flip(looped)).max(initial=0.0) <= 1e-12
-    for a, b in zip(final, looped_final):
-        assert np.abs(a - b).max(initial=0.0) <= 1e-12
+    assert_scan_equals_loop((outputs, final, []), (flip(looped), looped_final, []))
 
 
 @settings(max_examples=10, deadline=None)

@@ -7,10 +7,12 @@ import sys
 from importlib import resources
 
 import pytest
+from hypothesis import given, settings
 
 import novolstm
 from novolstm import SpecError
 from novolstm.spec_loader import loads_spec, parse_spec
+from novolstm.testing import spec_texts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -493,3 +495,22 @@ def test_adversarial_specs_load_and_generate_in_bounded_time(case):
     for backend in novolstm.list_backends():
         compile(novolstm.generate_source(spec, backend), "<adversarial>", "exec")
     assert time.perf_counter() - start < 10.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=spec_texts())
+def test_canonical_text_parses_back_to_the_same_spec(text):
+    # The canonical text is what compiled kernels and saved models rebuild a cell from: a printer
+    # that dropped needed parentheses (f * (x @ W) written f * x @ W) would rebuild another cell.
+    spec = loads_spec(text)
+    again = loads_spec(spec.dumps())
+    assert again == spec and again.dumps() == spec.dumps()
+
+
+def test_a_projection_right_of_a_product_keeps_its_parentheses_and_old_hashes_stay():
+    from novolstm.expr import format_expression, parse_expression
+
+    for text in ("f * (x @ W)", "a / (x @ W)", "(f * h) @ U", "x @ W * f"):
+        assert format_expression(parse_expression(text)) == text
+    # The canonical form of a built-in spec is its hash: mgu's (f * h) @ U_h is written as ever.
+    assert novolstm.load_spec("mgu").hash.startswith("2a80d93cb9c0")

@@ -6,8 +6,6 @@ outputs, final state and gradients, with masks, initial states and reverse, in f
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -16,16 +14,17 @@ from hypothesis import strategies as st
 
 import novolstm
 from novolstm import reference
-from novolstm.testing import assert_close, cases, linear_spec_texts, spec_texts, tolerance
+from novolstm.testing import (
+    assert_close,
+    assert_scan_equals_loop,
+    cases,
+    linear_spec_texts,
+    nonlinear_variant,
+    spec_texts,
+    tolerance,
+)
 
 LINEAR = ("mingru", "minlstm")
-
-
-def nonlinear(text):
-    """A linear recurrence's text with its first state, where an equation first reads it, through tanh."""
-    head, equations = text.split("[equations]")
-    state = novolstm.loads_spec(text).state_names[0]
-    return head + "[equations]" + re.sub(rf"\b{state}\b", f"tanh({state})", equations, count=1)
 
 
 def run_both(module, case, reverse):
@@ -46,22 +45,13 @@ def run_both(module, case, reverse):
     return results
 
 
-def assert_equal_to(scanned, looped, bound=1e-12):
-    (o1, f1, g1), (o2, f2, g2) = scanned, looped
-    assert np.abs(o1 - o2).max(initial=0.0) <= bound
-    for a, b in zip(f1, f2):
-        assert np.abs(a - b).max(initial=0.0) <= bound
-    for a, b in zip(g1, g2):  # gradients sum over steps and rows: the bound relative to their size
-        assert np.abs(a - b).max(initial=0.0) <= bound * max(1.0, np.abs(b).max(initial=0.0))
-
-
 @pytest.mark.parametrize("cell", LINEAR)
 @pytest.mark.parametrize("reverse", [False, True])
 @settings(max_examples=8, deadline=None)
 @given(data=st.data())
 def test_the_scan_equals_the_loop_with_its_gradients_in_float64(cell, reverse, data):
     case = data.draw(cases(cell, min_steps=1, max_steps=150))
-    assert_equal_to(*run_both(novolstm.load_generated(cell, "torch"), case, reverse))
+    assert_scan_equals_loop(*run_both(novolstm.load_generated(cell, "torch"), case, reverse))
 
 
 @settings(max_examples=10, deadline=None)
@@ -71,11 +61,11 @@ def test_random_linear_recurrences_whatever_their_names_run_the_scan_and_equal_t
     module = novolstm.load_generated(spec, "torch")
     assert module.LINEAR_SCAN is not None
     case = data.draw(cases(spec, min_steps=1, max_steps=80))
-    assert_equal_to(*run_both(module, case, reverse))
+    assert_scan_equals_loop(*run_both(module, case, reverse))
 
 
 @settings(max_examples=5, deadline=None)
-@given(text=st.one_of(spec_texts(max_states=2, max_intermediates=2), linear_spec_texts().map(nonlinear)))
+@given(text=st.one_of(spec_texts(max_states=2, max_intermediates=2), linear_spec_texts().map(nonlinear_variant)))
 def test_a_spec_that_is_not_a_linear_recurrence_never_runs_the_scan(text):
     spec = novolstm.loads_spec(text)
     assert novolstm.scan.linear_recurrence(spec) is None
