@@ -73,22 +73,7 @@ def from_onnx_lstm(W, R, B=None, P=None) -> list[dict]:
     Returns:
         One canonical dict per direction (``peephole_lstm`` when ``P`` is given).
     """
-    W, R = np.asarray(W), np.asarray(R)
-    if (
-        W.ndim != 3
-        or R.ndim != 3
-        or W.shape[1] % 4
-        or R.shape[1:] != (W.shape[1], W.shape[1] // 4)
-        or R.shape[0] != W.shape[0]
-    ):
-        raise ConversionError(
-            f"expected W (directions, 4H, input) and R (directions, 4H, H), got {W.shape} and {R.shape}"
-        )
-    dirs, four_h, _ = W.shape
-    H = four_h // 4
-    B = np.zeros((dirs, 8 * H), W.dtype) if B is None else np.asarray(B)
-    if B.shape != (dirs, 8 * H):
-        raise ConversionError(f"B: expected shape ({dirs}, {8 * H}), got {B.shape}")
+    W, R, B, dirs, H = _checked_weights(W, R, B, gates=4)
     if P is not None and np.shape(P) != (dirs, 3 * H):
         raise ConversionError(f"P: expected shape ({dirs}, {3 * H}), got {np.shape(P)}")
     out = []
@@ -152,22 +137,7 @@ def from_onnx_gru(W, R, B=None) -> list[dict]:
     Raises:
         ConversionError: shapes that are no GRU's.
     """
-    W, R = np.asarray(W), np.asarray(R)
-    if (
-        W.ndim != 3
-        or R.ndim != 3
-        or W.shape[1] % 3
-        or R.shape[1:] != (W.shape[1], W.shape[1] // 3)
-        or R.shape[0] != W.shape[0]
-    ):
-        raise ConversionError(
-            f"expected W (directions, 3H, input) and R (directions, 3H, H), got {W.shape} and {R.shape}"
-        )
-    dirs, three_h, _ = W.shape
-    H = three_h // 3
-    B = np.zeros((dirs, 6 * H), W.dtype) if B is None else np.asarray(B)
-    if B.shape != (dirs, 6 * H):
-        raise ConversionError(f"B: expected shape ({dirs}, {6 * H}), got {B.shape}")
+    W, R, B, dirs, H = _checked_weights(W, R, B, gates=3)
     out = []
     for d in range(dirs):
         p = {}
@@ -636,3 +606,24 @@ def import_lstm_node(model, node_index: int = 0) -> list[dict]:
     if node_index >= count:
         raise ConversionError(f"the model has {count} LSTM node(s); asked for number {node_index}")
     return [layers[key] for key in (f"l{node_index}", f"l{node_index}_reverse") if key in layers]
+
+
+def _checked_weights(W, R, B, gates: int):
+    """ONNX's W (directions, gates*H, input), R (directions, gates*H, H) and B (directions,
+    2*gates*H; zeros when None) as arrays, with the direction count and H, or ConversionError."""
+    W, R = np.asarray(W), np.asarray(R)
+    if (
+        W.ndim != 3
+        or R.ndim != 3
+        or W.shape[1] % gates
+        or R.shape[1:] != (W.shape[1], W.shape[1] // gates)
+        or R.shape[0] != W.shape[0]
+    ):
+        raise ConversionError(
+            f"expected W (directions, {gates}H, input) and R (directions, {gates}H, H), got {W.shape} and {R.shape}"
+        )
+    dirs, H = W.shape[0], W.shape[1] // gates
+    B = np.zeros((dirs, 2 * gates * H), W.dtype) if B is None else np.asarray(B)
+    if B.shape != (dirs, 2 * gates * H):
+        raise ConversionError(f"B: expected shape ({dirs}, {2 * gates * H}), got {B.shape}")
+    return W, R, B, dirs, H
