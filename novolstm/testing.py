@@ -1111,3 +1111,33 @@ def assert_scan_equals_loop(scanned, looped, bound: float = 1e-12) -> None:
         assert np.abs(a - b).max(initial=0.0) <= bound * scale, (
             f"{what}: {np.abs(a - b).max()} beyond {bound} x {scale}"
         )
+
+
+def concurrent_calls(fn: Callable, threads: int = 8) -> list:
+    """``fn()`` called by ``threads`` threads released together by a barrier; their results in
+    thread order. Any exception a thread raised fails the call (none is swallowed).
+
+    Examples:
+        >>> concurrent_calls(lambda: 2 + 2, threads=3)
+        [4, 4, 4]
+    """
+    import threading
+
+    barrier = threading.Barrier(threads)
+    results: list = [None] * threads
+    errors: list = []
+
+    def worker(k):
+        try:
+            barrier.wait()
+            results[k] = fn()
+        except BaseException as exc:  # reported below, never swallowed
+            errors.append(exc)
+
+    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors, errors
+    return results

@@ -12,7 +12,7 @@ import pytest
 import novolstm
 from novolstm import reference
 from novolstm.cli import main
-from novolstm.testing import assert_close, random_params
+from novolstm.testing import assert_close, concurrent_calls, random_params
 
 RNG = np.random.default_rng(7)
 SPEC = novolstm.load_spec("novolstm")
@@ -202,29 +202,6 @@ def test_python_dash_m_runs_the_cli(tmp_path):
     # From outside the checkout: `-m` puts the working directory first on sys.path.
     result = subprocess.run([sys.executable, "-m", "novolstm", "list"], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "lstm" in result.stdout
-
-
-def concurrent_calls(fn, threads=8):
-    """``fn()`` called by ``threads`` threads released together by a barrier; their results."""
-    import threading
-
-    barrier = threading.Barrier(threads)
-    results, errors = [None] * threads, []
-
-    def worker(k):
-        try:
-            barrier.wait()
-            results[k] = fn()
-        except BaseException as exc:  # reported below, never swallowed
-            errors.append(exc)
-
-    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    assert not errors, errors
-    return results
 
 
 def fresh_spec(tag):

@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import torch
 
 import novolstm
-
-
-def concurrent_calls(fn, threads=8):
-    barrier = threading.Barrier(threads)
-    results, errors = [None] * threads, []
-
-    def worker(k):
-        try:
-            barrier.wait()
-            results[k] = fn()
-        except BaseException as exc:  # reported below, never swallowed
-            errors.append(exc)
-
-    pool = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    assert not errors, errors
-    return results
+from novolstm.testing import concurrent_calls
 
 
 def test_eight_threads_get_one_torch_cell_and_layer():
