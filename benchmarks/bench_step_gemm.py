@@ -61,7 +61,7 @@ double run(at::Tensor a, at::Tensor w, at::Tensor bias, int64_t steps, int64_t m
       r = at::addmm(bias, a, w);
     } else {
 #if defined(__AVX512F__)
-      gemm(a.data_ptr<float>(), a.stride(0), rows, bias.data_ptr<float>(), out.data_ptr<float>());
+      gemm(a.data_ptr<float>(), a.stride(0), rows, bias.data_ptr<float>(), 0, out.data_ptr<float>(), out.stride(0));
 #endif
     }
   }

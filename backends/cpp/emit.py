@@ -76,6 +76,45 @@ ROW_OPS: dict[str, Callable[[Node], str]] = {
     "normalize_units_grad": lambda n: f"rt::normalize_grad_row(a0, a1, a2, o, N, {float(n.attr('eps'))!r});",
 }
 
+
+def _normalize_parts(n: Node, rows: list[str], out: str, tag: str) -> tuple[list[str], str]:
+    eps = float(n.attr("eps"))
+    return (
+        [f"T mean_{tag};", f"const T rstd_{tag} = rt::inverse_std({rows[0]}, N, {eps!r}, &mean_{tag});"],
+        f"({rows[0]}[j] - mean_{tag}) * rstd_{tag}",
+    )
+
+
+def _normalize_grad_parts(n: Node, rows: list[str], out: str, tag: str) -> tuple[list[str], str]:
+    g, y, z = rows
+    eps = float(n.attr("eps"))
+    return (
+        [
+            f"T mean_{tag};",
+            f"const T rstd_{tag} = rt::inverse_std({z}, N, {eps!r}, &mean_{tag});",
+            f"const T mean_g_{tag} = rt::row_sum({g}, N) / T(N);",
+            f"const T mean_gy_{tag} = rt::row_dot({g}, {y}, N) / T(N);",
+        ],
+        f"({g}[j] - mean_g_{tag} - {y}[j] * mean_gy_{tag}) * rstd_{tag}",
+    )
+
+
+#: Row ops split for a fused loop (see GraphCode._segment): op -> (node, argument row pointers,
+#: output row pointer, a tag for local names) -> (the reductions over whole argument rows, made
+#: before the loop over the row's elements; the element expression inside it). The same
+#: arithmetic as ROW_OPS' runtime functions.
+ROW_PARTS: dict[str, Callable[[Node, list[str], str, str], tuple[list[str], str]]] = {
+    # exp(z - max z) is written into the output row first, its sum's reciprocal scales it in the loop
+    "softmax": lambda n, r, o, tag: ([f"const T inv_{tag} = rt::softmax_exp_row({r[0]}, {o}, N);"], f"{o}[j] * inv_{tag}"),
+    "normalize_units": _normalize_parts,
+    "softmax_grad": lambda n, r, o, tag: (
+        [f"const T dot_{tag} = rt::row_dot({r[0]}, {r[1]}, N);"],
+        f"{r[1]}[j] * ({r[0]}[j] - dot_{tag})",
+    ),
+    "normalize_units_grad": _normalize_grad_parts,
+}
+OPS_AND_ROWS = frozenset(OPS) | frozenset(ROW_PARTS)
+
 GEMM_OPS = ("linear", "linear_t")
 LEAVES = ("input", "state", "hoisted", "param", "saved", "seed", "const")
 
@@ -147,8 +186,23 @@ class Leaf:
 class GraphCode:
     """One graph rendered: buffer allocations (before the loop) and the body (inside it).
 
-    Every computed value has a buffer (rows, elements) allocated once; a slice is a view
-    into its source; consecutive row-wise nodes form one loop over the rows.
+    Every computed value the rest of the program reads has a buffer (rows, elements): its own,
+    allocated once, or a view of another (a block of the concat that is its only reader; a
+    placement the caller gives, such as the step's row of the tape). Consecutive row-wise nodes
+    form one loop over the rows, and within it, consecutive nodes of one width one loop over the
+    row's elements (a segment; see ``_segment``), values read only inside it held in registers.
+    A GEMM whose only reader adds another value to it starts its sums from that value's rows.
+
+    Args:
+        graph: the graph.
+        rows: C++ expression for the rows of a batched value.
+        prefix: tells this rendering's names apart from another's.
+        leaves: how each leaf the graph reads reaches the code.
+        skip: values another rendering computes (their views and tensors come from ``tensors``).
+        tensors: value -> tensor expression, from the rendering that computed them.
+        placed: value -> C++ expression of the View that holds it at the current step (made at
+            the top of the body) and whether the expression reads the value's own buffer.
+        keep: values read outside the graph (besides its outputs), so kept in buffers.
     """
 
     def __init__(
@@ -159,8 +213,12 @@ class GraphCode:
         leaves: dict[str, Leaf],
         skip: AbstractSet[str] = frozenset(),
         tensors: dict[str, str] | None = None,
+        placed: dict[str, tuple[str, bool]] | None = None,
+        keep: AbstractSet[str] = frozenset(),
     ):
         self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
+        self.placed = dict(placed or {})
+        self.keep = set(keep) | set(graph.outputs.values()) | set(self.placed)
         self.alloc: list[str] = []
         self.body: list[str] = []
         # value -> tensor expression (rows, elements); ``tensors``: those another GraphCode of the same graph made
@@ -183,65 +241,167 @@ class GraphCode:
             return self.leaves[name].tensor
         return self.tensors.get(name)
 
+    # -- what runs where
+
+    def _computed(self, name: str) -> bool:
+        node = self.g[name]
+        return name not in self.leaves and name not in self.skip and node.op not in LEAVES
+
+    def _plan(self):
+        """Fused GEMM additions, concat blocks, segments and values held only in registers."""
+        g, users = self.g, self.g.users()
+        self.users = users
+        # add(x, a @ W) with the product read nowhere else: the GEMM starts its sums from x's rows.
+        self.gemm_init: dict[str, tuple[str, str]] = {}  # add -> (GEMM node, the other term)
+        for n in g.nodes:
+            if n.op != "add" or len(n.args) != 2 or not self._computed(n.name) or not n.batched:
+                continue
+            for k in (0, 1):
+                prod, other = g[n.args[k]], g[n.args[1 - k]]
+                if (
+                    prod.op in GEMM_OPS
+                    and self._computed(prod.name)
+                    and users[prod.name] == [n.name]
+                    and prod.name not in self.keep
+                    and not (prod.op == "linear" and any(prod.attr("biases")))
+                    and other.name != prod.name
+                    and other.batched
+                    and other.op != "const"
+                    and other.width == n.width == prod.width
+                ):
+                    self.gemm_init[n.name] = (prod.name, other.name)
+                    break
+        self.absorbed = {prod for prod, _ in self.gemm_init.values()}
+        # A concat's arguments computed here for it alone are written into its blocks.
+        self.home: dict[str, tuple[str, object]] = {}  # value -> (concat, start block)
+        for n in g.nodes:
+            if n.op != "concat" or not self._computed(n.name) or not n.batched or n.width == "S":
+                continue
+            for (start, _), a in zip(n.attr("blocks"), n.args):
+                node = g[a]
+                if (
+                    self._computed(a)
+                    and node.op not in ("slice", "const")
+                    and node.batched
+                    and node.width != "S"
+                    and users[a] == [n.name]
+                    and n.args.count(a) == 1
+                    and a not in self.keep
+                    and a not in self.absorbed
+                ):
+                    self.home[a] = (n.name, start)
+        # The work, in graph order: row loops (lists of segments), single nodes and view lines.
+        # Sums over the batch that only the caller reads wait until the end, so that the row
+        # loops around them join.
+        self.work: list = []
+        late: list = []
+        for n in g.nodes:
+            if n.op in LEAVES or n.name in self.skip or n.name in self.absorbed:
+                continue
+            if n.op == "slice":  # a view (see _render)
+                continue
+            row_wise = n.batched and (n.op in OPS or n.op in ROW_OPS or n.op in ("sum_units", "concat"))
+            if row_wise and n.name not in self.gemm_init:
+                if not (self.work and isinstance(self.work[-1], list)):
+                    self.work.append([])
+                self._segment(self.work[-1], n)
+            elif n.op == "sum_batch" and not users[n.name]:
+                late.append(n)
+            else:
+                self.work.append(n)
+        self.work.extend(late)
+        # Values held in registers: read only inside their own segment, and by no caller.
+        self.virtual: set[str] = set()
+        for loop in self.work:
+            if not isinstance(loop, list):
+                continue
+            for seg in loop:
+                names = {n.name for n in seg}
+                for n in seg:
+                    if (
+                        (n.op in OPS or n.op in ROW_PARTS and n.op != "softmax")
+                        and n.name not in self.keep
+                        and n.name not in self.home
+                        and users[n.name]
+                        and set(users[n.name]) <= names
+                    ):
+                        self.virtual.add(n.name)
+
+    def _segment(self, loop: list, n: Node):
+        """Add row-wise node ``n`` to the row loop ``loop``: to its last segment where it can join.
+
+        A segment is one loop over a row's elements: elementwise nodes of one width, and row
+        ops (a reduction over whole rows first, then an element expression) whose arguments
+        come from before the segment.
+        """
+        seg = loop[-1] if loop else None
+        inside = {m.name for m in seg} if seg else set()
+        joins = (
+            seg is not None
+            and seg[0].op in OPS_AND_ROWS
+            and n.op in OPS_AND_ROWS
+            and elems(seg[0].width) == elems(n.width)
+            and (n.op in OPS or not set(n.args) & inside)
+            # a view into a value this segment is still writing would read it before it is written
+            and not any(a not in inside and _root(self.g, a)[0] in inside for a in n.args)
+        )
+        if joins:
+            seg.append(n)
+        else:
+            loop.append([n])
+
+    def _static(self, name: str) -> bool:
+        """Whether value ``name``'s view is the same at every step (so made once, before the loop)."""
+        root, _ = _root(self.g, name)
+        while root in self.home:
+            root = self.home[root][0]
+        return self._computed(root) and root not in self.placed
+
     def _render(self):
+        self._plan()
         g = self.g
-        slice_lines: dict[str, str] = {}
-        for n in g.nodes:
-            if n.op in LEAVES or n.name in self.skip:
-                if n.op in ("saved", "seed", "state", "hoisted", "input", "param") and n.name not in self.leaves:
-                    raise Unsupported(f"leaf {n.name!r} ({n.op}) has no source")
+        per_step = [f"{self.v(name)} = {expr};" for name, (expr, _) in self.placed.items()]
+        shown = [n for n in g.nodes if self._computed(n.name) and n.name not in self.virtual | self.absorbed]
+        for n in shown:  # buffers of their own, and declarations of placed views
+            if n.op == "slice" or n.name in self.home:
                 continue
-            if n.op == "slice":
-                src = n.args[0]
-                slice_lines[n.name] = (
-                    f"const rt::View<T> {self.v(n.name)}{{{self.view(src)}.p + {elems(n.attr('start'))}, {self.view(src)}.ld}};"
-                )
-                base = self.tensor(src)
-                if base is not None and g[src].batched:
-                    self.tensors[n.name] = f"{base}.narrow(1, {elems(n.attr('start'))}, {elems(n.width)})"
-                continue
-            rows = self.rows if n.batched else "1"
-            if n.batched:
-                shape = f"{{{rows}, {elems(n.width)}}}"
+            if n.name in self.placed:
+                if self.placed[n.name][1]:
+                    self.alloc.append(f"at::Tensor {self.t(n.name)} = at::empty({self._shape(n)}, opts);")
+                self.alloc.append(f"rt::View<T> {self.v(n.name)};")
             else:
-                shape = f"{{{elems(n.width)}}}"
-            self.alloc.append(f"at::Tensor {self.t(n.name)} = at::empty({shape}, opts);")
-            const = "" if n.op in GEMM_OPS else "const "  # a GEMM returns a new tensor each time
-            self.alloc.append(f"{const}rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
-            if n.op in GEMM_OPS:
-                key = n.name if n.op == "linear" else f"t_{n.attr('linear')}"
-                weight = f"w_{n.name}" if n.op == "linear" else f"w_{n.attr('linear')}.t()"
-                self.alloc.append(f"const rt::Linear<T> lin{self.prefix}_{key}({weight}, {rows});")
-            self.tensors[n.name] = self.t(n.name)
-        # The body: work in graph order; the views a slice makes (pointer arithmetic) come
-        # just before the next piece of work, after the GEMM whose result they view.
-        work: list = []  # row loops (lists of nodes), single nodes and view lines
-        for n in g.nodes:
-            if n.op in LEAVES or n.name in self.skip:
+                self.alloc.append(f"at::Tensor {self.t(n.name)} = at::empty({self._shape(n)}, opts);")
+                self.alloc.append(f"const rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
+                self.tensors[n.name] = self.t(n.name)
+        for n in reversed(shown):  # blocks of concats (a concat's view before its blocks')
+            if n.name not in self.home:
                 continue
-            if n.op == "slice":
-                if self._static(n.name):
-                    self.alloc.append(slice_lines[n.name])  # a fixed buffer's view: made once, before the loop
-                else:
-                    work.append(slice_lines[n.name])
-                continue
-            if n.batched and (n.op in OPS or n.op in ROW_OPS or n.op in ("sum_units", "concat")):
-                if work and isinstance(work[-1], list):
-                    work[-1].append(n)
-                else:
-                    work.append([n])
+            concat, start = self.home[n.name]
+            off = elems(start) if start else "0"
+            line = f"const rt::View<T> {self.v(n.name)}{{{self.v(concat)}.p + {off}, {self.v(concat)}.ld}};"
+            if self._static(n.name):
+                self.alloc.append(line)
+                base = self.tensors.get(concat)
+                if base is not None:
+                    self.tensors[n.name] = f"{base}.narrow(1, {off}, {elems(n.width)})"
             else:
-                work.append(n)
-        pending: list[str] = []
-        for item in work:
-            if isinstance(item, str):
-                pending.append(item)
+                per_step.append(line)
+        for n in shown:  # slices: views into their source, made once where the source's view is fixed
+            if n.op != "slice":
                 continue
-            self.body.extend(pending)
-            pending = []
+            (self.alloc if self._static(n.name) else per_step).append(self._slice_line(n))
+            base = self.tensor(n.args[0])
+            if base is not None and self._static(n.name) and g[n.args[0]].batched:
+                self.tensors[n.name] = f"{base}.narrow(1, {elems(n.attr('start'))}, {elems(n.width)})"
+        for n in g.nodes:
+            if n.op in GEMM_OPS and self._computed(n.name):
+                key, weight = self._linear(n)
+                self.alloc.append(f"const rt::Linear<T> lin{self.prefix}_{key}({weight}, {self.rows});")
+        self.body.extend(per_step)
+        for item in self.work:
             if isinstance(item, list):
                 self.body.extend(self._row_loop(item, self.rows))
-            elif item.op in GEMM_OPS:
+            elif item.op in GEMM_OPS or item.name in self.gemm_init:
                 self.body.extend(self._gemm(item))
             elif item.op == "sum_batch":
                 a = self.g[item.args[0]]
@@ -250,92 +410,116 @@ class GraphCode:
                     f"rt::sum_rows({self.view(a.name)}, {self.rows if a.batched else '1'}, {elems(item.width)}, {str(statistic).lower()}, {self.v(item.name)}.p);"
                 )
             elif item.op in OPS or item.op in ROW_OPS or item.op in ("sum_units", "concat"):
-                self.body.extend(self._row_loop([item], "1"))
+                self.body.extend(self._row_loop([[item]], "1"))
             else:
                 raise Unsupported(f"op {item.op!r}")
-        self.body.extend(pending)
 
-    def _static(self, name: str) -> bool:
-        """Whether value ``name`` lives in one buffer for the whole call (so a view of it is made once).
+    def _shape(self, n: Node) -> str:
+        return f"{{{self.rows}, {elems(n.width)}}}" if n.batched else f"{{{elems(n.width)}}}"
 
-        Leaves are views made per step; a GEMM returns a new tensor at every call.
-        """
-        root, _ = _root(self.g, name)
-        node = self.g[root]
-        return root not in self.leaves and root not in self.skip and node.op not in LEAVES and node.op not in GEMM_OPS
+    def _slice_line(self, n: Node) -> str:
+        src = self.view(n.args[0])
+        return f"const rt::View<T> {self.v(n.name)}{{{src}.p + {elems(n.attr('start'))}, {src}.ld}};"
 
-    def _row_loop(self, nodes: list[Node], rows: str) -> list[str]:
+    def _linear(self, n: Node) -> tuple[str, str]:
+        """The Linear object's name and its weight, for GEMM node ``n``."""
+        if n.op == "linear":
+            return n.name, f"w_{n.name}"
+        return f"t_{n.attr('linear')}", f"w_{n.attr('linear')}.t()"
+
+    def _gemm(self, n: Node) -> list[str]:
+        """``n``: a GEMM, or an add whose GEMM term starts from the other term's rows."""
+        prod, init = (self.g[self.gemm_init[n.name][0]], self.view(self.gemm_init[n.name][1])) if n.name in self.gemm_init else (n, None)
+        operand = self.g[prod.args[0]]
+        if not operand.batched:
+            raise Unsupported("a GEMM over an unbatched value")
+        key, _ = self._linear(prod)
+        if init is None:
+            init = f"rt::View<T>{{b_{prod.name}.data_ptr<T>(), 0}}" if prod.op == "linear" and any(prod.attr("biases")) else "rt::View<T>{nullptr, 0}"
+        return [f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)});"]
+
+    def _row_loop(self, segments: list[list[Node]], rows: str) -> list[str]:
         inner = []
-        for n in nodes:
+        for seg in segments:
             inner.append("{")
-            inner.extend("  " + line for line in self._row_code(n))
+            inner.extend("  " + line for line in self._segment_code(seg))
             inner.append("}")
+        count = sum(len(seg) for seg in segments)
         return [
-            f"at::parallel_for(0, {rows}, rt::grain_rows({elems(nodes[0].width)} * {len(nodes)}), [&](int64_t b0, int64_t b1) {{",
+            f"at::parallel_for(0, {rows}, rt::grain_rows({elems(segments[0][0].width)} * {count}), [&](int64_t b0, int64_t b1) {{",
             "  for (int64_t b = b0; b < b1; ++b) {",
             *("    " + line for line in inner),
             "  }",
             "});",
         ]
 
-    def _row_code(self, n: Node) -> list[str]:
-        lines = [f"T* o = {self.v(n.name)}.row(b);", f"const int64_t N = {elems(n.width)};"]
-        args = [self.g[a] for a in n.args]
-        if n.op == "concat":
-            at = 0
-            for (start, stop), a in zip(n.attr("blocks"), args):
-                if not a.batched or a.width == "S":
-                    raise Unsupported("concat of a broadcast value")
-                if start > at:
-                    lines.append(f"std::fill(o + {elems(at) if at else '0'}, o + {elems(start)}, T(0));")
-                lines.append(
-                    f"std::memcpy(o + {elems(start) if start else '0'}, {self.view(a.name)}.row(b), sizeof(T) * {elems(stop - start)});"
-                )
-                at = stop
-            if at < n.width:
-                lines.append(f"std::fill(o + {elems(at)}, o + N, T(0));")
-            return lines
-        if n.op == "sum_units":
-            return lines + [f"o[0] = rt::row_sum({self.view(n.args[0])}.row(b), {elems(args[0].width)});"]
-        refs = []
-        for k, a in enumerate(args):
+    def _segment_code(self, seg: list[Node]) -> list[str]:
+        """One segment of one row (row ``b``): its reductions, then one loop over the elements."""
+        first = seg[0]
+        if first.op == "concat":
+            return self._concat_code(first)
+        if first.op == "sum_units":
+            return [f"{self.v(first.name)}.row(b)[0] = rt::row_sum({self.view(first.args[0])}.row(b), {elems(self.g[first.args[0]].width)});"]
+        names = {n.name for n in seg}
+        lines = [f"const int64_t N = {elems(first.width)};"]
+        declared: set[str] = set()
+        prefix: list[str] = []
+        loop: list[str] = []
+
+        def ref(n: Node, a: Node) -> str:
+            if a.name in names:
+                return f"e_{a.name}"
             if a.op == "const":
-                refs.append(OPS["const"](a, []))
-            elif a.width == "S" and n.width != "S":
-                lines.append(f"const T a{k} = {self.view(a.name)}.row(b)[0];")
-                refs.append(f"a{k}")
+                return OPS["const"](a, [])
+            if a.width == "S" and n.width != "S":
+                if a.name not in declared:
+                    lines.append(f"const T s_{a.name} = {self.view(a.name)}.row(b)[0];")
+                    declared.add(a.name)
+                return f"s_{a.name}"
+            return f"{row(a)}[j]"
+
+        def row(a: Node) -> str:
+            if f"r_{a.name}" not in declared:
+                lines.append(f"const T* __restrict r_{a.name} = {self.view(a.name)}.row(b);")
+                declared.add(f"r_{a.name}")
+            return f"r_{a.name}"
+
+        for n in seg:
+            args = [self.g[a] for a in n.args]
+            stored = n.name not in self.virtual
+            if stored:
+                lines.append(f"T* __restrict o_{n.name} = {self.v(n.name)}.row(b);")
+            if n.op in ROW_PARTS:
+                if any(a.width == "S" and n.width != "S" or a.op == "const" or a.name in names for a in args):
+                    raise Unsupported(f"{n.op} of a broadcast value")
+                pre, expr = ROW_PARTS[n.op](n, [row(a) for a in args], f"o_{n.name}", n.name)
+                prefix.extend(pre)
+            elif n.op in OPS:
+                expr = OPS[n.op](n, [ref(n, a) for a in args])
             else:
-                lines.append(f"const T* a{k} = {self.view(a.name)}.row(b);")
-                refs.append(f"a{k}[j]")
-        if n.op in ROW_OPS:
-            if any(a.width == "S" and n.width != "S" or a.op == "const" for a in args):
-                raise Unsupported(f"{n.op} of a broadcast value")
-            return lines + [ROW_OPS[n.op](n)]
-        if n.op not in OPS:
-            raise Unsupported(f"op {n.op!r}")
-        return lines + [f"for (int64_t j = 0; j < N; ++j) o[j] = {OPS[n.op](n, refs)};"]
+                raise Unsupported(f"op {n.op!r}")
+            loop.append(f"  const T e_{n.name} = {expr};")
+            if stored:
+                loop.append(f"  o_{n.name}[j] = e_{n.name};")
+        return [*lines, *prefix, "for (int64_t j = 0; j < N; ++j) {", *loop, "}"]
 
-    def operand(self, name: str) -> tuple[list[str], str]:
-        """A GEMM operand as a tensor: the value's own, or a copy into a scratch buffer."""
-        t = self.tensor(name)
-        if t is not None:
-            return [], t
-        node = self.g[name]
-        if not node.batched:
-            raise Unsupported("a GEMM over an unbatched value")
-        scratch = f"{self.t(name)}_rows"
-        self.alloc.append(f"at::Tensor {scratch} = at::empty({{{self.rows}, {elems(node.width)}}}, opts);")
-        copy = f"rt::select_rows(rt::view_of<T>({scratch}), {self.view(name)}, rt::View<T>{{nullptr, 0}}, nullptr, {self.rows}, {elems(node.width)});"
-        return [copy], scratch
-
-    def _gemm(self, n: Node) -> list[str]:
-        lines, a = self.operand(n.args[0])
-        if n.op == "linear":
-            bias = f", b_{n.name}" if any(n.attr("biases")) else ""
-            lines.append(f"{self.t(n.name)} = lin{self.prefix}_{n.name}({a}{bias});")
-        else:
-            lines.append(f"{self.t(n.name)} = lin{self.prefix}_t_{n.attr('linear')}({a});")
-        lines.append(f"{self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
+    def _concat_code(self, n: Node) -> list[str]:
+        """A concat's row: the blocks its arguments did not write themselves, and zeros between."""
+        lines = [f"T* o = {self.v(n.name)}.row(b);", f"const int64_t N = {elems(n.width)};", "(void)N;"]
+        at = 0
+        for (start, stop), name in zip(n.attr("blocks"), n.args):
+            a = self.g[name]
+            if not a.batched or a.width == "S":
+                raise Unsupported("concat of a broadcast value")
+            if start > at:
+                lines.append(f"std::fill(o + {elems(at) if at else '0'}, o + {elems(start)}, T(0));")
+            if self.home.get(name, (None,))[0] != n.name:
+                lines.append(
+                    f"std::memcpy(o + {elems(start) if start else '0'}, {self.view(name)}.row(b), sizeof(T) * {elems(stop - start)});"
+                )
+            at = stop
+        if at < n.width:
+            lines.append(f"std::fill(o + {elems(at)}, o + N, T(0));")
         return lines
 
 
@@ -756,9 +940,11 @@ class _Emitter:
             if g not in rhs:  # one gradient feeds several weights (W and U of the same gates): prepared once
                 rhs[g] = f"rhs_{len(rhs)}"
                 L.append(f"  const at::Tensor {rhs[g]} = rt::weight_grad_rhs<T>({g});")
-            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {rhs[g]});")
-            if Lin.has_bias:
-                L.append(f"  const at::Tensor gbias_{Lin.name} = {g}.sum(0);")
+            bias = "nullptr"
+            if Lin.has_bias:  # the column sums of g, in the weight gradient's pass over it
+                L.append(f"  at::Tensor gbias_{Lin.name};")
+                bias = f"&gbias_{Lin.name}"
+            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {g}, {rhs[g]}, {bias});")
         results = ["g_x"] + [f"*gcur_{k}" for k in range(ns)]
         for p, pieces in self.param_pieces().items():
             if not pieces:

@@ -175,12 +175,19 @@ inline T row_max(const T* a, int64_t n) {
   return m;
 }
 
+// exp(a - max a) into o, and the reciprocal of its sum: softmax_row but for its last pass (which a
+// fused loop over the row's elements makes: o[j] * the reciprocal).
+template <typename T>
+inline T softmax_exp_row(const T* a, T* o, int64_t n) {
+  const T m = row_max(a, n);
+  for (int64_t j = 0; j < n; ++j) o[j] = exp_nonpositive(a[j] - m);
+  return T(1) / row_sum(o, n);
+}
+
 // softmax over the row, the row maximum subtracted first: no overflow for finite input.
 template <typename T>
 inline void softmax_row(const T* a, T* o, int64_t n) {
-  const T m = row_max(a, n);
-  for (int64_t j = 0; j < n; ++j) o[j] = exp_nonpositive(a[j] - m);
-  const T inv = T(1) / row_sum(o, n);
+  const T inv = softmax_exp_row(a, o, n);
   for (int64_t j = 0; j < n; ++j) o[j] *= inv;
 }
 
@@ -251,9 +258,18 @@ inline void select_rows(View<T> dst, View<T> src, View<T> other, const bool* mas
   }
 }
 
+// src itself where every row is live (no mask), else src's rows copied into buf, masked rows zero.
+template <typename T>
+inline View<T> masked_rows(View<T> buf, View<T> src, const bool* mask, int64_t rows, int64_t n) {
+  if (mask == nullptr) return src;
+  select_rows(buf, src, View<T>{nullptr, 0}, mask, rows, n);
+  return buf;
+}
+
 // a + (mask ? 0 : carried) per row: the state gradient through a step (masked rows pass it on).
 template <typename T>
 inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask, int64_t rows, int64_t n) {
+  if (mask == nullptr && a.p == dst.p) return;  // the step wrote it in place
   for (int64_t b = 0; b < rows; ++b) {
     T* d = dst.row(b);
     const T* s = a.p == nullptr ? nullptr : a.row(b);
@@ -297,38 +313,20 @@ inline at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w, const 
   return stack[0].toTensor();
 }
 
-// operand^T @ g over every row (time and batch): a weight gradient, one GEMM after the loop.
-// oneDNN reads both with the rows along the contiguous axis, so both are transposed
-// (measured 2.3x faster than at::mm's BLAS here at 3200 rows, 128 by 640); g, which
-// several weights share, once (weight_grad_rhs).
-template <typename T>
-inline bool weight_grad_on_onednn() {
-  return std::is_same<T, float>::value && onednn_linear_op() != nullptr;
-}
-
-// g as weight_grad takes it: transposed for oneDNN, as it is for BLAS.
-template <typename T>
-inline at::Tensor weight_grad_rhs(const at::Tensor& g) {
-  return weight_grad_on_onednn<T>() ? g.t().contiguous() : g;
-}
-
-template <typename T>
-inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& rhs) {
-  if (weight_grad_on_onednn<T>()) return onednn_linear(operand.t().contiguous(), rhs, at::Tensor());
-  return at::mm(operand.t(), rhs);
-}
-
 // A product of a few rows (the latency shape, batch 1): oneDNN's and BLAS's call overheads
 // (10 and 3 us at 1 by 64 by 320 here) dwarf the arithmetic, so it runs as a plain loop
-// over the weight's rows (each read once, axpy into every output row) into a buffer of its own.
+// over the weight's rows (each read once, axpy into every output row).
 constexpr int64_t kSmallRows = 4;
 
+// out rows (ldo apart) = init rows (ldi apart; ldi 0: one row for every row, a bias; null: zeros)
+// + a (rows, k; lda apart) @ w (k, n contiguous).
 template <typename T>
-inline void small_gemm(const T* a, int64_t lda, const T* w, const T* bias, T* out, int64_t rows, int64_t k, int64_t n) {
+inline void small_gemm(const T* a, int64_t lda, const T* w, const T* init, int64_t ldi, T* out, int64_t ldo,
+                       int64_t rows, int64_t k, int64_t n) {
   for (int64_t b = 0; b < rows; ++b) {
-    T* o = out + b * n;
-    if (bias != nullptr) {
-      std::memcpy(o, bias, sizeof(T) * n);
+    T* o = out + b * ldo;
+    if (init != nullptr) {
+      std::memcpy(o, init + b * ldi, sizeof(T) * n);
     } else {
       std::fill(o, o + n, T(0));
     }
@@ -337,7 +335,7 @@ inline void small_gemm(const T* a, int64_t lda, const T* w, const T* bias, T* ou
     const T* wr = w + kk * n;
     for (int64_t b = 0; b < rows; ++b) {
       const T ab = a[b * lda + kk];
-      T* o = out + b * n;
+      T* o = out + b * ldo;
 #pragma omp simd
       for (int64_t j = 0; j < n; ++j) o[j] += ab * wr[j];
     }
@@ -357,20 +355,30 @@ constexpr int64_t kPanelVectors = 4;                 // zmm registers across a p
 constexpr int64_t kPanelCols = 16 * kPanelVectors;   // columns of one panel
 constexpr int64_t kBlockRows = 6;                     // rows of a register block (24 accumulators)
 
-// out[r, panel cols] = bias + a[r, :] @ panel for `R` rows (R <= kBlockRows). The sum over k runs
-// in chunks of kDepth terms, each in registers from zero, then added to the row in memory: a
-// rounding error that grows with kDepth, not K, as in BLAS's own blocking over K.
+// The sum over k runs in chunks of kDepth terms, each in registers from zero (the first from the
+// init row), then added to the row in memory: a rounding error that grows with kDepth, not K, as
+// in BLAS's own blocking over K.
 constexpr int64_t kDepth = 128;
 
+// The lanes of each of a panel's vectors that hold columns below n (the last panel's are partial).
+inline void panel_mask(int64_t n, int64_t panel, __mmask16 mask[kPanelVectors]) {
+  for (int64_t v = 0; v < kPanelVectors; ++v) {
+    const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, n - panel * kPanelCols - 16 * v));
+    mask[v] = static_cast<__mmask16>((1u << left) - 1u);
+  }
+}
+
+// out[r, panel cols] = init[r] + a[r, :] @ panel for `R` rows (R <= kBlockRows).
 template <int R>
-inline void panel_block(const float* a, int64_t lda, const float* panel, int64_t k, const float* bias,
-                        float* out, int64_t ldo, __mmask16 mask[kPanelVectors]) {
+inline void panel_block(const float* a, int64_t lda, const float* panel, int64_t k, const float* init, int64_t ldi,
+                        float* out, int64_t ldo, const __mmask16 mask[kPanelVectors]) {
   for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
     __m512 acc[R][kPanelVectors];
-    for (int64_t v = 0; v < kPanelVectors; ++v) {
-      const __m512 b0 =
-          k0 > 0 || bias == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[v], bias + 16 * v);
-      for (int r = 0; r < R; ++r) acc[r][v] = b0;
+    for (int r = 0; r < R; ++r) {
+      for (int64_t v = 0; v < kPanelVectors; ++v) {
+        acc[r][v] = k0 > 0 || init == nullptr ? _mm512_setzero_ps()
+                                              : _mm512_maskz_loadu_ps(mask[v], init + r * ldi + 16 * v);
+      }
     }
     const int64_t k1 = std::min(k, k0 + kDepth);
     for (int64_t kk = k0; kk < k1; ++kk) {
@@ -392,13 +400,16 @@ inline void panel_block(const float* a, int64_t lda, const float* panel, int64_t
 }
 
 template <int R>
-inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t k, const float* bias,
-                       float* out, int64_t ldo, __mmask16 mask[kPanelVectors], int64_t rows) {
+inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t k, const float* init, int64_t ldi,
+                       float* out, int64_t ldo, const __mmask16 mask[kPanelVectors], int64_t rows) {
   if constexpr (R > 1) {
-    if (rows < R) return panel_rows<R - 1>(a, lda, panel, k, bias, out, ldo, mask, rows);
+    if (rows < R) return panel_rows<R - 1>(a, lda, panel, k, init, ldi, out, ldo, mask, rows);
   }
-  panel_block<R>(a, lda, panel, k, bias, out, ldo, mask);
+  panel_block<R>(a, lda, panel, k, init, ldi, out, ldo, mask);
 }
+
+// One task per thread when a product is big enough to pay a fork (about 1 us).
+inline bool worth_threads(int64_t flops) { return flops >= (int64_t(1) << 20) && at::get_num_threads() > 1; }
 
 struct PackedGemm {
   at::Tensor panels;  // (N / kPanelCols rounded up, K, kPanelCols)
@@ -416,84 +427,216 @@ struct PackedGemm {
       }
     }
   }
-  // out (rows, N) = a (rows, K; unit column stride) @ w (+ bias, N contiguous or null).
-  void operator()(const float* a, int64_t lda, int64_t rows, const float* bias, float* out) const {
+  // out (rows, N; ldo apart) = init (as small_gemm's) + a (rows, K; lda apart) @ w.
+  void operator()(const float* a, int64_t lda, int64_t rows, const float* init, int64_t ldi, float* out,
+                  int64_t ldo) const {
     const int64_t count = panels.size(0);
     const float* base = panels.data_ptr<float>();
     auto run = [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         __mmask16 mask[kPanelVectors];
-        for (int64_t v = 0; v < kPanelVectors; ++v) {
-          const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, n - p * kPanelCols - 16 * v));
-          mask[v] = static_cast<__mmask16>((1u << left) - 1u);
-        }
+        panel_mask(n, p, mask);
         const float* panel = base + p * k * kPanelCols;
-        const float* pb = bias == nullptr ? nullptr : bias + p * kPanelCols;
+        const float* pi = init == nullptr ? nullptr : init + p * kPanelCols;
         for (int64_t r = 0; r < rows; r += kBlockRows) {
-          panel_rows<kBlockRows>(a + r * lda, lda, panel, k, pb, out + r * n + p * kPanelCols, n, mask,
-                                 std::min(kBlockRows, rows - r));
+          panel_rows<kBlockRows>(a + r * lda, lda, panel, k, pi == nullptr ? nullptr : pi + r * ldi, ldi,
+                                 out + r * ldo + p * kPanelCols, ldo, mask, std::min(kBlockRows, rows - r));
         }
       }
     };
-    // One task per thread when the product is big enough to pay a fork (about 1 us).
-    if (rows * k * n >= (int64_t(1) << 20) && at::get_num_threads() > 1) {
+    if (worth_threads(rows * k * n)) {
       at::parallel_for(0, count, 1, run);
     } else {
       run(0, count);
     }
   }
 };
+
+// out[c, panel cols] += sum over `rows` rows i of a[i, c] g[i, panel cols], for R columns c of a.
+template <int R>
+inline void grad_block(const float* a, int64_t lda, const float* g, int64_t ldg, int64_t rows, float* out,
+                       int64_t ldo, const __mmask16 mask[kPanelVectors]) {
+  __m512 acc[R][kPanelVectors];
+  for (int r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    __m512 w[kPanelVectors];
+    for (int64_t v = 0; v < kPanelVectors; ++v) w[v] = _mm512_maskz_loadu_ps(mask[v], g + i * ldg + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m512 x = _mm512_set1_ps(a[i * lda + r]);
+      for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < kPanelVectors; ++v) {
+      float* o = out + r * ldo + 16 * v;
+      _mm512_mask_storeu_ps(o, mask[v], _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], o), acc[r][v]));
+    }
+  }
+}
+
+template <int R>
+inline void grad_rows(const float* a, int64_t lda, const float* g, int64_t ldg, int64_t rows, float* out, int64_t ldo,
+                      const __mmask16 mask[kPanelVectors], int64_t cols) {
+  if constexpr (R > 1) {
+    if (cols < R) return grad_rows<R - 1>(a, lda, g, ldg, rows, out, ldo, mask, cols);
+  }
+  grad_block<R>(a, lda, g, ldg, rows, out, ldo, mask);
+}
+
+// out (K, N, zeroed) += a^T @ g over `rows` rows (a (rows, K), g (rows, N); lda, ldg apart): a
+// weight gradient over every timestep, read in place (no transposed copies). For each panel of
+// g's columns and chunk of kDepth rows (32 KB of g, in L1), blocks of kBlockRows columns of a
+// sum the chunk in registers and add it to out; bias_out (N, zeroed, or null) gets g's column
+// sums in the same pass. Threads split the panels, never a sum.
+inline void weight_grad_gemm(const float* a, int64_t lda, const float* g, int64_t ldg, int64_t rows, int64_t k,
+                             int64_t n, float* out, float* bias_out) {
+  const int64_t count = (n + kPanelCols - 1) / kPanelCols;
+  auto run = [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      __mmask16 mask[kPanelVectors];
+      panel_mask(n, p, mask);
+      for (int64_t i0 = 0; i0 < rows; i0 += kDepth) {
+        const int64_t depth = std::min(kDepth, rows - i0);
+        const float* gp = g + i0 * ldg + p * kPanelCols;
+        for (int64_t c = 0; c < k; c += kBlockRows) {
+          grad_rows<kBlockRows>(a + i0 * lda + c, lda, gp, ldg, depth, out + c * n + p * kPanelCols, n, mask,
+                                std::min(kBlockRows, k - c));
+        }
+        if (bias_out != nullptr) {
+          __m512 acc[kPanelVectors];
+          for (int64_t v = 0; v < kPanelVectors; ++v) acc[v] = _mm512_setzero_ps();
+          for (int64_t i = 0; i < depth; ++i) {
+            for (int64_t v = 0; v < kPanelVectors; ++v) {
+              acc[v] = _mm512_add_ps(acc[v], _mm512_maskz_loadu_ps(mask[v], gp + i * ldg + 16 * v));
+            }
+          }
+          for (int64_t v = 0; v < kPanelVectors; ++v) {
+            float* o = bias_out + p * kPanelCols + 16 * v;
+            _mm512_mask_storeu_ps(o, mask[v], _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], o), acc[v]));
+          }
+        }
+      }
+    }
+  };
+  if (worth_threads(rows * k * n)) {
+    at::parallel_for(0, count, 1, run);
+  } else {
+    run(0, count);
+  }
+}
 #endif
 
-// a @ w (+ bias) for a weight read by many GEMMs of `rows` rows: a plain loop for a few rows
+// Whether the float32 AVX-512 kernels above run (the build has AVX-512).
+template <typename T>
+constexpr bool packed_kernels() {
+#if defined(__AVX512F__)
+  return std::is_same<T, float>::value;
+#else
+  return false;
+#endif
+}
+
+// operand^T @ g over every row (time and batch): a weight gradient, one GEMM after the loop.
+// In float32 with AVX-512 the kernel above reads both in place; else oneDNN, which reads both
+// with the rows along the contiguous axis, so both are transposed (measured 2.3x faster than
+// at::mm's BLAS at 3200 rows, 128 by 640); g, which several weights share, once
+// (weight_grad_rhs); else at::mm.
+template <typename T>
+inline bool weight_grad_on_onednn() {
+  return !packed_kernels<T>() && std::is_same<T, float>::value && onednn_linear_op() != nullptr;
+}
+
+// g as weight_grad takes it: transposed for oneDNN, as it is elsewhere.
+template <typename T>
+inline at::Tensor weight_grad_rhs(const at::Tensor& g) {
+  return weight_grad_on_onednn<T>() ? g.t().contiguous() : g;
+}
+
+// The gradient of the weight of a projection of `operand` whose output's gradient is g (rhs: g
+// through weight_grad_rhs); bias_out, when not null, gets g's column sums (its bias gradient).
+template <typename T>
+inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& g, const at::Tensor& rhs,
+                              at::Tensor* bias_out) {
+#if defined(__AVX512F__)
+  if constexpr (packed_kernels<T>()) {
+    if (operand.stride(1) == 1 && g.stride(1) == 1) {
+      const int64_t k = operand.size(1), n = g.size(1);
+      at::Tensor out = at::zeros({k, n}, g.options());
+      float* bias = nullptr;
+      if (bias_out != nullptr) {
+        *bias_out = at::zeros({n}, g.options());
+        bias = bias_out->data_ptr<float>();
+      }
+      weight_grad_gemm(operand.data_ptr<float>(), operand.stride(0), g.data_ptr<float>(), g.stride(0), g.size(0), k,
+                       n, out.data_ptr<float>(), bias);
+      return out;
+    }
+  }
+#endif
+  if (bias_out != nullptr) *bias_out = g.sum(0);
+  if (weight_grad_on_onednn<T>()) return onednn_linear(operand.t().contiguous(), rhs, at::Tensor());
+  return at::mm(operand.t(), g);
+}
+
+// a @ w (+ init) for a weight read by many GEMMs of `rows` rows: a plain loop for a few rows
 // (small_gemm); else, in float32, packed once into column panels for the AVX-512 kernel
 // (PackedGemm) where the build has AVX-512, or into oneDNN's layout where oneDNN is present;
-// else through at::mm / at::addmm. The small and packed paths write one buffer, rewritten by
-// every call.
+// else through at::mm. It writes rows of a buffer the caller names (a view of a larger one:
+// the step's tape, a gradient buffer), its first terms its init rows (a bias, or the rows of a
+// value the product is added to, so that no pass of its own adds them).
 template <typename T>
 struct Linear {
-  at::Tensor w;       // (K, N)
-  at::Tensor packed;  // oneDNN's layout of w^T (N, K); undefined on the other paths
-  at::Tensor out;     // the small and packed paths' result
+  at::Tensor w;        // (K, N)
+  at::Tensor packed;   // oneDNN's layout of w^T (N, K); undefined on the other paths
+  at::Tensor scratch;  // the ATen paths' contiguous copy of the operand
+  bool small = false;
 #if defined(__AVX512F__)
   std::shared_ptr<const PackedGemm> gemm;  // the packed path's panels; null on the others
 #endif
-  Linear(const at::Tensor& w_, int64_t rows) : w(w_) {
+  Linear(const at::Tensor& w_, int64_t rows) : w(w_.contiguous()) {
     if (rows <= kSmallRows) {
-      w = w_.contiguous();
-      out = at::empty({rows, w.size(1)}, w.options());
+      small = true;
       return;
     }
-    if (!std::is_same<T, float>::value) return;
 #if defined(__AVX512F__)
-    gemm = std::make_shared<const PackedGemm>(w_);
-    out = at::empty({rows, w.size(1)}, w.options());
-#else
-    if (onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
+    if constexpr (packed_kernels<T>()) {
+      gemm = std::make_shared<const PackedGemm>(w);
+      return;
+    }
+#endif
+    scratch = at::empty({rows, w.size(0)}, w.options());
+    if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
       torch::jit::Stack stack{c10::IValue(w.t().contiguous()), c10::IValue(rows)};
       onednn_reorder_op()->callBoxed(&stack);
       packed = stack[0].toTensor();
     }
-#endif
   }
-  at::Tensor operator()(const at::Tensor& a, const at::Tensor& bias = at::Tensor()) const {
-    if (out.defined() && a.size(0) == out.size(0) && a.size(1) == w.size(0) && a.stride(1) == 1) {
-      const at::Tensor b = bias.defined() ? bias.contiguous() : at::Tensor();
-      const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
+  // out rows = init rows (init.ld 0: one row for every row, a bias; init.p null: none) + a @ w.
+  void into(View<T> a, int64_t rows, View<T> init, View<T> dst) const {
+    const int64_t k = w.size(0), n = w.size(1);
 #if defined(__AVX512F__)
-      if constexpr (std::is_same<T, float>::value) {
-        if (gemm) {
-          (*gemm)(a.data_ptr<float>(), a.stride(0), a.size(0), bp, out.data_ptr<float>());
-          return out;
-        }
+    if constexpr (packed_kernels<T>()) {
+      if (gemm) {
+        (*gemm)(a.p, a.ld, rows, init.p, init.ld, dst.p, dst.ld);
+        return;
       }
-#endif
-      small_gemm<T>(a.data_ptr<T>(), a.stride(0), w.data_ptr<T>(), bp, out.data_ptr<T>(), a.size(0), w.size(0),
-                    w.size(1));
-      return out;
     }
-    if (packed.defined()) return onednn_linear(a, packed, bias);
-    return bias.defined() ? at::addmm(bias, a, w) : at::mm(a, w);
+#endif
+    if (small || !scratch.defined() || rows > scratch.size(0)) {
+      small_gemm<T>(a.p, a.ld, w.data_ptr<T>(), init.p, init.ld, dst.p, dst.ld, rows, k, n);
+      return;
+    }
+    const at::Tensor lhs = scratch.narrow(0, 0, rows);
+    for (int64_t b = 0; b < rows; ++b) std::memcpy(lhs.data_ptr<T>() + b * k, a.row(b), sizeof(T) * k);
+    const at::Tensor product = packed.defined() ? onednn_linear(lhs, packed, at::Tensor()) : at::mm(lhs, w);
+    const T* r = product.data_ptr<T>();
+    for (int64_t b = 0; b < rows; ++b) {
+      T* o = dst.row(b);
+      const T* i = init.p == nullptr ? nullptr : init.row(b);
+      for (int64_t j = 0; j < n; ++j) o[j] = (i == nullptr ? T(0) : i[j]) + r[b * n + j];
+    }
   }
 };
 
