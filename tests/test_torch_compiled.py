@@ -210,6 +210,98 @@ def compiled_op(spec):
     return compiled_sequence(novolstm.load_spec(spec).dumps())
 
 
+# ---------------------------------------------------------------- the kernel's own elementwise functions
+
+#: Special values and the edges of exp's range (float32 overflow near 88.7, subnormal results
+#: below -87.3, zero below -103.9), both signs.
+SPECIAL_VALUES = [0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45, 1e-38, -1e-38, 3.4e38, -3.4e38]
+SPECIAL_VALUES += [s * v for v in (0.0625, 0.5, 9.0, 44.0, 87.3, 88.7, 89.0, 103.9, 104.0, 150.0) for s in (1, -1)]
+
+
+def float32_sweep(count):
+    """``count`` float32 values: every magnitude from the smallest subnormal to the largest finite
+    float (log-spaced, both signs), and a dense linear sweep over [-24, 24], where the functions bend."""
+    magnitudes = np.geomspace(1e-45, 3.4e38, count // 4)
+    linear = np.linspace(-24.0, 24.0, count - 2 * (count // 4))
+    return np.concatenate([magnitudes, -magnitudes, linear]).astype(np.float32)
+
+
+def functions_through_the_kernel(op, z, dtype):
+    """sigmoid(z), tanh(z) and softmax over each row of z (rows, units), as the novolstm kernel's
+    step computes them: read from its tape, every projection's weights the identity on x (so each
+    gate's pre-activation is exactly z, the GEMMs adding exact zeros) or, for values a GEMM would
+    turn into NaN (infinities, NaN: inf * 0), zero weights and z as the bias (rows must be 1)."""
+    spec = novolstm.load_spec("novolstm")
+    rows, units = z.shape
+    through_bias = not np.isfinite(z).all()
+    assert rows == 1 or not through_bias
+    params = {}
+    for name in spec.param_names:
+        if name.startswith("W_") and not through_bias:
+            params[name] = np.eye(units)
+        elif name.startswith("b_") and through_bias:
+            params[name] = z[0]
+        elif name == "gamma_i":
+            params[name] = np.ones(units)
+        else:
+            params[name] = np.zeros((units, units) if name[:2] in ("W_", "U_") else units)
+    x = np.zeros((1, rows, units)) if through_bias else z[None]
+    tensors = [torch.tensor(params[n], dtype=dtype) for n in spec.param_names]
+    state = [torch.zeros(rows, units, dtype=dtype) for _ in spec.state_names]
+    outs = op.forward_op(torch.tensor(x, dtype=dtype), None, False, True, state, tensors)
+    tape = {e.name: t for e, t in zip(op.layout.tape, outs[1 + len(spec.state_names) :])}
+    ifo = tape["s_sigmoid_ifo"][0].double().numpy()
+    for k in (1, 2):  # the three sigmoid gates are one loop over 3 * units elements
+        np.testing.assert_array_equal(ifo[:, k * units : (k + 1) * units], ifo[:, :units])
+    as_np = lambda name: tape[name][0].double().numpy()  # noqa: E731
+    return ifo[:, :units], as_np("s_g"), as_np("s_i_softmax")
+
+
+def float64_functions(z):
+    z = z.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.exp(-np.abs(z))
+        sigmoid = np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+        shifted = np.exp(z - z.max(axis=1, keepdims=True))
+        softmax = shifted / shifted.sum(axis=1, keepdims=True)
+    return sigmoid, np.tanh(z), softmax
+
+
+def assert_within_ulps(got, want, dtype, ulps, what):
+    """got within ``ulps`` units in the last place (of dtype, at want rounded to dtype) of want;
+    NaN where want is NaN, and equal infinities."""
+    want_r = want.astype(dtype)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want_r), err_msg=f"{what}: NaN positions")
+    finite = np.isfinite(want_r)
+    np.testing.assert_array_equal(got[~finite & ~np.isnan(want_r)], want_r[~finite & ~np.isnan(want_r)])
+    err = np.abs(got[finite] - want[finite]) / np.spacing(np.abs(want_r[finite])).astype(np.float64)
+    worst = int(np.argmax(err)) if err.size else 0
+    assert err.size == 0 or err[worst] <= ulps, (
+        f"{what}: {err[worst]:.1f} ulp at z giving {want[finite][worst]!r} (got {got[finite][worst]!r})"
+    )
+
+
+@pytest.mark.parametrize("dtype, ulps", [(np.float32, 4), (np.float64, 4)])
+def test_compiled_sigmoid_tanh_and_softmax_within_ulps_of_float64_over_the_float_range(dtype, ulps):
+    """The kernel's own exp (a polynomial in float32, vectorized), its sigmoid, tanh and softmax,
+    against float64 NumPy: a dense sweep of every magnitude and the special values, NaN and the
+    infinities as the reference gives them, subnormal results included."""
+    op = compiled_op("novolstm")
+    torch_dtype = DTYPES[np.dtype(dtype).name]
+    units = 128
+    z = float32_sweep(64 * units).reshape(64, units)
+    specials = np.resize(np.array(SPECIAL_VALUES, np.float32), (1, units))
+    for values, what in ((z, "sweep"), (specials, "special values")):
+        sigmoid, tanh, softmax = functions_through_the_kernel(op, values, torch_dtype)
+        want = float64_functions(values)
+        assert_within_ulps(sigmoid, want[0], dtype, ulps, f"sigmoid ({what})")
+        assert_within_ulps(tanh, want[1], dtype, ulps, f"tanh ({what})")
+        if what == "sweep":  # a row of special values has an infinity: a NaN row, as the reference's
+            assert_within_ulps(softmax, want[2], dtype, ulps, f"softmax ({what})")
+        else:
+            assert np.isnan(softmax).all() and np.isnan(want[2]).all()
+
+
 @pytest.mark.parametrize("spec", ["novolstm", "gru"])
 def test_gradcheck(spec, rng):
     op = compiled_op(spec)

@@ -441,9 +441,11 @@ class GraphCode:
     def _row_loop(self, segments: list[list[Node]], rows: str) -> list[str]:
         inner = []
         for seg in segments:
-            inner.append("{")
-            inner.extend("  " + line for line in self._segment_code(seg))
-            inner.append("}")
+            code = self._segment_code(seg)
+            if code:
+                inner.extend(["{", *("  " + line for line in code), "}"])
+        if not inner:
+            return []
         count = sum(len(seg) for seg in segments)
         return [
             f"at::parallel_for(0, {rows}, rt::grain_rows({elems(segments[0][0].width)} * {count}), [&](int64_t b0, int64_t b1) {{",
@@ -505,7 +507,7 @@ class GraphCode:
 
     def _concat_code(self, n: Node) -> list[str]:
         """A concat's row: the blocks its arguments did not write themselves, and zeros between."""
-        lines = [f"T* o = {self.v(n.name)}.row(b);", f"const int64_t N = {elems(n.width)};", "(void)N;"]
+        lines = []
         at = 0
         for (start, stop), name in zip(n.attr("blocks"), n.args):
             a = self.g[name]
@@ -519,8 +521,8 @@ class GraphCode:
                 )
             at = stop
         if at < n.width:
-            lines.append(f"std::fill(o + {elems(at)}, o + N, T(0));")
-        return lines
+            lines.append(f"std::fill(o + {elems(at)}, o + {elems(n.width)}, T(0));")
+        return [f"T* o = {self.v(n.name)}.row(b);", *lines] if lines else []
 
 
 # ---------------------------------------------------------------- the program
@@ -659,9 +661,30 @@ class _Emitter:
                 f"const rt::View<T> vh_{h}{{{pro.view(root)}.p + t * B * {pro.view(root)}.ld + {elems(off) if off else '0'}, {pro.view(root)}.ld}};"
             )
             leaves[h] = Leaf(f"vh_{h}")
-        step = GraphCode(prog.step, "B", "s", leaves)
         out_name = prog.step.outputs["output"]
         next_names = [prog.step.outputs[f"state:{s}"] for s in states]
+        # Where step values live: the tape's row block at t (when recording), the outputs' rows
+        # and the next state's buffer (where no mask selects rows), so that no copy moves them.
+        placed: dict[str, tuple[str, bool]] = {}
+
+        def computed(name: str) -> bool:
+            return prog.step[name].op not in LEAVES and prog.step[name].op != "slice"
+
+        taped = set()
+        for e in self.entries:
+            if e.per_step and e.batched and computed(e.name[2:]):
+                w = elems(e.width)
+                rows = f"rt::View<T>{{tape_{e.name}.data_ptr<T>() + t * B * {w}, {w}}}"
+                placed[e.name[2:]] = (f"keep_tape ? {rows} : rt::view_of<T>(ts_{e.name[2:]})", True)
+                taped.add(e.name)
+        if computed(out_name) and out_name not in placed:
+            rows = "rt::View<T>{ys.data_ptr<T>() + t * B * H, H}"
+            placed[out_name] = (f"m == nullptr ? {rows} : rt::view_of<T>(ts_{out_name})", True)
+        for k, nxt in enumerate(next_names):
+            if computed(nxt) and nxt not in placed:
+                placed[nxt] = (f"m == nullptr ? rt::view_of<T>(*nxt_{k}) : rt::view_of<T>(ts_{nxt})", True)
+        keep = {e.name[2:] for e in self.entries if e.per_step}
+        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep)
 
         tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + len(states) + ntape)) + ">"
         L = [
@@ -707,6 +730,8 @@ class _Emitter:
         )
         L.append("    if (keep_tape) {")
         for e in self.entries:
+            if e.name in taped:
+                continue
             if e.per_step and not e.batched:
                 L.append(
                     f"      std::memcpy(tape_{e.name}.data_ptr<T>(), {step.view(e.name[2:])}.p, sizeof(T) * {elems(e.width)});"
@@ -768,12 +793,11 @@ class _Emitter:
         leaves = self.param_leaves()
         seeds = {n.name: n.attr("role") for n in back.nodes if n.op == "seed"}
         for name in seeds:
-            leaves[name] = Leaf(f"vseed_{name}", f"seed_{name}")
+            leaves[name] = Leaf(f"vseed_{name}")
         for n in back.nodes:
             if n.op == "saved" and n.attr("of") != "param":
                 entry, off = self.where[n.name]
                 leaves[n.name] = Leaf(f"vsaved_{n.name}")
-        step = GraphCode(back, "B", "b", leaves)
         saved_views = [
             f"const rt::View<T> vsaved_{n.name} = {tape_view(self.where[n.name][0], self.where[n.name][1], True)};"
             for n in back.nodes
@@ -799,6 +823,23 @@ class _Emitter:
                 accum.append((target, value))
             else:
                 raise Unsupported(f"a gradient for {target!r} inside the step")
+        # Where step gradients live: the stored ones in their row block at t of the whole
+        # sequence's buffer, the state gradients in the next step's buffer (where no mask
+        # selects rows), so that no copy moves them.
+        placed: dict[str, tuple[str, bool]] = {}
+
+        def computed(name: str) -> bool:
+            return back[name].op not in LEAVES and back[name].op not in ("slice", "saved", "seed")
+
+        for value, tensor in stores.items():
+            if computed(value):
+                width = elems(back[value].width)
+                placed[value] = (f"rt::View<T>{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}}", False)
+        for k, s in enumerate(states):
+            grad = back.outputs.get(f"grad:{s}")
+            if grad and computed(grad) and grad not in placed:
+                placed[grad] = (f"m == nullptr ? rt::view_of<T>(*gnxt_{k}) : rt::view_of<T>(tb_{grad})", True)
+        step = GraphCode(back, "B", "b", leaves, placed=placed)
 
         # prologue backward
         pro_leaves = {spec.input: Leaf("vx", "x2d"), **self.param_leaves()}
@@ -851,9 +892,9 @@ class _Emitter:
                 f"  at::Tensor* gcur_{k} = &ga_{k};",
                 f"  at::Tensor* gnxt_{k} = &gb_{k};",
             ]
-        for name in seeds:
+        for name in seeds:  # rows for a seed's masked copy (zeros where no output gradient is given)
             L.append(f"  at::Tensor seed_{name} = at::zeros({{B, {elems(back[name].width)}}}, opts);")
-            L.append(f"  const rt::View<T> vseed_{name} = rt::view_of<T>(seed_{name});")
+            L.append(f"  const rt::View<T> vseedrows_{name} = rt::view_of<T>(seed_{name});")
         for value, tensor in stores.items():
             L.append(f"  at::Tensor {tensor} = at::empty({{R, {elems(back[value].width)}}}, opts);")
         for p in plan.vector_params:
@@ -864,21 +905,23 @@ class _Emitter:
             "    const int64_t t = reverse ? s : Tn - 1 - s;",
             "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
         ]
-        for name, role in seeds.items():
+        for name, role in seeds.items():  # the gradient rows themselves, or their masked copy
             width = elems(back[name].width)
             if role == "output":
                 src = "rt::View<T>{g_ys.data_ptr<T>() + t * B * H, H}"
                 L.append(
-                    f"    if (g_ys_in.has_value()) rt::select_rows(vseed_{name}, {src}, rt::View<T>{{nullptr, 0}}, m, B, {width});"
+                    f"    const rt::View<T> vseed_{name} = g_ys_in.has_value() ? rt::masked_rows(vseedrows_{name}, {src}, m, B, {width}) : vseedrows_{name};"
                 )
             else:
                 k = states.index(role.split(":", 1)[1])
                 L.append(
-                    f"    rt::select_rows(vseed_{name}, rt::view_of<T>(*gcur_{k}), rt::View<T>{{nullptr, 0}}, m, B, {width});"
+                    f"    const rt::View<T> vseed_{name} = rt::masked_rows(vseedrows_{name}, rt::view_of<T>(*gcur_{k}), m, B, {width});"
                 )
         L += ["    " + s for s in saved_views]
         L += ["    " + s for s in step.body]
         for value, tensor in stores.items():
+            if value in placed:
+                continue
             width = elems(back[value].width)
             L.append(
                 f"    rt::select_rows(rt::View<T>{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {width});"
