@@ -203,6 +203,7 @@ class GraphCode:
         placed: value -> C++ expression of the View that holds it at the current step (made at
             the top of the body) and whether the expression reads the value's own buffer.
         keep: values read outside the graph (besides its outputs), so kept in buffers.
+        buffer: shape -> C++ expression of a new buffer (default ``at::empty``).
     """
 
     def __init__(
@@ -215,8 +216,10 @@ class GraphCode:
         tensors: dict[str, str] | None = None,
         placed: dict[str, tuple[str, bool]] | None = None,
         keep: AbstractSet[str] = frozenset(),
+        buffer: Callable[[str], str] | None = None,
     ):
         self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
+        self.buffer = buffer or (lambda shape: f"at::empty({shape}, opts)")
         self.placed = dict(placed or {})
         self.keep = set(keep) | set(graph.outputs.values()) | set(self.placed)
         self.alloc: list[str] = []
@@ -367,10 +370,10 @@ class GraphCode:
                 continue
             if n.name in self.placed:
                 if self.placed[n.name][1]:
-                    self.alloc.append(f"at::Tensor {self.t(n.name)} = at::empty({self._shape(n)}, opts);")
+                    self.alloc.append(f"at::Tensor {self.t(n.name)} = {self.buffer(self._shape(n))};")
                 self.alloc.append(f"rt::View<T> {self.v(n.name)};")
             else:
-                self.alloc.append(f"at::Tensor {self.t(n.name)} = at::empty({self._shape(n)}, opts);")
+                self.alloc.append(f"at::Tensor {self.t(n.name)} = {self.buffer(self._shape(n))};")
                 self.alloc.append(f"const rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
                 self.tensors[n.name] = self.t(n.name)
         for n in reversed(shown):  # blocks of concats (a concat's view before its blocks')
@@ -525,6 +528,26 @@ class GraphCode:
         return [f"T* o = {self.v(n.name)}.row(b);", *lines] if lines else []
 
 
+class Workspace:
+    """The allocation sites of one generated function whose buffers live across calls.
+
+    Each site gets a slot of a per-thread vector (``workspace``); ``rt::reuse_or_empty`` hands
+    the slot's tensor back when nothing else holds it (see runtime.h: buffers freed at the end
+    of a call went back to the OS and faulted in again, page by page, on the next).
+    """
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, shape: str) -> str:
+        """A buffer of ``shape`` (a C++ braced list) at a new allocation site."""
+        self.count += 1
+        return f"rt::reuse_or_empty(workspace[{self.count - 1}], {shape}, opts)"
+
+    def declaration(self) -> str:
+        return f"  static thread_local std::vector<at::Tensor> workspace({max(1, self.count)});"
+
+
 # ---------------------------------------------------------------- the program
 
 
@@ -645,7 +668,15 @@ class _Emitter:
         spec, prog = self.spec, self.prog
         states = spec.state_names
         ntape = len(self.entries)
-        pro = GraphCode(prog.prologue, "R", "p", {spec.input: Leaf("vx", "x2d"), **self.param_leaves()})
+        workspace = Workspace()
+        pro = GraphCode(
+            prog.prologue,
+            "R",
+            "p",
+            {spec.input: Leaf("vx", "x2d"), **self.param_leaves()},
+            keep={e.name[2:] for e in self.entries if not e.per_step},  # the tape's prologue values
+            buffer=workspace,
+        )
         # step leaves: states (current buffers), hoisted values at t, vector parameters
         leaves = self.param_leaves()
         for k, s in enumerate(states):
@@ -684,7 +715,7 @@ class _Emitter:
             if computed(nxt) and nxt not in placed:
                 placed[nxt] = (f"m == nullptr ? rt::view_of<T>(*nxt_{k}) : rt::view_of<T>(ts_{nxt})", True)
         keep = {e.name[2:] for e in self.entries if e.per_step}
-        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep)
+        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep, buffer=workspace)
 
         tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + len(states) + ntape)) + ">"
         L = [
@@ -710,11 +741,13 @@ class _Emitter:
                 f"  at::Tensor* cur_{k} = &sa_{k};",
                 f"  at::Tensor* nxt_{k} = &sb_{k};",
             ]
-        L.append("  at::Tensor ys = at::empty({Tn, B, H}, opts);")
+        L.append(f"  at::Tensor ys = rt::handed_out({workspace('{Tn, B, H}')});")
         for e in self.entries:
             if e.per_step:
                 shape = f"{{Tn, B, {elems(e.width)}}}" if e.batched else f"{{{elems(e.width)}}}"
-                L.append(f"  at::Tensor tape_{e.name} = keep_tape ? at::empty({shape}, opts) : at::empty({{0}}, opts);")
+                L.append(
+                    f"  at::Tensor tape_{e.name} = keep_tape ? rt::handed_out({workspace(shape)}) : at::empty({{0}}, opts);"
+                )
         L += [f"  {s}" for s in step.alloc]
         L += [
             "  for (int64_t s = 0; s < Tn; ++s) {",
@@ -751,22 +784,12 @@ class _Emitter:
             if e.per_step:
                 results.append(f"tape_{e.name}")
             elif not e.batched:
-                results.append(f"keep_tape ? {pro.t(e.name[2:])} : at::empty({{0}}, opts)")
+                results.append(f"keep_tape ? rt::handed_out({pro.t(e.name[2:])}) : at::empty({{0}}, opts)")
             else:
                 results.append(
                     f"keep_tape ? {pro.t(e.name[2:])}.view({{Tn, B, {elems(e.width)}}}) : at::empty({{0}}, opts)"
                 )
-        # The prologue's buffers stay alive until the next call has made its own: freeing them
-        # first let the allocator hand the pages back, and the next call fault them in again
-        # (2,400 page faults a call at batch 32, 100 steps, 128 units, a third of the time).
-        kept = [
-            pro.tensors[n.name]
-            for n in prog.prologue.nodes
-            if n.name in pro.tensors and n.op not in LEAVES and "narrow" not in pro.tensors[n.name]
-        ]
-        if kept:
-            L.append("  static thread_local std::vector<at::Tensor> previous_prologue;")
-            L.append(f"  previous_prologue = {{{', '.join(kept)}}};")
+        L.insert(3, workspace.declaration())
         L.append(f"  return {tuple_type}({', '.join(results)});")
         L.append("}")
         L.append("")
@@ -839,7 +862,8 @@ class _Emitter:
             grad = back.outputs.get(f"grad:{s}")
             if grad and computed(grad) and grad not in placed:
                 placed[grad] = (f"m == nullptr ? rt::view_of<T>(*gnxt_{k}) : rt::view_of<T>(tb_{grad})", True)
-        step = GraphCode(back, "B", "b", leaves, placed=placed)
+        workspace = Workspace()
+        step = GraphCode(back, "B", "b", leaves, placed=placed, buffer=workspace)
 
         # prologue backward
         pro_leaves = {spec.input: Leaf("vx", "x2d"), **self.param_leaves()}
@@ -860,9 +884,15 @@ class _Emitter:
         g_input = pro_back.outputs.get(f"grad:{spec.input}")
         others = [v for r, v in pro_back.outputs.items() if r != f"grad:{spec.input}"]
         only_input = (live_names(pro_back.nodes, [g_input]) - live_names(pro_back.nodes, others)) if g_input else set()
-        pro_all = GraphCode(pro_back, "R", "q", pro_leaves, skip=only_input)
+        pro_all = GraphCode(pro_back, "R", "q", pro_leaves, skip=only_input, buffer=workspace)
         pro_in = GraphCode(
-            pro_back, "R", "q", pro_leaves, skip={n.name for n in pro_back.nodes} - only_input, tensors=pro_all.tensors
+            pro_back,
+            "R",
+            "q",
+            pro_leaves,
+            skip={n.name for n in pro_back.nodes} - only_input,
+            tensors=pro_all.tensors,
+            buffer=workspace,
         )
 
         ns = len(states)
@@ -896,7 +926,7 @@ class _Emitter:
             L.append(f"  at::Tensor seed_{name} = at::zeros({{B, {elems(back[name].width)}}}, opts);")
             L.append(f"  const rt::View<T> vseedrows_{name} = rt::view_of<T>(seed_{name});")
         for value, tensor in stores.items():
-            L.append(f"  at::Tensor {tensor} = at::empty({{R, {elems(back[value].width)}}}, opts);")
+            L.append(f"  at::Tensor {tensor} = {workspace(f'{{R, {elems(back[value].width)}}}')};")
         for p in plan.vector_params:
             L.append(f"  at::Tensor gp_{p} = at::zeros({{H}}, opts);")
         L += [f"  {s}" for s in step.alloc]
@@ -994,6 +1024,7 @@ class _Emitter:
                 results.append(f"at::zeros_like(P_{p})")
             else:
                 results.append("(" + " + ".join(pieces) + ").clone()" if len(pieces) == 1 else " + ".join(pieces))
+        L.insert(3, workspace.declaration())
         L.append(f"  return {tuple_type}({', '.join(results)});")
         L.append("}")
         L.append("")

@@ -293,6 +293,23 @@ inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask
   }
 }
 
+// A buffer kept across calls in `slot` (one per allocation site, per thread): large buffers freed
+// at the end of a call went back to the OS and faulted in again, page by page, on the next call.
+// The slot's tensor is reused only when nothing else holds it or its memory (no returned tensor,
+// saved tape or view of one is alive), so a result a caller keeps is never overwritten.
+inline at::Tensor reuse_or_empty(at::Tensor& slot, at::IntArrayRef shape, const at::TensorOptions& opts) {
+  if (slot.defined() && slot.use_count() == 1 && slot.storage().use_count() == 1 && slot.sizes() == shape &&
+      slot.dtype() == opts.dtype()) {
+    return slot;
+  }
+  slot = at::empty(shape, opts);
+  return slot;
+}
+
+// A new handle (tensor) on t's memory, for a workspace buffer a call returns: the slot's own
+// tensor never leaves the kernel, so that none of its callers' autograd state stays on it.
+inline at::Tensor handed_out(const at::Tensor& t) { return t.view(t.sizes()); }
+
 // A contiguous (rows, n) tensor's view.
 template <typename T>
 inline View<T> view_of(const at::Tensor& t) {
