@@ -5,10 +5,17 @@ into C++ for PyTorch's CPU extension API (ATen): the prologue (the input project
 every timestep, one GEMM) before the loop, one recurrent GEMM per step (in float32 with
 AVX-512 the runtime's kernel on a weight packed once per call, else oneDNN or BLAS through
 ATen), and the step's elementwise work fused into one loop over the batch rows,
-each row's values computed node after node while they sit in the cache. The backward
-pass runs the step's backward graph in reverse time and forms the weight gradients as
-one GEMM per projection after the loop. ``runtime.h`` holds
-the row kernels (softmax, LayerNorm statistics, their VJPs) and is inlined at the top.
+each row's values computed while they sit in the cache: consecutive nodes of one width in
+one loop over the row's elements, the values only that loop reads held in registers, a
+row op's reductions (LayerNorm's statistics, softmax's sum) made before it (see
+``GraphCode``). A GEMM whose product is added to another value starts its sums from that
+value's rows; a concat's arguments are written into its blocks; the values the tape keeps,
+the outputs, the next state and the gradients the weight-gradient GEMMs read are written
+where they go, with no copy. The backward pass runs the step's backward graph in reverse
+time and forms the weight gradients as one GEMM per projection after the loop, over the
+whole sequence's rows in place. Large buffers live across calls (``Workspace``).
+``runtime.h`` holds the row kernels (softmax, LayerNorm statistics, their VJPs) and the
+GEMMs, and is inlined at the top.
 
 The generated source defines two operators in a namespace of its own (``namespace``
 below): ``forward(x, mask, reverse, keep_tape, state, params)`` returning the outputs,
@@ -105,7 +112,10 @@ def _normalize_grad_parts(n: Node, rows: list[str], out: str, tag: str) -> tuple
 #: arithmetic as ROW_OPS' runtime functions.
 ROW_PARTS: dict[str, Callable[[Node, list[str], str, str], tuple[list[str], str]]] = {
     # exp(z - max z) is written into the output row first, its sum's reciprocal scales it in the loop
-    "softmax": lambda n, r, o, tag: ([f"const T inv_{tag} = rt::softmax_exp_row({r[0]}, {o}, N);"], f"{o}[j] * inv_{tag}"),
+    "softmax": lambda n, r, o, tag: (
+        [f"const T inv_{tag} = rt::softmax_exp_row({r[0]}, {o}, N);"],
+        f"{o}[j] * inv_{tag}",
+    ),
     "normalize_units": _normalize_parts,
     "softmax_grad": lambda n, r, o, tag: (
         [f"const T dot_{tag} = rt::row_dot({r[0]}, {r[1]}, N);"],
@@ -432,13 +442,17 @@ class GraphCode:
 
     def _gemm(self, n: Node) -> list[str]:
         """``n``: a GEMM, or an add whose GEMM term starts from the other term's rows."""
-        prod, init = (self.g[self.gemm_init[n.name][0]], self.view(self.gemm_init[n.name][1])) if n.name in self.gemm_init else (n, None)
+        if n.name in self.gemm_init:
+            product, term = self.gemm_init[n.name]
+            prod, init = self.g[product], self.view(term)
+        elif n.op == "linear" and any(n.attr("biases")):
+            prod, init = n, f"rt::View<T>{{b_{n.name}.data_ptr<T>(), 0}}"
+        else:
+            prod, init = n, "rt::View<T>{nullptr, 0}"
         operand = self.g[prod.args[0]]
         if not operand.batched:
             raise Unsupported("a GEMM over an unbatched value")
         key, _ = self._linear(prod)
-        if init is None:
-            init = f"rt::View<T>{{b_{prod.name}.data_ptr<T>(), 0}}" if prod.op == "linear" and any(prod.attr("biases")) else "rt::View<T>{nullptr, 0}"
         return [f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)});"]
 
     def _row_loop(self, segments: list[list[Node]], rows: str) -> list[str]:
@@ -464,7 +478,9 @@ class GraphCode:
         if first.op == "concat":
             return self._concat_code(first)
         if first.op == "sum_units":
-            return [f"{self.v(first.name)}.row(b)[0] = rt::row_sum({self.view(first.args[0])}.row(b), {elems(self.g[first.args[0]].width)});"]
+            return [
+                f"{self.v(first.name)}.row(b)[0] = rt::row_sum({self.view(first.args[0])}.row(b), {elems(self.g[first.args[0]].width)});"
+            ]
         names = {n.name for n in seg}
         lines = [f"const int64_t N = {elems(first.width)};"]
         declared: set[str] = set()
