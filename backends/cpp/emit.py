@@ -522,7 +522,8 @@ class GraphCode:
             loop.append(f"  const T e_{n.name} = {expr};")
             if stored:
                 loop.append(f"  o_{n.name}[j] = e_{n.name};")
-        return [*lines, *prefix, "for (int64_t j = 0; j < N; ++j) {", *loop, "}"]
+        # ivdep: no element depends on another's (GCC gave up on these loops' many pointers otherwise)
+        return [*lines, *prefix, "#pragma GCC ivdep", "for (int64_t j = 0; j < N; ++j) {", *loop, "}"]
 
     def _concat_code(self, n: Node) -> list[str]:
         """A concat's row: the blocks its arguments did not write themselves, and zeros between."""

@@ -385,6 +385,7 @@ inline void small_gemm(const T* a, int64_t lda, const T* w, const T* init, int64
 constexpr int64_t kPanelVectors = 4;                 // zmm registers across a panel
 constexpr int64_t kPanelCols = 16 * kPanelVectors;   // columns of one panel
 constexpr int64_t kBlockRows = 6;                     // rows of a register block (24 accumulators)
+constexpr int64_t kChunkRows = 16 * kBlockRows;       // rows of a chunk (see PackedGemm)
 
 // The sum over k runs in chunks of kDepth terms, each in registers from zero (the first from the
 // init row), then added to the row in memory: a rounding error that grows with kDepth, not K, as
@@ -463,30 +464,45 @@ struct PackedGemm {
                   int64_t ldo) const {
     const int64_t count = panels.size(0);
     const float* base = panels.data_ptr<float>();
-    auto run = [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        __mmask16 mask[kPanelVectors];
-        panel_mask(n, p, mask);
-        const float* panel = base + p * k * kPanelCols;
-        const float* pi = init == nullptr ? nullptr : init + p * kPanelCols;
-        for (int64_t r = 0; r < rows; r += kBlockRows) {
-          panel_rows<kBlockRows>(a + r * lda, lda, panel, k, pi == nullptr ? nullptr : pi + r * ldi, ldi,
-                                 out + r * ldo + p * kPanelCols, ldo, mask, std::min(kBlockRows, rows - r));
+    // Rows in chunks of kChunkRows (a step's batch is one chunk): each panel stays in L1 while
+    // the chunk's row blocks read it, and the chunk's operand rows and output stay in L2 while
+    // every panel passes (a whole sequence's rows at once would stream them from memory once
+    // per panel).
+    for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
+      const int64_t r1 = std::min(rows, r0 + kChunkRows);
+      auto run = [&](int64_t p0, int64_t p1) {
+        for (int64_t p = p0; p < p1; ++p) {
+          __mmask16 mask[kPanelVectors];
+          panel_mask(n, p, mask);
+          const float* panel = base + p * k * kPanelCols;
+          const float* pi = init == nullptr ? nullptr : init + p * kPanelCols;
+          for (int64_t r = r0; r < r1; r += kBlockRows) {
+            if (pi != nullptr && ldi != 0) {  // the next block's init rows, while this block computes
+              for (int64_t i = r + kBlockRows; i < std::min(r1, r + 2 * kBlockRows); ++i) {
+                for (int64_t v = 0; v < kPanelVectors; ++v) {
+                  _mm_prefetch(reinterpret_cast<const char*>(pi + i * ldi + 16 * v), _MM_HINT_T0);
+                }
+              }
+            }
+            panel_rows<kBlockRows>(a + r * lda, lda, panel, k, pi == nullptr ? nullptr : pi + r * ldi, ldi,
+                                   out + r * ldo + p * kPanelCols, ldo, mask, std::min(kBlockRows, r1 - r));
+          }
         }
+      };
+      if (worth_threads((r1 - r0) * k * n)) {
+        at::parallel_for(0, count, 1, run);
+      } else {
+        run(0, count);
       }
-    };
-    if (worth_threads(rows * k * n)) {
-      at::parallel_for(0, count, 1, run);
-    } else {
-      run(0, count);
     }
   }
 };
 
-// out[c, panel cols] += sum over `rows` rows i of a[i, c] g[i, panel cols], for R columns c of a.
+// out[c, panel cols] += sum over `rows` rows i of a[i, c] g[i, panel cols], for R columns c of a;
+// a packed (ap[i * kBlockRows + c], see weight_grad_gemm).
 template <int R>
-inline void grad_block(const float* a, int64_t lda, const float* g, int64_t ldg, int64_t rows, float* out,
-                       int64_t ldo, const __mmask16 mask[kPanelVectors]) {
+inline void grad_block(const float* ap, const float* g, int64_t ldg, int64_t rows, float* out, int64_t ldo,
+                       const __mmask16 mask[kPanelVectors]) {
   __m512 acc[R][kPanelVectors];
   for (int r = 0; r < R; ++r) {
     for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_setzero_ps();
@@ -495,7 +511,7 @@ inline void grad_block(const float* a, int64_t lda, const float* g, int64_t ldg,
     __m512 w[kPanelVectors];
     for (int64_t v = 0; v < kPanelVectors; ++v) w[v] = _mm512_maskz_loadu_ps(mask[v], g + i * ldg + 16 * v);
     for (int r = 0; r < R; ++r) {
-      const __m512 x = _mm512_set1_ps(a[i * lda + r]);
+      const __m512 x = _mm512_set1_ps(ap[i * kBlockRows + r]);
       for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
     }
   }
@@ -508,39 +524,60 @@ inline void grad_block(const float* a, int64_t lda, const float* g, int64_t ldg,
 }
 
 template <int R>
-inline void grad_rows(const float* a, int64_t lda, const float* g, int64_t ldg, int64_t rows, float* out, int64_t ldo,
+inline void grad_rows(const float* ap, const float* g, int64_t ldg, int64_t rows, float* out, int64_t ldo,
                       const __mmask16 mask[kPanelVectors], int64_t cols) {
   if constexpr (R > 1) {
-    if (cols < R) return grad_rows<R - 1>(a, lda, g, ldg, rows, out, ldo, mask, cols);
+    if (cols < R) return grad_rows<R - 1>(ap, g, ldg, rows, out, ldo, mask, cols);
   }
-  grad_block<R>(a, lda, g, ldg, rows, out, ldo, mask);
+  grad_block<R>(ap, g, ldg, rows, out, ldo, mask);
 }
 
 // out (K, N, zeroed) += a^T @ g over `rows` rows (a (rows, K), g (rows, N); lda, ldg apart): a
-// weight gradient over every timestep, read in place (no transposed copies). For each panel of
-// g's columns and chunk of kDepth rows (32 KB of g, in L1), blocks of kBlockRows columns of a
-// sum the chunk in registers and add it to out; bias_out (N, zeroed, or null) gets g's column
-// sums in the same pass. Threads split the panels, never a sum.
+// weight gradient over every timestep, read in place (no transposed copies). For each chunk of
+// kDepth rows, a's chunk is packed in blocks of kBlockRows columns, row after row (3 KB a block,
+// so that a block and a panel of g's chunk (32 KB) stay in L1); then for each panel of g's
+// columns and each block, the chunk's sum in registers is added to out. bias_out (N, zeroed, or
+// null) gets g's column sums in the same pass. Threads split the panels, never a sum.
 inline void weight_grad_gemm(const float* a, int64_t lda, const float* g, int64_t ldg, int64_t rows, int64_t k,
                              int64_t n, float* out, float* bias_out) {
   const int64_t count = (n + kPanelCols - 1) / kPanelCols;
-  auto run = [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      __mmask16 mask[kPanelVectors];
-      panel_mask(n, p, mask);
-      for (int64_t i0 = 0; i0 < rows; i0 += kDepth) {
-        const int64_t depth = std::min(kDepth, rows - i0);
-        const float* gp = g + i0 * ldg + p * kPanelCols;
-        for (int64_t c = 0; c < k; c += kBlockRows) {
-          grad_rows<kBlockRows>(a + i0 * lda + c, lda, gp, ldg, depth, out + c * n + p * kPanelCols, n, mask,
-                                std::min(kBlockRows, k - c));
+  const int64_t blocks = (k + kBlockRows - 1) / kBlockRows;
+  std::vector<float> packed(blocks * kDepth * kBlockRows);
+  for (int64_t i0 = 0; i0 < rows; i0 += kDepth) {
+    const int64_t depth = std::min(kDepth, rows - i0);
+    for (int64_t cb = 0; cb < blocks; ++cb) {
+      float* dst = packed.data() + cb * kDepth * kBlockRows;
+      for (int64_t i = 0; i < depth; ++i) {
+        for (int64_t r = 0; r < kBlockRows; ++r) {
+          const int64_t c = cb * kBlockRows + r;
+          dst[i * kBlockRows + r] = c < k ? a[(i0 + i) * lda + c] : 0.0f;
+        }
+      }
+    }
+    auto run = [&](int64_t p0, int64_t p1) {
+      // The chunk's rows of one panel of g, contiguous: in place, rows ldg apart fall into a few
+      // of L1's sets and evict each other before the next block of a's columns reads them again.
+      alignas(64) float gp[kDepth * kPanelCols];
+      for (int64_t p = p0; p < p1; ++p) {
+        __mmask16 mask[kPanelVectors];
+        panel_mask(n, p, mask);
+        const float* src = g + i0 * ldg + p * kPanelCols;
+        for (int64_t i = 0; i < depth; ++i) {
+          for (int64_t v = 0; v < kPanelVectors; ++v) {
+            _mm512_store_ps(gp + i * kPanelCols + 16 * v, _mm512_maskz_loadu_ps(mask[v], src + i * ldg + 16 * v));
+          }
+        }
+        for (int64_t cb = 0; cb < blocks; ++cb) {
+          grad_rows<kBlockRows>(packed.data() + cb * kDepth * kBlockRows, gp, kPanelCols, depth,
+                                out + cb * kBlockRows * n + p * kPanelCols, n, mask,
+                                std::min(kBlockRows, k - cb * kBlockRows));
         }
         if (bias_out != nullptr) {
           __m512 acc[kPanelVectors];
           for (int64_t v = 0; v < kPanelVectors; ++v) acc[v] = _mm512_setzero_ps();
           for (int64_t i = 0; i < depth; ++i) {
             for (int64_t v = 0; v < kPanelVectors; ++v) {
-              acc[v] = _mm512_add_ps(acc[v], _mm512_maskz_loadu_ps(mask[v], gp + i * ldg + 16 * v));
+              acc[v] = _mm512_add_ps(acc[v], _mm512_load_ps(gp + i * kPanelCols + 16 * v));
             }
           }
           for (int64_t v = 0; v < kPanelVectors; ++v) {
@@ -549,12 +586,12 @@ inline void weight_grad_gemm(const float* a, int64_t lda, const float* g, int64_
           }
         }
       }
+    };
+    if (worth_threads(depth * k * n)) {
+      at::parallel_for(0, count, 1, run);
+    } else {
+      run(0, count);
     }
-  };
-  if (worth_threads(rows * k * n)) {
-    at::parallel_for(0, count, 1, run);
-  } else {
-    run(0, count);
   }
 }
 #endif
