@@ -48,7 +48,7 @@ double run(at::Tensor a, at::Tensor w, at::Tensor bias, int64_t steps, int64_t m
     packed = stack[0].toTensor();
   }
 #if defined(__AVX512F__)
-  const rt::PackedGemm gemm(w);
+  const rt::PackedGemm gemm(w, nullptr);
 #else
   TORCH_CHECK(mode != 2, "the packed kernel needs AVX-512");
 #endif

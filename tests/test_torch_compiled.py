@@ -190,11 +190,14 @@ def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, un
     T = 8
     x = rng.normal(size=(T, batch, inputs))
     mask = torch.tensor(rng.random((batch, T)) < 0.8)
+    # (out * per-unit weights).sum(): the outputs' gradient arrives broadcast (strides 0, 0, 1), and
+    # the kernel reads it through its strides; out.square() gives every row a gradient of its own.
+    weights = torch.tensor(rng.normal(size=units), dtype=DTYPES[dtype])
     results = []
     for layer in (compiled, loop):
         xt = torch.tensor(x, dtype=DTYPES[dtype], requires_grad=True)
         out, _ = layer(xt, mask=mask)
-        out.square().sum().backward()
+        ((out * weights).sum() + out.square().sum() if batch > 1 else (out * weights).sum()).backward()
         results.append((out.detach(), xt.grad, {n: p.grad for n, p in layer.named_parameters()}))
     tol = pairwise_tolerance(dtype, dtype, T)
     gtol = pairwise_tolerance(dtype, dtype, T, kind="gradients")

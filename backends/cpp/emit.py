@@ -213,7 +213,7 @@ class GraphCode:
         placed: value -> C++ expression of the View that holds it at the current step (made at
             the top of the body) and whether the expression reads the value's own buffer.
         keep: values read outside the graph (besides its outputs), so kept in buffers.
-        buffer: shape -> C++ expression of a new buffer (default ``at::empty``).
+        workspace: where buffers and packed weights live across calls (default: new ones each call).
     """
 
     def __init__(
@@ -226,10 +226,10 @@ class GraphCode:
         tensors: dict[str, str] | None = None,
         placed: dict[str, tuple[str, bool]] | None = None,
         keep: AbstractSet[str] = frozenset(),
-        buffer: Callable[[str], str] | None = None,
+        workspace: Workspace | None = None,
     ):
         self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
-        self.buffer = buffer or (lambda shape: f"at::empty({shape}, opts)")
+        self.workspace = workspace
         self.placed = dict(placed or {})
         self.keep = set(keep) | set(graph.outputs.values()) | set(self.placed)
         self.alloc: list[str] = []
@@ -380,10 +380,10 @@ class GraphCode:
                 continue
             if n.name in self.placed:
                 if self.placed[n.name][1]:
-                    self.alloc.append(f"at::Tensor {self.t(n.name)} = {self.buffer(self._shape(n))};")
+                    self.alloc.append(f"at::Tensor {self.t(n.name)} = {self._buffer(self._shape(n))};")
                 self.alloc.append(f"rt::View<T> {self.v(n.name)};")
             else:
-                self.alloc.append(f"at::Tensor {self.t(n.name)} = {self.buffer(self._shape(n))};")
+                self.alloc.append(f"at::Tensor {self.t(n.name)} = {self._buffer(self._shape(n))};")
                 self.alloc.append(f"const rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
                 self.tensors[n.name] = self.t(n.name)
         for n in reversed(shown):  # blocks of concats (a concat's view before its blocks')
@@ -409,7 +409,8 @@ class GraphCode:
         for n in g.nodes:
             if n.op in GEMM_OPS and self._computed(n.name):
                 key, weight = self._linear(n)
-                self.alloc.append(f"const rt::Linear<T> lin{self.prefix}_{key}({weight}, {self.rows});")
+                slot = self.workspace.slot() if self.workspace else "nullptr"
+                self.alloc.append(f"const rt::Linear<T> lin{self.prefix}_{key}({weight}, {self.rows}, {slot});")
         self.body.extend(per_step)
         for item in self.work:
             if isinstance(item, list):
@@ -426,6 +427,9 @@ class GraphCode:
                 self.body.extend(self._row_loop([[item]], "1"))
             else:
                 raise Unsupported(f"op {item.op!r}")
+
+    def _buffer(self, shape: str) -> str:
+        return self.workspace(shape) if self.workspace else f"at::empty({shape}, opts)"
 
     def _shape(self, n: Node) -> str:
         return f"{{{self.rows}, {elems(n.width)}}}" if n.batched else f"{{{elems(n.width)}}}"
@@ -561,6 +565,11 @@ class Workspace:
         self.count += 1
         return f"rt::reuse_or_empty(workspace[{self.count - 1}], {shape}, opts)"
 
+    def slot(self) -> str:
+        """A pointer to a new slot (for a buffer the runtime makes itself: packed weights)."""
+        self.count += 1
+        return f"&workspace[{self.count - 1}]"
+
     def declaration(self) -> str:
         return f"  static thread_local std::vector<at::Tensor> workspace({max(1, self.count)});"
 
@@ -662,14 +671,18 @@ class _Emitter:
             out.append(f"  const at::Tensor P_{p} = params[{k}].contiguous(); \\")
         uname, uaxis = self.units
         out.append(f"  const int64_t H = P_{uname}.size({uaxis}); \\")
+        # the fused weights (one GEMM's, several parameters side by side) live across calls
+        fused = []
         for L in self.plan.linears:
             ws = [f"P_{w}" for w in L.weights]
-            w = ws[0] if len(ws) == 1 else f"at::cat({{{', '.join(ws)}}}, 1)"
-            out.append(f"  const at::Tensor w_{L.name} = {w}; \\")
+            if len(ws) > 1:
+                fused.append(f"rt::cat_reused(fused_params[{len(fused)}], {{{', '.join(ws)}}}, 1, opts)")
+            out.append(f"  const at::Tensor w_{L.name} = {ws[0] if len(ws) == 1 else fused[-1]}; \\")
             if L.has_bias:
                 bs = [f"P_{b}" if b else "at::zeros({H}, opts)" for b in L.biases]
                 b = bs[0] if len(bs) == 1 else f"at::cat({{{', '.join(bs)}}}, 0)"
                 out.append(f"  const at::Tensor b_{L.name} = {b}; \\")
+        out.insert(1, f"  static thread_local std::vector<at::Tensor> fused_params({max(1, len(fused))}); \\")
         for p in self.plan.vector_params:
             out.append(f"  const rt::View<T> v_param_{p}{{P_{p}.data_ptr<T>(), 0}}; \\")
         out.append("  (void)H;")
@@ -692,7 +705,7 @@ class _Emitter:
             "p",
             {spec.input: Leaf("vx", "x2d"), **self.param_leaves()},
             keep={e.name[2:] for e in self.entries if not e.per_step},  # the tape's prologue values
-            buffer=workspace,
+            workspace=workspace,
         )
         # step leaves: states (current buffers), hoisted values at t, vector parameters
         leaves = self.param_leaves()
@@ -732,7 +745,7 @@ class _Emitter:
             if computed(nxt) and nxt not in placed:
                 placed[nxt] = (f"m == nullptr ? rt::view_of<T>(*nxt_{k}) : rt::view_of<T>(ts_{nxt})", True)
         keep = {e.name[2:] for e in self.entries if e.per_step}
-        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep, buffer=workspace)
+        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep, workspace=workspace)
 
         tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + len(states) + ntape)) + ">"
         L = [
@@ -880,7 +893,7 @@ class _Emitter:
             if grad and computed(grad) and grad not in placed:
                 placed[grad] = (f"m == nullptr ? rt::view_of<T>(*gnxt_{k}) : rt::view_of<T>(tb_{grad})", True)
         workspace = Workspace()
-        step = GraphCode(back, "B", "b", leaves, placed=placed, buffer=workspace)
+        step = GraphCode(back, "B", "b", leaves, placed=placed, workspace=workspace)
 
         # prologue backward
         pro_leaves = {spec.input: Leaf("vx", "x2d"), **self.param_leaves()}
@@ -901,7 +914,7 @@ class _Emitter:
         g_input = pro_back.outputs.get(f"grad:{spec.input}")
         others = [v for r, v in pro_back.outputs.items() if r != f"grad:{spec.input}"]
         only_input = (live_names(pro_back.nodes, [g_input]) - live_names(pro_back.nodes, others)) if g_input else set()
-        pro_all = GraphCode(pro_back, "R", "q", pro_leaves, skip=only_input, buffer=workspace)
+        pro_all = GraphCode(pro_back, "R", "q", pro_leaves, skip=only_input, workspace=workspace)
         pro_in = GraphCode(
             pro_back,
             "R",
@@ -909,7 +922,7 @@ class _Emitter:
             pro_leaves,
             skip={n.name for n in pro_back.nodes} - only_input,
             tensors=pro_all.tensors,
-            buffer=workspace,
+            workspace=workspace,
         )
 
         ns = len(states)
@@ -924,7 +937,9 @@ class _Emitter:
             "  NOVOLSTM_PARAMS",
             "  const at::Tensor mask = mask_in.has_value() ? mask_in->contiguous() : at::Tensor();",
             "  const bool* mask_p = mask_in.has_value() ? mask.data_ptr<bool>() : nullptr;",
-            "  const at::Tensor g_ys = g_ys_in.has_value() ? g_ys_in->contiguous() : at::Tensor();",
+            "  const at::Tensor g_ys = g_ys_in.has_value() ? *g_ys_in : at::Tensor();  // read through its strides",
+            "  const int64_t gys_t = g_ys.defined() ? g_ys.stride(0) : 0, gys_b = g_ys.defined() ? g_ys.stride(1) : 0;",
+            "  const int64_t gys_h = g_ys.defined() ? g_ys.stride(2) : 0;",
             "  const at::Tensor x2d = x.view({R, I});",
             "  const rt::View<T> vx{x2d.data_ptr<T>(), I};",
         ]
@@ -955,9 +970,8 @@ class _Emitter:
         for name, role in seeds.items():  # the gradient rows themselves, or their masked copy
             width = elems(back[name].width)
             if role == "output":
-                src = "rt::View<T>{g_ys.data_ptr<T>() + t * B * H, H}"
                 L.append(
-                    f"    const rt::View<T> vseed_{name} = g_ys_in.has_value() ? rt::masked_rows(vseedrows_{name}, {src}, m, B, {width}) : vseedrows_{name};"
+                    f"    const rt::View<T> vseed_{name} = g_ys_in.has_value() ? rt::strided_rows(vseedrows_{name}, g_ys.data_ptr<T>() + t * gys_t, gys_b, gys_h, m, B, {width}) : vseedrows_{name};"
                 )
             else:
                 k = states.index(role.split(":", 1)[1])
@@ -1034,7 +1048,9 @@ class _Emitter:
             if Lin.has_bias:  # the column sums of g, in the weight gradient's pass over it
                 L.append(f"  at::Tensor gbias_{Lin.name};")
                 bias = f"&gbias_{Lin.name}"
-            L.append(f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {g}, {rhs[g]}, {bias});")
+            L.append(
+                f"  const at::Tensor gw_{Lin.name} = rt::weight_grad<T>({operand}, {g}, {rhs[g]}, {bias}, *{workspace.slot()});"
+            )
         results = ["g_x"] + [f"*gcur_{k}" for k in range(ns)]
         for p, pieces in self.param_pieces().items():
             if not pieces:

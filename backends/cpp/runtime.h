@@ -280,6 +280,27 @@ inline View<T> masked_rows(View<T> buf, View<T> src, const bool* mask, int64_t r
   return buf;
 }
 
+// The (rows, n) block at p, rows ld apart and elements inc apart: itself where that is a View (inc 1)
+// and every row is live (no mask), else copied into buf, masked rows zero. An output gradient
+// broadcast from a scalar (the gradient of a sum) is read in place, never made whole.
+template <typename T>
+inline View<T> strided_rows(View<T> buf, const T* p, int64_t ld, int64_t inc, const bool* mask, int64_t rows,
+                            int64_t n) {
+  if (inc == 1 && mask == nullptr) return View<T>{const_cast<T*>(p), ld};
+  for (int64_t b = 0; b < rows; ++b) {
+    T* d = buf.row(b);
+    const T* s = p + b * ld;
+    if (mask != nullptr && !mask[b]) {
+      std::memset(d, 0, sizeof(T) * n);
+    } else if (inc == 1) {
+      std::memcpy(d, s, sizeof(T) * n);
+    } else {
+      for (int64_t j = 0; j < n; ++j) d[j] = s[j * inc];
+    }
+  }
+  return buf;
+}
+
 // a + (mask ? 0 : carried) per row: the state gradient through a step (masked rows pass it on).
 template <typename T>
 inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask, int64_t rows, int64_t n) {
@@ -304,6 +325,16 @@ inline at::Tensor reuse_or_empty(at::Tensor& slot, at::IntArrayRef shape, const 
   }
   slot = at::empty(shape, opts);
   return slot;
+}
+
+// at::cat of `parts` along `dim`, into `slot`'s buffer (see reuse_or_empty).
+inline at::Tensor cat_reused(at::Tensor& slot, at::TensorList parts, int64_t dim, const at::TensorOptions& opts) {
+  std::vector<int64_t> shape = parts[0].sizes().vec();
+  shape[dim] = 0;
+  for (const at::Tensor& part : parts) shape[dim] += part.size(dim);
+  at::Tensor out = reuse_or_empty(slot, shape, opts);
+  at::cat_out(out, parts, dim);
+  return out;
 }
 
 // A new handle (tensor) on t's memory, for a workspace buffer a call returns: the slot's own
@@ -446,16 +477,27 @@ inline bool worth_threads(int64_t flops) { return flops >= (int64_t(1) << 20) &&
 struct PackedGemm {
   at::Tensor panels;  // (N / kPanelCols rounded up, K, kPanelCols)
   int64_t k = 0, n = 0;
-  explicit PackedGemm(const at::Tensor& w) : k(w.size(0)), n(w.size(1)) {
+  // w read through its strides (a transposed weight needs no contiguous copy first); the panels
+  // in `slot`'s buffer where one is given (see reuse_or_empty).
+  PackedGemm(const at::Tensor& w, at::Tensor* slot) : k(w.size(0)), n(w.size(1)) {
     const int64_t count = (n + kPanelCols - 1) / kPanelCols;
-    panels = at::zeros({count, k, kPanelCols}, w.options().dtype(at::kFloat));
-    const at::Tensor wc = w.contiguous();
-    const float* src = wc.data_ptr<float>();
+    const std::vector<int64_t> shape{count, k, kPanelCols};
+    const auto opts = w.options().dtype(at::kFloat);
+    panels = slot != nullptr ? reuse_or_empty(*slot, shape, opts) : at::empty(shape, opts);
+    const float* src = w.data_ptr<float>();
+    const int64_t s0 = w.stride(0), s1 = w.stride(1);
     float* dst = panels.data_ptr<float>();
     for (int64_t p = 0; p < count; ++p) {
       const int64_t cols = std::min(kPanelCols, n - p * kPanelCols);
       for (int64_t kk = 0; kk < k; ++kk) {
-        std::memcpy(dst + (p * k + kk) * kPanelCols, src + kk * n + p * kPanelCols, sizeof(float) * cols);
+        float* d = dst + (p * k + kk) * kPanelCols;
+        const float* row = src + kk * s0 + p * kPanelCols * s1;
+        if (s1 == 1) {
+          std::memcpy(d, row, sizeof(float) * cols);
+        } else {
+          for (int64_t c = 0; c < cols; ++c) d[c] = row[c * s1];
+        }
+        std::fill(d + cols, d + kPanelCols, 0.0f);
       }
     }
   }
@@ -626,12 +668,12 @@ inline at::Tensor weight_grad_rhs(const at::Tensor& g) {
 // through weight_grad_rhs); bias_out, when not null, gets g's column sums (its bias gradient).
 template <typename T>
 inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& g, const at::Tensor& rhs,
-                              at::Tensor* bias_out) {
+                              at::Tensor* bias_out, at::Tensor& slot) {
 #if defined(__AVX512F__)
   if constexpr (packed_kernels<T>()) {
     if (operand.stride(1) == 1 && g.stride(1) == 1) {
       const int64_t k = operand.size(1), n = g.size(1);
-      at::Tensor out = at::zeros({k, n}, g.options());
+      at::Tensor out = reuse_or_empty(slot, {k, n}, g.options()).zero_();
       float* bias = nullptr;
       if (bias_out != nullptr) {
         *bias_out = at::zeros({n}, g.options());
@@ -643,6 +685,7 @@ inline at::Tensor weight_grad(const at::Tensor& operand, const at::Tensor& g, co
     }
   }
 #endif
+  (void)slot;
   if (bias_out != nullptr) *bias_out = g.sum(0);
   if (weight_grad_on_onednn<T>()) return onednn_linear(operand.t().contiguous(), rhs, at::Tensor());
   return at::mm(operand.t(), g);
@@ -663,17 +706,21 @@ struct Linear {
 #if defined(__AVX512F__)
   std::shared_ptr<const PackedGemm> gemm;  // the packed path's panels; null on the others
 #endif
-  Linear(const at::Tensor& w_, int64_t rows) : w(w_.contiguous()) {
+  // slot: a workspace buffer for the packed panels (see reuse_or_empty), or null.
+  Linear(const at::Tensor& w_, int64_t rows, at::Tensor* slot = nullptr) : w(w_) {
+#if defined(__AVX512F__)
+    if constexpr (packed_kernels<T>()) {
+      if (rows > kSmallRows) {
+        gemm = std::make_shared<const PackedGemm>(w_, slot);
+        return;
+      }
+    }
+#endif
+    w = w_.contiguous();
     if (rows <= kSmallRows) {
       small = true;
       return;
     }
-#if defined(__AVX512F__)
-    if constexpr (packed_kernels<T>()) {
-      gemm = std::make_shared<const PackedGemm>(w);
-      return;
-    }
-#endif
     scratch = at::empty({rows, w.size(0)}, w.options());
     if (std::is_same<T, float>::value && onednn_linear_op() != nullptr && onednn_reorder_op() != nullptr) {
       torch::jit::Stack stack{c10::IValue(w.t().contiguous()), c10::IValue(rows)};
