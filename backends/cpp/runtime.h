@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <ATen/core/Tensor.h>
@@ -50,7 +51,7 @@ struct View {
 // that call it; scalar libm expf kept the whole step at libm's pace. 2^n is applied in two
 // normal factors, so that results below the smallest normal float round once into the
 // subnormals, as a float64 exp rounded to float32 does; below -104 the result rounds to 0.
-// Within 2 ulp of float64 exp (tests/test_torch_compiled.py sweeps the whole range). In
+// Within about 2 ulp of float64 exp (tests/test_torch_compiled.py sweeps the whole range). In
 // double, std::exp.
 inline float exp_nonpositive(float x) {
   const float c = x < -104.0f ? -104.0f : x;
@@ -333,6 +334,9 @@ inline at::Tensor cat_reused(at::Tensor& slot, at::TensorList parts, int64_t dim
   shape[dim] = 0;
   for (const at::Tensor& part : parts) shape[dim] += part.size(dim);
   at::Tensor out = reuse_or_empty(slot, shape, opts);
+  // Below autograd: a double backward calls the kernel with grad mode on and parameters that
+  // require grad, where an out= function refuses to run (the result is the kernel's own buffer).
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   at::cat_out(out, parts, dim);
   return out;
 }
