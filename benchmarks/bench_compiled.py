@@ -7,8 +7,11 @@ the parameters (the input, like data, needs none), as ``novolstm bench`` measure
 time-major, the same shapes as the published benchmarks: typical (batch 32, 100 steps, 128
 inputs and units), latency (1, 1000, 64) and throughput (128, 200, 512). Not a test.
 
+With ``--clock cpu`` each call is timed by the calling thread's CPU time (one thread: all the
+work), which a busy machine disturbs less than the wall clock (the default, as ``novolstm bench``).
+
     python benchmarks/bench_compiled.py [--shapes typical latency throughput] [--repeats 21]
-        [--threads 1] [--specs novolstm lstm] [--modes fwd fwdbwd]
+        [--threads 1] [--specs novolstm lstm] [--modes fwd fwdbwd] [--clock wall|cpu]
 """
 
 from __future__ import annotations
@@ -50,16 +53,16 @@ def candidates(shape, specs):
     return out
 
 
-def measure(calls, repeats: int) -> dict[str, list[float]]:
+def measure(calls, repeats: int, clock=time.perf_counter) -> dict[str, list[float]]:
     """Seconds of every call, interleaved, after one warm-up call each."""
     for fn in calls.values():
         fn()
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, fn in calls.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(clock() - start)
     return samples
 
 
@@ -71,15 +74,17 @@ def main(argv=None):
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
     p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     args = p.parse_args(argv)
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
     torch.set_num_threads(args.threads)
     for shape_name in args.shapes:
         shape = SHAPES[shape_name]
         cands = candidates(shape, args.specs)
         for mode in args.modes:
-            samples = measure({name: c[mode] for name, c in cands.items()}, args.repeats)
+            samples = measure({name: c[mode] for name, c in cands.items()}, args.repeats, clock)
             base = samples["nn.LSTM"]
-            print(f"{shape_name} {shape} {mode}, {args.threads} thread(s), {args.repeats} rounds")
+            print(f"{shape_name} {shape} {mode}, {args.threads} thread(s), {args.repeats} rounds, {args.clock} clock")
             for name, s in samples.items():
                 ratio = statistics.median(a / b for a, b in zip(s, base))
                 print(f"  {name:<20} {1e3 * statistics.median(s):9.3f} ms   / nn.LSTM {ratio:5.2f}")

@@ -5,7 +5,8 @@ the reference) and to the generated loop (float32 gradients, reverse direction, 
 layers), for every built-in spec; every operation of the language (one spec holding them all),
 the domain rule and random specs of the fuzzing strategy against the interpreter and its
 central differences; both GEMM paths of the step (a plain loop up to 4 rows, oneDNN / BLAS
-above); through autograd's gradcheck, torch.compile with no graph break and torch.export; and
+above); the kernel's own sigmoid, tanh and softmax (its float32 exp is a polynomial) within a few
+ulp of float64 over every magnitude and the special values; through autograd's gradcheck, torch.compile with no graph break and torch.export; and
 the fallbacks when no compiler is present or the emitter lacks an operation.
 
 Kernels build once per spec into NOVOLSTM_CACHE_DIR (tox points it into the env's tmp dir),

@@ -340,17 +340,17 @@ class GraphCode:
                     ):
                         self.virtual.add(n.name)
 
-    def _segment(self, loop: list, n: Node):
+    def _segment(self, loop: list[list[Node]], n: Node):
         """Add row-wise node ``n`` to the row loop ``loop``: to its last segment where it can join.
 
         A segment is one loop over a row's elements: elementwise nodes of one width, and row
         ops (a reduction over whole rows first, then an element expression) whose arguments
         come from before the segment.
         """
-        seg = loop[-1] if loop else None
-        inside = {m.name for m in seg} if seg else set()
+        seg: list[Node] = loop[-1] if loop else []
+        inside = {m.name for m in seg}
         joins = (
-            seg is not None
+            bool(seg)
             and seg[0].op in OPS_AND_ROWS
             and n.op in OPS_AND_ROWS
             and elems(seg[0].width) == elems(n.width)
@@ -672,7 +672,7 @@ class _Emitter:
         uname, uaxis = self.units
         out.append(f"  const int64_t H = P_{uname}.size({uaxis}); \\")
         # the fused weights (one GEMM's, several parameters side by side) live across calls
-        fused = []
+        fused: list[str] = []
         for L in self.plan.linears:
             ws = [f"P_{w}" for w in L.weights]
             if len(ws) > 1:
