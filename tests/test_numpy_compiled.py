@@ -70,7 +70,7 @@ def test_every_built_in_spec_compiles():
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@settings(max_examples=4)
+@settings(max_examples=3)
 @given(data=st.data())
 def test_compiled_matches_reference_and_loop(spec, dtype, data):
     """Outputs and final state of the compiled step loop against the float64 reference, and against
@@ -234,7 +234,9 @@ def test_the_cache_loads_only_libraries_it_built(tmp_path, monkeypatch):
     target.symlink_to(built)
     with pytest.raises(numpy_ext.CompiledUnavailable, match="not a regular file"):
         load()
-    target.unlink()
-    shutil.copy2(other, target)
+    # Another folder: the process keeps the first library of a path loaded (dlopen reuses it by name).
+    monkeypatch.setenv("NOVOLSTM_CACHE_DIR", str(tmp_path / "other"))
+    numpy_ext.cache_dir().mkdir(parents=True)
+    shutil.copy2(other, numpy_ext.cache_dir() / built.name)
     with pytest.raises(numpy_ext.CompiledUnavailable, match="not built for this kernel"):
         load()

@@ -166,7 +166,7 @@ class _Step:
         for n in g.nodes:
             if n.op == "linear":
                 work.append(n)
-            elif n.op in OPS or n.op in ROW_OPS:
+            elif n.op != "const" and (n.op in OPS or n.op in ROW_OPS):
                 if not n.batched:  # reads parameters and constants only: the same every step
                     self.before.extend(self._row_loop([n], "1"))
                 elif work and isinstance(work[-1], list):

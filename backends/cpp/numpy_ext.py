@@ -182,8 +182,9 @@ def _compile(name: str, source: str, cxx: str, flags: tuple[str, ...]) -> Path:
                     )
                 except subprocess.CalledProcessError as e:
                     lines = (e.stderr or "").strip().splitlines()
+                    first = next((line for line in lines if "error" in line), lines[-1] if lines else "")
                     raise CompiledUnavailable(
-                        f"building the C++ step loop failed: {lines[-1] if lines else f'exit status {e.returncode}'}"
+                        f"building the C++ step loop failed: {first.strip() or f'exit status {e.returncode}'}"
                     ) from None
                 except (OSError, subprocess.TimeoutExpired) as e:
                     raise CompiledUnavailable(f"building the C++ step loop failed: {e}") from None
