@@ -50,7 +50,7 @@ def run_with(module, compiled, reverse=False):
 
     def reversed_run(params, x, state, mask):
         # The generated forward hands the kernel its arrays; this runs them from the last step to the first.
-        kernel = module._compiled_forward(x.dtype, x.shape[1], True, False)
+        kernel = module._compiled_forward(x.dtype, 1, 1, 1, True, False)
         real = module._compiled_forward
         module._compiled_forward = lambda *a: lambda *args: kernel(*args, reverse=True)
         try:
@@ -126,19 +126,22 @@ def _fixed_cases(spec, batch=2, steps=6, inputs=3, units=4, seed=0):
 
 def test_auto_runs_the_compiled_loop_from_compiled_min_steps():
     module = novolstm.load_generated("lstm", "numpy")
-    n = module.COMPILED_MIN_STEPS
-    assert module._compiled_forward(np.float32, n, None, False) is not None
-    assert module._compiled_forward(np.float64, n, None, False) is not None
-    assert module._compiled_forward(np.float32, n - 1, None, False) is None  # short: the loop
-    assert module._compiled_forward(np.float32, n, None, True) is None  # keep_tape: the loop
-    assert module._compiled_forward(np.float32, n, False, False) is None
-    assert module._compiled_forward(np.float32, 1, True, False) is not None
+    n, work = module.COMPILED_MIN_STEPS, module.COMPILED_MAX_WORK
+
+    def choose(dtype=np.float32, batch=1, steps=n, units=64, compiled=None, keep_tape=False):
+        return module._compiled_forward(dtype, batch, steps, units, compiled, keep_tape)
+
+    assert choose() is not None and choose(np.float64) is not None
+    assert choose(batch=work // 64**2) is not None and choose(batch=work // 64**2 + 1) is None  # large: BLAS
+    assert choose(steps=n - 1) is None  # short: the loop
+    assert choose(keep_tape=True) is None and choose(compiled=False) is None
+    assert choose(steps=1, batch=work, compiled=True) is not None
     with pytest.raises(ValueError, match="keep_tape=True"):
-        module._compiled_forward(np.float32, n, True, True)
+        choose(compiled=True, keep_tape=True)
     with pytest.raises(ValueError, match="compiled: expected None"):
         module.Cell(2, 3, compiled="yes")
     with pytest.raises(RuntimeError, match="float32 and float64, not float16"):
-        module._compiled_forward(np.float16, n, True, False)
+        choose(np.float16, compiled=True)
 
 
 def test_cell_runs_compiled_and_its_vjp_runs_the_loop(rng):
@@ -193,7 +196,7 @@ def test_a_spec_the_emitter_does_not_compile_runs_the_loop_without_a_warning(mon
 
 def test_the_kernel_refuses_bad_arrays(rng):
     module = novolstm.load_generated("lstm", "numpy")
-    kernel = module._compiled_forward(np.float64, 1, True, False)
+    kernel = module._compiled_forward(np.float64, 1, 1, 1, True, False)
     x, state = np.zeros((2, 3, 4)), (np.zeros((2, 5)), np.zeros((2, 5)))
     seq, w = np.zeros((3, 2, 20)), np.zeros((5, 20))
     assert kernel(x, state, None, seq, w)[0].shape == (2, 3, 5)
@@ -213,8 +216,8 @@ def test_the_cache_loads_only_libraries_it_built(tmp_path, monkeypatch):
     """A library built once is reused from the cache; a link, a file others may write, or another
     kernel's library under this one's name is refused (the loop then runs), never loaded."""
     module = novolstm.load_generated("lstm", "numpy")
-    built = module._compiled_forward(np.float64, 1, True, False).library
-    other = novolstm.load_generated("gru", "numpy")._compiled_forward(np.float64, 1, True, False).library
+    built = module._compiled_forward(np.float64, 1, 1, 1, True, False).library
+    other = novolstm.load_generated("gru", "numpy")._compiled_forward(np.float64, 1, 1, 1, True, False).library
     monkeypatch.setenv("NOVOLSTM_CACHE_DIR", str(tmp_path))
     cache = numpy_ext.cache_dir()
     cache.mkdir(parents=True)

@@ -57,8 +57,7 @@ inline void block(const T* a, int64_t lda, const T* w, int64_t n, const T* bias,
     V wv[C];
     for (int c = 0; c < C; ++c) wv[c] = load<V>(w + kk * n + c * L);
     for (int r = 0; r < R; ++r) {
-      V x;
-      for (int l = 0; l < L; ++l) x[l] = a[r * lda + kk];  // a broadcast
+      const V x = V{} + a[r * lda + kk];  // the scalar broadcast to every lane
       for (int c = 0; c < C; ++c) acc[r][c] += x * wv[c];
     }
   }

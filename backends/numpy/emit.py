@@ -101,8 +101,8 @@ def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
         keep_tape: keep what ``backward`` needs (the generated loop runs then).
         compiled: the steps after the prologue as one compiled call (novolstm builds it
             with the C++ compiler, once per spec): None where it pays (float32 and float64,
-            at least COMPILED_MIN_STEPS steps, novolstm loaded), True always (or raise why
-            not), False never.
+            at least COMPILED_MIN_STEPS steps, batch * units**2 at most COMPILED_MAX_WORK,
+            novolstm loaded), True always (or raise why not), False never.
 
     Returns:
         (outputs (batch, time, units), final state tuple, tape or None)
@@ -119,7 +119,7 @@ def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
     kept = {$prologue_tape}  # prologue values the backward pass reads
     if state is None:
         state = tuple(np.zeros((B, H), dtype=x.dtype) for _ in STATE_NAMES)
-    kernel = _compiled_forward(x.dtype, T, compiled, keep_tape)
+    kernel = _compiled_forward(x.dtype, B, T, H, compiled, keep_tape)
     if kernel is not None:  # the steps in one compiled call: outputs and final state as the loop's
         $compiled_call
         return outputs, final, None

@@ -126,21 +126,26 @@ def _linear(a, w, b=None):
 
 # ---------------------------------------------------------------- the compiled step loop
 
-#: Where compiled=None runs the compiled step loop: sequences of at least this many steps. On
-#: shorter ones the loop's per-step overhead is small, and the compiled path would still cost a
-#: build (about a second, once per spec) for little (docs/numpy.md has the measurements).
+#: Where compiled=None runs the compiled step loop: sequences of at least COMPILED_MIN_STEPS steps
+#: whose batch * units**2 (a step's product, per block of units) is at most COMPILED_MAX_WORK.
+#: Shorter sequences cost the loop little per call, and the compiled path a build (about a
+#: second, once per spec). Larger steps run the loop, whose product a multi-threaded BLAS splits
+#: over the cores where the compiled loop runs on one (at one BLAS thread both measured at par at
+#: batch 128, 512 units; docs/numpy.md).
 COMPILED_MIN_STEPS = 32
+COMPILED_MAX_WORK = 2**22
 _COMPILED_WARNED: list[str] = []
 
 
-def _compiled_forward(dtype, steps, compiled, keep_tape):
+def _compiled_forward(dtype, batch, steps, units, compiled, keep_tape):
     """The spec's compiled step loop (novolstm.backends.cpp.numpy_ext) for this call, or None.
 
-    compiled=None runs it on float32 and float64 sequences of at least COMPILED_MIN_STEPS steps
-    where novolstm is loaded (a module exported standalone stays standalone) and a C++ compiler
-    builds it (once per spec, cached on disk); without a compiler it warns once and returns None,
-    and so does a spec the emitter does not compile, silently. compiled=True runs it or raises
-    why not; compiled=False never runs it. keep_tape (the backward pass) runs the generated loop.
+    compiled=None runs it on float32 and float64 calls of COMPILED_MIN_STEPS steps or more and
+    COMPILED_MAX_WORK or less where novolstm is loaded (a module exported standalone stays
+    standalone) and a C++ compiler builds it (once per spec, cached on disk); without a compiler
+    it warns once and returns None, and so does a spec the emitter does not compile, silently.
+    compiled=True runs it or raises why not; compiled=False never runs it. keep_tape (the
+    backward pass) runs the generated loop.
     """
     if compiled not in (None, True, False):
         raise ValueError(f"compiled: expected None (auto), True or False, got {compiled!r}")
@@ -151,7 +156,9 @@ def _compiled_forward(dtype, steps, compiled, keep_tape):
         )
     if keep_tape or compiled is False:
         return None
-    if compiled is None and (steps < COMPILED_MIN_STEPS or "novolstm" not in sys.modules):
+    if compiled is None and (
+        steps < COMPILED_MIN_STEPS or batch * units * units > COMPILED_MAX_WORK or "novolstm" not in sys.modules
+    ):
         return None
     why = None
     if np.dtype(dtype) not in (np.float32, np.float64):

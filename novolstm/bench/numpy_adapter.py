@@ -1,10 +1,12 @@
 """NumPy candidates: the generated cells, and the per-example textbook cell as the native baseline.
 
 Each spec's forward runs its steps in the compiled step loop (novolstm.backends.cpp.numpy_ext)
-where ``forward`` chooses it (float32 and float64, at least ``COMPILED_MIN_STEPS`` steps; the
-first call builds it or loads it from the cache: its "compile time"); its forward+backward runs
-the generated loop, which keeps the tape. ``<cell> spec, generated loop`` holds the forward to
-the generated loop (``compiled=False``).
+where ``forward`` chooses it (float32 and float64, at least ``COMPILED_MIN_STEPS`` steps, batch *
+units**2 at most ``COMPILED_MAX_WORK``; the first call builds it or loads it from the cache: its
+"compile time"); its forward+backward runs the generated loop, which keeps the tape. Beside it,
+``<cell> spec, generated loop`` holds the forward to the generated loop (``compiled=False``),
+or, at shapes where ``forward`` runs the loop, ``<cell> spec, compiled`` to the compiled step
+loop (``compiled=True``).
 """
 
 from __future__ import annotations
@@ -83,10 +85,13 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
             return peak_traced_bytes(fwd_bwd)
 
         # NumPy reports its buffers to tracemalloc: its own, exact peak next to the RSS one.
-        compiled = "C++ step loop" if steps >= module.COMPILED_MIN_STEPS else None
-        yield Candidate(f"{cell} spec", fwd, fwd_bwd, jit=compiled, framework_peak_bytes=peak)
-        if compiled and cell in LOOPS:  # (shorter sequences run the loop in both)
+        auto = steps >= module.COMPILED_MIN_STEPS and batch * units * units <= module.COMPILED_MAX_WORK
+        yield Candidate(f"{cell} spec", fwd, fwd_bwd, jit="C++ step loop" if auto else None, framework_peak_bytes=peak)
+        if cell in LOOPS and auto:
             yield Candidate(f"{cell} spec, generated loop", functools.partial(fwd, compiled=False), None)
+        elif cell in LOOPS and steps >= module.COMPILED_MIN_STEPS:  # a large step: the loop, and beside it
+            compiled = functools.partial(fwd, compiled=True)
+            yield Candidate(f"{cell} spec, compiled", compiled, None, jit="C++ step loop", may_fail=True)
     textbook = PerExampleLSTMCell(init_params("lstm", units, units, seed=0), dtype)
     yield Candidate("native: per-example cell (seed 001)", lambda: textbook.sequence(x), None)
 
