@@ -30,6 +30,7 @@ from novolstm.testing import (
     cases,
     check_against_interpreter,
     check_against_reference,
+    concurrent_calls,
     pairwise_tolerance,
     spec_cases,
 )
@@ -157,6 +158,16 @@ def test_cell_runs_compiled_and_its_vjp_runs_the_loop(rng):
     assert np.array_equal(y_vjp, y_loop) and vjp(np.ones_like(y_vjp))[0].shape == x.shape
     with pytest.raises(ValueError, match="keep_tape=True"):
         module.Cell(3, 5, compiled=True).sequence_with_vjp(x.astype(np.float64))
+
+
+def test_concurrent_calls_share_one_kernel(rng):
+    """Threads calling the same compiled loop at once (ctypes releases the GIL) get the answer of one call."""
+    module = novolstm.load_generated("novolstm", "numpy")
+    params = module.init_params(3, 6, dtype="float32")
+    xs = [rng.normal(size=(2, 50, 3)).astype(np.float32) for _ in range(4)]
+    alone = [module.forward(params, x, compiled=True)[0] for x in xs]
+    together = concurrent_calls(lambda: [module.forward(params, x, compiled=True)[0] for x in xs], threads=4)
+    assert all(np.array_equal(a, b) for got in together for a, b in zip(got, alone, strict=True))
 
 
 def test_no_compiler_falls_back_with_one_warning(tmp_path, monkeypatch, rng):
