@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -108,29 +109,37 @@ def _build(spec_toml: str) -> CompiledForward:
         raise CompiledUnsupported(f"spec {spec.name!r}: the C++ emitter does not compile {e}") from None
     compiler = _compiler()
     flags = (*CFLAGS, *_cpu_flags())
-    digest = hashlib.sha256("\n".join([draft.source, *compiler, *flags, _cpu_identity()]).encode()).hexdigest()
+    digest = hashlib.sha256(
+        "\n".join([draft.source, *compiler[0], compiler[1], *flags, _cpu_identity()]).encode()
+    ).hexdigest()
     name = "".join(c if c.isalnum() else "_" for c in f"{spec.name[:24]}_{digest[:24]}")
     kernel = generate(loop_plan, key=name)
     library = _compile(name, kernel.source, compiler[0], flags)
     return CompiledForward(library, name, kernel.layout)
 
 
-_COMPILERS: dict[str, tuple[str, str]] = {}
+_COMPILERS: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}
 
 
-def _compiler() -> tuple[str, str]:
-    """(the compiler's path, its --version text) for ``$CXX`` (default ``c++``)."""
+def _compiler() -> tuple[tuple[str, ...], str]:
+    """(the command that runs ``$CXX`` (default ``c++``; a wrapper such as ``ccache g++`` is kept),
+    its --version text)."""
     cxx = os.environ.get("CXX") or "c++"
-    path = shutil.which(cxx)
+    try:
+        words = shlex.split(cxx)
+    except ValueError:  # unbalanced quotes
+        words = []
+    path = shutil.which(words[0]) if words else None
     if path is None:
         raise CompiledUnavailable(f"no C++ compiler ({cxx!r} is not on PATH; set CXX to one)")
-    if path not in _COMPILERS:
+    command = (path, *words[1:])
+    if command not in _COMPILERS:
         try:
-            run = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60, check=True)
+            run = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=60, check=True)
         except (OSError, subprocess.SubprocessError) as e:
-            raise CompiledUnavailable(f"the C++ compiler {path!r} does not run: {e}") from None
-        _COMPILERS[path] = (path, run.stdout)
-    return _COMPILERS[path]
+            raise CompiledUnavailable(f"the C++ compiler {cxx!r} does not run: {e}") from None
+        _COMPILERS[command] = (command, run.stdout)
+    return _COMPILERS[command]
 
 
 def _cpu_identity() -> str:
@@ -164,7 +173,7 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _compile(name: str, source: str, cxx: str, flags: tuple[str, ...]) -> Path:
+def _compile(name: str, source: str, cxx: tuple[str, ...], flags: tuple[str, ...]) -> Path:
     """Build ``source`` into ``<cache>/<name>.so`` unless it is there; its path."""
     root = cache_dir()
     library = root / f"{name}.so"
@@ -178,7 +187,7 @@ def _compile(name: str, source: str, cxx: str, flags: tuple[str, ...]) -> Path:
                 cpp.write_text(source)
                 try:
                     subprocess.run(
-                        [cxx, *flags, str(cpp), "-o", str(built)],
+                        [*cxx, *flags, str(cpp), "-o", str(built)],
                         capture_output=True,
                         text=True,
                         timeout=BUILD_TIMEOUT,
