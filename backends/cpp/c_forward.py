@@ -108,7 +108,7 @@ def generate(plan: LoopPlan, key: str) -> Kernel:
     Raises:
         Unsupported: the cell uses a construct this emitter does not compile.
     """
-    if not key.replace("_", "").isalnum():
+    if not (key.isascii() and key.replace("_", "").isalnum()):
         raise ValueError(f"key: expected letters, digits and underscores, got {key!r}")
     return Kernel(_Step(plan).source(key), layout(plan))
 

@@ -112,7 +112,7 @@ def _build(spec_toml: str) -> CompiledForward:
     digest = hashlib.sha256(
         "\n".join([draft.source, *compiler[0], compiler[1], *flags, _cpu_identity()]).encode()
     ).hexdigest()
-    name = "".join(c if c.isalnum() else "_" for c in f"{spec.name[:24]}_{digest[:24]}")
+    name = "".join(c if c.isascii() and c.isalnum() else "_" for c in f"{spec.name[:24]}_{digest[:24]}")
     kernel = generate(loop_plan, key=name)
     library = _compile(name, kernel.source, compiler[0], flags)
     return CompiledForward(library, name, kernel.layout)
