@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -221,6 +223,32 @@ def test_the_kernel_refuses_bad_arrays(rng):
         kernel(x, state, np.ones((2, 3)), seq, w)
     with pytest.raises(ValueError, match="seq_z_x: expected shape \\(3, 2, 20\\)"):
         kernel(x, state, None, seq[:2], w)
+
+
+def test_parallel_processes_build_a_kernel_once(tmp_path):
+    """Three processes asking at once for a kernel no cache holds: one build (the others wait on
+    its file lock and load it), one library, no temporary left behind."""
+    log, wrapper = tmp_path / "builds.log", tmp_path / "cxx.py"
+    # The compiler itself, counting the builds (its path is in the cache key: a fresh kernel).
+    wrapper.write_text(
+        "import subprocess, sys\n"
+        f"if '-o' in sys.argv:\n    open({str(log)!r}, 'a').write('build\\n')\n"
+        "sys.exit(subprocess.call(['c++', *sys.argv[1:]]))\n"
+    )
+    env = {**os.environ, "CXX": f"{sys.executable} {wrapper}", "NOVOLSTM_CACHE_DIR": str(tmp_path / "cache")}
+    script = (
+        "import numpy as np, novolstm; module = novolstm.load_generated('mgu', 'numpy'); "
+        "print(module._compiled_forward(np.float64, 1, 1, 1, True, False).library)"
+    )
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    printed = {run.communicate(timeout=300)[0].strip() for run in runs}
+    assert [run.returncode for run in runs] == [0, 0, 0] and len(printed) == 1
+    assert log.read_text() == "build\n"
+    cache = tmp_path / "cache" / "numpy-ext"
+    assert sorted(p.name for p in cache.iterdir() if p.suffix != ".lock") == [os.path.basename(printed.pop())]
 
 
 def test_the_cache_loads_only_libraries_it_built(tmp_path, monkeypatch):
