@@ -53,9 +53,9 @@ def run_with(module, compiled, reverse=False):
 
     def reversed_run(params, x, state, mask):
         # The generated forward hands the kernel its arrays; this runs them from the last step to the first.
-        kernel = module._compiled_forward(x.dtype, 1, 1, 1, True, False)
+        kernel = module._compiled_forward(x.dtype, 1, 1, 1, True)
         real = module._compiled_forward
-        module._compiled_forward = lambda *a: lambda *args: kernel(*args, reverse=True)
+        module._compiled_forward = lambda *a: lambda *args, **kw: kernel(*args, reverse=True, **kw)
         try:
             return run(params, x, state, mask)
         finally:
@@ -95,6 +95,29 @@ def test_compiled_matches_reference_and_loop(spec, dtype, data):
             assert_close(g, w, tol, what=f"{spec} final state, reverse={reverse}")
 
 
+@pytest.mark.parametrize("spec", SPECS)
+@settings(max_examples=2)
+@given(data=st.data())
+def test_the_compiled_tape_gives_the_loops_gradients(spec, data):
+    """forward(keep_tape=True) on the compiled loop writes the tape the generated backward reads:
+    every gradient (input, initial state, each parameter) as through the generated loop (float64)."""
+    case = data.draw(cases(spec, max_batch=3, max_steps=8))
+    module = novolstm.load_generated(spec, "numpy")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    batch, steps, _ = case.x.shape
+    units = next(iter(case.params.values())).shape[-1]
+    g_out = rng.normal(size=(batch, steps, units))
+    g_state = tuple(rng.normal(size=(batch, units)) for _ in module.STATE_NAMES)
+    grads = []
+    for compiled in (True, False):
+        _, _, tape = module.forward(case.params, case.x, case.state, case.mask, keep_tape=True, compiled=compiled)
+        g_x, g_s, g_p = module.backward(case.params, tape, g_out, g_state)
+        grads.append([g_x, *g_s, *(g_p[k] for k in sorted(g_p))])
+    tol = pairwise_tolerance("float64", "float64", steps, kind="gradients")
+    for got, want in zip(*grads, strict=True):
+        assert_close(got, want, tol, f"{spec} gradients")
+
+
 @settings(max_examples=3)
 @given(spec_cases(max_batch=3, max_units=4))
 def test_random_specs_compiled_match_interpreter_and_loop(text_case):
@@ -131,16 +154,14 @@ def test_auto_runs_the_compiled_loop_from_compiled_min_steps():
     module = novolstm.load_generated("lstm", "numpy")
     n, work = module.COMPILED_MIN_STEPS, module.COMPILED_MAX_WORK
 
-    def choose(dtype=np.float32, batch=1, steps=n, units=64, compiled=None, keep_tape=False):
-        return module._compiled_forward(dtype, batch, steps, units, compiled, keep_tape)
+    def choose(dtype=np.float32, batch=1, steps=n, units=64, compiled=None):
+        return module._compiled_forward(dtype, batch, steps, units, compiled)
 
     assert choose() is not None and choose(np.float64) is not None
     assert choose(batch=work // 64**2) is not None and choose(batch=work // 64**2 + 1) is None  # large: BLAS
     assert choose(steps=n - 1) is None  # short: the loop
-    assert choose(keep_tape=True) is None and choose(compiled=False) is None
+    assert choose(compiled=False) is None
     assert choose(steps=1, batch=work, compiled=True) is not None
-    with pytest.raises(ValueError, match="keep_tape=True"):
-        choose(compiled=True, keep_tape=True)
     with pytest.raises(ValueError, match="compiled: expected None"):
         module.Cell(2, 3, compiled="yes")
     with pytest.raises(RuntimeError, match="float32 and float64, not float16"):
@@ -156,10 +177,13 @@ def test_cell_runs_compiled_and_its_vjp_runs_the_loop(rng):
     for got, want in zip((y_auto, *s_auto), (y_loop, *s_loop), strict=True):
         assert_close(got, want, tol, "compiled vs loop")
     assert y_auto.flags.c_contiguous and not np.array_equal(y_auto, y_loop)  # not the loop: rounded otherwise
-    y_vjp, _, vjp = auto.sequence_with_vjp(x)
-    assert np.array_equal(y_vjp, y_loop) and vjp(np.ones_like(y_vjp))[0].shape == x.shape
-    with pytest.raises(ValueError, match="keep_tape=True"):
-        module.Cell(3, 5, compiled=True).sequence_with_vjp(x.astype(np.float64))
+    (y_vjp, _, vjp), (_, _, loop_vjp) = auto.sequence_with_vjp(x), loop.sequence_with_vjp(x)
+    assert np.array_equal(y_vjp, y_auto)  # the compiled forward wrote the tape
+    g = np.ones_like(y_vjp)
+    (gx, gs, gp), (lx, ls, lp) = vjp(g), loop_vjp(g)
+    tol = pairwise_tolerance("float32", "float32", 40, kind="gradients")
+    for got, want in zip((gx, *gs, *gp.values()), (lx, *ls, *lp.values()), strict=True):
+        assert_close(got, want, tol, "gradients through the compiled tape")
 
 
 def test_concurrent_calls_share_one_kernel(rng):
@@ -209,7 +233,7 @@ def test_a_spec_the_emitter_does_not_compile_runs_the_loop_without_a_warning(mon
 
 def test_the_kernel_refuses_bad_arrays(rng):
     module = novolstm.load_generated("lstm", "numpy")
-    kernel = module._compiled_forward(np.float64, 1, 1, 1, True, False)
+    kernel = module._compiled_forward(np.float64, 1, 1, 1, True)
     x, state = np.zeros((2, 3, 4)), (np.zeros((2, 5)), np.zeros((2, 5)))
     seq, w = np.zeros((3, 2, 20)), np.zeros((5, 20))
     assert kernel(x, state, None, seq, w)[0].shape == (2, 3, 5)
@@ -238,7 +262,7 @@ def test_parallel_processes_build_a_kernel_once(tmp_path):
     env = {**os.environ, "CXX": f"{sys.executable} {wrapper}", "NOVOLSTM_CACHE_DIR": str(tmp_path / "cache")}
     script = (
         "import numpy as np, novolstm; module = novolstm.load_generated('mgu', 'numpy'); "
-        "print(module._compiled_forward(np.float64, 1, 1, 1, True, False).library)"
+        "print(module._compiled_forward(np.float64, 1, 1, 1, True).library)"
     )
     runs = [
         subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True)
@@ -255,8 +279,8 @@ def test_the_cache_loads_only_libraries_it_built(tmp_path, monkeypatch):
     """A library built once is reused from the cache; a link, a file others may write, or another
     kernel's library under this one's name is refused (the loop then runs), never loaded."""
     module = novolstm.load_generated("lstm", "numpy")
-    built = module._compiled_forward(np.float64, 1, 1, 1, True, False).library
-    other = novolstm.load_generated("gru", "numpy")._compiled_forward(np.float64, 1, 1, 1, True, False).library
+    built = module._compiled_forward(np.float64, 1, 1, 1, True).library
+    other = novolstm.load_generated("gru", "numpy")._compiled_forward(np.float64, 1, 1, 1, True).library
     monkeypatch.setenv("NOVOLSTM_CACHE_DIR", str(tmp_path))
     cache = numpy_ext.cache_dir()
     cache.mkdir(parents=True)

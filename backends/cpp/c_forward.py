@@ -56,12 +56,15 @@ class Argument:
 
 @dataclass(frozen=True)
 class Layout:
-    """The kernel's arguments: the arrays in ``arguments``' order, then one initial and one
-    final array per state (batch, units), the mask and the outputs."""
+    """The kernel's arguments: the arrays in ``arguments``' order, the initial states (batch,
+    units), the mask, the outputs, the final states, then one array per ``tape`` entry (the step
+    values the generated backward pass reads: "tape" (time, batch, width), "tape_row" (time,
+    width) for a value of the parameters only), all null when the call keeps no tape."""
 
     spec_name: str
     states: int
     arguments: tuple[Argument, ...]
+    tape: tuple[Argument, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,9 @@ def layout(plan: LoopPlan) -> Layout:
                 args.append(Argument(f"b_{L.name}", "bias", (node.width,)))
     step_params = {n.name: n for n in prog.step.nodes if n.op == "param"}
     args += [Argument(var(p), "param", (step_params[p].width,)) for p in plan.vector_params if p in step_params]
-    return Layout(plan.spec.name, len(plan.spec.state_names), tuple(args))
+    step = prog.step
+    tape = tuple(Argument(var(n), "tape" if step[n].batched else "tape_row", (step[n].width,)) for n in plan.step_tape)
+    return Layout(plan.spec.name, len(plan.spec.state_names), tuple(args), tape)
 
 
 def portable_runtime() -> str:
@@ -102,7 +107,8 @@ def generate(plan: LoopPlan, key: str) -> Kernel:
     ``novolstm_forward(itemsize, sizes, strides, arrays) -> int``: itemsize 4 (float) or 8
     (double); ``sizes`` the values of ``SIZES``; ``strides`` two per hoisted array (time and
     batch, in elements); ``arrays`` the layout's arrays, the initial states, the mask (uint8,
-    (time, batch), or null), the outputs (batch, time, units) and the final states. It returns
+    (time, batch), or null), the outputs (batch, time, units), the final states and the tape
+    (``Layout``; null where none is kept). It returns
     0, or 1 where memory ran out, 2 for another itemsize: an exception never crosses into Python.
 
     Raises:
@@ -215,6 +221,23 @@ class _Step:
             return lines + [ROW_OPS[n.op](n)]
         return lines + [f"for (int64_t j = 0; j < N; ++j) o[j] = {OPS[n.op](n, refs)};"]
 
+    def _tape_lines(self, first: int) -> list[str]:
+        """Each step's values the backward pass reads, copied into the tape (arrays from ``first`` on)."""
+        lines = []
+        for k, entry in enumerate(self.layout.tape):
+            view, width = self.use(entry.name[2:]), elems(entry.widths[0])
+            if entry.kind == "tape":
+                dst = f"static_cast<T*>(arrays[{first + k}]) + (t * B + b) * {width}"
+                lines.append(
+                    f"      for (int64_t b = 0; b < B; ++b) std::memcpy({dst}, {view}.row(b), sizeof(T) * {width});"
+                )
+            else:
+                dst = f"static_cast<T*>(arrays[{first + k}]) + t * {width}"
+                lines.append(f"      std::memcpy({dst}, {view}.row(0), sizeof(T) * {width});")
+        if not lines:
+            return []
+        return [f"    if (arrays[{first}] != nullptr) {{", *lines, "    }"]
+
     def source(self, key: str) -> str:
         spec, g, lay = self.plan.spec, self.g, self.layout
         states = spec.state_names
@@ -256,6 +279,7 @@ class _Step:
             ),
             *("    " + line for line in self.views),
             *("    " + line for line in self.body),
+            *self._tape_lines(na + 2 * ns + 2),
             "    for (int64_t b = 0; b < B; ++b) {",
             "      const bool on = m == nullptr || m[b] != 0;",
             f"      ct::store_row<T>(ys + (b * Tn + t) * H, {self.use(out)}.row(b), nullptr, on, H);",

@@ -223,11 +223,13 @@ _ENTRY_ARGS = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ct
 class CompiledForward:
     """The compiled step loop of one spec.
 
-    ``kernel(x, state, mask, *arrays, reverse=False) -> (outputs, final_state)``: ``x`` the
-    call's inputs (batch, time, input) (their shape and dtype), ``state`` the initial state
-    tuple, ``mask`` bool (batch, time) or None, and ``arrays`` the layout's arrays (see
+    ``kernel(x, state, mask, *arrays, tape=False, reverse=False) -> (outputs, final_state, steps)``:
+    ``x`` the call's inputs (batch, time, input) (their shape and dtype), ``state`` the initial
+    state tuple, ``mask`` bool (batch, time) or None, and ``arrays`` the layout's arrays (see
     ``c_forward.Layout``), as the generated NumPy forward holds them. Outputs (batch, time,
-    units) and the final state come back as new arrays in ``x``'s dtype (float32 or float64).
+    units) and the final state come back as new arrays in ``x``'s dtype (float32 or float64);
+    with ``tape``, ``steps`` holds the step values the generated backward pass reads (name ->
+    (time, batch, width) array, as the loop's tape holds them per step), else it is None.
     """
 
     def __init__(self, library: Path, key: str, layout: Layout):
@@ -244,7 +246,7 @@ class CompiledForward:
         entry.restype, entry.argtypes = ctypes.c_int, _ENTRY_ARGS
         self.layout, self.library, self._entry = layout, library, entry
 
-    def __call__(self, x, state, mask, *arrays, reverse=False):
+    def __call__(self, x, state, mask, *arrays, tape=False, reverse=False):
         lay = self.layout
         x = np.asarray(x)
         if x.dtype not in (np.float32, np.float64) or x.ndim != 3:
@@ -286,9 +288,14 @@ class CompiledForward:
             mask = np.ascontiguousarray(mask.T).view(np.uint8)
         outputs = np.empty((B, T, H), dtype)
         finals = [np.empty((B, H), dtype) for _ in state]
+        steps = {}
+        for entry in lay.tape if tape else ():
+            width = elems_of(entry.widths[0], H, inputs)
+            steps[entry.name] = np.empty((T, B, width) if entry.kind == "tape" else (T, width), dtype)
         pointers = [a.ctypes.data for a in kept + state]
         pointers += [None if mask is None else mask.ctypes.data, outputs.ctypes.data]
         pointers += [f.ctypes.data for f in finals]
+        pointers += [steps[e.name].ctypes.data if tape else None for e in lay.tape]
         sizes = (ctypes.c_int64 * 5)(T, B, H, inputs, int(bool(reverse)))
         stride_array = (ctypes.c_int64 * max(1, len(strides)))(*strides)
         table = (ctypes.c_void_p * len(pointers))(*pointers)
@@ -297,7 +304,7 @@ class CompiledForward:
             raise MemoryError(f"the compiled step loop ran out of memory at batch {B}, units {H}")
         if code != 0:
             raise RuntimeError(f"the compiled step loop returned {code} (a bug in novolstm)")
-        return outputs, tuple(finals)
+        return outputs, tuple(finals), steps if tape else None
 
 
 __all__ = ["CompiledForward", "CompiledUnavailable", "CompiledUnsupported", "cache_dir", "compiled_forward"]

@@ -98,11 +98,12 @@ def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
         state: tuple of (batch, units) arrays in STATE_NAMES order; zeros if None.
         mask: bool (batch, time), True on real steps. A masked step keeps the
             state unchanged and outputs zeros.
-        keep_tape: keep what ``backward`` needs (the generated loop runs then).
+        keep_tape: keep what ``backward`` needs.
         compiled: the steps after the prologue as one compiled call (novolstm builds it
-            with the C++ compiler, once per spec): None where it pays (float32 and float64,
-            at least COMPILED_MIN_STEPS steps, batch * units**2 at most COMPILED_MAX_WORK,
-            novolstm loaded), True always (or raise why not), False never.
+            with the C++ compiler, once per spec; ``backward`` stays the generated loop):
+            None where it pays (float32 and float64, at least COMPILED_MIN_STEPS steps,
+            batch * units**2 at most COMPILED_MAX_WORK, novolstm loaded), True always (or
+            raise why not), False never.
 
     Returns:
         (outputs (batch, time, units), final state tuple, tape or None)
@@ -119,12 +120,14 @@ def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
     kept = {$prologue_tape}  # prologue values the backward pass reads
     if state is None:
         state = tuple(np.zeros((B, H), dtype=x.dtype) for _ in STATE_NAMES)
-    kernel = _compiled_forward(x.dtype, B, T, H, compiled, keep_tape)
-    if kernel is not None:  # the steps in one compiled call: outputs and final state as the loop's
-        $compiled_call
-        return outputs, final, None
-    $unpack_state = state
     ms = None if mask is None else np.swapaxes(np.asarray(mask), 0, 1)[..., None]
+    kernel = _compiled_forward(x.dtype, B, T, H, compiled)
+    if kernel is not None:  # the steps in one compiled call: outputs, final state and tape as the loop's
+        $compiled_call
+        if keep_tape:
+            tape.update(kept, x=v_$input, ms=ms)
+        return outputs, final, tape
+    $unpack_state = state
     ys = np.empty((T, B, H), dtype=x.dtype)
     # the step values the backward pass reads
     step_tape = $step_tape
@@ -287,7 +290,10 @@ def generate(plan: LoopPlan) -> str:
         prologue=prologue_lines,
         keep_hoisted=[f"seq_{h} = {var(h)}" for h in program.hoisted],
         unpack_state=targets(state_vars),
-        compiled_call=call("outputs, final = kernel", ["x", "state", "mask", *(a.name for a in layout.arguments)]),
+        compiled_call=call(
+            "outputs, final, tape = kernel",
+            ["x", "state", "mask", *(a.name for a in layout.arguments), "tape=keep_tape"],
+        ),
         step_tape=literal(tuple(var(n) for n in plan.step_tape), column=16, indent=4),
         load_hoisted=[f"{var(h)} = seq_{h}[t]" for h in program.hoisted],
         step=step_lines,

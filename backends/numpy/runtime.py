@@ -137,24 +137,19 @@ COMPILED_MAX_WORK = 2**22
 _COMPILED_WARNED: list[str] = []
 
 
-def _compiled_forward(dtype, batch, steps, units, compiled, keep_tape):
+def _compiled_forward(dtype, batch, steps, units, compiled):
     """The spec's compiled step loop (novolstm.backends.cpp.numpy_ext) for this call, or None.
 
     compiled=None runs it on float32 and float64 calls of COMPILED_MIN_STEPS steps or more and
     COMPILED_MAX_WORK or less where novolstm is loaded (a module exported standalone stays
     standalone) and a C++ compiler builds it (once per spec, cached on disk); without a compiler
     it warns once and returns None, and so does a spec the emitter does not compile, silently.
-    compiled=True runs it or raises why not; compiled=False never runs it. keep_tape (the
-    backward pass) runs the generated loop.
+    compiled=True runs it or raises why not; compiled=False never runs it. With keep_tape it
+    also writes the tape the generated backward pass reads.
     """
     if compiled not in (None, True, False):
         raise ValueError(f"compiled: expected None (auto), True or False, got {compiled!r}")
-    if keep_tape and compiled:
-        raise ValueError(
-            "compiled=True runs the forward pass alone: keep_tape=True (for backward) runs the generated "
-            "loop; give compiled=None or False"
-        )
-    if keep_tape or compiled is False:
+    if compiled is False:
         return None
     if compiled is None and (
         steps < COMPILED_MIN_STEPS or batch * units * units > COMPILED_MAX_WORK or "novolstm" not in sys.modules
@@ -289,8 +284,8 @@ class Cell:
     def sequence_with_vjp(self, x, state=None, mask=None):
         """As ``sequence``, plus ``vjp(g_outputs=None, g_state=None) -> (g_x, g_state0, g_params)``.
 
-        Always the generated loop, which keeps what the backward pass reads (a cell made with
-        compiled=True raises here).
+        The forward steps run compiled where the cell's ``compiled`` says so, writing the tape;
+        ``vjp`` is the generated backward pass.
         """
         state = None if state is None else _as_tuple(state)
         outputs, final, tape = forward(self.params, x, state, mask, keep_tape=True, compiled=self.compiled)
