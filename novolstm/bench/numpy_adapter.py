@@ -3,7 +3,8 @@
 Each spec's forward runs its steps in the compiled step loop (novolstm.backends.cpp.numpy_ext)
 where ``forward`` chooses it (float32 and float64, at least ``COMPILED_MIN_STEPS`` steps, batch *
 units**2 at most ``COMPILED_MAX_WORK``; the first call builds it or loads it from the cache: its
-"compile time"); its forward+backward runs the generated loop, which keeps the tape. Beside it,
+"compile time"); its forward+backward runs the same forward, writing the tape, and the generated
+backward pass. Beside it,
 ``<cell> spec, generated loop`` holds the forward to the generated loop (``compiled=False``),
 or, at shapes where ``forward`` runs the loop, ``<cell> spec, compiled`` to the compiled step
 loop (``compiled=True``).
@@ -77,8 +78,8 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         def fwd(module=module, params=params, compiled=None):
             return module.forward(params, x, compiled=compiled)
 
-        def fwd_bwd(module=module, params=params):
-            _, _, tape = module.forward(params, x, keep_tape=True)
+        def fwd_bwd(module=module, params=params, compiled=None):
+            _, _, tape = module.forward(params, x, keep_tape=True, compiled=compiled)
             return module.backward(params, tape, g)
 
         def peak(fwd_bwd=fwd_bwd) -> int:
@@ -88,10 +89,11 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         auto = steps >= module.COMPILED_MIN_STEPS and batch * units * units <= module.COMPILED_MAX_WORK
         yield Candidate(f"{cell} spec", fwd, fwd_bwd, jit="C++ step loop" if auto else None, framework_peak_bytes=peak)
         if cell in LOOPS and auto:
-            yield Candidate(f"{cell} spec, generated loop", functools.partial(fwd, compiled=False), None)
+            loop = (functools.partial(fwd, compiled=False), functools.partial(fwd_bwd, compiled=False))
+            yield Candidate(f"{cell} spec, generated loop", *loop)
         elif cell in LOOPS and steps >= module.COMPILED_MIN_STEPS:  # a large step: the loop, and beside it
-            compiled = functools.partial(fwd, compiled=True)
-            yield Candidate(f"{cell} spec, compiled", compiled, None, jit="C++ step loop", may_fail=True)
+            compiled = (functools.partial(fwd, compiled=True), functools.partial(fwd_bwd, compiled=True))
+            yield Candidate(f"{cell} spec, compiled", *compiled, jit="C++ step loop", may_fail=True)
     textbook = PerExampleLSTMCell(init_params("lstm", units, units, seed=0), dtype)
     yield Candidate("native: per-example cell (seed 001)", lambda: textbook.sequence(x), None)
 
