@@ -76,17 +76,15 @@ class Kernel:
 def layout(plan: LoopPlan) -> Layout:
     """What the generated NumPy forward passes to the kernel of ``plan``'s cell (never raises:
     a spec the emitter does not compile still generates the call, and runs the loop)."""
-    prog = plan.program
-    args = [Argument(f"seq_{h}", "hoisted", (prog.step[h].width,)) for h in prog.hoisted]
+    step = plan.program.step
+    args = [Argument(f"seq_{h}", "hoisted", (step[h].width,)) for h in plan.program.hoisted]
     for L in plan.linears:
         if L.in_step:
-            node = prog.step[L.name]
-            args.append(Argument(f"w_{L.name}", "weight", (prog.step[L.operand].width, node.width)))
+            args.append(Argument(f"w_{L.name}", "weight", (step[L.operand].width, step[L.name].width)))
             if L.has_bias:
-                args.append(Argument(f"b_{L.name}", "bias", (node.width,)))
-    step_params = {n.name: n for n in prog.step.nodes if n.op == "param"}
+                args.append(Argument(f"b_{L.name}", "bias", (step[L.name].width,)))
+    step_params = {n.name: n for n in step.nodes if n.op == "param"}
     args += [Argument(var(p), "param", (step_params[p].width,)) for p in plan.vector_params if p in step_params]
-    step = prog.step
     tape = tuple(Argument(var(n), "tape" if step[n].batched else "tape_row", (step[n].width,)) for n in plan.step_tape)
     return Layout(plan.spec.name, len(plan.spec.state_names), tuple(args), tape)
 
@@ -108,8 +106,8 @@ def generate(plan: LoopPlan, key: str) -> Kernel:
     (double); ``sizes`` the values of ``SIZES``; ``strides`` two per hoisted array (time and
     batch, in elements); ``arrays`` the layout's arrays, the initial states, the mask (uint8,
     (time, batch), or null), the outputs (batch, time, units), the final states and the tape
-    (``Layout``; null where none is kept). It returns
-    0, or 1 where memory ran out, 2 for another itemsize: an exception never crosses into Python.
+    (``Layout``; null where none is kept). It returns 0, or 1 where memory ran out, 2 for another
+    itemsize: an exception never crosses into Python.
 
     Raises:
         Unsupported: the cell uses a construct this emitter does not compile.
@@ -129,7 +127,7 @@ def _root(graph, name: str) -> Node:
 class _Step:
     """The step graph rendered: declarations before the loop, and the body of one step."""
 
-    def __init__(self, plan: LoopPlan):
+    def __init__(self, plan: LoopPlan) -> None:
         self.plan, self.g = plan, plan.program.step
         self.layout = layout(plan)
         self.before: list[str] = []  # buffers and fixed views, once per call
@@ -138,7 +136,7 @@ class _Step:
         self.view: dict[str, str] = {}  # value -> View expression
         self._render()
 
-    def _render(self):
+    def _render(self) -> None:
         g, states = self.g, self.plan.spec.state_names
         for k, s in enumerate(states):
             self.view[s] = f"vs_{k}"
