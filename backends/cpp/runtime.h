@@ -37,6 +37,8 @@
 
 namespace novolstm_rt {
 
+// ---- portable: from here to "end portable" no ATen (the NumPy backend's C kernel inlines it, c_forward.py)
+
 // A matrix of rows of `ld` elements apart (ld 0: one row read by every batch row).
 template <typename T>
 struct View {
@@ -314,6 +316,8 @@ inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask
     for (int64_t j = 0; j < n; ++j) d[j] = (s == nullptr ? T(0) : s[j]) + (through ? c[j] : T(0));
   }
 }
+
+// ---- end portable
 
 // A buffer kept across calls in `slot` (one per allocation site, per thread): large buffers freed
 // at the end of a call went back to the OS and faulted in again, page by page, on the next call.
