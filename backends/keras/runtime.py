@@ -403,13 +403,15 @@ class Layer(keras.layers.RNN):
             than inside each step. Measured slower on CPU with every Keras backend
             (the (batch, time, k * units) intermediate costs more memory traffic than
             the per-step matmuls it replaces), so off by default.
-        jit_compile: on TensorFlow, run the loop as one XLA computation (as
+        jit_compile: on TensorFlow, True runs the loop as one XLA computation (as
             ``tf.function(jit_compile=True)``) and, where a gradient tape records the
-            call, its gradient as another: measured about twice as fast as TensorFlow's
-            while loop on CPU forward, and faster for forward and backward, for a compile
-            per input shape (seconds). Training with dropout keeps TensorFlow's loop.
-            Keras' JAX backend compiles with XLA anyway and its torch backend has no XLA:
-            there the option does nothing.
+            call, its gradient as another (the loop recomputed and differentiated inside
+            XLA), for a compile per input shape (seconds); False runs TensorFlow's while
+            loop. None (auto, the default) chooses per call where each measured faster
+            (see _xla_wins): XLA without a tape, and under a tape only for small
+            steps, where TensorFlow's per-op cost outweighs XLA's recomputed forward.
+            Training with dropout keeps TensorFlow's loop. Keras' JAX backend compiles
+            with XLA anyway and its torch backend has no XLA: there the option does nothing.
         return_sequences, return_state, go_backwards, stateful, unroll: as keras.layers.RNN.
         scan: True runs a linear recurrence (LINEAR_SCAN) as keras.ops.associative_scan
             (see _scan; not with dropout or unroll); None (auto) and False run the loop, which
@@ -431,7 +433,7 @@ class Layer(keras.layers.RNN):
         go_backwards=False,
         stateful=False,
         unroll=False,
-        jit_compile=True,
+        jit_compile=None,
         scan=None,
         **kwargs,
     ):
@@ -462,7 +464,9 @@ class Layer(keras.layers.RNN):
             **kwargs,
         )
         self.hoist_input = bool(hoist_input)
-        self.jit_compile = bool(jit_compile)
+        if jit_compile not in (None, True, False):
+            raise ValueError(f"jit_compile: expected None (auto), True or False, got {jit_compile!r}")
+        self.jit_compile = None if jit_compile is None else bool(jit_compile)
         self.scan = scan
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
@@ -500,7 +504,7 @@ class Layer(keras.layers.RNN):
             raise ValueError(
                 "scan=True, but the parallel scan cannot run this call: it runs without dropout and unroll"
             )
-        loop = _compiled_loop if self.jit_compile else _loop
+        loop = _compiled_loop if _xla_chosen(self.jit_compile, sequences, cell) else _loop
         return loop(
             cell.tensors(),
             sequences,
@@ -565,6 +569,63 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
     if mask is not None:
         last_output, states = states[-1], states[:-1]
     return last_output, outputs, list(states)
+
+
+#: The auto rule's bound (jit_compile=None, _xla_wins) on a step, in batch x units x
+#: (input_size + units), a step's multiply-adds per projection: at or below it the XLA loop and
+#: its gradient, above it TensorFlow's under a tape. Under a tape XLA pays a second forward
+#: (its gradient recomputes the loop inside XLA: TensorFlow cannot differentiate an XLA loop
+#: from outside) and saves TensorFlow's per-op cost per step; the first grows with the step's
+#: GEMMs, the second does not. Measured (NovoLSTM, float32, 50 steps, input_size = units,
+#: one thread, CPU time, interleaved medians of 5; docs/keras.md): XLA / TensorFlow forward
+#: and backward 0.38 at 8 x 64 x 128 (6.6e4), 0.77 at 32 x 128 x 256 (1.0e6), 0.89 and 1.11
+#: at 4.2e6 (128 x 128 x 256, 32 x 256 x 512), 1.01 at 128 x 256 x 512 (1.7e7); the
+#: published benchmark (two threads, idle): 0.84 at 32 x 128 x 256, 1.80 at 128 x 512 x 1024.
+_XLA_TAPED_MAX_WORK = 4_000_000
+#: The batch the auto rule assumes where the call's batch is not known (a model traced for
+#: any batch size): Keras' default batch_size.
+_UNKNOWN_BATCH = 32
+
+
+def _xla_wins(batch, units, input_size, dtype, taped):
+    """Whether the auto rule (Layer's ``jit_compile=None``) runs the XLA loop on TensorFlow.
+
+    In float32 and float64: without a tape, XLA, whose forward measured faster at every
+    shape (1.2 to 6.5 times at the benchmark's latency, typical and throughput shapes);
+    under a tape, XLA only where the step is small (_XLA_TAPED_MAX_WORK). In bfloat16 and
+    float16, which XLA on the CPU computes without fast kernels: TensorFlow's loop under a
+    tape (XLA's gradient measured 1.2 to 4.6 times slower at all three shapes), and without
+    one XLA only where the step is small (XLA 1.3 and 1.9 times faster at the latency and
+    typical shapes, 1.7 times slower at the throughput shape).
+
+    Args:
+        batch: the call's batch size, or None where unknown (counted as _UNKNOWN_BATCH).
+        units: the layer's units.
+        input_size: the size of each timestep's input.
+        dtype: the compute dtype's name ("float32", "bfloat16", ...).
+        taped: whether a gradient tape may record the call.
+
+    Returns:
+        True for the XLA loop, False for TensorFlow's.
+    """
+    batch = _UNKNOWN_BATCH if batch is None else int(batch)
+    small = batch * units * (input_size + units) <= _XLA_TAPED_MAX_WORK
+    if dtype in ("float32", "float64"):
+        return small or not taped
+    return small and not taped
+
+
+def _xla_chosen(jit_compile, sequences, cell):
+    """Layer's ``jit_compile`` for this call: True or False as given; None by _xla_wins on
+    TensorFlow (elsewhere the choice does nothing, and the plain loop is chosen)."""
+    if jit_compile is not None:
+        return jit_compile
+    if keras.backend.backend() != "tensorflow":
+        return False
+    from tensorflow.python.eager import record  # TensorFlow's own test of "may a tape record this"
+
+    dtype = keras.backend.standardize_dtype(sequences.dtype)
+    return _xla_wins(sequences.shape[0], cell.units, cell.input_size, dtype, record.could_possibly_record())
 
 
 def _compiled_loop(params, sequences, initial_state, mask, **options):
