@@ -504,12 +504,7 @@ class Layer(keras.layers.RNN):
             raise ValueError(
                 "scan=True, but the parallel scan cannot run this call: it runs without dropout and unroll"
             )
-        loop = _compiled_loop if _xla_chosen(self.jit_compile, sequences, cell) else _loop
-        return loop(
-            cell.tensors(),
-            sequences,
-            initial_state,
-            mask,
+        options = dict(
             hoist_input=self.hoist_input,
             training=training,
             return_sequences=self.return_sequences,
@@ -518,6 +513,9 @@ class Layer(keras.layers.RNN):
             unroll=self.unroll,
             masks=masks,
         )
+        if self.jit_compile is False:
+            return _loop(cell.tensors(), sequences, initial_state, mask, **options)
+        return _compiled_loop(cell.tensors(), sequences, initial_state, mask, auto=self.jit_compile is None, **options)
 
     def get_config(self):
         config = super().get_config()
@@ -615,22 +613,10 @@ def _xla_wins(batch, units, input_size, dtype, taped):
     return small and not taped
 
 
-def _xla_chosen(jit_compile, sequences, cell):
-    """Layer's ``jit_compile`` for this call: True or False as given; None by _xla_wins on
-    TensorFlow (elsewhere the choice does nothing, and the plain loop is chosen)."""
-    if jit_compile is not None:
-        return jit_compile
-    if keras.backend.backend() != "tensorflow":
-        return False
-    from tensorflow.python.eager import record  # TensorFlow's own test of "may a tape record this"
-
-    dtype = keras.backend.standardize_dtype(sequences.dtype)
-    return _xla_wins(sequences.shape[0], cell.units, cell.input_size, dtype, record.could_possibly_record())
-
-
-def _compiled_loop(params, sequences, initial_state, mask, **options):
+def _compiled_loop(params, sequences, initial_state, mask, auto=False, **options):
     """``_loop`` as XLA computations on TensorFlow (see Layer's ``jit_compile``); ``_loop`` itself
-    on Keras' other backends, and for training with dropout.
+    on Keras' other backends, for training with dropout, and with ``auto`` where _xla_wins
+    chooses TensorFlow's loop for this call.
 
     The forward is one XLA computation. Its gradient, where a tape records the call, is a second
     one that recomputes the forward under a tape inside XLA and runs its backward there:
@@ -646,6 +632,12 @@ def _compiled_loop(params, sequences, initial_state, mask, **options):
         # Another backend, dropout masks (training), or a symbolic training flag: the plain loop.
         return _loop(params, sequences, initial_state, mask, masks=masks, **options)
     import tensorflow as tf
+    from tensorflow.python.eager import record  # TensorFlow's own test of "may a tape record this"
+
+    if auto:
+        dtype, units = keras.backend.standardize_dtype(sequences.dtype), int(params[UNITS_PARAM].shape[-1])
+        if not _xla_wins(sequences.shape[0], units, sequences.shape[-1], dtype, record.could_possibly_record()):
+            return _loop(params, sequences, initial_state, mask, **options)
 
     names, count, masked = tuple(params), len(initial_state), mask is not None
     key = (names, count, masked, tuple(sorted(options.items())))
@@ -656,8 +648,6 @@ def _compiled_loop(params, sequences, initial_state, mask, **options):
     # A graph traced with no tape recording that is differentiated later (a tf.function called
     # under a tape after its first trace) takes its gradient outside XLA: TensorFlow refuses an
     # XLA gradient there ("TensorList crossing the XLA/TF boundary").
-    from tensorflow.python.eager import record  # TensorFlow's own test of "may a tape record this"
-
     backward = backward if record.could_possibly_record() else tf.function(backward.python_function)
 
     @tf.custom_gradient
