@@ -571,7 +571,7 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
 
 #: The auto rule's bound (jit_compile=None, _xla_wins) on a step, in batch x units x
 #: (input_size + units), a step's multiply-adds per projection: at or below it the XLA loop and
-#: its gradient, above it TensorFlow's under a tape. Under a tape XLA pays a second forward
+#: its gradient, above it TensorFlow's (but see _XLA_FORWARD_MIN_BATCH). Under a tape XLA pays a second forward
 #: (its gradient recomputes the loop inside XLA: TensorFlow cannot differentiate an XLA loop
 #: from outside) and saves TensorFlow's per-op cost per step; the first grows with the step's
 #: GEMMs, the second does not. Measured (NovoLSTM, float32, 50 steps, input_size = units,
@@ -579,7 +579,11 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
 #: and backward 0.38 at 8 x 64 x 128 (6.6e4), 0.77 at 32 x 128 x 256 (1.0e6), 0.89 and 1.11
 #: at 4.2e6 (128 x 128 x 256, 32 x 256 x 512), 1.01 at 128 x 256 x 512 (1.7e7); the
 #: published benchmark (two threads, idle): 0.84 at 32 x 128 x 256, 1.80 at 128 x 512 x 1024.
-_XLA_TAPED_MAX_WORK = 4_000_000
+_XLA_MAX_WORK = 4_000_000
+#: Without a tape, the batch from which the auto rule runs XLA's loop above _XLA_MAX_WORK:
+#: there XLA's forward measured 0.81 of TensorFlow's at 128 x 256 x 512 (and 0.82 at the
+#: throughput shape, 128 x 512 x 1024), but 1.19 and 1.38 at 32 x 512 x 1024 and 8 x 512 x 1024.
+_XLA_FORWARD_MIN_BATCH = 128
 #: The batch the auto rule assumes where the call's batch is not known (a model traced for
 #: any batch size): Keras' default batch_size.
 _UNKNOWN_BATCH = 32
@@ -588,9 +592,10 @@ _UNKNOWN_BATCH = 32
 def _xla_wins(batch, units, input_size, dtype, taped):
     """Whether the auto rule (Layer's ``jit_compile=None``) runs the XLA loop on TensorFlow.
 
-    In float32 and float64: without a tape, XLA, whose forward measured faster at every
-    shape (1.2 to 6.5 times at the benchmark's latency, typical and throughput shapes);
-    under a tape, XLA only where the step is small (_XLA_TAPED_MAX_WORK). In bfloat16 and
+    In float32 and float64: XLA where the step is small (_XLA_MAX_WORK), and without a
+    tape also from a batch of _XLA_FORWARD_MIN_BATCH (XLA's forward measured 1.2 to 6.5
+    times faster at the benchmark's latency, typical and throughput shapes, but 1.2 and 1.4
+    times slower at 32 x 512 and 8 x 512, where each step's GEMM has few rows). In bfloat16 and
     float16, which XLA on the CPU computes without fast kernels: TensorFlow's loop under a
     tape (XLA's gradient measured 1.2 to 4.6 times slower at all three shapes), and without
     one XLA only where the step is small (XLA 1.3 and 1.9 times faster at the latency and
@@ -607,9 +612,9 @@ def _xla_wins(batch, units, input_size, dtype, taped):
         True for the XLA loop, False for TensorFlow's.
     """
     batch = _UNKNOWN_BATCH if batch is None else int(batch)
-    small = batch * units * (input_size + units) <= _XLA_TAPED_MAX_WORK
+    small = batch * units * (input_size + units) <= _XLA_MAX_WORK
     if dtype in ("float32", "float64"):
-        return small or not taped
+        return small or (not taped and batch >= _XLA_FORWARD_MIN_BATCH)
     return small and not taped
 
 
