@@ -577,12 +577,13 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
 #: GEMMs, the second does not. Measured (NovoLSTM, float32, 50 steps, input_size = units,
 #: one thread, CPU time, interleaved medians of 5; docs/keras.md): XLA / TensorFlow forward
 #: and backward 0.38 at 8 x 64 x 128 (6.6e4), 0.77 at 32 x 128 x 256 (1.0e6), 0.89 and 1.11
-#: at 4.2e6 (128 x 128 x 256, 32 x 256 x 512), 1.01 at 128 x 256 x 512 (1.7e7); the
+#: at 4.2e6 (128 x 128 x 256, 32 x 256 x 512), 1.01 and 1.36 at 1.7e7, 1.17 at 6.7e7; the
 #: published benchmark (two threads, idle): 0.84 at 32 x 128 x 256, 1.80 at 128 x 512 x 1024.
 _XLA_MAX_WORK = 4_000_000
 #: Without a tape, the batch from which the auto rule runs XLA's loop above _XLA_MAX_WORK:
-#: there XLA's forward measured 0.81 of TensorFlow's at 128 x 256 x 512 (and 0.82 at the
-#: throughput shape, 128 x 512 x 1024), but 1.19 and 1.38 at 32 x 512 x 1024 and 8 x 512 x 1024.
+#: there XLA's forward measured 0.81 of TensorFlow's at 128 x 256 x 512 and 1.06 at 128 x 512 x
+#: 1024 (one thread; 0.82 at that throughput shape in the published benchmark, two threads),
+#: but 1.19 and 1.38 at 32 x 512 x 1024 and 8 x 512 x 1024.
 _XLA_FORWARD_MIN_BATCH = 128
 #: The batch the auto rule assumes where the call's batch is not known (a model traced for
 #: any batch size): Keras' default batch_size.
