@@ -640,10 +640,18 @@ def _compiled_loop(params, sequences, initial_state, mask, auto=False, **options
     import tensorflow as tf
     from tensorflow.python.eager import record  # TensorFlow's own test of "may a tape record this"
 
+    taped = record.could_possibly_record()
     if auto:
         dtype, units = keras.backend.standardize_dtype(sequences.dtype), int(params[UNITS_PARAM].shape[-1])
-        if not _xla_wins(sequences.shape[0], units, sequences.shape[-1], dtype, record.could_possibly_record()):
+        if not _xla_wins(sequences.shape[0], units, sequences.shape[-1], dtype, taped):
             return _loop(params, sequences, initial_state, mask, **options)
+    if taped:
+        # Under a tape the XLA loop hoists the input projection whatever hoist_input says: one
+        # GEMM over every timestep before the loop, and in the gradient one for the inputs' and
+        # one for the kernels' gradients after it, rather than two per step. Forward+backward
+        # CPU time, NovoLSTM float32, 50 steps, one thread: 0.63 at 8 x 256, 0.76 at 32 x 512,
+        # 0.88 at 32 x 128, 1.02 at 128 x 512 of the XLA loop's without.
+        options = {**options, "hoist_input": True}
 
     names, count, masked = tuple(params), len(initial_state), mask is not None
     key = (names, count, masked, tuple(sorted(options.items())))
@@ -654,7 +662,7 @@ def _compiled_loop(params, sequences, initial_state, mask, auto=False, **options
     # A graph traced with no tape recording that is differentiated later (a tf.function called
     # under a tape after its first trace) takes its gradient outside XLA: TensorFlow refuses an
     # XLA gradient there ("TensorList crossing the XLA/TF boundary").
-    backward = backward if record.could_possibly_record() else tf.function(backward.python_function)
+    backward = backward if taped else tf.function(backward.python_function)
 
     @tf.custom_gradient
     def run(*flat):
