@@ -693,8 +693,9 @@ def specs(max_states: int = 4, max_intermediates: int = 4, max_depth: int = 3):
     """A Hypothesis strategy of random valid, loaded specs: ``spec_texts`` through ``novolstm.loads_spec``.
 
     Examples:
-        >>> from hypothesis import find
-        >>> spec = find(specs(), lambda s: "layer_norm" in s.dumps())
+        >>> from hypothesis import Phase, find, settings
+        >>> any_match = settings(phases=[Phase.generate], database=None)  # no shrinking: it takes seconds
+        >>> spec = find(specs(), lambda s: "layer_norm" in s.dumps(), settings=any_match)
         >>> spec.numerics.layer_norm_epsilon in SPEC_EPSILONS
         True
     """
@@ -889,11 +890,12 @@ def spec_cases(
 
     Examples:
         >>> import novolstm
-        >>> from hypothesis import find
-        >>> shorter = lambda tc: tc[1].steps < next(iter(tc[1].params.values())).shape[-1]
-        >>> text, case = find(spec_cases(), shorter)
-        >>> novolstm.loads_spec(text).state_names[0], case.steps
-        ('h', 1)
+        >>> from hypothesis import Phase, find, settings
+        >>> any_match = settings(phases=[Phase.generate], database=None)  # no shrinking: it takes seconds
+        >>> text, case = find(spec_cases(), lambda tc: tc[1].steps >= 1, settings=any_match)
+        >>> spec = novolstm.loads_spec(text)
+        >>> sorted(case.params) == sorted(spec.param_names), case.x.ndim
+        (True, 3)
     """
     from hypothesis import strategies as st
 
@@ -922,10 +924,11 @@ def operation_cases(
     (None: ``ALL_OPERATIONS_SPEC``).
 
     Examples:
-        >>> from hypothesis import find
-        >>> spec, case = find(operation_cases("clip"), lambda c: c[1].steps > 2)
-        >>> spec.name, case.steps
-        ('op_clip', 3)
+        >>> from hypothesis import Phase, find, settings
+        >>> any_match = settings(phases=[Phase.generate], database=None)  # no shrinking: it takes seconds
+        >>> spec, case = find(operation_cases("clip"), lambda c: c[1].steps > 2, settings=any_match)
+        >>> spec.name, case.steps > 2
+        ('op_clip', True)
     """
     from hypothesis import strategies as st
 
@@ -1026,9 +1029,10 @@ def linear_spec_texts(max_states: int = 2):
 
     Examples:
         >>> import novolstm
-        >>> from hypothesis import find
+        >>> from hypothesis import Phase, find, settings
         >>> from novolstm.scan import linear_recurrence
-        >>> text = find(linear_spec_texts(), lambda t: True)
+        >>> any_match = settings(phases=[Phase.generate], database=None)  # no shrinking: it takes seconds
+        >>> text = find(linear_spec_texts(), lambda t: True, settings=any_match)
         >>> linear_recurrence(novolstm.loads_spec(text)) is not None
         True
     """

@@ -3,6 +3,10 @@
 NOVOLSTM_BACKENDS (comma-separated, default "numpy") names the backends this run
 must test. A named backend whose framework cannot be imported fails every test that
 uses it; it is never skipped.
+
+NOVOLSTM_FRAMEWORK_TESTS_ONLY=1 (tox's per-framework envs) deselects, by name in the
+report, the tests that use no framework: those the numpy env runs (it runs every test
+that needs NumPy alone), so each of them runs once per tox run instead of once per env.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def requested_backends() -> list[str]:
 
 def pytest_report_header(config):
     lines = [f"novolstm backends under test: {', '.join(requested_backends())} (set NOVOLSTM_BACKENDS to change)"]
+    if FRAMEWORK_TESTS_ONLY:
+        lines.append("NOVOLSTM_FRAMEWORK_TESTS_ONLY: tests that use no framework are deselected (the numpy env runs them)")
     for backend in requested_backends():
         if precision_limit(backend):
             dtype, why = precision_limit(backend)
@@ -60,6 +66,34 @@ def pytest_ignore_collect(collection_path, config):
     if name.startswith("test_device_") and not os.environ.get("NOVOLSTM_DEVICE"):
         return True
     return None
+
+
+#: Set in tox's per-framework envs (see the module docstring).
+FRAMEWORK_TESTS_ONLY = os.environ.get("NOVOLSTM_FRAMEWORK_TESTS_ONLY") == "1"
+#: Test modules that take no ``backend`` parameter and still look at what the installed
+#: frameworks do: they run in every env.
+FRAMEWORK_SENSITIVE_MODULES = frozenset({"test_import_isolation.py", "test_lazy_imports.py", "test_cli.py"})
+
+
+def uses_a_framework(item) -> bool:
+    """Whether a collected test needs a framework: its module is a backend's (test_torch_*.py, ...,
+    test_all_*.py, test_device_*.py), it looks at the installed frameworks, or it runs with a
+    ``backend`` parameter other than numpy."""
+    name = item.path.name
+    prefixes = [f"test_{b}_" for b in novolstm.list_backends() if b != "numpy"] + ["test_all_", "test_device_"]
+    if name.startswith(tuple(prefixes)) or name in FRAMEWORK_SENSITIVE_MODULES:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("backend", "numpy") != "numpy"
+
+
+def pytest_collection_modifyitems(config, items):
+    if not FRAMEWORK_TESTS_ONLY:
+        return
+    kept = [item for item in items if uses_a_framework(item)]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if not uses_a_framework(item)])
+        items[:] = kept
 
 
 #: The porting mistakes the hand-written NovoLSTMs of tests/test_*handwritten* can make (each
