@@ -402,7 +402,8 @@ class Layer(keras.layers.RNN):
             input projection) for all timesteps as one GEMM before the loop, rather
             than inside each step. Measured slower on CPU with every Keras backend
             (the (batch, time, k * units) intermediate costs more memory traffic than
-            the per-step matmuls it replaces), so off by default.
+            the per-step matmuls it replaces), so off by default. (The XLA loop under a
+            gradient tape hoists whatever this says: there it measured faster.)
         jit_compile: on TensorFlow, True runs the loop as one XLA computation (as
             ``tf.function(jit_compile=True)``) and, where a gradient tape records the
             call, its gradient as another (the loop recomputed and differentiated inside
