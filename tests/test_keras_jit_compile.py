@@ -1,8 +1,10 @@
-"""The generated Keras layer's ``jit_compile`` (on by default): on TensorFlow the loop runs as
-one XLA computation and, under a gradient tape, its gradient as another. Held to the float64
+"""The generated Keras layer's ``jit_compile``: with True, on TensorFlow, the loop runs as one
+XLA computation and, under a gradient tape, its gradient as another; with None (auto, the
+default) a rule (_xla_wins) chooses that or TensorFlow's loop per call. Held to the float64
 oracle (outputs) and to the NumPy backend's generated backward pass (gradients of an eager
 call under a tape, and of a graph traced without a tape then differentiated), on every
-Keras backend (on JAX and torch the option does nothing, and the tests say so).
+Keras backend (on JAX and torch the option does nothing, and the tests say so). The auto
+path at these small shapes is the XLA loop, so the property tests run it as auto.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def test_compiled_loop_matches_reference(name, batch, steps, input_size, units, 
     x = rng.normal(size=(batch, steps, input_size))
     state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
     mask = rng.random((batch, steps)) < 0.7 if masked else None
-    layer = make(name, units, True, go_backwards=go_backwards)
+    layer = make(name, units, None, go_backwards=go_backwards)  # auto: XLA at this size
     layer.cell.load_params(params)
     module = module_of(layer)
     module._XLA_LOOPS.clear()
@@ -63,9 +65,7 @@ def test_compiled_loop_matches_reference(name, batch, steps, input_size, units, 
     # The XLA loop ran on TensorFlow, and only there.
     assert bool(module._XLA_LOOPS) == TENSORFLOW
     flip = (lambda a: a[:, ::-1]) if go_backwards else (lambda a: a)
-    ref_y, ref_state = novolstm.reference.run(
-        name, params, flip(x), state, mask=None if mask is None else flip(mask)
-    )
+    ref_y, ref_state = novolstm.reference.run(name, params, flip(x), state, mask=None if mask is None else flip(mask))
     assert_close(keras.ops.convert_to_numpy(y), ref_y, tol(steps), "outputs")
     for s, r in zip(final, ref_state):
         assert_close(keras.ops.convert_to_numpy(s), r, tol(steps), "final state")
@@ -83,10 +83,16 @@ def test_last_output_and_config(rng):
     layer = Layer(H, jit_compile=True, dtype="float64")
     layer.cell.load_params(params)
     ref_y, _ = novolstm.reference.run("novolstm", params, x, mask=mask)
+    module_of(layer)._XLA_LOOPS.clear()
     last = keras.ops.convert_to_numpy(layer(x, mask=mask))
+    assert bool(module_of(layer)._XLA_LOOPS) == TENSORFLOW  # forced True: XLA
     assert_close(last, ref_y[np.arange(B), [5, 3, 5]], tol(T), "last real output")
     assert layer.get_config()["jit_compile"] is True
-    assert Layer.from_config(Layer(H, jit_compile=False).get_config()).jit_compile is False
+    for value in (None, True, False):  # None: auto, the default; True/False: configs saved before auto
+        assert Layer.from_config(Layer(H, jit_compile=value).get_config()).jit_compile is value
+    assert Layer(H).jit_compile is None
+    with pytest.raises(ValueError, match="jit_compile: expected None"):
+        Layer(H, jit_compile="auto")
 
 
 def test_training_with_recurrent_dropout_keeps_the_backends_loop(rng):
@@ -124,7 +130,7 @@ def test_gradients_match_numpy_backward(name, traced, rng):
     _, _, saved = numpy_module.forward(params, x, state, mask, keep_tape=True)
     ref_gx, ref_gs, ref_gp = numpy_module.backward(params, saved, g_out, None)
 
-    layer = make(name, H, True)
+    layer = make(name, H, None)  # auto: under a tape, XLA at this size
     layer.cell.load_params(params)
     inputs, initial = tf.constant(x), [tf.constant(s) for s in state]
 
@@ -163,3 +169,61 @@ def test_gradients_match_numpy_backward(name, traced, rng):
     assert sorted(got) == sorted(ref_gp)
     for n in ref_gp:
         assert_close(got[n], ref_gp[n], gtol, f"d/d{n}")
+
+
+def test_the_auto_rule_at_the_benchmark_shapes():
+    """The rule docs/keras.md states: in float32 XLA up to a step of _XLA_MAX_WORK
+    multiply-adds per projection, and without a tape from a batch of 128 above it; in
+    bfloat16 under a tape never."""
+    module = module_of(novolstm.get_layer("keras", "novolstm")(2))
+    rule, bound = module._xla_wins, module._XLA_MAX_WORK
+    latency, typical, throughput = (1, 64, 64), (32, 128, 128), (128, 512, 512)
+    for batch, units, inputs in (latency, typical, throughput):
+        assert rule(batch, units, inputs, "float32", taped=False)
+        assert not rule(batch, units, inputs, "bfloat16", taped=True)
+    assert rule(*latency, "float32", taped=True) and rule(*typical, "float64", taped=True)
+    assert not rule(*throughput, "float32", taped=True)
+    assert rule(*typical, "bfloat16", taped=False) and not rule(*throughput, "bfloat16", taped=False)
+    assert not rule(32, 512, 512, "float32", taped=False) and not rule(8, 512, 512, "float32", taped=False)
+    # The bound itself (batch x 100 units x 200), and an unknown batch counted as Keras' default 32.
+    edge = bound // (100 * 200)
+    assert rule(edge, 100, 100, "float32", taped=True) and not rule(edge + 1, 100, 100, "float32", taped=True)
+    units = max(u for u in range(1, 4096) if 32 * u * 2 * u <= bound)
+    assert rule(None, units, units, "float32", taped=True) and not rule(
+        None, units + 1, units + 1, "float32", taped=True
+    )
+
+
+@pytest.mark.parametrize("jit_compile", [None, False])
+def test_auto_and_false_run_tensorflows_loop_above_the_bound(jit_compile, rng):
+    """A call under a tape whose step is above the bound: auto and False run TensorFlow's loop
+    (its gradient within tolerance of the NumPy backward); without a tape auto runs XLA (one
+    step, so the compile stays small). (True runs XLA: see test_last_output_and_config and
+    the tests above; on JAX and torch no XLA loop runs: test_compiled_loop_matches_reference.)"""
+    if not TENSORFLOW:
+        pytest.skip("gradient tapes are TensorFlow's; on this Keras backend jit_compile does nothing")
+    import tensorflow as tf
+
+    T, I, H = 1, 3, 4
+    layer = make("gru", H, jit_compile)
+    module = module_of(layer)
+    B = module._XLA_MAX_WORK // (H * (I + H)) + 1  # a step just above the bound, in batch
+    params = random_params(novolstm.load_spec("gru"), I, H, rng, scale=0.5)
+    x = rng.normal(size=(B, T, I))
+    layer.cell.load_params(params)
+    module._XLA_LOOPS.clear()
+
+    inputs = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(inputs)
+        y = layer(inputs)[0]
+    assert not module._XLA_LOOPS
+    g = rng.normal(size=(B, T, H))
+    numpy_module = novolstm.load_generated("gru", "numpy")
+    _, _, saved = numpy_module.forward(params, x, None, None, keep_tape=True)
+    ref_gx = numpy_module.backward(params, saved, g, None)[0]
+    assert_close(
+        np.asarray(tape.gradient(y, inputs, output_gradients=tf.constant(g))), ref_gx, tol(T, "gradients"), "d/dx"
+    )
+    layer(inputs)  # no tape: auto's forward is XLA's
+    assert bool(module._XLA_LOOPS) == (jit_compile is not False)

@@ -402,14 +402,17 @@ class Layer(keras.layers.RNN):
             input projection) for all timesteps as one GEMM before the loop, rather
             than inside each step. Measured slower on CPU with every Keras backend
             (the (batch, time, k * units) intermediate costs more memory traffic than
-            the per-step matmuls it replaces), so off by default.
-        jit_compile: on TensorFlow, run the loop as one XLA computation (as
+            the per-step matmuls it replaces), so off by default. (The XLA loop under a
+            gradient tape hoists whatever this says: there it measured faster.)
+        jit_compile: on TensorFlow, True runs the loop as one XLA computation (as
             ``tf.function(jit_compile=True)``) and, where a gradient tape records the
-            call, its gradient as another: measured about twice as fast as TensorFlow's
-            while loop on CPU forward, and faster for forward and backward, for a compile
-            per input shape (seconds). Training with dropout keeps TensorFlow's loop.
-            Keras' JAX backend compiles with XLA anyway and its torch backend has no XLA:
-            there the option does nothing.
+            call, its gradient as another (the loop recomputed and differentiated inside
+            XLA), for a compile per input shape (seconds); False runs TensorFlow's while
+            loop. None (auto, the default) chooses per call where each measured faster
+            (see _xla_wins): XLA without a tape, and under a tape only for small
+            steps, where TensorFlow's per-op cost outweighs XLA's recomputed forward.
+            Training with dropout keeps TensorFlow's loop. Keras' JAX backend compiles
+            with XLA anyway and its torch backend has no XLA: there the option does nothing.
         return_sequences, return_state, go_backwards, stateful, unroll: as keras.layers.RNN.
         scan: True runs a linear recurrence (LINEAR_SCAN) as keras.ops.associative_scan
             (see _scan; not with dropout or unroll); None (auto) and False run the loop, which
@@ -431,7 +434,7 @@ class Layer(keras.layers.RNN):
         go_backwards=False,
         stateful=False,
         unroll=False,
-        jit_compile=True,
+        jit_compile=None,
         scan=None,
         **kwargs,
     ):
@@ -462,7 +465,9 @@ class Layer(keras.layers.RNN):
             **kwargs,
         )
         self.hoist_input = bool(hoist_input)
-        self.jit_compile = bool(jit_compile)
+        if jit_compile not in (None, True, False):
+            raise ValueError(f"jit_compile: expected None (auto), True or False, got {jit_compile!r}")
+        self.jit_compile = None if jit_compile is None else bool(jit_compile)
         self.scan = scan
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
@@ -500,12 +505,7 @@ class Layer(keras.layers.RNN):
             raise ValueError(
                 "scan=True, but the parallel scan cannot run this call: it runs without dropout and unroll"
             )
-        loop = _compiled_loop if self.jit_compile else _loop
-        return loop(
-            cell.tensors(),
-            sequences,
-            initial_state,
-            mask,
+        options = dict(
             hoist_input=self.hoist_input,
             training=training,
             return_sequences=self.return_sequences,
@@ -514,6 +514,9 @@ class Layer(keras.layers.RNN):
             unroll=self.unroll,
             masks=masks,
         )
+        if self.jit_compile is False:
+            return _loop(cell.tensors(), sequences, initial_state, mask, **options)
+        return _compiled_loop(cell.tensors(), sequences, initial_state, mask, auto=self.jit_compile is None, **options)
 
     def get_config(self):
         config = super().get_config()
@@ -567,9 +570,60 @@ def _loop(params, sequences, initial_state, mask, hoist_input=False, training=Fa
     return last_output, outputs, list(states)
 
 
-def _compiled_loop(params, sequences, initial_state, mask, **options):
+#: The auto rule's bound (jit_compile=None, _xla_wins) on a step, in batch x units x
+#: (input_size + units), a step's multiply-adds per projection: at or below it the XLA loop and
+#: its gradient, above it TensorFlow's (but see _XLA_FORWARD_MIN_BATCH). Under a tape XLA pays a second forward
+#: (its gradient recomputes the loop inside XLA: TensorFlow cannot differentiate an XLA loop
+#: from outside) and saves TensorFlow's per-op cost per step; the first grows with the step's
+#: GEMMs, the second does not. Measured (NovoLSTM, float32, 50 steps, input_size = units,
+#: one thread, CPU time, interleaved medians of 5; docs/keras.md): XLA / TensorFlow forward
+#: and backward 0.38 at 8 x 64 x 128 (6.6e4), 0.77 at 32 x 128 x 256 (1.0e6), 0.89 and 1.11
+#: at 4.2e6 (128 x 128 x 256, 32 x 256 x 512), 1.01 and 1.36 at 1.7e7, 1.17 at 6.7e7; the
+#: published benchmark (two threads, idle): 0.84 at 32 x 128 x 256, 1.80 at 128 x 512 x 1024.
+_XLA_MAX_WORK = 4_000_000
+#: Without a tape, the batch from which the auto rule runs XLA's loop above _XLA_MAX_WORK:
+#: there XLA's forward measured 0.81 of TensorFlow's at 128 x 256 x 512 and 1.06 at 128 x 512 x
+#: 1024 (one thread; 0.82 at that throughput shape in the published benchmark, two threads),
+#: but 1.19 and 1.38 at 32 x 512 x 1024 and 8 x 512 x 1024.
+_XLA_FORWARD_MIN_BATCH = 128
+#: The batch the auto rule assumes where the call's batch is not known (a model traced for
+#: any batch size): Keras' default batch_size.
+_UNKNOWN_BATCH = 32
+
+
+def _xla_wins(batch, units, input_size, dtype, taped):
+    """Whether the auto rule (Layer's ``jit_compile=None``) runs the XLA loop on TensorFlow.
+
+    In float32 and float64: XLA where the step is small (_XLA_MAX_WORK), and without a
+    tape also from a batch of _XLA_FORWARD_MIN_BATCH (XLA's forward measured 1.2 to 6.5
+    times faster at the benchmark's latency, typical and throughput shapes, but 1.2 and 1.4
+    times slower at 32 x 512 and 8 x 512, where each step's GEMM has few rows). In bfloat16 and
+    float16, which XLA on the CPU computes without fast kernels: TensorFlow's loop under a
+    tape (XLA's gradient measured 1.2 to 4.6 times slower at all three shapes), and without
+    one XLA only where the step is small (XLA 1.3 and 1.9 times faster at the latency and
+    typical shapes, 1.7 times slower at the throughput shape).
+
+    Args:
+        batch: the call's batch size, or None where unknown (counted as _UNKNOWN_BATCH).
+        units: the layer's units.
+        input_size: the size of each timestep's input.
+        dtype: the compute dtype's name ("float32", "bfloat16", ...).
+        taped: whether a gradient tape may record the call.
+
+    Returns:
+        True for the XLA loop, False for TensorFlow's.
+    """
+    batch = _UNKNOWN_BATCH if batch is None else int(batch)
+    small = batch * units * (input_size + units) <= _XLA_MAX_WORK
+    if dtype in ("float32", "float64"):
+        return small or (not taped and batch >= _XLA_FORWARD_MIN_BATCH)
+    return small and not taped
+
+
+def _compiled_loop(params, sequences, initial_state, mask, auto=False, **options):
     """``_loop`` as XLA computations on TensorFlow (see Layer's ``jit_compile``); ``_loop`` itself
-    on Keras' other backends, and for training with dropout.
+    on Keras' other backends, for training with dropout, and with ``auto`` where _xla_wins
+    chooses TensorFlow's loop for this call.
 
     The forward is one XLA computation. Its gradient, where a tape records the call, is a second
     one that recomputes the forward under a tape inside XLA and runs its backward there:
@@ -585,6 +639,20 @@ def _compiled_loop(params, sequences, initial_state, mask, **options):
         # Another backend, dropout masks (training), or a symbolic training flag: the plain loop.
         return _loop(params, sequences, initial_state, mask, masks=masks, **options)
     import tensorflow as tf
+    from tensorflow.python.eager import record  # TensorFlow's own test of "may a tape record this"
+
+    taped = record.could_possibly_record()
+    if auto:
+        dtype, units = keras.backend.standardize_dtype(sequences.dtype), int(params[UNITS_PARAM].shape[-1])
+        if not _xla_wins(sequences.shape[0], units, sequences.shape[-1], dtype, taped):
+            return _loop(params, sequences, initial_state, mask, **options)
+    if taped:
+        # Under a tape the XLA loop hoists the input projection whatever hoist_input says: one
+        # GEMM over every timestep before the loop, and in the gradient one for the inputs' and
+        # one for the kernels' gradients after it, rather than two per step. Forward+backward
+        # CPU time, NovoLSTM float32, 50 steps, one thread: 0.63 at 8 x 256, 0.76 at 32 x 512,
+        # 0.88 at 32 x 128, 1.02 at 128 x 512 of the XLA loop's without.
+        options = {**options, "hoist_input": True}
 
     names, count, masked = tuple(params), len(initial_state), mask is not None
     key = (names, count, masked, tuple(sorted(options.items())))
@@ -595,9 +663,7 @@ def _compiled_loop(params, sequences, initial_state, mask, **options):
     # A graph traced with no tape recording that is differentiated later (a tf.function called
     # under a tape after its first trace) takes its gradient outside XLA: TensorFlow refuses an
     # XLA gradient there ("TensorList crossing the XLA/TF boundary").
-    from tensorflow.python.eager import record  # TensorFlow's own test of "may a tape record this"
-
-    backward = backward if record.could_possibly_record() else tf.function(backward.python_function)
+    backward = backward if taped else tf.function(backward.python_function)
 
     @tf.custom_gradient
     def run(*flat):

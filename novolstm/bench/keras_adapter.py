@@ -6,10 +6,11 @@ The harness reports the compile time (tf.function's trace and XLA's compile, or 
 compile) as the first call minus the steady state. Float32 and bfloat16: each layer (native
 included) is built with that dtype as its Keras dtype policy, inputs cast to it.
 
-On TensorFlow the generated layers run their loop as an XLA computation and, under a tape,
-its gradient as another (``jit_compile=True``, their default). Beside them: the previous
-default (``jit_compile=False``: TensorFlow's while loop), and the generated and native layers
-with the whole call, forward and backward, under ``tf.function(jit_compile=True)``, as
+On TensorFlow the generated layers choose per call between their loop as an XLA computation
+(under a tape, its gradient as another) and TensorFlow's while loop (``jit_compile=None``,
+their default: see the generated module's _xla_wins). Beside NovoLSTM's default: each loop
+forced (``jit_compile=True``, XLA's; ``False``, TensorFlow's), and the generated and native
+layers with the whole call, forward and backward, under ``tf.function(jit_compile=True)``, as
 ``model.compile(jit_compile=True)`` runs a train step.
 """
 
@@ -104,16 +105,19 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     for cell in CELLS:
         layer = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype)
         layer(x)  # build
-        # On TensorFlow the path names the loop: XLA's (jit_compile=True, the default) or TensorFlow's.
-        yield Candidate(f"{cell} spec", path="XLA loop, tf.function" if tensorflow else None, **_compile(layer, x))
+        # On TensorFlow the path names the loop: chosen per call (jit_compile=None, the default), XLA's or TensorFlow's.
+        yield Candidate(f"{cell} spec", path="auto loop, tf.function" if tensorflow else None, **_compile(layer, x))
         if tensorflow and cell == "novolstm":
-            loop = get_layer("keras", cell)(units, seed=0, return_sequences=True, dtype=dtype, jit_compile=False)
-            loop(x)
-            yield Candidate(
-                f"{cell} spec, jit_compile=False (TensorFlow's loop)",
-                path="TensorFlow loop, tf.function",
-                **_compile(loop, x),
-            )
+            for jit_compile, name in ((True, "XLA"), (False, "TensorFlow")):
+                loop = get_layer("keras", cell)(
+                    units, seed=0, return_sequences=True, dtype=dtype, jit_compile=jit_compile
+                )
+                loop(x)
+                yield Candidate(
+                    f"{cell} spec, jit_compile={jit_compile} ({name}'s loop)",
+                    path=f"{name} loop, tf.function",
+                    **_compile(loop, x),
+                )
             yield Candidate(f"{cell} spec, whole call in XLA", **_compile(layer, x, xla=True))
     # TensorFlow's QR (behind the orthogonal recurrent initializer) has no bfloat16: the
     # native layer is initialized in float32 and its weights copied into the dtype's layer.
