@@ -322,8 +322,15 @@ inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask
 // A buffer kept across calls in `slot` (one per allocation site, per thread): large buffers freed
 // at the end of a call went back to the OS and faulted in again, page by page, on the next call.
 // The slot's tensor is reused only when nothing else holds it or its memory (no returned tensor,
-// saved tape or view of one is alive), so a result a caller keeps is never overwritten.
+// saved tape or view of one is alive), so a result a caller keeps is never overwritten. Buffers
+// above kKeepBytes are not kept (a long sequence's tape would stay resident between calls).
+constexpr int64_t kKeepBytes = int64_t(64) << 20;
+
 inline at::Tensor reuse_or_empty(at::Tensor& slot, at::IntArrayRef shape, const at::TensorOptions& opts) {
+  if (c10::multiply_integers(shape) * static_cast<int64_t>(opts.dtype().itemsize()) > kKeepBytes) {
+    slot = at::Tensor();
+    return at::empty(shape, opts);
+  }
   if (slot.defined() && slot.use_count() == 1 && slot.storage().use_count() == 1 && slot.sizes() == shape &&
       slot.dtype() == opts.dtype()) {
     return slot;
