@@ -128,38 +128,75 @@ def cell_step(w, state, hoisted):
 '''
 
 
-def _hoisting(prologue: Graph) -> tuple[set[str], dict[str, list[str]], list[Node]]:
-    """Where the prologue is cut: (the values the GEMMs read, computed for all timesteps at once;
-    projection -> the names of its blocks in the hoisted dict, [] for the whole product;
-    the prologue nodes left to run in the step).
+def _block_splits(prologue: Graph) -> dict[str, Node]:
+    """Projection -> the one ``split`` that reads it, for each prologue projection read only so.
 
-    Only the GEMMs run over all timesteps; a projection read only through one split becomes
-    one GEMM per block (split the weight, not the product). The biases, the split and any
-    other prologue work move into the step, where XLA fuses them into the step's elementwise
-    kernels. Materializing the biased product and its per-block copies over all timesteps
-    cost XLA two (time, batch, k*units) arrays more, and on CPU the compiled forward+backward's
-    temporaries then passed glibc's mmap threshold (32 MiB at 32x100x128 for NovoLSTM): fresh
-    pages on every call, 1.6x slower. Contiguous blocks also read faster in the scan than
-    slices of one wide array.
+    Such a projection is hoisted as one GEMM per named piece: the weight is split, not the
+    product, so each block is a contiguous (time, batch, units) array of its own.
     """
-    linears = {n.name: n for n in prologue.nodes if n.op == "linear"}
-    before: set[str] = set()
-    pending = [n.args[0] for n in linears.values()]
-    while pending:
-        name = pending.pop()
-        if name not in before:
-            before.add(name)
-            pending.extend(prologue[name].args)
     users = prologue.users()
-    blocks = {}
-    for name in linears:
-        split = [prologue[u] for u in users[name]]
-        whole = len(split) != 1 or split[0].op != "split"
-        blocks[name] = [] if whole else [piece for _, _, piece in split[0].attr("pieces") if piece]
-    by_block = {u for name, pieces in blocks.items() if pieces for u in users[name] + pieces}
-    hoisted = before | set(linears) | by_block
-    rest = [n for n in prologue.nodes if n.name not in hoisted and n.op not in LEAVES]
-    return before, blocks, rest
+    return {
+        n.name: prologue[users[n.name][0]]
+        for n in prologue.nodes
+        if n.op == "linear" and len(users[n.name]) == 1 and prologue[users[n.name][0]].op == "split"
+    }
+
+
+def _hoisted_code(prologue: Graph, comments: dict[str, str]) -> tuple[list[str], dict[str, str], list[str]]:
+    """(the prologue's lines, hoisted name -> its value in the prologue, the step's lines that read them).
+
+    A projection's bias is added in the step wherever nothing else in the prologue reads the
+    block, so the prologue hands the step the bias-free GEMM, unsplit copies and biased sums
+    never materialize over all timesteps, and XLA fuses the bias into the step's elementwise
+    kernels. On CPU the compiled forward+backward's temporaries for NovoLSTM at 32x100x128
+    went from 36 to 29 MiB, under glibc's 32 MiB mmap threshold, above which every call
+    page-faults them afresh (1.6x slower).
+    """
+    splits = _block_splits(prologue)
+    users, outputs = prologue.users(), set(prologue.outputs.values())
+    lines: list[str] = []
+    hoisted: dict[str, str] = {}
+    step: list[str] = []
+
+    def block(name: str, product: str, bias: str) -> None:
+        if users[name]:  # read in the prologue: biased there
+            lines.extend(with_comment(f"{var(name)} = {product}{bias}", comments.get(name, ""), indent=4))
+            if name in outputs:
+                hoisted[name] = var(name)
+                step.append(f'{var(name)} = hoisted["{name}"]')
+        else:
+            hoisted[name] = product
+            step.extend(with_comment(f'{var(name)} = hoisted["{name}"]{bias}', comments.get(name, "")))
+
+    def split_line(names: list[str], source: str, cuts: str, axis: str = "") -> str:
+        return f"{targets(names)} = jnp.split({source}, {cuts}{axis})"
+
+    for n in prologue.nodes:
+        if n.op in LEAVES or n.op == "piece" or (n.op == "split" and n.args[0] in splits):
+            continue
+        if n.op != "linear":
+            lines.extend(render_node(n, OPS, comments))
+            continue
+        biases, lhs = n.attr("biases"), var(n.args[0])
+        if n.name not in splits:
+            block(n.name, f"{lhs} @ w_{n.name}", f" + b_{n.name}" if any(biases) else "")
+            continue
+        split = splits[n.name]
+        pieces = [(p, any(biases[start:stop])) for start, stop, p in split.attr("pieces")]
+        cuts = split_cuts(split)
+        lines.append(split_line([f"w_{p}" if p else "_" for p, _ in pieces], f"w_{n.name}", cuts, ", axis=-1"))
+        for where, read in ((lines, True), (step, False)):  # each side splits the biases it adds
+            names = [f"b_{p}" if p and biased and bool(users[p]) == read else "_" for p, biased in pieces]
+            if any(name != "_" for name in names):
+                where.append(split_line(names, f"b_{n.name}", cuts))
+        for p, biased in pieces:
+            if p:
+                block(p, f"{lhs} @ w_{p}", f" + b_{p}" if biased else "")
+    for name in prologue.outputs.values():
+        if name not in hoisted:
+            hoisted[name] = var(name)
+            step.append(f'{var(name)} = hoisted["{name}"]')
+    return lines, hoisted, step
 
 
 def generate(plan: LoopPlan) -> str:
@@ -167,7 +204,6 @@ def generate(plan: LoopPlan) -> str:
     spec, program = plan.spec, split_blocks(plan.program)
     step, prologue = program.step, split_slices(program.prologue)
     states = spec.state_names
-    before, blocks, rest = _hoisting(prologue)
 
     def loads(graph):
         lines = []
@@ -181,39 +217,8 @@ def generate(plan: LoopPlan) -> str:
         return lines
 
     comments = expressions(program)
-    # The prologue: what the GEMMs read, the weights split per block, and the bias-free products.
-    prologue_lines = render(Graph([n for n in prologue.nodes if n.name in before]), OPS, comments=comments)
-    products, step_lines = {}, []
-    for name, pieces in blocks.items():
-        L = prologue[name]
-        lhs = var(L.args[0])
-        if not pieces:
-            products[name] = f"{lhs} @ w_{name}"
-            bias = f" + b_{name}" if any(L.attr("biases")) else ""
-            step_lines += with_comment(f'{var(name)} = hoisted["{name}"]{bias}', comments.get(name, ""))
-            continue
-        split = next(prologue[u] for u in prologue.users()[name])
-        named = [piece or "_" for _, _, piece in split.attr("pieces")]
-        prologue_lines.append(
-            f"{targets([f'w_{p}' if p != '_' else p for p in named])} = "
-            f"jnp.split(w_{name}, {split_cuts(split)}, axis=-1)"
-        )
-        biased = {p for start, stop, p in split.attr("pieces") if p and any(L.attr("biases")[start:stop])}
-        if biased:
-            step_lines.append(
-                f"{targets([f'b_{p}' if p in biased else '_' for p in named])} = "
-                f"jnp.split(b_{name}, {split_cuts(split)})"
-            )
-        for p in pieces:
-            products[p] = f"{lhs} @ w_{p}"
-            bias = f" + b_{p}" if p in biased else ""
-            step_lines += with_comment(f'{var(p)} = hoisted["{p}"]{bias}', comments.get(p, ""))
-    # Values computed before the GEMMs (the input itself, say) that the step's share reads.
-    read = {a for n in rest for a in n.args} | set(prologue.outputs.values())
-    for name in sorted(read & before):
-        products[name] = var(name)
-        step_lines.append(f'{var(name)} = hoisted["{name}"]')
-    step_lines += [line for n in rest for line in render_node(n, OPS, comments)]
+    prologue_lines, hoisted, step_lines = _hoisted_code(prologue, comments)
+    prologue_return = ["return {", *(f'    "{k}": {v},' for k, v in hoisted.items()), "}"]
     step_lines += render(step, OPS, comments=comments)
     fusion = plan.fusion_entries(
         lambda xs: f"jnp.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"jnp.zeros({ref}.shape[-1], dtype)"
@@ -222,23 +227,18 @@ def generate(plan: LoopPlan) -> str:
     docstring = fill(
         DOCSTRING, header=plan.header(NAME), description=docstring_text(spec.description), state_doc=", ".join(states)
     )
-    prologue_return = ["return {", *(f'    "{k}": {v},' for k, v in products.items()), "}"]
-    prologue_load = used_loads(
-        [line for line in loads(prologue) if line.startswith("w_")], prologue_lines, prologue_return
-    )
-    step_load = loads(step) + [line for line in loads(prologue) if line.startswith("b_")]
     block = fill(
         SPEC_BLOCK,
         constants=plan.constants(LINEAR_SCAN=scan_output_index(spec)),
         init_source=init_source(),
         fusion=fusion,
         input=spec.input,
-        prologue_load=prologue_load,
+        prologue_load=used_loads(loads(prologue), prologue_lines, prologue_return),
         prologue=prologue_lines,
         prologue_return=prologue_return,
         unpack_state=targets([var(s) for s in states]),
         step_size=used_loads([f"H = {var(states[0])}.shape[-1]"], step_lines),
-        step_load=used_loads(step_load, step_lines),
+        step_load=used_loads(list(dict.fromkeys(loads(step) + loads(prologue))), step_lines),
         step=step_lines,
         new_state=tuple_of([var(step.outputs[f"state:{s}"]) for s in states]),
         output=var(step.outputs["output"]),
