@@ -17,7 +17,7 @@ from novolstm.codegen import SPEC_BLOCK
 REPO = Path(__file__).resolve().parents[1]
 BACKENDS = REPO / "backends"
 #: What a generated module may import besides its framework (the standard library it uses).
-STDLIB = {"contextlib", "functools", "importlib", "math", "warnings", "zlib"}
+STDLIB = {"contextlib", "functools", "importlib", "math", "sys", "warnings", "zlib"}
 
 
 def _string_lines():

@@ -36,6 +36,8 @@
 
 namespace novolstm_rt {
 
+// ---- portable: from here to "end portable" no ATen (the NumPy backend's C kernel inlines it, c_forward.py)
+
 // A matrix of rows of `ld` elements apart (ld 0: one row read by every batch row).
 template <typename T>
 struct View {
@@ -262,6 +264,8 @@ inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask
     for (int64_t j = 0; j < n; ++j) d[j] = (s == nullptr ? T(0) : s[j]) + (through ? c[j] : T(0));
   }
 }
+
+// ---- end portable
 
 // A contiguous (rows, n) tensor's view.
 template <typename T>

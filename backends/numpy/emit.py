@@ -10,8 +10,11 @@ Examples:
 
 from __future__ import annotations
 
+from novolstm.backends.cpp import c_forward
 from novolstm.codegen import (
     ARRAY_OPS,
+    WRAP_AT,
+    Code,
     LoopPlan,
     assign,
     concat_op,
@@ -86,7 +89,7 @@ def fuse(params):
     }
 
 
-def forward(params, x, state=None, mask=None, keep_tape=False):
+def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
     """Run the cell over a sequence.
 
     Args:
@@ -96,6 +99,11 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
         mask: bool (batch, time), True on real steps. A masked step keeps the
             state unchanged and outputs zeros.
         keep_tape: keep what ``backward`` needs.
+        compiled: the steps after the prologue as one compiled call (novolstm builds it
+            with the C++ compiler, once per spec; ``backward`` stays the generated loop):
+            None where it pays (float32 and float64, at least COMPILED_MIN_STEPS steps,
+            batch * units**2 at most COMPILED_MAX_WORK, novolstm loaded), True always (or
+            raise why not), False never.
 
     Returns:
         (outputs (batch, time, units), final state tuple, tape or None)
@@ -112,8 +120,14 @@ def forward(params, x, state=None, mask=None, keep_tape=False):
     kept = {$prologue_tape}  # prologue values the backward pass reads
     if state is None:
         state = tuple(np.zeros((B, H), dtype=x.dtype) for _ in STATE_NAMES)
-    $unpack_state = state
     ms = None if mask is None else np.swapaxes(np.asarray(mask), 0, 1)[..., None]
+    kernel = _compiled_forward(x.dtype, B, T, H, compiled)
+    if kernel is not None:  # the steps in one compiled call: outputs, final state and tape as the loop's
+        $compiled_call
+        if keep_tape:
+            tape.update(kept, x=v_$input, ms=ms)
+        return outputs, final, tape
+    $unpack_state = state
     ys = np.empty((T, B, H), dtype=x.dtype)
     # the step values the backward pass reads
     step_tape = $step_tape
@@ -241,6 +255,7 @@ def generate(plan: LoopPlan) -> str:
             pro_grads.append(f"gp_{p} = gp_{p} + {var(pro_back.outputs[f'grad:{p}'])}")
 
     param_grads = [f'"{p}": {" + ".join(pieces)},' for p, pieces in plan.param_grad_pieces().items()]
+    layout = c_forward.layout(plan)  # the arrays the compiled step loop takes, in its order
     state_vars = [var(s) for s in states]
     next_vars = [var(step.outputs[f"state:{s}"]) for s in states]
     g_states = [f"g_{s}" for s in states]
@@ -261,7 +276,7 @@ def generate(plan: LoopPlan) -> str:
     )
     block = fill(
         SPEC_BLOCK,
-        constants=plan.constants(),
+        constants=plan.constants(SPEC_TOML=Code(repr(spec.dumps()))),
         init_source=init_source(),
         fusion=plan.fusion_entries(
             lambda xs: f"np.concatenate([{', '.join(xs)}], axis=-1)",
@@ -275,6 +290,10 @@ def generate(plan: LoopPlan) -> str:
         prologue=prologue_lines,
         keep_hoisted=[f"seq_{h} = {var(h)}" for h in program.hoisted],
         unpack_state=targets(state_vars),
+        compiled_call=call(
+            "outputs, final, tape = kernel",
+            ["x", "state", "mask", *(a.name for a in layout.arguments), "tape=keep_tape"],
+        ),
         step_tape=literal(tuple(var(n) for n in plan.step_tape), column=16, indent=4),
         load_hoisted=[f"{var(h)} = seq_{h}[t]" for h in program.hoisted],
         step=step_lines,
@@ -302,3 +321,11 @@ def generate(plan: LoopPlan) -> str:
         g_initial_state=tuple_of(g_states),
     )
     return inline_runtime(__package__, docstring, block)
+
+
+def call(head: str, args: list[str]) -> list[str]:
+    """``head(a, b, ...)`` on one line, or one argument a line (as ruff formats it) where long."""
+    line = f"{head}({', '.join(args)})"
+    if len(line) <= WRAP_AT:
+        return [line]
+    return [f"{head}(", *(f"    {a}," for a in args), ")"]

@@ -1,6 +1,18 @@
-"""NumPy candidates: the generated cells, and the per-example textbook cell as the native baseline."""
+"""NumPy candidates: the generated cells, and the per-example textbook cell as the native baseline.
+
+Each spec's forward runs its steps in the compiled step loop (novolstm.backends.cpp.numpy_ext)
+where ``forward`` chooses it (float32 and float64, at least ``COMPILED_MIN_STEPS`` steps, batch *
+units**2 at most ``COMPILED_MAX_WORK``; the first call builds it or loads it from the cache: its
+"compile time"); its forward+backward runs the same forward, writing the tape, and the generated
+backward pass. Beside it,
+``<cell> spec, generated loop`` holds the forward to the generated loop (``compiled=False``),
+or, at shapes where ``forward`` runs the loop, ``<cell> spec, compiled`` to the compiled step
+loop (``compiled=True``).
+"""
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -9,6 +21,8 @@ from novolstm.bench import Candidate
 from novolstm.bench.memory import peak_traced_bytes
 
 CELLS = ("lstm", "novolstm", "novolstm_reference")
+#: cells whose forward also runs held to the generated loop, beside the compiled step loop
+LOOPS = ("lstm", "novolstm")
 DTYPES = ("float32",)
 DTYPE_NOTES = {
     "bfloat16": "NumPy has no bfloat16 dtype, so the NumPy backend has no bfloat16 cells (it runs float32 and float64)"
@@ -61,18 +75,25 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         module = load_generated(cell, "numpy")
         params = init_params(cell, units, units, seed=0, dtype=dtype)
 
-        def fwd(module=module, params=params):
-            return module.forward(params, x)
+        def fwd(module=module, params=params, compiled=None):
+            return module.forward(params, x, compiled=compiled)
 
-        def fwd_bwd(module=module, params=params):
-            _, _, tape = module.forward(params, x, keep_tape=True)
+        def fwd_bwd(module=module, params=params, compiled=None):
+            _, _, tape = module.forward(params, x, keep_tape=True, compiled=compiled)
             return module.backward(params, tape, g)
 
         def peak(fwd_bwd=fwd_bwd) -> int:
             return peak_traced_bytes(fwd_bwd)
 
         # NumPy reports its buffers to tracemalloc: its own, exact peak next to the RSS one.
-        yield Candidate(f"{cell} spec", fwd, fwd_bwd, framework_peak_bytes=peak)
+        auto = steps >= module.COMPILED_MIN_STEPS and batch * units * units <= module.COMPILED_MAX_WORK
+        yield Candidate(f"{cell} spec", fwd, fwd_bwd, jit="C++ step loop" if auto else None, framework_peak_bytes=peak)
+        if cell in LOOPS and auto:
+            loop = (functools.partial(fwd, compiled=False), functools.partial(fwd_bwd, compiled=False))
+            yield Candidate(f"{cell} spec, generated loop", *loop)
+        elif cell in LOOPS and steps >= module.COMPILED_MIN_STEPS:  # a large step: the loop, and beside it
+            compiled = (functools.partial(fwd, compiled=True), functools.partial(fwd_bwd, compiled=True))
+            yield Candidate(f"{cell} spec, compiled", *compiled, jit="C++ step loop", may_fail=True)
     textbook = PerExampleLSTMCell(init_params("lstm", units, units, seed=0), dtype)
     yield Candidate("native: per-example cell (seed 001)", lambda: textbook.sequence(x), None)
 

@@ -80,8 +80,13 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         # the first call builds the compiled kernel (or loads it from the cache): its "compile time"
         kernel = "C++ kernel" if cell != "lstm" and dtype in ("float32", "float64") else None
         forward, forward_backward = _modes(layer, x)
-        fused = "torch fused LSTM kernel" if cell == "lstm" else None
-        yield Candidate(f"{cell} spec", forward, forward_backward, jit=kernel, path=fused)
+        if cell == "lstm":
+            path = "torch fused LSTM kernel"
+        elif kernel is None:  # the layer falls back to its loop: say so, not a second "generated loop" row
+            path = "layer default: generated loop (the C++ kernel is float32 and float64 only)"
+        else:
+            path = None
+        yield Candidate(f"{cell} spec", forward, forward_backward, jit=kernel, path=path)
     loop = get_layer("torch", spec="lstm")(units, units, dtype=torch_dtype, fused=False, compiled=False)
     loop.load_state_dict(layers["lstm"].state_dict())
     yield Candidate("lstm spec, generated loop", *_modes(loop, x))
