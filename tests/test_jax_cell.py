@@ -318,3 +318,22 @@ def test_step_reads_one_hoisted_array_per_gate_and_one_recurrent_matmul(cell):
     assert [n.op for n in program.prologue.nodes].count("linear") == 1  # so does the input projection
     assert all(program.step[h].width == 1 for h in program.hoisted)  # one (time, batch, units) array per gate
 
+
+@pytest.mark.parametrize("cell", ["novolstm", "indrnn"])  # one GEMM per block; the whole product
+def test_prologue_hoists_bias_free_gemms_the_step_adds_the_biases(cell):
+    # The biases enter in the step: over all timesteps XLA would materialize the biased product
+    # as one more (time, batch, k*units) array (and the forward+backward's temporaries grow).
+    m = module(cell)
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in random_params(cell, 3, 4, np.random.default_rng(1)).items()}
+    shifted = {k: v + 5.0 if k in m.BIAS_NAMES else v for k, v in params.items()}
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(6, 2, 3)), jnp.float32)
+    hoisted = m.prologue(m.fuse(params, jnp.float32), x, 4)
+    assert all(v.shape == (6, 2, 4) for v in jax.tree_util.tree_leaves(hoisted))  # one contiguous array a block
+    same = m.prologue(m.fuse(shifted, jnp.float32), x, 4)
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool((a == b).all()), hoisted, same))
+    state = tuple(jnp.zeros((2, 4)) for _ in m.STATE_NAMES)
+    y, y_shifted = (
+        m.cell_step(m.fuse(p, jnp.float32), state, jax.tree_util.tree_map(lambda v: v[0], hoisted))[1]
+        for p in (params, shifted)
+    )
+    assert not np.allclose(y, y_shifted)  # the step adds them
