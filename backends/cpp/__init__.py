@@ -6,5 +6,6 @@ row kernels and is inlined into each kernel); ``torch_ext`` builds it with
 with autograd and fake implementations. ``c_forward`` renders the forward step loop over
 plain pointers (the portable part of ``runtime.h`` and ``c_runtime.h``, no ATen), and
 ``numpy_ext`` builds it with the system compiler and calls it through ctypes for the NumPy
-backend. Importing this package imports no framework.
+backend. ``build`` holds what both builders share: their errors, the cache root and the
+build lock. Importing this package imports no framework.
 """

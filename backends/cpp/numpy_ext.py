@@ -6,7 +6,7 @@ C++ compiler ``$CXX`` (default ``c++``) into a shared library, and loads it with
 NumPy computes the prologue (the input projections of every timestep); the library runs the
 steps. Nothing here imports a framework.
 
-The cache: under the torch kernels' root (``$NOVOLSTM_CACHE_DIR`` if set, else
+The cache: under the compiled paths' root (``build.cache_root``: ``$NOVOLSTM_CACHE_DIR`` if set, else
 ``$XDG_CACHE_HOME/novolstm``, default ``~/.cache/novolstm``), in ``numpy-ext/``, one library
 per kernel source, compiler (its path and ``--version``), flags and CPU (the build targets
 the CPU it runs on). A build writes a temporary file and renames it into place, under a file
@@ -21,7 +21,6 @@ caller runs the generated loop.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -38,6 +37,7 @@ import numpy as np
 from novolstm.codegen import plan
 from novolstm.spec_loader import loads_spec
 
+from .build import CompiledUnavailable, CompiledUnsupported, cache_root, file_lock
 from .c_forward import ENTRY, KEY_ENTRY, Layout, Unsupported, generate
 from .emit import elems_of
 
@@ -56,26 +56,13 @@ CFLAGS = (
 BUILD_TIMEOUT = 300
 
 
-class CompiledUnavailable(RuntimeError):
-    """The compiled step loop cannot run this spec here (the message says why)."""
-
-
-class CompiledUnsupported(CompiledUnavailable):
-    """The C++ emitter does not compile this spec's operations: the generated loop is its path,
-    by design, so the caller falls back without a warning (``compiled=True`` still raises)."""
-
-
 _LOCK = threading.Lock()
 _LOADED: dict[str, CompiledForward | CompiledUnavailable] = {}
 
 
 def cache_dir() -> Path:
     """Where built libraries are kept (see the module docstring)."""
-    root = os.environ.get("NOVOLSTM_CACHE_DIR")
-    if not root:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        root = os.path.join(base, "novolstm")
-    return Path(root) / "numpy-ext"
+    return cache_root() / "numpy-ext"
 
 
 def compiled_forward(spec_toml: str) -> CompiledForward:
@@ -158,28 +145,13 @@ def _cpu_flags() -> tuple[str, ...]:
     return ("-march=native",) if _cpu_identity() else ()
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    with open(path, "a+") as handle:
-        try:
-            import fcntl  # noqa: PLC0415 - POSIX only
-        except ImportError:  # pragma: no cover - elsewhere the rename alone keeps a build whole
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _compile(name: str, source: str, cxx: tuple[str, ...], flags: tuple[str, ...]) -> Path:
     """Build ``source`` into ``<cache>/<name>.so`` unless it is there; its path."""
     root = cache_dir()
     library = root / f"{name}.so"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with _file_lock(root / f"{name}.lock"):
+        with file_lock(root / f"{name}.lock"):
             if os.path.lexists(library):
                 return library
             with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as work:

@@ -34,6 +34,7 @@ import torch
 from novolstm.codegen import plan
 from novolstm.spec_loader import loads_spec
 
+from .build import CompiledUnavailable, CompiledUnsupported, cache_root, file_lock
 from .emit import Layout, Unsupported, elems_of, generate
 
 #: Compiler flags of every build (part of the cache key).
@@ -51,30 +52,13 @@ def _cpu_flags() -> tuple[str, ...]:
     return ("-mavx2", "-mfma") if capability == "AVX2" else ()
 
 
-class CompiledUnavailable(RuntimeError):
-    """The compiled path cannot run this spec here (the message says why)."""
-
-
-class CompiledUnsupported(CompiledUnavailable):
-    """The C++ emitter does not compile this spec's operations: the generated loop is its path.
-
-    Unlike a missing compiler, this is by design, so the Layer falls back without a warning
-    (``compiled=True`` still raises).
-    """
-
-
 _LOCK = threading.Lock()
 _LOADED: dict[str, CompiledSequence | CompiledUnavailable] = {}
 
 
 def cache_dir() -> Path:
     """Where built kernels are kept (see the module docstring)."""
-    root = os.environ.get("NOVOLSTM_CACHE_DIR")
-    if not root:
-        root = os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "novolstm"
-        )
-    return Path(root) / "torch-ext"
+    return cache_root() / "torch-ext"
 
 
 def compiled_sequence(spec_toml: str) -> CompiledSequence:
@@ -149,22 +133,6 @@ def _ninja_on_path():
         os.environ["PATH"] = old
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        try:
-            import fcntl  # noqa: PLC0415 - POSIX only
-        except ImportError:  # pragma: no cover - Windows: torch's own build baton still guards the build
-            yield
-            return
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _compile(namespace: str, source: str) -> Path:
     """Build ``source`` as a shared library named ``namespace`` (or find it built); its path."""
     from torch.utils import cpp_extension  # noqa: PLC0415 - imports setuptools machinery
@@ -172,7 +140,7 @@ def _compile(namespace: str, source: str) -> Path:
     root = cache_dir()
     build = root / namespace
     library = build / f"{namespace}.so"
-    with _file_lock(root / f"{namespace}.lock"):
+    with file_lock(root / f"{namespace}.lock"):
         if library.exists():
             return library
         missing = _compiler_missing()
