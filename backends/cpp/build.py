@@ -58,3 +58,31 @@ def file_lock(path: Path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def built_once(outcomes: dict, lock, spec_toml: str, build):
+    """``build(spec_toml)``'s kernel, built once per process: the outcome, kernel or
+    ``CompiledUnavailable``, is kept in ``outcomes`` (under ``lock``), so a spec that cannot
+    compile says why again without trying again.
+
+    Raises:
+        CompiledUnavailable: what ``build`` raised, now or on an earlier call.
+
+    Examples:
+        >>> import threading
+        >>> outcomes = {}
+        >>> built_once(outcomes, threading.Lock(), "spec", str.upper), list(outcomes)
+        ('SPEC', ['spec'])
+    """
+    result = outcomes.get(spec_toml)
+    if result is None:
+        with lock:
+            if spec_toml not in outcomes:
+                try:
+                    outcomes[spec_toml] = build(spec_toml)
+                except CompiledUnavailable as e:
+                    outcomes[spec_toml] = e
+            result = outcomes[spec_toml]
+    if isinstance(result, CompiledUnavailable):
+        raise result
+    return result

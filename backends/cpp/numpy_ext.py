@@ -37,7 +37,7 @@ import numpy as np
 from novolstm.codegen import plan
 from novolstm.spec_loader import loads_spec
 
-from .build import CompiledUnavailable, CompiledUnsupported, cache_root, file_lock
+from .build import CompiledUnavailable, CompiledUnsupported, built_once, cache_root, file_lock
 from .c_forward import ENTRY, KEY_ENTRY, Layout, Unsupported, generate
 from .emit import elems_of
 
@@ -73,18 +73,7 @@ def compiled_forward(spec_toml: str) -> CompiledForward:
     Raises:
         CompiledUnavailable: no compiler, a failed build, or a spec the emitter does not compile.
     """
-    result = _LOADED.get(spec_toml)
-    if result is None:
-        with _LOCK:
-            if spec_toml not in _LOADED:
-                try:
-                    _LOADED[spec_toml] = _build(spec_toml)
-                except CompiledUnavailable as e:
-                    _LOADED[spec_toml] = e
-            result = _LOADED[spec_toml]
-    if isinstance(result, CompiledUnavailable):
-        raise result
-    return result
+    return built_once(_LOADED, _LOCK, spec_toml, _build)
 
 
 def _build(spec_toml: str) -> CompiledForward:

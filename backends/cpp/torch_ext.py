@@ -34,7 +34,7 @@ import torch
 from novolstm.codegen import plan
 from novolstm.spec_loader import loads_spec
 
-from .build import CompiledUnavailable, CompiledUnsupported, cache_root, file_lock
+from .build import CompiledUnavailable, CompiledUnsupported, built_once, cache_root, file_lock
 from .emit import Layout, Unsupported, elems_of, generate
 
 #: Compiler flags of every build (part of the cache key).
@@ -73,21 +73,15 @@ def compiled_sequence(spec_toml: str) -> CompiledSequence:
     """
     result = _LOADED.get(spec_toml)
     if result is None:
-        result = _load(spec_toml)
+        return _load(spec_toml)
     if isinstance(result, CompiledUnavailable):
         raise result
     return result
 
 
 @torch.compiler.disable
-def _load(spec_toml: str) -> CompiledSequence | CompiledUnavailable:
-    with _LOCK:
-        if spec_toml not in _LOADED:
-            try:
-                _LOADED[spec_toml] = _build(spec_toml)
-            except CompiledUnavailable as e:
-                _LOADED[spec_toml] = e
-        return _LOADED[spec_toml]
+def _load(spec_toml: str) -> CompiledSequence:
+    return built_once(_LOADED, _LOCK, spec_toml, _build)
 
 
 def _build(spec_toml: str) -> CompiledSequence:
