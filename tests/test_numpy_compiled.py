@@ -161,6 +161,13 @@ def test_random_specs_compiled_match_interpreter_and_loop(text_case):
     want, want_state = run_with(module, False)(case.params, case.x, case.state, case.mask)
     for g, w in zip((got, *got_state), (want, *want_state)):
         assert_close(g, w, pairwise_tolerance("float64", "float64", case.steps), what="compiled vs loop")
+    grads = []  # through the compiled backward steps (where the emitter compiles them) and the loop's
+    for compiled in (True, False):
+        _, _, tape = module.forward(case.params, case.x, case.state, case.mask, keep_tape=True, compiled=compiled)
+        g_x, g_s, g_p = module.backward(case.params, tape, np.cos(want))
+        grads.append([g_x, *g_s, *(g_p[k] for k in sorted(g_p))])
+    for g, w in zip(*grads, strict=True):
+        assert_close(g, w, pairwise_tolerance("float64", "float64", case.steps, kind="gradients"), "gradients")
 
 
 def test_a_mutated_operation_is_caught(monkeypatch):

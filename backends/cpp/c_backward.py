@@ -59,7 +59,8 @@ def layout(plan: LoopPlan) -> Layout:
     """The arrays of ``plan``'s backward kernel (never raises)."""
     back, step = plan.step_backward, plan.program.step
     linears = {L.name: L for L in plan.linears if L.in_step}
-    args, grads = [], []
+    args: list[Argument] = []
+    grads: list[Argument] = []
     for n in back.nodes:
         if n.op == "linear_t" and n.attr("linear") in linears:
             L = linears[n.attr("linear")]
@@ -92,7 +93,7 @@ def lines(plan: LoopPlan, tape: tuple) -> list[str]:
     if any(n.name not in saved for n in taped):
         raise Unsupported("a saved value the forward's tape lacks")
     leaves = {name: f"vs_{name}" for name in seeds} | {n.name: f"vt_{n.name}" for n in taped}
-    graph = RowGraph(back, "", "B", leaves, moving=tuple(leaves))
+    graph = RowGraph(back, "", "B", leaves)
     na, nt, ns = len(lay.arguments), len(tape), len(states)
     mask_at, gys_at, gin_at = na + nt, na + nt + 1, na + nt + 2
     grads_at = gin_at + ns

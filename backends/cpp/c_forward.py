@@ -168,9 +168,9 @@ class _Source:
         for h in program.hoisted:
             if not program.step[h].batched:
                 raise Unsupported("a hoisted value that is not batched")
-        self.step = RowGraph(program.step, "", "B", leaves, moving=tuple(leaves))
+        self.step = RowGraph(program.step, "", "B", leaves)
         inputs = {n.name: f"qv_{n.name}" for n in program.prologue.nodes if n.op == "input"}
-        self.prologue = RowGraph(program.prologue, "q", "R", inputs, moving=tuple(inputs))
+        self.prologue = RowGraph(program.prologue, "q", "R", inputs)
         self.inputs = [n for n in program.prologue.nodes if n.op == "input"]
 
     def _tape_lines(self, first: int) -> list[str]:

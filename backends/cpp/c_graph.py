@@ -41,22 +41,22 @@ class RowGraph:
     the rows, in the graph's order).
 
     ``leaves``: the View expression of each leaf the caller provides (states, hoisted values,
-    seeds, the tape, the input); ``moving``: those of them whose views move with the step (a
-    value of one of them is computed every step, a value of parameters alone once).
+    seeds, the tape, the input), whose rows change from step to step: a value of one of them is
+    computed every step (every row), a value of parameters and constants alone once.
 
     Pointers: ``p_<var(name)>`` for a parameter, ``p_w_<linear>`` and ``p_b_<linear>`` for a
     linear's fused weight and bias; ``wt_<linear>`` (a buffer the caller fills with the
     transposed weight) for a ``linear_t``.
     """
 
-    def __init__(self, graph, tag: str, rows: str, leaves: dict[str, str], moving: tuple[str, ...] = ()) -> None:
+    def __init__(self, graph, tag: str, rows: str, leaves: dict[str, str]) -> None:
         self.g, self.tag, self.rows = graph, tag, rows
         self.decl: list[str] = []
         self.fixed: list[str] = []
         self.views: list[str] = []
         self.work: list[str] = []
         self.view: dict[str, str] = dict(leaves)
-        self.moves = set(moving)
+        self.moves = set(leaves)
         self._render()
 
     def _render(self) -> None:
