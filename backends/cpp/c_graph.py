@@ -155,7 +155,7 @@ class RowGraph:
         return [f"for (int64_t b = 0; b < {rows}; ++b) {{", *("  " + line for line in inner), "}"]
 
     def _row_code(self, n: Node) -> list[str]:
-        lines = [f"T* o = {self.tag}v_{n.name}.row(b);", f"const int64_t N = {elems(n.width)};"]
+        lines = [f"T* __restrict o = {self.tag}v_{n.name}.row(b);", f"const int64_t N = {elems(n.width)};"]
         refs = []
         for k, a in enumerate(self.g[name] for name in n.args):
             if a.op == "const":
