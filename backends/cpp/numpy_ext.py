@@ -185,10 +185,10 @@ _BACKWARD_ARGS = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_void_
 
 
 #: The largest prologue (rows * inputs * columns of its products, rows = batch * time) that the
-#: kernel computes itself rather than NumPy (whose BLAS call is faster on large products, but
-#: leaves a multi-threaded BLAS's idle threads spinning beside the single-threaded step loop;
-#: docs/numpy.md, "Measured").
-PROLOGUE_MAX_WORK = 2**25
+#: kernel computes itself rather than NumPy: a BLAS call leaves a multi-threaded BLAS's idle
+#: threads spinning beside the single-threaded step loop. Up to here the kernel's product measured
+#: as fast as one BLAS thread's; beyond, BLAS on all cores is faster (docs/numpy.md, "Measured").
+PROLOGUE_MAX_WORK = 2**27
 
 
 class CompiledForward:
