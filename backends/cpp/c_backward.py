@@ -107,11 +107,11 @@ def lines(plan: LoopPlan, tape: tuple) -> list[str]:
     ]
     for a in lay.arguments:
         if a.kind == "weight":  # d(operand) = d(product) @ W^T: W^T made once, read row by row
-            k, n = (elems(w) for w in a.widths)
+            rows, cols = (elems(w) for w in a.widths)
             body += [
-                f"  std::vector<T> wt_{a.name[2:]}(static_cast<size_t>({k} * {n}));",
-                f"  for (int64_t i = 0; i < {k}; ++i)",
-                f"    for (int64_t j = 0; j < {n}; ++j) wt_{a.name[2:]}[j * {k} + i] = p_{a.name}[i * {n} + j];",
+                f"  std::vector<T> wt_{a.name[2:]}(static_cast<size_t>({rows} * {cols}));",
+                f"  for (int64_t i = 0; i < {rows}; ++i)",
+                f"    for (int64_t j = 0; j < {cols}; ++j) wt_{a.name[2:]}[j * {rows} + i] = p_{a.name}[i * {cols} + j];",
             ]
     body += [
         f"  const uint8_t* mask = static_cast<const uint8_t*>(arrays[{mask_at}]);",
@@ -129,9 +129,9 @@ def lines(plan: LoopPlan, tape: tuple) -> list[str]:
         "    const uint8_t* m = mask == nullptr ? nullptr : mask + t * B;",
     ]
     for n in taped:
-        k, entry = saved[n.name]
+        at, entry = saved[n.name]
         width = elems(entry.widths[0])
-        ptr = f"static_cast<T*>(arrays[{na + k}])"
+        ptr = f"static_cast<T*>(arrays[{na + at}])"
         if entry.kind == "tape":
             body.append(f"    const rt::View<T> vt_{n.name}{{{ptr} + t * B * {width}, {width}}};")
         else:
