@@ -1,7 +1,8 @@
 """The NumPy backend's compiled step loop (novolstm.backends.cpp.c_forward, numpy_ext): the steps
-after NumPy's prologue as one C++ function, built with the system compiler and called through
-ctypes. Held to the float64 reference and to the generated loop for every built-in spec, in
-float32 and float64, with masks, lengths and initial states; the reverse direction against the
+(and for a small call the prologue too) as one C++ function, built with the system compiler and
+called through ctypes. Held to the float64 reference and to the generated loop for every built-in
+spec, in float32 and float64, with masks, lengths and initial states, with the prologue in the
+kernel and in NumPy (both sides of numpy_ext.PROLOGUE_MAX_WORK); the reverse direction against the
 loop on the flipped sequence; random specs of the fuzzing strategy against the interpreter; a
 mutated operation must be caught; the automatic choice, the fallbacks (no compiler: one warning;
 an operation the emitter lacks: none) and the cache's refusals of libraries it did not build.
@@ -12,6 +13,7 @@ second each; the random specs cost one build per example.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -40,6 +42,27 @@ from novolstm.testing import (
 SPECS = novolstm.list_specs()
 
 
+@contextlib.contextmanager
+def prologue_in_numpy():
+    """Compiled calls made inside leave the prologue to NumPy (its BLAS products) whatever their size."""
+    saved = numpy_ext.PROLOGUE_MAX_WORK
+    numpy_ext.PROLOGUE_MAX_WORK = -1
+    try:
+        yield
+    finally:
+        numpy_ext.PROLOGUE_MAX_WORK = saved
+
+
+class Reversed:
+    """A compiled kernel run from the last step to the first."""
+
+    def __init__(self, kernel):
+        self.kernel, self.runs_prologue = kernel, kernel.runs_prologue
+
+    def __call__(self, *args, **kwargs):
+        return self.kernel(*args, reverse=True, **kwargs)
+
+
 def run_with(module, compiled, reverse=False):
     """``run(params, x, state, mask)`` of the generated forward, on the compiled step loop (compiled=True,
     and with ``reverse`` its reverse direction) or the generated loop (False)."""
@@ -55,7 +78,7 @@ def run_with(module, compiled, reverse=False):
         # The generated forward hands the kernel its arrays; this runs them from the last step to the first.
         kernel = module._compiled_forward(x.dtype, 1, 1, 1, True)
         real = module._compiled_forward
-        module._compiled_forward = lambda *a: lambda *args, **kw: kernel(*args, reverse=True, **kw)
+        module._compiled_forward = lambda *a: Reversed(kernel)
         try:
             return run(params, x, state, mask)
         finally:
@@ -65,10 +88,10 @@ def run_with(module, compiled, reverse=False):
 
 
 def test_every_built_in_spec_compiles():
-    # A spec the emitter refused would silently run the generated loop: none may.
+    # A spec the emitter refused would silently run the generated loop (forward or backward): none may.
     for spec in SPECS:
         kernel = c_forward.generate(plan(novolstm.load_spec(spec)), key="probe")
-        assert 'return "probe"' in kernel.source and "at::" not in kernel.source
+        assert 'return "probe"' in kernel.source and "at::" not in kernel.source and kernel.backward is not None
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -78,7 +101,8 @@ def test_every_built_in_spec_compiles():
 def test_compiled_matches_reference_and_loop(spec, dtype, data):
     """Outputs and final state of the compiled step loop against the float64 reference, and against
     the generated loop (float64: to rounding; float32: within the pairwise tolerance); every case
-    also in the reverse direction against the loop over the flipped sequence."""
+    also in the reverse direction against the loop over the flipped sequence. Forward, the kernel
+    runs the prologue (these calls are small); reversed, NumPy does."""
     case = data.draw(cases(spec, max_batch=3, max_steps=10))
     module = novolstm.load_generated(spec, "numpy")
     check_against_reference(spec, run_with(module, True), case, dtype)
@@ -86,7 +110,8 @@ def test_compiled_matches_reference_and_loop(spec, dtype, data):
     tol = pairwise_tolerance(dtype, dtype, case.steps)
     for reverse in (False, True):
         flip = (lambda a: a[:, ::-1]) if reverse else (lambda a: a)
-        got, got_state = run_with(module, True, reverse)(c.params, c.x, c.state, c.mask)
+        with prologue_in_numpy() if reverse else contextlib.nullcontext():
+            got, got_state = run_with(module, True, reverse)(c.params, c.x, c.state, c.mask)
         mask = None if c.mask is None else np.ascontiguousarray(flip(c.mask))
         want, want_state = run_with(module, False)(c.params, np.ascontiguousarray(flip(c.x)), c.state, mask)
         assert got.dtype == want.dtype == np.dtype(dtype) and got.shape == want.shape
@@ -99,8 +124,10 @@ def test_compiled_matches_reference_and_loop(spec, dtype, data):
 @settings(max_examples=2)
 @given(data=st.data())
 def test_the_compiled_tape_gives_the_loops_gradients(spec, data):
-    """forward(keep_tape=True) on the compiled loop writes the tape the generated backward reads:
-    every gradient (input, initial state, each parameter) as through the generated loop (float64)."""
+    """forward(keep_tape=True) on the compiled loop writes the tape, with the prologue's values
+    where the kernel runs it, and the kernel's backward steps read it (the weight gradients and the
+    prologue's backward are NumPy's): every gradient (input, initial state, each parameter) as
+    through the generated loop (float64), the prologue in the kernel and in NumPy."""
     case = data.draw(cases(spec, max_batch=3, max_steps=8))
     module = novolstm.load_generated(spec, "numpy")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
@@ -108,14 +135,17 @@ def test_the_compiled_tape_gives_the_loops_gradients(spec, data):
     units = next(iter(case.params.values())).shape[-1]
     g_out = rng.normal(size=(batch, steps, units))
     g_state = tuple(rng.normal(size=(batch, units)) for _ in module.STATE_NAMES)
-    grads = []
-    for compiled in (True, False):
-        _, _, tape = module.forward(case.params, case.x, case.state, case.mask, keep_tape=True, compiled=compiled)
+    grads = {}
+    runs = {"in the kernel": (True, contextlib.nullcontext()), "in NumPy": (True, prologue_in_numpy())}
+    for where, (compiled, context) in {**runs, "loop": (False, contextlib.nullcontext())}.items():
+        with context:
+            _, _, tape = module.forward(case.params, case.x, case.state, case.mask, keep_tape=True, compiled=compiled)
         g_x, g_s, g_p = module.backward(case.params, tape, g_out, g_state)
-        grads.append([g_x, *g_s, *(g_p[k] for k in sorted(g_p))])
+        grads[where] = [g_x, *g_s, *(g_p[k] for k in sorted(g_p))]
     tol = pairwise_tolerance("float64", "float64", steps, kind="gradients")
-    for got, want in zip(*grads, strict=True):
-        assert_close(got, want, tol, f"{spec} gradients")
+    for where in runs:
+        for got, want in zip(grads[where], grads["loop"], strict=True):
+            assert_close(got, want, tol, f"{spec} gradients, the prologue {where}")
 
 
 @settings(max_examples=3)
@@ -125,11 +155,19 @@ def test_random_specs_compiled_match_interpreter_and_loop(text_case):
     spec = novolstm.loads_spec(text, source="<random spec>")
     c_forward.generate(plan(spec), key="probe")  # compiles (else the test below would only say why not)
     module = novolstm.load_generated(spec, "numpy")
-    check_against_interpreter(spec, run_with(module, True), case)
-    got, got_state = run_with(module, True)(case.params, case.x, case.state, case.mask)
+    check_against_interpreter(spec, run_with(module, True), case)  # the prologue in the kernel
+    with prologue_in_numpy():
+        got, got_state = run_with(module, True)(case.params, case.x, case.state, case.mask)
     want, want_state = run_with(module, False)(case.params, case.x, case.state, case.mask)
     for g, w in zip((got, *got_state), (want, *want_state)):
         assert_close(g, w, pairwise_tolerance("float64", "float64", case.steps), what="compiled vs loop")
+    grads = []  # through the compiled backward steps (where the emitter compiles them) and the loop's
+    for compiled in (True, False):
+        _, _, tape = module.forward(case.params, case.x, case.state, case.mask, keep_tape=True, compiled=compiled)
+        g_x, g_s, g_p = module.backward(case.params, tape, np.cos(want))
+        grads.append([g_x, *g_s, *(g_p[k] for k in sorted(g_p))])
+    for g, w in zip(*grads, strict=True):
+        assert_close(g, w, pairwise_tolerance("float64", "float64", case.steps, kind="gradients"), "gradients")
 
 
 def test_a_mutated_operation_is_caught(monkeypatch):
@@ -140,6 +178,27 @@ def test_a_mutated_operation_is_caught(monkeypatch):
     case = next(iter(_fixed_cases("gru")))
     with pytest.raises(AssertionError, match="gru outputs"):
         check_against_reference("gru", run_with(module, True), case)
+
+
+def test_a_mutated_backward_operation_is_caught(monkeypatch):
+    """The gradient comparison can fail: with the derivative of tanh miscompiled, it does; and with
+    no backward kernel the generated loop runs the steps, to the loop's gradients."""
+    case = next(iter(_fixed_cases("lstm", steps=5)))
+    module = novolstm.load_generated("lstm", "numpy")
+    g = np.ones((2, 5, 4))
+
+    def gradients(compiled):
+        _, _, tape = module.forward(case.params, case.x, None, case.mask, keep_tape=True, compiled=compiled)
+        return module.backward(case.params, tape, g)[0]
+
+    want, tol = gradients(False), pairwise_tolerance("float64", "float64", 5, kind="gradients")
+    kernel = module._compiled_forward(np.float64, 1, 1, 1, True)
+    monkeypatch.setattr(kernel, "backward_layout", None)
+    assert_close(gradients(True), want, tol, "the loop's backward steps after the compiled forward")
+    monkeypatch.setitem(emit.OPS, "tanh_grad", lambda n, a: f"{a[0]} * (T(1) - {a[1]})")
+    monkeypatch.setattr(numpy_ext, "_LOADED", {})
+    with pytest.raises(AssertionError, match="compiled backward"):
+        assert_close(gradients(True), want, tol, "the compiled backward")
 
 
 def _fixed_cases(spec, batch=2, steps=6, inputs=3, units=4, seed=0):
@@ -162,6 +221,8 @@ def test_auto_runs_the_compiled_loop_from_compiled_min_steps():
     assert choose(steps=n - 1) is None  # short: the loop
     assert choose(compiled=False) is None
     assert choose(steps=1, batch=work, compiled=True) is not None
+    # the latency shape's prologue runs in the kernel (no BLAS call), the typical shape's in NumPy
+    assert choose().runs_prologue(1, 1000, 64, 64) and not choose().runs_prologue(32, 100, 128, 128)
     with pytest.raises(ValueError, match="compiled: expected None"):
         module.Cell(2, 3, compiled="yes")
     with pytest.raises(RuntimeError, match="float32 and float64, not float16"):
@@ -234,19 +295,26 @@ def test_a_spec_the_emitter_does_not_compile_runs_the_loop_without_a_warning(mon
 def test_the_kernel_refuses_bad_arrays(rng):
     module = novolstm.load_generated("lstm", "numpy")
     kernel = module._compiled_forward(np.float64, 1, 1, 1, True)
-    x, state = np.zeros((2, 3, 4)), (np.zeros((2, 5)), np.zeros((2, 5)))
-    seq, w = np.zeros((3, 2, 20)), np.zeros((5, 20))
-    assert kernel(x, state, None, seq, w)[0].shape == (2, 3, 5)
-    with pytest.raises(ValueError, match="expected 2 state arrays and 2 arrays"):
-        kernel(x, state, None, seq)
+    x, state = rng.normal(size=(2, 3, 4)), (np.zeros((2, 5)), np.zeros((2, 5)))
+    w, prologue = rng.normal(size=(5, 20)), (x.swapaxes(0, 1), rng.normal(size=(4, 20)), rng.normal(size=20))
+    seq = prologue[0] @ prologue[1] + prologue[2]
+    inside, before = kernel(x, state, None, None, w, *prologue), kernel(x, state, None, seq, w, None, None, None)
+    assert_close(inside[0], before[0], pairwise_tolerance("float64", "float64", 3), "the prologue in the kernel")
+    with pytest.raises(ValueError, match="expected 2 state arrays and 5 arrays"):
+        kernel(x, state, None, seq, w)
     with pytest.raises(ValueError, match="w_z_h: expected shape \\(5, 20\\)"):
-        kernel(x, state, None, seq, w[:4])
+        kernel(x, state, None, seq, w[:4], *prologue)
     with pytest.raises(ValueError, match="state: expected 2 arrays of shape \\(2, units\\)"):
-        kernel(x, (state[0], state[1][:1]), None, seq, w)
+        kernel(x, (state[0], state[1][:1]), None, seq, w, *prologue)
     with pytest.raises(ValueError, match="mask: expected a bool array of shape \\(2, 3\\)"):
-        kernel(x, state, np.ones((2, 3)), seq, w)
+        kernel(x, state, np.ones((2, 3)), seq, w, *prologue)
     with pytest.raises(ValueError, match="seq_z_x: expected shape \\(3, 2, 20\\)"):
-        kernel(x, state, None, seq[:2], w)
+        kernel(x, state, None, seq[:2], w, *prologue)
+    with pytest.raises(ValueError, match="v_x: expected shape \\(3, 2, 4\\)"):  # the kernel runs the prologue
+        kernel(x, state, None, None, w, x, *prologue[1:])
+    gru = novolstm.load_generated("gru", "numpy")._compiled_forward(np.float64, 1, 1, 1, True)
+    with pytest.raises(ValueError, match="the hoisted arrays: expected all of them .* or none"):
+        gru(x, state[:1], None, np.zeros((3, 2, 10)), None, np.zeros((5, 15)), np.zeros(15), *prologue[:1], None, None)
 
 
 def test_parallel_processes_build_a_kernel_once(tmp_path):

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 from novolstm.codegen import LoopPlan, var
-from novolstm.ir import Node
 
-from .emit import OPS, ROW_OPS, Unsupported, elems, runtime_source
+from . import c_backward
+from .c_graph import RowGraph
+from .emit import Unsupported, elems, runtime_source
 
 PORTABLE_BEGIN = '// ---- portable: from here to "end portable"'
 PORTABLE_END = "// ---- end portable"
@@ -36,7 +37,7 @@ PORTABLE_END = "// ---- end portable"
 #: The function the library exports, and what ``sizes`` holds (see ``generate``).
 ENTRY = "novolstm_forward"
 KEY_ENTRY = "novolstm_kernel_key"
-SIZES = ("steps", "batch", "units", "inputs", "reverse")
+SIZES = ("steps", "batch", "units", "inputs", "reverse", "prologue")
 #: The build hides every other symbol (numpy_ext.CFLAGS): these two stay visible.
 EXPORT = '__attribute__((visibility("default")))'
 
@@ -45,8 +46,9 @@ EXPORT = '__attribute__((visibility("default")))'
 class Argument:
     """One array the generated NumPy ``forward`` hands to the kernel, by its local name there.
 
-    ``kind``: "hoisted" (time, batch, width), "weight" (operand width, width), "bias" or
-    "param" (width,). Widths are IR widths (``novolstm.ir``): blocks of units, "I" or "S".
+    ``kind``: "hoisted" (time, batch, width), "input" (time, batch, width: the time-major
+    input), "weight" (operand width, width), "bias" or "param" (width,). Widths are IR widths
+    (``novolstm.ir``): blocks of units, "I" or "S".
     """
 
     name: str
@@ -59,34 +61,57 @@ class Layout:
     """The kernel's arguments: the arrays in ``arguments``' order, the initial states (batch,
     units), the mask, the outputs, the final states, then one array per ``tape`` entry (the step
     values the generated backward pass reads: "tape" (time, batch, width), "tape_row" (time,
-    width) for a value of the parameters only), all null when the call keeps no tape."""
+    width) for a value of the parameters only), all null when the call keeps no tape.
+
+    Then what the prologue reads, ``prologue`` (the time-major input, the prologue's weights,
+    biases and the parameters ``arguments`` lacks), and one array per ``prologue_tape`` entry
+    (the prologue values the backward pass reads, by their graph names: "prologue" (time, batch,
+    width), "prologue_row" (width,)). Those are read, and written, only by a call that runs the
+    prologue in the kernel (whose hoisted arrays are then null); else they are null.
+    """
 
     spec_name: str
     states: int
     arguments: tuple[Argument, ...]
     tape: tuple[Argument, ...] = ()
+    prologue: tuple[Argument, ...] = ()
+    prologue_tape: tuple[Argument, ...] = ()
 
 
 @dataclass(frozen=True)
 class Kernel:
+    """The library's source; the forward's layout; the backward's (``c_backward``), or None where
+    the backward emitter does not compile the spec's backward steps (its entry then returns 3)."""
+
     source: str
     layout: Layout
+    backward: c_backward.Layout | None = None
 
 
 def layout(plan: LoopPlan) -> Layout:
     """What the generated NumPy forward passes to the kernel of ``plan``'s cell (never raises:
     a spec the emitter does not compile still generates the call, and runs the loop)."""
-    step = plan.program.step
+    step, pro = plan.program.step, plan.program.prologue
     args = [Argument(f"seq_{h}", "hoisted", (step[h].width,)) for h in plan.program.hoisted]
+    pro_args = [Argument(var(n.name), "input", (n.width,)) for n in pro.nodes if n.op == "input"]
     for L in plan.linears:
-        if L.in_step:
-            args.append(Argument(f"w_{L.name}", "weight", (step[L.operand].width, step[L.name].width)))
-            if L.has_bias:
-                args.append(Argument(f"b_{L.name}", "bias", (step[L.name].width,)))
+        graph, into = (step, args) if L.in_step else (pro, pro_args)
+        into.append(Argument(f"w_{L.name}", "weight", (graph[L.operand].width, graph[L.name].width)))
+        if L.has_bias:
+            into.append(Argument(f"b_{L.name}", "bias", (graph[L.name].width,)))
     step_params = {n.name: n for n in step.nodes if n.op == "param"}
+    pro_params = {n.name: n for n in pro.nodes if n.op == "param"}
     args += [Argument(var(p), "param", (step_params[p].width,)) for p in plan.vector_params if p in step_params]
+    pro_args += [
+        Argument(var(p), "param", (pro_params[p].width,))
+        for p in plan.vector_params
+        if p in pro_params and p not in step_params
+    ]
     tape = tuple(Argument(var(n), "tape" if step[n].batched else "tape_row", (step[n].width,)) for n in plan.step_tape)
-    return Layout(plan.spec.name, len(plan.spec.state_names), tuple(args), tape)
+    pro_tape = tuple(
+        Argument(n, "prologue" if pro[n].batched else "prologue_row", (pro[n].width,)) for n in plan.prologue_tape
+    )
+    return Layout(plan.spec.name, len(plan.spec.state_names), tuple(args), tape, tuple(pro_args), pro_tape)
 
 
 def portable_runtime() -> str:
@@ -103,10 +128,12 @@ def generate(plan: LoopPlan, key: str) -> Kernel:
     ``novolstm_kernel_key`` (which returns ``key``, so a loaded library can be told apart).
 
     ``novolstm_forward(itemsize, sizes, strides, arrays) -> int``: itemsize 4 (float) or 8
-    (double); ``sizes`` the values of ``SIZES``; ``strides`` two per hoisted array (time and
-    batch, in elements); ``arrays`` the layout's arrays, the initial states, the mask (uint8,
-    (time, batch), or null), the outputs (batch, time, units), the final states and the tape
-    (``Layout``; null where none is kept). It returns 0, or 1 where memory ran out, 2 for another
+    (double); ``sizes`` the values of ``SIZES`` ("prologue" nonzero: the kernel computes the
+    prologue from the input, and the hoisted arrays are not read); ``strides`` two per hoisted
+    array (time and batch, in elements); ``arrays`` the layout's arrays (see ``Layout``: the
+    arguments, the initial states, the mask (uint8, (time, batch), or null), the outputs
+    (batch, time, units), the final states, the tape, the prologue's arrays and its tape; null
+    where none is kept or read). It returns 0, or 1 where memory ran out, 2 for another
     itemsize: an exception never crosses into Python.
 
     Raises:
@@ -114,121 +141,45 @@ def generate(plan: LoopPlan, key: str) -> Kernel:
     """
     if not (key.isascii() and key.replace("_", "").isalnum()):
         raise ValueError(f"key: expected letters, digits and underscores, got {key!r}")
-    return Kernel(_Step(plan).source(key), layout(plan))
+    lay = layout(plan)
+    try:
+        backward_lines, backward = c_backward.lines(plan, lay.tape), c_backward.layout(plan)
+    except Unsupported:
+        backward_lines, backward = [], None
+    return Kernel(_Source(plan).source(key, backward_lines), lay, backward)
 
 
-def _root(graph, name: str) -> Node:
-    """The value a chain of slices views."""
-    while graph[name].op == "slice":
-        name = graph[name].args[0]
-    return graph[name]
+def _copy_rows(dst: str, view: str, width: str, rows: str, row0: str) -> str:
+    """Copy ``rows`` rows of ``view`` (``width`` elements each) to ``dst``, from its row ``row0`` on."""
+    return (
+        f"for (int64_t b = 0; b < {rows}; ++b) "
+        f"std::memcpy({dst} + ({row0} + b) * {width}, {view}.row(b), sizeof(T) * {width});"
+    )
 
 
-class _Step:
-    """The step graph rendered: declarations before the loop, and the body of one step."""
+class _Source:
+    """The kernel: the prologue (run where the call asks for it) and the step loop."""
 
     def __init__(self, plan: LoopPlan) -> None:
-        self.plan, self.g = plan, plan.program.step
-        self.layout = layout(plan)
-        self.before: list[str] = []  # buffers and fixed views, once per call
-        self.views: list[str] = []  # views that move with the step
-        self.body: list[str] = []
-        self.view: dict[str, str] = {}  # value -> View expression
-        self._render()
-
-    def _render(self) -> None:
-        g, states = self.g, self.plan.spec.state_names
-        for k, s in enumerate(states):
-            self.view[s] = f"vs_{k}"
-        for n in g.nodes:
-            if n.op == "hoisted":
-                if not n.batched:
-                    raise Unsupported("a hoisted value that is not batched")
-                self.view[n.name] = f"vh_{n.name}"
-            elif n.op == "param":
-                self.view[n.name] = f"vp_{n.name}"
-                self.before.append(f"const rt::View<T> vp_{n.name}{{const_cast<T*>(p_{var(n.name)}), 0}};")
-            elif n.op in ("input", "state", "const"):
-                if n.op == "input":
-                    raise Unsupported("the input read inside the step")
-            elif n.op == "slice":
-                src = self.use(n.args[0])
-                start = elems(n.attr("start"))
-                self.view[n.name] = f"v_{n.name}"
-                line = f"const rt::View<T> v_{n.name}{{{src}.p + {start}, {src}.ld}};"
-                # a view of a buffer or a parameter is made once; of a state or hoisted row, every step
-                (self.views if _root(g, n.name).op in ("state", "hoisted") else self.before).append(line)
-            elif n.op == "linear" or n.op in OPS or n.op in ROW_OPS:
-                rows = "B" if n.batched else "1"
-                self.before.append(f"std::vector<T> buf_{n.name}({rows} * {elems(n.width)});")
-                ld = elems(n.width) if n.batched else "0"
-                self.before.append(f"const rt::View<T> v_{n.name}{{buf_{n.name}.data(), {ld}}};")
-                self.view[n.name] = f"v_{n.name}"
-            else:
-                raise Unsupported(f"op {n.op!r}")
-        work: list = []  # GEMM nodes and lists of row-wise nodes (one loop over the rows each)
-        for n in g.nodes:
-            if n.op == "linear":
-                work.append(n)
-            elif n.op != "const" and (n.op in OPS or n.op in ROW_OPS):
-                if not n.batched:  # reads parameters and constants only: the same every step
-                    self.before.extend(self._row_loop([n], "1"))
-                elif work and isinstance(work[-1], list):
-                    work[-1].append(n)
-                else:
-                    work.append([n])
-        for item in work:
-            self.body.extend(self._row_loop(item, "B") if isinstance(item, list) else self._gemm(item))
-
-    def use(self, name: str) -> str:
-        """The View of value ``name``, refusing a bare constant where a row is read."""
-        if self.g[name].op == "const":
-            raise Unsupported("a constant where a row is read")
-        return self.view[name]
-
-    def _gemm(self, n: Node) -> list[str]:
-        operand = self.g[n.args[0]]
-        if not operand.batched:
-            raise Unsupported("a GEMM over an unbatched value")
-        a = self.use(operand.name)
-        bias = f"p_b_{n.name}" if any(n.attr("biases")) else "nullptr"
-        return [
-            f"ct::gemm_rows<T>({a}.p, {a}.ld, p_w_{n.name}, {bias}, buf_{n.name}.data(), B, "
-            f"{elems(operand.width)}, {elems(n.width)});"
-        ]
-
-    def _row_loop(self, nodes: list[Node], rows: str) -> list[str]:
-        inner = [line for n in nodes for line in ["{", *("  " + c for c in self._row_code(n)), "}"]]
-        return [f"for (int64_t b = 0; b < {rows}; ++b) {{", *("  " + line for line in inner), "}"]
-
-    def _row_code(self, n: Node) -> list[str]:
-        lines = [f"T* o = v_{n.name}.row(b);", f"const int64_t N = {elems(n.width)};"]
-        refs = []
-        for k, a in enumerate(self.g[name] for name in n.args):
-            if a.op == "const":
-                refs.append(OPS["const"](a, []))
-            elif a.width == "S" and n.width != "S":
-                lines.append(f"const T a{k} = {self.use(a.name)}.row(b)[0];")
-                refs.append(f"a{k}")
-            else:
-                lines.append(f"const T* a{k} = {self.use(a.name)}.row(b);")
-                refs.append(f"a{k}[j]")
-        if n.op in ROW_OPS:
-            if any(r[0] != "a" or not r.endswith("[j]") for r in refs):
-                raise Unsupported(f"{n.op} of a broadcast value")
-            return lines + [ROW_OPS[n.op](n)]
-        return lines + [f"for (int64_t j = 0; j < N; ++j) o[j] = {OPS[n.op](n, refs)};"]
+        self.plan, self.layout = plan, layout(plan)
+        program, states = plan.program, plan.spec.state_names
+        leaves = {s: f"vs_{k}" for k, s in enumerate(states)}
+        leaves.update({h: f"vh_{h}" for h in program.hoisted})
+        for h in program.hoisted:
+            if not program.step[h].batched:
+                raise Unsupported("a hoisted value that is not batched")
+        self.step = RowGraph(program.step, "", "B", leaves)
+        inputs = {n.name: f"qv_{n.name}" for n in program.prologue.nodes if n.op == "input"}
+        self.prologue = RowGraph(program.prologue, "q", "R", inputs)
+        self.inputs = [n for n in program.prologue.nodes if n.op == "input"]
 
     def _tape_lines(self, first: int) -> list[str]:
         """Each step's values the backward pass reads, copied into the tape (arrays from ``first`` on)."""
         lines = []
         for k, entry in enumerate(self.layout.tape):
-            view, width = self.use(entry.name[2:]), elems(entry.widths[0])
+            view, width = self.step.use(entry.name[2:]), elems(entry.widths[0])
             if entry.kind == "tape":
-                dst = f"static_cast<T*>(arrays[{first + k}]) + (t * B + b) * {width}"
-                lines.append(
-                    f"      for (int64_t b = 0; b < B; ++b) std::memcpy({dst}, {view}.row(b), sizeof(T) * {width});"
-                )
+                lines.append("      " + _copy_rows(f"static_cast<T*>(arrays[{first + k}])", view, width, "B", "t * B"))
             else:
                 dst = f"static_cast<T*>(arrays[{first + k}]) + t * {width}"
                 lines.append(f"      std::memcpy({dst}, {view}.row(0), sizeof(T) * {width});")
@@ -236,27 +187,56 @@ class _Step:
             return []
         return [f"    if (arrays[{first}] != nullptr) {{", *lines, "    }"]
 
-    def source(self, key: str) -> str:
-        spec, g, lay = self.plan.spec, self.g, self.layout
+    def _prologue_lines(self, first: int) -> list[str]:
+        """The prologue over every (time, batch) row, where the call asks for it (its arrays from
+        ``first`` on): then the hoisted views read its buffers, and its tape is copied out."""
+        lay, pro = self.layout, self.prologue
+        hoisted = [a for a in lay.arguments if a.kind == "hoisted"]
+        lines = [
+            "const int64_t R = inside ? Tn * B : 0;  // the prologue's rows (time-major), where it runs here",
+            *(f"const T* p_{a.name} = static_cast<const T*>(arrays[{first + k}]);" for k, a in enumerate(lay.prologue)),
+            *(f"const rt::View<T> qv_{n.name}{{const_cast<T*>(p_{var(n.name)}), I}};" for n in self.inputs),
+            *pro.decl,
+            "if (inside) {",
+            *("  " + line for line in pro.views + pro.fixed + pro.work),
+        ]
+        for a in hoisted:
+            view = pro.use(a.name[4:])
+            lines.append(f"  p_{a.name} = {view}.p, st_{a.name} = B * {view}.ld, sb_{a.name} = {view}.ld;")
+        tape_at = first + len(lay.prologue)
+        copies = []
+        for k, entry in enumerate(lay.prologue_tape):
+            dst, width = f"static_cast<T*>(arrays[{tape_at + k}])", elems(entry.widths[0])
+            if entry.kind == "prologue":
+                copies.append("    " + _copy_rows(dst, pro.use(entry.name), width, "R", "0"))
+            else:
+                copies.append(f"    std::memcpy({dst}, {pro.use(entry.name)}.row(0), sizeof(T) * {width});")
+        if copies:
+            lines += [f"  if (arrays[{tape_at}] != nullptr) {{", *copies, "  }"]
+        return [*lines, "}"]
+
+    def source(self, key: str, backward: list[str]) -> str:
+        spec, g, lay, step = self.plan.spec, self.plan.program.step, self.layout, self.step
         states = spec.state_names
         out, nexts = g.outputs["output"], [g.outputs[f"state:{s}"] for s in states]
         for name in [out, *nexts]:
             if g[name].width != 1:
                 raise Unsupported("an output or next state that is not one block of units wide")
-            self.use(name)
+            step.use(name)
         ns, na = len(states), len(lay.arguments)
         lines = [
             "template <typename T>",
             "void forward_impl(const int64_t* sizes, const int64_t* strides, void* const* arrays) {",
             "  const int64_t Tn = sizes[0], B = sizes[1], H = sizes[2], I = sizes[3];",
-            "  const bool reverse = sizes[4] != 0;",
+            "  const bool reverse = sizes[4] != 0, inside = sizes[5] != 0;",
             "  (void)I;",
         ]
         hoisted = [a for a in lay.arguments if a.kind == "hoisted"]
         for k, arg in enumerate(lay.arguments):
             lines.append(f"  const T* p_{arg.name} = static_cast<const T*>(arrays[{k}]);")
         for k, arg in enumerate(hoisted):
-            lines.append(f"  const int64_t st_{arg.name} = strides[{2 * k}], sb_{arg.name} = strides[{2 * k + 1}];")
+            lines.append(f"  int64_t st_{arg.name} = strides[{2 * k}], sb_{arg.name} = strides[{2 * k + 1}];")
+        lines += ["  " + line for line in self._prologue_lines(na + 2 * ns + 2 + len(lay.tape))]
         for k in range(ns):
             lines += [
                 f"  std::vector<T> sa_{k}(static_cast<const T*>(arrays[{na + k}]), static_cast<const T*>(arrays[{na + k}]) + B * H), sb_{k}(B * H);",
@@ -266,7 +246,7 @@ class _Step:
         lines += [
             f"  const uint8_t* mask = static_cast<const uint8_t*>(arrays[{na + ns}]);",
             f"  T* ys = static_cast<T*>(arrays[{na + ns + 1}]);",
-            *("  " + line for line in self.before),
+            *("  " + line for line in step.decl + step.fixed),
             "  for (int64_t s = 0; s < Tn; ++s) {",
             "    const int64_t t = reverse ? Tn - 1 - s : s;",
             "    const uint8_t* m = mask == nullptr ? nullptr : mask + t * B;",
@@ -275,14 +255,14 @@ class _Step:
                 f"    const rt::View<T> vh_{a.name[4:]}{{const_cast<T*>(p_{a.name}) + t * st_{a.name}, sb_{a.name}}};"
                 for a in hoisted
             ),
-            *("    " + line for line in self.views),
-            *("    " + line for line in self.body),
+            *("    " + line for line in step.views),
+            *("    " + line for line in step.work),
             *self._tape_lines(na + 2 * ns + 2),
             "    for (int64_t b = 0; b < B; ++b) {",
             "      const bool on = m == nullptr || m[b] != 0;",
-            f"      ct::store_row<T>(ys + (b * Tn + t) * H, {self.use(out)}.row(b), nullptr, on, H);",
+            f"      ct::store_row<T>(ys + (b * Tn + t) * H, {step.use(out)}.row(b), nullptr, on, H);",
             *(
-                f"      ct::store_row<T>(nxt_{k} + b * H, {self.use(nxt)}.row(b), cur_{k} + b * H, on, H);"
+                f"      ct::store_row<T>(nxt_{k} + b * H, {step.use(nxt)}.row(b), cur_{k} + b * H, on, H);"
                 for k, nxt in enumerate(nexts)
             ),
             "    }",
@@ -317,6 +297,8 @@ class _Step:
                 "namespace ct = novolstm_c;",
                 "",
                 *lines,
+                "",
+                *backward,
                 "}  // namespace",
                 "",
                 f'extern "C" {EXPORT} const char* {KEY_ENTRY}() {{ return "{key}"; }}',
@@ -336,6 +318,28 @@ class _Step:
                 "  return 0;",
                 "}",
                 "",
+                f'extern "C" {EXPORT} int {c_backward.ENTRY}(int64_t itemsize, const int64_t* sizes, void* const* arrays) {{',
+                *(["  (void)itemsize, (void)sizes, (void)arrays;", "  return 3;", "}", ""] if not backward else []),
+                *(
+                    [
+                        "  try {",
+                        "    if (itemsize == 4) {",
+                        "      backward_impl<float>(sizes, arrays);",
+                        "    } else if (itemsize == 8) {",
+                        "      backward_impl<double>(sizes, arrays);",
+                        "    } else {",
+                        "      return 2;",
+                        "    }",
+                        "  } catch (const std::bad_alloc&) {",
+                        "    return 1;",
+                        "  }",
+                        "  return 0;",
+                        "}",
+                        "",
+                    ]
+                    if backward
+                    else []
+                ),
             ]
         )
 

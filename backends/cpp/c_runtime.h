@@ -100,6 +100,16 @@ inline void gemm_rows(const T* a, int64_t lda, const T* w, const T* bias, T* out
       block<T, 1, 2 * C>(a + b * lda, lda, w + j, n, bias == nullptr ? nullptr : bias + j, out + b * n + j, k);
     }
   }
+  if (j + C * L <= n) {  // one block of C vectors left (NovoLSTM's five blocks of 64 units in float)
+    int64_t b = 0;
+    for (; b + 4 <= rows; b += 4) {
+      block<T, 4, C>(a + b * lda, lda, w + j, n, bias == nullptr ? nullptr : bias + j, out + b * n + j, k);
+    }
+    for (; b < rows; ++b) {
+      block<T, 1, C>(a + b * lda, lda, w + j, n, bias == nullptr ? nullptr : bias + j, out + b * n + j, k);
+    }
+    j += C * L;
+  }
   if (j < n) tail(a, lda, w, n, bias, out, rows, k, j);
 }
 

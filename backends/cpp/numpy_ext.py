@@ -38,6 +38,8 @@ from novolstm.codegen import plan
 from novolstm.spec_loader import loads_spec
 
 from .build import CompiledUnavailable, CompiledUnsupported, built_once, cache_root, file_lock
+from .c_backward import ENTRY as BACKWARD_ENTRY
+from .c_backward import Layout as BackwardLayout
 from .c_forward import ENTRY, KEY_ENTRY, Layout, Unsupported, generate
 from .emit import elems_of
 
@@ -91,7 +93,7 @@ def _build(spec_toml: str) -> CompiledForward:
     name = "".join(c if c.isascii() and c.isalnum() else "_" for c in f"{spec.name[:24]}_{digest[:24]}")
     kernel = generate(loop_plan, key=name)
     library = _compile(name, kernel.source, compiler[0], flags)
-    return CompiledForward(library, name, kernel.layout)
+    return CompiledForward(library, name, kernel.layout, kernel.backward)
 
 
 _COMPILERS: dict[tuple[str, ...], tuple[tuple[str, ...], str]] = {}
@@ -179,6 +181,14 @@ def _check_owned(path: Path) -> None:
 
 
 _ENTRY_ARGS = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p]
+_BACKWARD_ARGS = [ctypes.c_int64, ctypes.POINTER(ctypes.c_int64), ctypes.c_void_p]
+
+
+#: The largest prologue (rows * inputs * columns of its products, rows = batch * time) that the
+#: kernel computes itself rather than NumPy: a BLAS call leaves a multi-threaded BLAS's idle
+#: threads spinning beside the single-threaded step loop. Up to here the kernel's product measured
+#: as fast as one BLAS thread's; beyond, BLAS on all cores is faster (docs/numpy.md, "Measured").
+PROLOGUE_MAX_WORK = 2**27
 
 
 class CompiledForward:
@@ -186,14 +196,18 @@ class CompiledForward:
 
     ``kernel(x, state, mask, *arrays, tape=False, reverse=False) -> (outputs, final_state, steps)``:
     ``x`` the call's inputs (batch, time, input) (their shape and dtype), ``state`` the initial
-    state tuple, ``mask`` bool (batch, time) or None, and ``arrays`` the layout's arrays (see
-    ``c_forward.Layout``), as the generated NumPy forward holds them. Outputs (batch, time,
-    units) and the final state come back as new arrays in ``x``'s dtype (float32 or float64);
-    with ``tape``, ``steps`` holds the step values the generated backward pass reads (name ->
-    (time, batch, width) array, as the loop's tape holds them per step), else it is None.
+    state tuple, ``mask`` bool (batch, time) or None, and ``arrays`` the layout's arrays, then
+    the prologue's (see ``c_forward.Layout``), as the generated NumPy forward holds them. Where
+    the hoisted arrays are None the kernel computes the prologue itself (``runs_prologue`` says
+    where the generated forward leaves it to the kernel); else it does not read the prologue's.
+    Outputs (batch, time, units) and the final state come back as new arrays in ``x``'s dtype
+    (float32 or float64); with ``tape``, ``steps`` holds the step values the generated backward
+    pass reads (name -> (time, batch, width) array, as the loop's tape holds them per step, and,
+    where the kernel ran the prologue, "prologue:<name>" -> the prologue values it reads), else
+    it is None.
     """
 
-    def __init__(self, library: Path, key: str, layout: Layout):
+    def __init__(self, library: Path, key: str, layout: Layout, backward: BackwardLayout | None = None):
         _check_owned(library)
         try:
             lib = ctypes.CDLL(str(library))
@@ -206,6 +220,22 @@ class CompiledForward:
             raise CompiledUnavailable(f"{str(library)!r} was not built for this kernel; delete it to rebuild")
         entry.restype, entry.argtypes = ctypes.c_int, _ENTRY_ARGS
         self.layout, self.library, self._entry = layout, library, entry
+        #: the backward kernel's arrays (c_backward.Layout), or None where it does not compile the spec's
+        self.backward_layout = backward
+        if backward is not None:
+            try:
+                self._backward = getattr(lib, BACKWARD_ENTRY)
+            except AttributeError as e:
+                raise CompiledUnavailable(f"loading {str(library)!r} failed: {e}; delete it to rebuild") from None
+            self._backward.restype, self._backward.argtypes = ctypes.c_int, _BACKWARD_ARGS
+        #: columns of the prologue's products, per unit and per input (its weights' widths)
+        self._columns = [w for a in layout.prologue if a.kind == "weight" for w in a.widths[1:]]
+
+    def runs_prologue(self, batch: int, steps: int, inputs: int, units: int) -> bool:
+        """Whether a call of this shape leaves the prologue to the kernel: where its products'
+        work is at most ``PROLOGUE_MAX_WORK``."""
+        columns = sum(elems_of(w, units, inputs) for w in self._columns)
+        return batch * steps * inputs * columns <= PROLOGUE_MAX_WORK
 
     def __call__(self, x, state, mask, *arrays, tape=False, reverse=False):
         lay = self.layout
@@ -214,9 +244,11 @@ class CompiledForward:
             raise ValueError(f"x: expected a float32 or float64 array (batch, time, input), got {x.dtype} {x.shape}")
         dtype = x.dtype
         B, T, inputs = (int(n) for n in x.shape)
-        if len(state) != lay.states or len(arrays) != len(lay.arguments):
+        na, npro = len(lay.arguments), len(lay.prologue)
+        if len(state) != lay.states or len(arrays) != na + npro:
+            names = [a.name for a in lay.arguments + lay.prologue]
             raise ValueError(
-                f"expected {lay.states} state arrays and {len(lay.arguments)} arrays ({[a.name for a in lay.arguments]}), "
+                f"expected {lay.states} state arrays and {na + npro} arrays ({names}), "
                 f"got {len(state)} and {len(arrays)}"
             )
         state = [np.ascontiguousarray(s, dtype) for s in state]
@@ -225,13 +257,22 @@ class CompiledForward:
             raise ValueError(
                 f"state: expected {lay.states} arrays of shape ({B}, units), got {[s.shape for s in state]}"
             )
-        widest = max([elems_of(w, H, inputs) for a in lay.arguments for w in a.widths] + [H, inputs])
+        widest = max([elems_of(w, H, inputs) for a in lay.arguments + lay.prologue for w in a.widths] + [H, inputs])
         if B * T * widest >= 2**62 // dtype.itemsize:
             raise ValueError(f"x: {x.shape} is too large for the compiled loop")
+        hoisted = [value is None for arg, value in zip(lay.arguments, arrays) if arg.kind == "hoisted"]
+        inside = all(hoisted)
+        if any(hoisted) and not inside:
+            raise ValueError("the hoisted arrays: expected all of them (the prologue ran) or none (the kernel runs it)")
         kept, strides = [], []
-        for arg, value in zip(lay.arguments, arrays):
+        given = zip(lay.arguments + lay.prologue, arrays)
+        for k, (arg, value) in enumerate(given):
+            if (arg.kind == "hoisted" and inside) or (k >= na and not inside):
+                kept.append(None)  # not read: the prologue runs in the kernel, or ran before it
+                strides += [0, 0] if arg.kind == "hoisted" else []
+                continue
             widths = tuple(elems_of(w, H, inputs) for w in arg.widths)
-            expected = (T, B, *widths) if arg.kind == "hoisted" else widths
+            expected = (T, B, *widths) if arg.kind in ("hoisted", "input") else widths
             a = np.asarray(value, dtype)
             if a.shape != expected:
                 raise ValueError(f"{arg.name}: expected shape {expected}, got {a.shape}")
@@ -249,23 +290,97 @@ class CompiledForward:
             mask = np.ascontiguousarray(mask.T).view(np.uint8)
         outputs = np.empty((B, T, H), dtype)
         finals = [np.empty((B, H), dtype) for _ in state]
-        steps = {}
+        steps, prologue = {}, {}
         for entry in lay.tape if tape else ():
             width = elems_of(entry.widths[0], H, inputs)
             steps[entry.name] = np.empty((T, B, width) if entry.kind == "tape" else (T, width), dtype)
-        pointers = [a.ctypes.data for a in kept + state]
+        for entry in lay.prologue_tape if tape and inside else ():
+            width = elems_of(entry.widths[0], H, inputs)
+            prologue[entry.name] = np.empty((T, B, width) if entry.kind == "prologue" else (width,), dtype)
+        pointers = [None if a is None else a.ctypes.data for a in kept[:na] + state]
         pointers += [None if mask is None else mask.ctypes.data, outputs.ctypes.data]
         pointers += [f.ctypes.data for f in finals]
         pointers += [steps[e.name].ctypes.data if tape else None for e in lay.tape]
-        sizes = (ctypes.c_int64 * 5)(T, B, H, inputs, int(bool(reverse)))
+        pointers += [None if a is None else a.ctypes.data for a in kept[na:]]
+        pointers += [prologue[e.name].ctypes.data if prologue else None for e in lay.prologue_tape]
+        sizes = (ctypes.c_int64 * 6)(T, B, H, inputs, int(bool(reverse)), int(inside))
         stride_array = (ctypes.c_int64 * max(1, len(strides)))(*strides)
-        table = (ctypes.c_void_p * len(pointers))(*pointers)
+        table = (ctypes.c_void_p * max(1, len(pointers)))(*pointers)
         code = self._entry(dtype.itemsize, sizes, stride_array, table)
         if code == 1:
             raise MemoryError(f"the compiled step loop ran out of memory at batch {B}, units {H}")
         if code != 0:
             raise RuntimeError(f"the compiled step loop returned {code} (a bug in novolstm)")
-        return outputs, tuple(finals), steps if tape else None
+        if not tape:
+            return outputs, tuple(finals), None
+        steps.update((f"prologue:{name}", value) for name, value in prologue.items())
+        return outputs, tuple(finals), steps
+
+    def backward(self, tape, g_ys, ms, g_state, *arrays):
+        """The backward pass's steps, from the last to the first, over ``tape`` (what this kernel
+        wrote with ``tape=True``, plus the generated forward's "x"), or None where the kernel does
+        not compile them (the generated loop then runs them).
+
+        ``g_ys`` the outputs' gradient (time, batch, units), ``ms`` the mask (time, batch, 1) or
+        None, ``g_state`` the final state's gradients, ``arrays`` the backward layout's arguments
+        (read) and grads (C-contiguous arrays, written in place: each step's gradients of the
+        hoisted values and products, and the parameters' gradients added to ``gp_`` arrays).
+
+        Returns:
+            The initial state's gradients (tuple of (batch, units) arrays), or None.
+        """
+        back, lay = self.backward_layout, self.layout
+        if back is None:
+            return None
+        x = np.asarray(tape["x"])
+        dtype = x.dtype
+        T, B, inputs = (int(n) for n in x.shape)
+        g_state = [np.ascontiguousarray(g, dtype) for g in g_state]
+        H = int(g_state[0].shape[-1])
+        if len(g_state) != lay.states or any(g.shape != (B, H) for g in g_state):
+            raise ValueError(f"g_state: expected {lay.states} arrays of shape ({B}, {H})")
+        if len(arrays) != len(back.arguments) + len(back.grads):
+            raise ValueError(f"expected {len(back.arguments) + len(back.grads)} arrays, got {len(arrays)}")
+        kept = []
+        for arg, value in zip(back.arguments + back.grads, arrays):
+            widths = tuple(elems_of(w, H, inputs) for w in arg.widths)
+            expected = (T, B, *widths) if arg.kind == "seq" else widths
+            a = np.asarray(value)
+            if a.shape != expected or a.dtype != dtype:
+                raise ValueError(f"{arg.name}: expected {dtype} {expected}, got {a.dtype} {a.shape}")
+            if arg.kind in ("seq", "sum") and not (a.flags.c_contiguous and a.flags.writeable):
+                raise ValueError(f"{arg.name}: expected a writable C-contiguous array (the kernel writes it)")
+            kept.append(np.ascontiguousarray(a))
+        steps = []
+        for entry in lay.tape:
+            width = elems_of(entry.widths[0], H, inputs)
+            a = np.ascontiguousarray(tape[entry.name], dtype)
+            if a.shape != ((T, B, width) if entry.kind == "tape" else (T, width)):
+                raise ValueError(f"tape {entry.name!r}: expected the compiled forward's, got shape {a.shape}")
+            steps.append(a)
+        mask = None if ms is None else np.ascontiguousarray(np.asarray(ms, bool).reshape(T, B)).view(np.uint8)
+        g_ys = np.ascontiguousarray(g_ys, dtype)
+        if g_ys.shape != (T, B, H):
+            raise ValueError(f"g_ys: expected shape {(T, B, H)}, got {g_ys.shape}")
+        finals = [np.empty((B, H), dtype) for _ in g_state]
+        na = len(back.arguments)
+        pointers = [a.ctypes.data for a in kept[:na] + steps]
+        pointers += [None if mask is None else mask.ctypes.data, g_ys.ctypes.data]
+        pointers += [a.ctypes.data for a in g_state + kept[na:] + finals]
+        sizes = (ctypes.c_int64 * 4)(T, B, H, inputs)
+        code = self._backward(dtype.itemsize, sizes, (ctypes.c_void_p * len(pointers))(*pointers))
+        if code == 1:
+            raise MemoryError(f"the compiled backward steps ran out of memory at batch {B}, units {H}")
+        if code != 0:
+            raise RuntimeError(f"the compiled backward steps returned {code} (a bug in novolstm)")
+        return tuple(finals)
 
 
-__all__ = ["CompiledForward", "CompiledUnavailable", "CompiledUnsupported", "cache_dir", "compiled_forward"]
+__all__ = [
+    "PROLOGUE_MAX_WORK",
+    "CompiledForward",
+    "CompiledUnavailable",
+    "CompiledUnsupported",
+    "cache_dir",
+    "compiled_forward",
+]

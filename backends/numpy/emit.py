@@ -10,7 +10,7 @@ Examples:
 
 from __future__ import annotations
 
-from novolstm.backends.cpp import c_forward
+from novolstm.backends.cpp import c_backward, c_forward
 from novolstm.codegen import (
     ARRAY_OPS,
     WRAP_AT,
@@ -99,8 +99,9 @@ def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
         mask: bool (batch, time), True on real steps. A masked step keeps the
             state unchanged and outputs zeros.
         keep_tape: keep what ``backward`` needs.
-        compiled: the steps after the prologue as one compiled call (novolstm builds it
-            with the C++ compiler, once per spec; ``backward`` stays the generated loop):
+        compiled: the steps after the prologue as one compiled call, and the prologue too
+            where it is small (novolstm builds it with the C++ compiler, once per spec;
+            ``backward`` stays the generated loop):
             None where it pays (float32 and float64, at least COMPILED_MIN_STEPS steps,
             batch * units**2 at most COMPILED_MAX_WORK, novolstm loaded), True always (or
             raise why not), False never.
@@ -115,17 +116,24 @@ def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
     $load_fused
     $load_params
     v_$input = np.ascontiguousarray(np.swapaxes(x, 0, 1))  # time-major: each step reads contiguous rows
-    $prologue
-    $keep_hoisted
-    kept = {$prologue_tape}  # prologue values the backward pass reads
     if state is None:
         state = tuple(np.zeros((B, H), dtype=x.dtype) for _ in STATE_NAMES)
     ms = None if mask is None else np.swapaxes(np.asarray(mask), 0, 1)[..., None]
     kernel = _compiled_forward(x.dtype, B, T, H, compiled)
+    if kernel is not None and kernel.runs_prologue(B, T, x.shape[2], H):
+        # A small call: the prologue in the compiled call too (no hoisted arrays), so that no BLAS
+        # call precedes its steps (a multi-threaded BLAS's idle threads would spin beside them).
+        $compiled_whole_call
+        if keep_tape:
+            tape.update(x=v_$input, ms=ms, kernel=kernel)
+        return outputs, final, tape
+    $prologue
+    $keep_hoisted
+    kept = {$prologue_tape}  # prologue values the backward pass reads
     if kernel is not None:  # the steps in one compiled call: outputs, final state and tape as the loop's
         $compiled_call
         if keep_tape:
-            tape.update(kept, x=v_$input, ms=ms)
+            tape.update(kept, x=v_$input, ms=ms, kernel=kernel)
         return outputs, final, tape
     $unpack_state = state
     ys = np.empty((T, B, H), dtype=x.dtype)
@@ -171,7 +179,12 @@ def backward(params, tape, g_outputs=None, g_state=None):
     g_ys = np.zeros((T, B, H), dtype) if g_outputs is None else np.swapaxes(np.asarray(g_outputs, dtype), 0, 1)
     $unpack_g_state = (zeros,) * len(STATE_NAMES) if g_state is None else g_state
     $init_grads
-    for t in range(T - 1, -1, -1):
+    # The steps, from the last: in the compiled kernel that ran the forward where it compiles them
+    # (it returns the initial state's gradients), else in this loop.
+    $compiled_backward_call
+    if done is not None:
+        $unpack_g_state = done
+    for t in range(T - 1, -1, -1) if done is None else ():
         $load_tape
         $load_seeds
         if ms is not None:
@@ -237,7 +250,7 @@ def generate(plan: LoopPlan) -> str:
     step_wgrads = []
     for L in step_linears:
         width = units_offset(len(L.weights))
-        operand = f'np.stack(tape["{var(L.operand)}"])'
+        operand = f'np.asarray(tape["{var(L.operand)}"])'
         step_wgrads.append(f"gw_{L.name} = {operand}.reshape(T * B, -1).T @ glin_{L.name}.reshape(T * B, {width})")
         if L.has_bias:
             step_wgrads.append(f"gb_{L.name} = glin_{L.name}.reshape(T * B, {width}).sum(axis=0)")
@@ -256,6 +269,7 @@ def generate(plan: LoopPlan) -> str:
 
     param_grads = [f'"{p}": {" + ".join(pieces)},' for p, pieces in plan.param_grad_pieces().items()]
     layout = c_forward.layout(plan)  # the arrays the compiled step loop takes, in its order
+    backward = c_backward.layout(plan)  # and its backward steps
     state_vars = [var(s) for s in states]
     next_vars = [var(step.outputs[f"state:{s}"]) for s in states]
     g_states = [f"g_{s}" for s in states]
@@ -292,7 +306,21 @@ def generate(plan: LoopPlan) -> str:
         unpack_state=targets(state_vars),
         compiled_call=call(
             "outputs, final, tape = kernel",
-            ["x", "state", "mask", *(a.name for a in layout.arguments), "tape=keep_tape"],
+            ["x", "state", "mask", *(a.name for a in layout.arguments + layout.prologue), "tape=keep_tape"],
+        ),
+        compiled_backward_call=call(
+            "done = _compiled_backward",
+            ["tape", "g_ys", "ms", tuple_of(g_states), *(a.name for a in backward.arguments + backward.grads)],
+        ),
+        compiled_whole_call=call(
+            "outputs, final, tape = kernel",
+            [
+                "x",
+                "state",
+                "mask",
+                *("None" if a.kind == "hoisted" else a.name for a in layout.arguments + layout.prologue),
+                "tape=keep_tape",
+            ],
         ),
         step_tape=literal(tuple(var(n) for n in plan.step_tape), column=16, indent=4),
         load_hoisted=[f"{var(h)} = seq_{h}[t]" for h in program.hoisted],

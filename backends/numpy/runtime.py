@@ -181,6 +181,15 @@ def _compiled_forward(dtype, batch, steps, units, compiled):
     return None
 
 
+def _compiled_backward(tape, g_ys, ms, g_state, *arrays):
+    """The backward pass's steps in the compiled kernel that ran the forward (``tape["kernel"]``):
+    it writes the per-step gradients into ``arrays``' gradient arrays and returns the initial
+    state's gradients; None where no kernel ran the forward or it does not compile these steps
+    (the generated loop then runs them)."""
+    kernel = tape.get("kernel")
+    return None if kernel is None else kernel.backward(tape, g_ys, ms, g_state, *arrays)
+
+
 def check_inputs(params, x, state, mask):
     """Shapes and dtypes of a call, checked before any arithmetic: never a silent broadcast."""
     input_size, units = params[INPUT_PARAM].shape[0], params[UNITS_PARAM].shape[-1]
