@@ -549,7 +549,15 @@ class GraphCode:
         for at, store in reversed(tape_stores):
             taping.insert(at, store)
         indent = lambda body: ["  " + line for line in body]  # noqa: E731
-        return [*lines, *prefix, "if (keep_tape) {", *indent([*head, *taping, "}"]), "} else {", *indent([*head, *loop, "}"]), "}"]
+        return [
+            *lines,
+            *prefix,
+            "if (keep_tape) {",
+            *indent([*head, *taping, "}"]),
+            "} else {",
+            *indent([*head, *loop, "}"]),
+            "}",
+        ]
 
     def _concat_code(self, n: Node) -> list[str]:
         """A concat's row: the blocks its arguments did not write themselves, and zeros between."""
