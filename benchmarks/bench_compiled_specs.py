@@ -5,8 +5,9 @@ Issue #17's target for a spec other than NovoLSTM: its compiled path / the nativ
 LSTM's (each 2-D parameter is one matrix product per example and step; vectors such as biases,
 peepholes and LayerNorm gains are elementwise and left out, as they are for the LSTM).
 
-Each spec's layer is forced onto the kernel (``compiled=True``; the first call builds it or
-loads it from the disk cache, outside the timing) and timed interleaved with ``nn.LSTM``:
+Each spec's layer is forced onto the kernel (``compiled=True``, and ``fused=False``: a spec that
+computes exactly the LSTM or the GRU would otherwise run torch's own fused ``_VF`` kernel, not the
+spec's; the first call builds the kernel or loads it from the disk cache, outside the timing) and timed interleaved with ``nn.LSTM``:
 forward, and forward+backward (the gradient of ``sum(outputs)`` with respect to the
 parameters). Not a test: only ratios measured in one run mean anything on a shared machine.
 
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|")
     native_fwd, native_fb = _modes(native, x)
     for spec in args.specs:
-        layer = get_layer("torch", spec=spec)(args.units, args.units, compiled=True)
+        layer = get_layer("torch", spec=spec)(args.units, args.units, compiled=True, fused=False)
         fwd, fb = _modes(layer, x)
         fwd(), fb()  # builds or loads the kernel
         t = compare(

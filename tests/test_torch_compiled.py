@@ -5,8 +5,8 @@ the reference) and to the generated loop (float32 gradients, reverse direction, 
 layers), for every built-in spec; every operation of the language (one spec holding them all),
 the domain rule and random specs of the fuzzing strategy against the interpreter and its
 central differences; both GEMM paths of the step (a plain loop up to 4 rows, oneDNN / BLAS
-above); the kernel's own sigmoid, tanh and softmax (its float32 exp is a polynomial) within a few
-ulp of float64 over every magnitude and the special values; through autograd's gradcheck, torch.compile with no graph break and torch.export; and
+above); the kernel's own sigmoid, tanh and softmax, and the runtime's exp and softplus (float32
+polynomials) within a few ulp of float64 over every magnitude and the special values; through autograd's gradcheck, torch.compile with no graph break and torch.export; and
 the fallbacks when no compiler is present or the emitter lacks an operation.
 
 Kernels build once per spec into NOVOLSTM_CACHE_DIR (tox points it into the env's tmp dir),
@@ -287,6 +287,43 @@ def assert_within_ulps(got, want, dtype, ulps, what):
     assert err.size == 0 or err[worst] <= ulps, (
         f"{what}: {err[worst]:.1f} ulp at z giving {want[finite][worst]!r} (got {got[finite][worst]!r})"
     )
+
+
+#: A loop over the runtime's float exp and softplus, built as the kernels are (their flags): the
+#: spec's exp takes any argument (overflow included), which no built-in spec's kernel reaches.
+RUNTIME_SWEEP = """
+extern "C" void sweep(const float* z, float* exp_out, float* softplus_out, long n) {
+  for (long j = 0; j < n; ++j) exp_out[j] = novolstm_rt::exp(z[j]);
+  for (long j = 0; j < n; ++j) softplus_out[j] = novolstm_rt::softplus(z[j]);
+}
+"""
+
+
+def test_runtime_exp_and_softplus_within_ulps_of_float64_over_the_float_range(tmp_path):
+    """The runtime's float32 exp (a polynomial, for every argument: the spec's exp) and softplus
+    (log1p of exp(-|z|), a polynomial too) against float64 NumPy over the sweep of every magnitude
+    and the special values: overflow to inf, underflow through the subnormals, NaN."""
+    import ctypes
+    import subprocess
+
+    from novolstm.backends.cpp.c_forward import portable_runtime
+    from novolstm.backends.cpp.torch_ext import CFLAGS, _cpu_flags
+
+    source = tmp_path / "sweep.cpp"
+    headers = "".join(f"#include <{h}>\n" for h in ("algorithm", "cmath", "cstdint", "cstring"))
+    source.write_text(f"{headers}namespace novolstm_rt {{\n{portable_runtime()}\n}}\n{RUNTIME_SWEEP}")
+    library = tmp_path / "sweep.so"
+    flags = [f for f in CFLAGS if f != "-fopenmp"]
+    subprocess.run(["c++", *flags, *_cpu_flags(), "-shared", "-fPIC", str(source), "-o", str(library)], check=True)
+    sweep = ctypes.CDLL(str(library)).sweep
+    z = np.concatenate([float32_sweep(64 * 128), np.array(SPECIAL_VALUES, np.float32)])
+    exp, softplus = np.empty_like(z), np.empty_like(z)
+    pointer = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    sweep(pointer(z), pointer(exp), pointer(softplus), ctypes.c_long(z.size))
+    z64 = z.astype(np.float64)
+    with np.errstate(over="ignore"):
+        assert_within_ulps(exp, np.exp(z64), np.float32, 2, "exp")
+        assert_within_ulps(softplus, np.maximum(z64, 0) + np.log1p(np.exp(-np.abs(z64))), np.float32, 3, "softplus")
 
 
 @pytest.mark.parametrize("dtype, ulps", [(np.float32, 4), (np.float64, 6)])

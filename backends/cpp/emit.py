@@ -58,7 +58,7 @@ OPS: dict[str, Callable[[Node, list[str]], str]] = {
     "relu_grad": lambda n, a: f"({a[1]} > T(0) ? {a[0]} : T(0))",
     # The domain rule (docs/numerics.md): IEEE values, never a trap (the build has -fno-trapping-math).
     "div": lambda n, a: f"{a[0]} / {a[1]}",
-    "exp": lambda n, a: f"std::exp({a[0]})",
+    "exp": lambda n, a: f"rt::exp({a[0]})",
     "log": lambda n, a: f"std::log({a[0]})",
     "sqrt": lambda n, a: f"std::sqrt({a[0]})",
     "abs": lambda n, a: f"std::fabs({a[0]})",
@@ -213,6 +213,9 @@ class GraphCode:
         placed: value -> C++ expression of the View that holds it at the current step (made at
             the top of the body) and whether the expression reads the value's own buffer.
         keep: values read outside the graph (besides its outputs), so kept in buffers.
+        tape_only: values of ``keep`` that only the tape reads: where nothing else keeps them, they
+            are written only when the call records its tape (the forward's ``keep_tape``), else
+            held in registers like any value read only inside its segment.
         workspace: where buffers and packed weights live across calls (default: new ones each call).
     """
 
@@ -226,12 +229,15 @@ class GraphCode:
         tensors: dict[str, str] | None = None,
         placed: dict[str, tuple[str, bool]] | None = None,
         keep: AbstractSet[str] = frozenset(),
+        tape_only: AbstractSet[str] = frozenset(),
         workspace: Workspace | None = None,
     ):
         self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
         self.workspace = workspace
         self.placed = dict(placed or {})
         self.keep = set(keep) | set(graph.outputs.values()) | set(self.placed)
+        # kept for the tape alone (what else keeps a value: the outputs, and placements not the tape's)
+        self.tape_only = set(tape_only) - set(graph.outputs.values())
         self.alloc: list[str] = []
         self.body: list[str] = []
         # value -> tensor expression (rows, elements); ``tensors``: those another GraphCode of the same graph made
@@ -323,8 +329,10 @@ class GraphCode:
             else:
                 self.work.append(n)
         self.work.extend(late)
-        # Values held in registers: read only inside their own segment, and by no caller.
+        # Values held in registers: read only inside their own segment, and by no caller; those
+        # only the tape reads are written when it is recorded.
         self.virtual: set[str] = set()
+        self.taped_if_kept: set[str] = set()
         for loop in self.work:
             if not isinstance(loop, list):
                 continue
@@ -333,12 +341,14 @@ class GraphCode:
                 for n in seg:
                     if (
                         (n.op in OPS or n.op in ROW_PARTS and n.op != "softmax")
-                        and n.name not in self.keep
                         and n.name not in self.home
                         and users[n.name]
                         and set(users[n.name]) <= names
                     ):
-                        self.virtual.add(n.name)
+                        if n.name not in self.keep:
+                            self.virtual.add(n.name)
+                        elif n.name in self.tape_only:
+                            self.taped_if_kept.add(n.name)
 
     def _segment(self, loop: list[list[Node]], n: Node):
         """Add row-wise node ``n`` to the row loop ``loop``: to its last segment where it can join.
@@ -490,6 +500,7 @@ class GraphCode:
         declared: set[str] = set()
         prefix: list[str] = []
         loop: list[str] = []
+        tape_stores: list[tuple[int, str]] = []  # (place in loop, store) of values only the tape reads
 
         def ref(n: Node, a: Node) -> str:
             if a.name in names:
@@ -524,10 +535,29 @@ class GraphCode:
             else:
                 raise Unsupported(f"op {n.op!r}")
             loop.append(f"  const T e_{n.name} = {expr};")
-            if stored:
+            if n.name in self.taped_if_kept:
+                tape_stores.append((len(loop), f"  o_{n.name}[j] = e_{n.name};"))
+            elif stored:
                 loop.append(f"  o_{n.name}[j] = e_{n.name};")
         # ivdep: no element depends on another's (GCC gave up on these loops' many pointers otherwise)
-        return [*lines, *prefix, "#pragma GCC ivdep", "for (int64_t j = 0; j < N; ++j) {", *loop, "}"]
+        head = ["#pragma GCC ivdep", "for (int64_t j = 0; j < N; ++j) {"]
+        if not tape_stores:
+            return [*lines, *prefix, *head, *loop, "}"]
+        # Two loops, with and without the tape's stores: a store under a condition inside the
+        # loop kept GCC from vectorizing it.
+        taping = list(loop)
+        for at, store in reversed(tape_stores):
+            taping.insert(at, store)
+        indent = lambda body: ["  " + line for line in body]  # noqa: E731
+        return [
+            *lines,
+            *prefix,
+            "if (keep_tape) {",
+            *indent([*head, *taping, "}"]),
+            "} else {",
+            *indent([*head, *loop, "}"]),
+            "}",
+        ]
 
     def _concat_code(self, n: Node) -> list[str]:
         """A concat's row: the blocks its arguments did not write themselves, and zeros between."""
@@ -705,6 +735,7 @@ class _Emitter:
             "p",
             {spec.input: Leaf("vx", "x2d"), **self.param_leaves()},
             keep={e.name[2:] for e in self.entries if not e.per_step},  # the tape's prologue values
+            tape_only={e.name[2:] for e in self.entries if not e.per_step},
             workspace=workspace,
         )
         # step leaves: states (current buffers), hoisted values at t, vector parameters
@@ -745,7 +776,7 @@ class _Emitter:
             if computed(nxt) and nxt not in placed:
                 placed[nxt] = (f"m == nullptr ? rt::view_of<T>(*nxt_{k}) : rt::view_of<T>(ts_{nxt})", True)
         keep = {e.name[2:] for e in self.entries if e.per_step}
-        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep, workspace=workspace)
+        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep, tape_only=keep, workspace=workspace)
 
         tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + len(states) + ntape)) + ">"
         L = [

@@ -47,16 +47,16 @@ struct View {
   T* row(int64_t b) const { return p + b * ld; }
 };
 
-// exp(x) for x <= 0 (every exp the kernels take: of -|x|, -2|x| and x - max x). In float,
-// a branch-free range reduction x = n ln2 + r, |r| <= ln2 / 2, and the Taylor polynomial
-// of degree 7 (truncation below 1e-8 relative), so that the compiler vectorizes the loops
-// that call it; scalar libm expf kept the whole step at libm's pace. 2^n is applied in two
+// exp(x). In float, a branch-free range reduction x = n ln2 + r, |r| <= ln2 / 2, and the Taylor
+// polynomial of degree 7 (truncation below 1e-8 relative), so that the compiler vectorizes the
+// loops that call it; scalar libm expf kept the whole step at libm's pace. 2^n is applied in two
 // normal factors, so that results below the smallest normal float round once into the
-// subnormals, as a float64 exp rounded to float32 does; below -104 the result rounds to 0.
-// Within about 2 ulp of float64 exp (tests/test_torch_compiled.py sweeps the whole range). In
-// double, std::exp.
-inline float exp_nonpositive(float x) {
-  const float c = x < -104.0f ? -104.0f : x;
+// subnormals, as a float64 exp rounded to float32 does; below -104 the result rounds to 0, and
+// the argument is clamped at 89 above, where the factors 2^64 * 2^64 overflow the product to inf
+// as float64 exp rounded to float32 does (from 88.73 up). Within about 2 ulp of float64 exp
+// (tests/test_torch_compiled.py sweeps the whole range). In double, std::exp.
+inline float exp(float x) {
+  const float c = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
   const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   const float r = (c - n * 0.693359375f) - n * -2.12194440e-4f;  // ln2 in two parts
   float p = 1.0f / 5040.0f;
@@ -67,8 +67,8 @@ inline float exp_nonpositive(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t ni = static_cast<int32_t>(n);  // in [-150, 0]
-  const int32_t half = ni >> 1;                // floor(n / 2), in [-75, 0]
+  const int32_t ni = static_cast<int32_t>(n);  // in [-150, 128]
+  const int32_t half = ni >> 1;                // floor(n / 2), in [-75, 64]
   const int32_t bits_a = (half + 127) << 23, bits_b = (ni - half + 127) << 23;
   float scale_a, scale_b;
   std::memcpy(&scale_a, &bits_a, sizeof scale_a);
@@ -77,7 +77,37 @@ inline float exp_nonpositive(float x) {
   return x == x ? y : x;  // NaN stays NaN
 }
 
-inline double exp_nonpositive(double x) { return std::exp(x); }
+inline double exp(double x) { return std::exp(x); }
+
+// exp(x) for x <= 0: every exp the activations and softmax take (of -|x|, -2|x| and x - max x).
+template <typename T>
+inline T exp_nonpositive(T x) {
+  return exp(x);
+}
+
+// log(1 + e) for e in [0, 1] (softplus' tail), vectorizable: u = 1 + e rounded, with the part of e
+// that rounding drops added back as (e - (u - 1)) / u; u = 2^k (1 + f), f in [sqrt(1/2) - 1,
+// sqrt(2) - 1] exact, and log(1 + f) = f - f^2 / 2 + s (f^2 / 2 + R), s = f / (2 + f), R the series
+// of 2 atanh(s) / s - 2 to s^10 (|s| <= 0.172, truncation below 3e-9 relative), where s's own
+// rounding reaches only the terms of order f^3 (fdlibm's form). Within 1.5 ulp of float64 log1p
+// (a sweep of every float in [0, 1]). In double, std::log1p.
+inline float log1p_unit(float e) {
+  const float u = 1.0f + e;
+  const float dropped = (e - (u - 1.0f)) / u;
+  const bool high = u > 1.41421356f;
+  const float f = (high ? 0.5f * u : u) - 1.0f;  // exact
+  const float s = f / (2.0f + f), s2 = s * s, half_f2 = 0.5f * f * f;
+  float q = 2.0f / 11.0f;
+  q = q * s2 + 2.0f / 9.0f;
+  q = q * s2 + 2.0f / 7.0f;
+  q = q * s2 + 2.0f / 5.0f;
+  q = q * s2 + 2.0f / 3.0f;
+  const float log_m = f - (half_f2 - s * (half_f2 + s2 * q));
+  const float k = high ? 1.0f : 0.0f;
+  return k * 0.693359375f + (log_m + (dropped + k * -2.12194440e-4f));  // ln2 in two parts
+}
+
+inline double log1p_unit(double e) { return std::log1p(e); }
 
 // The exact logistic, overflow-free for every finite input: exp only of -|x|.
 template <typename T>
@@ -133,7 +163,7 @@ inline T sign(T z) {
 // log(1 + exp(z)) as max(z, 0) + log1p(exp(-|z|)): exp never overflows, no threshold switch.
 template <typename T>
 inline T softplus(T z) {
-  return (z > T(0) ? z : T(0)) + std::log1p(std::exp(-std::fabs(z)));
+  return (z > T(0) ? z : T(0)) + log1p_unit(exp_nonpositive(-std::fabs(z)));
 }
 
 // The exact GELU, z Phi(z) with the standard normal's cdf through erf (not the tanh form).
