@@ -159,7 +159,7 @@ def test_bfloat16_fused_matches_reference_and_the_generated_loop(rng):
         assert_close(fused[4][name], value, gtol, what=f"bfloat16 grad {name}, fused vs loop")
 
 
-def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
+def test_flat_weights_are_kept_until_a_parameter_changes(rng):
     layer, _ = randomized(rng, torch.float32)
     x = torch.tensor(rng.normal(size=(5, 2, 3)), dtype=torch.float32)
     with torch.no_grad():
@@ -176,9 +176,20 @@ def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
     layer.load_canonical(novolstm.init_params("lstm", 3, 4, seed=9))
     with torch.no_grad():
         assert not torch.equal(layer(x)[0], changed), "load_canonical invalidates the kept weights"
-    out = layer(x)[0]  # with autograd: built afresh, so gradients reach the parameters
-    out.sum().backward()
-    assert layer.cells["l0"].W_i.grad is not None
+    # with autograd: the kept weights too, and gradients reach the parameters, before and after a training step
+    kept = layer._flat_cache[1]
+    loop.load_state_dict(layer.state_dict())
+    for step in range(2):
+        for module in (layer, loop):
+            module.zero_grad(set_to_none=True)
+            (module(x)[0] ** 2).sum().backward()
+        assert (layer._flat_cache[1] is kept) == (step == 0)
+        for (name, p), q in zip(layer.named_parameters(), loop.parameters()):
+            assert_close(p.grad.numpy(), q.grad.numpy(), tolerance("float32", 5, kind="gradients"), what=f"step {step}: {name}")
+        with torch.no_grad():
+            for module in (layer, loop):
+                for p in module.parameters():
+                    p.sub_(0.1 * p.grad)  # an optimizer step, in place
 
 
 def test_only_the_standard_lstm_and_gru_offer_the_fused_kernel():
