@@ -545,6 +545,22 @@ class _FlatWeights(torch.autograd.Function):
         return (None, *(None if cut[i] is None else cut[i][gate] for i, gate in _FLAT_PLACES))
 
 
+class _KeptFlat:
+    """A Layer's kept flat weights (see Layer._kept_flat_weights), empty after pickling or copying.
+
+    The key names parameters by storage address and version counter, which mean nothing
+    in another process or a copy (a reloaded parameter starts again at version 0).
+    """
+
+    __slots__ = ("key", "flat", "pinned")
+
+    def __init__(self):
+        self.key = self.flat = self.pinned = None
+
+    def __reduce__(self):
+        return (_KeptFlat, ())
+
+
 def _fused_kernel(x, states, flat, bias, num_layers, dropout, train, bidirectional):
     """torch._VF.lstm or torch._VF.gru (what nn.LSTM and nn.GRU run): (outputs, final state tuple)."""
     if FUSED_CELL == "gru":
@@ -959,7 +975,7 @@ class Layer(nn.Module):
         if fused and not FUSED_KERNEL:
             raise ValueError(f"fused=True: {_NOT_STANDARD}")
         self.fused = fused
-        self._flat_cache = None  # (parameter versions, flat weights); see _kept_flat_weights
+        self._flat_cache = _KeptFlat()  # see _kept_flat_weights
         if int(num_layers) < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if not 0.0 <= float(dropout) <= 1.0:
@@ -1107,12 +1123,18 @@ class Layer(nn.Module):
         saved it for backward keeps the weights it ran with. It costs a second copy of the
         weights' memory; nn.LSTM holds its flat weights only.
         """
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for params in cells for p in params.values())
-        if self._flat_cache is None or self._flat_cache[0] != key:
+        tensors = [p for params in cells for p in params.values()]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in tensors)
+        kept = self.__dict__.get("_flat_cache")
+        if not isinstance(kept, _KeptFlat):  # a module pickled before _KeptFlat
+            kept = self._flat_cache = _KeptFlat()
+        if kept.key != key:
             with torch.no_grad():
-                flat = [w for params in cells for w in _flat_weights(params, self.bias)]
-            self._flat_cache = (key, flat)
-        return self._flat_cache[1]
+                kept.flat = [w for params in cells for w in _flat_weights(params, self.bias)]
+            kept.key = key
+            # the parameters' storages, held so that no address in the key is freed and reused by another
+            kept.pinned = [p.detach() for p in tensors]
+        return kept.flat
 
     def _loop_forward(self, x, states, mask):
         """The generated loop and backward pass: every cell, every call."""
