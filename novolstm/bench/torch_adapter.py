@@ -105,7 +105,8 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
     native_gru = torch.nn.GRU(units, units, dtype=torch_dtype)
     gru = get_layer("torch", spec="gru")(units, units, dtype=torch_dtype)
     gru.load_canonical(from_torch(native_gru.state_dict(), cell="gru"))
-    yield Candidate("gru spec", *_modes(gru, x), path="torch fused GRU kernel")
+    forward, forward_backward = _modes(gru, x)
+    yield Candidate("gru spec", forward, forward_backward, path="torch fused GRU kernel")
     yield Candidate("native: torch.nn.GRU", *_modes(native_gru, x))
     for cell in COMPILED:
         name = f"{cell} spec, torch.compile"
