@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from novolstm.cli import main
+from novolstm.testing import assert_close, tolerance
 
 
 def test_bench_smoke_torch(tmp_path, capsys, check_paths_table):
@@ -39,8 +40,14 @@ def test_torch_builds_every_candidate_in_bfloat16():
 
     from novolstm.bench.torch_adapter import candidates
 
+    outputs = {}
     for c in candidates(batch=2, steps=3, units=4, dtype="bfloat16"):
         if "torch.compile" in c.name:
             continue  # the same layers, compiled; compiling again here would cost a minute
         out = c.forward()
-        assert (out[0] if isinstance(out, tuple) else out).dtype == torch.bfloat16, c.name
+        out = outputs[c.name] = out[0] if isinstance(out, tuple) else out
+        assert out.dtype == torch.bfloat16, c.name
+    # each spec layer and the native module it is timed against compute the same function
+    for spec, native in (("lstm spec", "native: torch.nn.LSTM"), ("gru spec", "native: torch.nn.GRU")):
+        got, want = (outputs[k].double().numpy() for k in (spec, native))
+        assert_close(got, want, tolerance("bfloat16", 3), what=f"{spec} vs {native}")

@@ -5,6 +5,9 @@ nn.LSTM loaded with the same weights."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -159,16 +162,16 @@ def test_bfloat16_fused_matches_reference_and_the_generated_loop(rng):
         assert_close(fused[4][name], value, gtol, what=f"bfloat16 grad {name}, fused vs loop")
 
 
-def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
+def test_flat_weights_are_kept_until_a_parameter_changes(rng):
     layer, _ = randomized(rng, torch.float32)
     x = torch.tensor(rng.normal(size=(5, 2, 3)), dtype=torch.float32)
     with torch.no_grad():
         first = layer(x)[0]
-        kept = layer._flat_cache[1]
-        assert torch.equal(layer(x)[0], first) and layer._flat_cache[1] is kept
+        kept = layer._flat_cache.flat
+        assert torch.equal(layer(x)[0], first) and layer._flat_cache.flat is kept
         layer.cells["l0"].W_f.add_(0.5)  # an in-place update, as an optimizer step makes
         changed = layer(x)[0]
-    assert layer._flat_cache[1] is not kept and not torch.equal(changed, first)
+    assert layer._flat_cache.flat is not kept and not torch.equal(changed, first)
     loop = LSTM_LAYER(3, 4, fused=False, compiled=False)
     loop.load_state_dict(layer.state_dict())
     with torch.no_grad():
@@ -176,9 +179,22 @@ def test_inference_keeps_flat_weights_until_a_parameter_changes(rng):
     layer.load_canonical(novolstm.init_params("lstm", 3, 4, seed=9))
     with torch.no_grad():
         assert not torch.equal(layer(x)[0], changed), "load_canonical invalidates the kept weights"
-    out = layer(x)[0]  # with autograd: built afresh, so gradients reach the parameters
-    out.sum().backward()
-    assert layer.cells["l0"].W_i.grad is not None
+    # with autograd: the kept weights too, and gradients reach the parameters, before and after a training step
+    kept = layer._flat_cache.flat
+    loop.load_state_dict(layer.state_dict())
+    for step in range(2):
+        for module in (layer, loop):
+            module.zero_grad(set_to_none=True)
+            (module(x)[0] ** 2).sum().backward()
+        assert (layer._flat_cache.flat is kept) == (step == 0)
+        for (name, p), q in zip(layer.named_parameters(), loop.parameters()):
+            assert_close(p.grad.numpy(), q.grad.numpy(), tolerance("float32", 5, kind="gradients"), what=f"step {step}: {name}")
+        with torch.no_grad():
+            for module in (layer, loop):
+                for p in module.parameters():
+                    p.sub_(0.1 * p.grad)  # an optimizer step, in place
+    # a copy or a pickle (whose parameters restart at version 0) carries no kept weights
+    assert copy.deepcopy(layer)._flat_cache.flat is None and pickle.loads(pickle.dumps(layer))._flat_cache.flat is None
 
 
 def test_only_the_standard_lstm_and_gru_offer_the_fused_kernel():

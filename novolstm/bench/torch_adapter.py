@@ -22,7 +22,8 @@ The specs' layers run the compiled C++ kernel (novolstm.backends.cpp) where it a
 (float32; the first call builds it, cached on disk); ``<cell> spec, generated loop`` holds a
 layer to the generated loop (``compiled=False``), ``lstm spec, compiled`` holds the standard
 LSTM to the compiled kernel instead of torch's fused one. ``gru spec`` runs torch's fused
-GRU kernel (the IR recognises the GRU), against ``native: torch.nn.GRU``.
+GRU kernel (the IR recognises the GRU), against ``native: torch.nn.GRU`` with the same
+weights (as the ``lstm spec`` layer holds nn.LSTM's).
 """
 
 from __future__ import annotations
@@ -100,10 +101,13 @@ def candidates(batch: int, steps: int, units: int, dtype: str = "float32"):
         forward, forward_backward = _modes(compiled, x)
         yield Candidate("lstm spec, compiled", forward, forward_backward, jit="C++ kernel")
     yield Candidate("native: torch.nn.LSTM", *_modes(native, x))  # the first native: the harness's "native"
-    # the GRU spec (torch's fused GRU kernel) against nn.GRU
-    forward, forward_backward = _modes(get_layer("torch", spec="gru")(units, units, dtype=torch_dtype), x)
+    # the GRU spec (torch's fused GRU kernel) against nn.GRU, with the same weights (the same function)
+    native_gru = torch.nn.GRU(units, units, dtype=torch_dtype)
+    gru = get_layer("torch", spec="gru")(units, units, dtype=torch_dtype)
+    gru.load_canonical(from_torch(native_gru.state_dict(), cell="gru"))
+    forward, forward_backward = _modes(gru, x)
     yield Candidate("gru spec", forward, forward_backward, path="torch fused GRU kernel")
-    yield Candidate("native: torch.nn.GRU", *_modes(torch.nn.GRU(units, units, dtype=torch_dtype), x))
+    yield Candidate("native: torch.nn.GRU", *_modes(native_gru, x))
     for cell in COMPILED:
         name = f"{cell} spec, torch.compile"
         if steps > COMPILE_MAX_STEPS:
