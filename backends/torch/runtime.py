@@ -516,9 +516,8 @@ _FLAT_USED = frozenset(i for i, _ in _FLAT_PLACES)
 class _FlatWeights(torch.autograd.Function):
     """One cell's flat weights as one autograd node over its canonical parameters.
 
-    apply(flat, *params): flat, that cell's _flat_weights built without autograd (and kept
-    between calls, see Layer._kept_flat_weights); params, the canonical tensors in
-    PARAM_NAMES order. Returns flat's tensors (aliases) with this node as their gradient
+    apply(flat, *params): flat, that cell's _flat_weights built without autograd; params,
+    the canonical tensors in PARAM_NAMES order. Returns flat's tensors (aliases) with this node as their gradient
     function, whose backward cuts each flat gradient into the parameters' gradients.
 
     Built with autograd instead, the transposes and concatenations of _flat_weights cost
@@ -543,22 +542,6 @@ class _FlatWeights(torch.autograd.Function):
                 g = g.reshape(n, -1, g.shape[1]).transpose(1, 2).contiguous() if i < 2 else g.reshape(n, -1)
                 cut[i] = g.unbind(0)
         return (None, *(None if cut[i] is None else cut[i][gate] for i, gate in _FLAT_PLACES))
-
-
-class _KeptFlat:
-    """A Layer's kept flat weights (see Layer._kept_flat_weights), empty after pickling or copying.
-
-    The key names parameters by storage address and version counter, which mean nothing
-    in another process or a copy (a reloaded parameter starts again at version 0).
-    """
-
-    __slots__ = ("key", "flat", "pinned")
-
-    def __init__(self):
-        self.key = self.flat = self.pinned = None
-
-    def __reduce__(self):
-        return (_KeptFlat, ())
 
 
 def _fused_kernel(x, states, flat, bias, num_layers, dropout, train, bidirectional):
@@ -975,7 +958,6 @@ class Layer(nn.Module):
         if fused and not FUSED_KERNEL:
             raise ValueError(f"fused=True: {_NOT_STANDARD}")
         self.fused = fused
-        self._flat_cache = _KeptFlat()  # see _kept_flat_weights
         if int(num_layers) < 1:
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         if not 0.0 <= float(dropout) <= 1.0:
@@ -1090,9 +1072,11 @@ class Layer(nn.Module):
     def _fused_forward(self, x, states):
         """torch's own fused LSTM kernel (what nn.LSTM runs), time-major, with torch autograd.
 
-        The flat weights are concatenated from the canonical parameters and kept between
-        calls until a parameter changes (see _kept_flat_weights); with autograd, one
-        _FlatWeights node per cell carries their gradients to W_i, U_i, b_i, ... themselves.
+        The flat weights are concatenated from the canonical parameters on every call,
+        without autograd; with autograd, one _FlatWeights node per cell carries their
+        gradients to W_i, U_i, b_i, ... themselves. They are never kept from one call to
+        the next: a cache keyed on the parameters' version counters would miss an update
+        through `p.data`, which moves no counter, and run on stale weights.
         """
         cells = [
             self.cells[f"l{layer}{suffix}"].params()
@@ -1102,7 +1086,8 @@ class Layer(nn.Module):
         if torch.compiler.is_compiling():  # the compiler traces and fuses the concatenations itself
             flat = [w for params in cells for w in _flat_weights(params, self.bias)]
         else:
-            flat = self._kept_flat_weights(cells)
+            with torch.no_grad():
+                flat = [w for params in cells for w in _flat_weights(params, self.bias)]
             if torch.is_grad_enabled() and any(p.requires_grad for params in cells for p in params.values()):
                 per_cell = len(flat) // len(cells)
                 flat = [
@@ -1113,28 +1098,6 @@ class Layer(nn.Module):
         return _fused_kernel(
             x, states, flat, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional
         )
-
-    def _kept_flat_weights(self, cells):
-        """Every cell's flat weights, without autograd, kept until a parameter changes.
-
-        Every in-place update (an optimizer step, load_state_dict, load_canonical) moves a
-        parameter's version counter, and .to() or a new Parameter moves its storage. The
-        kept copy is never written in place (a change builds a new one), so a graph that
-        saved it for backward keeps the weights it ran with. It costs a second copy of the
-        weights' memory; nn.LSTM holds its flat weights only.
-        """
-        tensors = [p for params in cells for p in params.values()]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in tensors)
-        kept = self.__dict__.get("_flat_cache")
-        if not isinstance(kept, _KeptFlat):  # a module pickled before _KeptFlat
-            kept = self._flat_cache = _KeptFlat()
-        if kept.key != key:
-            with torch.no_grad():
-                kept.flat = [w for params in cells for w in _flat_weights(params, self.bias)]
-            kept.key = key
-            # the parameters' storages, held so that no address in the key is freed and reused by another
-            kept.pinned = [p.detach() for p in tensors]
-        return kept.flat
 
     def _loop_forward(self, x, states, mask):
         """The generated loop and backward pass: every cell, every call."""
