@@ -3,8 +3,8 @@
 Each spec's forward runs its steps in the compiled step loop (novolstm.backends.cpp.numpy_ext)
 where ``forward`` chooses it (float32 and float64, at least ``COMPILED_MIN_STEPS`` steps, batch *
 units**2 at most ``COMPILED_MAX_WORK``; the first call builds it or loads it from the cache: its
-"compile time"); its forward+backward runs the same forward, writing the tape, and the generated
-backward pass. Beside it,
+"compile time"); its forward+backward runs the same forward, writing the tape, and ``backward``,
+which runs the compiled backward steps after a compiled forward. Beside it,
 ``<cell> spec, generated loop`` holds the forward to the generated loop (``compiled=False``),
 or, at shapes where ``forward`` runs the loop, ``<cell> spec, compiled`` to the compiled step
 loop (``compiled=True``).
