@@ -1027,14 +1027,18 @@ class _Emitter:
         L.append("    const bool gys_copied = gys_p != nullptr && !rt::strided_in_place(gys_h, m);")
         rows_before = []
         for k in range(ns):
-            L.append(f"    const rt::View<T> vgcur_{k} = rt::view_of<T>(*gcur_{k}), vgnxt_{k} = rt::view_of<T>(*gnxt_{k});")
+            L.append(
+                f"    const rt::View<T> vgcur_{k} = rt::view_of<T>(*gcur_{k}), vgnxt_{k} = rt::view_of<T>(*gnxt_{k});"
+            )
         for name, role in seeds.items():
             width = elems(back[name].width)
             if role == "output":
                 L.append(
                     f"    const rt::View<T> vseed_{name} = gys_p != nullptr && !gys_copied ? rt::View<T>{{const_cast<T*>(gys_p), gys_b}} : vseedrows_{name};"
                 )
-                rows_before.append(f"if (gys_copied) rt::strided_row(vseedrows_{name}, gys_p, gys_b, gys_h, m, b, {width});")
+                rows_before.append(
+                    f"if (gys_copied) rt::strided_row(vseedrows_{name}, gys_p, gys_b, gys_h, m, b, {width});"
+                )
             else:
                 k = states.index(role.split(":", 1)[1])
                 L.append(f"    const rt::View<T> vseed_{name} = m == nullptr ? vgcur_{k} : vseedrows_{name};")
