@@ -423,9 +423,13 @@ class GraphCode:
                 a = self.g[item.args[0]]
                 statistic = a.width == "S" and item.width != "S"
                 self.items.append(
-                    [
-                        f"rt::sum_rows({self.view(a.name)}, {self.rows if a.batched else '1'}, {elems(item.width)}, {str(statistic).lower()}, {self.v(item.name)}.p);"
-                    ]
+                    SumRows(
+                        self.view(a.name),
+                        self.rows if a.batched else "1",
+                        elems(item.width),
+                        statistic,
+                        self.v(item.name),
+                    )
                 )
             elif item.op in OPS or item.op in ROW_OPS or item.op in ("sum_units", "concat"):
                 loop = self._row_loop([[item]])
@@ -440,14 +444,18 @@ class GraphCode:
         items = [item for item in self.items if item]
         return bool(items) and isinstance(items[-1], RowLoop)
 
-    def body_with_rows(self, before: Sequence[str] = (), after: Sequence[str] = (), width: str = "H") -> list[str]:
+    def body_with_rows(
+        self, before: Sequence[str] = (), after: Sequence[str] = (), width: str = "H", team: bool = False
+    ) -> list[str]:
         """The body, with per-row statements (of row ``b``) before and after the graph's work.
 
         They join the first (last) loop over rows where the work starts (ends) with one, so that
         they run on the rows' threads while the rows are in cache; else a loop of their own.
-        ``width``: elements a statement moves (for the loop's grain).
+        ``width``: elements a statement moves (for the loop's grain). ``team``: the work in one
+        parallel region (rt::in_team; a step's), its threads splitting each GEMM and loop over
+        rows, a barrier between two, where each would fork on its own.
         """
-        items = [item for item in self.items if item]
+        items = [item for item in self.items if item]  # lines (run by one thread), RowLoop, Gemm, SumRows
         if before:
             if items and isinstance(items[0], RowLoop):
                 items[0] = RowLoop([*before, *items[0].inner], items[0].grain)
@@ -459,8 +467,26 @@ class GraphCode:
             else:
                 items.append(RowLoop(list(after), f"{width} * {len(after)}"))
         out: list[str] = list(self.per_step)
+        if not team:
+            for item in items:
+                out.extend(item.render(self.rows) if isinstance(item, (RowLoop, Gemm, SumRows)) else item)
+            return out
+        parts: list[list[str]] = []
         for item in items:
-            out.extend(item.render(self.rows) if isinstance(item, RowLoop) else item)
+            if isinstance(item, (RowLoop, Gemm, SumRows)):
+                parts.append(item.render_in_team(self.rows))
+            elif parts and parts[-1][0] == "team.serial([&] {":  # one serial part for consecutive lines
+                parts[-1][-1:-1] = ["  " + line for line in item]
+            else:
+                parts.append(["team.serial([&] {", *("  " + line for line in item), "});"])
+        if not parts:
+            return out
+        inner = [line for k, part in enumerate(parts) for line in (["team.barrier();"] if k else []) + part]
+        out += [
+            f"rt::in_team(rt::crew_worth<T>({self.rows}, H), [&](const rt::Team& team) {{",
+            *("  " + line for line in inner),
+            "});",
+        ]
         return out
 
     def _buffer(self, shape: str) -> str:
@@ -479,7 +505,7 @@ class GraphCode:
             return n.name, f"w_{n.name}"
         return f"t_{n.attr('linear')}", f"w_{n.attr('linear')}.t()"
 
-    def _gemm(self, n: Node) -> list[str]:
+    def _gemm(self, n: Node) -> Gemm:
         """``n``: a GEMM, or an add whose GEMM term starts from the other term's rows."""
         if n.name in self.gemm_init:
             product, term = self.gemm_init[n.name]
@@ -492,7 +518,7 @@ class GraphCode:
         if not operand.batched:
             raise Unsupported("a GEMM over an unbatched value")
         key, _ = self._linear(prod)
-        return [f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)});"]
+        return Gemm(f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)}")
 
     def _row_loop(self, segments: list[list[Node]]) -> RowLoop | None:
         inner = []
@@ -592,6 +618,49 @@ class RowLoop:
             "  for (int64_t b = b0; b < b1; ++b) {",
             *("    " + line for line in self.inner),
             "  }",
+            "});",
+        ]
+
+    def render_in_team(self, rows: str) -> list[str]:
+        return [
+            f"team.rows({rows}, rt::grain_rows({self.grain}), [&](int64_t b) {{",
+            *("  " + line for line in self.inner),
+            "});",
+        ]
+
+
+@dataclass
+class Gemm:
+    """A Linear's product: its ``into`` call without the closing parenthesis."""
+
+    call: str
+
+    def render(self, rows: str) -> list[str]:
+        return [f"{self.call});"]
+
+    def render_in_team(self, rows: str) -> list[str]:
+        return [f"{self.call}, team);"]
+
+
+@dataclass
+class SumRows:
+    """out[j] = the sum over rows of a's column j (of its one column where ``statistic``)."""
+
+    a: str
+    rows: str
+    n: str
+    statistic: bool
+    out: str
+
+    def render(self, rows: str) -> list[str]:
+        return [f"rt::sum_rows({self.a}, {self.rows}, {self.n}, {str(self.statistic).lower()}, {self.out}.p);"]
+
+    def render_in_team(self, rows: str) -> list[str]:
+        # threads split the columns: each column's sum runs over the rows in order, whatever the split
+        a = self.a if self.statistic else f"rt::View<T>{{{self.a}.p + j0, {self.a}.ld}}"
+        return [
+            f"team.split({self.n}, [&](int64_t j0, int64_t j1) {{",
+            f"  rt::sum_rows({a}, {self.rows}, j1 - j0, {str(self.statistic).lower()}, {self.out}.p + j0);",
             "});",
         ]
 
@@ -857,7 +926,7 @@ class _Emitter:
         for k, nxt in enumerate(next_names):
             L.append(f"    const rt::View<T> vn_{k} = rt::view_of<T>(*nxt_{k});")
             rows_after.append(f"rt::select_row(vn_{k}, {step.view(nxt)}, vs_{k}, m, b, H);")
-        L += ["    " + s for s in step.body_with_rows(after=rows_after)]
+        L += ["    " + s for s in step.body_with_rows(after=rows_after, team=True)]
         if unbatched:
             L += ["    if (keep_tape) {", *unbatched, "    }"]
         for k in range(len(next_names)):
@@ -1064,7 +1133,7 @@ class _Emitter:
             carries.append((f"vgnxt_{k}", src, f"vgcur_{k}"))
         if step.ends_with_row_loop():
             rows_after += [f"rt::carry_row({d}, {a}, {c}, m, b, H);" for d, a, c in carries]
-        L += ["    " + s for s in step.body_with_rows(before=rows_before, after=rows_after)]
+        L += ["    " + s for s in step.body_with_rows(before=rows_before, after=rows_after, team=True)]
         if not step.ends_with_row_loop():
             L += [f"    rt::carry_rows({d}, {a}, {c}, m, B, H);" for d, a, c in carries]
         for p, value in accum:

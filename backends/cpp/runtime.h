@@ -22,6 +22,7 @@
 #include <ATen/ops/sum.h>
 #include <ATen/TensorOperators.h>
 #include <torch/library.h>
+#include <c10/util/ParallelGuard.h>
 
 #include <algorithm>
 #include <cmath>
@@ -33,6 +34,9 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 
 namespace novolstm_rt {
@@ -406,6 +410,67 @@ inline at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w, const 
   return stack[0].toTensor();
 }
 
+// The threads that run one step's work (a crew, in one parallel region), or the calling thread
+// alone (solo). A crew's threads split each GEMM and loop over rows among themselves, with a
+// barrier between two, where solo each of them forks on its own (at::parallel_for): one fork a
+// step, not one per GEMM and loop, where a step at the typical shape is a few tens of us and a
+// fork about one. The split is by rows and columns, never a sum, as at::parallel_for's.
+struct Team {
+  int64_t id = 0, size = 1;
+  bool crew = false;
+
+  void barrier() const {
+#ifdef _OPENMP
+    if (crew && size > 1) {
+#pragma omp barrier
+    }
+#endif
+  }
+  // [begin, end) of `items` that this thread takes in a crew.
+  int64_t begin(int64_t items) const { return items * id / size; }
+  int64_t end(int64_t items) const { return items * (id + 1) / size; }
+  // row(b) for every row b < n: this thread's share in a crew; else split by at::parallel_for.
+  template <typename F>
+  void rows(int64_t n, int64_t grain, const F& row) const {
+    if (crew) {
+      for (int64_t b = begin(n); b < end(n); ++b) row(b);
+    } else {
+      at::parallel_for(0, n, grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) row(b);
+      });
+    }
+  }
+  // f(begin, end) on this thread's share of [0, n) in a crew; else f(0, n).
+  template <typename F>
+  void split(int64_t n, const F& f) const {
+    if (!crew) return f(0, n);
+    if (begin(n) < end(n)) f(begin(n), end(n));
+  }
+  // f() on one thread.
+  template <typename F>
+  void serial(const F& f) const {
+    if (id == 0) f();
+  }
+};
+
+// body(team) on a crew of torch's threads where `crew` (see crew_worth), else solo.
+template <typename F>
+inline void in_team(bool crew, const F& body) {
+#ifdef _OPENMP
+  if (crew && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+#pragma omp parallel
+    {
+      const int id = omp_get_thread_num();
+      const at::internal::ThreadIdGuard tid_guard(id);
+      const c10::ParallelGuard guard(true);
+      body(Team{id, omp_get_num_threads(), true});
+    }
+    return;
+  }
+#endif
+  body(Team{});
+}
+
 // A product of a few rows (the latency shape, batch 1): oneDNN's and BLAS's call overheads
 // (10 and 3 us at 1 by 64 by 320 here) dwarf the arithmetic, so it runs as a plain loop
 // over the weight's rows (each read once, axpy into every output row).
@@ -506,7 +571,7 @@ inline bool worth_threads(int64_t flops) { return flops >= (int64_t(1) << 20) &&
 // `rows` split into chunks of at most kChunkRows, of about equal size (a multiple of kBlockRows but
 // the last), so that threads given whole chunks get equal work.
 inline int64_t chunk_rows(int64_t rows) {
-  const int64_t chunks = (rows + kChunkRows - 1) / kChunkRows;
+  const int64_t chunks = std::max<int64_t>(1, (rows + kChunkRows - 1) / kChunkRows);
   const int64_t even = (rows + chunks - 1) / chunks;
   return (even + kBlockRows - 1) / kBlockRows * kBlockRows;
 }
@@ -524,19 +589,23 @@ struct PackedGemm {
     const float* src = w.data_ptr<float>();
     const int64_t s0 = w.stride(0), s1 = w.stride(1);
     float* dst = panels.data_ptr<float>();
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t cols = std::min(kPanelCols, n - p * kPanelCols);
-      for (int64_t kk = 0; kk < k; ++kk) {
-        float* d = dst + (p * k + kk) * kPanelCols;
-        const float* row = src + kk * s0 + p * kPanelCols * s1;
-        if (s1 == 1) {
-          std::memcpy(d, row, sizeof(float) * cols);
-        } else {
-          for (int64_t c = 0; c < cols; ++c) d[c] = row[c * s1];
-        }
-        std::fill(d + cols, d + kPanelCols, 0.0f);
-      }
-    }
+    // threads split the panels where the weight is big enough to pay a fork (a few hundred KB)
+    at::parallel_for(0, count, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, k * kPanelCols)),
+                     [&](int64_t p0, int64_t p1) {
+                       for (int64_t p = p0; p < p1; ++p) {
+                         const int64_t cols = std::min(kPanelCols, n - p * kPanelCols);
+                         for (int64_t kk = 0; kk < k; ++kk) {
+                           float* d = dst + (p * k + kk) * kPanelCols;
+                           const float* row = src + kk * s0 + p * kPanelCols * s1;
+                           if (s1 == 1) {
+                             std::memcpy(d, row, sizeof(float) * cols);
+                           } else {
+                             for (int64_t c = 0; c < cols; ++c) d[c] = row[c * s1];
+                           }
+                           std::fill(d + cols, d + kPanelCols, 0.0f);
+                         }
+                       }
+                     });
   }
   // out (rows, N; ldo apart) = init (as small_gemm's) + a (rows, K; lda apart) @ w.
   //
@@ -548,10 +617,10 @@ struct PackedGemm {
   // stream them from memory once per panel). Each output element's arithmetic is the same
   // whatever the split: threads split rows and columns, never a sum.
   void operator()(const float* a, int64_t lda, int64_t rows, const float* init, int64_t ldi, float* out,
-                  int64_t ldo) const {
+                  int64_t ldo, const Team& team = Team{}) const {
     const int64_t count = panels.size(0);
     const float* base = panels.data_ptr<float>();
-    const int64_t crows = chunk_rows(rows);
+    const int64_t crows = std::max<int64_t>(1, chunk_rows(rows));
     const int64_t items = (rows + crows - 1) / crows * count;
     auto run = [&](int64_t i0, int64_t i1) {
       for (int64_t item = i0; item < i1; ++item) {
@@ -576,7 +645,9 @@ struct PackedGemm {
         }
       }
     };
-    if (worth_threads(rows * k * n)) {
+    if (team.crew) {
+      run(team.begin(items), team.end(items));
+    } else if (worth_threads(rows * k * n)) {
       at::parallel_for(0, items, 1, run);
     } else {
       run(0, items);
@@ -635,7 +706,7 @@ inline void weight_grad_gemm(const float* a, int64_t lda, const float* g, int64_
                              int64_t n, float* out, float* bias_out) {
   const int64_t count = (n + kPanelCols - 1) / kPanelCols;
   const int64_t blocks = (k + kBlockRows - 1) / kBlockRows;
-  const int64_t chunk_floats = blocks * kDepth * kBlockRows;
+  const int64_t chunk_floats = std::max<int64_t>(1, blocks) * kDepth * kBlockRows;
   const int64_t span_chunks = std::max<int64_t>(1, kSpanFloats / chunk_floats);
   std::vector<float> packed(span_chunks * chunk_floats);
   for (int64_t s0 = 0; s0 < rows; s0 += span_chunks * kDepth) {
@@ -793,16 +864,20 @@ struct Linear {
     }
   }
   // out rows = init rows (init.ld 0: one row for every row, a bias; init.p null: none) + a @ w.
-  void into(View<T> a, int64_t rows, View<T> init, View<T> dst) const {
-    const int64_t k = w.size(0), n = w.size(1);
+  // In a crew (see Team), its threads split the packed kernel's work; the other paths run on one.
+  void into(View<T> a, int64_t rows, View<T> init, View<T> dst, const Team& team = Team{}) const {
 #if defined(__AVX512F__)
     if constexpr (packed_kernels<T>()) {
       if (gemm) {
-        (*gemm)(a.p, a.ld, rows, init.p, init.ld, dst.p, dst.ld);
+        (*gemm)(a.p, a.ld, rows, init.p, init.ld, dst.p, dst.ld, team);
         return;
       }
     }
 #endif
+    team.serial([&] { unpacked_into(a, rows, init, dst); });
+  }
+  void unpacked_into(View<T> a, int64_t rows, View<T> init, View<T> dst) const {
+    const int64_t k = w.size(0), n = w.size(1);
     if (small || !scratch.defined() || rows > scratch.size(0)) {
       small_gemm<T>(a.p, a.ld, w.data_ptr<T>(), init.p, init.ld, dst.p, dst.ld, rows, k, n);
       return;
@@ -823,5 +898,13 @@ struct Linear {
 constexpr int64_t kGrainElements = 32768;
 
 inline int64_t grain_rows(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, cols)); }
+
+// Whether a step of `rows` rows of `units` units runs on a crew (see Team): where the packed kernels
+// run (every step GEMM a crew splits) and a step has work for several threads (from 2048
+// elements a state: 16 rows of 128 units).
+template <typename T>
+inline bool crew_worth(int64_t rows, int64_t units) {
+  return packed_kernels<T>() && rows > kSmallRows && rows * units >= 2048 && at::get_num_threads() > 1;
+}
 
 }  // namespace novolstm_rt
