@@ -594,6 +594,15 @@ struct PackedGemm {
                      [&](int64_t p0, int64_t p1) {
                        for (int64_t p = p0; p < p1; ++p) {
                          const int64_t cols = std::min(kPanelCols, n - p * kPanelCols);
+                         if (s0 == 1 && s1 != 1) {  // a transposed weight: read along its contiguous axis
+                           float* d = dst + p * k * kPanelCols;
+                           for (int64_t c = 0; c < cols; ++c) {
+                             const float* col = src + (p * kPanelCols + c) * s1;
+                             for (int64_t kk = 0; kk < k; ++kk) d[kk * kPanelCols + c] = col[kk];
+                           }
+                           for (int64_t kk = 0; kk < k; ++kk) std::fill(d + kk * kPanelCols + cols, d + (kk + 1) * kPanelCols, 0.0f);
+                           continue;
+                         }
                          for (int64_t kk = 0; kk < k; ++kk) {
                            float* d = dst + (p * k + kk) * kPanelCols;
                            const float* row = src + kk * s0 + p * kPanelCols * s1;
