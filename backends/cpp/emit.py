@@ -429,6 +429,8 @@ class GraphCode:
                         elems(item.width),
                         statistic,
                         self.v(item.name),
+                        _root(self.g, a.name)[0],
+                        item.name,
                     )
                 )
             elif item.op in OPS or item.op in ROW_OPS or item.op in ("sum_units", "concat"):
@@ -471,8 +473,14 @@ class GraphCode:
             for item in items:
                 out.extend(item.render(self.rows) if isinstance(item, (RowLoop, Gemm, SumRows)) else item)
             return out
-        parts: list[list[str]] = []
+        parts: list[list[str]] = []  # a barrier between two
+        sums: set[str] = set()  # the sums of the run of SumRows that ends the last part
         for item in items:
+            if isinstance(item, SumRows) and sums and item.source not in sums:
+                parts[-1] += item.render_in_team(self.rows)  # reads none of the run's sums: no barrier
+                sums.add(item.name)
+                continue
+            sums = {item.name} if isinstance(item, SumRows) else set()
             if isinstance(item, (RowLoop, Gemm, SumRows)):
                 parts.append(item.render_in_team(self.rows))
             elif parts and parts[-1][0] == "team.serial([&] {":  # one serial part for consecutive lines
@@ -651,6 +659,8 @@ class SumRows:
     n: str
     statistic: bool
     out: str
+    source: str  # the IR value summed (the root of a's view)
+    name: str  # the IR value of the sum
 
     def render(self, rows: str) -> list[str]:
         return [f"rt::sum_rows({self.a}, {self.rows}, {self.n}, {str(self.statistic).lower()}, {self.out}.p);"]
