@@ -638,18 +638,18 @@ struct PackedGemm {
         panel_mask(n, p, mask);
         const float* panel = base + p * k * kPanelCols;
         const float* pi = init == nullptr ? nullptr : init + p * kPanelCols;
-        for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
-          const int64_t k1 = std::min(k, k0 + kDepth);
-          for (int64_t r = r0; r < r1; r += kBlockRows) {
-            if (k0 == 0 && pi != nullptr && ldi != 0) {  // the next block's init rows, while this block computes
-              for (int64_t i = r + kBlockRows; i < std::min(r1, r + 2 * kBlockRows); ++i) {
-                for (int64_t v = 0; v < kPanelVectors; ++v) {
-                  _mm_prefetch(reinterpret_cast<const char*>(pi + i * ldi + 16 * v), _MM_HINT_T0);
-                }
+        for (int64_t r = r0; r < r1; r += kBlockRows) {
+          if (pi != nullptr && ldi != 0) {  // the next block's init rows, while this block computes
+            for (int64_t i = r + kBlockRows; i < std::min(r1, r + 2 * kBlockRows); ++i) {
+              for (int64_t v = 0; v < kPanelVectors; ++v) {
+                _mm_prefetch(reinterpret_cast<const char*>(pi + i * ldi + 16 * v), _MM_HINT_T0);
               }
             }
-            panel_rows<kBlockRows>(a + r * lda, lda, panel, k0, k1, pi == nullptr ? nullptr : pi + r * ldi, ldi,
-                                   out + r * ldo + p * kPanelCols, ldo, mask, std::min(kBlockRows, r1 - r));
+          }
+          for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
+            panel_rows<kBlockRows>(a + r * lda, lda, panel, k0, std::min(k, k0 + kDepth),
+                                   pi == nullptr ? nullptr : pi + r * ldi, ldi, out + r * ldo + p * kPanelCols, ldo,
+                                   mask, std::min(kBlockRows, r1 - r));
           }
         }
       }
