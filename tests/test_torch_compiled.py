@@ -178,7 +178,10 @@ def test_compiled_stacked_bidirectional_matches_loop(spec, rng):
 
 # The step's GEMMs: a plain loop up to 4 rows; above, the packed AVX-512 kernel in float32 (or
 # oneDNN / BLAS): row blocks with a tail (9 and 45 rows), one partial column panel (6 units) or
-# several with a partial last one (70 units), big enough at 45 by 70 to split across threads.
+# several with a partial last one (70 units), big enough at 45 by 70 for two threads to split
+# every GEMM, weight gradient and loop over rows. The kernel runs on two threads; at 45 by 70 in
+# float32 with AVX-512 (the kernels that split columns and rows, never a sum) one and three
+# threads must give the same bits.
 @pytest.mark.parametrize("batch, inputs, units", [(1, 5, 6), (9, 5, 6), (45, 50, 70)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("spec", ["novolstm", "gru"])
@@ -194,12 +197,27 @@ def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, un
     # (out * per-unit weights).sum(): the outputs' gradient arrives broadcast (strides 0, 0, 1), and
     # the kernel reads it through its strides; out.square() gives every row a gradient of its own.
     weights = torch.tensor(rng.normal(size=units), dtype=DTYPES[dtype])
-    results = []
-    for layer in (compiled, loop):
+
+    def run(layer, threads):
+        layer.zero_grad(set_to_none=True)
         xt = torch.tensor(x, dtype=DTYPES[dtype], requires_grad=True)
-        out, _ = layer(xt, mask=mask)
-        ((out * weights).sum() + out.square().sum() if batch > 1 else (out * weights).sum()).backward()
-        results.append((out.detach(), xt.grad, {n: p.grad for n, p in layer.named_parameters()}))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out, _ = layer(xt, mask=mask)
+            ((out * weights).sum() + out.square().sum() if batch > 1 else (out * weights).sum()).backward()
+        finally:
+            torch.set_num_threads(before)
+        return out.detach(), xt.grad, {n: p.grad for n, p in layer.named_parameters()}
+
+    results = [run(compiled, 2), run(loop, 2)]
+    if batch == 45 and dtype == "float32" and torch.backends.cpu.get_cpu_capability() == "AVX512":
+        for threads in (1, 3):
+            other = run(compiled, threads)
+            assert torch.equal(other[0], results[0][0]), f"outputs on {threads} thread(s)"
+            assert torch.equal(other[1], results[0][1]), f"grad x on {threads} thread(s)"
+            for name, g in results[0][2].items():
+                assert torch.equal(other[2][name], g), f"grad {name} on {threads} thread(s)"
     tol = pairwise_tolerance(dtype, dtype, T)
     gtol = pairwise_tolerance(dtype, dtype, T, kind="gradients")
     assert_close(results[0][0].double().numpy(), results[1][0].double().numpy(), tol, what="outputs")

@@ -33,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from importlib import resources
@@ -239,6 +239,8 @@ class GraphCode:
         # kept for the tape alone (what else keeps a value: the outputs, and placements not the tape's)
         self.tape_only = set(tape_only) - set(graph.outputs.values())
         self.alloc: list[str] = []
+        self.per_step: list[str] = []  # the body's first lines: views that move with the step
+        self.items: list = []  # the rest of the body: lines, and loops over rows (RowLoop)
         self.body: list[str] = []
         # value -> tensor expression (rows, elements); ``tensors``: those another GraphCode of the same graph made
         self.tensors: dict[str, str] = dict(tensors or {})
@@ -421,22 +423,89 @@ class GraphCode:
                 key, weight = self._linear(n)
                 slot = self.workspace.slot() if self.workspace else "nullptr"
                 self.alloc.append(f"const rt::Linear<T> lin{self.prefix}_{key}({weight}, {self.rows}, {slot});")
-        self.body.extend(per_step)
+        self.per_step = per_step
         for item in self.work:
             if isinstance(item, list):
-                self.body.extend(self._row_loop(item, self.rows))
+                self.items.append(self._row_loop(item))
             elif item.op in GEMM_OPS or item.name in self.gemm_init:
-                self.body.extend(self._gemm(item))
+                self.items.append(self._gemm(item))
             elif item.op == "sum_batch":
                 a = self.g[item.args[0]]
                 statistic = a.width == "S" and item.width != "S"
-                self.body.append(
-                    f"rt::sum_rows({self.view(a.name)}, {self.rows if a.batched else '1'}, {elems(item.width)}, {str(statistic).lower()}, {self.v(item.name)}.p);"
+                self.items.append(
+                    SumRows(
+                        self.view(a.name),
+                        self.rows if a.batched else "1",
+                        elems(item.width),
+                        statistic,
+                        self.v(item.name),
+                        _root(self.g, a.name)[0],
+                        item.name,
+                    )
                 )
             elif item.op in OPS or item.op in ROW_OPS or item.op in ("sum_units", "concat"):
-                self.body.extend(self._row_loop([[item]], "1"))
+                loop = self._row_loop([[item]])
+                if loop is not None:  # one row, read by every row: no loop over rows
+                    self.items.append(["{", "  const int64_t b = 0;", *("  " + line for line in loop.inner), "}"])
             else:
                 raise Unsupported(f"op {item.op!r}")
+        self.body = self.body_with_rows()
+
+    def ends_with_row_loop(self) -> bool:
+        """Whether the graph's work ends with a loop over rows (see body_with_rows)."""
+        items = [item for item in self.items if item]
+        return bool(items) and isinstance(items[-1], RowLoop)
+
+    def body_with_rows(
+        self, before: Sequence[str] = (), after: Sequence[str] = (), width: str = "H", team: bool = False
+    ) -> list[str]:
+        """The body, with per-row statements (of row ``b``) before and after the graph's work.
+
+        They join the first (last) loop over rows where the work starts (ends) with one, so that
+        they run on the rows' threads while the rows are in cache; else a loop of their own.
+        ``width``: elements a statement moves (for the loop's grain). ``team``: the work in one
+        parallel region (rt::in_team; a step's), its threads splitting each GEMM and loop over
+        rows, a barrier between two, where each would fork on its own.
+        """
+        items = [item for item in self.items if item]  # lines (run by one thread), RowLoop, Gemm, SumRows
+        if before:
+            if items and isinstance(items[0], RowLoop):
+                items[0] = RowLoop([*before, *items[0].inner], items[0].grain)
+            else:
+                items.insert(0, RowLoop(list(before), f"{width} * {len(before)}"))
+        if after:
+            if items and isinstance(items[-1], RowLoop):
+                items[-1] = RowLoop([*items[-1].inner, *after], items[-1].grain)
+            else:
+                items.append(RowLoop(list(after), f"{width} * {len(after)}"))
+        out: list[str] = list(self.per_step)
+        if not team:
+            for item in items:
+                out.extend(item.render(self.rows) if isinstance(item, (RowLoop, Gemm, SumRows)) else item)
+            return out
+        parts: list[list[str]] = []  # a barrier between two
+        sums: set[str] = set()  # the sums of the run of SumRows that ends the last part
+        for item in items:
+            if isinstance(item, SumRows) and sums and item.source not in sums:
+                parts[-1] += item.render_in_team(self.rows)  # reads none of the run's sums: no barrier
+                sums.add(item.name)
+                continue
+            sums = {item.name} if isinstance(item, SumRows) else set()
+            if isinstance(item, (RowLoop, Gemm, SumRows)):
+                parts.append(item.render_in_team(self.rows))
+            elif parts and parts[-1][0] == "team.serial([&] {":  # one serial part for consecutive lines
+                parts[-1][-1:-1] = ["  " + line for line in item]
+            else:
+                parts.append(["team.serial([&] {", *("  " + line for line in item), "});"])
+        if not parts:
+            return out
+        inner = [line for k, part in enumerate(parts) for line in (["team.barrier();"] if k else []) + part]
+        out += [
+            f"rt::in_team(rt::crew_worth<T>({self.rows}, H), [&](const rt::Team& team) {{",
+            *("  " + line for line in inner),
+            "});",
+        ]
+        return out
 
     def _buffer(self, shape: str) -> str:
         return self.workspace(shape) if self.workspace else f"at::empty({shape}, opts)"
@@ -454,7 +523,7 @@ class GraphCode:
             return n.name, f"w_{n.name}"
         return f"t_{n.attr('linear')}", f"w_{n.attr('linear')}.t()"
 
-    def _gemm(self, n: Node) -> list[str]:
+    def _gemm(self, n: Node) -> Gemm:
         """``n``: a GEMM, or an add whose GEMM term starts from the other term's rows."""
         if n.name in self.gemm_init:
             product, term = self.gemm_init[n.name]
@@ -467,24 +536,18 @@ class GraphCode:
         if not operand.batched:
             raise Unsupported("a GEMM over an unbatched value")
         key, _ = self._linear(prod)
-        return [f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)});"]
+        return Gemm(f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)}")
 
-    def _row_loop(self, segments: list[list[Node]], rows: str) -> list[str]:
+    def _row_loop(self, segments: list[list[Node]]) -> RowLoop | None:
         inner = []
         for seg in segments:
             code = self._segment_code(seg)
             if code:
                 inner.extend(["{", *("  " + line for line in code), "}"])
         if not inner:
-            return []
+            return None
         count = sum(len(seg) for seg in segments)
-        return [
-            f"at::parallel_for(0, {rows}, rt::grain_rows({elems(segments[0][0].width)} * {count}), [&](int64_t b0, int64_t b1) {{",
-            "  for (int64_t b = b0; b < b1; ++b) {",
-            *("    " + line for line in inner),
-            "  }",
-            "});",
-        ]
+        return RowLoop(inner, f"{elems(segments[0][0].width)} * {count}")
 
     def _segment_code(self, seg: list[Node]) -> list[str]:
         """One segment of one row (row ``b``): its reductions, then one loop over the elements."""
@@ -577,6 +640,69 @@ class GraphCode:
         if at < n.width:
             lines.append(f"std::fill(o + {elems(at)}, o + {elems(n.width)}, T(0));")
         return [f"T* o = {self.v(n.name)}.row(b);", *lines] if lines else []
+
+
+@dataclass
+class RowLoop:
+    """A loop over the rows, threads splitting them: its body for row ``b``, and the elements it
+    handles per row (C++; the grain of a thread's share, rt::grain_rows)."""
+
+    inner: list[str]
+    grain: str
+
+    def render(self, rows: str) -> list[str]:
+        return [
+            f"at::parallel_for(0, {rows}, rt::grain_rows({self.grain}), [&](int64_t b0, int64_t b1) {{",
+            "  for (int64_t b = b0; b < b1; ++b) {",
+            *("    " + line for line in self.inner),
+            "  }",
+            "});",
+        ]
+
+    def render_in_team(self, rows: str) -> list[str]:
+        return [
+            f"team.rows({rows}, rt::grain_rows({self.grain}), [&](int64_t b) {{",
+            *("  " + line for line in self.inner),
+            "});",
+        ]
+
+
+@dataclass
+class Gemm:
+    """A Linear's product: its ``into`` call without the closing parenthesis."""
+
+    call: str
+
+    def render(self, rows: str) -> list[str]:
+        return [f"{self.call});"]
+
+    def render_in_team(self, rows: str) -> list[str]:
+        return [f"{self.call}, team);"]
+
+
+@dataclass
+class SumRows:
+    """out[j] = the sum over rows of a's column j (of its one column where ``statistic``)."""
+
+    a: str
+    rows: str
+    n: str
+    statistic: bool
+    out: str
+    source: str  # the IR value summed (the root of a's view)
+    name: str  # the IR value of the sum
+
+    def render(self, rows: str) -> list[str]:
+        return [f"rt::sum_rows({self.a}, {self.rows}, {self.n}, {str(self.statistic).lower()}, {self.out}.p);"]
+
+    def render_in_team(self, rows: str) -> list[str]:
+        # threads split the columns: each column's sum runs over the rows in order, whatever the split
+        a = self.a if self.statistic else f"rt::View<T>{{{self.a}.p + j0, {self.a}.ld}}"
+        return [
+            f"team.split({self.n}, [&](int64_t j0, int64_t j1) {{",
+            f"  rt::sum_rows({a}, {self.rows}, j1 - j0, {str(self.statistic).lower()}, {self.out}.p + j0);",
+            "});",
+        ]
 
 
 class Workspace:
@@ -818,26 +944,33 @@ class _Emitter:
         for k in range(len(states)):
             L.append(f"    const rt::View<T> vs_{k} = rt::view_of<T>(*cur_{k});")
         L += ["    " + s for s in hoisted_views]
-        L += ["    " + s for s in step.body]
-        L.append(
-            f"    rt::select_rows(rt::View<T>{{ys.data_ptr<T>() + t * B * H, H}}, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, B, H);"
-        )
-        L.append("    if (keep_tape) {")
+        # The copies after the step's work (the outputs' rows, the tape's, the next state where a
+        # mask selects rows or the value lives elsewhere), row by row in its last loop over rows.
+        L.append("    const rt::View<T> vys_t{ys.data_ptr<T>() + t * B * H, H};")
+        rows_after = [f"rt::select_row(vys_t, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, b, H);"]
+        unbatched = []
         for e in self.entries:
-            if e.name in taped:
+            if e.name in taped or not e.per_step:
                 continue
-            if e.per_step and not e.batched:
-                L.append(
+            if not e.batched:
+                unbatched.append(
                     f"      std::memcpy(tape_{e.name}.data_ptr<T>(), {step.view(e.name[2:])}.p, sizeof(T) * {elems(e.width)});"
                 )
-            elif e.per_step:
-                src = e.name[2:]
-                L.append(
-                    f"      rt::select_rows(rt::View<T>{{tape_{e.name}.data_ptr<T>() + t * B * {elems(e.width)}, {elems(e.width)}}}, {step.view(src)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {elems(e.width)});"
-                )
-        L.append("    }")
+                continue
+            w = elems(e.width)
+            L.append(
+                f"    const rt::View<T> vtape_{e.name}{{keep_tape ? tape_{e.name}.data_ptr<T>() + t * B * {w} : nullptr, {w}}};"
+            )
+            rows_after.append(
+                f"if (keep_tape) rt::select_row(vtape_{e.name}, {step.view(e.name[2:])}, rt::View<T>{{nullptr, 0}}, nullptr, b, {w});"
+            )
         for k, nxt in enumerate(next_names):
-            L.append(f"    rt::select_rows(rt::view_of<T>(*nxt_{k}), {step.view(nxt)}, vs_{k}, m, B, H);")
+            L.append(f"    const rt::View<T> vn_{k} = rt::view_of<T>(*nxt_{k});")
+            rows_after.append(f"rt::select_row(vn_{k}, {step.view(nxt)}, vs_{k}, m, b, H);")
+        L += ["    " + s for s in step.body_with_rows(after=rows_after, team=True)]
+        if unbatched:
+            L += ["    if (keep_tape) {", *unbatched, "    }"]
+        for k in range(len(next_names)):
             L.append(f"    std::swap(cur_{k}, nxt_{k});")
         L.append("  }")
         results = ["ys"] + [f"*cur_{k}" for k in range(len(states))]
@@ -998,34 +1131,57 @@ class _Emitter:
             "    const int64_t t = reverse ? s : Tn - 1 - s;",
             "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
         ]
-        for name, role in seeds.items():  # the gradient rows themselves, or their masked copy
+        # The seeds' rows: the output gradient's and the state gradients' rows read in place, or
+        # (through a mask, or strided) copied row by row in the step's first loop over rows.
+        L.append("    const T* gys_p = g_ys_in.has_value() ? g_ys.data_ptr<T>() + t * gys_t : nullptr;")
+        L.append("    const bool gys_copied = gys_p != nullptr && !rt::strided_in_place(gys_h, m);")
+        rows_before = []
+        for k in range(ns):
+            L.append(
+                f"    const rt::View<T> vgcur_{k} = rt::view_of<T>(*gcur_{k}), vgnxt_{k} = rt::view_of<T>(*gnxt_{k});"
+            )
+        for name, role in seeds.items():
             width = elems(back[name].width)
             if role == "output":
                 L.append(
-                    f"    const rt::View<T> vseed_{name} = g_ys_in.has_value() ? rt::strided_rows(vseedrows_{name}, g_ys.data_ptr<T>() + t * gys_t, gys_b, gys_h, m, B, {width}) : vseedrows_{name};"
+                    f"    const rt::View<T> vseed_{name} = gys_p != nullptr && !gys_copied ? rt::View<T>{{const_cast<T*>(gys_p), gys_b}} : vseedrows_{name};"
+                )
+                rows_before.append(
+                    f"if (gys_copied) rt::strided_row(vseedrows_{name}, gys_p, gys_b, gys_h, m, b, {width});"
                 )
             else:
                 k = states.index(role.split(":", 1)[1])
-                L.append(
-                    f"    const rt::View<T> vseed_{name} = rt::masked_rows(vseedrows_{name}, rt::view_of<T>(*gcur_{k}), m, B, {width});"
+                L.append(f"    const rt::View<T> vseed_{name} = m == nullptr ? vgcur_{k} : vseedrows_{name};")
+                rows_before.append(
+                    f"if (m != nullptr) rt::select_row(vseedrows_{name}, vgcur_{k}, rt::View<T>{{nullptr, 0}}, m, b, {width});"
                 )
         L += ["    " + s for s in saved_views]
-        L += ["    " + s for s in step.body]
+        rows_after = []
         for value, tensor in stores.items():
             if value in placed:
                 continue
             width = elems(back[value].width)
-            L.append(
-                f"    rt::select_rows(rt::View<T>{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, B, {width});"
+            L.append(f"    const rt::View<T> vstore_{value}{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}};")
+            rows_after.append(
+                f"rt::select_row(vstore_{value}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, b, {width});"
             )
+        # The state gradients through the step: row by row in its last loop over rows where it ends
+        # with one; else after it (carry_rows returns at once where the step wrote them in place).
+        carries = []
+        for k, s in enumerate(states):
+            grad = back.outputs.get(f"grad:{s}")
+            src = step.view(grad) if grad else "rt::View<T>{nullptr, 0}"
+            carries.append((f"vgnxt_{k}", src, f"vgcur_{k}"))
+        if step.ends_with_row_loop():
+            rows_after += [f"rt::carry_row({d}, {a}, {c}, m, b, H);" for d, a, c in carries]
+        L += ["    " + s for s in step.body_with_rows(before=rows_before, after=rows_after, team=True)]
+        if not step.ends_with_row_loop():
+            L += [f"    rt::carry_rows({d}, {a}, {c}, m, B, H);" for d, a, c in carries]
         for p, value in accum:
             L.append(
                 f"    {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}"
             )
-        for k, s in enumerate(states):
-            grad = back.outputs.get(f"grad:{s}")
-            src = step.view(grad) if grad else "rt::View<T>{nullptr, 0}"
-            L.append(f"    rt::carry_rows(rt::view_of<T>(*gnxt_{k}), {src}, rt::view_of<T>(*gcur_{k}), m, B, H);")
+        for k in range(ns):
             L.append(f"    std::swap(gcur_{k}, gnxt_{k});")
         L.append("  }")
         # the prologue backward over every timestep at once

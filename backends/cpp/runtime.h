@@ -22,6 +22,7 @@
 #include <ATen/ops/sum.h>
 #include <ATen/TensorOperators.h>
 #include <torch/library.h>
+#include <c10/util/ParallelGuard.h>
 
 #include <algorithm>
 #include <cmath>
@@ -33,6 +34,9 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
 #endif
 
 namespace novolstm_rt {
@@ -287,22 +291,26 @@ inline void sum_rows(View<T> a, int64_t rows, int64_t n, bool statistic, T* out)
   }
 }
 
-// dst[b] = src[b] on rows whose mask is true (or every row without a mask), else
-// the row of `other` (zeros when other.p is null).
+// dst[b] = src[b] if row b's mask is true (or there is no mask), else the row of `other` (zeros
+// when other.p is null). One row: the generated loops over rows call it for their own rows.
+template <typename T>
+inline void select_row(View<T> dst, View<T> src, View<T> other, const bool* mask, int64_t b, int64_t n) {
+  T* d = dst.row(b);
+  if (mask == nullptr || mask[b]) {
+    const T* s = src.row(b);
+    if (s != d) std::memcpy(d, s, sizeof(T) * n);
+  } else if (other.p != nullptr) {
+    const T* s = other.row(b);
+    if (s != d) std::memcpy(d, s, sizeof(T) * n);
+  } else {
+    std::memset(d, 0, sizeof(T) * n);
+  }
+}
+
+// select_row for every row.
 template <typename T>
 inline void select_rows(View<T> dst, View<T> src, View<T> other, const bool* mask, int64_t rows, int64_t n) {
-  for (int64_t b = 0; b < rows; ++b) {
-    T* d = dst.row(b);
-    if (mask == nullptr || mask[b]) {
-      const T* s = src.row(b);
-      if (s != d) std::memcpy(d, s, sizeof(T) * n);
-    } else if (other.p != nullptr) {
-      const T* s = other.row(b);
-      if (s != d) std::memcpy(d, s, sizeof(T) * n);
-    } else {
-      std::memset(d, 0, sizeof(T) * n);
-    }
-  }
+  for (int64_t b = 0; b < rows; ++b) select_row(dst, src, other, mask, b, n);
 }
 
 // src itself where every row is live (no mask), else src's rows copied into buf, masked rows zero.
@@ -313,38 +321,50 @@ inline View<T> masked_rows(View<T> buf, View<T> src, const bool* mask, int64_t r
   return buf;
 }
 
+// Whether strided_rows reads the block in place (else it copies it into its buffer).
+inline bool strided_in_place(int64_t inc, const bool* mask) { return inc == 1 && mask == nullptr; }
+
+// Row b of the (rows, n) block at p (rows ld apart, elements inc apart) into buf's row b, zeros
+// if the row is masked.
+template <typename T>
+inline void strided_row(View<T> buf, const T* p, int64_t ld, int64_t inc, const bool* mask, int64_t b, int64_t n) {
+  T* d = buf.row(b);
+  const T* s = p + b * ld;
+  if (mask != nullptr && !mask[b]) {
+    std::memset(d, 0, sizeof(T) * n);
+  } else if (inc == 1) {
+    std::memcpy(d, s, sizeof(T) * n);
+  } else {
+    for (int64_t j = 0; j < n; ++j) d[j] = s[j * inc];
+  }
+}
+
 // The (rows, n) block at p, rows ld apart and elements inc apart: itself where that is a View (inc 1)
 // and every row is live (no mask), else copied into buf, masked rows zero. An output gradient
 // broadcast from a scalar (the gradient of a sum) is read in place, never made whole.
 template <typename T>
 inline View<T> strided_rows(View<T> buf, const T* p, int64_t ld, int64_t inc, const bool* mask, int64_t rows,
                             int64_t n) {
-  if (inc == 1 && mask == nullptr) return View<T>{const_cast<T*>(p), ld};
-  for (int64_t b = 0; b < rows; ++b) {
-    T* d = buf.row(b);
-    const T* s = p + b * ld;
-    if (mask != nullptr && !mask[b]) {
-      std::memset(d, 0, sizeof(T) * n);
-    } else if (inc == 1) {
-      std::memcpy(d, s, sizeof(T) * n);
-    } else {
-      for (int64_t j = 0; j < n; ++j) d[j] = s[j * inc];
-    }
-  }
+  if (strided_in_place(inc, mask)) return View<T>{const_cast<T*>(p), ld};
+  for (int64_t b = 0; b < rows; ++b) strided_row(buf, p, ld, inc, mask, b, n);
   return buf;
 }
 
-// a + (mask ? 0 : carried) per row: the state gradient through a step (masked rows pass it on).
+// Row b of a + (mask ? 0 : carried): the state gradient through a step (masked rows pass it on).
+template <typename T>
+inline void carry_row(View<T> dst, View<T> a, View<T> carried, const bool* mask, int64_t b, int64_t n) {
+  if (mask == nullptr && a.p == dst.p) return;  // the step wrote it in place
+  T* d = dst.row(b);
+  const T* s = a.p == nullptr ? nullptr : a.row(b);
+  const bool through = mask != nullptr && !mask[b];
+  const T* c = carried.row(b);
+  for (int64_t j = 0; j < n; ++j) d[j] = (s == nullptr ? T(0) : s[j]) + (through ? c[j] : T(0));
+}
+
+// carry_row for every row.
 template <typename T>
 inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask, int64_t rows, int64_t n) {
-  if (mask == nullptr && a.p == dst.p) return;  // the step wrote it in place
-  for (int64_t b = 0; b < rows; ++b) {
-    T* d = dst.row(b);
-    const T* s = a.p == nullptr ? nullptr : a.row(b);
-    const bool through = mask != nullptr && !mask[b];
-    const T* c = carried.row(b);
-    for (int64_t j = 0; j < n; ++j) d[j] = (s == nullptr ? T(0) : s[j]) + (through ? c[j] : T(0));
-  }
+  for (int64_t b = 0; b < rows; ++b) carry_row(dst, a, carried, mask, b, n);
 }
 
 // ---- end portable
@@ -420,6 +440,67 @@ inline at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w, const 
   return stack[0].toTensor();
 }
 
+// The threads that run one step's work (a crew, in one parallel region), or the calling thread
+// alone (solo). A crew's threads split each GEMM and loop over rows among themselves, with a
+// barrier between two, where solo each of them forks on its own (at::parallel_for): one fork a
+// step, not one per GEMM and loop, where a step at the typical shape is a few tens of us and a
+// fork about one. The split is by rows and columns, never a sum, as at::parallel_for's.
+struct Team {
+  int64_t id = 0, size = 1;
+  bool crew = false;
+
+  void barrier() const {
+#ifdef _OPENMP
+    if (crew && size > 1) {
+#pragma omp barrier
+    }
+#endif
+  }
+  // [begin, end) of `items` that this thread takes in a crew.
+  int64_t begin(int64_t items) const { return items * id / size; }
+  int64_t end(int64_t items) const { return items * (id + 1) / size; }
+  // row(b) for every row b < n: this thread's share in a crew; else split by at::parallel_for.
+  template <typename F>
+  void rows(int64_t n, int64_t grain, const F& row) const {
+    if (crew) {
+      for (int64_t b = begin(n); b < end(n); ++b) row(b);
+    } else {
+      at::parallel_for(0, n, grain, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) row(b);
+      });
+    }
+  }
+  // f(begin, end) on this thread's share of [0, n) in a crew; else f(0, n).
+  template <typename F>
+  void split(int64_t n, const F& f) const {
+    if (!crew) return f(0, n);
+    if (begin(n) < end(n)) f(begin(n), end(n));
+  }
+  // f() on one thread.
+  template <typename F>
+  void serial(const F& f) const {
+    if (id == 0) f();
+  }
+};
+
+// body(team) on a crew of torch's threads where `crew` (see crew_worth), else solo.
+template <typename F>
+inline void in_team(bool crew, const F& body) {
+#ifdef _OPENMP
+  if (crew && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+#pragma omp parallel
+    {
+      const int id = omp_get_thread_num();
+      const at::internal::ThreadIdGuard tid_guard(id);
+      const c10::ParallelGuard guard(true);
+      body(Team{id, omp_get_num_threads(), true});
+    }
+    return;
+  }
+#endif
+  body(Team{});
+}
+
 // A product of a few rows (the latency shape, batch 1): oneDNN's and BLAS's call overheads
 // (10 and 3 us at 1 by 64 by 320 here) dwarf the arithmetic, so it runs as a plain loop
 // over the weight's rows (each read once, axpy into every output row).
@@ -476,48 +557,56 @@ inline void panel_mask(int64_t n, int64_t panel, __mmask16 mask[kPanelVectors]) 
   }
 }
 
-// out[r, panel cols] = init[r] + a[r, :] @ panel for `R` rows (R <= kBlockRows).
+// The terms k0 to k1 (one chunk of kDepth) of out[r, panel cols] = init[r] + a[r, :] @ panel for `R`
+// rows (R <= kBlockRows): the first chunk (k0 0) starts from the init row (or zero) and stores the
+// sum; a later one sums from zero in registers and adds that to the row in memory. (Running one
+// slice of kDepth over every row block before the next, so that it stays in L1 at a deep K,
+// measured no faster at 128 x 512 by 512 x 2560 on one thread.)
 template <int R>
-inline void panel_block(const float* a, int64_t lda, const float* panel, int64_t k, const float* init, int64_t ldi,
-                        float* out, int64_t ldo, const __mmask16 mask[kPanelVectors]) {
-  for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
-    __m512 acc[R][kPanelVectors];
-    for (int r = 0; r < R; ++r) {
-      for (int64_t v = 0; v < kPanelVectors; ++v) {
-        acc[r][v] = k0 > 0 || init == nullptr ? _mm512_setzero_ps()
-                                              : _mm512_maskz_loadu_ps(mask[v], init + r * ldi + 16 * v);
-      }
+inline void panel_block(const float* a, int64_t lda, const float* panel, int64_t k0, int64_t k1, const float* init,
+                        int64_t ldi, float* out, int64_t ldo, const __mmask16 mask[kPanelVectors]) {
+  __m512 acc[R][kPanelVectors];
+  for (int r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < kPanelVectors; ++v) {
+      acc[r][v] = k0 > 0 || init == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask[v], init + r * ldi + 16 * v);
     }
-    const int64_t k1 = std::min(k, k0 + kDepth);
-    for (int64_t kk = k0; kk < k1; ++kk) {
-      __m512 w[kPanelVectors];
-      for (int64_t v = 0; v < kPanelVectors; ++v) w[v] = _mm512_loadu_ps(panel + kk * kPanelCols + 16 * v);
-      for (int r = 0; r < R; ++r) {
-        const __m512 x = _mm512_set1_ps(a[r * lda + kk]);
-        for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
-      }
-    }
+  }
+  for (int64_t kk = k0; kk < k1; ++kk) {
+    __m512 w[kPanelVectors];
+    for (int64_t v = 0; v < kPanelVectors; ++v) w[v] = _mm512_loadu_ps(panel + kk * kPanelCols + 16 * v);
     for (int r = 0; r < R; ++r) {
-      for (int64_t v = 0; v < kPanelVectors; ++v) {
-        float* o = out + r * ldo + 16 * v;
-        const __m512 sum = k0 > 0 ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], o), acc[r][v]) : acc[r][v];
-        _mm512_mask_storeu_ps(o, mask[v], sum);
-      }
+      const __m512 x = _mm512_set1_ps(a[r * lda + kk]);
+      for (int64_t v = 0; v < kPanelVectors; ++v) acc[r][v] = _mm512_fmadd_ps(x, w[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int64_t v = 0; v < kPanelVectors; ++v) {
+      float* o = out + r * ldo + 16 * v;
+      const __m512 sum = k0 > 0 ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], o), acc[r][v]) : acc[r][v];
+      _mm512_mask_storeu_ps(o, mask[v], sum);
     }
   }
 }
 
 template <int R>
-inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t k, const float* init, int64_t ldi,
-                       float* out, int64_t ldo, const __mmask16 mask[kPanelVectors], int64_t rows) {
+inline void panel_rows(const float* a, int64_t lda, const float* panel, int64_t k0, int64_t k1, const float* init,
+                       int64_t ldi, float* out, int64_t ldo, const __mmask16 mask[kPanelVectors], int64_t rows) {
   if constexpr (R > 1) {
-    if (rows < R) return panel_rows<R - 1>(a, lda, panel, k, init, ldi, out, ldo, mask, rows);
+    if (rows < R) return panel_rows<R - 1>(a, lda, panel, k0, k1, init, ldi, out, ldo, mask, rows);
   }
-  panel_block<R>(a, lda, panel, k, init, ldi, out, ldo, mask);
+  panel_block<R>(a, lda, panel, k0, k1, init, ldi, out, ldo, mask);
 }
 
 // One task per thread when a product is big enough to pay a fork (about 1 us).
 inline bool worth_threads(int64_t flops) { return flops >= (int64_t(1) << 20) && at::get_num_threads() > 1; }
+
+// `rows` split into chunks of at most kChunkRows, of about equal size (a multiple of kBlockRows but
+// the last), so that threads given whole chunks get equal work.
+inline int64_t chunk_rows(int64_t rows) {
+  const int64_t chunks = std::max<int64_t>(1, (rows + kChunkRows - 1) / kChunkRows);
+  const int64_t even = (rows + chunks - 1) / chunks;
+  return (even + kBlockRows - 1) / kBlockRows * kBlockRows;
+}
 
 struct PackedGemm {
   at::Tensor panels;  // (N / kPanelCols rounded up, K, kPanelCols)
@@ -532,55 +621,76 @@ struct PackedGemm {
     const float* src = w.data_ptr<float>();
     const int64_t s0 = w.stride(0), s1 = w.stride(1);
     float* dst = panels.data_ptr<float>();
-    for (int64_t p = 0; p < count; ++p) {
-      const int64_t cols = std::min(kPanelCols, n - p * kPanelCols);
-      for (int64_t kk = 0; kk < k; ++kk) {
-        float* d = dst + (p * k + kk) * kPanelCols;
-        const float* row = src + kk * s0 + p * kPanelCols * s1;
-        if (s1 == 1) {
-          std::memcpy(d, row, sizeof(float) * cols);
-        } else {
-          for (int64_t c = 0; c < cols; ++c) d[c] = row[c * s1];
-        }
-        std::fill(d + cols, d + kPanelCols, 0.0f);
-      }
-    }
+    // threads split the panels where the weight is big enough to pay a fork (a few hundred KB)
+    at::parallel_for(0, count, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, k * kPanelCols)),
+                     [&](int64_t p0, int64_t p1) {
+                       for (int64_t p = p0; p < p1; ++p) {
+                         const int64_t cols = std::min(kPanelCols, n - p * kPanelCols);
+                         if (s0 == 1 && s1 != 1) {  // a transposed weight: read along its contiguous axis
+                           float* d = dst + p * k * kPanelCols;
+                           for (int64_t c = 0; c < cols; ++c) {
+                             const float* col = src + (p * kPanelCols + c) * s1;
+                             for (int64_t kk = 0; kk < k; ++kk) d[kk * kPanelCols + c] = col[kk];
+                           }
+                           for (int64_t kk = 0; kk < k; ++kk) std::fill(d + kk * kPanelCols + cols, d + (kk + 1) * kPanelCols, 0.0f);
+                           continue;
+                         }
+                         for (int64_t kk = 0; kk < k; ++kk) {
+                           float* d = dst + (p * k + kk) * kPanelCols;
+                           const float* row = src + kk * s0 + p * kPanelCols * s1;
+                           if (s1 == 1) {
+                             std::memcpy(d, row, sizeof(float) * cols);
+                           } else {
+                             for (int64_t c = 0; c < cols; ++c) d[c] = row[c * s1];
+                           }
+                           std::fill(d + cols, d + kPanelCols, 0.0f);
+                         }
+                       }
+                     });
   }
   // out (rows, N; ldo apart) = init (as small_gemm's) + a (rows, K; lda apart) @ w.
+  //
+  // The work is one item per chunk of rows (a step's batch is one chunk; chunks of equal size)
+  // and panel, chunk after chunk; threads take runs of items in one fork (or their share of them
+  // in a crew, see Team). Each panel stays in L1 (at K 128) while the chunk's row blocks read it,
+  // and the chunk's operand rows and output stay in L2 while every panel passes (a whole
+  // sequence's rows at once would stream them from memory once per panel). Each output element's
+  // arithmetic is the same whatever the split: threads split rows and columns, never a sum.
   void operator()(const float* a, int64_t lda, int64_t rows, const float* init, int64_t ldi, float* out,
-                  int64_t ldo) const {
+                  int64_t ldo, const Team& team = Team{}) const {
     const int64_t count = panels.size(0);
     const float* base = panels.data_ptr<float>();
-    // Rows in chunks of kChunkRows (a step's batch is one chunk): each panel stays in L1 while
-    // the chunk's row blocks read it, and the chunk's operand rows and output stay in L2 while
-    // every panel passes (a whole sequence's rows at once would stream them from memory once
-    // per panel).
-    for (int64_t r0 = 0; r0 < rows; r0 += kChunkRows) {
-      const int64_t r1 = std::min(rows, r0 + kChunkRows);
-      auto run = [&](int64_t p0, int64_t p1) {
-        for (int64_t p = p0; p < p1; ++p) {
-          __mmask16 mask[kPanelVectors];
-          panel_mask(n, p, mask);
-          const float* panel = base + p * k * kPanelCols;
-          const float* pi = init == nullptr ? nullptr : init + p * kPanelCols;
-          for (int64_t r = r0; r < r1; r += kBlockRows) {
-            if (pi != nullptr && ldi != 0) {  // the next block's init rows, while this block computes
-              for (int64_t i = r + kBlockRows; i < std::min(r1, r + 2 * kBlockRows); ++i) {
-                for (int64_t v = 0; v < kPanelVectors; ++v) {
-                  _mm_prefetch(reinterpret_cast<const char*>(pi + i * ldi + 16 * v), _MM_HINT_T0);
-                }
+    const int64_t crows = std::max<int64_t>(1, chunk_rows(rows));
+    const int64_t items = (rows + crows - 1) / crows * count;
+    auto run = [&](int64_t i0, int64_t i1) {
+      for (int64_t item = i0; item < i1; ++item) {
+        const int64_t r0 = item / count * crows, r1 = std::min(rows, r0 + crows), p = item % count;
+        __mmask16 mask[kPanelVectors];
+        panel_mask(n, p, mask);
+        const float* panel = base + p * k * kPanelCols;
+        const float* pi = init == nullptr ? nullptr : init + p * kPanelCols;
+        for (int64_t r = r0; r < r1; r += kBlockRows) {
+          if (pi != nullptr && ldi != 0) {  // the next block's init rows, while this block computes
+            for (int64_t i = r + kBlockRows; i < std::min(r1, r + 2 * kBlockRows); ++i) {
+              for (int64_t v = 0; v < kPanelVectors; ++v) {
+                _mm_prefetch(reinterpret_cast<const char*>(pi + i * ldi + 16 * v), _MM_HINT_T0);
               }
             }
-            panel_rows<kBlockRows>(a + r * lda, lda, panel, k, pi == nullptr ? nullptr : pi + r * ldi, ldi,
-                                   out + r * ldo + p * kPanelCols, ldo, mask, std::min(kBlockRows, r1 - r));
+          }
+          for (int64_t k0 = 0; k0 < k; k0 += kDepth) {
+            panel_rows<kBlockRows>(a + r * lda, lda, panel, k0, std::min(k, k0 + kDepth),
+                                   pi == nullptr ? nullptr : pi + r * ldi, ldi, out + r * ldo + p * kPanelCols, ldo,
+                                   mask, std::min(kBlockRows, r1 - r));
           }
         }
-      };
-      if (worth_threads((r1 - r0) * k * n)) {
-        at::parallel_for(0, count, 1, run);
-      } else {
-        run(0, count);
       }
+    };
+    if (team.crew) {
+      run(team.begin(items), team.end(items));
+    } else if (worth_threads(rows * k * n)) {
+      at::parallel_for(0, items, 1, run);
+    } else {
+      run(0, items);
     }
   }
 };
@@ -619,28 +729,43 @@ inline void grad_rows(const float* ap, const float* g, int64_t ldg, int64_t rows
   grad_block<R>(ap, g, ldg, rows, out, ldo, mask);
 }
 
+// The rows a span of weight_grad_gemm packs at once: about 512 KB of a's packed blocks, so that they
+// stay in L2 while every panel of g reads them.
+constexpr int64_t kSpanFloats = int64_t(1) << 17;
+
 // out (K, N, zeroed) += a^T @ g over `rows` rows (a (rows, K), g (rows, N); lda, ldg apart): a
-// weight gradient over every timestep, read in place (no transposed copies). For each chunk of
-// kDepth rows, a's chunk is packed in blocks of kBlockRows columns, row after row (3 KB a block,
-// so that a block and a panel of g's chunk (32 KB) stay in L1); then for each panel of g's
-// columns and each block, the chunk's sum in registers is added to out. bias_out (N, zeroed, or
-// null) gets g's column sums in the same pass. Threads split the panels, never a sum.
+// weight gradient over every timestep, read in place (no transposed copies). The rows run in
+// chunks of kDepth; each chunk of a is packed in blocks of kBlockRows columns, row after row (3 KB
+// a block, so that a block and a panel of g's chunk (32 KB) stay in L1). For each panel of g's
+// columns, chunk after chunk, and each block, the chunk's sum in registers is added to out. bias_out
+// (N, zeroed, or null) gets g's column sums in the same pass. A span of chunks (kSpanFloats) is
+// packed at once, threads splitting the blocks, then threads split the panels over the span: two
+// forks a span, where one a chunk left the other threads idle while one packed. Each output
+// element's sums run chunk after chunk whatever the split: threads never split a sum.
 inline void weight_grad_gemm(const float* a, int64_t lda, const float* g, int64_t ldg, int64_t rows, int64_t k,
                              int64_t n, float* out, float* bias_out) {
   const int64_t count = (n + kPanelCols - 1) / kPanelCols;
   const int64_t blocks = (k + kBlockRows - 1) / kBlockRows;
-  std::vector<float> packed(blocks * kDepth * kBlockRows);
-  for (int64_t i0 = 0; i0 < rows; i0 += kDepth) {
-    const int64_t depth = std::min(kDepth, rows - i0);
-    for (int64_t cb = 0; cb < blocks; ++cb) {
-      float* dst = packed.data() + cb * kDepth * kBlockRows;
-      for (int64_t i = 0; i < depth; ++i) {
-        for (int64_t r = 0; r < kBlockRows; ++r) {
-          const int64_t c = cb * kBlockRows + r;
-          dst[i * kBlockRows + r] = c < k ? a[(i0 + i) * lda + c] : 0.0f;
+  const int64_t chunk_floats = std::max<int64_t>(1, blocks) * kDepth * kBlockRows;
+  const int64_t span_chunks = std::max<int64_t>(1, kSpanFloats / chunk_floats);
+  std::vector<float> packed(span_chunks * chunk_floats);
+  for (int64_t s0 = 0; s0 < rows; s0 += span_chunks * kDepth) {
+    const int64_t s1 = std::min(rows, s0 + span_chunks * kDepth);
+    const int64_t chunks = (s1 - s0 + kDepth - 1) / kDepth;
+    const bool threads = worth_threads((s1 - s0) * k * n);
+    auto pack = [&](int64_t j0, int64_t j1) {  // item j: block j % blocks of chunk j / blocks
+      for (int64_t j = j0; j < j1; ++j) {
+        const int64_t i0 = s0 + j / blocks * kDepth, cb = j % blocks;
+        const int64_t depth = std::min(kDepth, s1 - i0);
+        float* dst = packed.data() + j * kDepth * kBlockRows;
+        for (int64_t i = 0; i < depth; ++i) {
+          for (int64_t r = 0; r < kBlockRows; ++r) {
+            const int64_t c = cb * kBlockRows + r;
+            dst[i * kBlockRows + r] = c < k ? a[(i0 + i) * lda + c] : 0.0f;
+          }
         }
       }
-    }
+    };
     auto run = [&](int64_t p0, int64_t p1) {
       // The chunk's rows of one panel of g, contiguous: in place, rows ldg apart fall into a few
       // of L1's sets and evict each other before the next block of a's columns reads them again.
@@ -648,35 +773,40 @@ inline void weight_grad_gemm(const float* a, int64_t lda, const float* g, int64_
       for (int64_t p = p0; p < p1; ++p) {
         __mmask16 mask[kPanelVectors];
         panel_mask(n, p, mask);
-        const float* src = g + i0 * ldg + p * kPanelCols;
-        for (int64_t i = 0; i < depth; ++i) {
-          for (int64_t v = 0; v < kPanelVectors; ++v) {
-            _mm512_store_ps(gp + i * kPanelCols + 16 * v, _mm512_maskz_loadu_ps(mask[v], src + i * ldg + 16 * v));
-          }
-        }
-        for (int64_t cb = 0; cb < blocks; ++cb) {
-          grad_rows<kBlockRows>(packed.data() + cb * kDepth * kBlockRows, gp, kPanelCols, depth,
-                                out + cb * kBlockRows * n + p * kPanelCols, n, mask,
-                                std::min(kBlockRows, k - cb * kBlockRows));
-        }
-        if (bias_out != nullptr) {
-          __m512 acc[kPanelVectors];
-          for (int64_t v = 0; v < kPanelVectors; ++v) acc[v] = _mm512_setzero_ps();
+        for (int64_t c = 0; c < chunks; ++c) {
+          const int64_t i0 = s0 + c * kDepth, depth = std::min(kDepth, s1 - i0);
+          const float* src = g + i0 * ldg + p * kPanelCols;
           for (int64_t i = 0; i < depth; ++i) {
             for (int64_t v = 0; v < kPanelVectors; ++v) {
-              acc[v] = _mm512_add_ps(acc[v], _mm512_load_ps(gp + i * kPanelCols + 16 * v));
+              _mm512_store_ps(gp + i * kPanelCols + 16 * v, _mm512_maskz_loadu_ps(mask[v], src + i * ldg + 16 * v));
             }
           }
-          for (int64_t v = 0; v < kPanelVectors; ++v) {
-            float* o = bias_out + p * kPanelCols + 16 * v;
-            _mm512_mask_storeu_ps(o, mask[v], _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], o), acc[v]));
+          for (int64_t cb = 0; cb < blocks; ++cb) {
+            grad_rows<kBlockRows>(packed.data() + (c * blocks + cb) * kDepth * kBlockRows, gp, kPanelCols, depth,
+                                  out + cb * kBlockRows * n + p * kPanelCols, n, mask,
+                                  std::min(kBlockRows, k - cb * kBlockRows));
+          }
+          if (bias_out != nullptr) {
+            __m512 acc[kPanelVectors];
+            for (int64_t v = 0; v < kPanelVectors; ++v) acc[v] = _mm512_setzero_ps();
+            for (int64_t i = 0; i < depth; ++i) {
+              for (int64_t v = 0; v < kPanelVectors; ++v) {
+                acc[v] = _mm512_add_ps(acc[v], _mm512_load_ps(gp + i * kPanelCols + 16 * v));
+              }
+            }
+            for (int64_t v = 0; v < kPanelVectors; ++v) {
+              float* o = bias_out + p * kPanelCols + 16 * v;
+              _mm512_mask_storeu_ps(o, mask[v], _mm512_add_ps(_mm512_maskz_loadu_ps(mask[v], o), acc[v]));
+            }
           }
         }
       }
     };
-    if (worth_threads(depth * k * n)) {
+    if (threads) {
+      at::parallel_for(0, chunks * blocks, 1, pack);
       at::parallel_for(0, count, 1, run);
     } else {
+      pack(0, chunks * blocks);
       run(0, count);
     }
   }
@@ -774,16 +904,20 @@ struct Linear {
     }
   }
   // out rows = init rows (init.ld 0: one row for every row, a bias; init.p null: none) + a @ w.
-  void into(View<T> a, int64_t rows, View<T> init, View<T> dst) const {
-    const int64_t k = w.size(0), n = w.size(1);
+  // In a crew (see Team), its threads split the packed kernel's work; the other paths run on one.
+  void into(View<T> a, int64_t rows, View<T> init, View<T> dst, const Team& team = Team{}) const {
 #if defined(__AVX512F__)
     if constexpr (packed_kernels<T>()) {
       if (gemm) {
-        (*gemm)(a.p, a.ld, rows, init.p, init.ld, dst.p, dst.ld);
+        (*gemm)(a.p, a.ld, rows, init.p, init.ld, dst.p, dst.ld, team);
         return;
       }
     }
 #endif
+    team.serial([&] { unpacked_into(a, rows, init, dst); });
+  }
+  void unpacked_into(View<T> a, int64_t rows, View<T> init, View<T> dst) const {
+    const int64_t k = w.size(0), n = w.size(1);
     if (small || !scratch.defined() || rows > scratch.size(0)) {
       small_gemm<T>(a.p, a.ld, w.data_ptr<T>(), init.p, init.ld, dst.p, dst.ld, rows, k, n);
       return;
@@ -804,5 +938,13 @@ struct Linear {
 constexpr int64_t kGrainElements = 32768;
 
 inline int64_t grain_rows(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(1, cols)); }
+
+// Whether a step of `rows` rows of `units` units runs on a crew (see Team): where the packed kernels
+// run (every step GEMM a crew splits) and a step has work for several threads (from 2048
+// elements a state: 16 rows of 128 units).
+template <typename T>
+inline bool crew_worth(int64_t rows, int64_t units) {
+  return packed_kernels<T>() && rows > kSmallRows && rows * units >= 2048 && at::get_num_threads() > 1;
+}
 
 }  // namespace novolstm_rt
