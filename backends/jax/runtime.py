@@ -6,6 +6,7 @@ of stand-ins below is replaced by the spec's constants, ``init_params`` and the 
 """
 
 import contextlib
+import functools
 import zlib
 
 import jax
@@ -31,6 +32,11 @@ BIAS_NAMES: tuple[str, ...] = ()
 #: of the state its output is, so that sequence may run jax.lax.associative_scan; else None.
 LINEAR_SCAN: int | None = None
 
+#: Each step projection -> (its operand: a state's name, else a value step_backward returns under
+#: "operands"; its width in units; the (start, stop) blocks of its output, in units, whose
+#: cotangents step_backward returns under "linears", in that order: the other blocks have none).
+STEP_PROJECTIONS: dict[str, tuple[str, int, tuple[tuple[int, int], ...]]] = {}
+
 
 def init_params(input_size, units, seed=0, dtype="float64"):
     """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
@@ -45,7 +51,19 @@ def prologue(w, x, H):
     raise NotImplementedError("generated per spec")
 
 
+def add_biases(w, hoisted, H):
+    raise NotImplementedError("generated per spec")
+
+
 def cell_step(w, state, hoisted):
+    raise NotImplementedError("generated per spec")
+
+
+def step_products(w, state):
+    raise NotImplementedError("generated per spec")
+
+
+def step_backward(w, state, hoisted, products, g_state, g_output):
     raise NotImplementedError("generated per spec")
 
 
@@ -76,6 +94,28 @@ def _normalize_units(z, eps):
     # passes, never E[z^2] - E[z]^2), epsilon inside the square root.
     c = z - _mean_units(z)
     return c * (1.0 / jnp.sqrt(_mean_units(c * c) + eps))
+
+
+def _sum_units(a):
+    return jnp.sum(a, axis=-1, keepdims=True, dtype=_accumulator(a)).astype(a.dtype)
+
+
+def _sum_rows(a):
+    # Over every axis but the units axis: the batch (and time, after the loop).
+    return jnp.sum(a, axis=tuple(range(a.ndim - 1)), dtype=_accumulator(a)).astype(a.dtype)
+
+
+def _normalize_units_grad(g, y, z, eps):
+    # The VJP of _normalize_units at z, whose output was y: (g - mean g - y mean(g y)) / std,
+    # the standard deviation recomputed from z (one reduction) rather than kept per step.
+    c = z - _mean_units(z)
+    inv_std = 1.0 / jnp.sqrt(_mean_units(c * c) + eps)
+    return inv_std * (g - _mean_units(g) - y * _mean_units(g * y))
+
+
+def _gelu_grad(g, z):
+    cdf = 0.5 * (1.0 + jax.lax.erf(z * (1.0 / np.sqrt(2.0))))
+    return g * (cdf + z * jnp.exp(-0.5 * z * z) * (1.0 / np.sqrt(2.0 * np.pi)))
 
 
 def _softmax(z):
@@ -248,6 +288,9 @@ def sequence(
 
 def _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat):
     """(final state, outputs (time, batch, units)) by jax.lax.scan over the steps."""
+    if remat:
+        final, ys = _bptt(fuse(params, dtype), hoisted, state, mask, reverse, unroll)
+        return final, ys
 
     def one_step(carry, hoisted_t):
         # The step's fused matrices are concatenated inside the loop body: XLA hoists that out
@@ -256,23 +299,120 @@ def _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat):
         # 1.15x faster on CPU.
         return cell_step(fuse(params, dtype), carry, hoisted_t)
 
-    if mask is None:
-        body, inputs = one_step, hoisted
-    else:
+    return jax.lax.scan(_masked(one_step, mask is not None), state, (hoisted, mask), reverse=reverse, unroll=unroll)
 
-        def body(carry, inputs):
-            hoisted_t, m = inputs
-            new, y = one_step(carry, hoisted_t)
-            new = tuple(jnp.where(m, n, old) for n, old in zip(new, carry))  # a masked step carries the state
-            return new, jnp.where(m, y, jnp.zeros_like(y))  # and outputs exactly zero
 
-        inputs = (hoisted, mask)
-    if remat:
-        # The backward pass recomputes each step's elementwise math from the saved matmul
-        # results instead of reading a dozen stacked intermediates: less memory traffic.
-        # prevent_cse=False: scan already keeps the steps apart.
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable, prevent_cse=False)
-    return jax.lax.scan(body, state, inputs, reverse=reverse, unroll=unroll)
+def _masked(one_step, masked):
+    """The scan body over (hoisted_t, mask_t): a masked step carries the state and outputs zero."""
+
+    def body(carry, inputs):
+        hoisted_t, m = inputs
+        new, y = one_step(carry, hoisted_t)
+        if not masked:
+            return new, y
+        new = tuple(jnp.where(m, n, old) for n, old in zip(new, carry))  # a masked step carries the state
+        return new, jnp.where(m, y, jnp.zeros_like(y))  # and outputs exactly zero
+
+    return body
+
+
+# ---------------------------------------------------------------- backpropagation through time
+
+
+def _forward_scan(w, hoisted, state, mask, reverse, unroll, keep_states):
+    """(final state, outputs, each step's previous state stacked over time where keep_states)."""
+    step = _masked(lambda carry, hoisted_t: cell_step(w, carry, hoisted_t), mask is not None)
+
+    def body(carry, inputs):
+        new, y = step(carry, inputs)
+        return new, (y, carry if keep_states else ())
+
+    final, (ys, states) = jax.lax.scan(body, state, (hoisted, mask), reverse=reverse, unroll=unroll)
+    return final, ys, states
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _bptt(w, hoisted, state, mask, reverse, unroll):
+    """The loop, differentiated by the generated backward pass (step_backward) rather than by JAX.
+
+    Its backward pass is a reverse scan whose step computes the elementwise values again
+    (from the saved states, the hoisted values and the step's products, one GEMM over
+    every timestep before the loop) and returns per-step cotangents only; every weight
+    gradient is one GEMM over all timesteps after the loop, every bias and vector
+    parameter gradient one sum over time and batch. XLA's own transpose of the scan
+    accumulates them step by step instead: a small GEMM and a reduction per parameter
+    per step.
+    """
+    final, ys, _ = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep_states=False)
+    return final, ys
+
+
+def _bptt_forward(w, hoisted, state, mask, reverse, unroll):
+    final, ys, states = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep_states=True)
+    return (final, ys), (w, hoisted, states, mask)
+
+
+def _bptt_backward(reverse, unroll, saved, cotangents):
+    w, hoisted, states, mask = saved
+    g_final, g_ys = cotangents
+    H = states[0].shape[-1]
+    layout = {}  # how the scan's unique per-step arrays make up step_backward's dict
+
+    def body(g_state, inputs):
+        state_t, hoisted_t, products_t, g_y, m = inputs
+        seeds = g_state
+        if m is not None:
+            g_y = jnp.where(m, g_y, 0.0)
+            seeds = tuple(jnp.where(m, g, 0.0) for g in g_state)
+        g_prev, parts = step_backward(w, state_t, hoisted_t, products_t, seeds, g_y)
+        if m is not None:  # a masked step passed its state through unchanged
+            g_prev = tuple(gp + jnp.where(m, 0.0, g) for gp, g in zip(g_prev, g_state))
+        # One array of the same value appears under several keys (a gate's pre-activation is the
+        # cotangent of its hoisted block and of its block of the recurrent product): stack it once.
+        leaves, layout["tree"] = jax.tree_util.tree_flatten(parts)
+        unique = list({id(leaf): leaf for leaf in leaves}.values())
+        position = {id(leaf): k for k, leaf in enumerate(unique)}
+        layout["index"] = [position[id(leaf)] for leaf in leaves]
+        return g_prev, unique
+
+    inputs = (states, hoisted, step_products(w, states), g_ys, mask)
+    g_state0, stacks = jax.lax.scan(body, tuple(g_final), inputs, reverse=not reverse, unroll=unroll)
+    parts = jax.tree_util.tree_unflatten(layout["tree"], [stacks[k] for k in layout["index"]])
+
+    g_hoisted = {name: parts["hoisted"].get(name, jnp.zeros_like(value)) for name, value in hoisted.items()}
+    _, pullback = jax.vjp(lambda w: add_biases(w, hoisted, H), w)  # the biases' sums over time and batch
+    g_w = dict(pullback(g_hoisted)[0])
+    for name, (operand, width, blocks) in STEP_PROJECTIONS.items():
+        source = states[STATE_NAMES.index(operand)] if operand in STATE_NAMES else parts["operands"][operand]
+        g_weight, g_bias = _projection_grads(source, parts["linears"][name], blocks, width, H)
+        g_w[f"w_{name}"] = g_w[f"w_{name}"] + g_weight
+        if f"b_{name}" in g_w:
+            g_w[f"b_{name}"] = g_w[f"b_{name}"] + g_bias
+    for name, g in parts["params"].items():
+        g_w[name] = g_w[name] + _sum_rows(g)
+    return g_w, g_hoisted, g_state0, None
+
+
+_bptt.defvjp(_bptt_forward, _bptt_backward)
+
+
+def _projection_grads(operand, grads, blocks, width, H):
+    """A step projection's weight and bias gradients: one GEMM and one sum over every timestep
+    per block of its output that has a cotangent (zeros for the others)."""
+    rows = operand.reshape(-1, operand.shape[-1])
+    weight, bias, at = [], [], 0
+    for (start, stop), g in zip(blocks, grads):
+        if start > at:
+            weight.append(jnp.zeros((rows.shape[-1], (start - at) * H), rows.dtype))
+            bias.append(jnp.zeros(((start - at) * H,), rows.dtype))
+        g = g.reshape(-1, g.shape[-1])
+        weight.append(jnp.matmul(rows.T, g, preferred_element_type=_accumulator(g)).astype(g.dtype))
+        bias.append(_sum_rows(g))
+        at = stop
+    if at < width:
+        weight.append(jnp.zeros((rows.shape[-1], (width - at) * H), rows.dtype))
+        bias.append(jnp.zeros(((width - at) * H,), rows.dtype))
+    return jnp.concatenate(weight, axis=-1), jnp.concatenate(bias)
 
 
 def _compose(earlier, later):
