@@ -84,7 +84,9 @@ OPS = {
     "linear_t": lambda n, a: f"{a[0]} @ w_{n.attr('linear')}.T",
     "sum_units": lambda n, a: f"_sum_units({a[0]})",
     "sum_batch": lambda n, a: f"_sum_rows({a[0]})",
-    "concat": concat_op("jnp.zeros({like}.shape[:-1] + ({width},), {like}.dtype)", "jnp.concatenate([{parts}], axis=-1)"),
+    "concat": concat_op(
+        "jnp.zeros({like}.shape[:-1] + ({width},), {like}.dtype)", "jnp.concatenate([{parts}], axis=-1)"
+    ),
 }
 
 
@@ -256,9 +258,7 @@ def _hoisted_code(prologue: Graph, comments: dict[str, str]) -> Hoisting:
         split = splits[n.name]
         pieces = [(p, any(biases[start:stop])) for start, stop, p in split.attr("pieces")]
         cuts = split_cuts(split)
-        out.prologue.append(
-            split_line([f"w_{p}" if p else "_" for p, _ in pieces], f"w_{n.name}", cuts, ", axis=-1")
-        )
+        out.prologue.append(split_line([f"w_{p}" if p else "_" for p, _ in pieces], f"w_{n.name}", cuts, ", axis=-1"))
         for where, read in ((out.prologue, True), (out.bias_lines, False)):  # each side splits the biases it adds
             names = [f"b_{p}" if p and biased and bool(users[p]) == read else "_" for p, biased in pieces]
             if any(name != "_" for name in names):
@@ -351,7 +351,9 @@ def generate(plan: LoopPlan) -> str:
             source = "g_output" if role == "output" else f"g_state[{states.index(role.split(':', 1)[1])}]"
             seeds.append(f"{var(n.name)} = {source}")
     backward = render(back, OPS, comments=back_comments)
-    g_prev = [var(back.outputs[f"grad:{s}"]) if f"grad:{s}" in back.outputs else f"jnp.zeros_like({var(s)})" for s in states]
+    g_prev = [
+        var(back.outputs[f"grad:{s}"]) if f"grad:{s}" in back.outputs else f"jnp.zeros_like({var(s)})" for s in states
+    ]
     blocks: dict[str, tuple] = {}
     linear_grads = []
     for n in linears:

@@ -230,8 +230,11 @@ def sequence(
             initial state, so each sequence starts at its own last real step.
         unroll: timesteps per iteration of the scan loop (jax.lax.scan's unroll).
         time_major: x and the outputs are (time, batch, ...).
-        remat: under differentiation, save only each step's matmul results and recompute
-            the rest in the backward pass (jax.checkpoint); False saves every intermediate.
+        remat: under differentiation, save only the states and recompute the rest in the
+            generated backward pass (a jax.custom_vjp: per-step cotangents only, each weight
+            gradient one GEMM over all timesteps); it has no forward-mode rule (jax.jvp,
+            jax.jacfwd). False: JAX differentiates the scan itself and saves every
+            intermediate; forward mode works.
         scan: None (auto): a linear recurrence (LINEAR_SCAN) runs as jax.lax.associative_scan
             (see _scan_sequence) off the CPU, and as jax.lax.scan on the CPU, where that measured
             faster (docs/scan.md); other cells as jax.lax.scan. False: jax.lax.scan; True: the
