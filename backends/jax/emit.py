@@ -2,9 +2,10 @@
 bidirectional) over ``jax.lax.scan``, a ``Cell`` bundling them, and Flax modules
 (nnx and linen) that Flax's RNN wrappers accept.
 
-JAX differentiates the forward graphs itself, so only the prologue (run once over
-every timestep: the input projections, one GEMM per block the step reads) and the
-step graph are emitted.
+Emitted: the prologue (run once over every timestep: the input projections, one
+bias-free GEMM per block the step reads), the step graph, and the step's backward pass
+from the IR (``novolstm.autodiff``), which the runtime's ``jax.custom_vjp`` around the
+loop runs in a reverse scan; JAX differentiates the prologue and everything else itself.
 
 Examples:
     >>> import novolstm
@@ -100,7 +101,8 @@ State: $state_doc (a tuple in that order). Parameters use the canonical names of
 
 Pure functions, safe under jax.jit, jax.grad and jax.vmap: init_params / init_from_key,
 step, sequence (jax.lax.scan, the input projections of every timestep hoisted out of
-the loop as GEMMs) and bidirectional. ``Cell`` bundles them for a number of units.
+the loop as GEMMs; differentiated by the generated backward pass, step_backward) and
+bidirectional. ``Cell`` bundles them for a number of units.
 ``NNXCell`` and ``LinenCell`` are Flax modules for nnx.RNN and linen nn.RNN; flax is
 imported only when one of them is first used.
 
@@ -149,20 +151,25 @@ def add_biases(w, hoisted, H):
     $bias_return
 
 
-def cell_step(w, state, hoisted):
-    """One timestep from the previous state and this timestep's hoisted values -> (new state, output)."""
+def cell_step(w, state, hoisted, products=None):
+    """One timestep from the previous state and this timestep's hoisted values -> (new state, output).
+
+    products: the step's projections of the state (step_products), where the caller has them.
+    """
     $unpack_state = state
     H = $units
     hoisted = add_biases(w, hoisted, H)
+    $products_default
     $step_load
     $step
     return $new_state, $output
 
 
 def step_products(w, state):
-    """The step's projections of a state, for every timestep at once (each state stacked over time).
+    """The step's projections of a state: its GEMMs whose operand is a state.
 
-    The backward pass reads them instead of computing them again step by step.
+    The forward pass under differentiation keeps them, so that the backward pass reads them
+    instead of computing them again.
     """
     $products_load
     $products_return
@@ -172,8 +179,8 @@ def step_backward(w, state, hoisted, products, g_state, g_output):
     """One timestep backwards: the cotangents of the previous state, and this step's gradient parts.
 
     Generated from the IR's own backward pass (novolstm.autodiff): the step's elementwise
-    values are computed again from the state, the hoisted values and ``products``
-    (step_products), never stored. Returns (the previous state's cotangents, a dict:
+    values are computed again from the state, the hoisted values and the forward pass's
+    ``products`` (step_products), never stored. Returns (the previous state's cotangents, a dict:
     "hoisted" the cotangent of each hoisted value, "linears" each step projection's
     output cotangent as blocks (STEP_PROJECTIONS), "params" each vector parameter's
     gradient, per batch row where it is a sum over the batch, "operands" each step
@@ -324,14 +331,16 @@ def generate(plan: LoopPlan) -> str:
     comments = expressions(program)
     hoisting = _hoisted_code(prologue, comments)
     prologue_return = ["return {", *(f'    "{k}": {v},' for k, v in hoisting.hoisted.items()), "}"]
-    step_lines = hoisting.reads + render(step, OPS, comments=comments)
     bias_return = ["return {", "    **hoisted,", *(f"    {e}" for e in hoisting.biased), "}"]
     if not hoisting.biased:
         bias_return = ["return hoisted"]
 
-    # The step's projections of a state: computed for all timesteps at once, before the backward loop.
+    # The step's projections of a state: kept by the forward pass for the backward pass.
     linears = [n for n in step.nodes if n.op == "linear"]
     of_state = [n for n in linears if step[n.args[0]].op == "state"]
+    replay_ops = {**OPS, "linear": lambda n, a: f'products["{n.name}"]' if n in of_state else OPS["linear"](n, a)}
+    step_lines = hoisting.reads + render(step, replay_ops, comments=comments)
+    products_default = ["if products is None:", "    products = step_products(w, state)"] if of_state else []
     state_loads = [f"{var(s)} = state[{k}]" for k, s in enumerate(states)]
     products_return = ["return {", *(f'    "{n.name}": {OPS["linear"](n, [var(n.args[0])])},' for n in of_state), "}"]
     if not of_state:
@@ -342,7 +351,6 @@ def generate(plan: LoopPlan) -> str:
     operands = [n.args[0] for n in linears if n not in of_state]
     roots = [n.name for n in back.nodes if n.op == "saved"] + operands
     live = live_names(step.nodes, roots)
-    replay_ops = {**OPS, "linear": lambda n, a: f'products["{n.name}"]' if n in of_state else OPS["linear"](n, a)}
     recompute = render(Graph([n for n in step.nodes if n.name in live], {}), replay_ops, comments=comments)
     seeds = []
     for n in back.nodes:
@@ -400,6 +408,7 @@ def generate(plan: LoopPlan) -> str:
         bias_return=bias_return,
         unpack_state=targets([var(s) for s in states]),
         units=f"{var(states[0])}.shape[-1]",
+        products_default=products_default,
         step_load=used_loads(loads(step), step_lines),
         step=step_lines,
         new_state=tuple_of([var(step.outputs[f"state:{s}"]) for s in states]),

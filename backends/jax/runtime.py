@@ -322,16 +322,18 @@ def _masked(one_step, masked):
 # ---------------------------------------------------------------- backpropagation through time
 
 
-def _forward_scan(w, hoisted, state, mask, reverse, unroll, keep_states):
-    """(final state, outputs, each step's previous state stacked over time where keep_states)."""
-    step = _masked(lambda carry, hoisted_t: cell_step(w, carry, hoisted_t), mask is not None)
+def _forward_scan(w, hoisted, state, mask, reverse, unroll, keep):
+    """(final state, outputs, and where ``keep`` what the backward pass reads, stacked over time:
+    each step's previous state and its step_products)."""
 
     def body(carry, inputs):
+        products = step_products(w, carry)
+        step = _masked(lambda carry, hoisted_t: cell_step(w, carry, hoisted_t, products), mask is not None)
         new, y = step(carry, inputs)
-        return new, (y, carry if keep_states else ())
+        return new, (y, (carry, products) if keep else ())
 
-    final, (ys, states) = jax.lax.scan(body, state, (hoisted, mask), reverse=reverse, unroll=unroll)
-    return final, ys, states
+    final, (ys, kept) = jax.lax.scan(body, state, (hoisted, mask), reverse=reverse, unroll=unroll)
+    return final, ys, kept
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -339,24 +341,24 @@ def _bptt(w, hoisted, state, mask, reverse, unroll):
     """The loop, differentiated by the generated backward pass (step_backward) rather than by JAX.
 
     Its backward pass is a reverse scan whose step computes the elementwise values again
-    (from the saved states, the hoisted values and the step's products, one GEMM over
-    every timestep before the loop) and returns per-step cotangents only; every weight
+    (from the saved states, the hoisted values and the step's products, which the forward
+    pass keeps) and returns per-step cotangents only; every weight
     gradient is one GEMM over all timesteps after the loop, every bias and vector
     parameter gradient one sum over time and batch. XLA's own transpose of the scan
     accumulates them step by step instead: a small GEMM and a reduction per parameter
     per step.
     """
-    final, ys, _ = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep_states=False)
+    final, ys, _ = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep=False)
     return final, ys
 
 
 def _bptt_forward(w, hoisted, state, mask, reverse, unroll):
-    final, ys, states = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep_states=True)
-    return (final, ys), (w, hoisted, states, mask)
+    final, ys, (states, products) = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep=True)
+    return (final, ys), (w, hoisted, states, products, mask)
 
 
 def _bptt_backward(reverse, unroll, saved, cotangents):
-    w, hoisted, states, mask = saved
+    w, hoisted, states, products, mask = saved
     g_final, g_ys = cotangents
     H = states[0].shape[-1]
     layout = {}  # how the scan's unique per-step arrays make up step_backward's dict
@@ -378,7 +380,7 @@ def _bptt_backward(reverse, unroll, saved, cotangents):
         layout["index"] = [position[id(leaf)] for leaf in leaves]
         return g_prev, unique
 
-    inputs = (states, hoisted, step_products(w, states), g_ys, mask)
+    inputs = (states, hoisted, products, g_ys, mask)
     g_state0, stacks = jax.lax.scan(body, tuple(g_final), inputs, reverse=not reverse, unroll=unroll)
     parts = jax.tree_util.tree_unflatten(layout["tree"], [stacks[k] for k in layout["index"]])
 
