@@ -82,7 +82,7 @@ OPS = {
     "relu_grad": lambda n, a: f"{a[0]} * ({a[1]} > 0.0)",
     "softmax_grad": lambda n, a: f"{a[1]} * ({a[0]} - _sum_units({a[0]} * {a[1]}))",
     "normalize_units_grad": lambda n, a: f"_normalize_units_grad({', '.join(a)}, {n.attr('eps')!r})",
-    "linear_t": lambda n, a: f"{a[0]} @ w_{n.attr('linear')}.T",
+    "linear_t": lambda n, a: f"{a[0]} @ wt_{n.attr('linear')}",
     "sum_units": lambda n, a: f"_sum_units({a[0]})",
     "sum_batch": lambda n, a: f"_sum_rows({a[0]})",
     "concat": concat_op(
@@ -178,6 +178,8 @@ def step_products(w, state):
 def step_backward(w, state, hoisted, products, g_state, g_output):
     """One timestep backwards: the cotangents of the previous state, and this step's gradient parts.
 
+    ``w`` holds each step projection's transposed weight as well (``wt_<name>``, made once
+    before the loop: a GEMM with a transposed operand inside the loop repacks it every step).
     Generated from the IR's own backward pass (novolstm.autodiff): the step's elementwise
     values are computed again from the state, the hoisted values and the forward pass's
     ``products`` (step_products), never stored. Returns (the previous state's cotangents, a dict:
@@ -386,6 +388,7 @@ def generate(plan: LoopPlan) -> str:
         for line in ([f'"{key}": {{', *_dict_lines(entries), "},"] if entries else [f'"{key}": {{}},'])
     ]
     body = recompute + backward + per_step + g_prev
+    transposed = [f'wt_{n.name} = w["wt_{n.name}"]' for n in linears]
 
     fusion = plan.fusion_entries(
         lambda xs: f"jnp.concatenate([{', '.join(xs)}], axis=-1)", lambda ref: f"jnp.zeros({ref}.shape[-1], dtype)"
@@ -415,7 +418,7 @@ def generate(plan: LoopPlan) -> str:
         output=var(step.outputs["output"]),
         products_load=used_loads(state_loads + loads(step), products_return),
         products_return=products_return,
-        backward_load=used_loads(hoisting.reads + loads(step), body),
+        backward_load=used_loads(hoisting.reads + loads(step) + transposed, body),
         recompute=recompute,
         seeds=seeds,
         backward=backward,
