@@ -183,8 +183,8 @@ def step_backward(w, state, hoisted, products, g_state, g_output):
     Generated from the IR's own backward pass (novolstm.autodiff): the step's elementwise
     values are computed again from the state, the hoisted values and the forward pass's
     ``products`` (step_products), never stored. Returns (the previous state's cotangents, a dict:
-    "hoisted" the cotangent of each hoisted value, "linears" each step projection's
-    output cotangent as blocks (STEP_PROJECTIONS), "params" each vector parameter's
+    "hoisted" the cotangent of each hoisted value not in HOISTED_IN_PRODUCTS, "linears"
+    each step projection's output cotangent, "params" each vector parameter's
     gradient, per batch row where it is a sum over the batch, "operands" each step
     projection's operand that is not a state). Weight gradients are formed after the
     loop, as one GEMM over every timestep each.
@@ -267,14 +267,21 @@ def _hoisted_code(prologue: Graph, comments: dict[str, str]) -> Hoisting:
         split = splits[n.name]
         pieces = [(p, any(biases[start:stop])) for start, stop, p in split.attr("pieces")]
         cuts = split_cuts(split)
-        out.prologue.append(split_line([f"w_{p}" if p else "_" for p, _ in pieces], f"w_{n.name}", cuts, ", axis=-1"))
+        whole = all(p for p, _ in pieces)  # every block read: one _block_products call
+        if whole:
+            products = targets([f"p_{p}" for p, _ in pieces])
+            out.prologue.append(f"{products} = _block_products({lhs}, w_{n.name}, {tuple_of(cuts[1:-1].split(', '))})")
+        else:
+            out.prologue.append(
+                split_line([f"w_{p}" if p else "_" for p, _ in pieces], f"w_{n.name}", cuts, ", axis=-1")
+            )
         for where, read in ((out.prologue, True), (out.bias_lines, False)):  # each side splits the biases it adds
             names = [f"b_{p}" if p and biased and bool(users[p]) == read else "_" for p, biased in pieces]
             if any(name != "_" for name in names):
                 where.append(split_line(names, f"b_{n.name}", cuts))
         for p, biased in pieces:
             if p:
-                block(p, f"{lhs} @ w_{p}", f" + b_{p}" if biased else "")
+                block(p, f"p_{p}" if whole else f"{lhs} @ w_{p}", f" + b_{p}" if biased else "")
     for name in prologue.outputs.values():
         if name not in out.hoisted:
             out.hoisted[name] = var(name)
@@ -364,20 +371,24 @@ def generate(plan: LoopPlan) -> str:
     g_prev = [
         var(back.outputs[f"grad:{s}"]) if f"grad:{s}" in back.outputs else f"jnp.zeros_like({var(s)})" for s in states
     ]
-    blocks: dict[str, tuple] = {}
+    # Each step projection's output cotangent is stacked over time whole, so that its weight
+    # gradient is one wide GEMM; a hoisted value whose cotangent is a block of it is that block
+    # of the stack, cut after the loop, not stacked again.
+    operand_of: dict[str, str] = {}
+    in_products: dict[str, tuple[str, int, int]] = {}
     linear_grads = []
     for n in linears:
+        operand_of[n.name] = n.args[0]
         grad = back.outputs.get(f"grad:{n.name}")
         if grad is None:
-            spans, values = (), []
-        elif back[grad].op == "concat":
-            spans, values = back[grad].attr("blocks"), list(back[grad].args)
-        else:
-            spans, values = ((0, n.width),), [grad]
-        blocks[n.name] = (n.args[0], n.width, tuple(spans))
-        linear_grads.append((n.name, tuple_of([var(v) for v in values]) if values else "()"))
+            continue
+        linear_grads.append((n.name, var(grad)))
+        if back[grad].op == "concat":
+            for (start, stop), value in zip(back[grad].attr("blocks"), back[grad].args):
+                in_products.setdefault(value, (n.name, start, stop))
+    hoisted_grads = {h: back.outputs[f"grad:{h}"] for h in program.hoisted if f"grad:{h}" in back.outputs}
     sections = {
-        "hoisted": [(h, var(back.outputs[f"grad:{h}"])) for h in program.hoisted if f"grad:{h}" in back.outputs],
+        "hoisted": [(h, var(v)) for h, v in hoisted_grads.items() if v not in in_products],
         "linears": linear_grads,
         "params": [(p, var(v)) for p, v in param_grads.items()],
         "operands": [(o, var(o)) for o in dict.fromkeys(operands)],
@@ -399,7 +410,11 @@ def generate(plan: LoopPlan) -> str:
     )
     block = fill(
         SPEC_BLOCK,
-        constants=plan.constants(LINEAR_SCAN=scan_output_index(spec), STEP_PROJECTIONS=blocks),
+        constants=plan.constants(
+            LINEAR_SCAN=scan_output_index(spec),
+            STEP_PROJECTIONS=operand_of,
+            HOISTED_IN_PRODUCTS={h: in_products[v] for h, v in hoisted_grads.items() if v in in_products},
+        ),
         init_source=init_source(),
         fusion=fusion,
         input=spec.input,
