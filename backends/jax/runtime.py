@@ -411,15 +411,21 @@ def _bptt_backward(reverse, unroll, saved, cotangents):
     (g_state0, rows), stacks = jax.lax.scan(body, (tuple(g_final), rows), inputs, reverse=not reverse, unroll=unroll)
     parts = jax.tree_util.tree_unflatten(layout["tree"], [stacks[k] for k in layout["index"]])
 
-    g_hoisted = {}
+    g_hoisted, g_sums = {}, {}  # each hoisted value's cotangent, and its sum over time and batch
+    sums = {name: _sum_rows(g) for name, g in parts["linears"].items()}
     for name, value in hoisted.items():
         if name in HOISTED_IN_PRODUCTS:
             projection, start, stop = HOISTED_IN_PRODUCTS[name]
             g_hoisted[name] = parts["linears"][projection][..., start * H : stop * H]
+            g_sums[name] = sums[projection][start * H : stop * H]
         else:
             g_hoisted[name] = parts["hoisted"].get(name, jnp.zeros_like(value))
-    _, pullback = jax.vjp(lambda w: add_biases(w, hoisted, H), w)  # the biases' sums over time and batch
-    g_w = dict(pullback(g_hoisted)[0])
+            g_sums[name] = _sum_rows(g_hoisted[name])
+    # The biases' gradients: add_biases' pullback at one row, fed the sums (one wide sum per
+    # projection, where the slices of its cotangent would each be copied to be summed).
+    one_row = {name: value[(0,) * (value.ndim - 1)][None] for name, value in hoisted.items()}
+    _, pullback = jax.vjp(lambda w: add_biases(w, one_row, H), w)
+    g_w = dict(pullback({name: g[None] for name, g in g_sums.items()})[0])
     for name, operand in STEP_PROJECTIONS.items():
         if name not in parts["linears"]:  # no cotangent reaches it
             continue
@@ -431,7 +437,7 @@ def _bptt_backward(reverse, unroll, saved, cotangents):
             g.dtype
         )
         if f"b_{name}" in g_w:
-            g_w[f"b_{name}"] = g_w[f"b_{name}"] + _sum_rows(g)
+            g_w[f"b_{name}"] = g_w[f"b_{name}"] + sums[name]
     for name, g in rows.items():
         g_w[name] = g_w[name] + _sum_rows(g)
     return g_w, g_hoisted, g_state0, None
