@@ -287,7 +287,7 @@ def test_generated_source_is_standalone_and_documented(cell):
     spec = novolstm.load_spec(cell)
     assert "do not edit" in source and spec.hash in source
     imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"contextlib", "importlib", "zlib", "jax", "jax.numpy", "numpy"}, imports
+    assert imports <= {"contextlib", "functools", "importlib", "zlib", "jax", "jax.numpy", "numpy"}, imports
     assert "flax" not in {line.strip() for line in source.splitlines() if line.startswith("import")}
     assert "jax.lax.scan" in source
 

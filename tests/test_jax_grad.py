@@ -1,6 +1,6 @@
-"""Gradients of the JAX cells (JAX's own autodiff through lax.scan) against the NumPy
-backend's generated backward pass: inputs, initial state and every parameter; and the
-transformations a JAX user relies on: jit, grad, vmap."""
+"""Gradients of the JAX cells (the generated backward pass, and JAX's own autodiff through
+lax.scan with remat=False) against the NumPy backend's generated backward pass: inputs, initial
+state and every parameter; and the transformations a JAX user relies on: jit, grad, vmap."""
 
 from __future__ import annotations
 
@@ -166,20 +166,44 @@ def test_step_gradient_matches_the_sequence_of_one_step():
             np.testing.assert_allclose(np.asarray(g1[name]), np.asarray(g2[name]), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("cell", ["novolstm", "gru"])
-def test_remat_changes_the_schedule_not_the_gradients(cell):
+@pytest.mark.parametrize(("cell", "reverse"), [("novolstm", True), ("gru", False), ("mgu", True)])
+def test_the_generated_backward_pass_equals_jax_autodiff(cell, reverse):
+    """remat=True runs the generated backward pass (a custom_vjp), remat=False JAX's transpose of
+    the scan: the same gradients, with a mask, reversed, seeded at the outputs and the final
+    state (mgu: a step projection of a computed value, f * h)."""
     m = novolstm.load_generated(cell, "jax")
     rng = np.random.default_rng(5)
     with x64("float64"):
         params = {k: jnp.asarray(v) for k, v in random_params(cell, 3, 4, rng).items()}
         x = jnp.asarray(rng.normal(size=(2, 7, 3)))
+        state = tuple(jnp.asarray(rng.normal(size=(2, 4))) for _ in m.STATE_NAMES)
         mask = jnp.asarray(rng.random((2, 7)) < 0.7)
-        grads = [
-            jax.jit(jax.grad(lambda p, x: m.sequence(p, x, mask=mask, remat=r)[0].sum(), argnums=(0, 1)))(params, x)
-            for r in (True, False)
-        ]
+
+        def loss(p, x, s, remat):
+            ys, final = m.sequence(p, x, s, mask=mask, reverse=reverse, remat=remat)
+            return (ys * jnp.cos(ys)).sum() + sum((f * f).sum() for f in final)
+
+        gradient = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+        grads = [gradient(params, x, state, remat) for remat in (True, False)]
         for a, b in zip(jax.tree_util.tree_leaves(grads[0]), jax.tree_util.tree_leaves(grads[1])):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-14)
+
+
+def test_gradients_of_gradients_through_the_generated_backward_pass():
+    """The custom_vjp's backward pass is JAX code, so it differentiates again (a gradient penalty)."""
+    m = novolstm.load_generated("novolstm", "jax")
+    rng = np.random.default_rng(8)
+    with x64("float64"):
+        params = {k: jnp.asarray(v) for k, v in random_params("novolstm", 2, 3, rng).items()}
+        x = jnp.asarray(rng.normal(size=(2, 4, 2)))
+
+        def penalty(p, remat):
+            g = jax.grad(lambda x: m.sequence(p, x, remat=remat)[0].sum())(x)
+            return (g * g).sum()
+
+        got, want = (jax.jit(jax.grad(penalty), static_argnums=1)(params, r) for r in (True, False))
+        for name in params:
+            np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-10, atol=1e-13)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -6,6 +6,7 @@ of stand-ins below is replaced by the spec's constants, ``init_params`` and the 
 """
 
 import contextlib
+import functools
 import zlib
 
 import jax
@@ -31,6 +32,13 @@ BIAS_NAMES: tuple[str, ...] = ()
 #: of the state its output is, so that sequence may run jax.lax.associative_scan; else None.
 LINEAR_SCAN: int | None = None
 
+#: Each step projection -> its operand: a state's name, else a value step_backward returns
+#: under "operands".
+STEP_PROJECTIONS: dict[str, str] = {}
+#: A hoisted value -> (a step projection, start, stop): its cotangent is those units blocks of
+#: the projection's output cotangent, which step_backward returns in its place.
+HOISTED_IN_PRODUCTS: dict[str, tuple[str, int, int]] = {}
+
 
 def init_params(input_size, units, seed=0, dtype="float64"):
     """Canonical parameters (NumPy arrays), drawn as novolstm.init_params draws them."""
@@ -45,7 +53,19 @@ def prologue(w, x, H):
     raise NotImplementedError("generated per spec")
 
 
+def add_biases(w, hoisted, H):
+    raise NotImplementedError("generated per spec")
+
+
 def cell_step(w, state, hoisted):
+    raise NotImplementedError("generated per spec")
+
+
+def step_products(w, state):
+    raise NotImplementedError("generated per spec")
+
+
+def step_backward(w, state, hoisted, products, g_state, g_output):
     raise NotImplementedError("generated per spec")
 
 
@@ -76,6 +96,43 @@ def _normalize_units(z, eps):
     # passes, never E[z^2] - E[z]^2), epsilon inside the square root.
     c = z - _mean_units(z)
     return c * (1.0 / jnp.sqrt(_mean_units(c * c) + eps))
+
+
+def _sum_units(a):
+    return jnp.sum(a, axis=-1, keepdims=True, dtype=_accumulator(a)).astype(a.dtype)
+
+
+def _sum_rows(a):
+    # Over every axis but the units axis: the batch (and time, after the loop).
+    return jnp.sum(a, axis=tuple(range(a.ndim - 1)), dtype=_accumulator(a)).astype(a.dtype)
+
+
+def _normalize_units_grad(g, y, z, eps):
+    # The VJP of _normalize_units at z, whose output was y: (g - mean g - y mean(g y)) / std,
+    # the standard deviation recomputed from z (one reduction) rather than kept per step.
+    c = z - _mean_units(z)
+    inv_std = 1.0 / jnp.sqrt(_mean_units(c * c) + eps)
+    return inv_std * (g - _mean_units(g) - y * _mean_units(g * y))
+
+
+def _gelu_grad(g, z):
+    cdf = 0.5 * (1.0 + jax.lax.erf(z * (1.0 / np.sqrt(2.0))))
+    return g * (cdf + z * jnp.exp(-0.5 * z * z) * (1.0 / np.sqrt(2.0 * np.pi)))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _block_products(x, w, cuts):
+    """``x @ w`` as one GEMM per block of ``w``'s columns (cut at ``cuts``): a contiguous array each."""
+    return tuple(x @ block for block in jnp.split(w, cuts, axis=-1))
+
+
+@_block_products.defjvp
+def _block_products_jvp(cuts, primals, tangents):
+    # The tangent is one wide GEMM pair, split: its transpose, the backward pass, is one GEMM
+    # for the input's gradient and one for the weight's (XLA joins the blocks' cotangents,
+    # slices of one array, back into it), not one per block (5x slower on CPU).
+    (x, w), (dx, dw) = primals, tangents
+    return _block_products(x, w, cuts), tuple(jnp.split(dx @ w + x @ dw, cuts, axis=-1))
 
 
 def _softmax(z):
@@ -190,8 +247,11 @@ def sequence(
             initial state, so each sequence starts at its own last real step.
         unroll: timesteps per iteration of the scan loop (jax.lax.scan's unroll).
         time_major: x and the outputs are (time, batch, ...).
-        remat: under differentiation, save only each step's matmul results and recompute
-            the rest in the backward pass (jax.checkpoint); False saves every intermediate.
+        remat: under differentiation, save only the states and recompute the rest in the
+            generated backward pass (a jax.custom_vjp: per-step cotangents only, each weight
+            gradient one GEMM over all timesteps); it has no forward-mode rule (jax.jvp,
+            jax.jacfwd). False: JAX differentiates the scan itself and saves every
+            intermediate; forward mode works.
         scan: None (auto): a linear recurrence (LINEAR_SCAN) runs as jax.lax.associative_scan
             (see _scan_sequence) off the CPU, and as jax.lax.scan on the CPU, where that measured
             faster (docs/scan.md); other cells as jax.lax.scan. False: jax.lax.scan; True: the
@@ -248,6 +308,9 @@ def sequence(
 
 def _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat):
     """(final state, outputs (time, batch, units)) by jax.lax.scan over the steps."""
+    if remat:
+        final, ys = _bptt(fuse(params, dtype), hoisted, state, mask, reverse, unroll)
+        return final, ys
 
     def one_step(carry, hoisted_t):
         # The step's fused matrices are concatenated inside the loop body: XLA hoists that out
@@ -256,23 +319,131 @@ def _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat):
         # 1.15x faster on CPU.
         return cell_step(fuse(params, dtype), carry, hoisted_t)
 
-    if mask is None:
-        body, inputs = one_step, hoisted
-    else:
+    return jax.lax.scan(_masked(one_step, mask is not None), state, (hoisted, mask), reverse=reverse, unroll=unroll)
 
-        def body(carry, inputs):
-            hoisted_t, m = inputs
-            new, y = one_step(carry, hoisted_t)
-            new = tuple(jnp.where(m, n, old) for n, old in zip(new, carry))  # a masked step carries the state
-            return new, jnp.where(m, y, jnp.zeros_like(y))  # and outputs exactly zero
 
-        inputs = (hoisted, mask)
-    if remat:
-        # The backward pass recomputes each step's elementwise math from the saved matmul
-        # results instead of reading a dozen stacked intermediates: less memory traffic.
-        # prevent_cse=False: scan already keeps the steps apart.
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable, prevent_cse=False)
-    return jax.lax.scan(body, state, inputs, reverse=reverse, unroll=unroll)
+def _masked(one_step, masked):
+    """The scan body over (hoisted_t, mask_t): a masked step carries the state and outputs zero."""
+
+    def body(carry, inputs):
+        hoisted_t, m = inputs
+        new, y = one_step(carry, hoisted_t)
+        if not masked:
+            return new, y
+        new = tuple(jnp.where(m, n, old) for n, old in zip(new, carry))  # a masked step carries the state
+        return new, jnp.where(m, y, jnp.zeros_like(y))  # and outputs exactly zero
+
+    return body
+
+
+# ---------------------------------------------------------------- backpropagation through time
+
+
+def _forward_scan(w, hoisted, state, mask, reverse, unroll, keep):
+    """(final state, outputs, and where ``keep`` what the backward pass reads, stacked over time:
+    each step's previous state and its step_products)."""
+
+    def body(carry, inputs):
+        products = step_products(w, carry)
+        step = _masked(lambda carry, hoisted_t: cell_step(w, carry, hoisted_t, products), mask is not None)
+        new, y = step(carry, inputs)
+        return new, (y, (carry, products) if keep else ())
+
+    final, (ys, kept) = jax.lax.scan(body, state, (hoisted, mask), reverse=reverse, unroll=unroll)
+    return final, ys, kept
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _bptt(w, hoisted, state, mask, reverse, unroll):
+    """The loop, differentiated by the generated backward pass (step_backward) rather than by JAX.
+
+    Its backward pass is a reverse scan whose step computes the elementwise values again
+    (from the saved states, the hoisted values and the step's products, which the forward
+    pass keeps) and returns per-step cotangents only; every weight
+    gradient is one GEMM over all timesteps after the loop, every bias and vector
+    parameter gradient one sum over time and batch. XLA's own transpose of the scan
+    accumulates them step by step instead: a small GEMM and a reduction per parameter
+    per step.
+    """
+    final, ys, _ = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep=False)
+    return final, ys
+
+
+def _bptt_forward(w, hoisted, state, mask, reverse, unroll):
+    final, ys, (states, products) = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep=True)
+    return (final, ys), (w, hoisted, states, products, mask)
+
+
+def _bptt_backward(reverse, unroll, saved, cotangents):
+    w, hoisted, states, products, mask = saved
+    g_final, g_ys = cotangents
+    H = states[0].shape[-1]
+    # Each step projection's weight transposed, once: inside the loop the GEMM with a transposed
+    # operand repacks it every step (2.4x the forward's recurrent GEMM on CPU).
+    w_t = {**w, **{f"wt_{name}": w[f"w_{name}"].T for name in STEP_PROJECTIONS}}
+    layout = {}  # how the scan's unique per-step arrays make up step_backward's dict
+    # A vector parameter's per-row gradient is summed in the carry as the loop runs (an add XLA
+    # fuses into the step's kernels), not stacked over time, and over the batch after the loop.
+    first = jax.tree_util.tree_map(lambda a: a[0], (states, hoisted, products, g_ys))
+    shapes = jax.eval_shape(lambda s, h, p, g: step_backward(w_t, s, h, p, s, g)[1]["params"], *first)
+    rows = {name: jnp.zeros(shape.shape, shape.dtype) for name, shape in shapes.items()}
+
+    def body(carry, inputs):
+        g_state, rows = carry
+        state_t, hoisted_t, products_t, g_y, m = inputs
+        seeds = g_state
+        if m is not None:
+            g_y = jnp.where(m, g_y, 0.0)
+            seeds = tuple(jnp.where(m, g, 0.0) for g in g_state)
+        g_prev, parts = step_backward(w_t, state_t, hoisted_t, products_t, seeds, g_y)
+        if m is not None:  # a masked step passed its state through unchanged
+            g_prev = tuple(gp + jnp.where(m, 0.0, g) for gp, g in zip(g_prev, g_state))
+        rows = {name: rows[name] + g for name, g in parts.pop("params").items()}
+        # One array of the same value appears under several keys (a gate's pre-activation is the
+        # cotangent of its hoisted block and of its block of the recurrent product): stack it once.
+        leaves, layout["tree"] = jax.tree_util.tree_flatten(parts)
+        unique = list({id(leaf): leaf for leaf in leaves}.values())
+        position = {id(leaf): k for k, leaf in enumerate(unique)}
+        layout["index"] = [position[id(leaf)] for leaf in leaves]
+        return (g_prev, rows), unique
+
+    inputs = (states, hoisted, products, g_ys, mask)
+    (g_state0, rows), stacks = jax.lax.scan(body, (tuple(g_final), rows), inputs, reverse=not reverse, unroll=unroll)
+    parts = jax.tree_util.tree_unflatten(layout["tree"], [stacks[k] for k in layout["index"]])
+
+    g_hoisted, g_sums = {}, {}  # each hoisted value's cotangent, and its sum over time and batch
+    sums = {name: _sum_rows(g) for name, g in parts["linears"].items()}
+    for name, value in hoisted.items():
+        if name in HOISTED_IN_PRODUCTS:
+            projection, start, stop = HOISTED_IN_PRODUCTS[name]
+            g_hoisted[name] = parts["linears"][projection][..., start * H : stop * H]
+            g_sums[name] = sums[projection][start * H : stop * H]
+        else:
+            g_hoisted[name] = parts["hoisted"].get(name, jnp.zeros_like(value))
+            g_sums[name] = _sum_rows(g_hoisted[name])
+    # The biases' gradients: add_biases' pullback at one row, fed the sums (one wide sum per
+    # projection, where the slices of its cotangent would each be copied to be summed).
+    one_row = {name: value[(0,) * (value.ndim - 1)][None] for name, value in hoisted.items()}
+    _, pullback = jax.vjp(lambda w: add_biases(w, one_row, H), w)
+    g_w = dict(pullback({name: g[None] for name, g in g_sums.items()})[0])
+    for name, operand in STEP_PROJECTIONS.items():
+        if name not in parts["linears"]:  # no cotangent reaches it
+            continue
+        source = states[STATE_NAMES.index(operand)] if operand in STATE_NAMES else parts["operands"][operand]
+        # One GEMM and one sum over every timestep: each weight gradient's only GEMM.
+        rows_in, g = source.reshape(-1, source.shape[-1]), parts["linears"][name]
+        g = g.reshape(-1, g.shape[-1])
+        g_w[f"w_{name}"] = g_w[f"w_{name}"] + jnp.matmul(rows_in.T, g, preferred_element_type=_accumulator(g)).astype(
+            g.dtype
+        )
+        if f"b_{name}" in g_w:
+            g_w[f"b_{name}"] = g_w[f"b_{name}"] + sums[name]
+    for name, g in rows.items():
+        g_w[name] = g_w[name] + _sum_rows(g)
+    return g_w, g_hoisted, g_state0, None
+
+
+_bptt.defvjp(_bptt_forward, _bptt_backward)
 
 
 def _compose(earlier, later):
