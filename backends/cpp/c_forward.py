@@ -304,44 +304,40 @@ class _Source:
                 f'extern "C" {EXPORT} const char* {KEY_ENTRY}() {{ return "{key}"; }}',
                 "",
                 f'extern "C" {EXPORT} int {ENTRY}(int64_t itemsize, const int64_t* sizes, const int64_t* strides, void* const* arrays) {{',
-                "  try {",
-                "    if (itemsize == 4) {",
-                "      forward_impl<float>(sizes, strides, arrays);",
-                "    } else if (itemsize == 8) {",
-                "      forward_impl<double>(sizes, strides, arrays);",
-                "    } else {",
-                "      return 2;",
-                "    }",
-                "  } catch (const std::bad_alloc&) {",
-                "    return 1;",
-                "  }",
-                "  return 0;",
-                "}",
+                *_by_itemsize("forward_impl", "sizes, strides, arrays"),
                 "",
                 f'extern "C" {EXPORT} int {c_backward.ENTRY}(int64_t itemsize, const int64_t* sizes, void* const* arrays) {{',
-                *(["  (void)itemsize, (void)sizes, (void)arrays;", "  return 3;", "}", ""] if not backward else []),
                 *(
-                    [
-                        "  try {",
-                        "    if (itemsize == 4) {",
-                        "      backward_impl<float>(sizes, arrays);",
-                        "    } else if (itemsize == 8) {",
-                        "      backward_impl<double>(sizes, arrays);",
-                        "    } else {",
-                        "      return 2;",
-                        "    }",
-                        "  } catch (const std::bad_alloc&) {",
-                        "    return 1;",
-                        "  }",
-                        "  return 0;",
-                        "}",
-                        "",
-                    ]
+                    _by_itemsize("backward_impl", "sizes, arrays")
                     if backward
-                    else []
+                    else ["  (void)itemsize, (void)sizes, (void)arrays;", "  return 3;", "}"]
                 ),
+                "",
             ]
         )
+
+
+def _by_itemsize(impl: str, args: str) -> list[str]:
+    """An entry point's body: ``impl<float>`` or ``impl<double>`` by the caller's itemsize.
+
+    Returns 0 when it ran, 1 when it ran out of memory, 2 for an itemsize other than 4 or 8
+    (the codes numpy_ext reads).
+    """
+    return [
+        "  try {",
+        "    if (itemsize == 4) {",
+        f"      {impl}<float>({args});",
+        "    } else if (itemsize == 8) {",
+        f"      {impl}<double>({args});",
+        "    } else {",
+        "      return 2;",
+        "    }",
+        "  } catch (const std::bad_alloc&) {",
+        "    return 1;",
+        "  }",
+        "  return 0;",
+        "}",
+    ]
 
 
 __all__ = ["ENTRY", "KEY_ENTRY", "SIZES", "Argument", "Kernel", "Layout", "Unsupported", "generate", "layout"]
