@@ -82,13 +82,13 @@ RESERVED: dict[str, frozenset[str]] = {
     "a generated module": frozenset(
         """
         BACKWARDS BIAS_NAMES CLASS_NAME COMPILED_MAX_WORK COMPILED_MIN_STEPS Cell DropoutRNNCell FUSED_CELL FUSED_KERNEL HOISTED_WIDTHS INITIALIZERS INPUT_PARAM JAX_INITIALIZERS LINEAR_SCAN Layer LinearScan LinenCell SCAN_CPU_MAX_WIDTH SCAN_CPU_MIN_STEPS
-        NATIVE_ARGUMENTS NNXCell OPSET PARAM_NAMES PARAM_TABLE PackedSequence ROLES SPEC SPEC_HASH SPEC_NAME SPEC_TOML
-        STATE_NAMES Sequence KERNEL_NAMES RECURRENT_NAMES
-        UNITS_PARAM backward bidirectional build_graphs build_model cell_step check_inputs contextlib forward
-        fuse gemm gemm_for helper importlib init_from_key init_from_table init_param_from_key init_params jax
+        HOISTED_IN_PRODUCTS NATIVE_ARGUMENTS NNXCell OPSET PARAM_NAMES PARAM_TABLE PackedSequence ROLES SPEC SPEC_HASH SPEC_NAME SPEC_TOML
+        STATE_NAMES STEP_PROJECTIONS Sequence KERNEL_NAMES RECURRENT_NAMES
+        UNITS_PARAM add_biases backward bidirectional build_graphs build_model cell_step check_inputs contextlib forward
+        functools fuse gemm gemm_for helper importlib init_from_key init_from_table init_param_from_key init_params jax
         jnp keras math nn nnx np numpy
         numpy_helper once_differentiable onnx onnxruntime ops pack_padded_sequence pad_packed_sequence prologue
-        run_numpy sequence step sys tf torch vjp_numpy warnings zlib
+        run_numpy sequence step step_backward step_products sys tf torch vjp_numpy warnings zlib
     """.split()
     ),
     # Generated locals a spec name would meet under a shared prefix: a state named

@@ -390,14 +390,14 @@ def _bptt_backward(reverse, unroll, saved, cotangents):
 
     def body(carry, inputs):
         g_state, rows = carry
-        state_t, hoisted_t, products_t, g_y, m = inputs
+        state_t, hoisted_t, products_t, cot_y, m = inputs
         seeds = g_state
         if m is not None:
-            g_y = jnp.where(m, g_y, 0.0)
+            cot_y = jnp.where(m, cot_y, 0.0)
             seeds = tuple(jnp.where(m, g, 0.0) for g in g_state)
-        g_prev, parts = step_backward(w_t, state_t, hoisted_t, products_t, seeds, g_y)
+        cot_prev, parts = step_backward(w_t, state_t, hoisted_t, products_t, seeds, cot_y)
         if m is not None:  # a masked step passed its state through unchanged
-            g_prev = tuple(gp + jnp.where(m, 0.0, g) for gp, g in zip(g_prev, g_state))
+            cot_prev = tuple(gp + jnp.where(m, 0.0, g) for gp, g in zip(cot_prev, g_state))
         rows = {name: rows[name] + g for name, g in parts.pop("params").items()}
         # One array of the same value appears under several keys (a gate's pre-activation is the
         # cotangent of its hoisted block and of its block of the recurrent product): stack it once.
@@ -405,27 +405,27 @@ def _bptt_backward(reverse, unroll, saved, cotangents):
         unique = list({id(leaf): leaf for leaf in leaves}.values())
         position = {id(leaf): k for k, leaf in enumerate(unique)}
         layout["index"] = [position[id(leaf)] for leaf in leaves]
-        return (g_prev, rows), unique
+        return (cot_prev, rows), unique
 
     inputs = (states, hoisted, products, g_ys, mask)
     (g_state0, rows), stacks = jax.lax.scan(body, (tuple(g_final), rows), inputs, reverse=not reverse, unroll=unroll)
     parts = jax.tree_util.tree_unflatten(layout["tree"], [stacks[k] for k in layout["index"]])
 
-    g_hoisted, g_sums = {}, {}  # each hoisted value's cotangent, and its sum over time and batch
+    cot_hoisted, cot_sums = {}, {}  # each hoisted value's cotangent, and its sum over time and batch
     sums = {name: _sum_rows(g) for name, g in parts["linears"].items()}
     for name, value in hoisted.items():
         if name in HOISTED_IN_PRODUCTS:
             projection, start, stop = HOISTED_IN_PRODUCTS[name]
-            g_hoisted[name] = parts["linears"][projection][..., start * H : stop * H]
-            g_sums[name] = sums[projection][start * H : stop * H]
+            cot_hoisted[name] = parts["linears"][projection][..., start * H : stop * H]
+            cot_sums[name] = sums[projection][start * H : stop * H]
         else:
-            g_hoisted[name] = parts["hoisted"].get(name, jnp.zeros_like(value))
-            g_sums[name] = _sum_rows(g_hoisted[name])
+            cot_hoisted[name] = parts["hoisted"].get(name, jnp.zeros_like(value))
+            cot_sums[name] = _sum_rows(cot_hoisted[name])
     # The biases' gradients: add_biases' pullback at one row, fed the sums (one wide sum per
     # projection, where the slices of its cotangent would each be copied to be summed).
     one_row = {name: value[(0,) * (value.ndim - 1)][None] for name, value in hoisted.items()}
     _, pullback = jax.vjp(lambda w: add_biases(w, one_row, H), w)
-    g_w = dict(pullback({name: g[None] for name, g in g_sums.items()})[0])
+    cot_w = dict(pullback({name: g[None] for name, g in cot_sums.items()})[0])
     for name, operand in STEP_PROJECTIONS.items():
         if name not in parts["linears"]:  # no cotangent reaches it
             continue
@@ -433,14 +433,14 @@ def _bptt_backward(reverse, unroll, saved, cotangents):
         # One GEMM and one sum over every timestep: each weight gradient's only GEMM.
         rows_in, g = source.reshape(-1, source.shape[-1]), parts["linears"][name]
         g = g.reshape(-1, g.shape[-1])
-        g_w[f"w_{name}"] = g_w[f"w_{name}"] + jnp.matmul(rows_in.T, g, preferred_element_type=_accumulator(g)).astype(
-            g.dtype
-        )
-        if f"b_{name}" in g_w:
-            g_w[f"b_{name}"] = g_w[f"b_{name}"] + sums[name]
+        cot_w[f"w_{name}"] = cot_w[f"w_{name}"] + jnp.matmul(
+            rows_in.T, g, preferred_element_type=_accumulator(g)
+        ).astype(g.dtype)
+        if f"b_{name}" in cot_w:
+            cot_w[f"b_{name}"] = cot_w[f"b_{name}"] + sums[name]
     for name, g in rows.items():
-        g_w[name] = g_w[name] + _sum_rows(g)
-    return g_w, g_hoisted, g_state0, None
+        cot_w[name] = cot_w[name] + _sum_rows(g)
+    return cot_w, cot_hoisted, g_state0, None
 
 
 _bptt.defvjp(_bptt_forward, _bptt_backward)
