@@ -101,7 +101,7 @@ def forward(params, x, state=None, mask=None, keep_tape=False, compiled=None):
         keep_tape: keep what ``backward`` needs.
         compiled: the steps after the prologue as one compiled call, and the prologue too
             where it is small (novolstm builds it with the C++ compiler, once per spec;
-            ``backward`` stays the generated loop):
+            ``backward`` then runs its steps in the same kernel where it compiles them):
             None where it pays (float32 and float64, at least COMPILED_MIN_STEPS steps,
             batch * units**2 at most COMPILED_MAX_WORK, novolstm loaded), True always (or
             raise why not), False never.

@@ -517,8 +517,9 @@ class _FlatWeights(torch.autograd.Function):
     """One cell's flat weights as one autograd node over its canonical parameters.
 
     apply(flat, *params): flat, that cell's _flat_weights built without autograd; params,
-    the canonical tensors in PARAM_NAMES order. Returns flat's tensors (aliases) with this node as their gradient
-    function, whose backward cuts each flat gradient into the parameters' gradients.
+    the canonical tensors in PARAM_NAMES order. Returns flat's tensors (aliases) with this
+    node as their gradient function, whose backward cuts each flat gradient into the
+    parameters' gradients.
 
     Built with autograd instead, the transposes and concatenations of _flat_weights cost
     some thirty small nodes per forward+backward call (a transpose, a slice and a strided
