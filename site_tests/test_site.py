@@ -52,16 +52,20 @@ PROMPTS_IN_BLOCKQUOTES = """() => Array.from(document.querySelectorAll("article 
 def _site() -> Path:
     folder = os.environ.get("NOVOLSTM_SITE")
     if not folder or not (Path(folder) / "index.html").is_file():
-        raise RuntimeError(f"NOVOLSTM_SITE={folder!r}: expected the folder mkdocs built (with index.html); "
-                           "tox -e docs builds it and sets it")
+        raise RuntimeError(
+            f"NOVOLSTM_SITE={folder!r}: expected the folder mkdocs built (with index.html); "
+            "tox -e docs builds it and sets it"
+        )
     return Path(folder)
 
 
 def _chromium() -> str:
     found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
-        raise RuntimeError("no Chromium found: install Debian's chromium package (apt-get install -y chromium) "
-                           "or set CHROMIUM to a Chromium executable")
+        raise RuntimeError(
+            "no Chromium found: install Debian's chromium package (apt-get install -y chromium) "
+            "or set CHROMIUM to a Chromium executable"
+        )
     return found
 
 
@@ -112,7 +116,10 @@ def test_every_page_reads_well_in_a_browser(server, browser):
     errors: list[str] = []
     failed: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 and r.url.startswith(root) else None)
+    page.on(
+        "response",
+        lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 and r.url.startswith(root) else None,
+    )
     for path in pages:
         errors.clear()
         failed.clear()
@@ -124,10 +131,10 @@ def test_every_page_reads_well_in_a_browser(server, browser):
         for pattern, what in ((SPHINX_ROLE, "a Sphinx role"), (RST_DIRECTIVE, "an RST directive")):
             found = pattern.search(text)
             if found:
-                problems.append(f"{path}: {what} in the text: {text[max(0, found.start() - 40):found.end() + 40]!r}")
+                problems.append(f"{path}: {what} in the text: {text[max(0, found.start() - 40) : found.end() + 40]!r}")
         if "``" in text:
             at = text.index("``")
-            problems.append(f"{path}: RST double backquotes in the text: {text[max(0, at - 40):at + 40]!r}")
+            problems.append(f"{path}: RST double backquotes in the text: {text[max(0, at - 40) : at + 40]!r}")
         if page.evaluate(PROMPTS_IN_BLOCKQUOTES):
             problems.append(f"{path}: a >>> example rendered as a blockquote (not under an Examples: section)")
         problems += [f"{path}: image does not load: {src}" for src in page.evaluate(BROKEN_IMAGES)]
@@ -152,11 +159,13 @@ def _navigation_problems(root: str, navigation: list, pages: list[str]) -> list[
             continue
         target = href
         if target in seen and seen[target] != title:
-            problems.append(f"navigation: {title!r} and {seen[target]!r} lead to the same page {target[len(root) - 1:]}")
+            problems.append(
+                f"navigation: {title!r} and {seen[target]!r} lead to the same page {target[len(root) - 1 :]}"
+            )
         seen.setdefault(target, title)
     if not seen:
         return ["navigation: the home page shows no navigation links"]
-    listed = {href[len(root):] for href in seen}
+    listed = {href[len(root) :] for href in seen}
     problems += [f"/{p}: a page outside the navigation" for p in pages if p not in listed and p != "404.html"]
     return problems
 
@@ -175,8 +184,8 @@ def _broken_links(root: str, links: dict[str, set], ids: dict[str, set]) -> list
                     except urllib.error.HTTPError as exc:
                         status[target] = exc.code
                 if status[target] != 200:
-                    problems.append(f"{path}: link to {href[len(root) - 1:]} answers {status[target]}")
+                    problems.append(f"{path}: link to {href[len(root) - 1 :]} answers {status[target]}")
                 continue
             if fragment and urllib.parse.unquote(fragment) not in ids[target]:
-                problems.append(f"{path}: link to {href[len(root) - 1:]}: no element with id {fragment!r}")
+                problems.append(f"{path}: link to {href[len(root) - 1 :]}: no element with id {fragment!r}")
     return problems

@@ -35,14 +35,18 @@ def requested_backends() -> list[str]:
     names = [b.strip() for b in os.environ.get("NOVOLSTM_BACKENDS", "numpy").split(",") if b.strip()]
     unknown = sorted(set(names) - set(novolstm.list_backends()))
     if unknown:
-        raise pytest.UsageError(f"NOVOLSTM_BACKENDS names unknown backends {unknown}; known: {novolstm.list_backends()}")
+        raise pytest.UsageError(
+            f"NOVOLSTM_BACKENDS names unknown backends {unknown}; known: {novolstm.list_backends()}"
+        )
     return names
 
 
 def pytest_report_header(config):
     lines = [f"novolstm backends under test: {', '.join(requested_backends())} (set NOVOLSTM_BACKENDS to change)"]
     if FRAMEWORK_TESTS_ONLY:
-        lines.append("NOVOLSTM_FRAMEWORK_TESTS_ONLY: tests that use no framework are deselected (the numpy env runs them)")
+        lines.append(
+            "NOVOLSTM_FRAMEWORK_TESTS_ONLY: tests that use no framework are deselected (the numpy env runs them)"
+        )
     for backend in requested_backends():
         if precision_limit(backend):
             dtype, why = precision_limit(backend)

@@ -41,11 +41,30 @@ def test_all_keras_save_weights_to_torch(keras, rng, tmp_path, bidirectional):
     from safetensors.torch import load_file
 
     wrap = keras.layers.Bidirectional if bidirectional else (lambda layer: layer)
-    model = keras.Sequential([keras.Input((None, 4)), wrap(keras.layers.LSTM(5, return_sequences=True)),
-                              wrap(keras.layers.LSTM(5, return_sequences=True))])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 4)),
+            wrap(keras.layers.LSTM(5, return_sequences=True)),
+            wrap(keras.layers.LSTM(5, return_sequences=True)),
+        ]
+    )
     _randomise_keras(model, rng)
     model.save_weights(tmp_path / "m.weights.h5")
-    assert main(["convert", str(tmp_path / "m.weights.h5"), "-o", str(tmp_path / "m.safetensors"), "--from", "keras", "--to", "torch"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "m.weights.h5"),
+                "-o",
+                str(tmp_path / "m.safetensors"),
+                "--from",
+                "keras",
+                "--to",
+                "torch",
+            ]
+        )
+        == 0
+    )
     module = torch.nn.LSTM(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
     module.load_state_dict(load_file(tmp_path / "m.safetensors"))
     x = _x(rng)
@@ -60,12 +79,19 @@ def test_all_torch_to_keras_weights_file_loads_in_keras(keras, rng, tmp_path, bi
     import torch
     from safetensors.torch import save_file
 
-    module = torch.nn.GRU(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)  # torch's biases are non-zero
+    module = torch.nn.GRU(
+        4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional
+    )  # torch's biases are non-zero
     save_file(dict(module.state_dict()), tmp_path / "g.safetensors")
     files.convert(tmp_path / "g.safetensors", tmp_path / "g.weights.h5", "torch", "keras", "gru")
     wrap = keras.layers.Bidirectional if bidirectional else (lambda layer: layer)
-    model = keras.Sequential([keras.Input((None, 4)), wrap(keras.layers.GRU(5, return_sequences=True)),
-                              wrap(keras.layers.GRU(5, return_sequences=True))])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 4)),
+            wrap(keras.layers.GRU(5, return_sequences=True)),
+            wrap(keras.layers.GRU(5, return_sequences=True)),
+        ]
+    )
     model.load_weights(tmp_path / "g.weights.h5")
     x = _x(rng)
     with torch.no_grad():
@@ -94,8 +120,14 @@ def test_all_keras_archive_configs_are_checked(keras, tmp_path):
         files.read(tmp_path / "g.weights.h5", "keras", "lstm")
 
 
-@pytest.mark.parametrize("kind,layout,cell", [("LSTMCell", "nnx_lstm", "lstm"), ("OptimizedLSTMCell", "nnx_optimized_lstm", "lstm"),
-                                              ("GRUCell", "nnx_gru", "gru")])
+@pytest.mark.parametrize(
+    "kind,layout,cell",
+    [
+        ("LSTMCell", "nnx_lstm", "lstm"),
+        ("OptimizedLSTMCell", "nnx_optimized_lstm", "lstm"),
+        ("GRUCell", "nnx_gru", "gru"),
+    ],
+)
 def test_all_flax_nnx_files_both_ways(rng, tmp_path, kind, layout, cell):
     """A real nnx cell's to_bytes file -> canonical -> novolstm computes the cell's outputs; and back into a fresh cell."""
     import jax
@@ -113,7 +145,9 @@ def test_all_flax_nnx_files_both_ways(rng, tmp_path, kind, layout, cell):
 
     source = getattr(nnx, kind)(4, 5, rngs=nnx.Rngs(0))
     state = nnx.state(source, nnx.Param)
-    pure = jax.tree_util.tree_map(lambda a: np.asarray(rng.normal(scale=0.5, size=a.shape), np.float32), nnx.to_pure_dict(state))
+    pure = jax.tree_util.tree_map(
+        lambda a: np.asarray(rng.normal(scale=0.5, size=a.shape), np.float32), nnx.to_pure_dict(state)
+    )
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(source, state)
     (tmp_path / "c.msgpack").write_bytes(serialization.to_bytes(pure))
@@ -121,7 +155,9 @@ def test_all_flax_nnx_files_both_ways(rng, tmp_path, kind, layout, cell):
     x, s0 = _x(rng), tuple(rng.normal(size=(3, 5)).astype(np.float32) for _ in range(2 if cell == "lstm" else 1))
     tol = tolerance("float32", STEPS)
     expected = run(source, x, s0)
-    assert_close(novolstm.run(cell, layers["l0"], x, s0, backend="numpy")[0], expected, tol, what=f"novolstm vs nnx {kind}")
+    assert_close(
+        novolstm.run(cell, layers["l0"], x, s0, backend="numpy")[0], expected, tol, what=f"novolstm vs nnx {kind}"
+    )
     files.write(layers, tmp_path / "back.msgpack", "flax", cell, layout=layout)
     target = getattr(nnx, kind)(4, 5, rngs=nnx.Rngs(1))
     state = nnx.state(target, nnx.Param)
@@ -155,7 +191,17 @@ def test_all_verify_port_cli_passes_and_fails_on_a_swapped_gate(keras, tmp_path,
     torch.manual_seed(0)
     save_file(dict(torch.nn.LSTM(3, 4, batch_first=True).state_dict()), tmp_path / "w.safetensors")
     files.convert(tmp_path / "w.safetensors", tmp_path / "good.weights.h5", "torch", "keras", "lstm")
-    base = ["verify-port", "torch", "keras", "--steps", "16", "--weights", str(tmp_path / "w.safetensors"), "--format", "torch"]
+    base = [
+        "verify-port",
+        "torch",
+        "keras",
+        "--steps",
+        "16",
+        "--weights",
+        str(tmp_path / "w.safetensors"),
+        "--format",
+        "torch",
+    ]
     assert main(base + ["--ported", str(tmp_path / "good.weights.h5")]) == 0
     capsys.readouterr()
     with h5py.File(tmp_path / "good.weights.h5", "r+") as f:

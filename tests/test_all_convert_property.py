@@ -64,8 +64,9 @@ def torch_source(m: Model, rng, folder):
     import torch
 
     torch.manual_seed(int(rng.integers(1 << 30)))
-    module = getattr(torch.nn, m.cell.upper())(m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional,
-                                                 bias=m.bias, batch_first=True)
+    module = getattr(torch.nn, m.cell.upper())(
+        m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional, bias=m.bias, batch_first=True
+    )
     x = rng.normal(size=(BATCH, STEPS, m.input_size)).astype(np.float32)
     with torch.no_grad():
         y = module(torch.from_numpy(x))[0].numpy()
@@ -83,8 +84,10 @@ def keras_model(m: Model, use_bias: bool):
 
     kind = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[m.cell]
     wrap = keras.layers.Bidirectional if m.bidirectional else (lambda layer: layer)
-    return keras.Sequential([keras.Input((None, m.input_size))]
-                            + [wrap(kind(m.units, use_bias=use_bias, return_sequences=True)) for _ in range(m.layers)])
+    return keras.Sequential(
+        [keras.Input((None, m.input_size))]
+        + [wrap(kind(m.units, use_bias=use_bias, return_sequences=True)) for _ in range(m.layers)]
+    )
 
 
 def keras_source(m: Model, rng, folder):
@@ -129,8 +132,9 @@ def onnx_source(m: Model, rng, folder):
     import torch
 
     torch.manual_seed(int(rng.integers(1 << 30)))
-    module = getattr(torch.nn, m.cell.upper())(m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional,
-                                                 bias=m.bias, batch_first=True).eval()
+    module = getattr(torch.nn, m.cell.upper())(
+        m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional, bias=m.bias, batch_first=True
+    ).eval()
     x = rng.normal(size=(BATCH, STEPS, m.input_size)).astype(np.float32)
     path = os.path.join(folder, "source.onnx")
     with warnings.catch_warnings():
@@ -173,8 +177,9 @@ def torch_target(m: Model, path, x):
     import safetensors.torch
     import torch
 
-    module = getattr(torch.nn, m.cell.upper())(m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional,
-                                                 bias=m.bias, batch_first=True)
+    module = getattr(torch.nn, m.cell.upper())(
+        m.input_size, m.units, num_layers=m.layers, bidirectional=m.bidirectional, bias=m.bias, batch_first=True
+    )
     module.load_state_dict(safetensors.torch.load_file(path))  # strict: every key, every shape
     with torch.no_grad():
         return module(torch.from_numpy(x))[0].numpy()
@@ -236,8 +241,12 @@ def check_ports(m: Model, source, tmp_path_factory, seed):
         assert_close(run(m, out, x), expected, tol, what=f"{fmt} -> {target} ({m})")
 
 
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @SETTINGS

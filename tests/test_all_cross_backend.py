@@ -127,7 +127,12 @@ def record(kind: str, dtype: str, versus_anchor: dict, pairwise: dict) -> None:
     target(max(pairwise.values()), label=f"{kind}: largest deviation between two backends")
     log = os.environ.get("NOVOLSTM_DEVIATIONS_LOG")
     if log:
-        line = {"kind": kind, "dtype": dtype, "anchor": versus_anchor, "pairs": {f"{a}-{b}": d for (a, b), d in pairwise.items()}}
+        line = {
+            "kind": kind,
+            "dtype": dtype,
+            "anchor": versus_anchor,
+            "pairs": {f"{a}-{b}": d for (a, b), d in pairwise.items()},
+        }
         with open(log, "a") as fh:
             fh.write(json.dumps(line) + "\n")
 
@@ -165,6 +170,10 @@ def test_all_backends_agree_over_long_sequences(cell, dtype, data):
     Weights at the scales where the dynamics are not trivial (the short properties cover
     tiny ones), and at least two of everything: under ci this property runs one example,
     and Hypothesis tries the smallest case first."""
-    case = data.draw(cases(cell, max_batch=3, min_steps=40, max_steps=100, max_input=3, max_units=4, scales=(1.0, 0.3, 3.0), min_size=2))
+    case = data.draw(
+        cases(
+            cell, max_batch=3, min_steps=40, max_steps=100, max_input=3, max_units=4, scales=(1.0, 0.3, 3.0), min_size=2
+        )
+    )
     record("long outputs", dtype, *forward_deviations(cell, case, dtype))
     record("long gradients", dtype, *gradient_deviations(cell, case, dtype, data.draw(st.integers(0, 2**32 - 1))))

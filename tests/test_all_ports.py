@@ -20,8 +20,12 @@ from novolstm.convert.verify import verify_port
 STEPS = 64  # as verify-port's default: rounding error has room to grow through the recurrence
 
 LSTM = ["torch", "keras", "flax", "flax-lstmcell", "onnx", "numpy"]
-GRU = [name for name in LSTM if "gru" in NATIVES[name].cells]  # reset_after-style GRUs: torch, Keras, Flax GRUCell, ONNX
-PAIRS = [("lstm", a, b) for a, b in itertools.permutations(LSTM, 2)] + [("gru", a, b) for a, b in itertools.permutations(GRU, 2)]
+GRU = [
+    name for name in LSTM if "gru" in NATIVES[name].cells
+]  # reset_after-style GRUs: torch, Keras, Flax GRUCell, ONNX
+PAIRS = [("lstm", a, b) for a, b in itertools.permutations(LSTM, 2)] + [
+    ("gru", a, b) for a, b in itertools.permutations(GRU, 2)
+]
 DEVIATIONS: dict = {}
 
 

@@ -84,8 +84,12 @@ def test_slstm_matches_the_authors_vanilla_cell(sizes, scale):
     params = random_params("slstm", inputs, units, rng, scale=scale)
     x = rng.normal(size=(batch, steps, inputs))
     # A running state: n > 0 as the recurrence keeps it, any h, c and stabilizer m.
-    state = (rng.normal(size=(batch, units)), rng.normal(size=(batch, units)),
-             rng.uniform(0.5, 2.0, size=(batch, units)), rng.normal(size=(batch, units)))
+    state = (
+        rng.normal(size=(batch, units)),
+        rng.normal(size=(batch, units)),
+        rng.uniform(0.5, 2.0, size=(batch, units)),
+        rng.normal(size=(batch, units)),
+    )
     theirs_out, theirs_state = authors_slstm(params, x, state)
     hold("slstm", theirs_out, theirs_state, params, x, state)
 
@@ -189,11 +193,13 @@ def test_keras2_lstm_matches_a_keras_lstm_with_keras2_hard_sigmoid(sizes, scale)
     )
     layer.build((batch, steps, inputs))
     gates = "ifgo"  # Keras' kernel order: i, f, c (our g), o
-    layer.set_weights([
-        np.concatenate([params[f"W_{g}"] for g in gates], axis=1),
-        np.concatenate([params[f"U_{g}"] for g in gates], axis=1),
-        np.concatenate([params[f"b_{g}"] for g in gates]),
-    ])
+    layer.set_weights(
+        [
+            np.concatenate([params[f"W_{g}"] for g in gates], axis=1),
+            np.concatenate([params[f"U_{g}"] for g in gates], axis=1),
+            np.concatenate([params[f"b_{g}"] for g in gates]),
+        ]
+    )
     out, h, c = layer(x, initial_state=[state[0], state[1]])
     hold("keras2_lstm", np.asarray(out), (np.asarray(h), np.asarray(c)), params, x, state)
 

@@ -59,9 +59,17 @@ BAD_CALLS = {
     "rank": (dict(x=np.ones((5, 3))), ValueError, r"x: expected shape \(batch, time, input\)"),
     "input size": (dict(x=np.ones((2, 5, 4))), ValueError, r"params\['W_i'\]: expected shape \(4, 4\)"),
     "empty sequence": (dict(x=np.ones((2, 0, 3))), ValueError, "length 0"),
-    "nan input": (dict(x=np.where(np.arange(30).reshape(2, 5, 3) == 7, np.nan, 1.0)), ValueError, r"x: non-finite value nan at index \(0, 2, 1\)"),
+    "nan input": (
+        dict(x=np.where(np.arange(30).reshape(2, 5, 3) == 7, np.nan, 1.0)),
+        ValueError,
+        r"x: non-finite value nan at index \(0, 2, 1\)",
+    ),
     "inf state": (dict(state=(np.full((2, 4), np.inf), np.zeros((2, 4)))), ValueError, "state 'h': non-finite"),
-    "state shape": (dict(state=(np.zeros((2, 3)), np.zeros((2, 4)))), ValueError, r"state 'h': expected shape \(2, 4\), got \(2, 3\)"),
+    "state shape": (
+        dict(state=(np.zeros((2, 3)), np.zeros((2, 4)))),
+        ValueError,
+        r"state 'h': expected shape \(2, 4\), got \(2, 3\)",
+    ),
     "state count": (dict(state=(np.zeros((2, 4)),)), ValueError, "state: expected 2 arrays"),
     "missing param": (dict(params={k: v for k, v in PARAMS.items() if k != "U_s"}), ValueError, r"missing \['U_s'\]"),
     "mask shape": (dict(mask=np.ones((2, 4), bool)), ValueError, r"mask: expected a bool array of shape \(2, 5\)"),
@@ -138,7 +146,9 @@ def test_exported_source_runs_without_novolstm(tmp_path):
         "cell = my_cell.Cell(3, 4, seed=0); out, _ = cell.sequence(np.ones((1, 2, 3))); "
         "assert 'novolstm' not in sys.modules; print(out.shape)"
     )
-    result = subprocess.run([sys.executable, "-I", "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1, 2, 4)"
 
@@ -214,8 +224,11 @@ def fresh_spec(tag):
     """A spec no test has asked for yet (its description differs), so no cache holds it."""
     import uuid
 
-    return novolstm.loads_spec(novolstm.load_spec("novolstm").dumps().replace(
-        'description = "', f'description = "{tag} {uuid.uuid4().hex}: ', 1))
+    return novolstm.loads_spec(
+        novolstm.load_spec("novolstm")
+        .dumps()
+        .replace('description = "', f'description = "{tag} {uuid.uuid4().hex}: ', 1)
+    )
 
 
 def test_eight_threads_get_one_numpy_class():

@@ -11,7 +11,9 @@ from novolstm.cli import main
 
 
 def test_bench_smoke_writes_json_markdown_and_plot(tmp_path, capsys):
-    assert main(["bench", "--smoke", "--backends", "numpy", "--dtype", "float32", "bfloat16", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["bench", "--smoke", "--backends", "numpy", "--dtype", "float32", "bfloat16", "--out", str(tmp_path)]) == 0
+    )
     data = json.loads((tmp_path / "results.json").read_text())
     names = {r["candidate"] for r in data["rows"]}
     assert {"lstm spec", "novolstm spec", "novolstm_reference spec", "native: per-example cell (seed 001)"} <= names
@@ -19,7 +21,9 @@ def test_bench_smoke_writes_json_markdown_and_plot(tmp_path, capsys):
     assert "import novolstm (s)" in data["extras"]
     assert (tmp_path / "ratios.png").stat().st_size > 0
     trained = [r for r in data["rows"] if r["forward_backward_s"]]
-    assert all("peak_rss_bytes_forward_backward" in r and r["framework_peak_bytes_forward_backward"] > 0 for r in trained)
+    assert all(
+        "peak_rss_bytes_forward_backward" in r and r["framework_peak_bytes_forward_backward"] > 0 for r in trained
+    )
     # NumPy has no bfloat16: said in the results, not silently left out.
     assert [(s["backend"], s["dtype"]) for s in data["skipped"]] == [("numpy", "bfloat16")]
     assert {r["dtype"] for r in data["rows"]} == {"float32"}
@@ -36,17 +40,31 @@ def test_a_candidate_that_cannot_compile_here_is_shown_with_its_reason():
     def no_compiler():
         raise RuntimeError("InductorError: no working C++ compiler found\nlong traceback")
 
-    cands, first = _first_calls([Candidate("ok", lambda: 1, None), Candidate("x, torch.compile", no_compiler, None,
-                                                                            jit="torch.compile", may_fail=True)], quiet=True)
+    cands, first = _first_calls(
+        [
+            Candidate("ok", lambda: 1, None),
+            Candidate("x, torch.compile", no_compiler, None, jit="torch.compile", may_fail=True),
+        ],
+        quiet=True,
+    )
     assert list(first) == ["ok"] and cands[1].skipped == "RuntimeError: InductorError: no working C++ compiler found"
-    row = {"backend": "torch", "shape": "smoke", "dtype": "float32", "candidate": cands[1].name, "batch": 2, "steps": 5,
-           "units": 8, "forward_s": None, "forward_backward_s": None, "skipped": cands[1].skipped}
+    row = {
+        "backend": "torch",
+        "shape": "smoke",
+        "dtype": "float32",
+        "candidate": cands[1].name,
+        "batch": 2,
+        "steps": 5,
+        "units": 8,
+        "forward_s": None,
+        "forward_backward_s": None,
+        "skipped": cands[1].skipped,
+    }
     table = markdown({"dtypes": ["float32"], "repeats": 1, "rows": [row], "ratios": []}, {})
     assert "| x, torch.compile | skipped: RuntimeError: InductorError: no working C++ compiler found |" in table
     # A candidate not marked may_fail that raises is a bug, and the error propagates.
     with pytest.raises(RuntimeError):
         _first_calls([Candidate("bug", no_compiler, None)], quiet=True)
-
 
 
 def test_bench_prints_each_cells_paths_beside_its_loop_and_native(tmp_path, capsys, check_paths_table):
@@ -55,7 +73,9 @@ def test_bench_prints_each_cells_paths_beside_its_loop_and_native(tmp_path, caps
     data = json.loads((tmp_path / "results.json").read_text())
     rows = {key[1:]: row for key, row in check_paths_table(printed, data).items()}  # one dtype: float32
     native = "native: per-example cell (seed 001)"
-    assert set(rows) == {(c, "generated loop") for c in ("lstm", "novolstm", "novolstm_reference")} | {(native, "native")}
+    assert set(rows) == {(c, "generated loop") for c in ("lstm", "novolstm", "novolstm_reference")} | {
+        (native, "native")
+    }
     seed = next(r for r in data["rows"] if r["candidate"] == native)
     for cell in ("lstm", "novolstm", "novolstm_reference"):
         row, r = rows[(cell, "generated loop")], next(r for r in data["rows"] if r["cell"] == cell)

@@ -48,8 +48,15 @@ def test_the_safetensors_library_reads_ours_and_we_read_its(tmp_path):
     novolstm.save(params, tmp_path / "ours.safetensors", spec="novolstm")
     theirs = safetensors.numpy.load_file(str(tmp_path / "ours.safetensors"))
     assert all(np.array_equal(theirs[k], params[k]) for k in params)
-    meta = {"format": "novolstm-canonical", "layout_version": "1", "spec": "novolstm", "dtype": "float32",
-            "spec_hash": novolstm.load_spec("novolstm").hash, "layers": "1", "bidirectional": "false"}
+    meta = {
+        "format": "novolstm-canonical",
+        "layout_version": "1",
+        "spec": "novolstm",
+        "dtype": "float32",
+        "spec_hash": novolstm.load_spec("novolstm").hash,
+        "layers": "1",
+        "bidirectional": "false",
+    }
     safetensors.numpy.save_file(params, str(tmp_path / "theirs.safetensors"), metadata=meta)
     loaded, _ = novolstm.load(tmp_path / "theirs.safetensors")
     assert all(np.array_equal(loaded[k], params[k]) for k in params)
@@ -80,18 +87,39 @@ def broken(tmp_path, how):
 
 
 CORRUPTIONS = {
-    "truncated data": (lambda p: p.write_bytes(p.read_bytes()[:-10]), "lie outside the .* data bytes \\(truncated\\?\\)"),
+    "truncated data": (
+        lambda p: p.write_bytes(p.read_bytes()[:-10]),
+        "lie outside the .* data bytes \\(truncated\\?\\)",
+    ),
     "truncated header": (lambda p: p.write_bytes(p.read_bytes()[:20]), "corrupt or truncated: header claims"),
     "empty file": (lambda p: p.write_bytes(b""), "truncated: 0 bytes"),
     "garbage header": (lambda p: p.write_bytes(struct.pack("<Q", 5) + b"{oops" + b"\0" * 8), "header: corrupt JSON"),
-    "wrong spec hash": (lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(spec_hash="0" * 64)), "the cells differ"),
+    "wrong spec hash": (
+        lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(spec_hash="0" * 64)),
+        "the cells differ",
+    ),
     "missing tensor": (lambda p: rewrite_header(p, lambda h: h.pop("U_s")), "missing tensors \\['U_s'\\]"),
-    "extra tensor": (lambda p: rewrite_header(p, lambda h: h.update(W_z=dict(h["W_i"]))), "unexpected tensors \\['W_z'\\]"),
-    "wrong shape": (lambda p: rewrite_header(p, lambda h: h["U_i"].update(shape=[2, 8])), "tensor 'U_i' has shape \\(2, 8\\), expected \\(4, 4\\)"),
-    "shape and bytes disagree": (lambda p: rewrite_header(p, lambda h: h["U_i"].update(shape=[4, 5])), "do not hold shape \\(4, 5\\)"),
-    "dtype differs from metadata": (lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(dtype="float64")), "metadata says dtype float64"),
+    "extra tensor": (
+        lambda p: rewrite_header(p, lambda h: h.update(W_z=dict(h["W_i"]))),
+        "unexpected tensors \\['W_z'\\]",
+    ),
+    "wrong shape": (
+        lambda p: rewrite_header(p, lambda h: h["U_i"].update(shape=[2, 8])),
+        "tensor 'U_i' has shape \\(2, 8\\), expected \\(4, 4\\)",
+    ),
+    "shape and bytes disagree": (
+        lambda p: rewrite_header(p, lambda h: h["U_i"].update(shape=[4, 5])),
+        "do not hold shape \\(4, 5\\)",
+    ),
+    "dtype differs from metadata": (
+        lambda p: rewrite_header(p, lambda h: h["__metadata__"].update(dtype="float64")),
+        "metadata says dtype float64",
+    ),
     "not a novolstm file": (lambda p: rewrite_header(p, lambda h: h.pop("__metadata__")), "not a novolstm checkpoint"),
-    "unknown dtype code": (lambda p: rewrite_header(p, lambda h: h["b_i"].update(dtype="Q8")), "tensor 'b_i': malformed entry"),
+    "unknown dtype code": (
+        lambda p: rewrite_header(p, lambda h: h["b_i"].update(dtype="Q8")),
+        "tensor 'b_i': malformed entry",
+    ),
 }
 
 

@@ -80,15 +80,33 @@ def test_every_argument_has_help_and_closed_sets_have_choices():
                 continue
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     # Every argument whose values are a closed set offers them as choices.
-    closed = {("generate", "backend"), ("check", "cell"), ("check", "backend"), ("conformance", "dtype"),
-              ("compare", "tasks"), ("compare", "backend"), ("bench", "backends"), ("bench", "shapes"), ("bench", "dtype"),
-              ("convert", "src_format"), ("convert", "dst_format"), ("convert", "spec"), ("convert", "layout"),
-              ("convert", "from_layout"), ("verify-port", "source"), ("verify-port", "target"), ("verify-port", "spec"),
-              ("verify-port", "format"), ("verify-port", "layout")}
+    closed = {
+        ("generate", "backend"),
+        ("check", "cell"),
+        ("check", "backend"),
+        ("conformance", "dtype"),
+        ("compare", "tasks"),
+        ("compare", "backend"),
+        ("bench", "backends"),
+        ("bench", "shapes"),
+        ("bench", "dtype"),
+        ("convert", "src_format"),
+        ("convert", "dst_format"),
+        ("convert", "spec"),
+        ("convert", "layout"),
+        ("convert", "from_layout"),
+        ("verify-port", "source"),
+        ("verify-port", "target"),
+        ("verify-port", "spec"),
+        ("verify-port", "format"),
+        ("verify-port", "layout"),
+    }
     for name, dest in closed:
         action = next(a for a in commands[name]._actions if a.dest == dest)
         assert action.choices, f"{name} {dest} has no choices"
-    assert list(next(a for a in commands["generate"]._actions if a.dest == "backend").choices) == novolstm.list_backends()
+    assert (
+        list(next(a for a in commands["generate"]._actions if a.dest == "backend").choices) == novolstm.list_backends()
+    )
 
 
 def test_list_json(capsys):
@@ -111,7 +129,10 @@ def test_check_json(capsys):
     assert main(["check", "--cell", "novolstm", "--backend", "numpy", "--steps", "4", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and report["backends"] == ["numpy"]
-    assert [(r["cell"], r["backend"], r["dtype"]) for r in report["rows"]] == [("novolstm", "numpy", "float64"), ("novolstm", "numpy", "float32")]
+    assert [(r["cell"], r["backend"], r["dtype"]) for r in report["rows"]] == [
+        ("novolstm", "numpy", "float64"),
+        ("novolstm", "numpy", "float32"),
+    ]
     assert all(r["ok"] and 0 <= r["max_deviation"] <= r["tolerance"] for r in report["rows"])
 
 
@@ -155,14 +176,22 @@ def test_bench_json(tmp_path, capsys):
 def _bad_files(folder: Path) -> dict[str, Path]:
     """Files of the wrong kind for every reader: an archive, an array, a spec, text, bytes."""
     rng = np.random.default_rng(0)
-    files = {"garbage": folder / "garbage.bin", "npz": folder / "arrays.npz", "npy": folder / "array.npy",
-             "toml": folder / "cell.toml", "text": folder / "notes.txt", "empty": folder / "empty.safetensors"}
+    files = {
+        "garbage": folder / "garbage.bin",
+        "npz": folder / "arrays.npz",
+        "npy": folder / "array.npy",
+        "toml": folder / "cell.toml",
+        "text": folder / "notes.txt",
+        "empty": folder / "empty.safetensors",
+    }
     files["garbage"].write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     np.savez(files["npz"], x=np.ones(3))
     np.save(files["npy"], np.ones(3))
-    files["toml"].write_text((Path(novolstm.__file__).parent / "spec" / "lstm.toml").read_text()
-                             if (Path(novolstm.__file__).parent / "spec" / "lstm.toml").exists()
-                             else 'spec_version = 1\nname = "x"\n')
+    files["toml"].write_text(
+        (Path(novolstm.__file__).parent / "spec" / "lstm.toml").read_text()
+        if (Path(novolstm.__file__).parent / "spec" / "lstm.toml").exists()
+        else 'spec_version = 1\nname = "x"\n'
+    )
     files["text"].write_text("hello\n")
     files["empty"].write_bytes(b"")
     return files
@@ -172,28 +201,50 @@ def _user_errors(folder: Path) -> list[list[str]]:
     f = {k: str(v) for k, v in _bad_files(folder).items()}
     missing = str(folder / "missing.npz")
     return [
-        ["check", "--steps", "0"], ["check", "--cell", "nope"], ["check", "--backend", "fortran"],
-        ["compare", "--lengths", "-3"], ["compare", "--steps", "0"], ["compare", "--seeds", "-1"], ["compare", "--units", "x"],
-        ["compare", "--tasks", "chess"], ["compare", "--cells", "lstm", f["garbage"], "--steps", "1"],
-        ["compare", "--cells", "lstm", "no_such_cell", "--steps", "1"], ["bench", "--repeats", "0"], ["bench", "--shapes", "huge"], ["bench", "--dtype", "int4"],
-        ["verify-port", "torch", "abacus"], ["verify-port", "numpy", "reference", "--steps", "0"],
-        ["show", "nope"], ["show", f["garbage"]], ["show", f["npz"]], ["show", f["text"]], ["show", str(folder)],
-        ["generate", f["npy"]], ["generate", "lstm", "--backend", "cobol"],
+        ["check", "--steps", "0"],
+        ["check", "--cell", "nope"],
+        ["check", "--backend", "fortran"],
+        ["compare", "--lengths", "-3"],
+        ["compare", "--steps", "0"],
+        ["compare", "--seeds", "-1"],
+        ["compare", "--units", "x"],
+        ["compare", "--tasks", "chess"],
+        ["compare", "--cells", "lstm", f["garbage"], "--steps", "1"],
+        ["compare", "--cells", "lstm", "no_such_cell", "--steps", "1"],
+        ["bench", "--repeats", "0"],
+        ["bench", "--shapes", "huge"],
+        ["bench", "--dtype", "int4"],
+        ["verify-port", "torch", "abacus"],
+        ["verify-port", "numpy", "reference", "--steps", "0"],
+        ["show", "nope"],
+        ["show", f["garbage"]],
+        ["show", f["npz"]],
+        ["show", f["text"]],
+        ["show", str(folder)],
+        ["generate", f["npy"]],
+        ["generate", "lstm", "--backend", "cobol"],
         ["generate", "lstm", "-o", str(folder / "no-such-folder" / "cell.py")],
-        ["conformance", "lstm", "--callable", "nocolon"], ["conformance", "lstm", "--callable", "no_such_module_xyz:run"],
-        ["conformance", "lstm", "--callable", "os:no_such_function"], ["conformance", "lstm", "--callable", "broken_port:run"],
+        ["conformance", "lstm", "--callable", "nocolon"],
+        ["conformance", "lstm", "--callable", "no_such_module_xyz:run"],
+        ["conformance", "lstm", "--callable", "os:no_such_function"],
+        ["conformance", "lstm", "--callable", "broken_port:run"],
         ["conformance", "lstm", "--callable", "crashing_port:run"],
-        ["conformance", "lstm", "--callable", ":run"], ["conformance", "lstm", "--dtype", "int8", "--callable", "os:getcwd"],
-        ["conformance", "lstm", "--results", f["garbage"]], ["conformance", "lstm", "--results", f["npy"]],
-        ["conformance", "lstm", "--results", f["toml"]], ["conformance", "lstm", "--results", missing],
-        ["conformance", f["garbage"], "--export", str(folder / "out")], ["conformance", "lstm"],
+        ["conformance", "lstm", "--callable", ":run"],
+        ["conformance", "lstm", "--dtype", "int8", "--callable", "os:getcwd"],
+        ["conformance", "lstm", "--results", f["garbage"]],
+        ["conformance", "lstm", "--results", f["npy"]],
+        ["conformance", "lstm", "--results", f["toml"]],
+        ["conformance", "lstm", "--results", missing],
+        ["conformance", f["garbage"], "--export", str(folder / "out")],
+        ["conformance", "lstm"],
         ["convert", f["garbage"], "-o", str(folder / "o.safetensors"), "--from", "torch", "--to", "canonical"],
         ["convert", f["toml"], "-o", str(folder / "o.safetensors"), "--from", "canonical", "--to", "torch"],
         ["convert", f["empty"], "-o", str(folder / "o.safetensors"), "--from", "canonical", "--to", "torch"],
         ["convert", f["npz"], "-o", str(folder / "o.safetensors"), "--from", "torch", "--to", "canonical"],
         ["convert", f["text"], "-o", str(folder / "o.safetensors"), "--from", "mystery", "--to", "canonical"],
         ["convert", missing, "-o", str(folder / "o.safetensors"), "--from", "torch", "--to", "canonical"],
-        ["nosuchcommand"], [],
+        ["nosuchcommand"],
+        [],
     ]
 
 
@@ -224,22 +275,38 @@ def test_check_names_a_backend_whose_framework_is_missing(capsys):
 
 def test_no_traceback_from_the_installed_command(implementations):
     # Through a real process: the exit code the shell sees, and nothing but one line on stderr.
-    cases = [["check", "--steps", "0"], ["compare", "--lengths", "-3"], ["show", str(_bad_files(implementations)["garbage"])],
-             ["conformance", "lstm", "--callable", "no_such_module_xyz:run"],
-             ["conformance", "lstm", "--results", str(implementations / "array.npy")]]
+    cases = [
+        ["check", "--steps", "0"],
+        ["compare", "--lengths", "-3"],
+        ["show", str(_bad_files(implementations)["garbage"])],
+        ["conformance", "lstm", "--callable", "no_such_module_xyz:run"],
+        ["conformance", "lstm", "--results", str(implementations / "array.npy")],
+    ]
     env = {**os.environ, "PYTHONPATH": ""}
     for argv in cases:
-        done = subprocess.run([sys.executable, "-m", "novolstm", *argv], capture_output=True, text=True, timeout=120, env=env)
+        done = subprocess.run(
+            [sys.executable, "-m", "novolstm", *argv], capture_output=True, text=True, timeout=120, env=env
+        )
         assert done.returncode == 2, (argv, done.stderr)
         _one_error_line(done.stderr, argv[0])
     script = Path(sys.executable).with_name("novolstm")  # the console script pip installed beside python
     if script.exists():
-        done = subprocess.run([str(script), "verify-port", "numpy", "reference", "--steps", "-1"], capture_output=True,
-                              text=True, timeout=120, env=env)
+        done = subprocess.run(
+            [str(script), "verify-port", "numpy", "reference", "--steps", "-1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert done.returncode == 2
         _one_error_line(done.stderr, "verify-port")
-    wrong = subprocess.run([sys.executable, "-m", "novolstm", "conformance", "lstm", "--callable", "wrong_port:run"],
-                           capture_output=True, text=True, timeout=120, env=env)
+    wrong = subprocess.run(
+        [sys.executable, "-m", "novolstm", "conformance", "lstm", "--callable", "wrong_port:run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert wrong.returncode == 1 and "DOES NOT CONFORM" in wrong.stdout and "Traceback" not in wrong.stderr
 
 
@@ -248,8 +315,22 @@ def test_random_bytes_as_any_input_file_are_user_errors(data):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "input"
         path.write_bytes(data)
-        for argv in (["show", str(path)], ["conformance", "gru", "--results", str(path)],
-                     ["convert", str(path), "-o", str(Path(folder) / "o.safetensors"), "--from", "canonical", "--to", "torch", "--spec", "gru"]):
+        for argv in (
+            ["show", str(path)],
+            ["conformance", "gru", "--results", str(path)],
+            [
+                "convert",
+                str(path),
+                "-o",
+                str(Path(folder) / "o.safetensors"),
+                "--from",
+                "canonical",
+                "--to",
+                "torch",
+                "--spec",
+                "gru",
+            ],
+        ):
             with _captured_stderr() as err:
                 code = main(argv)
             assert code == 2, (argv, err.getvalue())

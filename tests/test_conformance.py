@@ -21,7 +21,9 @@ def numpy_impl(spec):
 @pytest.mark.parametrize("cell", novolstm.list_specs())
 def test_golden_vectors_match_the_current_spec(cell):
     meta, cases = load_golden(cell)
-    assert meta["spec_hash"] == novolstm.load_spec(cell).hash, "regenerate with: python -m novolstm.conformance spec/golden"
+    assert meta["spec_hash"] == novolstm.load_spec(cell).hash, (
+        "regenerate with: python -m novolstm.conformance spec/golden"
+    )
     fresh_meta, fresh = make_golden(cell)
     assert fresh_meta == meta
     shipped = {f"{c.name}.outputs": c.outputs for c in cases}
@@ -226,7 +228,9 @@ def every_golden_case():
 @pytest.mark.parametrize("cell, cases", list(every_golden_case()), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_spec_has_a_real_hole_and_a_length_0_row(cell, cases):
     mask = next(c.case.mask for c in cases if c.name == "padding")
-    real_after_hole = [(~mask[b, :t]).any() and mask[b, t:].any() for b in range(mask.shape[0]) for t in range(mask.shape[1])]
+    real_after_hole = [
+        (~mask[b, :t]).any() and mask[b, t:].any() for b in range(mask.shape[0]) for t in range(mask.shape[1])
+    ]
     assert any(real_after_hole), "no masked step followed by a real one in the same row"
     assert (~mask).all(axis=1).any(), "no row of length 0"
     read_as_lengths = np.arange(mask.shape[1])[None] < mask.sum(axis=1)[:, None]
@@ -286,7 +290,9 @@ def test_cli_round_trip_for_implementations_outside_python(tmp_path, capsys):
     results = {}
     for case in meta["cases"]:  # an "outside" implementation: here, the reference itself in float32
         params = {k.split(".", 2)[2]: data[k] for k in data.files if k.startswith(f"{case}.param.")}
-        out, (h,) = novolstm.reference.run("gru", params, data[f"{case}.x"], (data[f"{case}.state0.h"],), mask=data[f"{case}.mask"])
+        out, (h,) = novolstm.reference.run(
+            "gru", params, data[f"{case}.x"], (data[f"{case}.state0.h"],), mask=data[f"{case}.mask"]
+        )
         results[f"{case}.outputs"] = out.astype(np.float32)
         results[f"{case}.state.h"] = h.astype(np.float32)
     np.savez(tmp_path / "theirs.npz", **results)
@@ -316,6 +322,7 @@ def test_the_golden_cases_show_every_mistake_the_kit_knows_even_in_float32(cell)
 
     cases = load_golden(cell)[1]
     for mistake in catalogue(novolstm.load_spec(cell)):
+
         def visible(golden):
             c = golden.case
             outputs, _ = mistake.run(c.params, c.x, c.state, c.mask)

@@ -25,7 +25,10 @@ KILLED_UNITS = 128  # about 5 MB: writing it takes most of a save's time, so a k
 
 def params(seed: int, units: int = UNITS) -> dict:
     """Weights whose every value says which save wrote them."""
-    return {k: np.full_like(v, seed, dtype=np.float32) for k, v in novolstm.init_params("lstm", 4 * units, units, seed=0).items()}
+    return {
+        k: np.full_like(v, seed, dtype=np.float32)
+        for k, v in novolstm.init_params("lstm", 4 * units, units, seed=0).items()
+    }
 
 
 def written_by(path) -> int:

@@ -24,7 +24,9 @@ def peephole(rng, zero_peepholes=False):
 
 def test_peepholes_into_torch_refused_dropped_when_asked_free_when_zero(tmp_path, rng):
     params = peephole(rng)
-    with pytest.raises(ConversionError, match=r"holds \['lstm', 'gru'\], not 'peephole_lstm'.*\['p_f', 'p_i', 'p_o'\].*lossy=True"):
+    with pytest.raises(
+        ConversionError, match=r"holds \['lstm', 'gru'\], not 'peephole_lstm'.*\['p_f', 'p_i', 'p_o'\].*lossy=True"
+    ):
         write(params, tmp_path / "refused.safetensors", "torch", "peephole_lstm")
     assert not (tmp_path / "refused.safetensors").exists()
     with pytest.warns(LossyConversionWarning, match=r"dropped \['p_f', 'p_i', 'p_o'\]"):
@@ -32,7 +34,9 @@ def test_peepholes_into_torch_refused_dropped_when_asked_free_when_zero(tmp_path
     back = read(tmp_path / "lossy.safetensors", "torch", "lstm")["l0"]
     for name, value in back.items():  # everything but the peepholes, exactly
         np.testing.assert_array_equal(value, params[name])
-    write(peephole(rng, zero_peepholes=True), tmp_path / "zero.safetensors", "torch", "peephole_lstm")  # no warning: lossless
+    write(
+        peephole(rng, zero_peepholes=True), tmp_path / "zero.safetensors", "torch", "peephole_lstm"
+    )  # no warning: lossless
     assert sorted(read(tmp_path / "zero.safetensors", "torch", "lstm")["l0"]) == sorted(back)
 
 
@@ -69,7 +73,18 @@ def test_nnx_gru_drops_a_nonzero_b_hn_only_when_asked(rng):
 
 def test_cli_convert_lossy_flag(tmp_path, rng, capsys):
     novolstm.save(peephole(rng), tmp_path / "p.safetensors", spec="peephole_lstm")
-    argv = ["convert", str(tmp_path / "p.safetensors"), "-o", str(tmp_path / "t.safetensors"), "--from", "canonical", "--to", "torch", "--spec", "peephole_lstm"]
+    argv = [
+        "convert",
+        str(tmp_path / "p.safetensors"),
+        "-o",
+        str(tmp_path / "t.safetensors"),
+        "--from",
+        "canonical",
+        "--to",
+        "torch",
+        "--spec",
+        "peephole_lstm",
+    ]
     assert main(argv) == 2
     assert "--lossy" in capsys.readouterr().err
     with pytest.warns(LossyConversionWarning):

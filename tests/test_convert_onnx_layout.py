@@ -13,7 +13,13 @@ from novolstm.convert.onnx import from_onnx_lstm, to_onnx_lstm
 from novolstm.testing import random_params
 
 
-@given(st.sampled_from(["lstm", "peephole_lstm"]), st.integers(1, 2), st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**32 - 1))
+@given(
+    st.sampled_from(["lstm", "peephole_lstm"]),
+    st.integers(1, 2),
+    st.integers(1, 4),
+    st.integers(1, 5),
+    st.integers(0, 2**32 - 1),
+)
 def test_round_trip_is_exact(cell, directions, inputs, units, seed):
     rng = np.random.default_rng(seed)
     params = [random_params(novolstm.load_spec(cell), inputs, units, rng) for _ in range(directions)]

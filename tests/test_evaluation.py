@@ -46,8 +46,26 @@ def test_the_test_set_is_scored_during_training_with_the_tables_metric():
 
 
 def test_compare_cli_writes_table_json_and_plot(tmp_path, capsys):
-    code = main(["compare", "--cells", "lstm", "gru", "--tasks", "adding", "--lengths", "5", "--seeds", "0",
-                 "--steps", "4", "--units", "4", "--out", str(tmp_path)])
+    code = main(
+        [
+            "compare",
+            "--cells",
+            "lstm",
+            "gru",
+            "--tasks",
+            "adding",
+            "--lengths",
+            "5",
+            "--seeds",
+            "0",
+            "--steps",
+            "4",
+            "--units",
+            "4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     assert (tmp_path / "curves.png").stat().st_size > 0
     rows = json.loads((tmp_path / "results.json").read_text())

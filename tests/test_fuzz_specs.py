@@ -100,7 +100,10 @@ def test_random_specs_use_the_whole_language():
         "shared parameter": lambda s, t: any(
             len(re.findall(rf"\b{p}\b", t.split("[equations]")[1])) > 1 for p in s.param_names
         ),
-        **{f"operation {form}": (lambda s, t, form=form: _form_regex(form).search(t) is not None) for form in OPERATION_FORMS},
+        **{
+            f"operation {form}": (lambda s, t, form=form: _form_regex(form).search(t) is not None)
+            for form in OPERATION_FORMS
+        },
         **{f"function {fn}": (lambda s, t, fn=fn: f"{fn}(" in t) for fn in UNARY_FUNCTIONS},
         "equations out of order": lambda s, t: (
             [n for n, _ in s.equations] != re.findall(r"^(\w+) = ", t.split("[equations]")[1], re.MULTILINE)

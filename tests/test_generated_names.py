@@ -46,7 +46,11 @@ def test_backward_values_are_named_after_their_cotangents_and_say_what_they_diff
         computed = [n.name for n in graph.nodes if n.op not in LEAVES and n.op != "const"]  # a literal says itself
         assert computed and seeds
         literals = [n.name for n in graph.nodes if n.op == "const"]
-        bad = [name for name in seeds + computed + literals if not BACKWARD_NAME.fullmatch(name) or AUTODIFF_NAME.search(name)]
+        bad = [
+            name
+            for name in seeds + computed + literals
+            if not BACKWARD_NAME.fullmatch(name) or AUTODIFF_NAME.search(name)
+        ]
         assert not bad, bad
         # Every computed value has its comment: d(<forward expression>) / d(<value>), or d(loss) / d(<value>).
         assert set(computed) <= set(comments)

@@ -17,7 +17,9 @@ import novolstm
 def load_corpus():
     """tests/hostile_files.py, loaded once by path (the tests folder is no package)."""
     if "hostile_files" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("hostile_files", pathlib.Path(__file__).with_name("hostile_files.py"))
+        spec = importlib.util.spec_from_file_location(
+            "hostile_files", pathlib.Path(__file__).with_name("hostile_files.py")
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules["hostile_files"] = module
         spec.loader.exec_module(module)
@@ -51,7 +53,16 @@ def test_the_safetensors_library_refuses_it_too(case, tmp_path):
 
 def test_the_corpus_covers_every_reader():
     names = " ".join(c.name for c in corpus.ALL_CASES)
-    for what in ("checkpoint", "torch safetensors", "torch.save", "ONNX", "Keras .weights.h5", "Keras .keras", "Keras 2", "Flax"):
+    for what in (
+        "checkpoint",
+        "torch safetensors",
+        "torch.save",
+        "ONNX",
+        "Keras .weights.h5",
+        "Keras .keras",
+        "Keras 2",
+        "Flax",
+    ):
         assert what in names, what
     assert len(corpus.ALL_CASES) == len({c.name for c in corpus.ALL_CASES})
 
@@ -75,7 +86,18 @@ def test_spec_to_the_onnx_operator_refuses_cells_it_cannot_express(spec, tmp_pat
     from novolstm.cli import main
 
     novolstm.save(novolstm.init_params(spec, 2, 3, seed=0), tmp_path / "c.safetensors", spec=spec)
-    args = ["convert", str(tmp_path / "c.safetensors"), "-o", str(tmp_path / "m.onnx"), "--from", "canonical", "--to", "onnx", "--spec", spec]
+    args = [
+        "convert",
+        str(tmp_path / "c.safetensors"),
+        "-o",
+        str(tmp_path / "m.onnx"),
+        "--from",
+        "canonical",
+        "--to",
+        "onnx",
+        "--spec",
+        spec,
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"not {spec!r}" in err and "novolstm.export_onnx" in err and err.count("\n") == 1

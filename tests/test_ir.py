@@ -26,9 +26,9 @@ def test_lstm_is_one_input_gemm_one_recurrent_matmul_and_one_add():
 
 def test_novolstm_fuses_its_softmax_branch_too():
     program = build_program(novolstm.load_spec("novolstm"))
-    (_, weights, _), = linears(program.prologue)
+    ((_, weights, _),) = linears(program.prologue)
     assert set(weights) == {"W_i", "W_s", "W_f", "W_g", "W_o"}
-    (_, recurrent, _), = linears(program.step)
+    ((_, recurrent, _),) = linears(program.step)
     assert [w.replace("U", "W") for w in recurrent] == list(weights)  # the same block order on both sides
 
 
@@ -40,8 +40,8 @@ def test_state_independent_branches_leave_the_loop():
 
 def test_gru_keeps_its_recurrent_bias_apart():
     program = build_program(novolstm.load_spec("gru"))
-    (_, _, x_biases), = linears(program.prologue)
-    (_, _, h_biases), = linears(program.step)
+    ((_, _, x_biases),) = linears(program.prologue)
+    ((_, _, h_biases),) = linears(program.step)
     assert x_biases == ("b_r", "b_z", "b_n")
     assert h_biases == (None, None, "b_hn")  # inside r * (h @ U_n + b_hn): never merged with b_n
 
@@ -69,7 +69,9 @@ def test_check_graph_names_the_broken_invariant():
     with pytest.raises(IRError, match="defined twice"):
         check_graph(Graph([Node("a", "state"), Node("a", "state")]), "demo")
     with pytest.raises(IRError, match="width 1, expected 2"):
-        check_graph(Graph([Node("a", "state", width=2), Node("b", "slice", ("a",), (("start", 0), ("stop", 2)))]), "demo")
+        check_graph(
+            Graph([Node("a", "state", width=2), Node("b", "slice", ("a",), (("start", 0), ("stop", 2)))]), "demo"
+        )
     with pytest.raises(IRError, match="output 'y' names unknown node"):
         check_graph(Graph([Node("a", "state")], {"y": "zz"}), "demo")
 
@@ -105,9 +107,13 @@ def _lstm_rewritten():
     """The standard LSTM written differently: other intermediate names, description, equation
     order, term order in sums and products, and an extra unused equation."""
     head = _builtin_path("lstm").read_text().split("[equations]")[0]
-    head = head.replace('name = "lstm"', 'name = "my_lstm"').replace("The standard LSTM (Hochreiter", "Mine (Hochreiter")
+    head = head.replace('name = "lstm"', 'name = "my_lstm"').replace(
+        "The standard LSTM (Hochreiter", "Mine (Hochreiter"
+    )
     head = head.replace('h = "h_next"\nc = "c_next"', 'h = "hidden"\nc = "memory"')
-    return head + """[equations]
+    return (
+        head
+        + """[equations]
 forget = "sigmoid(h @ U_f + b_f + x @ W_f)"
 cand = "tanh(x @ W_g + h @ U_g + b_g)"
 inp = "sigmoid(x @ W_i + h @ U_i + b_i)"
@@ -115,6 +121,7 @@ memory = "inp * cand + c * forget"
 outgate = "sigmoid(b_o + x @ W_o + h @ U_o)"
 hidden = "tanh(memory) * outgate"
 """
+    )
 
 
 def test_a_rewritten_standard_lstm_is_recognised():

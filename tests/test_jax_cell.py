@@ -91,7 +91,10 @@ def test_half_precision(cell, dtype):
     m = module(cell)
     jdtype = jnp.dtype(dtype)
     out, final = jax.jit(m.sequence)(
-        {k: jnp.asarray(v, jdtype) for k, v in params.items()}, jnp.asarray(x, jdtype), tuple(jnp.asarray(s, jdtype) for s in state), mask
+        {k: jnp.asarray(v, jdtype) for k, v in params.items()},
+        jnp.asarray(x, jdtype),
+        tuple(jnp.asarray(s, jdtype) for s in state),
+        mask,
     )
     assert out.dtype == jdtype and all(s.dtype == jdtype for s in final)
     tol = tolerance(dtype, 8)

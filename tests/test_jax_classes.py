@@ -108,7 +108,9 @@ def test_msgpack_and_orbax_checkpoints_restore_in_a_fresh_process(tmp_path, rng)
     cell = nf.NovoLSTMCell(I, H, params=random_params("novolstm", I, H, rng))
     (tmp_path / "nnx.msgpack").write_bytes(serialization.to_bytes(nnx.to_pure_dict(nnx.state(cell))))
     linen = nn.RNN(nl.GRUCell(H))
-    variables = {"params": {"cell": {k: jnp.asarray(v, jnp.float32) for k, v in random_params("gru", I, H, rng).items()}}}
+    variables = {
+        "params": {"cell": {k: jnp.asarray(v, jnp.float32) for k, v in random_params("gru", I, H, rng).items()}}
+    }
     (tmp_path / "linen.msgpack").write_bytes(serialization.to_bytes(variables))
     import orbax.checkpoint as ocp
 
@@ -124,7 +126,11 @@ def test_msgpack_and_orbax_checkpoints_restore_in_a_fresh_process(tmp_path, rng)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONSTARTUP", "JAX_ENABLE_X64")}
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(LOADER), str(tmp_path / "orbax")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])

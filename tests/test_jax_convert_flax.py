@@ -23,18 +23,29 @@ def reference(cell, params, x):
     return novolstm.reference.run(cell, params, np.asarray(x, np.float64))[0]
 
 
-@pytest.mark.parametrize("cell_class, layout, cell", [("LSTMCell", "linen_lstm", "lstm"), ("OptimizedLSTMCell", "linen_lstm", "lstm"),
-                                                      ("GRUCell", "linen_gru", "gru")])
+@pytest.mark.parametrize(
+    "cell_class, layout, cell",
+    [("LSTMCell", "linen_lstm", "lstm"), ("OptimizedLSTMCell", "linen_lstm", "lstm"), ("GRUCell", "linen_gru", "gru")],
+)
 def test_linen_rnn_variables(cell_class, layout, cell):
     rnn = linen.RNN(getattr(linen, cell_class)(features=H))
     x = jax.random.normal(jax.random.key(1), (B, T, I))
     variables = rnn.init(jax.random.key(0), x)
-    variables = jax.tree_util.tree_map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), variables)  # non-zero biases
+    variables = jax.tree_util.tree_map(
+        lambda a: a + 0.1 * jax.random.normal(jax.random.key(2), a.shape), variables
+    )  # non-zero biases
     params = to_canonical(variables, layout)  # {"params": {"cell": ...}}: nn.RNN's own nesting
-    assert_close(np.asarray(rnn.apply(variables, x)), reference(cell, params, x), tolerance("float32", T), what=f"nn.RNN({cell_class})")
+    assert_close(
+        np.asarray(rnn.apply(variables, x)),
+        reference(cell, params, x),
+        tolerance("float32", T),
+        what=f"nn.RNN({cell_class})",
+    )
 
 
-@pytest.mark.parametrize("cell_class, layout, cell", [("LSTMCell", "nnx_lstm", "lstm"), ("OptimizedLSTMCell", "nnx_optimized_lstm", "lstm")])
+@pytest.mark.parametrize(
+    "cell_class, layout, cell", [("LSTMCell", "nnx_lstm", "lstm"), ("OptimizedLSTMCell", "nnx_optimized_lstm", "lstm")]
+)
 def test_nnx_rnn_state(cell_class, layout, cell):
     rnn = nnx.RNN(getattr(nnx, cell_class)(I, H, rngs=nnx.Rngs(0)))
     state = nnx.state(rnn, nnx.Param)
@@ -42,7 +53,10 @@ def test_nnx_rnn_state(cell_class, layout, cell):
     nnx.update(rnn, state)
     x = jax.random.normal(jax.random.key(1), (B, T, I))
     expected = np.asarray(rnn(x))
-    for tree in (nnx.state(rnn, nnx.Param), nnx.to_pure_dict(nnx.state(rnn, nnx.Param))):  # {"cell": ...}: nnx.RNN's nesting
+    for tree in (
+        nnx.state(rnn, nnx.Param),
+        nnx.to_pure_dict(nnx.state(rnn, nnx.Param)),
+    ):  # {"cell": ...}: nnx.RNN's nesting
         params = to_canonical(tree, layout)
         assert_close(expected, reference(cell, params, x), tolerance("float32", T), what=f"nnx.RNN({cell_class})")
 
@@ -59,8 +73,20 @@ def test_lossy_reaches_the_flax_writer(tmp_path, capsys):
     params = {k: v.astype(np.float32) for k, v in random_params("gru", I, H, np.random.default_rng(0)).items()}
     assert params["b_hn"].any()
     files.write({"l0": params}, tmp_path / "g.safetensors", "canonical", "gru")
-    args = ["convert", str(tmp_path / "g.safetensors"), "-o", str(tmp_path / "g.msgpack"), "--from", "canonical", "--to", "flax",
-            "--spec", "gru", "--layout", "nnx_gru"]
+    args = [
+        "convert",
+        str(tmp_path / "g.safetensors"),
+        "-o",
+        str(tmp_path / "g.msgpack"),
+        "--from",
+        "canonical",
+        "--to",
+        "flax",
+        "--spec",
+        "gru",
+        "--layout",
+        "nnx_gru",
+    ]
     assert main(args) == 2
     assert "pass lossy=True (novolstm convert --lossy)" in capsys.readouterr().err
     assert not (tmp_path / "g.msgpack").exists()

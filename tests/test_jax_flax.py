@@ -77,7 +77,9 @@ def test_linen_cell_under_nn_rnn(cell):
     assert set(params) == set(m.PARAM_TABLE)  # canonical names
     assert {k: v.shape for k, v in params.items()} == novolstm.load_spec(cell).parameter_shapes(3, 4)
     outputs = layer.apply(variables, x)
-    expected, _ = reference.run(cell, {k: np.asarray(v, np.float64) for k, v in params.items()}, np.asarray(x, np.float64))
+    expected, _ = reference.run(
+        cell, {k: np.asarray(v, np.float64) for k, v in params.items()}, np.asarray(x, np.float64)
+    )
     assert_close(np.asarray(outputs), expected, tolerance("float32", 6), what="nn.RNN outputs")
     grads = jax.grad(lambda v: layer.apply(v, x).sum())(variables)
     assert set(grads["params"]["cell"]) == set(m.PARAM_TABLE)
@@ -150,11 +152,37 @@ def test_carry_order():
         (lambda: convert.from_canonical(novolstm.init_params("novolstm", 3, 2), "linen_lstm"), "unexpected .*W_s"),
         (lambda: convert.from_canonical(novolstm.init_params("lstm", 3, 2), "keras"), "unknown Flax layout"),
         (lambda: convert.from_canonical({**novolstm.init_params("gru", 3, 2), "b_hn": np.ones(2)}, "nnx_gru"), "b_hn"),
-        (lambda: convert.from_canonical({**novolstm.init_params("lstm", 3, 2), "U_f": np.ones((2, 3))}, "nnx_lstm"), "U_f"),
-        (lambda: convert.to_canonical({**convert.from_canonical(novolstm.init_params("lstm", 3, 2), "linen_lstm"), "extra": {"kernel": np.ones(2)}}, "linen_lstm"), "unexpected \\['extra'\\]"),
-        (lambda: convert.to_canonical(convert.from_canonical(novolstm.init_params("lstm", 3, 2), "linen_lstm"), "nnx_lstm"), "missing \\['if_'\\]"),
-        (lambda: convert.to_canonical({"ii": {"kernel": np.ones((3, 2)), "bias": np.ones(2)}}, "linen_lstm"), "missing"),
-        (lambda: convert.to_canonical({"dense_i": {"kernel": np.ones((3, 6))}, "dense_h": {"kernel": np.ones((2, 8)), "bias": np.ones(8)}}, "nnx_optimized_lstm"), "4 gates"),
+        (
+            lambda: convert.from_canonical({**novolstm.init_params("lstm", 3, 2), "U_f": np.ones((2, 3))}, "nnx_lstm"),
+            "U_f",
+        ),
+        (
+            lambda: convert.to_canonical(
+                {
+                    **convert.from_canonical(novolstm.init_params("lstm", 3, 2), "linen_lstm"),
+                    "extra": {"kernel": np.ones(2)},
+                },
+                "linen_lstm",
+            ),
+            "unexpected \\['extra'\\]",
+        ),
+        (
+            lambda: convert.to_canonical(
+                convert.from_canonical(novolstm.init_params("lstm", 3, 2), "linen_lstm"), "nnx_lstm"
+            ),
+            "missing \\['if_'\\]",
+        ),
+        (
+            lambda: convert.to_canonical({"ii": {"kernel": np.ones((3, 2)), "bias": np.ones(2)}}, "linen_lstm"),
+            "missing",
+        ),
+        (
+            lambda: convert.to_canonical(
+                {"dense_i": {"kernel": np.ones((3, 6))}, "dense_h": {"kernel": np.ones((2, 8)), "bias": np.ones(8)}},
+                "nnx_optimized_lstm",
+            ),
+            "4 gates",
+        ),
     ],
 )
 def test_converter_refuses_what_it_cannot_represent(call, match):
@@ -186,9 +214,17 @@ def test_flax_linen_cell_weights_run_the_same_on_the_spec(name):
         x = jnp.asarray(rng.normal(size=(3, 7, 4)))
         flax_cell = LINEN[name](5, param_dtype=jnp.float64)
         layer = nn.RNN(flax_cell, return_carry=True)
-        carry0 = jax.tree_util.tree_map(lambda a: jnp.asarray(rng.normal(size=a.shape)), flax_cell.initialize_carry(jax.random.key(0), (3, 4)))
+        carry0 = jax.tree_util.tree_map(
+            lambda a: jnp.asarray(rng.normal(size=a.shape)), flax_cell.initialize_carry(jax.random.key(0), (3, 4))
+        )
         variables = layer.init(jax.random.key(1), x, initial_carry=carry0)
-        variables = {"params": {"cell": jax.tree_util.tree_map(lambda a: a + 0.1 * rng.normal(size=a.shape), variables["params"]["cell"])}}  # nonzero biases too
+        variables = {
+            "params": {
+                "cell": jax.tree_util.tree_map(
+                    lambda a: a + 0.1 * rng.normal(size=a.shape), variables["params"]["cell"]
+                )
+            }
+        }  # nonzero biases too
         carry, outputs = layer.apply(variables, x, initial_carry=carry0)
         params = convert.to_canonical(variables["params"]["cell"], layout)
         state0 = tuple(np.asarray(s) for s in convert.carry_to_state(carry0, layout))
@@ -216,7 +252,9 @@ def test_flax_nnx_cell_weights_run_the_same_on_the_spec(layout):
         nnx.update(flax_cell, state)
         assert_identical(convert.to_canonical(nnx.state(flax_cell, nnx.Param), layout), canonical)
         state0 = tuple(rng.normal(size=(3, 5)) for _ in novolstm.load_spec(spec).state_names)
-        carry, outputs = nnx.RNN(flax_cell, return_carry=True)(x, initial_carry=convert.state_to_carry(tuple(map(jnp.asarray, state0)), layout))
+        carry, outputs = nnx.RNN(flax_cell, return_carry=True)(
+            x, initial_carry=convert.state_to_carry(tuple(map(jnp.asarray, state0)), layout)
+        )
         expected, expected_state = _run_ours(spec, canonical, np.asarray(x), state0)
     assert_close(np.asarray(outputs), expected, what=f"Flax {layout} outputs")
     for got, want in zip(convert.carry_to_state(carry, layout), expected_state):

@@ -40,7 +40,11 @@ def jax_backward(cell, params, x, state, mask, g_out, g_state, dtype, unroll=1):
             return pullback((g_out, g_state))
 
         g_params, g_x, g_state0 = vjp(
-            jax.tree_util.tree_map(cast, params), cast(x), tuple(map(cast, state)), cast(g_out), tuple(map(cast, g_state))
+            jax.tree_util.tree_map(cast, params),
+            cast(x),
+            tuple(map(cast, state)),
+            cast(g_out),
+            tuple(map(cast, g_state)),
         )
         return np.asarray(g_x), tuple(np.asarray(g) for g in g_state0), {k: np.asarray(v) for k, v in g_params.items()}
 
@@ -69,7 +73,10 @@ def compare(cell, case_params, x, state, mask, dtype, rng, unroll=1):
 def test_gradients_match_numpy_backward(cell, dtype, data):
     case = data.draw(cases(cell, scales=(0.05, 0.3, 1.0)))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    state = case.state or tuple(np.zeros((case.x.shape[0], case.params[novolstm.load_spec(cell).params[0].name].shape[-1])) for _ in novolstm.load_spec(cell).state_names)
+    state = case.state or tuple(
+        np.zeros((case.x.shape[0], case.params[novolstm.load_spec(cell).params[0].name].shape[-1]))
+        for _ in novolstm.load_spec(cell).state_names
+    )
     target(compare(cell, case.params, case.x, state, case.mask, dtype, rng), label=f"{cell} {dtype}")
 
 

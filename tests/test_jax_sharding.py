@@ -69,7 +69,9 @@ def test_batch_sharded_over_four_devices_matches_one_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     script = tmp_path / "shard.py"
     script.write_text(SCRIPT)
-    done = subprocess.run([sys.executable, "-W", "error", str(script)], env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     for cell, row in report.items():

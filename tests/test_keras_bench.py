@@ -9,7 +9,9 @@ from novolstm.cli import main
 
 
 def test_keras_adapter_smoke(tmp_path, capsys, check_paths_table):
-    assert main(["bench", "--smoke", "--backends", "keras", "--dtype", "float32", "bfloat16", "--out", str(tmp_path)]) == 0
+    assert (
+        main(["bench", "--smoke", "--backends", "keras", "--dtype", "float32", "bfloat16", "--out", str(tmp_path)]) == 0
+    )
     data = json.loads((tmp_path / "results.json").read_text())
     names = {r["candidate"] for r in data["rows"]}
     assert {"lstm spec", "novolstm spec", "novolstm_reference spec", "native: keras.layers.LSTM"} <= names
@@ -28,5 +30,7 @@ def test_keras_adapter_smoke(tmp_path, capsys, check_paths_table):
             for r in data["rows"]
             if r["dtype"] == dtype and r.get("path") == path and cell in (r["candidate"], r["cell"])
         )
-        assert path == ("native" if cell.startswith("native") else "generated loop") if jit is None else path.endswith(jit)
+        assert (
+            path == ("native" if cell.startswith("native") else "generated loop") if jit is None else path.endswith(jit)
+        )
         assert row[11].endswith(f"({jit})") if jit else row[11] == ""

@@ -24,8 +24,11 @@ SPECS = novolstm.list_specs()
 I, H = 3, 4
 
 #: A spec that is not built in: the GRU under another name and class name.
-CUSTOM = novolstm.load_spec("gru").dumps().replace('name = "gru"', 'name = "my_gru"').replace(
-    'class_name = "GRU"', 'class_name = "MyGRU"'
+CUSTOM = (
+    novolstm.load_spec("gru")
+    .dumps()
+    .replace('name = "gru"', 'name = "my_gru"')
+    .replace('class_name = "GRU"', 'class_name = "MyGRU"')
 )
 
 
@@ -92,7 +95,11 @@ def test_keras_files_load_in_a_fresh_process_importing_only_novolstm_keras(tmp_p
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(LOADER), json.dumps([*models, "tampered.keras"])],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     refused = json.loads(proc.stdout.strip().splitlines()[-1])["refused"]
@@ -169,7 +176,11 @@ def test_get_config_round_trips_every_native_argument(kind, tmp_path):
 
 
 def test_initializers_regularizers_constraints_and_use_bias_act_by_role(rng):
-    cell = nk.NovoLSTMCell(H, seed=0, **{k: v for k, v in NATIVE.items() if k not in ("dropout", "recurrent_dropout", "activity_regularizer")})
+    cell = nk.NovoLSTMCell(
+        H,
+        seed=0,
+        **{k: v for k, v in NATIVE.items() if k not in ("dropout", "recurrent_dropout", "activity_regularizer")},
+    )
     rnn = keras.layers.RNN(cell)
     rnn(rng.normal(size=(2, 5, I)).astype("float32"))
     roles = {"kernel": [], "recurrent": [], "bias": [], None: []}

@@ -24,6 +24,8 @@ B, T, I, H = 3, 6, 4, 5
 def tol(dtype, steps=1, kind="outputs"):
     # novolstm.testing.PRECISION_LIMITS: Keras on JAX and torch holds float64 to float32's tolerance.
     return tolerance(computes_in("keras", dtype, keras.backend.backend()), steps=steps, kind=kind)
+
+
 F64 = tol("float64", steps=T)
 
 
@@ -80,7 +82,10 @@ def test_keras_gru_round_trip_moves_only_the_mergeable_biases(rng):
 def test_original_novolstm_names_with_paths_and_suffixes(rng):
     params = random_params(novolstm.load_spec("novolstm_reference"), I, H, rng)
     original = convert.novolstm_original_from_canonical(params)
-    keras2_style = [(f"novo_lstm/{k}:0" if k not in ("gamma", "beta") else f"layer_normalization/{k}:0", v) for k, v in original.items()]
+    keras2_style = [
+        (f"novo_lstm/{k}:0" if k not in ("gamma", "beta") else f"layer_normalization/{k}:0", v)
+        for k, v in original.items()
+    ]
     back = convert.novolstm_original_to_canonical(keras2_style)
     for name in params:
         np.testing.assert_array_equal(back[name], params[name])
@@ -103,7 +108,9 @@ def test_conversions_refuse_what_they_cannot_represent(rng):
         convert.lstm_to_canonical([np.zeros((I, 4 * H))])
     with pytest.raises(convert.ConversionError, match="unexpected weight 'moving_mean'"):
         convert.novolstm_original_to_canonical({"moving_mean": np.zeros(H)})
-    original = convert.novolstm_original_from_canonical(random_params(novolstm.load_spec("novolstm_reference"), I, H, rng))
+    original = convert.novolstm_original_from_canonical(
+        random_params(novolstm.load_spec("novolstm_reference"), I, H, rng)
+    )
     with pytest.raises(convert.ConversionError, match=r"missing \['u_c'\]"):
         convert.novolstm_original_to_canonical({k: v for k, v in original.items() if k != "u_c"})
     with pytest.raises(convert.ConversionError, match="given twice"):
@@ -192,7 +199,11 @@ class OriginalNovoLSTM(keras.layers.Layer):
 
     def call(self, inputs, states):
         h, c = states
-        gate = lambda g: ops.matmul(inputs, getattr(self, f"w_{g}")) + ops.matmul(h, getattr(self, f"u_{g}")) + getattr(self, f"b_{g}")  # noqa: E731
+        gate = lambda g: (
+            ops.matmul(inputs, getattr(self, f"w_{g}"))
+            + ops.matmul(h, getattr(self, f"u_{g}"))
+            + getattr(self, f"b_{g}")
+        )  # noqa: E731
         i = self.layer_norm(ops.sigmoid(gate("i")) * ops.softmax(ops.matmul(inputs, self.w_i_prime) + self.b_i_prime))
         f, o = ops.sigmoid(gate("f")), ops.sigmoid(gate("o"))
         c = f * c + i * ops.tanh(gate("c"))
@@ -202,7 +213,9 @@ class OriginalNovoLSTM(keras.layers.Layer):
 
 def test_original_novolstm_keras_weights_port_to_novolstm_reference(rng):
     x = rng.normal(size=(B, T, I))
-    original = keras.layers.RNN(OriginalNovoLSTM(H, dtype="float64"), return_sequences=True, return_state=True, dtype="float64")
+    original = keras.layers.RNN(
+        OriginalNovoLSTM(H, dtype="float64"), return_sequences=True, return_state=True, dtype="float64"
+    )
     original.build((B, T, I))
     randomize(original, rng)
     y, h, c = (np_(a) for a in original(x))
@@ -250,8 +263,13 @@ def test_keras2_legacy_h5_files_convert(tmp_path, rng, how, kind):
     from novolstm.convert import files
 
     layer = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[kind]
-    model = keras.Sequential([keras.Input((None, I)), keras.layers.Bidirectional(layer(H, return_sequences=True)),
-                              layer(H, return_sequences=True)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, I)),
+            keras.layers.Bidirectional(layer(H, return_sequences=True)),
+            layer(H, return_sequences=True),
+        ]
+    )
     for sub in model.layers:
         randomize(sub, rng)
     path = tmp_path / "legacy.h5"
@@ -269,18 +287,44 @@ def test_keras2_legacy_h5_files_convert(tmp_path, rng, how, kind):
     for sub in plain.layers:
         randomize(sub, rng)
     _legacy_weights(plain, path)
-    assert main(["convert", str(path), "-o", str(tmp_path / "c.safetensors"), "--from", "keras", "--to", "canonical", "--spec", kind]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(path),
+                "-o",
+                str(tmp_path / "c.safetensors"),
+                "--from",
+                "keras",
+                "--to",
+                "canonical",
+                "--spec",
+                kind,
+            ]
+        )
+        == 0
+    )
     layers = files.read(tmp_path / "c.safetensors", "canonical", kind)
     x = rng.normal(size=(B, T, I))
-    assert_close(np_(plain(x.astype("float32"))), _run_reference(kind, layers, x), tol("float32", 2 * T), "Keras 2 .h5 via canonical")
+    assert_close(
+        np_(plain(x.astype("float32"))),
+        _run_reference(kind, layers, x),
+        tol("float32", 2 * T),
+        "Keras 2 .h5 via canonical",
+    )
 
 
 @pytest.mark.parametrize("merge_mode", ["sum", "ave", "mul", "concat"])
 def test_bidirectional_merge_modes_other_than_concat_are_refused(tmp_path, rng, merge_mode):
     from novolstm.convert import files
 
-    model = keras.Sequential([keras.Input((None, I)), keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True), merge_mode=merge_mode),
-                              keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True), merge_mode=merge_mode)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, I)),
+            keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True), merge_mode=merge_mode),
+            keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True), merge_mode=merge_mode),
+        ]
+    )
     for sub in model.layers:
         randomize(sub, rng)
     model.save(tmp_path / "m.keras")
@@ -288,7 +332,9 @@ def test_bidirectional_merge_modes_other_than_concat_are_refused(tmp_path, rng, 
     if merge_mode == "concat":
         layers = files.read(tmp_path / "m.keras", "keras", "lstm")
         x = rng.normal(size=(B, T, I))
-        assert_close(np_(model(x.astype("float32"))), _run_reference("lstm", layers, x), tol("float32", 2 * T), "concat")
+        assert_close(
+            np_(model(x.astype("float32"))), _run_reference("lstm", layers, x), tol("float32", 2 * T), "concat"
+        )
         return
     with pytest.raises(files.ConversionError, match=f"merge_mode='{merge_mode}'"):
         files.read(tmp_path / "m.keras", "keras", "lstm")
@@ -306,8 +352,18 @@ def test_the_original_novolstm_codes_weight_file_through_the_cli(tmp_path, rng):
     model = keras.Sequential([keras.Input((None, I)), keras.layers.RNN(OriginalNovoLSTM(H), return_sequences=True)])
     randomize(model.layers[0], rng)
     _legacy_weights(model, tmp_path / "original.h5")
-    args = ["convert", str(tmp_path / "original.h5"), "-o", str(tmp_path / "c.safetensors"), "--from", "keras", "--to", "canonical",
-            "--spec", "novolstm_reference"]
+    args = [
+        "convert",
+        str(tmp_path / "original.h5"),
+        "-o",
+        str(tmp_path / "c.safetensors"),
+        "--from",
+        "keras",
+        "--to",
+        "canonical",
+        "--spec",
+        "novolstm_reference",
+    ]
     assert main(args) == 0
     params = files.read(tmp_path / "c.safetensors", "canonical", "novolstm_reference")["l0"]
     x = rng.normal(size=(B, T, I))

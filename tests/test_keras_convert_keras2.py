@@ -102,21 +102,41 @@ def _layer_config(name, units, kind="LSTM", recurrent_activation="hard_sigmoid",
         "implementation": 1}}  # fmt: skip
 
 
-def write_keras2(path, stack, *, version="2.2.4", whole_model=True, naming="keras2", list_config=False,
-                 recurrent_activation="hard_sigmoid", kind="LSTM", functional=False):
+def write_keras2(
+    path,
+    stack,
+    *,
+    version="2.2.4",
+    whole_model=True,
+    naming="keras2",
+    list_config=False,
+    recurrent_activation="hard_sigmoid",
+    kind="LSTM",
+    functional=False,
+):
     """What Keras 2's model.save('m.h5') (whole_model) or save_weights('w.h5') wrote for a Sequential (or a
     functional Model, with its weight-free InputLayer) of LSTM (or Bidirectional(LSTM)) layers: ``stack`` is
     [(forward arrays, backward arrays or None)]."""
     counters = {}
     entries, groups = [], {}
     if functional:
-        entries.append({"name": "input_1", "class_name": "InputLayer", "inbound_nodes": [],
-                        "config": {"name": "input_1", "batch_input_shape": [None, None, np.shape(stack[0][0][0])[0]]}})
+        entries.append(
+            {
+                "name": "input_1",
+                "class_name": "InputLayer",
+                "inbound_nodes": [],
+                "config": {"name": "input_1", "batch_input_shape": [None, None, np.shape(stack[0][0][0])[0]]},
+            }
+        )
         groups["input_1"] = {}
     for forward, backward in stack:
         base = "bidirectional" if backward is not None else kind.lower()
         counters[base] = counters.get(base, 0) + 1
-        name = f"{base}_{counters[base]}" if naming == "keras2" else base + ("" if counters[base] == 1 else f"_{counters[base] - 1}")
+        name = (
+            f"{base}_{counters[base]}"
+            if naming == "keras2"
+            else base + ("" if counters[base] == 1 else f"_{counters[base] - 1}")
+        )
         units = np.shape(forward[1])[0]
         use_bias = forward[2] is not None
         inner = _layer_config(name, units, kind, recurrent_activation, use_bias)
@@ -124,10 +144,16 @@ def write_keras2(path, stack, *, version="2.2.4", whole_model=True, naming="kera
             entries.append(inner)
             groups[name] = dict(zip(_weight_names(name, None, naming, kind.lower()), forward))
         else:
-            entries.append({"class_name": "Bidirectional", "config": {"name": name, "trainable": True, "layer": inner,
-                                                                      "merge_mode": "concat"}})
-            groups[name] = {**dict(zip(_weight_names(name, "forward", naming, kind.lower()), forward)),
-                            **dict(zip(_weight_names(name, "backward", naming, kind.lower()), backward))}
+            entries.append(
+                {
+                    "class_name": "Bidirectional",
+                    "config": {"name": name, "trainable": True, "layer": inner, "merge_mode": "concat"},
+                }
+            )
+            groups[name] = {
+                **dict(zip(_weight_names(name, "forward", naming, kind.lower()), forward)),
+                **dict(zip(_weight_names(name, "backward", naming, kind.lower()), backward)),
+            }
     with h5py.File(path, "w") as f:
         root = f
         if whole_model:
@@ -135,9 +161,15 @@ def write_keras2(path, stack, *, version="2.2.4", whole_model=True, naming="kera
             if functional:
                 for before, entry in zip(entries, entries[1:]):
                     entry.update(name=entry["config"]["name"], inbound_nodes=[[[before["name"], 0, 0, {}]]])
-                config = {"name": "model_1", "layers": entries, "input_layers": [["input_1", 0, 0]],
-                          "output_layers": [[entries[-1]["name"], 0, 0]]}
-            f.attrs["model_config"] = json.dumps({"class_name": "Model" if functional else "Sequential", "config": config}).encode()
+                config = {
+                    "name": "model_1",
+                    "layers": entries,
+                    "input_layers": [["input_1", 0, 0]],
+                    "output_layers": [[entries[-1]["name"], 0, 0]],
+                }
+            f.attrs["model_config"] = json.dumps(
+                {"class_name": "Model" if functional else "Sequential", "config": config}
+            ).encode()
             f.attrs["training_config"] = json.dumps({"loss": "mse", "optimizer_config": {}}).encode()
             f.attrs["keras_version"], f.attrs["backend"] = version.encode(), b"tensorflow"
             root = f.create_group("model_weights")
@@ -155,8 +187,11 @@ def write_keras2(path, stack, *, version="2.2.4", whole_model=True, naming="kera
 
 def random_layer(rng, inputs, units, scale, use_bias=True):
     """Keras' arrays, float32 as Keras 2 saved them: distinct per gate (a swap cannot hide)."""
-    arrays = [rng.normal(scale=scale, size=(inputs, 4 * units)), rng.normal(scale=scale, size=(units, 4 * units)),
-              rng.normal(scale=scale, size=4 * units) if use_bias else None]
+    arrays = [
+        rng.normal(scale=scale, size=(inputs, 4 * units)),
+        rng.normal(scale=scale, size=(units, 4 * units)),
+        rng.normal(scale=scale, size=4 * units) if use_bias else None,
+    ]
     return tuple(None if a is None else a.astype(np.float32) for a in arrays)
 
 
@@ -177,7 +212,9 @@ def convert_cli(source, folder, spec="keras2_lstm"):
     how=st.sampled_from(["weights 2.2.4", "weights 2.1.6-tf", "model 2.2.4", "model 2.2.4 (functional)", "model 2.1.6 (list config)", "model 2.15.0"]),
     scale=st.sampled_from([0.5, 1.5, 4.0]), seed=st.integers(0, 2**32 - 1),
 )  # fmt: skip
-def test_keras2_files_convert_to_keras2_lstm_exactly(inputs, units, layers, bidirectional, naming, use_bias, how, scale, seed):
+def test_keras2_files_convert_to_keras2_lstm_exactly(
+    inputs, units, layers, bidirectional, naming, use_bias, how, scale, seed
+):
     rng = np.random.default_rng(seed)
     stack, size = [], inputs
     for _ in range(layers):
@@ -189,13 +226,24 @@ def test_keras2_files_convert_to_keras2_lstm_exactly(inputs, units, layers, bidi
     x = rng.normal(size=(2, STEPS, inputs))
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "keras2.h5")
-        write_keras2(path, stack, version=version, whole_model=whole_model, naming=naming, list_config="list" in how,
-                     functional="functional" in how)
+        write_keras2(
+            path,
+            stack,
+            version=version,
+            whole_model=whole_model,
+            naming=naming,
+            list_config="list" in how,
+            functional="functional" in how,
+        )
         converted = convert_cli(path, folder)
     expected = keras2_model(stack, x)
-    assert_close(run_converted(converted, x), expected, tolerance("float64", layers * STEPS), "converted keras2_lstm vs Keras 2")
+    assert_close(
+        run_converted(converted, x), expected, tolerance("float64", layers * STEPS), "converted keras2_lstm vs Keras 2"
+    )
     # the same comparison catches a converter that swaps two gates, and Keras 3's hard sigmoid
-    swapped = {k: {**p, "W_i": p["W_f"], "W_f": p["W_i"], "U_i": p["U_f"], "U_f": p["U_i"]} for k, p in converted.items()}
+    swapped = {
+        k: {**p, "W_i": p["W_f"], "W_f": p["W_i"], "U_i": p["U_f"], "U_f": p["U_i"]} for k, p in converted.items()
+    }
     assert np.abs(run_converted(swapped, x) - expected).max() > 1e-6, "a gate swap went unseen"
     keras3 = keras2_model(stack, x, keras3_hard_sigmoid)
     assert np.abs(run_converted(converted, x) - keras3).max() > 1e-6, "Keras 3's hard sigmoid went unseen"
@@ -210,7 +258,10 @@ def test_keras2_file_converts_to_lstm_when_its_recurrent_activation_is_sigmoid(t
     sigmoid = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
     got, _ = novolstm.run("lstm", layers["l0"], x, backend="numpy")
     assert_close(got, keras2_model(stack, x, sigmoid), F64, "Keras 2.3 sigmoid LSTM vs lstm")
-    with pytest.raises(ConversionError, match="recurrent_activation is 'sigmoid', but spec 'keras2_lstm' computes Keras 2's hard_sigmoid.*spec 'lstm'"):
+    with pytest.raises(
+        ConversionError,
+        match="recurrent_activation is 'sigmoid', but spec 'keras2_lstm' computes Keras 2's hard_sigmoid.*spec 'lstm'",
+    ):
         files.read(tmp_path / "m.h5", "keras", "keras2_lstm")
 
 
@@ -218,9 +269,20 @@ def test_keras2_file_converts_to_lstm_when_its_recurrent_activation_is_sigmoid(t
 
 
 def _refusals(folder, rng):
-    lstm, gru = [(random_layer(rng, 3, 2, 1.0), None)], [((rng.normal(size=(3, 6)).astype(np.float32),
-                                                           rng.normal(size=(2, 6)).astype(np.float32),
-                                                           rng.normal(size=6).astype(np.float32)), None)]
+    lstm, gru = (
+        [(random_layer(rng, 3, 2, 1.0), None)],
+        [
+            (
+                (
+                    rng.normal(size=(3, 6)).astype(np.float32),
+                    rng.normal(size=(2, 6)).astype(np.float32),
+                    rng.normal(size=6).astype(np.float32),
+                ),
+                None,
+            )
+        ],
+    )
+
     def file(name, stack=lstm, **options):
         path = os.path.join(folder, name)
         write_keras2(path, stack, **options)
@@ -252,7 +314,16 @@ def test_keras2_files_that_are_not_keras2_lstm_are_refused_by_name(tmp_path, rng
 
 def test_the_cli_refuses_in_one_line(tmp_path, rng, capsys):
     write_keras2(tmp_path / "k3.h5", [(random_layer(rng, 3, 2, 1.0), None)], version="3.15.1")
-    args = ["convert", str(tmp_path / "k3.h5"), "-o", str(tmp_path / "c.safetensors"), "--from", "keras", "--to", "canonical"]
+    args = [
+        "convert",
+        str(tmp_path / "k3.h5"),
+        "-o",
+        str(tmp_path / "c.safetensors"),
+        "--from",
+        "keras",
+        "--to",
+        "canonical",
+    ]
     assert main(args + ["--spec", "keras2_lstm"]) == 2
     err = capsys.readouterr().err
     assert "relu6(z+3)/6" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
@@ -262,8 +333,23 @@ def test_the_cli_refuses_in_one_line(tmp_path, rng, capsys):
     novolstm.save(params, tmp_path / "k2.safetensors", spec="keras2_lstm")
     for fmt, words in (("keras", "Keras 3's layers compute only lstm and gru"), ("torch", "holds the specs")):
         out = tmp_path / f"out.{fmt}"
-        assert main(["convert", str(tmp_path / "k2.safetensors"), "-o", str(out), "--from", "canonical", "--to", fmt,
-                     "--spec", "keras2_lstm"]) == 2
+        assert (
+            main(
+                [
+                    "convert",
+                    str(tmp_path / "k2.safetensors"),
+                    "-o",
+                    str(out),
+                    "--from",
+                    "canonical",
+                    "--to",
+                    fmt,
+                    "--spec",
+                    "keras2_lstm",
+                ]
+            )
+            == 2
+        )
         assert words in capsys.readouterr().err and not out.exists()
 
 
@@ -271,7 +357,9 @@ def test_the_cli_refuses_in_one_line(tmp_path, rng, capsys):
 
 
 def _keras3_hard_sigmoid_model():
-    model = keras.Sequential([keras.Input((None, 3)), keras.layers.LSTM(2, recurrent_activation="hard_sigmoid", return_sequences=True)])
+    model = keras.Sequential(
+        [keras.Input((None, 3)), keras.layers.LSTM(2, recurrent_activation="hard_sigmoid", return_sequences=True)]
+    )
     return model
 
 
@@ -318,7 +406,12 @@ def test_keras2_lstm_weights_in_and_out_of_a_keras_lstm_in_memory(rng):
     for a, b in zip(fresh.get_weights(), native.get_weights()):
         np.testing.assert_array_equal(a, b)
     # tf.keras 2 configs say which hard sigmoid they mean by their version
-    assert convert.keras2_lstm_to_canonical(native.get_weights(), {"recurrent_activation": "hard_sigmoid"}, "2.15.0").keys() == params.keys()
+    assert (
+        convert.keras2_lstm_to_canonical(
+            native.get_weights(), {"recurrent_activation": "hard_sigmoid"}, "2.15.0"
+        ).keys()
+        == params.keys()
+    )
     with pytest.raises(ConversionError, match="unexpected"):
         convert.keras2_lstm_from_canonical(novolstm.init_params("peephole_lstm", 3, 4, seed=0))
 
@@ -333,14 +426,24 @@ _SHAPES = [(3, 8), (2, 8), (8,), (3, 6), (2, 6), (6,), (2, 2, 6), (0,), ()]
 @st.composite
 def keras2_like_files(draw):
     layers = {}
-    for name in draw(st.lists(st.sampled_from(["lstm_1", "gru_1", "bidirectional_1", "dense_1"]), min_size=1, max_size=3, unique=True)):
+    for name in draw(
+        st.lists(
+            st.sampled_from(["lstm_1", "gru_1", "bidirectional_1", "dense_1"]), min_size=1, max_size=3, unique=True
+        )
+    ):
         weights = {}
         if draw(st.booleans()):  # start from a well-formed Keras 2.0-2.3 layer of 2 inputs and 2 units, then add to it
             gates = draw(st.sampled_from([4, 3]))
-            weights = {f"{name}/kernel:0": (2, 2 * gates), f"{name}/recurrent_kernel:0": (2, 2 * gates), f"{name}/bias:0": (2 * gates,)}
+            weights = {
+                f"{name}/kernel:0": (2, 2 * gates),
+                f"{name}/recurrent_kernel:0": (2, 2 * gates),
+                f"{name}/bias:0": (2 * gates,),
+            }
         for _ in range(draw(st.integers(0, 3))):
             parts = draw(st.lists(st.sampled_from(_PARTS), max_size=3))
-            weights["/".join([name, *parts, draw(st.sampled_from(_ROLES))]) + draw(st.sampled_from(["", ":0"]))] = draw(st.sampled_from(_SHAPES))
+            weights["/".join([name, *parts, draw(st.sampled_from(_ROLES))]) + draw(st.sampled_from(["", ":0"]))] = draw(
+                st.sampled_from(_SHAPES)
+            )
         layers[name] = weights
     classes = ["LSTM", "GRU", "Dense", "CuDNNLSTM"]
     config = draw(st.none() | st.just([

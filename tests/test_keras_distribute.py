@@ -81,7 +81,12 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path):
         pytest.skip("tf.distribute.MirroredStrategy is TensorFlow's")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
     proc = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(TRAINER)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", textwrap.dedent(TRAINER)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])

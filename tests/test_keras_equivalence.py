@@ -98,7 +98,9 @@ def test_go_backwards_is_the_reference_on_the_reversed_sequence(name, hoist_inpu
     params, x, state, mask = make_case(name, rng, masked=True)
     ref_y, ref_state = novolstm.reference.run(name, params, x[:, ::-1], state, mask=mask[:, ::-1])
     Layer = novolstm.get_layer("keras", name)
-    layer = Layer(H, hoist_input=hoist_input, go_backwards=True, return_sequences=True, return_state=True, dtype="float64")
+    layer = Layer(
+        H, hoist_input=hoist_input, go_backwards=True, return_sequences=True, return_state=True, dtype="float64"
+    )
     layer.cell.load_params(params)
     y, *final = layer(x, initial_state=list(state), mask=mask)
     check(keras.ops.convert_to_numpy(y), ref_y, "float64", "outputs (in processing order, as Keras returns them)")
@@ -114,9 +116,16 @@ def test_last_output_is_that_of_the_last_real_step(name, rng):
     last_real = np.array([ref_y[b, np.flatnonzero(mask[b])[-1]] for b in range(B)])
     layer = novolstm.get_layer("keras", name)(H, dtype="float64")
     layer.cell.load_params(params)
-    check(keras.ops.convert_to_numpy(layer(x, initial_state=list(state), mask=mask)), last_real, "float64", "last output")
+    check(
+        keras.ops.convert_to_numpy(layer(x, initial_state=list(state), mask=mask)), last_real, "float64", "last output"
+    )
     rnn = keras.layers.RNN(novolstm.get_cell("keras", name)(H, dtype="float64").load_params(params), dtype="float64")
-    check(keras.ops.convert_to_numpy(rnn(x, initial_state=list(state), mask=mask)), last_real, "float64", "RNN(Cell) last output")
+    check(
+        keras.ops.convert_to_numpy(rnn(x, initial_state=list(state), mask=mask)),
+        last_real,
+        "float64",
+        "RNN(Cell) last output",
+    )
 
 
 @pytest.mark.parametrize("hoist_input", [False, True])
@@ -125,7 +134,9 @@ def test_unroll_equals_the_loop(hoist_input, rng):
     Layer = novolstm.get_layer("keras", "novolstm")
     results = []
     for unroll in (False, True):
-        layer = Layer(H, hoist_input=hoist_input, unroll=unroll, return_sequences=True, return_state=True, dtype="float64")
+        layer = Layer(
+            H, hoist_input=hoist_input, unroll=unroll, return_sequences=True, return_state=True, dtype="float64"
+        )
         layer.cell.load_params(params)
         results.append([keras.ops.convert_to_numpy(a) for a in layer(x, initial_state=list(state), mask=mask)])
     for a, b in zip(*results):
@@ -136,7 +147,9 @@ def test_large_logits_do_not_overflow(rng):
     """Sigmoid and the max-subtracted softmax stay finite where exp(z) overflows, in float32."""
     params, x, state, _ = make_case("novolstm", rng, masked=False, scale=30.0)
     ref_y, ref_state = novolstm.reference.run("novolstm", params, 10 * x, state)
-    y, final = novolstm.run("novolstm", cast(params, "float32"), (10 * x).astype("float32"), cast(state, "float32"), backend="keras")
+    y, final = novolstm.run(
+        "novolstm", cast(params, "float32"), (10 * x).astype("float32"), cast(state, "float32"), backend="keras"
+    )
     assert np.isfinite(y).all() and all(np.isfinite(s).all() for s in final)
     # The gates saturate: a float32 rounding of a logit near a softmax tie moves a gate by O(1),
     # so only finiteness and the float64 run are held to the table here.
@@ -209,7 +222,9 @@ def test_gradients_match_numpy_backward(name, entry, rng):
         layer.cell.load_params(params)
     else:
         cell = novolstm.get_cell("keras", name)(H, dtype="float64").load_params(params)
-        layer = keras.layers.RNN(cell, return_sequences=True, return_state=True, zero_output_for_mask=True, dtype="float64")
+        layer = keras.layers.RNN(
+            cell, return_sequences=True, return_state=True, zero_output_for_mask=True, dtype="float64"
+        )
     layer.build((B, T, I))
     gx, gs, gp = value_and_grads(layer, x, state, mask, g_out, g_state)
 
@@ -239,7 +254,9 @@ from hypothesis import strategies as st  # noqa: E402
     hoist_input=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_layer_matches_reference_for_any_sizes_and_masks(name, batch, steps, input_size, units, go_backwards, hoist_input, seed):
+def test_layer_matches_reference_for_any_sizes_and_masks(
+    name, batch, steps, input_size, units, go_backwards, hoist_input, seed
+):
     rng = np.random.default_rng(seed)
     spec = novolstm.load_spec(name)
     params = random_params(spec, input_size, units, rng)
@@ -247,7 +264,12 @@ def test_layer_matches_reference_for_any_sizes_and_masks(name, batch, steps, inp
     state = tuple(rng.normal(size=(batch, units)) for _ in spec.state_names)
     mask = rng.random((batch, steps)) < 0.7
     layer = novolstm.get_layer("keras", name)(
-        units, hoist_input=hoist_input, go_backwards=go_backwards, return_sequences=True, return_state=True, dtype="float64"
+        units,
+        hoist_input=hoist_input,
+        go_backwards=go_backwards,
+        return_sequences=True,
+        return_state=True,
+        dtype="float64",
     )
     layer.cell.load_params(params)
     y, *final = layer(x, initial_state=list(state), mask=mask)

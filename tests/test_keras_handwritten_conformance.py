@@ -45,7 +45,10 @@ def as_implementation(epsilon):
             m = ops.convert_to_tensor(mask[:, t, None])
             h, c = ops.where(m, h_new, h), ops.where(m, c_new, c)
             outputs.append(ops.where(m, h_new, ops.zeros_like(h_new)))
-        return np.stack([ops.convert_to_numpy(o) for o in outputs], 1), (ops.convert_to_numpy(h), ops.convert_to_numpy(c))
+        return np.stack([ops.convert_to_numpy(o) for o in outputs], 1), (
+            ops.convert_to_numpy(h),
+            ops.convert_to_numpy(c),
+        )
 
     return fn
 

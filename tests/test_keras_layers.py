@@ -19,6 +19,8 @@ B, T, I, H = 3, 6, 4, 5
 def tol(dtype, steps=1, kind="outputs"):
     # novolstm.testing.PRECISION_LIMITS: Keras on JAX and torch holds float64 to float32's tolerance.
     return tolerance(computes_in("keras", dtype, keras.backend.backend()), steps=steps, kind=kind)
+
+
 F64 = tol("float64", steps=T)
 
 
@@ -142,7 +144,9 @@ def test_bidirectional_matches_the_reference_both_ways(entry, rng):
     if entry == "Layer":
         inner = novolstm.get_layer("keras", name)(H, return_sequences=True, dtype="float64")
     else:
-        inner = keras.layers.RNN(novolstm.get_cell("keras", name)(H, dtype="float64"), return_sequences=True, dtype="float64")
+        inner = keras.layers.RNN(
+            novolstm.get_cell("keras", name)(H, dtype="float64"), return_sequences=True, dtype="float64"
+        )
     bi = keras.layers.Bidirectional(inner, merge_mode="concat", dtype="float64")
     bi.build((None, T, I))
     bi.forward_layer.cell.load_params(p_fwd)
@@ -198,7 +202,13 @@ def test_masking_layers_feed_the_mask(entry, rng):
     tokens = rng.integers(1, 9, size=(B, T))
     tokens[1, 3:] = 0
     emb = keras.layers.Embedding(9, I, mask_zero=True, dtype="float64")
-    seq = keras.Sequential([keras.Input((T,), dtype="int32"), emb, novolstm.get_layer("keras", name)(H, return_sequences=True, dtype="float64")])
+    seq = keras.Sequential(
+        [
+            keras.Input((T,), dtype="int32"),
+            emb,
+            novolstm.get_layer("keras", name)(H, return_sequences=True, dtype="float64"),
+        ]
+    )
     seq.layers[-1].cell.load_params(params)
     vectors = np_(emb(tokens))
     ref_y, _ = novolstm.reference.run(name, params, vectors, mask=tokens != 0)
@@ -211,7 +221,9 @@ def test_stateful_carries_the_state_between_calls(entry, rng):
     params = params_for(name, rng)
     x = rng.normal(size=(B, T, I))
     if entry == "Layer":
-        rnn = novolstm.get_layer("keras", name)(H, stateful=True, return_sequences=True, return_state=True, dtype="float64")
+        rnn = novolstm.get_layer("keras", name)(
+            H, stateful=True, return_sequences=True, return_state=True, dtype="float64"
+        )
     else:
         cell = novolstm.get_cell("keras", name)(H, dtype="float64")
         rnn = keras.layers.RNN(cell, stateful=True, return_sequences=True, return_state=True, dtype="float64")
@@ -300,11 +312,13 @@ def test_design_document_example_runs_unchanged(rng):
 
 def test_design_document_example_in_keras_3_spelling(rng):
     NovoLSTM = novolstm.get_cell(backend="keras")
-    model = keras.models.Sequential([
-        keras.layers.Embedding(input_dim=10000, output_dim=100),
-        keras.layers.RNN(NovoLSTM(units=128)),
-        keras.layers.Dense(units=3, activation="softmax"),
-    ])
+    model = keras.models.Sequential(
+        [
+            keras.layers.Embedding(input_dim=10000, output_dim=100),
+            keras.layers.RNN(NovoLSTM(units=128)),
+            keras.layers.Dense(units=3, activation="softmax"),
+        ]
+    )
     probs = model.predict(rng.integers(0, 10000, size=(4, 50)), verbose=0)
     assert probs.shape == (4, 3)
 
@@ -324,7 +338,14 @@ def test_seed_002_shaped_model_learns_a_synthetic_task(entry):
         if entry == "RNN(Cell)"
         else novolstm.get_layer("keras")(16, seed=0)
     )
-    model = keras.Sequential([keras.Input((steps,), dtype="int32"), keras.layers.Embedding(words, 8, mask_zero=True), rnn, keras.layers.Dense(1, activation="sigmoid")])
+    model = keras.Sequential(
+        [
+            keras.Input((steps,), dtype="int32"),
+            keras.layers.Embedding(words, 8, mask_zero=True),
+            rnn,
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+    )
     model.compile(loss="binary_crossentropy", optimizer=keras.optimizers.Adam(0.02), metrics=["accuracy"])
     history = model.fit(x, y.astype("float32"), epochs=6, batch_size=64, verbose=0)
     loss = history.history["loss"]

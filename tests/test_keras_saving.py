@@ -84,14 +84,19 @@ def build_models(rng):
     Cell = lambda spec, units, **kw: novolstm.get_cell("keras", spec)(units, **kw)  # noqa: E731
     Layer = lambda spec, units, **kw: novolstm.get_layer("keras", spec)(units, **kw)  # noqa: E731
     return {
-        "rnn_cell.keras": keras.Sequential([keras.Input((6, I)), keras.layers.RNN(Cell("novolstm", H)), keras.layers.Dense(2)]),
+        "rnn_cell.keras": keras.Sequential(
+            [keras.Input((6, I)), keras.layers.RNN(Cell("novolstm", H)), keras.layers.Dense(2)]
+        ),
         "layer.keras": keras.Sequential([keras.Input((6, I)), Layer("gru", H, return_sequences=True)]),
         "hoisted.keras": keras.Sequential([keras.Input((6, I)), Layer("novolstm_reference", H, hoist_input=True)]),
         "bidirectional.keras": keras.Sequential(
             [keras.Input((6, I)), keras.layers.Bidirectional(Layer("lstm", H, return_sequences=True))]
         ),
         "stacked.keras": keras.Sequential(
-            [keras.Input((6, I)), keras.layers.RNN([Cell("novolstm_reference", H), Cell("peephole_lstm", 3)], return_sequences=True)]
+            [
+                keras.Input((6, I)),
+                keras.layers.RNN([Cell("novolstm_reference", H), Cell("peephole_lstm", 3)], return_sequences=True),
+            ]
         ),
         "float64.keras": keras.Sequential(
             [keras.Input((6, I), dtype="float64"), Layer("novolstm", H, dtype="float64", return_sequences=True)]

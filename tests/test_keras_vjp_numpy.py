@@ -81,13 +81,34 @@ def test_training_on_keras_follows_the_numpy_run():
     task = TASKS["adding"](6, np.random.default_rng(0))
     on_keras = train("gru", task, seed=0, backend="keras", steps=5, units=4)
     on_numpy = train("gru", task, seed=0, backend="numpy", steps=5, units=4)
-    assert_close(np.float64(on_keras.curve[0]), np.float64(on_numpy.curve[0]), tolerance(computes_in("keras", "float64"), 6))
+    assert_close(
+        np.float64(on_keras.curve[0]), np.float64(on_numpy.curve[0]), tolerance(computes_in("keras", "float64"), 6)
+    )
     assert np.isfinite(on_keras.curve).all() and on_keras.backend == "keras"
 
 
 def test_compare_cli_trains_on_keras(tmp_path):
-    code = main(["compare", "--cells", "lstm", "--tasks", "adding", "--lengths", "4", "--seeds", "0",
-                 "--steps", "3", "--units", "3", "--backend", "keras", "--out", str(tmp_path)])
+    code = main(
+        [
+            "compare",
+            "--cells",
+            "lstm",
+            "--tasks",
+            "adding",
+            "--lengths",
+            "4",
+            "--seeds",
+            "0",
+            "--steps",
+            "3",
+            "--units",
+            "3",
+            "--backend",
+            "keras",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     rows = json.loads((tmp_path / "results.json").read_text())
     assert [r["backend"] for r in rows] == ["keras"] and len(rows[0]["curve"]) == 3

@@ -31,13 +31,19 @@ SPEC_MUTANTS = {
         ("x @ W_f + h @ U_f + b_f", "x @ W_i + h @ U_i + b_i"),
         ("@@", "x @ W_f + h @ U_f + b_f"),
     ),
-    "LayerNorm epsilon 1e-5 instead of 1e-3": _edit(NOVOLSTM, ("layer_norm_epsilon = 1e-3", "layer_norm_epsilon = 1e-5")),
-    "recurrent term missing": _edit(NOVOLSTM, ("h @ U_o + ", ""), ('U_o = { shape = ["units", "units"], init = "orthogonal" }\n', "")),
+    "LayerNorm epsilon 1e-5 instead of 1e-3": _edit(
+        NOVOLSTM, ("layer_norm_epsilon = 1e-3", "layer_norm_epsilon = 1e-5")
+    ),
+    "recurrent term missing": _edit(
+        NOVOLSTM, ("h @ U_o + ", ""), ('U_o = { shape = ["units", "units"], init = "orthogonal" }\n', "")
+    ),
     "bias dropped": _edit(NOVOLSTM, (" + b_g)", ")"), ('b_g = { shape = ["units"], init = "zeros" }\n', "")),
     "LayerNorm wraps the product (the reference-code cell)": _edit(
         NOVOLSTM,
-        ("layer_norm(sigmoid(x @ W_i + h @ U_i + b_i), gamma_i, beta_i) * softmax(x @ W_s + h @ U_s + b_s)",
-         "layer_norm(sigmoid(x @ W_i + h @ U_i + b_i) * softmax(x @ W_s + h @ U_s + b_s), gamma_i, beta_i)"),
+        (
+            "layer_norm(sigmoid(x @ W_i + h @ U_i + b_i), gamma_i, beta_i) * softmax(x @ W_s + h @ U_s + b_s)",
+            "layer_norm(sigmoid(x @ W_i + h @ U_i + b_i) * softmax(x @ W_s + h @ U_s + b_s), gamma_i, beta_i)",
+        ),
     ),
 }
 
@@ -60,13 +66,19 @@ def _is_caught(run, case) -> bool:
 
 def _first_catch(run):
     """The first example of the property test's strategy on which the check fails."""
-    return find(cases("novolstm"), lambda case: _is_caught(run, case), settings=settings(max_examples=200, database=None))
+    return find(
+        cases("novolstm"), lambda case: _is_caught(run, case), settings=settings(max_examples=200, database=None)
+    )
 
 
 def test_the_unmutated_cell_passes():
     module = novolstm.load_generated("novolstm", "numpy")
     with pytest.raises(NoSuchExample):
-        find(cases("novolstm"), lambda case: _is_caught(_generated_run(module), case), settings=settings(max_examples=50, database=None))
+        find(
+            cases("novolstm"),
+            lambda case: _is_caught(_generated_run(module), case),
+            settings=settings(max_examples=50, database=None),
+        )
 
 
 @pytest.mark.parametrize("mutant", sorted(SPEC_MUTANTS))
@@ -91,7 +103,10 @@ def _mutated_module(old: str, new: str) -> types.ModuleType:
 
 
 CODE_MUTANTS = {
-    "softmax over the batch axis": ("return e / e.sum(axis=-1, keepdims=True)", "return e / e.sum(axis=0, keepdims=True)"),
+    "softmax over the batch axis": (
+        "return e / e.sum(axis=-1, keepdims=True)",
+        "return e / e.sum(axis=0, keepdims=True)",
+    ),
 }
 
 

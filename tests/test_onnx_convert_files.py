@@ -21,7 +21,9 @@ STEPS = 9
 
 def run(path_or_model, x, *states):
     data = path_or_model if isinstance(path_or_model, (str, bytes)) else path_or_model.SerializeToString()
-    session = onnxruntime.InferenceSession(data if isinstance(data, bytes) else str(data), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(
+        data if isinstance(data, bytes) else str(data), providers=["CPUExecutionProvider"]
+    )
     feeds = {"x": x, "sequence_lens": np.full(x.shape[0], x.shape[1], np.int32), **dict(zip(("h0", "c0"), states))}
     return session.run(None, feeds)
 
@@ -30,7 +32,15 @@ def stack(directions: str, layers: int, inputs=3, units=4, cell="lstm"):
     count = 2 if directions == "bidirectional" else 1
     out, size = [], inputs
     for _ in range(layers):
-        out.append((directions, [{k: v.astype(np.float32) for k, v in random_params(cell, size, units, RNG).items()} for _ in range(count)]))
+        out.append(
+            (
+                directions,
+                [
+                    {k: v.astype(np.float32) for k, v in random_params(cell, size, units, RNG).items()}
+                    for _ in range(count)
+                ],
+            )
+        )
         size = units * count
     return out
 
@@ -60,7 +70,11 @@ def test_onnx_stacks_round_trip_exactly_and_run_as_the_reference(tmp_path, direc
     built = lstm_stack_model(model, op=cell.upper())
     (tmp_path / "a.onnx").write_bytes(built.SerializeToString())
     read = files.read(tmp_path / "a.onnx", "onnx", cell)
-    expected_keys = {f"l{k}{s}" for k in range(layers) for s in ({"forward": [""], "reverse": ["_reverse"], "bidirectional": ["", "_reverse"]}[direction])}
+    expected_keys = {
+        f"l{k}{s}"
+        for k in range(layers)
+        for s in ({"forward": [""], "reverse": ["_reverse"], "bidirectional": ["", "_reverse"]}[direction])
+    }
     assert set(read) == expected_keys
     files.convert(tmp_path / "a.onnx", tmp_path / "b.onnx", "onnx", "onnx", cell)
     again = files.read(tmp_path / "b.onnx", "onnx", cell)
@@ -98,7 +112,21 @@ def test_a_reverse_layer_is_not_read_as_a_forward_one(tmp_path):
     for target in ("canonical", "torch"):
         with pytest.raises(ReverseOnly, match="only backwards"):
             files.convert(tmp_path / "r.onnx", tmp_path / f"out.{target}", "onnx", target, "lstm")
-    assert main(["convert", str(tmp_path / "r.onnx"), "-o", str(tmp_path / "x.safetensors"), "--from", "onnx", "--to", "torch"]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "r.onnx"),
+                "-o",
+                str(tmp_path / "x.safetensors"),
+                "--from",
+                "onnx",
+                "--to",
+                "torch",
+            ]
+        )
+        == 2
+    )
 
 
 def test_verify_port_never_passes_a_reversed_model(tmp_path, capsys):
@@ -108,10 +136,40 @@ def test_verify_port_never_passes_a_reversed_model(tmp_path, capsys):
     (tmp_path / "f.onnx").write_bytes(lstm_stack_model(forward).SerializeToString())
     # the reversed model as the weights, and as another tool's port of forward weights
     assert main(["verify-port", "numpy", "onnx", "--weights", str(tmp_path / "r.onnx"), "--format", "onnx"]) == 2
-    assert main(["verify-port", "numpy", "onnx", "--weights", str(tmp_path / "f.onnx"), "--format", "onnx", "--ported", str(tmp_path / "r.onnx")]) == 2
+    assert (
+        main(
+            [
+                "verify-port",
+                "numpy",
+                "onnx",
+                "--weights",
+                str(tmp_path / "f.onnx"),
+                "--format",
+                "onnx",
+                "--ported",
+                str(tmp_path / "r.onnx"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("only backwards") == 2 and "Traceback" not in err
-    assert main(["verify-port", "numpy", "onnx", "--weights", str(tmp_path / "f.onnx"), "--format", "onnx", "--ported", str(tmp_path / "f.onnx")]) == 0
+    assert (
+        main(
+            [
+                "verify-port",
+                "numpy",
+                "onnx",
+                "--weights",
+                str(tmp_path / "f.onnx"),
+                "--format",
+                "onnx",
+                "--ported",
+                str(tmp_path / "f.onnx"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_peepholes_read_from_the_p_input(tmp_path):

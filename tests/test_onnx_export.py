@@ -53,7 +53,9 @@ def test_native_lstm_operator_matches_the_reference(cell):
     h0, c0 = RNG.normal(size=(3, 1, 4)), RNG.normal(size=(3, 1, 4))
     lengths = np.array([6, 2, 5], np.int32)
     f32 = np.float32
-    y, h, c = session(model).run(None, {"x": x.astype(f32), "h0": h0.astype(f32), "c0": c0.astype(f32), "sequence_lens": lengths})
+    y, h, c = session(model).run(
+        None, {"x": x.astype(f32), "h0": h0.astype(f32), "c0": c0.astype(f32), "sequence_lens": lengths}
+    )
     expected, (eh, ec) = novolstm.reference.run(cell, params, x, (h0[:, 0], c0[:, 0]), lengths=lengths)
     assert_close(y[:, :, 0], expected, what="outputs")  # padded steps are zero, as the masking rule says
     assert_close(h[:, 0], eh, what="h")
@@ -66,7 +68,9 @@ def test_bidirectional_native_lstm():
     model = lstm_operator_model([forward, backward], input_size=2)
     x = RNG.normal(size=(2, 5, 2))
     zeros = np.zeros((2, 2, 3), np.float32)
-    y, h, _ = session(model).run(None, {"x": x.astype(np.float32), "h0": zeros, "c0": zeros, "sequence_lens": np.array([5, 5], np.int32)})
+    y, h, _ = session(model).run(
+        None, {"x": x.astype(np.float32), "h0": zeros, "c0": zeros, "sequence_lens": np.array([5, 5], np.int32)}
+    )
     ahead, _ = novolstm.reference.run("lstm", forward, x)
     behind, _ = novolstm.reference.run("lstm", backward, x[:, ::-1])
     assert_close(y[:, :, 0], ahead, what="forward direction")

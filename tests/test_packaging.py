@@ -31,11 +31,22 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE_ROOTS = {"novolstm": "novolstm", "spec": "novolstm/spec", "backends": "novolstm/backends"}
 
 _SKIP_DIRS = {
-    ".git", ".tox", ".nox", ".venv", "venv", "build", "dist", "__pycache__",
-    ".pytest_cache", ".hypothesis", ".mypy_cache", ".ruff_cache", "node_modules",
+    ".git",
+    ".tox",
+    ".nox",
+    ".venv",
+    "venv",
+    "build",
+    "dist",
+    "__pycache__",
+    ".pytest_cache",
+    ".hypothesis",
+    ".mypy_cache",
+    ".ruff_cache",
+    "node_modules",
 }
 
-SMOKE = r'''
+SMOKE = r"""
 import sys
 from pathlib import Path
 
@@ -73,7 +84,7 @@ for a, b in zip(got, want):
     assert a.shape == b.shape, (a.shape, b.shape)
     assert float(np.max(np.abs(a - b), initial=0.0)) < 1e-12
 print("SMOKE OK", diff)
-'''
+"""
 
 
 # ---------------------------------------------------------------- helpers
@@ -127,7 +138,9 @@ def _source_files() -> list[Path]:
     try:
         out = subprocess.run(
             ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True, check=True, timeout=60,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         out = None
@@ -140,7 +153,8 @@ def _source_files() -> list[Path]:
             if p.is_file() and not (_SKIP_DIRS & set(p.relative_to(REPO).parts))
         ]
     return [
-        f for f in files
+        f
+        for f in files
         if (REPO / f).is_file()
         and not (_SKIP_DIRS & set(f.parts))
         and not any(part.endswith(".egg-info") for part in f.parts)

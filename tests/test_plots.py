@@ -14,17 +14,42 @@ from novolstm.evaluation import Result, load_results, plot_curves
 
 
 def _ratio(dtype, mode, num, den, ratio, target):
-    return {"backend": "torch", "shape": "typical", "dtype": dtype, "mode": mode, "numerator": num,
-            "denominator": den, "ratio": ratio, "target": target}
+    return {
+        "backend": "torch",
+        "shape": "typical",
+        "dtype": dtype,
+        "mode": mode,
+        "numerator": num,
+        "denominator": den,
+        "ratio": ratio,
+        "target": target,
+    }
 
 
 @pytest.fixture
 def bench_results(tmp_path):
-    ratios = [_ratio(d, m, "lstm spec", "native: torch.nn.LSTM", 0.8 if d == "float32" else 1.2, 1.0)
-              for d in ("float32", "bfloat16") for m in ("forward", "forward+backward")]
-    ratios += [_ratio(d, m, "novolstm spec", "lstm spec", 1.5, 1.3) for d in ("float32", "bfloat16") for m in ("forward", "forward+backward")]
+    ratios = [
+        _ratio(d, m, "lstm spec", "native: torch.nn.LSTM", 0.8 if d == "float32" else 1.2, 1.0)
+        for d in ("float32", "bfloat16")
+        for m in ("forward", "forward+backward")
+    ]
+    ratios += [
+        _ratio(d, m, "novolstm spec", "lstm spec", 1.5, 1.3)
+        for d in ("float32", "bfloat16")
+        for m in ("forward", "forward+backward")
+    ]
     ratios.append(_ratio("float32", "forward+backward", "novolstm_reference spec", "lstm spec", 3.0, 1.3))
-    rows = [{"backend": "torch", "shape": "typical", "dtype": "float32", "candidate": "lstm spec", "batch": 32, "steps": 100, "units": 128}]
+    rows = [
+        {
+            "backend": "torch",
+            "shape": "typical",
+            "dtype": "float32",
+            "candidate": "lstm spec",
+            "batch": 32,
+            "steps": 100,
+            "units": 128,
+        }
+    ]
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"ratios": ratios, "rows": rows, "machine": "a 2-core test machine"}))
     return json.loads(path.read_text())
@@ -34,7 +59,12 @@ def test_ratios_one_facet_per_mode_and_dtype_on_a_log_axis_centred_on_1(bench_re
     fig = plot(bench_results, tmp_path / "ratios.png")
     assert (tmp_path / "ratios.png").stat().st_size > 0
     axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == ["forward, float32", "forward+backward, float32", "forward, bfloat16", "forward+backward, bfloat16"]
+    assert [ax.get_title() for ax in axes] == [
+        "forward, float32",
+        "forward+backward, float32",
+        "forward, bfloat16",
+        "forward+backward, bfloat16",
+    ]
     title = fig._suptitle.get_text()
     assert "typical shape (32x100x128)" in title and "a 2-core test machine" in title
     for ax in axes:
@@ -63,8 +93,11 @@ def test_ratios_without_any_ratio_say_so(tmp_path):
     assert not fig.get_axes() and "no ratios measured" in fig.texts[0].get_text()
 
 
-_TASKS = (("adding T=5", "test MSE", 0.16, 0.2), ("copy T=5", "test cross-entropy on recall steps", 2.08, 2.1),
-          ("digits", "test accuracy", 0.1, 0.1))
+_TASKS = (
+    ("adding T=5", "test MSE", 0.16, 0.2),
+    ("copy T=5", "test cross-entropy on recall steps", 2.08, 2.1),
+    ("digits", "test accuracy", 0.1, 0.1),
+)
 
 
 def _curves(tmp_path) -> list[Result]:
@@ -79,9 +112,20 @@ def _curves(tmp_path) -> list[Result]:
                     test = (0.9 - 0.8 * np.exp(-np.array(steps) / 15) + 0.05 * rng.random(5)).tolist()
                 else:
                     test = (start * np.exp(-np.array(steps) / 30) * (1 + 0.1 * rng.random(5))).tolist()
-                rows.append({"cell": cell, "task": task, "seed": seed, "backend": "numpy",
-                             "curve": rng.random(40).tolist(), "score": test[-1], "metric": metric,
-                             "baseline": baseline, "test_steps": steps, "test_curve": test})
+                rows.append(
+                    {
+                        "cell": cell,
+                        "task": task,
+                        "seed": seed,
+                        "backend": "numpy",
+                        "curve": rng.random(40).tolist(),
+                        "score": test[-1],
+                        "metric": metric,
+                        "baseline": baseline,
+                        "test_steps": steps,
+                        "test_curve": test,
+                    }
+                )
     path = tmp_path / "results.json"
     path.write_text(json.dumps(rows))
     return load_results(path)
@@ -126,8 +170,16 @@ def test_curves_grid_of_the_tables_test_metric_with_seed_bands_and_baselines(tmp
 
 
 def test_results_files_without_test_curves_load_as_one_point_at_the_end(tmp_path):
-    old = {"cell": "lstm", "task": "adding T=5", "seed": 0, "backend": "numpy", "curve": [0.3, 0.2, 0.1],
-           "score": 0.05, "metric": "test MSE", "baseline": 0.16}
+    old = {
+        "cell": "lstm",
+        "task": "adding T=5",
+        "seed": 0,
+        "backend": "numpy",
+        "curve": [0.3, 0.2, 0.1],
+        "score": 0.05,
+        "metric": "test MSE",
+        "baseline": 0.16,
+    }
     path = tmp_path / "results.json"
     path.write_text(json.dumps([old]))
     (result,) = load_results(path)

@@ -101,7 +101,10 @@ def test_spec_from_a_path(tmp_path):
 
 def test_class_name_names_the_classes_and_stays_out_of_the_hash():
     assert [novolstm.load_spec(n).class_name for n in ("novolstm", "lstm", "gru", "peephole_lstm")] == [
-        "NovoLSTM", "LSTM", "GRU", "PeepholeLSTM"
+        "NovoLSTM",
+        "LSTM",
+        "GRU",
+        "PeepholeLSTM",
     ]
     renamed = loads_spec(_mutate('class_name = "LSTM"', 'class_name = "MyLSTM"'))
     assert renamed.class_name == "MyLSTM" and renamed.hash == novolstm.load_spec("lstm").hash
@@ -133,22 +136,61 @@ BAD_SPECS = {
     "bad version": (_mutate("spec_version = 1", "spec_version = 2"), "spec_version: expected 1"),
     "missing key": (_mutate('output = "h_next"\n', ""), "missing key 'output'"),
     "undeclared name": (_mutate('g = "tanh(x @ W_g', 'g = "tanh(x @ W_q'), "equations.g: undeclared name 'W_q'"),
-    "unused parameter": (_mutate('[equations]', 'W_extra = { shape = ["input", "units"], init = "zeros" }\n\n[equations]'), "params.W_extra: declared but never used"),
-    "unused equation": (_mutate('[equations]', '[equations]\nspare = "tanh(h)"'), "equations.spare: unused"),
-    "shape conflict": (_mutate("h @ U_g", "h @ W_g"), "W_g has shape \\(input, units\\) but its left operand has units-wide rows"),
-    "matrix used elementwise": (_mutate('c_next = "f * c + i * g"', 'c_next = "f * c + i * g + W_g"'), "needs units-wide operands"),
-    "input used elementwise": (_mutate('c_next = "f * c + i * g"', 'c_next = "f * c + i * x"'), "needs units-wide operands"),
+    "unused parameter": (
+        _mutate("[equations]", 'W_extra = { shape = ["input", "units"], init = "zeros" }\n\n[equations]'),
+        "params.W_extra: declared but never used",
+    ),
+    "unused equation": (_mutate("[equations]", '[equations]\nspare = "tanh(h)"'), "equations.spare: unused"),
+    "shape conflict": (
+        _mutate("h @ U_g", "h @ W_g"),
+        "W_g has shape \\(input, units\\) but its left operand has units-wide rows",
+    ),
+    "matrix used elementwise": (
+        _mutate('c_next = "f * c + i * g"', 'c_next = "f * c + i * g + W_g"'),
+        "needs units-wide operands",
+    ),
+    "input used elementwise": (
+        _mutate('c_next = "f * c + i * g"', 'c_next = "f * c + i * x"'),
+        "needs units-wide operands",
+    ),
     "unknown function": (_mutate("tanh(c_next)", "erf(c_next)"), "unknown function 'erf'"),
-    "cycle": (_mutate('f = "sigmoid(x @ W_f + h @ U_f + b_f)"', 'f = "sigmoid(x @ W_f + h @ U_f + b_f) * o"\no = "sigmoid(x @ W_o + h @ U_o + b_o) * f"').replace('o = "sigmoid(x @ W_o + h @ U_o + b_o)"\n', ""), "cycle"),
-    "layer_norm without epsilon": (_mutate('g = "tanh(x @ W_g + h @ U_g + b_g)"', 'g = "layer_norm(tanh(x @ W_g + h @ U_g + b_g), b_g, b_i)"'), "layer_norm_epsilon: required"),
+    "cycle": (
+        _mutate(
+            'f = "sigmoid(x @ W_f + h @ U_f + b_f)"',
+            'f = "sigmoid(x @ W_f + h @ U_f + b_f) * o"\no = "sigmoid(x @ W_o + h @ U_o + b_o) * f"',
+        ).replace('o = "sigmoid(x @ W_o + h @ U_o + b_o)"\n', ""),
+        "cycle",
+    ),
+    "layer_norm without epsilon": (
+        _mutate('g = "tanh(x @ W_g + h @ U_g + b_g)"', 'g = "layer_norm(tanh(x @ W_g + h @ U_g + b_g), b_g, b_i)"'),
+        "layer_norm_epsilon: required",
+    ),
     "state is not a row": (_mutate('c = "c_next"', 'c = "b_f"'), "state.c: 'b_f' is not an equation"),
-    "bad parameter shape": (_mutate('W_i = { shape = ["input", "units"]', 'W_i = { shape = ["units", "input"]'), "params.W_i.shape"),
-    "unknown initializer": (_mutate('init = "orthogonal" }', 'init = "he_normal" }'), "unknown initializer 'he_normal'"),
+    "bad parameter shape": (
+        _mutate('W_i = { shape = ["input", "units"]', 'W_i = { shape = ["units", "input"]'),
+        "params.W_i.shape",
+    ),
+    "unknown initializer": (
+        _mutate('init = "orthogonal" }', 'init = "he_normal" }'),
+        "unknown initializer 'he_normal'",
+    ),
     "not TOML": ("name = ", "not valid TOML"),
-    "name is not an identifier": (_mutate('name = "lstm"', 'name = "lstm; rm -rf /"'), "name: expected a plain ASCII identifier"),
-    "class_name not CapWords": (_mutate('class_name = "LSTM"', 'class_name = "lstm_cell"'), "class_name: expected a CapWords"),
-    "class_name not a name": (_mutate('class_name = "LSTM"', 'class_name = "LSTM(); import os"'), "class_name: expected a CapWords"),
-    "duplicate name": (_mutate('[equations]', '[equations]\nh = "h_next"'), "equations.h: name already declared in state"),
+    "name is not an identifier": (
+        _mutate('name = "lstm"', 'name = "lstm; rm -rf /"'),
+        "name: expected a plain ASCII identifier",
+    ),
+    "class_name not CapWords": (
+        _mutate('class_name = "LSTM"', 'class_name = "lstm_cell"'),
+        "class_name: expected a CapWords",
+    ),
+    "class_name not a name": (
+        _mutate('class_name = "LSTM"', 'class_name = "LSTM(); import os"'),
+        "class_name: expected a CapWords",
+    ),
+    "duplicate name": (
+        _mutate("[equations]", '[equations]\nh = "h_next"'),
+        "equations.h: name already declared in state",
+    ),
 }
 
 
@@ -229,8 +271,26 @@ def test_no_emitter_lets_the_description_out_of_its_docstring(emitter_name):
 
 # ---------------------------------------------------------------- names a generated cell would collide with
 
-@pytest.mark.parametrize("name", ["bias", "training", "forward", "dtype", "weights", "units", "call", "in_features",
-                                  "np", "torch", "gemm", "outputs", "lambda", "L4_blocks"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bias",
+        "training",
+        "forward",
+        "dtype",
+        "weights",
+        "units",
+        "call",
+        "in_features",
+        "np",
+        "torch",
+        "gemm",
+        "outputs",
+        "lambda",
+        "L4_blocks",
+    ],
+)
 def test_reserved_names_are_refused_naming_the_key(name):
     data = novolstm.load_spec("lstm").to_dict()
     data["params"][name] = data["params"].pop("b_o")
@@ -238,7 +298,9 @@ def test_reserved_names_are_refused_naming_the_key(name):
     with pytest.raises(SpecError, match=f"params: '{name}' is reserved"):
         parse_spec(data)
     data = novolstm.load_spec("lstm").to_dict()
-    data["equations"] = {(name if k == "g" else k): v.replace("i * g", f"i * {name}") for k, v in data["equations"].items()}
+    data["equations"] = {
+        (name if k == "g" else k): v.replace("i * g", f"i * {name}") for k, v in data["equations"].items()
+    }
     with pytest.raises(SpecError, match=f"equations: '{name}' is reserved"):
         parse_spec(data)
     data = novolstm.load_spec("lstm").to_dict()
@@ -316,7 +378,7 @@ def test_generated_module_names_are_reserved(emitter_name):
         for node in ast.walk(tree):
             name = getattr(node, "id", None) or getattr(node, "arg", None)
             if isinstance(name, str) and "Q" not in name:
-                prefixed.update(name[len(p):] for p in SPEC_NAME_PREFIXES if name.startswith(p))
+                prefixed.update(name[len(p) :] for p in SPEC_NAME_PREFIXES if name.startswith(p))
     assert unreserved(top) == []
     # The compiler's temporaries: numbered ones (NameAllocator), the readable ones of
     # passes.readable_names (z_ifo, sigmoid_ifo, f_times_c, const_0_5) and the backward values of
@@ -338,6 +400,7 @@ def test_generated_numpy_class_attributes_are_reserved():
 
 
 # ---------------------------------------------------------------- identifiers, characters, numbers
+
 
 @pytest.mark.parametrize("where", ["name", "param", "state", "equation", "builtin"])
 def test_an_identifier_with_a_trailing_newline_is_refused(where):
@@ -422,6 +485,7 @@ def test_initializer_arguments_outside_float_range_are_refused():
 
 # ---------------------------------------------------------------- bounded cost
 
+
 def _chain_spec(equations: int, expression: str = "tanh(e{prev} + b)") -> str:
     """A spec whose equations form one chain e0 <- e1 <- ... (each uses the one before)."""
     lines = ['e0 = "layer_norm(tanh(x @ W + h @ U + b), g, b)"']
@@ -441,7 +505,9 @@ def test_limits_on_the_number_of_states_params_and_equations():
 
     data = novolstm.load_spec("lstm").to_dict()
     data["state"] = {f"s{k}": "h_next" for k in range(spec_loader.MAX_STATES + 1)}
-    with pytest.raises(SpecError, match=f"state: {spec_loader.MAX_STATES + 1} entries; expected at most {spec_loader.MAX_STATES}"):
+    with pytest.raises(
+        SpecError, match=f"state: {spec_loader.MAX_STATES + 1} entries; expected at most {spec_loader.MAX_STATES}"
+    ):
         parse_spec(data)
     data = novolstm.load_spec("lstm").to_dict()
     data["params"].update({f"p{k}": {"shape": ["units"], "init": "zeros"} for k in range(spec_loader.MAX_PARAMS)})
@@ -459,12 +525,15 @@ def test_limit_on_the_total_size_of_the_expressions():
         loads_spec(_chain_spec(60, heavy))
 
 
-@pytest.mark.parametrize("text", [
-    "tanh(" * 70 + "h" + ")" * 70,
-    "-" * 1900 + "h",
-    "h" + " + h" * 400,
-    "(" * 250 + "h" + ")" * 250,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tanh(" * 70 + "h" + ")" * 70,
+        "-" * 1900 + "h",
+        "h" + " + h" * 400,
+        "(" * 250 + "h" + ")" * 250,
+    ],
+)
 def test_deep_nesting_is_refused_by_name(text):
     with pytest.raises(SpecError, match="equations.c_next: .*(nested deeper than|too many nested)"):
         loads_spec(_mutate('c_next = "f * c + i * g"', f'c_next = "{text}"'))
@@ -478,8 +547,10 @@ def test_deeply_nested_toml_is_refused_without_recursion_error():
 ADVERSARIAL = {
     "the longest chain of equations": lambda: _chain_spec(256),
     "the most terms the limits allow": lambda: _chain_spec(
-        90, "layer_norm(sigmoid(x @ W + e{prev} @ U + b) * softmax(h @ U + e{prev} @ U - b * 2), g, b)"
-        " + (1 - b) * tanh(e{prev} @ U) - relu(e{prev}) * (b * g + 3)"),
+        90,
+        "layer_norm(sigmoid(x @ W + e{prev} @ U + b) * softmax(h @ U + e{prev} @ U - b * 2), g, b)"
+        " + (1 - b) * tanh(e{prev} @ U) - relu(e{prev}) * (b * g + 3)",
+    ),
     "the deepest expression": lambda: _chain_spec(2, "tanh(" * 60 + "e{prev} + b" + ")" * 60),
 }
 

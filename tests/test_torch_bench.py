@@ -15,7 +15,9 @@ def test_bench_smoke_torch(tmp_path, capsys, check_paths_table):
     assert {"lstm spec", "novolstm spec", "novolstm_reference spec", "native: torch.nn.LSTM"} <= names
     assert any(q["numerator"] == "lstm spec" and q["denominator"] == "native: torch.nn.LSTM" for q in data["ratios"])
     # the lstm layer runs the fused kernel; its generated loop is the like-for-like denominator
-    assert any(q["numerator"] == "novolstm spec" and q["denominator"] == "lstm spec, generated loop" for q in data["ratios"])
+    assert any(
+        q["numerator"] == "novolstm spec" and q["denominator"] == "lstm spec, generated loop" for q in data["ratios"]
+    )
     # torch.compile of the generated layers (forward): compile time and compiled speed, or the
     # reason it could not run here in place of them, never silently absent.
     for cell in ("lstm", "novolstm"):

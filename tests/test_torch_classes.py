@@ -27,8 +27,11 @@ SPECS = novolstm.list_specs()
 I, H = 3, 4
 
 #: A spec that is not built in: the standard LSTM with another name and class name.
-CUSTOM = novolstm.load_spec("lstm").dumps().replace('name = "lstm"', 'name = "my_lstm"').replace(
-    'class_name = "LSTM"', 'class_name = "MyLSTM"'
+CUSTOM = (
+    novolstm.load_spec("lstm")
+    .dumps()
+    .replace('name = "lstm"', 'name = "my_lstm"')
+    .replace('class_name = "LSTM"', 'class_name = "MyLSTM"')
 )
 
 
@@ -76,7 +79,10 @@ def test_torch_keywords_hidden_size_and_input_size():
     layer = nt.LSTM(input_size=3, hidden_size=5, num_layers=2)
     native = torch.nn.LSTM(input_size=3, hidden_size=5, num_layers=2)
     assert (layer.input_size, layer.hidden_size, layer.num_layers, layer.proj_size) == (
-        native.input_size, native.hidden_size, native.num_layers, native.proj_size,
+        native.input_size,
+        native.hidden_size,
+        native.num_layers,
+        native.proj_size,
     )
     assert nt.GRUCell(input_size=3, hidden_size=5).units == 5
     with pytest.raises(ValueError, match="give one of them"):
@@ -127,7 +133,11 @@ def test_torch_save_loads_in_a_fresh_process_that_imports_only_torch(tmp_path, r
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSTARTUP"}
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(LOADER), json.dumps(list(modules))],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])["results"]

@@ -92,8 +92,12 @@ def test_gru_keeps_b_hn_apart(rng):
 
 
 def test_float32_biases_sum_in_float64_and_round_once():
-    sd = {"weight_ih": np.zeros((4, 1), np.float32), "weight_hh": np.zeros((4, 1), np.float32),
-          "bias_ih": np.float32([1.0, 1e8, 0.1, 3.0]), "bias_hh": np.float32([2 ** -30, 1.0, 0.2, -3.0])}
+    sd = {
+        "weight_ih": np.zeros((4, 1), np.float32),
+        "weight_hh": np.zeros((4, 1), np.float32),
+        "bias_ih": np.float32([1.0, 1e8, 0.1, 3.0]),
+        "bias_hh": np.float32([2**-30, 1.0, 0.2, -3.0]),
+    }
     b = [from_torch(sd, cell="lstm")[f"b_{g}"][0] for g in "ifgo"]
     expected = (sd["bias_ih"].astype(np.float64) + sd["bias_hh"].astype(np.float64)).astype(np.float32)
     assert np.array_equal(np.float32(b), expected)
@@ -123,7 +127,9 @@ def test_refusals():
     with pytest.raises(ConversionError, match="unexpected keys \\['fc.weight'\\]"):
         from_torch({"fc.weight": np.zeros((2, 2))}, cell="lstm")
     with pytest.raises(ConversionError, match=r"missing \['U_o'\]"):
-        to_torch({k: v for k, v in random_params("lstm", 2, 3, np.random.default_rng(0)).items() if k != "U_o"}, cell="lstm")
+        to_torch(
+            {k: v for k, v in random_params("lstm", 2, 3, np.random.default_rng(0)).items() if k != "U_o"}, cell="lstm"
+        )
     with pytest.raises(ConversionError, match=r"unexpected \['p_f', 'p_i', 'p_o'\]"):
         to_torch(random_params("peephole_lstm", 2, 3, np.random.default_rng(0)), cell="lstm")
 
@@ -149,8 +155,12 @@ def mapped_grads(layer, cell):
 @pytest.mark.parametrize("num_layers,bidirectional,batch_first", [(1, False, False), (2, True, True)])
 def test_spec_with_native_weights_matches_native_module(cell, num_layers, bidirectional, batch_first, rng):
     B, T, I, H = 3, 6, 4, 5
-    native = randomized(NATIVE[cell][0](I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first).double(), rng)
-    ours = novolstm.get_layer("torch", spec=cell)(I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, dtype=torch.float64)
+    native = randomized(
+        NATIVE[cell][0](I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first).double(), rng
+    )
+    ours = novolstm.get_layer("torch", spec=cell)(
+        I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, dtype=torch.float64
+    )
     ours.load_canonical(from_torch(native.state_dict(), cell=cell))
     x = torch.tensor(rng.normal(size=(B, T, I) if batch_first else (T, B, I)))
     rows = num_layers * (2 if bidirectional else 1)

@@ -23,7 +23,9 @@ SPEC, B, T, I, H, STEPS, LR = "novolstm", 4, 5, 3, 4, 3, 0.1
 
 def make_layer():
     torch.manual_seed(0)
-    return novolstm.get_layer("torch", spec=SPEC)(I, H, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, seed=3)
+    return novolstm.get_layer("torch", spec=SPEC)(
+        I, H, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float64, seed=3
+    )
 
 
 def data():
@@ -52,7 +54,13 @@ def train(layer, x, lengths, target, rows):
 
 def _worker(rank, world, port, out_dir):
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}", timeout=__import__("datetime").timedelta(seconds=60))
+    dist.init_process_group(
+        "gloo",
+        rank=rank,
+        world_size=world,
+        init_method=f"tcp://127.0.0.1:{port}",
+        timeout=__import__("datetime").timedelta(seconds=60),
+    )
     try:
         torch.set_num_threads(1)
         layer = make_layer()

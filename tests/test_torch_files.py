@@ -21,14 +21,62 @@ def test_round_trips_through_torch(tmp_path, kind):
     Module = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
     native = Module(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
     safetensors.torch.save_file(native.state_dict(), str(tmp_path / "a.safetensors"))
-    assert main(["convert", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical", "--spec", kind]) == 0
-    assert main(["convert", str(tmp_path / "c.safetensors"), "-o", str(tmp_path / "b.safetensors"), "--from", "canonical", "--to", "torch", "--spec", kind]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "a.safetensors"),
+                "-o",
+                str(tmp_path / "c.safetensors"),
+                "--from",
+                "torch",
+                "--to",
+                "canonical",
+                "--spec",
+                kind,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "c.safetensors"),
+                "-o",
+                str(tmp_path / "b.safetensors"),
+                "--from",
+                "canonical",
+                "--to",
+                "torch",
+                "--spec",
+                kind,
+            ]
+        )
+        == 0
+    )
     again = Module(3, 4, num_layers=2, bidirectional=True, batch_first=True).double()
     again.load_state_dict(safetensors.torch.load_file(str(tmp_path / "b.safetensors")))
     x = torch.randn(2, 6, 3, dtype=torch.float64)
     assert torch.allclose(native(x)[0], again(x)[0], rtol=0, atol=1e-14)
     first = read(tmp_path / "c.safetensors", "canonical", kind)
-    assert main(["convert", str(tmp_path / "b.safetensors"), "-o", str(tmp_path / "d.safetensors"), "--from", "torch", "--to", "canonical", "--spec", kind]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "b.safetensors"),
+                "-o",
+                str(tmp_path / "d.safetensors"),
+                "--from",
+                "torch",
+                "--to",
+                "canonical",
+                "--spec",
+                kind,
+            ]
+        )
+        == 0
+    )
     second = read(tmp_path / "d.safetensors", "canonical", kind)
     assert all((first[c][n] == second[c][n]).all() for c in first for n in first[c])
 
@@ -36,7 +84,21 @@ def test_round_trips_through_torch(tmp_path, kind):
 def test_torch_to_onnx_to_canonical(tmp_path):
     native = torch.nn.LSTM(3, 4, batch_first=True)
     safetensors.torch.save_file(native.state_dict(), str(tmp_path / "a.safetensors"))
-    assert main(["convert", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "m.onnx"), "--from", "torch", "--to", "onnx"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "a.safetensors"),
+                "-o",
+                str(tmp_path / "m.onnx"),
+                "--from",
+                "torch",
+                "--to",
+                "onnx",
+            ]
+        )
+        == 0
+    )
     layers = read(tmp_path / "m.onnx", "onnx", "lstm")
     direct = read(tmp_path / "a.safetensors", "torch", "lstm")
     for name, value in direct["l0"].items():
@@ -45,11 +107,16 @@ def test_torch_to_onnx_to_canonical(tmp_path):
 
 def test_refusals_name_the_problem(tmp_path, capsys):
     layers = read_two_layers(tmp_path)
-    with pytest.raises(ConversionError, match="holds the specs \\['lstm', 'peephole_lstm', 'gru'\\], not 'novolstm'.*export_onnx"):
+    with pytest.raises(
+        ConversionError, match="holds the specs \\['lstm', 'peephole_lstm', 'gru'\\], not 'novolstm'.*export_onnx"
+    ):
         write(layers, tmp_path / "x.onnx", "onnx", "novolstm")
     with pytest.raises(ConversionError, match="unknown format 'tflite'"):
         write(layers, tmp_path / "x", "tflite", "lstm")
-    assert main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "y"), "--from", "torch", "--to", "canonical"]) == 2
+    assert (
+        main(["convert", str(tmp_path / "missing"), "-o", str(tmp_path / "y"), "--from", "torch", "--to", "canonical"])
+        == 2
+    )
     assert "novolstm convert: error" in capsys.readouterr().err
 
 
@@ -69,7 +136,9 @@ class Model(torch.nn.Module):
         super().__init__()
         self.embedding = torch.nn.Embedding(10, 3)
         self.encoder = torch.nn.Module()
-        self.encoder.rnn = getattr(torch.nn, kind)(3, 4, num_layers=layers, bidirectional=bidirectional, batch_first=True, bias=bias)
+        self.encoder.rnn = getattr(torch.nn, kind)(
+            3, 4, num_layers=layers, bidirectional=bidirectional, batch_first=True, bias=bias
+        )
         self.head = torch.nn.Linear(8 if bidirectional else 4, 2)
 
 
@@ -89,10 +158,42 @@ def test_a_whole_model_state_dict_with_prefix_on_the_cli(tmp_path, suffix, capsy
     else:
         safetensors.torch.save_file(model.state_dict(), str(path))
         prefix = "encoder.rnn."
-    assert main(["convert", str(path), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical"]) == 2
+    assert (
+        main(["convert", str(path), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical"]) == 2
+    )
     assert "pass one as prefix" in capsys.readouterr().err
-    assert main(["convert", str(path), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical", "--prefix", prefix]) == 0
-    assert main(["convert", str(tmp_path / "c.safetensors"), "-o", str(tmp_path / "r.safetensors"), "--from", "canonical", "--to", "torch"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(path),
+                "-o",
+                str(tmp_path / "c.safetensors"),
+                "--from",
+                "torch",
+                "--to",
+                "canonical",
+                "--prefix",
+                prefix,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "c.safetensors"),
+                "-o",
+                str(tmp_path / "r.safetensors"),
+                "--from",
+                "canonical",
+                "--to",
+                "torch",
+            ]
+        )
+        == 0
+    )
     again = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True)
     again.load_state_dict(safetensors.torch.load_file(str(tmp_path / "r.safetensors")))
     x = torch.randn(2, 6, 3)
@@ -113,9 +214,42 @@ def test_a_bias_free_module_round_trips(tmp_path, kind, capsys):
     module = getattr(torch.nn, kind)(3, 4, num_layers=2, batch_first=True, bias=False)
     safetensors.torch.save_file(module.state_dict(), str(tmp_path / "a.safetensors"))
     spec = kind.lower()
-    assert main(["convert", str(tmp_path / "a.safetensors"), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical", "--spec", spec]) == 0
-    assert main(["convert", str(tmp_path / "c.safetensors"), "-o", str(tmp_path / "b.safetensors"), "--from", "canonical", "--to", "torch",
-                 "--spec", spec, "--layout", "no_bias"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "a.safetensors"),
+                "-o",
+                str(tmp_path / "c.safetensors"),
+                "--from",
+                "torch",
+                "--to",
+                "canonical",
+                "--spec",
+                spec,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "c.safetensors"),
+                "-o",
+                str(tmp_path / "b.safetensors"),
+                "--from",
+                "canonical",
+                "--to",
+                "torch",
+                "--spec",
+                spec,
+                "--layout",
+                "no_bias",
+            ]
+        )
+        == 0
+    )
     again = getattr(torch.nn, kind)(3, 4, num_layers=2, batch_first=True, bias=False)
     again.load_state_dict(safetensors.torch.load_file(str(tmp_path / "b.safetensors")))  # strict: no bias keys
     x = torch.randn(2, 5, 3)
@@ -123,15 +257,41 @@ def test_a_bias_free_module_round_trips(tmp_path, kind, capsys):
     # weights with biases refuse the bias-free layout unless asked to drop them
     biased = getattr(torch.nn, kind)(3, 4, batch_first=True)
     safetensors.torch.save_file(biased.state_dict(), str(tmp_path / "biased.safetensors"))
-    args = ["convert", str(tmp_path / "biased.safetensors"), "-o", str(tmp_path / "x.safetensors"), "--from", "torch", "--to", "torch",
-            "--spec", spec, "--layout", "no_bias"]
+    args = [
+        "convert",
+        str(tmp_path / "biased.safetensors"),
+        "-o",
+        str(tmp_path / "x.safetensors"),
+        "--from",
+        "torch",
+        "--to",
+        "torch",
+        "--spec",
+        spec,
+        "--layout",
+        "no_bias",
+    ]
     assert main(args) == 2
     assert "bias=False holds no biases" in capsys.readouterr().err
 
 
 def test_a_pickled_module_is_refused_with_how_to_resave(tmp_path, capsys):
     torch.save(torch.nn.LSTM(3, 4), tmp_path / "module.pt")
-    assert main(["convert", str(tmp_path / "module.pt"), "-o", str(tmp_path / "c.safetensors"), "--from", "torch", "--to", "canonical"]) == 2
+    assert (
+        main(
+            [
+                "convert",
+                str(tmp_path / "module.pt"),
+                "-o",
+                str(tmp_path / "c.safetensors"),
+                "--from",
+                "torch",
+                "--to",
+                "canonical",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "weights_only=True" in err and "torch.save(model.state_dict(), path)" in err and "Traceback" not in err
 
@@ -155,11 +315,21 @@ def test_torch_onnx_export_of_two_layers_reads_every_layer(tmp_path, dynamo, bid
     cell = kind.lower()
     module = getattr(torch.nn, kind)(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True).eval()
     x = torch.randn(2, 5, 3)
-    onnx_export(module, (x,), str(tmp_path / "m.onnx"), dynamo, input_names=["x"],
-                **({} if dynamo else {"dynamic_axes": {"x": {0: "batch", 1: "time"}}}))
+    onnx_export(
+        module,
+        (x,),
+        str(tmp_path / "m.onnx"),
+        dynamo,
+        input_names=["x"],
+        **({} if dynamo else {"dynamic_axes": {"x": {0: "batch", 1: "time"}}}),
+    )
     safetensors.torch.save_file(module.state_dict(), str(tmp_path / "m.safetensors"))
     from_onnx, from_state = read(tmp_path / "m.onnx", "onnx", cell), read(tmp_path / "m.safetensors", "torch", cell)
-    assert sorted(from_onnx) == sorted(from_state) == sorted(f"l{k}{s}" for k in range(2) for s in (["", "_reverse"] if bidirectional else [""]))
+    assert (
+        sorted(from_onnx)
+        == sorted(from_state)
+        == sorted(f"l{k}{s}" for k in range(2) for s in (["", "_reverse"] if bidirectional else [""]))
+    )
     for key in from_state:
         for name in from_state[key]:
             np.testing.assert_array_equal(from_onnx[key][name], from_state[key][name], err_msg=f"{key} {name}")
@@ -170,7 +340,12 @@ def test_torch_onnx_export_of_two_layers_reads_every_layer(tmp_path, dynamo, bid
     session = onnxruntime.InferenceSession(str(tmp_path / "ours.onnx"), providers=["CPUExecutionProvider"])
     states = 4 if bidirectional else 2
     zeros = np.zeros((2, states, 4), np.float32)
-    feeds = {"x": x.numpy(), "sequence_lens": np.full(2, 5, np.int32), "h0": zeros, **({"c0": zeros} if kind == "LSTM" else {})}
+    feeds = {
+        "x": x.numpy(),
+        "sequence_lens": np.full(2, 5, np.int32),
+        "h0": zeros,
+        **({"c0": zeros} if kind == "LSTM" else {}),
+    }
     y = session.run(["outputs"], feeds)[0]
     np.testing.assert_allclose(y.reshape(2, 5, -1), rnn_outputs(module, x), rtol=0, atol=1e-5)
 
@@ -184,10 +359,27 @@ def test_verify_port_checks_a_model_torch_onnx_export_wrote(tmp_path, batch_firs
     x = torch.randn(2, 7, 5) if batch_first else torch.randn(7, 2, 5)
     h0 = torch.zeros(1, 2, 8)
     states, names = ((h0, h0), ["x", "h0", "c0"]) if kind == "LSTM" else (h0, ["x", "h0"])
-    onnx_export(module, (x, states), str(tmp_path / "p.onnx"), False, input_names=names,
-                dynamic_axes={"x": {0: "a", 1: "b"}, **{n: {1: "batch"} for n in names[1:]}})
-    args = ["verify-port", "torch", "onnx", "--spec", kind.lower(), "--weights", str(tmp_path / "w.safetensors"), "--format", "torch",
-            "--ported", str(tmp_path / "p.onnx")]
+    onnx_export(
+        module,
+        (x, states),
+        str(tmp_path / "p.onnx"),
+        False,
+        input_names=names,
+        dynamic_axes={"x": {0: "a", 1: "b"}, **{n: {1: "batch"} for n in names[1:]}},
+    )
+    args = [
+        "verify-port",
+        "torch",
+        "onnx",
+        "--spec",
+        kind.lower(),
+        "--weights",
+        str(tmp_path / "w.safetensors"),
+        "--format",
+        "torch",
+        "--ported",
+        str(tmp_path / "p.onnx"),
+    ]
     assert main(args) == 0, capsys.readouterr()
     assert capsys.readouterr().out.rstrip().endswith("PASS")
     # the same export with two gates swapped in its weights: verify-port must fail it

@@ -19,7 +19,9 @@ LSTM_LAYER = novolstm.get_layer("torch", spec="lstm")
 
 def randomized(rng, dtype, fused=None, **kwargs):
     layer = LSTM_LAYER(3, 4, dtype=dtype, fused=fused, compiled=False, **kwargs)  # fused, else the loop
-    params = {key: random_params("lstm", cell.input_size, cell.units, rng, scale=0.5) for key, cell in layer.cells.items()}
+    params = {
+        key: random_params("lstm", cell.input_size, cell.units, rng, scale=0.5) for key, cell in layer.cells.items()
+    }
     if not layer.bias:
         params = {k: {n: (0 * v if n.startswith("b_") else v) for n, v in p.items()} for k, p in params.items()}
     layer.load_canonical(params)
@@ -81,7 +83,16 @@ def test_both_paths_match_reference_and_numpy_backward(dtype, fused, rng):
 @pytest.mark.parametrize("num_layers, bidirectional, bias", [(1, False, True), (2, True, True), (2, False, False)])
 def test_fused_path_matches_nn_lstm_and_the_generated_loop(num_layers, bidirectional, bias, rng):
     layer, params = randomized(rng, torch.float64, num_layers=num_layers, bidirectional=bidirectional, bias=bias)
-    loop = LSTM_LAYER(3, 4, num_layers=num_layers, bidirectional=bidirectional, bias=bias, dtype=torch.float64, fused=False, compiled=False)
+    loop = LSTM_LAYER(
+        3,
+        4,
+        num_layers=num_layers,
+        bidirectional=bidirectional,
+        bias=bias,
+        dtype=torch.float64,
+        fused=False,
+        compiled=False,
+    )
     loop.load_state_dict(layer.state_dict())
     native = torch.nn.LSTM(3, 4, num_layers=num_layers, bidirectional=bidirectional, bias=bias, dtype=torch.float64)
     native_sd = {}
@@ -118,7 +129,9 @@ def test_fused_path_matches_nn_lstm_and_the_generated_loop(num_layers, bidirecti
             sd["bias_hh"] = torch.zeros_like(sd["bias_hh"])
         for name, value in from_torch(sd, cell="lstm").items():
             if bias or not name.startswith("b_"):
-                assert_close(results["fused"][4][f"cells.{key}.{name}"], value, gtol, what=f"grad {key}.{name} vs nn.LSTM")
+                assert_close(
+                    results["fused"][4][f"cells.{key}.{name}"], value, gtol, what=f"grad {key}.{name} vs nn.LSTM"
+                )
 
 
 def test_fused_runs_exactly_where_it_can(rng):
@@ -131,7 +144,9 @@ def test_fused_runs_exactly_where_it_can(rng):
     with pytest.raises(RuntimeError, match="fused=True.*mask"):
         strict(x, mask=mask)
     half = LSTM_LAYER(3, 4, dtype=torch.float16)
-    assert not ran_fused(half(torch.ones(5, 2, 3, dtype=torch.float16, requires_grad=True))[0]), "float16: the generated loop"
+    assert not ran_fused(half(torch.ones(5, 2, 3, dtype=torch.float16, requires_grad=True))[0]), (
+        "float16: the generated loop"
+    )
     assert "fused=False" in repr(LSTM_LAYER(3, 4, fused=False))
     with pytest.raises(ValueError, match="fused"):
         LSTM_LAYER(3, 4, fused="yes")
@@ -187,7 +202,9 @@ def test_the_fused_path_sees_every_update_of_the_parameters(rng):
             module.zero_grad(set_to_none=True)
             (module(x)[0] ** 2).sum().backward()
         for (name, p), q in zip(layer.named_parameters(), loop.parameters()):
-            assert_close(p.grad.numpy(), q.grad.numpy(), tolerance("float32", 5, kind="gradients"), what=f"step {step}: {name}")
+            assert_close(
+                p.grad.numpy(), q.grad.numpy(), tolerance("float32", 5, kind="gradients"), what=f"step {step}: {name}"
+            )
         with torch.no_grad():
             for module in (layer, loop):
                 for p in module.parameters():
@@ -203,9 +220,12 @@ def test_only_the_standard_lstm_and_gru_offer_the_fused_kernel():
 
 
 def test_a_rewritten_standard_lstm_runs_the_fused_kernel(rng):
-    text = (novolstm.load_spec("lstm").dumps()
-            .replace('name = "lstm"', 'name = "my_lstm"')
-            .replace('c_next = "f * c + i * g"', 'c_next = "i * g + c * f"'))
+    text = (
+        novolstm.load_spec("lstm")
+        .dumps()
+        .replace('name = "lstm"', 'name = "my_lstm"')
+        .replace('c_next = "f * c + i * g"', 'c_next = "i * g + c * f"')
+    )
     spec = novolstm.loads_spec(text)
     assert spec.hash != novolstm.load_spec("lstm").hash
     layer = novolstm.get_layer("torch", spec=spec)(3, 4, fused=True)

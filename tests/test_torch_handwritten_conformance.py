@@ -66,7 +66,9 @@ class HandWrittenNovoLSTM(torch.nn.Module):
         for t in range(x.shape[1]):
             xt = x[:, t]
             if self.mistake == "the other NovoLSTM":
-                i = self.layer_norm(self.sigmoid(self.gate("i", xt, h)) * self.softmax(self.gate("s", xt, h, recurrent=False)))
+                i = self.layer_norm(
+                    self.sigmoid(self.gate("i", xt, h)) * self.softmax(self.gate("s", xt, h, recurrent=False))
+                )
             else:
                 i = self.layer_norm(self.sigmoid(self.gate("i", xt, h))) * self.softmax(self.gate("s", xt, h))
             f = self.sigmoid(self.gate("f", xt, h))
@@ -79,7 +81,9 @@ class HandWrittenNovoLSTM(torch.nn.Module):
                 h, c = h_new, c_new
             else:
                 h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
-            outputs.append(torch.where(m, h_new, h if self.mistake == "masked steps output h" else torch.zeros_like(h_new)))
+            outputs.append(
+                torch.where(m, h_new, h if self.mistake == "masked steps output h" else torch.zeros_like(h_new))
+            )
         final = (c, h) if self.mistake == "state order" else (h, c)
         return torch.stack(outputs, 1), final
 
@@ -93,7 +97,9 @@ def as_implementation(mistake=None):
         module = HandWrittenNovoLSTM({k: cast(v) for k, v in params.items()}, mistake)
         with torch.no_grad():
             out, final = module(cast(x), tuple(cast(s) for s in state), torch.as_tensor(np.asarray(mask)))
-        return out.to(torch.float64).numpy().astype(x.dtype), tuple(s.to(torch.float64).numpy().astype(x.dtype) for s in final)
+        return out.to(torch.float64).numpy().astype(x.dtype), tuple(
+            s.to(torch.float64).numpy().astype(x.dtype) for s in final
+        )
 
     return fn
 

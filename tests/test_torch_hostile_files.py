@@ -7,7 +7,9 @@ import pathlib
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("_hostile_loader", pathlib.Path(__file__).with_name("test_hostile_files.py"))
+_spec = importlib.util.spec_from_file_location(
+    "_hostile_loader", pathlib.Path(__file__).with_name("test_hostile_files.py")
+)
 _loader = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_loader)
 corpus = _loader.load_corpus()

@@ -86,7 +86,9 @@ def test_cell_step_matches_reference(cell, rng):
     for got, want in zip(as_tuple(new), expected):
         assert_close(got.detach().numpy(), want, what=f"{cell} step")
     # unbatched input (input,) and state (units,), as nn.LSTMCell accepts
-    new1 = c(torch.tensor(x[1]), tuple(torch.tensor(s[1]) for s in state) if len(state) > 1 else torch.tensor(state[0][1]))
+    new1 = c(
+        torch.tensor(x[1]), tuple(torch.tensor(s[1]) for s in state) if len(state) > 1 else torch.tensor(state[0][1])
+    )
     for got, want in zip(as_tuple(new1), expected):
         assert tuple(got.shape) == (5,)
         assert_close(got.detach().numpy(), want[1], what=f"{cell} unbatched step")
@@ -113,13 +115,19 @@ def test_cell_parameters_are_canonical(cell):
         assert tuple(value.shape) == expected[name].shape
         assert torch.equal(value, torch.from_numpy(expected[name].astype(np.float32))), name
     c.reset_parameters(seed=8)
-    assert torch.equal(c.state_dict()[spec.param_names[0]], torch.from_numpy(novolstm.init_params(spec, 3, 4, seed=8)[spec.param_names[0]].astype(np.float32)))
+    assert torch.equal(
+        c.state_dict()[spec.param_names[0]],
+        torch.from_numpy(novolstm.init_params(spec, 3, 4, seed=8)[spec.param_names[0]].astype(np.float32)),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_canonical_round_trip_is_exact(dtype, rng):
     c = Cell("novolstm")(3, 4, dtype=dtype)
-    params = {k: v.astype(np.float32) if dtype != torch.float64 else v for k, v in random_params("novolstm", 3, 4, rng).items()}
+    params = {
+        k: v.astype(np.float32) if dtype != torch.float64 else v
+        for k, v in random_params("novolstm", 3, 4, rng).items()
+    }
     if dtype == torch.bfloat16:  # values bfloat16 can hold
         params = {k: torch.tensor(v).to(torch.bfloat16).float().numpy() for k, v in params.items()}
     c.load_canonical(params)
@@ -157,7 +165,12 @@ def test_state_dict_save_load_and_to(rng):
     assert c64.W_i.dtype == torch.float64 and isinstance(c64.W_i, torch.nn.Parameter)
     h, _ = c64(x.double())
     assert h.dtype == torch.float64
-    assert_close(h.detach().numpy().astype(np.float32), c(x)[0].detach().numpy(), tolerance("float32"), what="float64 vs float32 cell")
+    assert_close(
+        h.detach().numpy().astype(np.float32),
+        c(x)[0].detach().numpy(),
+        tolerance("float32"),
+        what="float64 vs float32 cell",
+    )
 
 
 def test_bias_false_leaves_out_projection_biases(rng):
@@ -181,13 +194,17 @@ def test_bias_false_leaves_out_projection_biases(rng):
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_layer_matches_reference(cell, num_layers, bidirectional, batch_first, rng):
     B, T, I, H = 3, 6, 4, 5
-    layer = Layer(cell)(I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, dtype=torch.float64)
+    layer = Layer(cell)(
+        I, H, num_layers=num_layers, bidirectional=bidirectional, batch_first=batch_first, dtype=torch.float64
+    )
     params = randomize(layer, rng)
     x = rng.normal(size=(B, T, I))
     rows = num_layers * (2 if bidirectional else 1)
     states = [tuple(0.5 * rng.normal(size=(B, H)) for _ in state_names(cell)) for _ in range(rows)]
     lengths = np.array([6, 2, 4])
-    expected, expected_final = reference_layer(cell, params, x, states, np.arange(T)[None] < lengths[:, None], num_layers, bidirectional)
+    expected, expected_final = reference_layer(
+        cell, params, x, states, np.arange(T)[None] < lengths[:, None], num_layers, bidirectional
+    )
     hx = tuple(torch.tensor(np.stack([s[k] for s in states])) for k in range(len(states[0])))
     xt = torch.tensor(x) if batch_first else torch.tensor(x).transpose(0, 1)
     out, final = layer(xt, hx if len(hx) > 1 else hx[0], lengths=torch.tensor(lengths))
@@ -318,7 +335,9 @@ def test_layer_gradients_match_numpy(rng):
 def test_clear_errors_on_bad_input():
     layer = Layer("lstm")(3, 4, num_layers=2, batch_first=True)
     x = torch.zeros(2, 5, 3)
-    with pytest.raises(ValueError, match=r"input: expected shape \(batch, time, input_size\).*input_size=3, got \(2, 5, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"input: expected shape \(batch, time, input_size\).*input_size=3, got \(2, 5, 7\)"
+    ):
         layer(torch.zeros(2, 5, 7))
     with pytest.raises(TypeError, match=r"input: expected dtype torch.float32 .*got torch.float64"):
         layer(x.double())
@@ -379,7 +398,13 @@ def test_canonical_checkpoint_round_trip(num_layers, bidirectional, tmp_path, rn
     randomize(layer, rng)
     exported = layer.export_canonical()
     single = num_layers == 1 and not bidirectional
-    save(exported["l0"] if single else exported, tmp_path / "layer.safetensors", spec="novolstm", layers=num_layers, bidirectional=bidirectional)
+    save(
+        exported["l0"] if single else exported,
+        tmp_path / "layer.safetensors",
+        spec="novolstm",
+        layers=num_layers,
+        bidirectional=bidirectional,
+    )
     params, info = load(tmp_path / "layer.safetensors", spec="novolstm")
     fresh = Layer("novolstm")(3, 4, num_layers=num_layers, bidirectional=bidirectional, dtype=torch.float64, seed=5)
     fresh.load_canonical(params)
@@ -399,5 +424,7 @@ def test_save_module_and_load_into_a_stacked_bidirectional_layer(tmp_path):
         novolstm.load_into(Layer(3, 4, num_layers=1, seed=2), path)
     cell = novolstm.get_cell("torch", spec="novolstm")(3, 4, seed=3)
     novolstm.save_module(cell, tmp_path / "cell.safetensors")
-    single = novolstm.load_into(Layer(3, 4, seed=4), tmp_path / "cell.safetensors")  # a one-cell layer takes a cell's file
+    single = novolstm.load_into(
+        Layer(3, 4, seed=4), tmp_path / "cell.safetensors"
+    )  # a one-cell layer takes a cell's file
     torch.testing.assert_close(single.cells["l0"].W_i, cell.W_i, rtol=0, atol=0)

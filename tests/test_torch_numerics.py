@@ -18,7 +18,12 @@ from novolstm import reference
 from novolstm.testing import assert_close, cases, random_params, tolerance
 
 CELLS = novolstm.list_specs()
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TORCH_DTYPES = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 def module(cell):
@@ -103,7 +108,13 @@ def test_reverse_is_the_reference_on_flipped_time(cell, rng):
     expected, expected_state = reference.run(cell, params, x[:, ::-1], state, mask=mask[:, ::-1])
     m = module(cell)
     with torch.no_grad():
-        ys, final = m.sequence(tensors(params, torch.float64), torch.tensor(x), tuple(map(torch.tensor, state)), torch.tensor(mask), reverse=True)
+        ys, final = m.sequence(
+            tensors(params, torch.float64),
+            torch.tensor(x),
+            tuple(map(torch.tensor, state)),
+            torch.tensor(mask),
+            reverse=True,
+        )
     tol = tolerance("float64", x.shape[1])
     assert_close(ys.numpy(), expected[:, ::-1], tol, what="reverse outputs")
     for got, want in zip(final, expected_state):
@@ -139,7 +150,11 @@ def torch_gradients(cell, params, x, state, mask, g_out, g_state, dtype, reverse
     loss = (ys * torch.tensor(g_out, dtype=dtype)).sum()
     loss = loss + sum((f * torch.tensor(g, dtype=dtype)).sum() for f, g in zip(final, g_state))
     loss.backward()
-    return xt.grad.double().numpy(), tuple(s.grad.double().numpy() for s in st0), {k: v.grad.double().numpy() for k, v in p.items()}
+    return (
+        xt.grad.double().numpy(),
+        tuple(s.grad.double().numpy() for s in st0),
+        {k: v.grad.double().numpy() for k, v in p.items()},
+    )
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -165,8 +180,12 @@ def test_gradients_reverse_match_numpy_on_flipped_time(cell, rng):
     params, x, state, mask = problem(cell, rng)
     g_out = rng.normal(size=x.shape[:2] + (5,))
     g_state = tuple(rng.normal(size=s.shape) for s in state)
-    want_x, want_state, want_params = numpy_gradients(cell, params, x[:, ::-1], state, mask[:, ::-1], g_out[:, ::-1], g_state)
-    got_x, got_state, got_params = torch_gradients(cell, params, x, state, mask, g_out, g_state, torch.float64, reverse=True)
+    want_x, want_state, want_params = numpy_gradients(
+        cell, params, x[:, ::-1], state, mask[:, ::-1], g_out[:, ::-1], g_state
+    )
+    got_x, got_state, got_params = torch_gradients(
+        cell, params, x, state, mask, g_out, g_state, torch.float64, reverse=True
+    )
     tol = tolerance("float64", x.shape[1], kind="gradients")
     assert_close(got_x, want_x[:, ::-1], tol, what="grad x")
     for got, want in zip(got_state, want_state):
@@ -207,7 +226,9 @@ def test_unused_outputs_send_no_gradient(rng):
     # Only the final h is used: the outputs' gradient and c's are None inside backward.
     params, x, state, mask = problem("lstm", rng, masked=False)
     g_state = (rng.normal(size=state[0].shape), np.zeros_like(state[1]))
-    want_x, want_state, want_params = numpy_gradients("lstm", params, x, state, None, np.zeros(x.shape[:2] + (5,)), g_state)
+    want_x, want_state, want_params = numpy_gradients(
+        "lstm", params, x, state, None, np.zeros(x.shape[:2] + (5,)), g_state
+    )
     p = tensors(params, torch.float64, requires_grad=True)
     xt = torch.tensor(x, requires_grad=True)
     ys, (h, c) = module("lstm").sequence(p, xt, tuple(map(torch.tensor, state)))
@@ -243,7 +264,9 @@ def test_init_params_match_novolstm():
 def test_generated_source_is_standalone():
     source = novolstm.generate_source("gru", "torch")
     imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"math", "warnings", "zlib", "numpy", "torch", "torch.autograd.function", "torch.nn.utils.rnn"}, imports
+    assert imports <= {"math", "warnings", "zlib", "numpy", "torch", "torch.autograd.function", "torch.nn.utils.rnn"}, (
+        imports
+    )
     assert "Generated" in source and "do not edit" in source and novolstm.load_spec("gru").hash in source
 
 

@@ -42,8 +42,12 @@ def test_onnx_export_runs_in_onnxruntime(cell, tmp_path, rng):
     lengths = np.array([5, 2, 4])
     path = tmp_path / f"{cell}.onnx"
     torch.onnx.export(
-        model, (torch.tensor(x, dtype=torch.float32), torch.tensor(lengths)), str(path),
-        dynamo=True, input_names=["x", "lengths"], external_data=False,
+        model,
+        (torch.tensor(x, dtype=torch.float32), torch.tensor(lengths)),
+        str(path),
+        dynamo=True,
+        input_names=["x", "lengths"],
+        external_data=False,
     )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for lens in (lengths, np.array([1, 5, 3])):  # lengths are a runtime input

@@ -12,8 +12,9 @@ from novolstm.testing import concurrent_calls
 
 def test_eight_threads_get_one_torch_cell_and_layer():
     # A spec no other test asked for (its description differs), so no cache holds it yet.
-    spec = novolstm.loads_spec(novolstm.load_spec("lstm").dumps().replace(
-        'description = "', f'description = "threads {uuid.uuid4().hex}: ', 1))
+    spec = novolstm.loads_spec(
+        novolstm.load_spec("lstm").dumps().replace('description = "', f'description = "threads {uuid.uuid4().hex}: ', 1)
+    )
     cells = concurrent_calls(lambda: novolstm.get_cell("torch", spec))
     layers = concurrent_calls(lambda: novolstm.get_layer("torch", spec))
     assert all(c is cells[0] for c in cells) and all(layer is layers[0] for layer in layers)

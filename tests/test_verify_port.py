@@ -25,9 +25,27 @@ def test_probe_biases_are_nonzero_and_distinct():
 def test_verify_port_cli_fails_on_a_swapped_gate(tmp_path, capsys):
     params = probe_params("lstm", 3, 4, seed=3)
     novolstm.save(params, tmp_path / "w.safetensors", spec="lstm")
-    swapped = dict(params, W_i=params["W_f"], W_f=params["W_i"], U_i=params["U_f"], U_f=params["U_i"], b_i=params["b_f"], b_f=params["b_i"])
+    swapped = dict(
+        params,
+        W_i=params["W_f"],
+        W_f=params["W_i"],
+        U_i=params["U_f"],
+        U_f=params["U_i"],
+        b_i=params["b_f"],
+        b_f=params["b_i"],
+    )
     novolstm.save(swapped, tmp_path / "bad.safetensors", spec="lstm")
-    base = ["verify-port", "reference", "numpy", "--steps", "64", "--weights", str(tmp_path / "w.safetensors"), "--format", "canonical"]
+    base = [
+        "verify-port",
+        "reference",
+        "numpy",
+        "--steps",
+        "64",
+        "--weights",
+        str(tmp_path / "w.safetensors"),
+        "--format",
+        "canonical",
+    ]
     assert main(base + ["--ported", str(tmp_path / "w.safetensors")]) == 0
     assert "PASS" in capsys.readouterr().out
     assert main(base + ["--ported", str(tmp_path / "bad.safetensors")]) == 1
