@@ -368,10 +368,13 @@ inline void carry_row(View<T> dst, View<T> a, View<T> carried, const bool* mask,
 // acc[j] += the sum over rows of a's column j (of its one column where `statistic`) at each of
 // `steps` steps, whose blocks of `rows` rows a holds, in the order the backward loop runs them
 // (t = steps - 1 - s, or s where `reverse`): each step's sum as sum_rows makes it, added in turn,
-// as an accumulation at each step would. Threads split the columns, never a sum.
+// as an accumulation at each step would. Threads split the columns, never a sum, from 2^20 terms
+// (below, at the typical shape's 3200 rows of 128 units, a pass over memory of tens of us that a
+// fork, on a loaded machine, would cost more than it saves).
 template <typename T>
 inline void sum_step_rows(View<T> a, int64_t steps, int64_t rows, int64_t n, bool statistic, bool reverse, T* acc) {
-  at::parallel_for(0, n, 16, [&](int64_t j0, int64_t j1) {
+  const int64_t grain = steps * rows * n >= (int64_t(1) << 20) ? 16 : n;
+  at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) {
     std::vector<T> sum(j1 - j0);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = reverse ? s : steps - 1 - s;
