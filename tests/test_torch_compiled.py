@@ -227,6 +227,25 @@ def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, un
         assert_close(results[0][2][name].double().numpy(), g.double().numpy(), gtol, what=f"grad {name}")
 
 
+def test_compiled_gradient_of_the_final_state_alone_matches_loop(rng):
+    # No loss reads the outputs (nor the tape): their gradients reach the kernel as None, not
+    # as zeros torch made (torch_ext: set_materialize_grads(False)), and count as zeros.
+    Layer = novolstm.get_layer("torch", spec="ln_lstm")
+    compiled = Layer(4, 5, compiled=True, fused=False, dtype=torch.float64)
+    loop = Layer(4, 5, compiled=False, fused=False, dtype=torch.float64)
+    compiled.load_canonical(novolstm.testing.random_params("ln_lstm", 4, 5, rng))
+    loop.load_state_dict(compiled.state_dict())
+    x = rng.normal(size=(6, 3, 4))
+    grads = []
+    for layer in (compiled, loop):
+        xt = torch.tensor(x, requires_grad=True)
+        _, (h, c) = layer(xt)
+        grads.append(torch.autograd.grad((h * c).sum(), [xt, *layer.parameters()]))
+    gtol = pairwise_tolerance("float64", "float64", 6, kind="gradients")
+    for got, want in zip(*grads):
+        assert_close(got.numpy(), want.numpy(), gtol, what="grad of the final state")
+
+
 def compiled_op(spec):
     from novolstm.backends.cpp.torch_ext import compiled_sequence
 

@@ -11,9 +11,11 @@ row op's reductions (LayerNorm's statistics, softmax's sum) made before it (see
 ``GraphCode``). A GEMM whose product is added to another value starts its sums from that
 value's rows; a concat's arguments are written into its blocks; the values the tape keeps,
 the outputs, the next state and the gradients the weight-gradient GEMMs read are written
-where they go, with no copy. The backward pass runs the step's backward graph in reverse
-time and forms the weight gradients as one GEMM per projection after the loop, over the
-whole sequence's rows in place. Large buffers live across calls (``Workspace``).
+where they go, with no copy. The tape keeps each LayerNorm's 1 / std per row, which the
+backward pass reads rather than recomputing it (``statistics``). The backward pass runs the
+step's backward graph in reverse time and forms the weight gradients as one GEMM per
+projection after the loop, over the whole sequence's rows in place. Large buffers live across
+calls (``Workspace``).
 ``runtime.h`` holds the row kernels (softmax, LayerNorm statistics, their VJPs) and the
 GEMMs, and is inlined at the top.
 
@@ -40,6 +42,8 @@ from importlib import resources
 
 from novolstm.codegen import LoopPlan
 from novolstm.ir import Graph, Node, live_names
+
+from .statistics import RSTD_GRAD, STATISTIC, saved_statistics
 
 NAME = "cpp"
 
@@ -94,13 +98,19 @@ def _normalize_parts(n: Node, rows: list[str], out: str, tag: str) -> tuple[list
 
 def _normalize_grad_parts(n: Node, rows: list[str], out: str, tag: str) -> tuple[list[str], str]:
     g, y, z = rows
-    eps = float(n.attr("eps"))
+    if n.op == RSTD_GRAD:  # z is the row's saved statistic (statistics.py)
+        rstd = [f"const T rstd_{tag} = {z}[0];"]
+    else:
+        rstd = [
+            f"T mean_{tag};",
+            f"const T rstd_{tag} = rt::inverse_std({z}, N, {float(n.attr('eps'))!r}, &mean_{tag});",
+        ]
     return (
         [
-            f"T mean_{tag};",
-            f"const T rstd_{tag} = rt::inverse_std({z}, N, {eps!r}, &mean_{tag});",
-            f"const T mean_g_{tag} = rt::row_sum({g}, N) / T(N);",
-            f"const T mean_gy_{tag} = rt::row_dot({g}, {y}, N) / T(N);",
+            *rstd,
+            f"T mean_gy_{tag};",
+            f"const T mean_g_{tag} = rt::row_sum_and_dot({g}, {y}, N, &mean_gy_{tag}) / T(N);",
+            f"mean_gy_{tag} /= T(N);",
         ],
         f"({g}[j] - mean_g_{tag} - {y}[j] * mean_gy_{tag}) * rstd_{tag}",
     )
@@ -122,6 +132,7 @@ ROW_PARTS: dict[str, Callable[[Node, list[str], str, str], tuple[list[str], str]
         f"{r[1]}[j] * ({r[0]}[j] - dot_{tag})",
     ),
     "normalize_units_grad": _normalize_grad_parts,
+    RSTD_GRAD: _normalize_grad_parts,
 }
 OPS_AND_ROWS = frozenset(OPS) | frozenset(ROW_PARTS)
 
@@ -157,6 +168,7 @@ class TapeEntry:
     width: object
     per_step: bool  # True: copied at every step; False: a prologue buffer, returned whole
     batched: bool = True  # False: a prologue value of the parameters only (one row every row reads)
+    statistic: bool = False  # True: a LayerNorm's 1 / std per row, width "S" (statistics.py)
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,8 @@ class GraphCode:
             are written only when the call records its tape (the forward's ``keep_tape``), else
             held in registers like any value read only inside its segment.
         workspace: where buffers and packed weights live across calls (default: new ones each call).
+        statistics: normalize node -> the View (one element per row) its rows' 1 / std go to when
+            the call records its tape (the forward's ``keep_tape``; see statistics.py).
     """
 
     def __init__(
@@ -231,8 +245,10 @@ class GraphCode:
         keep: AbstractSet[str] = frozenset(),
         tape_only: AbstractSet[str] = frozenset(),
         workspace: Workspace | None = None,
+        statistics: dict[str, str] | None = None,
     ):
         self.g, self.rows, self.prefix, self.leaves, self.skip = graph, rows, prefix, leaves, set(skip)
+        self.statistics = dict(statistics or {})
         self.workspace = workspace
         self.placed = dict(placed or {})
         self.keep = set(keep) | set(graph.outputs.values()) | set(self.placed)
@@ -321,7 +337,7 @@ class GraphCode:
                 continue
             if n.op == "slice":  # a view (see _render)
                 continue
-            row_wise = n.batched and (n.op in OPS or n.op in ROW_OPS or n.op in ("sum_units", "concat"))
+            row_wise = n.batched and (n.op in OPS_AND_ROWS or n.op in ROW_OPS or n.op in ("sum_units", "concat"))
             if row_wise and n.name not in self.gemm_init:
                 if not (self.work and isinstance(self.work[-1], list)):
                     self.work.append([])
@@ -586,10 +602,17 @@ class GraphCode:
             if stored:
                 lines.append(f"T* __restrict o_{n.name} = {self.v(n.name)}.row(b);")
             if n.op in ROW_PARTS:
-                if any(a.width == "S" and n.width != "S" or a.op == "const" or a.name in names for a in args):
+                # a per-row statistic is what RSTD_GRAD's last argument is; elsewhere a broadcast
+                statistic = [n.op == RSTD_GRAD and k == 2 for k in range(len(args))]
+                if any(
+                    a.width == "S" and n.width != "S" and not stat or a.op == "const" or a.name in names
+                    for a, stat in zip(args, statistic)
+                ):
                     raise Unsupported(f"{n.op} of a broadcast value")
                 pre, expr = ROW_PARTS[n.op](n, [row(a) for a in args], f"o_{n.name}", n.name)
                 prefix.extend(pre)
+                if n.name in self.statistics:  # the statistic the backward pass reads (statistics.py)
+                    prefix.append(f"if (keep_tape) {self.statistics[n.name]}.row(b)[0] = rstd_{n.name};")
             elif n.op in OPS:
                 expr = OPS[n.op](n, [ref(n, a) for a in args])
             else:
@@ -771,6 +794,9 @@ class _Emitter:
         self.spec = plan.spec
         self.prog = plan.program
         self.lines: list[str] = []
+        # the backward graphs, reading LayerNorm's statistics from the tape (statistics.py)
+        self.step_back, self.step_stats = saved_statistics(plan.step_backward, plan.program.step)
+        self.pro_back, self.pro_stats = saved_statistics(plan.prologue_backward, plan.program.prologue)
 
     # -- the tape: which forward values the backward pass reads, and where they live
 
@@ -788,7 +814,12 @@ class _Emitter:
             entries.setdefault(f"p_{root}", TapeEntry(f"p_{root}", node.width, False, node.batched))
             return f"p_{root}", off
 
-        saved = [n.name for n in self.plan.step_backward.nodes if n.op == "saved" and n.attr("of") != "param"]
+        for stats, per_step, into in ((self.step_stats, True, where), (self.pro_stats, False, pro_where)):
+            for leaf in stats:  # one number per row: (time, batch, 1)
+                entry = f"{'s' if per_step else 'p'}_{leaf}"
+                entries[entry] = TapeEntry(entry, "S", per_step, True, statistic=True)
+                into[leaf] = (entry, 0)
+        saved = [n.name for n in self.step_back.nodes if n.op == "saved" and n.attr("of") not in ("param", STATISTIC)]
         operands = [L.operand for L in self.plan.linears if L.in_step]
         for name in dict.fromkeys(saved + operands):
             root, off = _root(step, name)
@@ -802,7 +833,9 @@ class _Emitter:
                 # an unbatched step value reads only parameters and constants: one row, the same every step
                 entries.setdefault(f"s_{root}", TapeEntry(f"s_{root}", node.width, True, node.batched))
                 where[name] = (f"s_{root}", off)
-        pro_saved = [n.name for n in self.plan.prologue_backward.nodes if n.op == "saved" and n.attr("of") != "param"]
+        pro_saved = [
+            n.name for n in self.pro_back.nodes if n.op == "saved" and n.attr("of") not in ("param", STATISTIC)
+        ]
         for name in dict.fromkeys(pro_saved + [L.operand for L in self.plan.linears if not L.in_step]):
             pro_where[name] = prologue_value(name)
         return list(entries.values()), where, pro_where
@@ -868,15 +901,18 @@ class _Emitter:
         spec, prog = self.spec, self.prog
         states = spec.state_names
         ntape = len(self.entries)
+        values = [e for e in self.entries if not e.statistic]  # the tape's forward values
+        stat_of = {**self.step_stats, **self.pro_stats}  # statistic's leaf -> normalize node
         workspace = Workspace()
         pro = GraphCode(
             prog.prologue,
             "R",
             "p",
             {spec.input: Leaf("vx", "x2d"), **self.param_leaves()},
-            keep={e.name[2:] for e in self.entries if not e.per_step},  # the tape's prologue values
-            tape_only={e.name[2:] for e in self.entries if not e.per_step},
+            keep={e.name[2:] for e in values if not e.per_step},  # the tape's prologue values
+            tape_only={e.name[2:] for e in values if not e.per_step},
             workspace=workspace,
+            statistics={stat_of[e.name[2:]]: f"vstat_{e.name}" for e in self.entries if e.statistic and not e.per_step},
         )
         # step leaves: states (current buffers), hoisted values at t, vector parameters
         leaves = self.param_leaves()
@@ -903,7 +939,7 @@ class _Emitter:
             return prog.step[name].op not in LEAVES and prog.step[name].op != "slice"
 
         taped = set()
-        for e in self.entries:
+        for e in values:
             if e.per_step and e.batched and computed(e.name[2:]):
                 w = elems(e.width)
                 rows = f"rt::View<T>{{tape_{e.name}.data_ptr<T>() + t * B * {w}, {w}}}"
@@ -915,8 +951,29 @@ class _Emitter:
         for k, nxt in enumerate(next_names):
             if computed(nxt) and nxt not in placed:
                 placed[nxt] = (f"m == nullptr ? vn_{k} : rt::view_of<T>(ts_{nxt})", True)
-        keep = {e.name[2:] for e in self.entries if e.per_step}
-        step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep, tape_only=keep, workspace=workspace)
+        keep = {e.name[2:] for e in values if e.per_step}
+        step_stats = [e for e in self.entries if e.statistic and e.per_step]
+        step = GraphCode(
+            prog.step,
+            "B",
+            "s",
+            leaves,
+            placed=placed,
+            keep=keep,
+            tape_only=keep,
+            workspace=workspace,
+            statistics={stat_of[e.name[2:]]: f"vstat_{e.name}" for e in step_stats},
+        )
+        # the statistics' tapes, (time, batch, 1), the prologue's written by its own loop
+        stat_lines = []
+        for e in self.entries:
+            if e.statistic:
+                buffer = f"rt::handed_out({workspace('{Tn, B, 1}')})"
+                stat_lines.append(f"  at::Tensor tape_{e.name} = keep_tape ? {buffer} : at::empty({{0}}, opts);")
+                if not e.per_step:
+                    stat_lines.append(
+                        f"  const rt::View<T> vstat_{e.name}{{keep_tape ? tape_{e.name}.data_ptr<T>() : nullptr, 1}};"
+                    )
 
         tuple_type = "std::tuple<" + ", ".join(["at::Tensor"] * (1 + len(states) + ntape)) + ">"
         L = [
@@ -931,6 +988,7 @@ class _Emitter:
             "  const bool* mask_p = mask_in.has_value() ? mask.data_ptr<bool>() : nullptr;",
             "  const at::Tensor x2d = x.view({R, I});",
             "  const rt::View<T> vx{x2d.data_ptr<T>(), I};",
+            *stat_lines,
             "  // prologue: every timestep at once",
             *("  " + s for s in pro.alloc),
             *("  " + s for s in pro.body),
@@ -940,7 +998,7 @@ class _Emitter:
             L.append(f"  at::Tensor sa_{k} = state[{k}].contiguous().clone(), sb_{k} = at::empty({{B, H}}, opts);")
             L.append(f"  const rt::View<T> vsa_{k} = rt::view_of<T>(sa_{k}), vsb_{k} = rt::view_of<T>(sb_{k});")
         L.append(f"  at::Tensor ys = rt::handed_out({workspace('{Tn, B, H}')});")
-        for e in self.entries:
+        for e in values:
             if e.per_step:
                 shape = f"{{Tn, B, {elems(e.width)}}}" if e.batched else f"{{{elems(e.width)}}}"
                 L.append(
@@ -956,13 +1014,17 @@ class _Emitter:
                 f"const rt::View<T> vs_{k} = s % 2 == 0 ? vsa_{k} : vsb_{k};",
                 f"const rt::View<T> vn_{k} = s % 2 == 0 ? vsb_{k} : vsa_{k};",
             ]
+        for e in step_stats:
+            head.append(
+                f"const rt::View<T> vstat_{e.name}{{keep_tape ? tape_{e.name}.data_ptr<T>() + t * B : nullptr, 1}};"
+            )
         head += hoisted_views
         # The copies after the step's work (the outputs' rows, the tape's, the next state where a
         # mask selects rows or the value lives elsewhere), row by row in its last loop over rows.
         head.append("const rt::View<T> vys_t{ys.data_ptr<T>() + t * B * H, H};")
         rows_after = [f"rt::select_row(vys_t, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, b, H);"]
         unbatched = []  # one row, the same at every step (a value of the parameters): the last step's
-        for e in self.entries:
+        for e in values:
             if e.name in taped or not e.per_step:
                 continue
             if not e.batched:
@@ -992,7 +1054,7 @@ class _Emitter:
             L += ["  if (keep_tape && Tn > 0) {", *("    " + c for c in after_loop), "  }"]
         results = ["ys"] + [f"*cur_{k}" for k in range(len(states))]
         for e in self.entries:
-            if e.per_step:
+            if e.per_step or e.statistic:
                 results.append(f"tape_{e.name}")
             elif not e.batched:
                 results.append(f"keep_tape ? rt::handed_out({pro.t(e.name[2:])}) : at::empty({{0}}, opts)")
@@ -1011,7 +1073,7 @@ class _Emitter:
     def backward(self) -> list[str]:
         spec, prog, plan = self.spec, self.prog, self.plan
         states = spec.state_names
-        back, pro_back = plan.step_backward, plan.prologue_backward
+        back, pro_back = self.step_back, self.pro_back
         tape_index = {e.name: k for k, e in enumerate(self.entries)}
         entries = {e.name: e for e in self.entries}
 

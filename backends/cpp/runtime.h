@@ -188,30 +188,95 @@ inline T gelu_grad(T g, T z) {
 
 // Row reductions with independent partial sums in kLanes lanes: a single running sum is one
 // chain of dependent additions (its latency, not the vector units, sets the pace), and the
-// compiler may not reorder floating-point sums on its own. The lanes vectorize.
+// compiler may not reorder floating-point sums on its own. Lane k adds the terms of elements
+// k, k + kLanes, ... in order; the tail (n not a multiple of kLanes) runs in order on its own;
+// then the lanes are folded in halves (lane k + 8 into lane k, then k + 4, ...) onto the tail's
+// sum. The lanes are one vector of the compiler's (GCC and Clang's vector extension): left to
+// the auto-vectorizer, arrays of lanes compiled to shuffles, several times slower.
 constexpr int64_t kLanes = 16;
 
-template <typename T, typename Term>
-inline T lane_sum(int64_t n, Term term) {
-  T acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) acc[k] += term(j + k);
+template <typename T>
+struct Lanes {
+  typedef T Vector __attribute__((vector_size(sizeof(T) * kLanes)));
+  Vector v = {};
+
+  // (no function takes or returns a Vector: where the vector unit is narrower, that changes the ABI)
+  static void load(Vector& x, const T* p) { std::memcpy(&x, p, sizeof x); }
+  void add(const T* a) {
+    Vector x;
+    load(x, a);
+    v += x;
   }
-  T s = T(0);
-  for (; j < n; ++j) s += term(j);
-  for (int64_t k = 0; k < kLanes; ++k) s += acc[k];
-  return s;
-}
+  void add_product(const T* a, const T* b) {
+    Vector x, y;
+    load(x, a);
+    load(y, b);
+    v += x * y;
+  }
+  void add_centred_square(const T* a, T mean) {
+    Vector x;
+    load(x, a);
+    x -= mean;
+    v += x * x;
+  }
+  T fold(T s) const {
+    T acc[kLanes];
+    std::memcpy(acc, &v, sizeof acc);
+    for (int64_t w = kLanes / 2; w > 0; w /= 2) {
+      for (int64_t k = 0; k < w; ++k) acc[k] += acc[k + w];
+    }
+    return s + acc[0];
+  }
+};
 
 template <typename T>
 inline T row_sum(const T* a, int64_t n) {
-  return lane_sum<T>(n, [a](int64_t j) { return a[j]; });
+  Lanes<T> lanes;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) lanes.add(a + j);
+  T s = T(0);
+  for (; j < n; ++j) s += a[j];
+  return lanes.fold(s);
 }
 
 template <typename T>
 inline T row_dot(const T* a, const T* b, int64_t n) {
-  return lane_sum<T>(n, [a, b](int64_t j) { return a[j] * b[j]; });
+  Lanes<T> lanes;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) lanes.add_product(a + j, b + j);
+  T s = T(0);
+  for (; j < n; ++j) s += a[j] * b[j];
+  return lanes.fold(s);
+}
+
+// row_sum(a) (returned) and row_dot(a, b) (into *dot) in one pass over the row, each sum in
+// the same order as its own function's (the same bits).
+template <typename T>
+inline T row_sum_and_dot(const T* a, const T* b, int64_t n, T* dot) {
+  Lanes<T> sums, dots;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    sums.add(a + j);
+    dots.add_product(a + j, b + j);
+  }
+  T s = T(0), d = T(0);
+  for (; j < n; ++j) {
+    s += a[j];
+    d += a[j] * b[j];
+  }
+  *dot = dots.fold(d);
+  return sums.fold(s);
+}
+
+// sum over the row of (a - mean)^2.
+template <typename T>
+inline T row_centred_squares(const T* a, int64_t n, T mean) {
+  Lanes<T> lanes;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) lanes.add_centred_square(a + j, mean);
+  T s = T(0);
+  for (; j < n; ++j) s += (a[j] - mean) * (a[j] - mean);
+  return lanes.fold(s);
 }
 
 template <typename T>
@@ -255,8 +320,7 @@ inline void softmax_grad_row(const T* g, const T* y, T* o, int64_t n) {
 template <typename T>
 inline T inverse_std(const T* z, int64_t n, double eps, T* mean_out) {
   const T mean = row_sum(z, n) / T(n);
-  T var = lane_sum<T>(n, [z, mean](int64_t j) { return (z[j] - mean) * (z[j] - mean); });
-  var /= T(n);
+  const T var = row_centred_squares(z, n, mean) / T(n);
   *mean_out = mean;
   return T(1) / std::sqrt(var + T(eps));
 }
@@ -280,16 +344,26 @@ inline void normalize_grad_row(const T* g, const T* y, const T* z, T* o, int64_t
 }
 
 // out[j] (+)= sum over rows of a[b, j] (a per-row statistic when cols_a is 1 and n > 1).
+// Each column's sum runs over the rows in order (the same bits however the columns are split);
+// a block of kLanes columns is summed in registers, so `out` is written once, not once per row.
 template <typename T>
 inline void sum_rows(View<T> a, int64_t rows, int64_t n, bool statistic, T* out) {
-  for (int64_t j = 0; j < n; ++j) out[j] = T(0);
-  for (int64_t b = 0; b < rows; ++b) {
-    const T* r = a.row(b);
-    if (statistic) {
-      for (int64_t j = 0; j < n; ++j) out[j] += r[0];
-    } else {
-      for (int64_t j = 0; j < n; ++j) out[j] += r[j];
-    }
+  if (statistic) {
+    T s = T(0);
+    for (int64_t b = 0; b < rows; ++b) s += a.row(b)[0];
+    for (int64_t j = 0; j < n; ++j) out[j] = s;
+    return;
+  }
+  int64_t j0 = 0;
+  for (; j0 + kLanes <= n; j0 += kLanes) {
+    Lanes<T> columns;
+    for (int64_t b = 0; b < rows; ++b) columns.add(a.row(b) + j0);
+    std::memcpy(out + j0, &columns.v, sizeof columns.v);
+  }
+  for (int64_t j = j0; j < n; ++j) {
+    T s = T(0);
+    for (int64_t b = 0; b < rows; ++b) s += a.row(b)[j];
+    out[j] = s;
   }
 }
 

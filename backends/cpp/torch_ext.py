@@ -214,6 +214,9 @@ def _register(layout: Layout):
     def setup_context(ctx, inputs, output):
         x, mask, reverse, keep_tape, state, params = inputs
         ctx.reverse, ctx.keep_tape, ctx.params = reverse, keep_tape, len(params)
+        # No zeros made for the outputs no loss reads (the tape's, megabytes each call): the
+        # backward op takes a missing output gradient as zeros, and backward below the states'.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, mask, *state, *params, *output[1 + n :])
 
     def backward(ctx, g_outputs, *g_rest):
