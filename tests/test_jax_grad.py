@@ -213,6 +213,30 @@ def test_gradients_of_gradients_through_the_generated_backward_pass():
             np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), rtol=1e-10, atol=1e-13)
 
 
+def test_forward_mode_with_remat_false_agrees_with_the_generated_backward_pass():
+    """docs/jax.md: remat=False takes forward mode (its prologue GEMMs are a custom_jvp), and its
+    Jacobian-vector product agrees with the generated backward pass's vector-Jacobian product
+    (<g, J t> = <J^T g, t>, parameters and inputs); remat=True, a custom_vjp, refuses it."""
+    m = novolstm.load_generated("novolstm", "jax")
+    rng = np.random.default_rng(9)
+    with x64("float64"):
+        params = {k: jnp.asarray(v) for k, v in random_params("novolstm", 3, 4, rng).items()}
+        x = jnp.asarray(rng.normal(size=(2, 5, 3)))
+        t_params = {k: jnp.asarray(rng.normal(size=v.shape)) for k, v in params.items()}
+        t_x, g = jnp.asarray(rng.normal(size=x.shape)), jnp.asarray(rng.normal(size=(2, 5, 4)))
+
+        def outputs(remat):
+            return lambda p, x: m.sequence(p, x, remat=remat)[0]
+
+        _, jt = jax.jvp(outputs(False), (params, x), (t_params, t_x))
+        _, pullback = jax.vjp(outputs(True), params, x)
+        jg_params, jg_x = pullback(g)
+        want = (jg_x * t_x).sum() + sum((jg_params[k] * t_params[k]).sum() for k in params)
+        np.testing.assert_allclose(float((g * jt).sum()), float(want), rtol=1e-12)
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(outputs(True), (params, x), (t_params, t_x))
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_vjp_numpy_hook_matches_the_numpy_backend(dtype):
     rng = np.random.default_rng(6)

@@ -130,10 +130,13 @@ def fuse(params, dtype):
     }
 
 
-def prologue(w, v_$input, H):
+def prologue(w, v_$input, H, block_products=None):
     """The input projections of every timestep at once: a dict of bias-free GEMMs, one per block the step reads.
 
-    v_$input: inputs (..., input); H: the number of units.
+    v_$input: inputs (..., input); H: the number of units; block_products: the function that
+    computes them (None: _block_products, which forward and reverse mode differentiate; the
+    loop's custom_vjp passes _block_products_vjp, reverse mode only, whose weight gradient
+    XLA runs without a transposed copy of the cotangent).
     """
     $prologue_load
     $prologue
@@ -262,15 +265,15 @@ def _hoisted_code(prologue: Graph, comments: dict[str, str]) -> Hoisting:
             continue
         biases, lhs = n.attr("biases"), var(n.args[0])
         if n.name not in splits:
-            block(n.name, f"{lhs} @ w_{n.name}", f" + b_{n.name}" if any(biases) else "")
+            block(n.name, f"block_products({lhs}, w_{n.name}, ())[0]", f" + b_{n.name}" if any(biases) else "")
             continue
         split = splits[n.name]
         pieces = [(p, any(biases[start:stop])) for start, stop, p in split.attr("pieces")]
         cuts = split_cuts(split)
-        whole = all(p for p, _ in pieces)  # every block read: one _block_products call
+        whole = all(p for p, _ in pieces)  # every block read: one block_products call
         if whole:
             products = targets([f"p_{p}" for p, _ in pieces])
-            out.prologue.append(f"{products} = _block_products({lhs}, w_{n.name}, {tuple_of(cuts[1:-1].split(', '))})")
+            out.prologue.append(f"{products} = block_products({lhs}, w_{n.name}, {tuple_of(cuts[1:-1].split(', '))})")
         else:
             out.prologue.append(
                 split_line([f"w_{p}" if p else "_" for p, _ in pieces], f"w_{n.name}", cuts, ", axis=-1")
@@ -281,7 +284,7 @@ def _hoisted_code(prologue: Graph, comments: dict[str, str]) -> Hoisting:
                 where.append(split_line(names, f"b_{n.name}", cuts))
         for p, biased in pieces:
             if p:
-                block(p, f"p_{p}" if whole else f"{lhs} @ w_{p}", f" + b_{p}" if biased else "")
+                block(p, f"p_{p}" if whole else f"block_products({lhs}, w_{p}, ())[0]", f" + b_{p}" if biased else "")
     for name in prologue.outputs.values():
         if name not in out.hoisted:
             out.hoisted[name] = var(name)
@@ -418,7 +421,9 @@ def generate(plan: LoopPlan) -> str:
         init_source=init_source(),
         fusion=fusion,
         input=spec.input,
-        prologue_load=used_loads(loads(prologue), hoisting.prologue, prologue_return),
+        prologue_load=used_loads(
+            ["block_products = block_products or _block_products", *loads(prologue)], hoisting.prologue, prologue_return
+        ),
         prologue=hoisting.prologue,
         prologue_return=prologue_return,
         bias_load=used_loads(loads(prologue), hoisting.bias_lines, hoisting.biased),

@@ -49,7 +49,7 @@ def fuse(params, dtype):
     raise NotImplementedError("generated per spec")
 
 
-def prologue(w, x, H):
+def prologue(w, x, H, block_products=None):
     raise NotImplementedError("generated per spec")
 
 
@@ -120,10 +120,13 @@ def _gelu_grad(g, z):
     return g * (cdf + z * jnp.exp(-0.5 * z * z) * (1.0 / np.sqrt(2.0 * np.pi)))
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _block_products(x, w, cuts):
+def _blocks(x, w, cuts):
     """``x @ w`` as one GEMM per block of ``w``'s columns (cut at ``cuts``): a contiguous array each."""
     return tuple(x @ block for block in jnp.split(w, cuts, axis=-1))
+
+
+#: The prologue's GEMMs (_blocks) for forward and reverse mode.
+_block_products = jax.custom_jvp(_blocks, nondiff_argnums=(2,))
 
 
 @_block_products.defjvp
@@ -133,6 +136,31 @@ def _block_products_jvp(cuts, primals, tangents):
     # slices of one array, back into it), not one per block (5x slower on CPU).
     (x, w), (dx, dw) = primals, tangents
     return _block_products(x, w, cuts), tuple(jnp.split(dx @ w + x @ dw, cuts, axis=-1))
+
+
+#: The prologue's GEMMs (_blocks) for reverse mode only, as the loop's custom_vjp (_bptt) runs
+#: them: the weight's gradient is one GEMM that contracts every leading axis of the input and
+#: of the cotangent, the cotangent as the right operand. JAX's transpose of _block_products'
+#: tangent puts the cotangent on the left with its contracted axes leading, which XLA on the
+#: CPU copies transposed and multiplies twice as slowly: 1.08 s against 0.51 s of CPU time
+#: for NovoLSTM's (25600 x 512) x (25600 x 2560) weight gradient at 128 x 200 x 512.
+_block_products_vjp = jax.custom_vjp(_blocks, nondiff_argnums=(2,))
+
+
+def _block_products_vjp_forward(x, w, cuts):
+    return _blocks(x, w, cuts), (x, w)
+
+
+def _block_products_vjp_backward(cuts, saved, cotangents):
+    x, w = saved
+    g = jnp.concatenate(cotangents, axis=-1)  # slices of one stack in _bptt: XLA joins them back, no copy
+    lead = tuple(range(x.ndim - 1))
+    g_w = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=_accumulator(g))
+    g_x = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=_accumulator(g))
+    return g_x.astype(x.dtype), g_w.astype(w.dtype)
+
+
+_block_products_vjp.defvjp(_block_products_vjp_forward, _block_products_vjp_backward)
 
 
 def _softmax(z):
@@ -292,25 +320,25 @@ def sequence(
             )
         mask = mask.T[..., None]  # (time, batch, 1), broadcasting over the units
 
-    hoisted = prologue(fuse(params, dtype), xs, units)
     if scan not in (None, True, False):
         raise ValueError(f"scan: expected None (auto), True or False, got {scan!r}")
     if scan and LINEAR_SCAN is None:
         raise ValueError(f"scan=True: spec {SPEC_NAME!r} is not a linear recurrence (novolstm.scan.linear_recurrence)")
+    w = fuse(params, dtype)
     if LINEAR_SCAN is not None and steps > 0 and (scan or (scan is None and jax.default_backend() != "cpu")):
-        final, ys = _scan_sequence(fuse(params, dtype), hoisted, state, mask, reverse)
+        final, ys = _scan_sequence(w, prologue(w, xs, units), state, mask, reverse)
+    elif remat:  # the generated backward pass, the prologue's GEMMs' included: reverse mode only
+        params = {name: jnp.asarray(params[name]) for name in PARAM_TABLE}
+        final, ys = _bptt(params, prologue(w, xs, units, _block_products_vjp), state, mask, dtype, reverse, unroll)
     else:
-        final, ys = _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat)
+        final, ys = _loop_sequence(params, dtype, prologue(w, xs, units), state, mask, reverse, unroll)
     if unbatched:
         return ys[:, 0], tuple(s[0] for s in final)
     return (ys if time_major else jnp.swapaxes(ys, 0, 1)), final
 
 
-def _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll, remat):
-    """(final state, outputs (time, batch, units)) by jax.lax.scan over the steps."""
-    if remat:
-        final, ys = _bptt(fuse(params, dtype), hoisted, state, mask, reverse, unroll)
-        return final, ys
+def _loop_sequence(params, dtype, hoisted, state, mask, reverse, unroll):
+    """(final state, outputs (time, batch, units)) by jax.lax.scan over the steps, which JAX differentiates."""
 
     def one_step(carry, hoisted_t):
         # The step's fused matrices are concatenated inside the loop body: XLA hoists that out
@@ -339,11 +367,16 @@ def _masked(one_step, masked):
 # ---------------------------------------------------------------- backpropagation through time
 
 
-def _forward_scan(w, hoisted, state, mask, reverse, unroll, keep):
+def _forward_scan(params, dtype, hoisted, state, mask, reverse, unroll, keep):
     """(final state, outputs, and where ``keep`` what the backward pass reads, stacked over time:
     each step's previous state and its step_products)."""
 
     def body(carry, inputs):
+        # The parameters are fused inside the loop body, as in _loop_sequence: XLA hoists the
+        # concatenations out of the loop, and each bias block the step adds is then its own
+        # parameter, where a slice of the fused bias was cut again every step (one more kernel
+        # per step: 10% of the forward at 32 x 100 x 128, CPU time).
+        w = fuse(params, dtype)
         products = step_products(w, carry)
         step = _masked(lambda carry, hoisted_t: cell_step(w, carry, hoisted_t, products), mask is not None)
         new, y = step(carry, inputs)
@@ -353,8 +386,8 @@ def _forward_scan(w, hoisted, state, mask, reverse, unroll, keep):
     return final, ys, kept
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _bptt(w, hoisted, state, mask, reverse, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _bptt(params, hoisted, state, mask, dtype, reverse, unroll):
     """The loop, differentiated by the generated backward pass (step_backward) rather than by JAX.
 
     Its backward pass is a reverse scan whose step computes the elementwise values again
@@ -365,32 +398,34 @@ def _bptt(w, hoisted, state, mask, reverse, unroll):
     accumulates them step by step instead: a small GEMM and a reduction per parameter
     per step.
     """
-    final, ys, _ = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep=False)
+    final, ys, _ = _forward_scan(params, dtype, hoisted, state, mask, reverse, unroll, keep=False)
     return final, ys
 
 
-def _bptt_forward(w, hoisted, state, mask, reverse, unroll):
-    final, ys, (states, products) = _forward_scan(w, hoisted, state, mask, reverse, unroll, keep=True)
-    return (final, ys), (w, hoisted, states, products, mask)
+def _bptt_forward(params, hoisted, state, mask, dtype, reverse, unroll):
+    final, ys, (states, products) = _forward_scan(params, dtype, hoisted, state, mask, reverse, unroll, keep=True)
+    return (final, ys), (params, hoisted, states, products, mask)
 
 
-def _bptt_backward(reverse, unroll, saved, cotangents):
-    w, hoisted, states, products, mask = saved
+def _bptt_backward(dtype, reverse, unroll, saved, cotangents):
+    params, hoisted, states, products, mask = saved
     g_final, g_ys = cotangents
     H = states[0].shape[-1]
+    w, to_params = jax.vjp(lambda p: fuse(p, dtype), params)
     # Each step projection's weight transposed, once: inside the loop the GEMM with a transposed
     # operand repacks it every step (2.4x the forward's recurrent GEMM on CPU).
-    w_t = {**w, **{f"wt_{name}": w[f"w_{name}"].T for name in STEP_PROJECTIONS}}
+    transposed = {f"wt_{name}": w[f"w_{name}"].T for name in STEP_PROJECTIONS}
     layout = {}  # how the scan's unique per-step arrays make up step_backward's dict
     # A vector parameter's per-row gradient is summed in the carry as the loop runs (an add XLA
     # fuses into the step's kernels), not stacked over time, and over the batch after the loop.
     first = jax.tree_util.tree_map(lambda a: a[0], (states, hoisted, products, g_ys))
-    shapes = jax.eval_shape(lambda s, h, p, g: step_backward(w_t, s, h, p, s, g)[1]["params"], *first)
+    shapes = jax.eval_shape(lambda s, h, p, g: step_backward({**w, **transposed}, s, h, p, s, g)[1]["params"], *first)
     rows = {name: jnp.zeros(shape.shape, shape.dtype) for name, shape in shapes.items()}
 
     def body(carry, inputs):
         g_state, rows = carry
         state_t, hoisted_t, products_t, cot_y, m = inputs
+        w_t = {**fuse(params, dtype), **transposed}  # fused in the loop body, as in _forward_scan
         seeds = g_state
         if m is not None:
             cot_y = jnp.where(m, cot_y, 0.0)
@@ -440,7 +475,7 @@ def _bptt_backward(reverse, unroll, saved, cotangents):
             cot_w[f"b_{name}"] = cot_w[f"b_{name}"] + sums[name]
     for name, g in rows.items():
         cot_w[name] = cot_w[name] + _sum_rows(g)
-    return cot_w, cot_hoisted, g_state0, None
+    return to_params(cot_w)[0], cot_hoisted, g_state0, None
 
 
 _bptt.defvjp(_bptt_forward, _bptt_backward)
