@@ -226,6 +226,61 @@ def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, un
         assert_close(results[0][2][name].double().numpy(), g.double().numpy(), gtol, what=f"grad {name}")
 
 
+# A step whose rows never meet (no product over the state) runs every step in one parallel region,
+# each thread its own rows (emit._rows_apart_region); its prologue runs chunk of rows after chunk.
+# mingru: elementwise alone; indrnn: its recurrent vector's gradient a sum over the rows, kept
+# for every step and summed after the last. At 6 steps of 20 rows of 96 units a crew of two or
+# three threads runs both (rt::rows_apart_worth, rt::chunks_worth). Both directions with a mask
+# gapped, float64 against the generated loop; float32 the same bits on one, two and three threads.
+@pytest.mark.parametrize("spec", ["mingru", "indrnn"])
+def test_rows_apart_loop_matches_loop_both_directions_on_any_thread_count(spec, rng):
+    Layer = novolstm.get_layer("torch", spec=spec)
+    inputs, units, T, B = 5, 96, 6, 20
+    layers = {
+        (compiled, dtype): Layer(inputs, units, bidirectional=True, fused=False, compiled=compiled, dtype=DTYPES[dtype])
+        for compiled in (True, False)
+        for dtype in ("float64", "float32")
+    }
+    params = {key: novolstm.testing.random_params(spec, inputs, units, rng) for key in layers[True, "float64"].cells}
+    for layer in layers.values():
+        layer.load_canonical(params)
+    x = rng.normal(size=(T, B, inputs))
+    mask = torch.tensor(rng.random((B, T)) < 0.7)
+    g_out = rng.normal(size=(T, B, 2 * units))
+
+    def run(key, threads):
+        layer = layers[key]
+        xt = torch.tensor(x, dtype=DTYPES[key[1]], requires_grad=True)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out, final = layer(xt, mask=mask)
+            ((out * torch.tensor(g_out, dtype=out.dtype)).sum() + final.square().sum()).backward()
+        finally:
+            torch.set_num_threads(before)
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+        layer.zero_grad(set_to_none=True)
+        return out.detach(), final.detach(), xt.grad, grads
+
+    got, want = run((True, "float64"), 2), run((False, "float64"), 2)
+    tol = pairwise_tolerance("float64", "float64", T)
+    gtol = pairwise_tolerance("float64", "float64", T, kind="gradients")
+    assert_close(got[0].numpy(), want[0].numpy(), tol, what="outputs")
+    assert_close(got[1].numpy(), want[1].numpy(), tol, what="final state")
+    assert_close(got[2].numpy(), want[2].numpy(), gtol, what="grad x")
+    for name, g in want[3].items():
+        assert_close(got[3][name].numpy(), g.numpy(), gtol, what=f"grad {name}")
+    single = run((True, "float32"), 1)
+    assert_close(single[0].double().numpy(), want[0].numpy(), tolerance("float32", T), what="float32 outputs")
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":  # the packed kernels: threads never split a sum
+        for threads in (2, 3):
+            other = run((True, "float32"), threads)
+            for k, what in enumerate(["outputs", "final state", "grad x"]):
+                assert torch.equal(other[k], single[k]), f"{what} on {threads} threads"
+            for name, g in single[3].items():
+                assert torch.equal(other[3][name], g), f"grad {name} on {threads} threads"
+
+
 def compiled_op(spec):
     from novolstm.backends.cpp.torch_ext import compiled_sequence
 

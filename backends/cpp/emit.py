@@ -456,6 +456,85 @@ class GraphCode:
         items = [item for item in self.items if item]
         return bool(items) and isinstance(items[-1], RowLoop)
 
+    def rows_apart(self, sums: bool = False) -> bool:
+        """Whether the work is loops over rows alone: no GEMM, no sum over the batch, no value of
+        one row that every row reads, so that each row's values read that row's alone. ``sums``:
+        but for sums over the rows that only the caller reads, at the end (``final_sums``)."""
+        items = [item for item in self.items if item]
+        loops = [item for item in items if not isinstance(item, RowLoop)]
+        if sums:
+            loops = [item for item in loops if not (isinstance(item, SumRows) and item in self.final_sums())]
+        return any(isinstance(item, RowLoop) for item in items) and not loops
+
+    def moving_views(self) -> list[str]:
+        """The declarations of the views that move with the step (placed values'), for a thread
+        that runs steps of its own (see _rows_apart_region): one each, shadowing the shared ones."""
+        return [line for line in self.alloc if line.startswith("rt::View<T> ")]
+
+    def final_sums(self) -> list[SumRows]:
+        """The sums over the rows that end the work (of batched values; only the caller reads them)."""
+        items = [item for item in self.items if item]
+        sums: list[SumRows] = []
+        while items and isinstance(items[-1], SumRows) and items[-1].rows == self.rows:
+            sums.insert(0, items.pop())
+        return sums
+
+    def body_over_rows(
+        self, first: str, last: str, before: Sequence[str] = (), after: Sequence[str] = ()
+    ) -> list[str]:
+        """The body of a graph whose rows never meet (see rows_apart) for rows ``first`` to
+        ``last`` (C++) alone, on the calling thread: all its loops over rows as one, each row's
+        work (between ``before`` and ``after``, per-row statements of row ``b``) done while the
+        row is in cache. Its final sums are the caller's to make."""
+        loops = [item for item in self.items if isinstance(item, RowLoop)]
+        inner = list(before)
+        inner += [line for item in loops for line in ["{", *("  " + s for s in item.inner), "}"]]
+        inner += list(after)
+        return [
+            *self.per_step,
+            f"for (int64_t b = {first}; b < {last}; ++b) {{",
+            *("  " + line for line in inner),
+            "}",
+        ]
+
+    def body_in_chunks(self) -> list[str] | None:
+        """The body of a graph of GEMMs and loops over rows alone (a prologue), run chunk of rows
+        after chunk: each chunk's products, then its rows' elementwise work while the products
+        are in cache (rather than the products over every row, then a second pass over memory).
+        Threads take whole chunks, in one parallel region, where the packed kernels run (a
+        chunk's GEMM on one thread gives the same bits as any split of the whole: threads split
+        rows, never a sum); elsewhere the body as body_with_rows renders it. None where the work
+        holds anything else (a sum over the rows, a value of one row)."""
+        items = [item for item in self.items if item]
+        if not items or not all(isinstance(item, (Gemm, RowLoop)) for item in items) or self.per_step:
+            return None
+        if not any(isinstance(item, RowLoop) for item in items):
+            return None
+        work: list[str] = []
+        for item in items:
+            if isinstance(item, Gemm):
+                work += item.render_rows("r0", "r1 - r0")
+            else:
+                work += [
+                    "for (int64_t b = r0; b < r1; ++b) {",
+                    *("  " + line for line in item.inner),
+                    "}",
+                ]
+        rows = self.rows
+        return [
+            "if constexpr (rt::packed_kernels<T>()) {",
+            f"  rt::in_team(rt::chunks_worth({rows}), [&](const rt::Team& team) {{",
+            f"    const int64_t chunks = (({rows}) + rt::kFusedRows - 1) / rt::kFusedRows;",
+            "    for (int64_t c = team.begin(chunks); c < team.end(chunks); ++c) {",
+            f"      const int64_t r0 = c * rt::kFusedRows, r1 = std::min<int64_t>({rows}, r0 + rt::kFusedRows);",
+            *("      " + line for line in work),
+            "    }",
+            "  });",
+            "} else {",
+            *("  " + line for line in self.body_with_rows()),
+            "}",
+        ]
+
     def body_with_rows(
         self, before: Sequence[str] = (), after: Sequence[str] = (), width: str = "H", team: bool = False
     ) -> list[str]:
@@ -536,7 +615,8 @@ class GraphCode:
         if not operand.batched:
             raise Unsupported("a GEMM over an unbatched value")
         key, _ = self._linear(prod)
-        return Gemm(f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)}")
+        linear, a, out = f"lin{self.prefix}_{key}", self.view(operand.name), self.v(n.name)
+        return Gemm(f"{linear}.into({a}, {self.rows}, {init}, {out}", linear, a, init, out)
 
     def _row_loop(self, segments: list[list[Node]]) -> RowLoop | None:
         inner = []
@@ -669,9 +749,19 @@ class RowLoop:
 
 @dataclass
 class Gemm:
-    """A Linear's product: its ``into`` call without the closing parenthesis."""
+    """A Linear's product: its ``into`` call without the closing parenthesis; the Linear, the
+    operand's, the init rows' and the output's Views (for a call over some of the rows)."""
 
     call: str
+    linear: str = ""
+    operand: str = ""
+    init: str = ""
+    out: str = ""
+
+    def render_rows(self, first: str, count: str) -> list[str]:
+        """The product of rows ``first`` to ``first + count`` alone, on the calling thread."""
+        rows = lambda view: f"rt::rows_from({view}, {first})"  # noqa: E731
+        return [f"{self.linear}.into({rows(self.operand)}, {count}, {rows(self.init)}, {rows(self.out)});"]
 
     def render(self, rows: str) -> list[str]:
         return [f"{self.call});"]
@@ -740,6 +830,73 @@ def _root(graph: Graph, name: str) -> tuple[str, int]:
         off += graph[name].attr("start")
         name = graph[name].args[0]
     return name, off
+
+
+def _rows_apart_region(
+    loop: list[str],
+    states: int,
+    views: Sequence[str],
+    names: tuple[str, str, str, str] = ("cur", "nxt", "sa", "sb"),
+    end: Sequence[str] = (),
+) -> list[str]:
+    """The loop over time (``loop``, its step over rows b0 to b1: see GraphCode.body_over_rows) in
+    one parallel region, each thread owning one run of rows for every step: no fork, barrier or
+    serial part per step, and a row's state stays in this core's cache from step to step. A row's
+    arithmetic does not depend on which thread runs it, so the results are the same bits on any
+    number of threads. ``views``: the declarations of the views each step moves, made per
+    thread. ``end``: lines after the loop, in the region (``team`` its threads).
+
+    ``names``: the state's pointers (current and next, ``<name>_<k>``) and double buffers. Each
+    thread swaps its own pointers, all alike; after the region the caller's point where the
+    last step wrote.
+    """
+    cur, nxt, first, second = names
+    indent = lambda lines: ["  " + line for line in lines]  # noqa: E731
+    own = [f"at::Tensor* {cur}_{k} = &{first}_{k};  // this thread's own (shadows the caller's)" for k in range(states)]
+    own += [f"at::Tensor* {nxt}_{k} = &{second}_{k};" for k in range(states)]
+    own += list(views)
+    return [
+        "  rt::in_team(rt::rows_apart_worth(B, Tn * B * H), [&](const rt::Team& team) {",
+        "    const int64_t b0 = team.begin(B), b1 = team.end(B);",
+        *indent(indent(own)),
+        *indent(loop),
+        *indent(indent(end)),
+        "  });",
+        *(f"  if (Tn % 2 != 0) std::swap({cur}_{k}, {nxt}_{k});" for k in range(states)),
+    ]
+
+
+def _kept(sum_: SumRows) -> str:
+    return f"vkept_{sum_.name}"
+
+
+def _kept_row(sum_: SumRows) -> list[str]:
+    """Row b of a final sum's rows at step t, copied where they are kept for every step."""
+    width = "1" if sum_.statistic else sum_.n
+    return [f"std::memcpy({_kept(sum_)}.row(t * B + b), {sum_.a}.row(b), sizeof(T) * {width});"]
+
+
+def _final_sums(sums: list[SumRows], params: dict[str, str], workspace: Workspace) -> tuple[list[str], list[str]]:
+    """For a step's final sums over its rows (each a vector parameter's gradient, ``params``: sum
+    -> parameter): the buffers that keep each step's rows (R rows: lines before the loop), and
+    the sums over them after the last step (lines in the loop's parallel region, after a barrier:
+    threads split the columns, each column summed over the rows in order, so the same bits on any
+    number of threads)."""
+    kept: list[str] = []
+    summed = ["team.barrier();"] if sums else []
+    for sum_ in sums:
+        width = "1" if sum_.statistic else sum_.n
+        kept += [
+            f"const at::Tensor tkept_{sum_.name} = {workspace(f'{{R, {width}}}')};",
+            f"const rt::View<T> {_kept(sum_)} = rt::view_of<T>(tkept_{sum_.name});",
+        ]
+        source = _kept(sum_) if sum_.statistic else f"rt::View<T>{{{_kept(sum_)}.p + j0, {_kept(sum_)}.ld}}"
+        summed += [
+            f"team.split({sum_.n}, [&](int64_t j0, int64_t j1) {{",
+            f"  rt::sum_rows({source}, R, j1 - j0, {str(sum_.statistic).lower()}, gp_{params[sum_.name]}.data_ptr<T>() + j0);",
+            "});",
+        ]
+    return ["  " + line for line in kept], summed
 
 
 def generate(plan: LoopPlan, namespace: str) -> Kernel:
@@ -919,7 +1076,7 @@ class _Emitter:
             "  const rt::View<T> vx{x2d.data_ptr<T>(), I};",
             "  // prologue: every timestep at once",
             *("  " + s for s in pro.alloc),
-            *("  " + s for s in pro.body),
+            *("  " + s for s in (pro.body_in_chunks() or pro.body)),
             "  // state: double buffers, swapped after each step",
         ]
         for k in range(len(states)):
@@ -936,17 +1093,17 @@ class _Emitter:
                     f"  at::Tensor tape_{e.name} = keep_tape ? rt::handed_out({workspace(shape)}) : at::empty({{0}}, opts);"
                 )
         L += [f"  {s}" for s in step.alloc]
-        L += [
+        loop = [  # the loop over time (into L below, in one parallel region where rows never meet)
             "  for (int64_t s = 0; s < Tn; ++s) {",
             "    const int64_t t = reverse ? Tn - 1 - s : s;",
             "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
         ]
         for k in range(len(states)):
-            L.append(f"    const rt::View<T> vs_{k} = rt::view_of<T>(*cur_{k});")
-        L += ["    " + s for s in hoisted_views]
+            loop.append(f"    const rt::View<T> vs_{k} = rt::view_of<T>(*cur_{k});")
+        loop += ["    " + s for s in hoisted_views]
         # The copies after the step's work (the outputs' rows, the tape's, the next state where a
         # mask selects rows or the value lives elsewhere), row by row in its last loop over rows.
-        L.append("    const rt::View<T> vys_t{ys.data_ptr<T>() + t * B * H, H};")
+        loop.append("    const rt::View<T> vys_t{ys.data_ptr<T>() + t * B * H, H};")
         rows_after = [f"rt::select_row(vys_t, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, b, H);"]
         unbatched = []
         for e in self.entries:
@@ -958,21 +1115,26 @@ class _Emitter:
                 )
                 continue
             w = elems(e.width)
-            L.append(
+            loop.append(
                 f"    const rt::View<T> vtape_{e.name}{{keep_tape ? tape_{e.name}.data_ptr<T>() + t * B * {w} : nullptr, {w}}};"
             )
             rows_after.append(
                 f"if (keep_tape) rt::select_row(vtape_{e.name}, {step.view(e.name[2:])}, rt::View<T>{{nullptr, 0}}, nullptr, b, {w});"
             )
         for k, nxt in enumerate(next_names):
-            L.append(f"    const rt::View<T> vn_{k} = rt::view_of<T>(*nxt_{k});")
+            loop.append(f"    const rt::View<T> vn_{k} = rt::view_of<T>(*nxt_{k});")
             rows_after.append(f"rt::select_row(vn_{k}, {step.view(nxt)}, vs_{k}, m, b, H);")
-        L += ["    " + s for s in step.body_with_rows(after=rows_after, team=True)]
+        rows_apart = step.rows_apart() and not unbatched
+        if rows_apart:  # this thread's rows, b0 to b1, at every step (see _rows_apart_region)
+            loop += ["    " + s for s in step.body_over_rows("b0", "b1", after=rows_after)]
+        else:
+            loop += ["    " + s for s in step.body_with_rows(after=rows_after, team=True)]
         if unbatched:
-            L += ["    if (keep_tape) {", *unbatched, "    }"]
+            loop += ["    if (keep_tape) {", *unbatched, "    }"]
         for k in range(len(next_names)):
-            L.append(f"    std::swap(cur_{k}, nxt_{k});")
-        L.append("  }")
+            loop.append(f"    std::swap(cur_{k}, nxt_{k});")
+        loop.append("  }")
+        L += _rows_apart_region(loop, len(states), step.moving_views()) if rows_apart else loop
         results = ["ys"] + [f"*cur_{k}" for k in range(len(states))]
         for e in self.entries:
             if e.per_step:
@@ -1126,24 +1288,29 @@ class _Emitter:
         for p in plan.vector_params:
             L.append(f"  at::Tensor gp_{p} = at::zeros({{H}}, opts);")
         L += [f"  {s}" for s in step.alloc]
-        L += [
+        # Where no row meets another in the step (its parameters' gradients summed over the rows
+        # alone, at its end), one parallel region runs every step, each thread its own rows: the
+        # rows each sum reads are kept for every step, and summed after the last (see _final_sums).
+        sums = step.final_sums()
+        apart = step.rows_apart(sums=True) and sorted(v for _, v in accum) == sorted(x.name for x in sums)
+        loop = [
             "  for (int64_t s = 0; s < Tn; ++s) {",
             "    const int64_t t = reverse ? s : Tn - 1 - s;",
             "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
         ]
         # The seeds' rows: the output gradient's and the state gradients' rows read in place, or
         # (through a mask, or strided) copied row by row in the step's first loop over rows.
-        L.append("    const T* gys_p = g_ys_in.has_value() ? g_ys.data_ptr<T>() + t * gys_t : nullptr;")
-        L.append("    const bool gys_copied = gys_p != nullptr && !rt::strided_in_place(gys_h, m);")
+        loop.append("    const T* gys_p = g_ys_in.has_value() ? g_ys.data_ptr<T>() + t * gys_t : nullptr;")
+        loop.append("    const bool gys_copied = gys_p != nullptr && !rt::strided_in_place(gys_h, m);")
         rows_before = []
         for k in range(ns):
-            L.append(
+            loop.append(
                 f"    const rt::View<T> vgcur_{k} = rt::view_of<T>(*gcur_{k}), vgnxt_{k} = rt::view_of<T>(*gnxt_{k});"
             )
         for name, role in seeds.items():
             width = elems(back[name].width)
             if role == "output":
-                L.append(
+                loop.append(
                     f"    const rt::View<T> vseed_{name} = gys_p != nullptr && !gys_copied ? rt::View<T>{{const_cast<T*>(gys_p), gys_b}} : vseedrows_{name};"
                 )
                 rows_before.append(
@@ -1151,17 +1318,17 @@ class _Emitter:
                 )
             else:
                 k = states.index(role.split(":", 1)[1])
-                L.append(f"    const rt::View<T> vseed_{name} = m == nullptr ? vgcur_{k} : vseedrows_{name};")
+                loop.append(f"    const rt::View<T> vseed_{name} = m == nullptr ? vgcur_{k} : vseedrows_{name};")
                 rows_before.append(
                     f"if (m != nullptr) rt::select_row(vseedrows_{name}, vgcur_{k}, rt::View<T>{{nullptr, 0}}, m, b, {width});"
                 )
-        L += ["    " + s for s in saved_views]
+        loop += ["    " + s for s in saved_views]
         rows_after = []
         for value, tensor in stores.items():
             if value in placed:
                 continue
             width = elems(back[value].width)
-            L.append(f"    const rt::View<T> vstore_{value}{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}};")
+            loop.append(f"    const rt::View<T> vstore_{value}{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}};")
             rows_after.append(
                 f"rt::select_row(vstore_{value}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, b, {width});"
             )
@@ -1172,18 +1339,29 @@ class _Emitter:
             grad = back.outputs.get(f"grad:{s}")
             src = step.view(grad) if grad else "rt::View<T>{nullptr, 0}"
             carries.append((f"vgnxt_{k}", src, f"vgcur_{k}"))
-        if step.ends_with_row_loop():
+        if apart:
+            kept, summed = _final_sums(sums, {v: p for p, v in accum}, workspace)
+            L += kept
+            rows_after += [line for x in sums for line in _kept_row(x)]  # before the carry, as the sums were
             rows_after += [f"rt::carry_row({d}, {a}, {c}, m, b, H);" for d, a, c in carries]
-        L += ["    " + s for s in step.body_with_rows(before=rows_before, after=rows_after, team=True)]
-        if not step.ends_with_row_loop():
-            L += [f"    rt::carry_rows({d}, {a}, {c}, m, B, H);" for d, a, c in carries]
-        for p, value in accum:
-            L.append(
-                f"    {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}"
-            )
+            loop += ["    " + s for s in step.body_over_rows("b0", "b1", before=rows_before, after=rows_after)]
+        else:
+            if step.ends_with_row_loop():
+                rows_after += [f"rt::carry_row({d}, {a}, {c}, m, b, H);" for d, a, c in carries]
+            loop += ["    " + s for s in step.body_with_rows(before=rows_before, after=rows_after, team=True)]
+            if not step.ends_with_row_loop():
+                loop += [f"    rt::carry_rows({d}, {a}, {c}, m, B, H);" for d, a, c in carries]
+            for p, value in accum:
+                loop.append(
+                    f"    {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}"
+                )
         for k in range(ns):
-            L.append(f"    std::swap(gcur_{k}, gnxt_{k});")
-        L.append("  }")
+            loop.append(f"    std::swap(gcur_{k}, gnxt_{k});")
+        loop.append("  }")
+        if apart:
+            L += _rows_apart_region(loop, ns, step.moving_views(), ("gcur", "gnxt", "ga", "gb"), end=summed)
+        else:
+            L += loop
         # the prologue backward over every timestep at once
         L += ["  " + s for s in pro_seed_lines]
         L += ["  " + s for s in pro_all.alloc]

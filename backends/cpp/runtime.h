@@ -947,4 +947,26 @@ inline bool crew_worth(int64_t rows, int64_t units) {
   return packed_kernels<T>() && rows > kSmallRows && rows * units >= 2048 && at::get_num_threads() > 1;
 }
 
+// Rows r0 on of v (v itself where its one row serves every row, ld 0, or it is null).
+template <typename T>
+inline View<T> rows_from(View<T> v, int64_t r0) {
+  return View<T>{v.ld == 0 ? v.p : v.p + r0 * v.ld, v.ld};
+}
+
+// Whether a loop over time whose rows never meet (no GEMM or sum over the batch in its step) runs
+// on a crew, each thread owning one run of rows for every step: one fork a call (a few us), where
+// there are rows to split and the call's work (elements over every step, each some tens of
+// operations) pays it.
+inline bool rows_apart_worth(int64_t rows, int64_t elements) {
+  return rows > 1 && elements >= kGrainElements / 4 && at::get_num_threads() > 1;
+}
+
+// Rows of a chunk of a prologue run chunk after chunk (GraphCode.body_in_chunks): a chunk's
+// products (96 rows by a few hundred columns, some 150 KB) stay in L2 while its elementwise work
+// reads them.
+constexpr int64_t kFusedRows = 96;
+
+// Whether such a prologue's chunks are split among a crew (threads take whole chunks).
+inline bool chunks_worth(int64_t rows) { return rows > kFusedRows && at::get_num_threads() > 1; }
+
 }  // namespace novolstm_rt
