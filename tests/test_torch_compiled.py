@@ -229,13 +229,14 @@ def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, un
 # A step whose rows never meet (no product over the state) runs every step in one parallel region,
 # each thread its own rows (emit._rows_apart_region); its prologue runs chunk of rows after chunk.
 # mingru: elementwise alone; indrnn: its recurrent vector's gradient a sum over the rows, kept
-# for every step and summed after the last. At 6 steps of 20 rows of 96 units a crew of two or
-# three threads runs both (rt::rows_apart_worth, rt::chunks_worth). Both directions with a mask
-# gapped, float64 against the generated loop; float32 the same bits on one, two and three threads.
+# for every step and summed after the last. At 7 steps (odd: each thread's state buffers end
+# swapped) of 20 rows of 96 units a crew of two or three threads runs both (rt::rows_apart_worth,
+# rt::chunks_worth). Both directions with a mask gapped, float64 against the generated loop;
+# float32 the same bits on one, two and three threads.
 @pytest.mark.parametrize("spec", ["mingru", "indrnn"])
 def test_rows_apart_loop_matches_loop_both_directions_on_any_thread_count(spec, rng):
     Layer = novolstm.get_layer("torch", spec=spec)
-    inputs, units, T, B = 5, 96, 6, 20
+    inputs, units, T, B = 5, 96, 7, 20
     layers = {
         (compiled, dtype): Layer(inputs, units, bidirectional=True, fused=False, compiled=compiled, dtype=DTYPES[dtype])
         for compiled in (True, False)
