@@ -479,9 +479,7 @@ class GraphCode:
             sums.insert(0, items.pop())
         return sums
 
-    def body_over_rows(
-        self, first: str, last: str, before: Sequence[str] = (), after: Sequence[str] = ()
-    ) -> list[str]:
+    def body_over_rows(self, first: str, last: str, before: Sequence[str] = (), after: Sequence[str] = ()) -> list[str]:
         """The body of a graph whose rows never meet (see rows_apart) for rows ``first`` to
         ``last`` (C++) alone, on the calling thread: all its loops over rows as one, each row's
         work (between ``before`` and ``after``, per-row statements of row ``b``) done while the
