@@ -81,3 +81,19 @@ def test_bench_prints_each_cells_paths_beside_its_loop_and_native(tmp_path, caps
         row, r = rows[(cell, "generated loop")], next(r for r in data["rows"] if r["cell"] == cell)
         assert row[6] == "1.00" and row[7] == f"{r['forward_s'] / seed['forward_s']:.2f}"
     assert "| cell | path |" in (tmp_path / "results.md").read_text()
+
+
+def test_compare_times_every_candidate_once_per_repeat_in_a_fresh_order():
+    from novolstm.bench.timing import compare
+
+    calls: list[str] = []
+    candidates = {name: (lambda name=name: calls.append(name)) for name in "abcdef"}
+    times = compare(candidates, repeats=8, warmup=2)
+    assert sorted(times) == list("abcdef") and all(t >= 0 for t in times.values())
+    assert calls[:12] == [name for name in "abcdef" for _ in range(2)]  # warm-up, in order
+    rounds = [calls[12 + 6 * r : 18 + 6 * r] for r in range(8)]
+    assert all(sorted(r) == list("abcdef") for r in rounds)  # interleaved: each once per repeat
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes between repeats
+    calls.clear()
+    compare(candidates, repeats=8, warmup=2)
+    assert [calls[12 + 6 * r : 18 + 6 * r] for r in range(8)] == rounds  # reproducible from the seed

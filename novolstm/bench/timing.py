@@ -12,21 +12,32 @@ Examples:
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from collections.abc import Callable
 
 
-def compare(candidates: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call of each candidate, measured interleaved."""
+def compare(
+    candidates: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1, seed: int = 0
+) -> dict[str, float]:
+    """Median seconds per call of each candidate, measured interleaved.
+
+    Each repeat runs every candidate once, in an order shuffled afresh per repeat (from
+    ``seed``, so a run is reproducible): a candidate that runs right after one that
+    leaves caches cold or threads spinning would otherwise pay for it in every repeat.
+    """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates)
+    shuffle = random.Random(seed).shuffle
     for _ in range(repeats):
-        for name, fn in candidates.items():
+        shuffle(order)
+        for name in order:
             start = time.perf_counter()
-            fn()
+            candidates[name]()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in samples.items()}
 
