@@ -180,8 +180,9 @@ def test_compiled_stacked_bidirectional_matches_loop(spec, rng):
 # oneDNN / BLAS): row blocks with a tail (9 and 45 rows), one partial column panel (6 units) or
 # several with a partial last one (70 units), big enough at 45 by 70 for two threads to split
 # every GEMM, weight gradient and loop over rows. The kernel runs on two threads; at 45 by 70 in
-# float32 with AVX-512 (the kernels that split columns and rows, never a sum) one and three
-# threads must give the same bits.
+# float32 with AVX-512 (the kernels that split columns and rows, never a sum) one, three and six
+# threads must give the same bits: two and three threads each run their own rows through every
+# step, six (7 rows a thread) split the step GEMM's panels too, with barriers (see rt::Team).
 @pytest.mark.parametrize("batch, inputs, units", [(1, 5, 6), (9, 5, 6), (45, 50, 70)])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("spec", ["novolstm", "gru"])
@@ -212,7 +213,7 @@ def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, un
 
     results = [run(compiled, 2), run(loop, 2)]
     if batch == 45 and dtype == "float32" and torch.backends.cpu.get_cpu_capability() == "AVX512":
-        for threads in (1, 3):
+        for threads in (1, 3, 6):
             other = run(compiled, threads)
             assert torch.equal(other[0], results[0][0]), f"outputs on {threads} thread(s)"
             assert torch.equal(other[1], results[0][1]), f"grad x on {threads} thread(s)"

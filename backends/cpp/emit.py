@@ -375,7 +375,7 @@ class GraphCode:
         else:
             loop.append([n])
 
-    def _static(self, name: str) -> bool:
+    def static(self, name: str) -> bool:
         """Whether value ``name``'s view is the same at every step (so made once, before the loop)."""
         root, _ = _root(self.g, name)
         while root in self.home:
@@ -385,7 +385,8 @@ class GraphCode:
     def _render(self):
         self._plan()
         g = self.g
-        per_step = [f"{self.v(name)} = {expr};" for name, (expr, _) in self.placed.items()]
+        # placed views move with the step: declared in its body (each of a crew's threads its own)
+        per_step = [f"const rt::View<T> {self.v(name)} = {expr};" for name, (expr, _) in self.placed.items()]
         shown = [n for n in g.nodes if self._computed(n.name) and n.name not in self.virtual | self.absorbed]
         for n in shown:  # buffers of their own, and declarations of placed views
             if n.op == "slice" or n.name in self.home:
@@ -393,7 +394,6 @@ class GraphCode:
             if n.name in self.placed:
                 if self.placed[n.name][1]:
                     self.alloc.append(f"at::Tensor {self.t(n.name)} = {self._buffer(self._shape(n))};")
-                self.alloc.append(f"rt::View<T> {self.v(n.name)};")
             else:
                 self.alloc.append(f"at::Tensor {self.t(n.name)} = {self._buffer(self._shape(n))};")
                 self.alloc.append(f"const rt::View<T> {self.v(n.name)} = rt::view_of<T>({self.t(n.name)});")
@@ -404,7 +404,7 @@ class GraphCode:
             concat, start = self.home[n.name]
             off = elems(start) if start else "0"
             line = f"const rt::View<T> {self.v(n.name)}{{{self.v(concat)}.p + {off}, {self.v(concat)}.ld}};"
-            if self._static(n.name):
+            if self.static(n.name):
                 self.alloc.append(line)
                 base = self.tensors.get(concat)
                 if base is not None:
@@ -414,9 +414,9 @@ class GraphCode:
         for n in shown:  # slices: views into their source, made once where the source's view is fixed
             if n.op != "slice":
                 continue
-            (self.alloc if self._static(n.name) else per_step).append(self._slice_line(n))
+            (self.alloc if self.static(n.name) else per_step).append(self._slice_line(n))
             base = self.tensor(n.args[0])
-            if base is not None and self._static(n.name) and g[n.args[0]].batched:
+            if base is not None and self.static(n.name) and g[n.args[0]].batched:
                 self.tensors[n.name] = f"{base}.narrow(1, {elems(n.attr('start'))}, {elems(n.width)})"
         for n in g.nodes:
             if n.op in GEMM_OPS and self._computed(n.name):
@@ -451,98 +451,12 @@ class GraphCode:
                 raise Unsupported(f"op {item.op!r}")
         self.body = self.body_with_rows()
 
-    def ends_with_row_loop(self) -> bool:
-        """Whether the graph's work ends with a loop over rows (see body_with_rows)."""
-        items = [item for item in self.items if item]
-        return bool(items) and isinstance(items[-1], RowLoop)
-
-    def rows_apart(self, sums: bool = False) -> bool:
-        """Whether the work is loops over rows alone: no GEMM, no sum over the batch, no value of
-        one row that every row reads, so that each row's values read that row's alone. ``sums``:
-        but for sums over the rows that only the caller reads, at the end (``final_sums``)."""
-        items = [item for item in self.items if item]
-        loops = [item for item in items if not isinstance(item, RowLoop)]
-        if sums:
-            loops = [item for item in loops if not (isinstance(item, SumRows) and item in self.final_sums())]
-        return any(isinstance(item, RowLoop) for item in items) and not loops
-
-    def moving_views(self) -> list[str]:
-        """The declarations of the views that move with the step (placed values'), for a thread
-        that runs steps of its own (see _rows_apart_region): one each, shadowing the shared ones."""
-        return [line for line in self.alloc if line.startswith("rt::View<T> ")]
-
-    def final_sums(self) -> list[SumRows]:
-        """The sums over the rows that end the work (of batched values; only the caller reads them)."""
-        items = [item for item in self.items if item]
-        sums: list[SumRows] = []
-        while items and isinstance(items[-1], SumRows) and items[-1].rows == self.rows:
-            sums.insert(0, items.pop())
-        return sums
-
-    def body_over_rows(self, first: str, last: str, before: Sequence[str] = (), after: Sequence[str] = ()) -> list[str]:
-        """The body of a graph whose rows never meet (see rows_apart) for rows ``first`` to
-        ``last`` (C++) alone, on the calling thread: all its loops over rows as one, each row's
-        work (between ``before`` and ``after``, per-row statements of row ``b``) done while the
-        row is in cache. Its final sums are the caller's to make."""
-        loops = [item for item in self.items if isinstance(item, RowLoop)]
-        inner = list(before)
-        inner += [line for item in loops for line in ["{", *("  " + s for s in item.inner), "}"]]
-        inner += list(after)
-        return [
-            *self.per_step,
-            f"for (int64_t b = {first}; b < {last}; ++b) {{",
-            *("  " + line for line in inner),
-            "}",
-        ]
-
-    def body_in_chunks(self) -> list[str] | None:
-        """The body of a graph of GEMMs and loops over rows alone (a prologue), run chunk of rows
-        after chunk: each chunk's products, then its rows' elementwise work while the products
-        are in cache (rather than the products over every row, then a second pass over memory).
-        Threads take whole chunks, in one parallel region, where the packed kernels run (a
-        chunk's GEMM on one thread gives the same bits as any split of the whole: threads split
-        rows, never a sum); elsewhere the body as body_with_rows renders it. None where the work
-        holds anything else (a sum over the rows, a value of one row)."""
-        items = [item for item in self.items if item]
-        if not items or not all(isinstance(item, (Gemm, RowLoop)) for item in items) or self.per_step:
-            return None
-        if not any(isinstance(item, RowLoop) for item in items):
-            return None
-        work: list[str] = []
-        for item in items:
-            if isinstance(item, Gemm):
-                work += item.render_rows("r0", "r1 - r0")
-            else:
-                work += [
-                    "for (int64_t b = r0; b < r1; ++b) {",
-                    *("  " + line for line in item.inner),
-                    "}",
-                ]
-        rows = self.rows
-        return [
-            "if constexpr (rt::packed_kernels<T>()) {",
-            f"  rt::in_team(rt::chunks_worth({rows}), [&](const rt::Team& team) {{",
-            f"    const int64_t chunks = (({rows}) + rt::kFusedRows - 1) / rt::kFusedRows;",
-            "    for (int64_t c = team.begin(chunks); c < team.end(chunks); ++c) {",
-            f"      const int64_t r0 = c * rt::kFusedRows, r1 = std::min<int64_t>({rows}, r0 + rt::kFusedRows);",
-            *("      " + line for line in work),
-            "    }",
-            "  });",
-            "} else {",
-            *("  " + line for line in self.body_with_rows()),
-            "}",
-        ]
-
-    def body_with_rows(
-        self, before: Sequence[str] = (), after: Sequence[str] = (), width: str = "H", team: bool = False
-    ) -> list[str]:
-        """The body, with per-row statements (of row ``b``) before and after the graph's work.
+    def _items_with_rows(self, before: Sequence[str], after: Sequence[str], width: str) -> list:
+        """The work's items, with per-row statements (of row ``b``) before and after it.
 
         They join the first (last) loop over rows where the work starts (ends) with one, so that
         they run on the rows' threads while the rows are in cache; else a loop of their own.
-        ``width``: elements a statement moves (for the loop's grain). ``team``: the work in one
-        parallel region (rt::in_team; a step's), its threads splitting each GEMM and loop over
-        rows, a barrier between two, where each would fork on its own.
+        ``width``: elements a statement moves (for the loop's grain).
         """
         items = [item for item in self.items if item]  # lines (run by one thread), RowLoop, Gemm, SumRows
         if before:
@@ -555,14 +469,28 @@ class GraphCode:
                 items[-1] = RowLoop([*items[-1].inner, *after], items[-1].grain)
             else:
                 items.append(RowLoop(list(after), f"{width} * {len(after)}"))
+        return items
+
+    def body_with_rows(self, before: Sequence[str] = (), after: Sequence[str] = (), width: str = "H") -> list[str]:
+        """The body, each GEMM and loop over rows forking on its own (see _items_with_rows for
+        ``before``, ``after`` and ``width``)."""
         out: list[str] = list(self.per_step)
-        if not team:
-            for item in items:
-                out.extend(item.render(self.rows) if isinstance(item, (RowLoop, Gemm, SumRows)) else item)
-            return out
-        parts: list[list[str]] = []  # a barrier between two
+        for item in self._items_with_rows(before, after, width):
+            out.extend(item.render(self.rows) if isinstance(item, (RowLoop, Gemm, SumRows)) else item)
+        return out
+
+    def team_parts(
+        self, before: Sequence[str] = (), after: Sequence[str] = (), width: str = "H"
+    ) -> tuple[list[list[str]], bool]:
+        """The work as parts that a crew's threads run in turn (see team_loop; ``before``, ``after``
+        and ``width`` as for _items_with_rows), and whether every part is row-wise alone: GEMMs and
+        loops over rows, which a local crew splits by the same rows (no sum over the batch, no
+        lines that one thread runs for all)."""
+        parts: list[list[str]] = []
+        local = True
         sums: set[str] = set()  # the sums of the run of SumRows that ends the last part
-        for item in items:
+        for item in self._items_with_rows(before, after, width):
+            local = local and isinstance(item, (RowLoop, Gemm))
             if isinstance(item, SumRows) and sums and item.source not in sums:
                 parts[-1] += item.render_in_team(self.rows)  # reads none of the run's sums: no barrier
                 sums.add(item.name)
@@ -574,15 +502,7 @@ class GraphCode:
                 parts[-1][-1:-1] = ["  " + line for line in item]
             else:
                 parts.append(["team.serial([&] {", *("  " + line for line in item), "});"])
-        if not parts:
-            return out
-        inner = [line for k, part in enumerate(parts) for line in (["team.barrier();"] if k else []) + part]
-        out += [
-            f"rt::in_team(rt::crew_worth<T>({self.rows}, H), [&](const rt::Team& team) {{",
-            *("  " + line for line in inner),
-            "});",
-        ]
-        return out
+        return parts, local
 
     def _buffer(self, shape: str) -> str:
         return self.workspace(shape) if self.workspace else f"at::empty({shape}, opts)"
@@ -613,8 +533,7 @@ class GraphCode:
         if not operand.batched:
             raise Unsupported("a GEMM over an unbatched value")
         key, _ = self._linear(prod)
-        linear, a, out = f"lin{self.prefix}_{key}", self.view(operand.name), self.v(n.name)
-        return Gemm(f"{linear}.into({a}, {self.rows}, {init}, {out}", linear, a, init, out)
+        return Gemm(f"lin{self.prefix}_{key}.into({self.view(operand.name)}, {self.rows}, {init}, {self.v(n.name)}")
 
     def _row_loop(self, segments: list[list[Node]]) -> RowLoop | None:
         inner = []
@@ -720,6 +639,23 @@ class GraphCode:
         return [f"T* o = {self.v(n.name)}.row(b);", *lines] if lines else []
 
 
+def team_loop(head: Sequence[str], parts: Sequence[Sequence[str]], local: bool) -> list[str]:
+    """The loop over time (steps s < Tn) in one parallel region (rt::in_team): each of a crew's
+    threads runs the ``head`` lines of every step (the step's views, its own), then the step's
+    ``parts`` in turn (see GraphCode.team_parts), team.sync() between two and after the last: a
+    barrier, but in a local crew (``local``: every part row-wise alone; see rt::Team)."""
+    inner = [line for k, part in enumerate(parts) for line in (["team.sync();"] if k else []) + list(part)]
+    if inner:
+        inner.append("team.sync();  // the next step reads this one's rows")
+    return [
+        f"rt::in_team(rt::crew_worth<T>(B, H), {'B' if local else '0'}, [&](const rt::Team& team) {{",
+        "  for (int64_t s = 0; s < Tn; ++s) {",
+        *("    " + line for line in [*head, *inner]),
+        "  }",
+        "});",
+    ]
+
+
 @dataclass
 class RowLoop:
     """A loop over the rows, threads splitting them: its body for row ``b``, and the elements it
@@ -747,19 +683,9 @@ class RowLoop:
 
 @dataclass
 class Gemm:
-    """A Linear's product: its ``into`` call without the closing parenthesis; the Linear, the
-    operand's, the init rows' and the output's Views (for a call over some of the rows)."""
+    """A Linear's product: its ``into`` call without the closing parenthesis."""
 
     call: str
-    linear: str = ""
-    operand: str = ""
-    init: str = ""
-    out: str = ""
-
-    def render_rows(self, first: str, count: str) -> list[str]:
-        """The product of rows ``first`` to ``first + count`` alone, on the calling thread."""
-        rows = lambda view: f"rt::rows_from({view}, {first})"  # noqa: E731
-        return [f"{self.linear}.into({rows(self.operand)}, {count}, {rows(self.init)}, {rows(self.out)});"]
 
     def render(self, rows: str) -> list[str]:
         return [f"{self.call});"]
@@ -828,73 +754,6 @@ def _root(graph: Graph, name: str) -> tuple[str, int]:
         off += graph[name].attr("start")
         name = graph[name].args[0]
     return name, off
-
-
-def _rows_apart_region(
-    loop: list[str],
-    states: int,
-    views: Sequence[str],
-    names: tuple[str, str, str, str] = ("cur", "nxt", "sa", "sb"),
-    end: Sequence[str] = (),
-) -> list[str]:
-    """The loop over time (``loop``, its step over rows b0 to b1: see GraphCode.body_over_rows) in
-    one parallel region, each thread owning one run of rows for every step: no fork, barrier or
-    serial part per step, and a row's state stays in this core's cache from step to step. A row's
-    arithmetic does not depend on which thread runs it, so the results are the same bits on any
-    number of threads. ``views``: the declarations of the views each step moves, made per
-    thread. ``end``: lines after the loop, in the region (``team`` its threads).
-
-    ``names``: the state's pointers (current and next, ``<name>_<k>``) and double buffers. Each
-    thread swaps its own pointers, all alike; after the region the caller's point where the
-    last step wrote.
-    """
-    cur, nxt, first, second = names
-    indent = lambda lines: ["  " + line for line in lines]  # noqa: E731
-    own = [f"at::Tensor* {cur}_{k} = &{first}_{k};  // this thread's own (shadows the caller's)" for k in range(states)]
-    own += [f"at::Tensor* {nxt}_{k} = &{second}_{k};" for k in range(states)]
-    own += list(views)
-    return [
-        "  rt::in_team(rt::rows_apart_worth(B, Tn * B * H), [&](const rt::Team& team) {",
-        "    const int64_t b0 = team.begin(B), b1 = team.end(B);",
-        *indent(indent(own)),
-        *indent(loop),
-        *indent(indent(end)),
-        "  });",
-        *(f"  if (Tn % 2 != 0) std::swap({cur}_{k}, {nxt}_{k});" for k in range(states)),
-    ]
-
-
-def _kept(sum_: SumRows) -> str:
-    return f"vkept_{sum_.name}"
-
-
-def _kept_row(sum_: SumRows) -> list[str]:
-    """Row b of a final sum's rows at step t, copied where they are kept for every step."""
-    width = "1" if sum_.statistic else sum_.n
-    return [f"std::memcpy({_kept(sum_)}.row(t * B + b), {sum_.a}.row(b), sizeof(T) * {width});"]
-
-
-def _final_sums(sums: list[SumRows], params: dict[str, str], workspace: Workspace) -> tuple[list[str], list[str]]:
-    """For a step's final sums over its rows (each a vector parameter's gradient, ``params``: sum
-    -> parameter): the buffers that keep each step's rows (R rows: lines before the loop), and
-    the sums over them after the last step (lines in the loop's parallel region, after a barrier:
-    threads split the columns, each column summed over the rows in order, so the same bits on any
-    number of threads)."""
-    kept: list[str] = []
-    summed = ["team.barrier();"] if sums else []
-    for sum_ in sums:
-        width = "1" if sum_.statistic else sum_.n
-        kept += [
-            f"const at::Tensor tkept_{sum_.name} = {workspace(f'{{R, {width}}}')};",
-            f"const rt::View<T> {_kept(sum_)} = rt::view_of<T>(tkept_{sum_.name});",
-        ]
-        source = _kept(sum_) if sum_.statistic else f"rt::View<T>{{{_kept(sum_)}.p + j0, {_kept(sum_)}.ld}}"
-        summed += [
-            f"team.split({sum_.n}, [&](int64_t j0, int64_t j1) {{",
-            f"  rt::sum_rows({source}, R, j1 - j0, {str(sum_.statistic).lower()}, gp_{params[sum_.name]}.data_ptr<T>() + j0);",
-            "});",
-        ]
-    return ["  " + line for line in kept], summed
 
 
 def generate(plan: LoopPlan, namespace: str) -> Kernel:
@@ -1022,7 +881,7 @@ class _Emitter:
         # step leaves: states (current buffers), hoisted values at t, vector parameters
         leaves = self.param_leaves()
         for k, s in enumerate(states):
-            leaves[s] = Leaf(f"vs_{k}", f"(*cur_{k})")
+            leaves[s] = Leaf(f"vs_{k}")
         hoisted_views = []
         for h in prog.hoisted:
             node = prog.step[h]
@@ -1048,17 +907,14 @@ class _Emitter:
             if e.per_step and e.batched and computed(e.name[2:]):
                 w = elems(e.width)
                 rows = f"rt::View<T>{{tape_{e.name}.data_ptr<T>() + t * B * {w}, {w}}}"
-                elsewhere = f"rt::view_of<T>(ts_{e.name[2:]})"
-                if e.name[2:] == out_name:  # without a tape, the output's rows (where no mask selects rows)
-                    elsewhere = f"m == nullptr ? rt::View<T>{{ys.data_ptr<T>() + t * B * H, H}} : {elsewhere}"
-                placed[e.name[2:]] = (f"keep_tape ? {rows} : {elsewhere}", True)
+                placed[e.name[2:]] = (f"keep_tape ? {rows} : rt::view_of<T>(ts_{e.name[2:]})", True)
                 taped.add(e.name)
         if computed(out_name) and out_name not in placed:
             rows = "rt::View<T>{ys.data_ptr<T>() + t * B * H, H}"
             placed[out_name] = (f"m == nullptr ? {rows} : rt::view_of<T>(ts_{out_name})", True)
         for k, nxt in enumerate(next_names):
             if computed(nxt) and nxt not in placed:
-                placed[nxt] = (f"m == nullptr ? rt::view_of<T>(*nxt_{k}) : rt::view_of<T>(ts_{nxt})", True)
+                placed[nxt] = (f"m == nullptr ? vn_{k} : rt::view_of<T>(ts_{nxt})", True)
         keep = {e.name[2:] for e in self.entries if e.per_step}
         step = GraphCode(prog.step, "B", "s", leaves, placed=placed, keep=keep, tape_only=keep, workspace=workspace)
 
@@ -1077,15 +933,12 @@ class _Emitter:
             "  const rt::View<T> vx{x2d.data_ptr<T>(), I};",
             "  // prologue: every timestep at once",
             *("  " + s for s in pro.alloc),
-            *("  " + s for s in (pro.body_in_chunks() or pro.body)),
-            "  // state: double buffers, swapped after each step",
+            *("  " + s for s in pro.body),
+            "  // state: double buffers, the current one sa at even steps",
         ]
         for k in range(len(states)):
-            L += [
-                f"  at::Tensor sa_{k} = state[{k}].contiguous().clone(), sb_{k} = at::empty({{B, H}}, opts);",
-                f"  at::Tensor* cur_{k} = &sa_{k};",
-                f"  at::Tensor* nxt_{k} = &sb_{k};",
-            ]
+            L.append(f"  at::Tensor sa_{k} = state[{k}].contiguous().clone(), sb_{k} = at::empty({{B, H}}, opts);")
+            L.append(f"  const rt::View<T> vsa_{k} = rt::view_of<T>(sa_{k}), vsb_{k} = rt::view_of<T>(sb_{k});")
         L.append(f"  at::Tensor ys = rt::handed_out({workspace('{Tn, B, H}')});")
         for e in self.entries:
             if e.per_step:
@@ -1094,48 +947,49 @@ class _Emitter:
                     f"  at::Tensor tape_{e.name} = keep_tape ? rt::handed_out({workspace(shape)}) : at::empty({{0}}, opts);"
                 )
         L += [f"  {s}" for s in step.alloc]
-        loop = [  # the loop over time (into L below, in one parallel region where rows never meet)
-            "  for (int64_t s = 0; s < Tn; ++s) {",
-            "    const int64_t t = reverse ? Tn - 1 - s : s;",
-            "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
+        head = [
+            "const int64_t t = reverse ? Tn - 1 - s : s;",
+            "const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
         ]
         for k in range(len(states)):
-            loop.append(f"    const rt::View<T> vs_{k} = rt::view_of<T>(*cur_{k});")
-        loop += ["    " + s for s in hoisted_views]
+            head += [
+                f"const rt::View<T> vs_{k} = s % 2 == 0 ? vsa_{k} : vsb_{k};",
+                f"const rt::View<T> vn_{k} = s % 2 == 0 ? vsb_{k} : vsa_{k};",
+            ]
+        head += hoisted_views
         # The copies after the step's work (the outputs' rows, the tape's, the next state where a
         # mask selects rows or the value lives elsewhere), row by row in its last loop over rows.
-        loop.append("    const rt::View<T> vys_t{ys.data_ptr<T>() + t * B * H, H};")
+        head.append("const rt::View<T> vys_t{ys.data_ptr<T>() + t * B * H, H};")
         rows_after = [f"rt::select_row(vys_t, {step.view(out_name)}, rt::View<T>{{nullptr, 0}}, m, b, H);"]
-        unbatched = []
+        unbatched = []  # one row, the same at every step (a value of the parameters): the last step's
         for e in self.entries:
             if e.name in taped or not e.per_step:
                 continue
             if not e.batched:
-                unbatched.append(
-                    f"      std::memcpy(tape_{e.name}.data_ptr<T>(), {step.view(e.name[2:])}.p, sizeof(T) * {elems(e.width)});"
-                )
+                copy = f"std::memcpy(tape_{e.name}.data_ptr<T>(), {step.view(e.name[2:])}.p, sizeof(T) * {elems(e.width)});"
+                unbatched.append((e.name[2:], copy))
                 continue
             w = elems(e.width)
-            loop.append(
-                f"    const rt::View<T> vtape_{e.name}{{keep_tape ? tape_{e.name}.data_ptr<T>() + t * B * {w} : nullptr, {w}}};"
+            head.append(
+                f"const rt::View<T> vtape_{e.name}{{keep_tape ? tape_{e.name}.data_ptr<T>() + t * B * {w} : nullptr, {w}}};"
             )
             rows_after.append(
                 f"if (keep_tape) rt::select_row(vtape_{e.name}, {step.view(e.name[2:])}, rt::View<T>{{nullptr, 0}}, nullptr, b, {w});"
             )
         for k, nxt in enumerate(next_names):
-            loop.append(f"    const rt::View<T> vn_{k} = rt::view_of<T>(*nxt_{k});")
             rows_after.append(f"rt::select_row(vn_{k}, {step.view(nxt)}, vs_{k}, m, b, H);")
-        rows_apart = step.rows_apart() and not unbatched
-        if rows_apart:  # this thread's rows, b0 to b1, at every step (see _rows_apart_region)
-            loop += ["    " + s for s in step.body_over_rows("b0", "b1", after=rows_after)]
-        else:
-            loop += ["    " + s for s in step.body_with_rows(after=rows_after, team=True)]
-        if unbatched:
-            loop += ["    if (keep_tape) {", *unbatched, "    }"]
-        for k in range(len(next_names)):
-            loop.append(f"    std::swap(cur_{k}, nxt_{k});")
-        loop.append("  }")
-        L += _rows_apart_region(loop, len(states), step.moving_views()) if rows_apart else loop
+        parts, local = step.team_parts(after=rows_after)
+        # copied after the loop where its view outlives the loop (else by one thread at each step)
+        after_loop = [copy for name, copy in unbatched if name in leaves or step.static(name)]
+        in_loop = [copy for name, copy in unbatched if not (name in leaves or step.static(name))]
+        if in_loop:
+            parts.append(["team.serial([&] {", "  if (keep_tape) {", *("    " + c for c in in_loop), "  }", "});"])
+            local = False
+        L += ["  " + s for s in team_loop(head + step.per_step, parts, local)]
+        for k in range(len(states)):
+            L.append(f"  at::Tensor* cur_{k} = Tn % 2 == 0 ? &sa_{k} : &sb_{k};")
+        if after_loop:
+            L += ["  if (keep_tape && Tn > 0) {", *("    " + c for c in after_loop), "  }"]
         results = ["ys"] + [f"*cur_{k}" for k in range(len(states))]
         for e in self.entries:
             if e.per_step:
@@ -1218,9 +1072,33 @@ class _Emitter:
         for k, s in enumerate(states):
             grad = back.outputs.get(f"grad:{s}")
             if grad and computed(grad) and grad not in placed:
-                placed[grad] = (f"m == nullptr ? rt::view_of<T>(*gnxt_{k}) : rt::view_of<T>(tb_{grad})", True)
+                placed[grad] = (f"m == nullptr ? vgnxt_{k} : rt::view_of<T>(tb_{grad})", True)
+        # A vector parameter's gradient, a sum over the batch at each step, is summed after the
+        # loop from the summed value's rows of every step (in a store of the whole sequence's rows,
+        # its own or a gradient's): inside the step, a sum over the rows waits for every thread's
+        # rows (see rt::Team). The same sums in the same order as at each step.
+        users = back.users()
+        deferred: dict[str, tuple[str, str]] = {}  # vector param -> (store of the summed rows, sum call)
+        for p, value in accum:
+            node = back[value]
+            src = node.args[0] if node.op == "sum_batch" else None
+            if src is None or users[value] or not back[src].batched or not computed(src):
+                continue
+            if src in stores:  # a gradient stored at every step anyway
+                store = stores[src]
+            elif src in placed and not placed[src][0].startswith("rt::View<T>{gsum_"):
+                continue
+            else:
+                store = f"gsum_{src}"
+                width = elems(back[src].width)
+                placed[src] = (f"rt::View<T>{{{store}.data_ptr<T>() + t * B * {width}, {width}}}", False)
+            statistic = str(back[src].width == "S" and node.width != "S").lower()
+            call = f"rt::sum_step_rows(rt::view_of<T>({store}), Tn, B, {elems(node.width)}, {statistic}, reverse, gp_{p}.data_ptr<T>())"
+            deferred[p] = (store, call)
+        deferred_sums = {value for p, value in accum if p in deferred}
+        accum = [(p, value) for p, value in accum if p not in deferred]
         workspace = Workspace()
-        step = GraphCode(back, "B", "b", leaves, placed=placed, workspace=workspace)
+        step = GraphCode(back, "B", "b", leaves, skip=deferred_sums, placed=placed, workspace=workspace)
 
         # prologue backward
         pro_leaves = {spec.input: Leaf("vx", "x2d"), **self.param_leaves()}
@@ -1267,6 +1145,7 @@ class _Emitter:
             "  const at::Tensor g_ys = g_ys_in.has_value() ? *g_ys_in : at::Tensor();  // read through its strides",
             "  const int64_t gys_t = g_ys.defined() ? g_ys.stride(0) : 0, gys_b = g_ys.defined() ? g_ys.stride(1) : 0;",
             "  const int64_t gys_h = g_ys.defined() ? g_ys.stride(2) : 0;",
+            "  const T* gys_base = g_ys.defined() ? g_ys.data_ptr<T>() : nullptr;",
             "  const at::Tensor x2d = x.view({R, I});",
             "  const rt::View<T> vx{x2d.data_ptr<T>(), I};",
         ]
@@ -1275,12 +1154,9 @@ class _Emitter:
             shape = f"{{R, {elems(e.width)}}}" if e.batched else f"{{{elems(e.width)}}}"  # 1-D: a row read by every row
             L.append(f"  const at::Tensor tp_{e.name} = tape[{k}].contiguous().view({shape});")
             L.append(f"  const rt::View<T> vt_{e.name} = rt::view_of<T>(tp_{e.name});")
-        for k in range(ns):
-            L += [
-                f"  at::Tensor ga_{k} = g_final[{k}].contiguous().clone(), gb_{k} = at::empty({{B, H}}, opts);",
-                f"  at::Tensor* gcur_{k} = &ga_{k};",
-                f"  at::Tensor* gnxt_{k} = &gb_{k};",
-            ]
+        for k in range(ns):  # double buffers, the current one ga at even steps
+            L.append(f"  at::Tensor ga_{k} = g_final[{k}].contiguous().clone(), gb_{k} = at::empty({{B, H}}, opts);")
+            L.append(f"  const rt::View<T> vga_{k} = rt::view_of<T>(ga_{k}), vgb_{k} = rt::view_of<T>(gb_{k});")
         for name in seeds:  # rows for a seed's masked copy (zeros where no output gradient is given)
             L.append(f"  at::Tensor seed_{name} = at::zeros({{B, {elems(back[name].width)}}}, opts);")
             L.append(f"  const rt::View<T> vseedrows_{name} = rt::view_of<T>(seed_{name});")
@@ -1288,81 +1164,66 @@ class _Emitter:
             L.append(f"  at::Tensor {tensor} = {workspace(f'{{R, {elems(back[value].width)}}}')};")
         for p in plan.vector_params:
             L.append(f"  at::Tensor gp_{p} = at::zeros({{H}}, opts);")
+        for store in dict.fromkeys(store for store, _ in deferred.values() if store.startswith("gsum_")):
+            L.append(f"  at::Tensor {store} = {workspace(f'{{R, {elems(back[store[5:]].width)}}}')};")
         L += [f"  {s}" for s in step.alloc]
-        # Where no row meets another in the step (its parameters' gradients summed over the rows
-        # alone, at its end), one parallel region runs every step, each thread its own rows: the
-        # rows each sum reads are kept for every step, and summed after the last (see _final_sums).
-        sums = step.final_sums()
-        apart = step.rows_apart(sums=True) and sorted(v for _, v in accum) == sorted(x.name for x in sums)
-        loop = [
-            "  for (int64_t s = 0; s < Tn; ++s) {",
-            "    const int64_t t = reverse ? s : Tn - 1 - s;",
-            "    const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
+        head = [
+            "const int64_t t = reverse ? s : Tn - 1 - s;",
+            "const bool* m = mask_p == nullptr ? nullptr : mask_p + t * B;",
         ]
         # The seeds' rows: the output gradient's and the state gradients' rows read in place, or
         # (through a mask, or strided) copied row by row in the step's first loop over rows.
-        loop.append("    const T* gys_p = g_ys_in.has_value() ? g_ys.data_ptr<T>() + t * gys_t : nullptr;")
-        loop.append("    const bool gys_copied = gys_p != nullptr && !rt::strided_in_place(gys_h, m);")
+        head.append("const T* gys_p = gys_base == nullptr ? nullptr : gys_base + t * gys_t;")
+        head.append("const bool gys_copied = gys_p != nullptr && !rt::strided_in_place(gys_h, m);")
         rows_before = []
         for k in range(ns):
-            loop.append(
-                f"    const rt::View<T> vgcur_{k} = rt::view_of<T>(*gcur_{k}), vgnxt_{k} = rt::view_of<T>(*gnxt_{k});"
-            )
+            head += [
+                f"const rt::View<T> vgcur_{k} = s % 2 == 0 ? vga_{k} : vgb_{k};",
+                f"const rt::View<T> vgnxt_{k} = s % 2 == 0 ? vgb_{k} : vga_{k};",
+            ]
         for name, role in seeds.items():
             width = elems(back[name].width)
             if role == "output":
-                loop.append(
-                    f"    const rt::View<T> vseed_{name} = gys_p != nullptr && !gys_copied ? rt::View<T>{{const_cast<T*>(gys_p), gys_b}} : vseedrows_{name};"
+                head.append(
+                    f"const rt::View<T> vseed_{name} = gys_p != nullptr && !gys_copied ? rt::View<T>{{const_cast<T*>(gys_p), gys_b}} : vseedrows_{name};"
                 )
                 rows_before.append(
                     f"if (gys_copied) rt::strided_row(vseedrows_{name}, gys_p, gys_b, gys_h, m, b, {width});"
                 )
             else:
                 k = states.index(role.split(":", 1)[1])
-                loop.append(f"    const rt::View<T> vseed_{name} = m == nullptr ? vgcur_{k} : vseedrows_{name};")
+                head.append(f"const rt::View<T> vseed_{name} = m == nullptr ? vgcur_{k} : vseedrows_{name};")
                 rows_before.append(
                     f"if (m != nullptr) rt::select_row(vseedrows_{name}, vgcur_{k}, rt::View<T>{{nullptr, 0}}, m, b, {width});"
                 )
-        loop += ["    " + s for s in saved_views]
+        head += saved_views
         rows_after = []
         for value, tensor in stores.items():
             if value in placed:
                 continue
             width = elems(back[value].width)
-            loop.append(f"    const rt::View<T> vstore_{value}{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}};")
+            head.append(f"const rt::View<T> vstore_{value}{{{tensor}.data_ptr<T>() + t * B * {width}, {width}}};")
             rows_after.append(
                 f"rt::select_row(vstore_{value}, {step.view(value)}, rt::View<T>{{nullptr, 0}}, nullptr, b, {width});"
             )
-        # The state gradients through the step: row by row in its last loop over rows where it ends
-        # with one; else after it (carry_rows returns at once where the step wrote them in place).
-        carries = []
+        # The state gradients through the step, row by row in its last loop over rows (carry_row
+        # returns at once where the step wrote them in place).
         for k, s in enumerate(states):
             grad = back.outputs.get(f"grad:{s}")
             src = step.view(grad) if grad else "rt::View<T>{nullptr, 0}"
-            carries.append((f"vgnxt_{k}", src, f"vgcur_{k}"))
-        if apart:
-            kept, summed = _final_sums(sums, {v: p for p, v in accum}, workspace)
-            L += kept
-            rows_after += [line for x in sums for line in _kept_row(x)]  # before the carry, as the sums were
-            rows_after += [f"rt::carry_row({d}, {a}, {c}, m, b, H);" for d, a, c in carries]
-            loop += ["    " + s for s in step.body_over_rows("b0", "b1", before=rows_before, after=rows_after)]
-        else:
-            if step.ends_with_row_loop():
-                rows_after += [f"rt::carry_row({d}, {a}, {c}, m, b, H);" for d, a, c in carries]
-            loop += ["    " + s for s in step.body_with_rows(before=rows_before, after=rows_after, team=True)]
-            if not step.ends_with_row_loop():
-                loop += [f"    rt::carry_rows({d}, {a}, {c}, m, B, H);" for d, a, c in carries]
-            for p, value in accum:
-                loop.append(
-                    f"    {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}"
-                )
+            rows_after.append(f"rt::carry_row(vgnxt_{k}, {src}, vgcur_{k}, m, b, H);")
+        parts, local = step.team_parts(before=rows_before, after=rows_after)
+        if accum:  # sums over the batch at each step, added by one thread
+            adds = [
+                f"  {{ T* acc = gp_{p}.data_ptr<T>(); const T* d = {step.view(value)}.p; for (int64_t j = 0; j < H; ++j) acc[j] += d[j]; }}"
+                for p, value in accum
+            ]
+            parts.append(["team.serial([&] {", *adds, "});"])
+            local = False
+        L += ["  " + s for s in team_loop(head + step.per_step, parts, local)]
         for k in range(ns):
-            loop.append(f"    std::swap(gcur_{k}, gnxt_{k});")
-        loop.append("  }")
-        if apart:
-            L += _rows_apart_region(loop, ns, step.moving_views(), ("gcur", "gnxt", "ga", "gb"), end=summed)
-        else:
-            L += loop
+            L.append(f"  at::Tensor* gcur_{k} = Tn % 2 == 0 ? &ga_{k} : &gb_{k};")
+        L += [f"  {call};" for _, call in deferred.values()]
         # the prologue backward over every timestep at once
         L += ["  " + s for s in pro_seed_lines]
         L += ["  " + s for s in pro_all.alloc]

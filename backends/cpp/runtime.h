@@ -25,9 +25,11 @@
 #include <c10/util/ParallelGuard.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <tuple>
 #include <vector>
@@ -361,13 +363,26 @@ inline void carry_row(View<T> dst, View<T> a, View<T> carried, const bool* mask,
   for (int64_t j = 0; j < n; ++j) d[j] = (s == nullptr ? T(0) : s[j]) + (through ? c[j] : T(0));
 }
 
-// carry_row for every row.
-template <typename T>
-inline void carry_rows(View<T> dst, View<T> a, View<T> carried, const bool* mask, int64_t rows, int64_t n) {
-  for (int64_t b = 0; b < rows; ++b) carry_row(dst, a, carried, mask, b, n);
-}
-
 // ---- end portable
+
+// acc[j] += the sum over rows of a's column j (of its one column where `statistic`) at each of
+// `steps` steps, whose blocks of `rows` rows a holds, in the order the backward loop runs them
+// (t = steps - 1 - s, or s where `reverse`): each step's sum as sum_rows makes it, added in turn,
+// as an accumulation at each step would. Threads split the columns, never a sum, from 2^20 terms
+// (below, at the typical shape's 3200 rows of 128 units, a pass over memory of tens of us that a
+// fork, on a loaded machine, would cost more than it saves).
+template <typename T>
+inline void sum_step_rows(View<T> a, int64_t steps, int64_t rows, int64_t n, bool statistic, bool reverse, T* acc) {
+  const int64_t grain = steps * rows * n >= (int64_t(1) << 20) ? 16 : n;
+  at::parallel_for(0, n, grain, [&](int64_t j0, int64_t j1) {
+    std::vector<T> sum(j1 - j0);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int64_t t = reverse ? s : steps - 1 - s;
+      sum_rows(View<T>{a.p + t * rows * a.ld + (statistic ? 0 : j0), a.ld}, rows, j1 - j0, statistic, sum.data());
+      for (int64_t j = j0; j < j1; ++j) acc[j] += sum[j - j0];
+    }
+  });
+}
 
 // A buffer kept across calls in `slot` (one per allocation site, per thread): large buffers freed
 // at the end of a call went back to the OS and faulted in again, page by page, on the next call.
@@ -440,21 +455,44 @@ inline at::Tensor onednn_linear(const at::Tensor& a, const at::Tensor& w, const 
   return stack[0].toTensor();
 }
 
-// The threads that run one step's work (a crew, in one parallel region), or the calling thread
-// alone (solo). A crew's threads split each GEMM and loop over rows among themselves, with a
-// barrier between two, where solo each of them forks on its own (at::parallel_for): one fork a
-// step, not one per GEMM and loop, where a step at the typical shape is a few tens of us and a
-// fork about one. The split is by rows and columns, never a sum, as at::parallel_for's.
+// The threads that run a sequence's steps (a crew, in one parallel region around the loop over
+// time), or the calling thread alone (solo). A crew's threads split each GEMM and loop over rows
+// among themselves, where solo each of them forks on its own (at::parallel_for): one fork a
+// sequence, not one per GEMM and loop, where a step at the typical shape is a few tens of us and
+// a fork or a barrier about one. The split is by rows and columns, never a sum, as
+// at::parallel_for's, so that results do not depend on the thread count.
+//
+// A local crew splits every GEMM and loop of a step by the same rows (begin(rows) to end(rows)):
+// a row's values then never leave its thread, and neither a step's parts nor two steps need a
+// barrier between them (sync() does nothing). Else its threads split a GEMM's panels too, and
+// sync() is a barrier. A crew is local where the step's work is row-wise alone (no sum over the
+// batch, no value one thread computes for all; the emitter's decision) and each thread gets at
+// least kLocalRows rows (a narrower share reads the whole weight from L2 for few rows).
+constexpr int64_t kLocalRows = 8;
+
+// Thrown by Team::barrier in the threads of a crew one of whose threads has thrown (see in_team).
+struct TeamAbandoned {};
+
 struct Team {
   int64_t id = 0, size = 1;
   bool crew = false;
+  bool local = false;  // every part split by the same rows: no barrier needed between them
+  // The barrier (counted from 1) that a thread which threw took the place of, if one did (see in_team).
+  const std::atomic<int64_t>* abandoned_at = nullptr;
+  mutable int64_t passed = 0;  // the barriers this thread has passed
 
   void barrier() const {
 #ifdef _OPENMP
     if (crew && size > 1) {
 #pragma omp barrier
+      ++passed;
+      if (abandoned_at != nullptr && abandoned_at->load() <= passed) throw TeamAbandoned{};
     }
 #endif
+  }
+  // Between two parts of the work (and two steps): a barrier, but in a local crew.
+  void sync() const {
+    if (!local) barrier();
   }
   // [begin, end) of `items` that this thread takes in a crew.
   int64_t begin(int64_t items) const { return items * id / size; }
@@ -483,21 +521,49 @@ struct Team {
   }
 };
 
-// body(team) on a crew of torch's threads where `crew` (see crew_worth), else solo.
+// body(team) on a crew of torch's threads where `crew` (see crew_worth), else solo. local_rows: the
+// rows every part of the body splits where it is row-wise alone (see Team), else 0.
+//
+// An exception in a crew's thread is rethrown here, after the region (it cannot leave a parallel
+// region: OpenMP would end the process). The other threads must not wait for the thread that threw
+// at a barrier it will never reach: it arrives at that barrier (the next after the ones it passed)
+// in its stead, and a thread that passes it throws TeamAbandoned, which ends its body too. (Which
+// barrier, not only whether: a thread slow to leave the barrier before may see the flag before it
+// reaches that one.) So that the barrier the thread that threw stands in for is one each of the
+// others reaches, whatever part it threw in, a crew that is not local ends with a barrier of its
+// own after the body; a local crew has no barriers at all.
 template <typename F>
-inline void in_team(bool crew, const F& body) {
+inline void in_team(bool crew, int64_t local_rows, const F& body) {
 #ifdef _OPENMP
   if (crew && at::get_num_threads() > 1 && !at::in_parallel_region()) {
+    std::exception_ptr error;
+    std::atomic<int64_t> abandoned_at{INT64_MAX};
 #pragma omp parallel
     {
-      const int id = omp_get_thread_num();
+      const int id = omp_get_thread_num(), size = omp_get_num_threads();
       const at::internal::ThreadIdGuard tid_guard(id);
       const c10::ParallelGuard guard(true);
-      body(Team{id, omp_get_num_threads(), true});
+      const Team team{id, size, true, size > 1 && local_rows / size >= kLocalRows, &abandoned_at};
+      try {
+        body(team);
+        if (!team.local) team.barrier();
+      } catch (const TeamAbandoned&) {  // another thread threw: nothing of this one's to report
+      } catch (...) {
+#pragma omp critical(novolstm_team_error)
+        {
+          if (!error) error = std::current_exception();
+        }
+        abandoned_at.store(team.passed + 1);  // every thread that throws is between the same two barriers
+        if (!team.local && size > 1) {
+#pragma omp barrier
+        }
+      }
     }
+    if (error) std::rethrow_exception(error);
     return;
   }
 #endif
+  (void)local_rows;
   body(Team{});
 }
 
@@ -685,7 +751,13 @@ struct PackedGemm {
         }
       }
     };
-    if (team.crew) {
+    if (team.crew && team.local) {  // this thread's rows, every panel (see Team)
+      const int64_t r0 = team.begin(rows), r1 = team.end(rows);
+      if (r1 > r0) {
+        (*this)(a + r0 * lda, lda, r1 - r0, init == nullptr ? nullptr : init + r0 * ldi, ldi, out + r0 * ldo, ldo,
+                Team{0, 1, true});
+      }
+    } else if (team.crew) {
       run(team.begin(items), team.end(items));
     } else if (worth_threads(rows * k * n)) {
       at::parallel_for(0, items, 1, run);
@@ -904,7 +976,8 @@ struct Linear {
     }
   }
   // out rows = init rows (init.ld 0: one row for every row, a bias; init.p null: none) + a @ w.
-  // In a crew (see Team), its threads split the packed kernel's work; the other paths run on one.
+  // In a crew (see Team), its threads split the packed kernel's work; the other paths run on one,
+  // or in a local crew on each thread's rows (as a plain loop: the ATen paths share a scratch).
   void into(View<T> a, int64_t rows, View<T> init, View<T> dst, const Team& team = Team{}) const {
 #if defined(__AVX512F__)
     if constexpr (packed_kernels<T>()) {
@@ -914,6 +987,12 @@ struct Linear {
       }
     }
 #endif
+    if (team.crew && team.local) {
+      const int64_t r0 = team.begin(rows), r1 = team.end(rows);
+      small_gemm<T>(a.row(r0), a.ld, w.data_ptr<T>(), init.p == nullptr ? nullptr : init.row(r0), init.ld,
+                    dst.row(r0), dst.ld, r1 - r0, w.size(0), w.size(1));
+      return;
+    }
     team.serial([&] { unpacked_into(a, rows, init, dst); });
   }
   void unpacked_into(View<T> a, int64_t rows, View<T> init, View<T> dst) const {
@@ -946,27 +1025,5 @@ template <typename T>
 inline bool crew_worth(int64_t rows, int64_t units) {
   return packed_kernels<T>() && rows > kSmallRows && rows * units >= 2048 && at::get_num_threads() > 1;
 }
-
-// Rows r0 on of v (v itself where its one row serves every row, ld 0, or it is null).
-template <typename T>
-inline View<T> rows_from(View<T> v, int64_t r0) {
-  return View<T>{v.ld == 0 ? v.p : v.p + r0 * v.ld, v.ld};
-}
-
-// Whether a loop over time whose rows never meet (no GEMM or sum over the batch in its step) runs
-// on a crew, each thread owning one run of rows for every step: one fork a call (a few us), where
-// there are rows to split and the call's work (elements over every step, each some tens of
-// operations) pays it.
-inline bool rows_apart_worth(int64_t rows, int64_t elements) {
-  return rows > 1 && elements >= kGrainElements / 4 && at::get_num_threads() > 1;
-}
-
-// Rows of a chunk of a prologue run chunk after chunk (GraphCode.body_in_chunks): a chunk's
-// products (96 rows by a few hundred columns, some 150 KB) stay in L2 while its elementwise work
-// reads them.
-constexpr int64_t kFusedRows = 96;
-
-// Whether such a prologue's chunks are split among a crew (threads take whole chunks).
-inline bool chunks_worth(int64_t rows) { return rows > kFusedRows && at::get_num_threads() > 1; }
 
 }  // namespace novolstm_rt
