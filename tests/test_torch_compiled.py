@@ -227,13 +227,12 @@ def test_compiled_matches_loop_on_both_gemm_paths(spec, dtype, batch, inputs, un
         assert_close(results[0][2][name].double().numpy(), g.double().numpy(), gtol, what=f"grad {name}")
 
 
-# A step whose rows never meet (no product over the state) runs every step in one parallel region,
-# each thread its own rows (emit._rows_apart_region); its prologue runs chunk of rows after chunk.
-# mingru: elementwise alone; indrnn: its recurrent vector's gradient a sum over the rows, kept
-# for every step and summed after the last. At 7 steps (odd: each thread's state buffers end
-# swapped) of 20 rows of 96 units a crew of two or three threads runs both (rt::rows_apart_worth,
-# rt::chunks_worth). Both directions with a mask gapped, float64 against the generated loop;
-# float32 the same bits on one, two and three threads.
+# Steps whose rows never meet (no product over the state) in the loop's one parallel region
+# (emit.team_loop): mingru elementwise alone; indrnn with its recurrent vector's gradient a sum
+# over the rows, summed after the last step. 7 steps (odd: the state's double buffers end
+# swapped) of 20 rows of 96 units: on two threads each runs its own 10 rows with no barrier, on
+# three (fewer than 8 rows each) the step's parts with a barrier between. Both directions with a
+# mask gapped, float64 against the generated loop; float32 the same bits on 1, 2 and 3 threads.
 @pytest.mark.parametrize("spec", ["mingru", "indrnn"])
 def test_rows_apart_loop_matches_loop_both_directions_on_any_thread_count(spec, rng):
     Layer = novolstm.get_layer("torch", spec=spec)
