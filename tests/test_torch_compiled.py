@@ -246,6 +246,61 @@ def test_compiled_gradient_of_the_final_state_alone_matches_loop(rng):
         assert_close(got.numpy(), want.numpy(), gtol, what="grad of the final state")
 
 
+# Steps whose rows never meet (no product over the state) in the loop's one parallel region
+# (emit.team_loop): mingru elementwise alone; indrnn with its recurrent vector's gradient a sum
+# over the rows, summed after the last step. 7 steps (odd: the state's double buffers end
+# swapped) of 20 rows of 96 units: on two threads each runs its own 10 rows with no barrier, on
+# three (fewer than 8 rows each) the step's parts with a barrier between. Both directions with a
+# mask gapped, float64 against the generated loop; float32 the same bits on 1, 2 and 3 threads.
+@pytest.mark.parametrize("spec", ["mingru", "indrnn"])
+def test_rows_apart_loop_matches_loop_both_directions_on_any_thread_count(spec, rng):
+    Layer = novolstm.get_layer("torch", spec=spec)
+    inputs, units, T, B = 5, 96, 7, 20
+    layers = {
+        (compiled, dtype): Layer(inputs, units, bidirectional=True, fused=False, compiled=compiled, dtype=DTYPES[dtype])
+        for compiled in (True, False)
+        for dtype in ("float64", "float32")
+    }
+    params = {key: novolstm.testing.random_params(spec, inputs, units, rng) for key in layers[True, "float64"].cells}
+    for layer in layers.values():
+        layer.load_canonical(params)
+    x = rng.normal(size=(T, B, inputs))
+    mask = torch.tensor(rng.random((B, T)) < 0.7)
+    g_out = rng.normal(size=(T, B, 2 * units))
+
+    def run(key, threads):
+        layer = layers[key]
+        xt = torch.tensor(x, dtype=DTYPES[key[1]], requires_grad=True)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out, final = layer(xt, mask=mask)
+            ((out * torch.tensor(g_out, dtype=out.dtype)).sum() + final.square().sum()).backward()
+        finally:
+            torch.set_num_threads(before)
+        grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+        layer.zero_grad(set_to_none=True)
+        return out.detach(), final.detach(), xt.grad, grads
+
+    got, want = run((True, "float64"), 2), run((False, "float64"), 2)
+    tol = pairwise_tolerance("float64", "float64", T)
+    gtol = pairwise_tolerance("float64", "float64", T, kind="gradients")
+    assert_close(got[0].numpy(), want[0].numpy(), tol, what="outputs")
+    assert_close(got[1].numpy(), want[1].numpy(), tol, what="final state")
+    assert_close(got[2].numpy(), want[2].numpy(), gtol, what="grad x")
+    for name, g in want[3].items():
+        assert_close(got[3][name].numpy(), g.numpy(), gtol, what=f"grad {name}")
+    single = run((True, "float32"), 1)
+    assert_close(single[0].double().numpy(), want[0].numpy(), tolerance("float32", T), what="float32 outputs")
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":  # the packed kernels: threads never split a sum
+        for threads in (2, 3):
+            other = run((True, "float32"), threads)
+            for k, what in enumerate(["outputs", "final state", "grad x"]):
+                assert torch.equal(other[k], single[k]), f"{what} on {threads} threads"
+            for name, g in single[3].items():
+                assert torch.equal(other[3][name], g), f"grad {name} on {threads} threads"
+
+
 def compiled_op(spec):
     from novolstm.backends.cpp.torch_ext import compiled_sequence
 

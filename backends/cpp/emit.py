@@ -943,7 +943,10 @@ class _Emitter:
             if e.per_step and e.batched and computed(e.name[2:]):
                 w = elems(e.width)
                 rows = f"rt::View<T>{{tape_{e.name}.data_ptr<T>() + t * B * {w}, {w}}}"
-                placed[e.name[2:]] = (f"keep_tape ? {rows} : rt::view_of<T>(ts_{e.name[2:]})", True)
+                elsewhere = f"rt::view_of<T>(ts_{e.name[2:]})"
+                if e.name[2:] == out_name:  # without a tape, the output's rows (where no mask selects rows)
+                    elsewhere = f"m == nullptr ? rt::View<T>{{ys.data_ptr<T>() + t * B * H, H}} : {elsewhere}"
+                placed[e.name[2:]] = (f"keep_tape ? {rows} : {elsewhere}", True)
                 taped.add(e.name)
         if computed(out_name) and out_name not in placed:
             rows = "rt::View<T>{ys.data_ptr<T>() + t * B * H, H}"
