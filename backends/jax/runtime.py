@@ -155,9 +155,9 @@ def _block_products_vjp_backward(cuts, saved, cotangents):
     x, w = saved
     g = jnp.concatenate(cotangents, axis=-1)  # slices of one stack in _bptt: XLA joins them back, no copy
     lead = tuple(range(x.ndim - 1))
-    g_w = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=_accumulator(g))
-    g_x = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=_accumulator(g))
-    return g_x.astype(x.dtype), g_w.astype(w.dtype)
+    cot_w = jax.lax.dot_general(x, g, ((lead, lead), ((), ())), preferred_element_type=_accumulator(g))
+    cot_x = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=_accumulator(g))
+    return cot_x.astype(x.dtype), cot_w.astype(w.dtype)
 
 
 _block_products_vjp.defvjp(_block_products_vjp_forward, _block_products_vjp_backward)
